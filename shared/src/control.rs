@@ -1,0 +1,665 @@
+//! Control messages on the one reliable bidirectional QUIC stream per connection.
+//!
+//! Framing: every message is a QUIC varint byte length followed by that many bytes; the body
+//! starts with a varint message type. Fields are varints, fixed-width big-endian integers,
+//! booleans (one byte) and strings (varint length + UTF-8). A receiver ignores bytes after the
+//! fields it knows (newer peers may append fields) and skips whole messages of unknown type, so
+//! the protocol can grow without breaking older peers. The version itself is negotiated once
+//! with [`Message::Hello`] / [`Message::HelloAck`].
+
+use crate::varint;
+use thiserror::Error;
+
+/// Largest control message body accepted. Rosters of 255 people with 64-byte names fit easily;
+/// anything bigger is a broken or hostile peer.
+pub const MAX_MESSAGE_LEN: usize = 64 * 1024;
+
+/// Longest room or display name, in bytes of UTF-8.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Longest access token, in bytes.
+pub const MAX_TOKEN_LEN: usize = 1024;
+
+/// Bit in [`Message::Join`] flags: send my own audio back to me (loopback latency tests).
+pub const JOIN_FLAG_ECHO: u8 = 0x01;
+
+/// Machine-readable reason carried by [`Message::Error`] and used as the QUIC close code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// A message could not be parsed or broke the protocol's rules.
+    ProtocolViolation,
+    /// No common protocol version.
+    UnsupportedVersion,
+    /// A message other than Hello came first, or Hello never came.
+    HelloRequired,
+    /// A room operation arrived before Join.
+    NotJoined,
+    /// Join arrived twice on one connection.
+    AlreadyJoined,
+    /// Room name empty, too long or containing control characters.
+    InvalidRoom,
+    /// Display name empty, too long or containing control characters.
+    InvalidName,
+    RoomFull,
+    ServerFull,
+    /// The relay requires an access token and none was given.
+    TokenRequired,
+    /// The token's signature does not verify.
+    TokenInvalid,
+    TokenExpired,
+    /// The token is valid but for another room.
+    TokenWrongRoom,
+    /// The relay is shutting down.
+    ShuttingDown,
+    /// The peer was idle too long.
+    Timeout,
+    /// The peer sent more than its limits allow.
+    RateLimited,
+    /// A bug or resource failure on the relay.
+    Internal,
+    /// A code from a newer peer.
+    Unknown(u16),
+}
+
+impl ErrorCode {
+    const TABLE: [(u16, ErrorCode); 17] = [
+        (1, Self::ProtocolViolation),
+        (2, Self::UnsupportedVersion),
+        (3, Self::HelloRequired),
+        (4, Self::NotJoined),
+        (5, Self::AlreadyJoined),
+        (6, Self::InvalidRoom),
+        (7, Self::InvalidName),
+        (8, Self::RoomFull),
+        (9, Self::ServerFull),
+        (10, Self::TokenRequired),
+        (11, Self::TokenInvalid),
+        (12, Self::TokenExpired),
+        (13, Self::TokenWrongRoom),
+        (14, Self::ShuttingDown),
+        (15, Self::Timeout),
+        (16, Self::RateLimited),
+        (17, Self::Internal),
+    ];
+
+    pub fn to_u16(self) -> u16 {
+        match self {
+            Self::Unknown(c) => c,
+            known => Self::TABLE
+                .iter()
+                .find(|(_, c)| *c == known)
+                .map_or(0, |(n, _)| *n),
+        }
+    }
+
+    pub fn from_u16(n: u16) -> Self {
+        Self::TABLE
+            .iter()
+            .find(|(k, _)| *k == n)
+            .map_or(Self::Unknown(n), |(_, c)| *c)
+    }
+
+    /// A short sentence a user can read.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::ProtocolViolation => "protocol violation",
+            Self::UnsupportedVersion => "no common protocol version (update the app or relay)",
+            Self::HelloRequired => "the client did not say hello first",
+            Self::NotJoined => "not in a room",
+            Self::AlreadyJoined => "already in a room",
+            Self::InvalidRoom => "invalid room name",
+            Self::InvalidName => "invalid display name",
+            Self::RoomFull => "the room is full",
+            Self::ServerFull => "the relay is full",
+            Self::TokenRequired => "this relay needs an access token in the invite",
+            Self::TokenInvalid => "the access token is not valid for this relay",
+            Self::TokenExpired => "the access token has expired",
+            Self::TokenWrongRoom => "the access token is for another room",
+            Self::ShuttingDown => "the relay is shutting down",
+            Self::Timeout => "timed out",
+            Self::RateLimited => "rate limited",
+            Self::Internal => "internal relay error",
+            Self::Unknown(_) => "unknown error",
+        }
+    }
+}
+
+/// One member of a room as the relay announces it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Participant {
+    /// Relay-assigned id, unique per relay while the participant is connected.
+    pub id: u64,
+    /// The SSRC the relay assigned; every media packet from this participant carries it.
+    pub ssrc: u32,
+    pub name: String,
+    pub muted: bool,
+}
+
+/// A control message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// Client → relay, first message: the protocol versions the client speaks.
+    Hello {
+        versions: Vec<u16>,
+        software: String,
+    },
+    /// Relay → client: the version chosen (the highest both speak).
+    HelloAck { version: u16, software: String },
+    /// Client → relay: enter a room.
+    Join {
+        room: String,
+        name: String,
+        token: Option<String>,
+        flags: u8,
+    },
+    /// Relay → client: you are in; your id, your SSRC and everyone present (you included).
+    Welcome {
+        participant_id: u64,
+        ssrc: u32,
+        room: String,
+        roster: Vec<Participant>,
+    },
+    /// Relay → clients: someone entered the room.
+    ParticipantJoined(Participant),
+    /// Relay → clients: someone left the room.
+    ParticipantLeft { id: u64 },
+    /// Client → relay: my microphone is (un)muted.
+    SetMute { muted: bool },
+    /// Relay → clients: a participant's mute state changed.
+    MuteChanged { id: u64, muted: bool },
+    /// Client → relay: I am leaving; the relay closes the connection.
+    Leave,
+    /// Either direction: measure RTT and clock offset. Times are the sender's wall clock in
+    /// microseconds since the Unix epoch.
+    Ping { nonce: u64, sent_micros: u64 },
+    /// Reply to Ping: the nonce and time echoed, plus the responder's wall clock.
+    Pong {
+        nonce: u64,
+        ping_sent_micros: u64,
+        responder_micros: u64,
+    },
+    /// Either direction: something went wrong. Fatal codes are followed by a close.
+    Error { code: ErrorCode, message: String },
+    /// A message type this version does not know; receivers skip it.
+    Unknown { kind: u64 },
+}
+
+/// Why a control message could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ControlError {
+    #[error("control message of {0} bytes exceeds the {MAX_MESSAGE_LEN}-byte limit")]
+    TooLarge(u64),
+    #[error("control message truncated")]
+    Truncated,
+    #[error("string field is not valid UTF-8")]
+    BadUtf8,
+    #[error("{field} is longer than {max} bytes")]
+    FieldTooLong { field: &'static str, max: usize },
+}
+
+mod kind {
+    pub const HELLO: u64 = 0x01;
+    pub const HELLO_ACK: u64 = 0x02;
+    pub const JOIN: u64 = 0x03;
+    pub const WELCOME: u64 = 0x04;
+    pub const PARTICIPANT_JOINED: u64 = 0x05;
+    pub const PARTICIPANT_LEFT: u64 = 0x06;
+    pub const SET_MUTE: u64 = 0x07;
+    pub const MUTE_CHANGED: u64 = 0x08;
+    pub const LEAVE: u64 = 0x09;
+    pub const PING: u64 = 0x0a;
+    pub const PONG: u64 = 0x0b;
+    pub const ERROR: u64 = 0x0c;
+}
+
+/// Cursor over a message body.
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn varint(&mut self) -> Result<u64, ControlError> {
+        let (v, n) = varint::decode(self.buf).map_err(|_| ControlError::Truncated)?;
+        self.buf = &self.buf[n..];
+        Ok(v)
+    }
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8], ControlError> {
+        let b = self.buf.get(..n).ok_or(ControlError::Truncated)?;
+        self.buf = &self.buf[n..];
+        Ok(b)
+    }
+    fn u8(&mut self) -> Result<u8, ControlError> {
+        Ok(self.bytes(1)?[0])
+    }
+    fn bool(&mut self) -> Result<bool, ControlError> {
+        Ok(self.u8()? != 0)
+    }
+    fn u16(&mut self) -> Result<u16, ControlError> {
+        let b = self.bytes(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Result<u32, ControlError> {
+        let b = self.bytes(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, ControlError> {
+        let b = self.bytes(8)?;
+        Ok(u64::from_be_bytes(b.try_into().expect("8 bytes")))
+    }
+    fn string(&mut self, field: &'static str, max: usize) -> Result<String, ControlError> {
+        let len = self.varint()?;
+        if len > max as u64 {
+            return Err(ControlError::FieldTooLong { field, max });
+        }
+        let b = self.bytes(len as usize)?;
+        String::from_utf8(b.to_vec()).map_err(|_| ControlError::BadUtf8)
+    }
+    fn participant(&mut self) -> Result<Participant, ControlError> {
+        Ok(Participant {
+            id: self.varint()?,
+            ssrc: self.u32()?,
+            name: self.string("name", MAX_NAME_LEN)?,
+            muted: self.bool()?,
+        })
+    }
+}
+
+fn put_string(s: &str, out: &mut Vec<u8>) {
+    varint::encode(s.len() as u64, out);
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_participant(p: &Participant, out: &mut Vec<u8>) {
+    varint::encode(p.id, out);
+    out.extend_from_slice(&p.ssrc.to_be_bytes());
+    put_string(&p.name, out);
+    out.push(u8::from(p.muted));
+}
+
+impl Message {
+    /// Decodes one message body (without its length prefix).
+    pub fn decode_body(body: &[u8]) -> Result<Self, ControlError> {
+        let mut r = Reader { buf: body };
+        let kind = r.varint()?;
+        Ok(match kind {
+            kind::HELLO => {
+                let count = r.varint()?;
+                // Every version takes at least one byte, so a count above the remaining
+                // length is a lie; checking first avoids a huge allocation.
+                if count > r.buf.len() as u64 {
+                    return Err(ControlError::Truncated);
+                }
+                let versions = (0..count)
+                    .map(|_| r.varint().map(|v| v.min(u64::from(u16::MAX)) as u16))
+                    .collect::<Result<_, _>>()?;
+                Self::Hello {
+                    versions,
+                    software: r.string("software", MAX_NAME_LEN * 2)?,
+                }
+            }
+            kind::HELLO_ACK => Self::HelloAck {
+                version: r.varint()?.min(u64::from(u16::MAX)) as u16,
+                software: r.string("software", MAX_NAME_LEN * 2)?,
+            },
+            kind::JOIN => {
+                let room = r.string("room", MAX_NAME_LEN)?;
+                let name = r.string("name", MAX_NAME_LEN)?;
+                let token = r.string("token", MAX_TOKEN_LEN)?;
+                Self::Join {
+                    room,
+                    name,
+                    token: (!token.is_empty()).then_some(token),
+                    flags: r.u8()?,
+                }
+            }
+            kind::WELCOME => {
+                let participant_id = r.varint()?;
+                let ssrc = r.u32()?;
+                let room = r.string("room", MAX_NAME_LEN)?;
+                let count = r.varint()?;
+                if count > r.buf.len() as u64 {
+                    return Err(ControlError::Truncated);
+                }
+                let roster = (0..count)
+                    .map(|_| r.participant())
+                    .collect::<Result<_, _>>()?;
+                Self::Welcome {
+                    participant_id,
+                    ssrc,
+                    room,
+                    roster,
+                }
+            }
+            kind::PARTICIPANT_JOINED => Self::ParticipantJoined(r.participant()?),
+            kind::PARTICIPANT_LEFT => Self::ParticipantLeft { id: r.varint()? },
+            kind::SET_MUTE => Self::SetMute { muted: r.bool()? },
+            kind::MUTE_CHANGED => Self::MuteChanged {
+                id: r.varint()?,
+                muted: r.bool()?,
+            },
+            kind::LEAVE => Self::Leave,
+            kind::PING => Self::Ping {
+                nonce: r.u64()?,
+                sent_micros: r.u64()?,
+            },
+            kind::PONG => Self::Pong {
+                nonce: r.u64()?,
+                ping_sent_micros: r.u64()?,
+                responder_micros: r.u64()?,
+            },
+            kind::ERROR => Self::Error {
+                code: ErrorCode::from_u16(r.u16()?),
+                message: r.string("message", 1024)?,
+            },
+            other => Self::Unknown { kind: other },
+        })
+    }
+
+    /// Appends the message body (type and fields, no length prefix).
+    pub fn encode_body(&self, out: &mut Vec<u8>) {
+        match self {
+            Self::Hello { versions, software } => {
+                varint::encode(kind::HELLO, out);
+                varint::encode(versions.len() as u64, out);
+                for v in versions {
+                    varint::encode(u64::from(*v), out);
+                }
+                put_string(software, out);
+            }
+            Self::HelloAck { version, software } => {
+                varint::encode(kind::HELLO_ACK, out);
+                varint::encode(u64::from(*version), out);
+                put_string(software, out);
+            }
+            Self::Join {
+                room,
+                name,
+                token,
+                flags,
+            } => {
+                varint::encode(kind::JOIN, out);
+                put_string(room, out);
+                put_string(name, out);
+                put_string(token.as_deref().unwrap_or(""), out);
+                out.push(*flags);
+            }
+            Self::Welcome {
+                participant_id,
+                ssrc,
+                room,
+                roster,
+            } => {
+                varint::encode(kind::WELCOME, out);
+                varint::encode(*participant_id, out);
+                out.extend_from_slice(&ssrc.to_be_bytes());
+                put_string(room, out);
+                varint::encode(roster.len() as u64, out);
+                for p in roster {
+                    put_participant(p, out);
+                }
+            }
+            Self::ParticipantJoined(p) => {
+                varint::encode(kind::PARTICIPANT_JOINED, out);
+                put_participant(p, out);
+            }
+            Self::ParticipantLeft { id } => {
+                varint::encode(kind::PARTICIPANT_LEFT, out);
+                varint::encode(*id, out);
+            }
+            Self::SetMute { muted } => {
+                varint::encode(kind::SET_MUTE, out);
+                out.push(u8::from(*muted));
+            }
+            Self::MuteChanged { id, muted } => {
+                varint::encode(kind::MUTE_CHANGED, out);
+                varint::encode(*id, out);
+                out.push(u8::from(*muted));
+            }
+            Self::Leave => varint::encode(kind::LEAVE, out),
+            Self::Ping { nonce, sent_micros } => {
+                varint::encode(kind::PING, out);
+                out.extend_from_slice(&nonce.to_be_bytes());
+                out.extend_from_slice(&sent_micros.to_be_bytes());
+            }
+            Self::Pong {
+                nonce,
+                ping_sent_micros,
+                responder_micros,
+            } => {
+                varint::encode(kind::PONG, out);
+                out.extend_from_slice(&nonce.to_be_bytes());
+                out.extend_from_slice(&ping_sent_micros.to_be_bytes());
+                out.extend_from_slice(&responder_micros.to_be_bytes());
+            }
+            Self::Error { code, message } => {
+                varint::encode(kind::ERROR, out);
+                out.extend_from_slice(&code.to_u16().to_be_bytes());
+                put_string(message, out);
+            }
+            Self::Unknown { kind } => varint::encode(*kind, out),
+        }
+    }
+
+    /// Appends the message with its length prefix, ready for the stream.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let mut body = Vec::new();
+        self.encode_body(&mut body);
+        varint::encode(body.len() as u64, out);
+        out.extend_from_slice(&body);
+    }
+
+    /// The message as a framed byte vector.
+    pub fn to_frame(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode(&mut out);
+        out
+    }
+}
+
+/// Incremental decoder for the control stream: feed it bytes as they arrive, take messages out.
+/// Sans-IO: it never reads a stream itself.
+#[derive(Debug, Default)]
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+}
+
+impl FrameDecoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds bytes received from the stream.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete message, `None` if more bytes are needed. An oversize length prefix
+    /// is an error that stays (the stream can no longer be trusted); a malformed body is an
+    /// error for that one message, which is consumed.
+    pub fn next_message(&mut self) -> Option<Result<Message, ControlError>> {
+        let (len, used) = varint::decode(&self.buf).ok()?;
+        if len > MAX_MESSAGE_LEN as u64 {
+            return Some(Err(ControlError::TooLarge(len)));
+        }
+        let end = used + len as usize;
+        if self.buf.len() < end {
+            return None;
+        }
+        let result = Message::decode_body(&self.buf[used..end]);
+        self.buf.drain(..end);
+        Some(result)
+    }
+}
+
+/// Checks a room or display name: 1 to [`MAX_NAME_LEN`] bytes, no control characters, not
+/// only whitespace.
+pub fn valid_name(s: &str) -> bool {
+    !s.trim().is_empty() && s.len() <= MAX_NAME_LEN && !s.chars().any(char::is_control)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn samples() -> Vec<Message> {
+        let alice = Participant {
+            id: 1,
+            ssrc: 0x1111,
+            name: "Alice ✓".into(),
+            muted: false,
+        };
+        vec![
+            Message::Hello {
+                versions: vec![1, 2],
+                software: "natter 0.1".into(),
+            },
+            Message::HelloAck {
+                version: 1,
+                software: "natter-relay 0.1".into(),
+            },
+            Message::Join {
+                room: "lobby".into(),
+                name: "Alice".into(),
+                token: Some("tok".into()),
+                flags: JOIN_FLAG_ECHO,
+            },
+            Message::Join {
+                room: "lobby".into(),
+                name: "Bob".into(),
+                token: None,
+                flags: 0,
+            },
+            Message::Welcome {
+                participant_id: 1,
+                ssrc: 0x1111,
+                room: "lobby".into(),
+                roster: vec![alice.clone()],
+            },
+            Message::ParticipantJoined(alice),
+            Message::ParticipantLeft { id: 7 },
+            Message::SetMute { muted: true },
+            Message::MuteChanged { id: 3, muted: true },
+            Message::Leave,
+            Message::Ping {
+                nonce: 9,
+                sent_micros: 123,
+            },
+            Message::Pong {
+                nonce: 9,
+                ping_sent_micros: 123,
+                responder_micros: 456,
+            },
+            Message::Error {
+                code: ErrorCode::RoomFull,
+                message: "room lobby is full".into(),
+            },
+            Message::Unknown { kind: 0x3f },
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips_through_a_split_stream() {
+        let mut stream = Vec::new();
+        for m in samples() {
+            m.encode(&mut stream);
+        }
+        // Feed one byte at a time: framing must cope with any split.
+        let mut dec = FrameDecoder::new();
+        let mut got = Vec::new();
+        for b in &stream {
+            dec.push(std::slice::from_ref(b));
+            while let Some(m) = dec.next_message() {
+                got.push(m.unwrap());
+            }
+        }
+        assert_eq!(got, samples());
+    }
+
+    #[test]
+    fn trailing_fields_from_newer_peers_are_ignored() {
+        let mut body = Vec::new();
+        Message::SetMute { muted: true }.encode_body(&mut body);
+        body.extend_from_slice(b"future field");
+        assert_eq!(
+            Message::decode_body(&body).unwrap(),
+            Message::SetMute { muted: true }
+        );
+    }
+
+    #[test]
+    fn bad_input_is_an_error_not_a_panic() {
+        let mut dec = FrameDecoder::new();
+        dec.push(&[0x80, 0x01, 0x00, 0x01]); // length 65537
+        assert_eq!(
+            dec.next_message(),
+            Some(Err(ControlError::TooLarge(65_537)))
+        );
+        assert_eq!(
+            Message::decode_body(&[kind::JOIN as u8, 0x02, 0xff, 0xfe]),
+            Err(ControlError::BadUtf8)
+        );
+        assert_eq!(
+            Message::decode_body(&[kind::JOIN as u8, 0x40, 65]),
+            Err(ControlError::FieldTooLong {
+                field: "room",
+                max: 64
+            })
+        );
+        // A roster count far beyond the body must not allocate or panic.
+        assert_eq!(
+            Message::decode_body(&[
+                kind::WELCOME as u8,
+                1,
+                0,
+                0,
+                0,
+                1,
+                0,
+                0x80,
+                0xff,
+                0xff,
+                0xff
+            ]),
+            Err(ControlError::Truncated)
+        );
+    }
+
+    #[test]
+    fn error_codes_round_trip() {
+        for n in 0..40 {
+            assert_eq!(ErrorCode::from_u16(n).to_u16(), n);
+        }
+        assert_eq!(ErrorCode::from_u16(8), ErrorCode::RoomFull);
+    }
+
+    #[test]
+    fn name_rules() {
+        assert!(valid_name("Alice"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("   "));
+        assert!(!valid_name("a\nb"));
+        assert!(!valid_name(&"x".repeat(65)));
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = Message::decode_body(&bytes);
+            let mut dec = FrameDecoder::new();
+            dec.push(&bytes);
+            for _ in 0..bytes.len() + 1 {
+                if dec.next_message().is_none() { break; }
+            }
+        }
+
+        #[test]
+        fn join_round_trip(room in "[^\\p{Cc}]{1,16}", name in "[^\\p{Cc}]{1,16}",
+                           token in proptest::option::of("[a-zA-Z0-9._-]{1,40}"), flags: u8) {
+            let m = Message::Join { room, name, token, flags };
+            let mut dec = FrameDecoder::new();
+            dec.push(&m.to_frame());
+            prop_assert_eq!(dec.next_message().unwrap().unwrap(), m);
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! Invite links: `natter://HOST[:PORT][/ROOM]?fp=SHA256HEX[&token=TOKEN]`.
+//!
+//! The fingerprint pins the relay's certificate (SHA-256 of its DER encoding), so a
+//! self-signed relay is as safe to reach as one with a WebPKI certificate: whoever holds the
+//! link can tell the real relay from an impostor. Without `fp` the client falls back to WebPKI
+//! validation. Room and token are percent-encoded (RFC 3986) so any name fits.
+
+use std::fmt;
+use std::str::FromStr;
+use thiserror::Error;
+
+/// The link scheme.
+pub const SCHEME: &str = "natter://";
+
+/// Port used when a link names none.
+pub const DEFAULT_PORT: u16 = 4433;
+
+/// A parsed invite link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invite {
+    /// Host name or IP address (IPv6 without brackets).
+    pub host: String,
+    pub port: u16,
+    pub room: Option<String>,
+    /// SHA-256 of the relay certificate, if pinned.
+    pub fingerprint: Option<[u8; 32]>,
+    pub token: Option<String>,
+}
+
+/// What is wrong with an invite link; each variant names the part at fault.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum InviteError {
+    #[error("invite must start with {SCHEME}")]
+    BadScheme,
+    #[error("invite has no host")]
+    MissingHost,
+    #[error("invite has an unterminated IPv6 address (missing ']')")]
+    BadIpv6,
+    #[error("invite port {0:?} is not a number from 1 to 65535")]
+    BadPort(String),
+    #[error("invite fingerprint must be 64 hex digits (SHA-256), got {0:?}")]
+    BadFingerprint(String),
+    #[error("invite {0} is not valid percent-encoded UTF-8")]
+    BadEncoding(&'static str),
+    #[error("invite room name is empty, too long or has control characters")]
+    BadRoom,
+}
+
+impl Invite {
+    /// A link for `host:port` with the given pin, no room, no token.
+    pub fn new(host: impl Into<String>, port: u16, fingerprint: Option<[u8; 32]>) -> Self {
+        Self {
+            host: host.into(),
+            port,
+            room: None,
+            fingerprint,
+            token: None,
+        }
+    }
+
+    /// `host:port` suitable for name resolution (IPv6 in brackets).
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Formats a fingerprint as lowercase hex.
+pub fn fingerprint_hex(fp: &[u8; 32]) -> String {
+    fp.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parses 64 hex digits (colons between bytes are tolerated, as browsers print them).
+pub fn parse_fingerprint(s: &str) -> Result<[u8; 32], InviteError> {
+    let bad = || InviteError::BadFingerprint(s.to_string());
+    let digits: Vec<u8> = s.bytes().filter(|b| *b != b':').collect();
+    if digits.len() != 64 {
+        return Err(bad());
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in digits.chunks(2).enumerate() {
+        let hex = std::str::from_utf8(pair).map_err(|_| bad())?;
+        out[i] = u8::from_str_radix(hex, 16).map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
+fn percent_decode(s: &str, what: &'static str) -> Result<String, InviteError> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or(InviteError::BadEncoding(what))?;
+                out.push(hex);
+                i += 3;
+            }
+            b'+' if what != "room" => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| InviteError::BadEncoding(what))
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+impl FromStr for Invite {
+    type Err = InviteError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let rest = s
+            .get(..SCHEME.len())
+            .filter(|p| p.eq_ignore_ascii_case(SCHEME))
+            .map(|_| &s[SCHEME.len()..])
+            .ok_or(InviteError::BadScheme)?;
+        let (before_query, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (authority, path) = before_query.split_once('/').unwrap_or((before_query, ""));
+
+        let (host, port_str) = if let Some(v6) = authority.strip_prefix('[') {
+            let (host, after) = v6.split_once(']').ok_or(InviteError::BadIpv6)?;
+            (host, after.strip_prefix(':'))
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(InviteError::MissingHost);
+        }
+        let port = match port_str {
+            None => DEFAULT_PORT,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| InviteError::BadPort(p.to_string()))?,
+        };
+        let path = path.trim_end_matches('/');
+        let room = if path.is_empty() {
+            None
+        } else {
+            let room = percent_decode(path, "room")?;
+            if !crate::control::valid_name(&room) {
+                return Err(InviteError::BadRoom);
+            }
+            Some(room)
+        };
+
+        let mut fingerprint = None;
+        let mut token = None;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "fp" => fingerprint = Some(parse_fingerprint(value)?),
+                "token" => token = Some(percent_decode(value, "token")?),
+                // Parameters from newer versions are ignored.
+                _ => {}
+            }
+        }
+        Ok(Self {
+            host: host.to_string(),
+            port,
+            room,
+            fingerprint,
+            token,
+        })
+    }
+}
+
+impl fmt::Display for Invite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{SCHEME}{}", self.authority())?;
+        if let Some(room) = &self.room {
+            write!(f, "/{}", percent_encode(room))?;
+        }
+        let mut sep = '?';
+        if let Some(fp) = &self.fingerprint {
+            write!(f, "{sep}fp={}", fingerprint_hex(fp))?;
+            sep = '&';
+        }
+        if let Some(token) = &self.token {
+            write!(f, "{sep}token={}", percent_encode(token))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const FP: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+    #[test]
+    fn parses_full_link() {
+        let inv: Invite = format!("natter://relay.example:4433/team%20room?fp={FP}&token=a.b")
+            .parse()
+            .unwrap();
+        assert_eq!(inv.host, "relay.example");
+        assert_eq!(inv.port, 4433);
+        assert_eq!(inv.room.as_deref(), Some("team room"));
+        assert_eq!(inv.fingerprint.unwrap()[1], 0x11);
+        assert_eq!(inv.token.as_deref(), Some("a.b"));
+        assert_eq!(inv.to_string().parse::<Invite>().unwrap(), inv);
+    }
+
+    #[test]
+    fn ipv6_and_defaults() {
+        let inv: Invite = "natter://[::1]?x=1".parse().unwrap();
+        assert_eq!((inv.host.as_str(), inv.port), ("::1", DEFAULT_PORT));
+        assert_eq!(inv.authority(), "[::1]:4433");
+        assert_eq!(inv.to_string(), "natter://[::1]:4433");
+    }
+
+    #[test]
+    fn names_what_is_wrong() {
+        use InviteError::*;
+        assert_eq!("http://x".parse::<Invite>(), Err(BadScheme));
+        assert_eq!("natter://:4433".parse::<Invite>(), Err(MissingHost));
+        assert_eq!(
+            "natter://h:99999".parse::<Invite>(),
+            Err(BadPort("99999".into()))
+        );
+        assert_eq!("natter://[::1".parse::<Invite>(), Err(BadIpv6));
+        assert_eq!(
+            "natter://h:1?fp=abc".parse::<Invite>(),
+            Err(BadFingerprint("abc".into()))
+        );
+        assert_eq!(
+            "natter://h:1/%zz".parse::<Invite>(),
+            Err(BadEncoding("room"))
+        );
+        assert_eq!("natter://h:1/%0A".parse::<Invite>(), Err(BadRoom));
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(s in "\\PC{0,80}") {
+            let _ = s.parse::<Invite>();
+            let _ = format!("natter://{s}").parse::<Invite>();
+        }
+
+        #[test]
+        fn display_round_trips(host in "[a-z0-9.-]{1,20}", port in 1u16.., room in proptest::option::of("[^\\p{Cc}/?]{1,20}"),
+                               fp: Option<[u8; 32]>, token in proptest::option::of("[ -~]{1,30}")) {
+            prop_assume!(room.as_ref().is_none_or(|r| crate::control::valid_name(r)));
+            let inv = Invite { host, port, room, fingerprint: fp, token };
+            prop_assert_eq!(inv.to_string().parse::<Invite>().unwrap(), inv);
+        }
+    }
+}

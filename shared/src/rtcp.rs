@@ -1,0 +1,323 @@
+//! RTCP sender and receiver reports (RFC 3550 §6.4), multiplexed with RTP on the same flow
+//! (RFC 5761). Sender reports pair the sender's wall clock with its RTP clock so receivers can
+//! estimate one-way delay and drift; receiver reports carry loss and jitter back to the sender,
+//! and their LSR/DLSR fields give it the round-trip time (RFC 3550 §6.4.1).
+
+use thiserror::Error;
+
+pub const PT_SENDER_REPORT: u8 = 200;
+pub const PT_RECEIVER_REPORT: u8 = 201;
+const REPORT_BLOCK_LEN: usize = 24;
+const SENDER_INFO_LEN: usize = 20;
+
+/// Why an RTCP packet was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum RtcpError {
+    #[error("RTCP packet shorter than its header")]
+    TooShort,
+    #[error("RTCP version {0} (expected 2)")]
+    BadVersion(u8),
+    #[error("RTCP length field runs past the end of the datagram")]
+    BadLength,
+    #[error("RTCP report count does not fit the packet length")]
+    BadReportCount,
+}
+
+/// One reception report block: what a receiver saw of one source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReportBlock {
+    /// The source this block reports on.
+    pub ssrc: u32,
+    /// Fraction of packets lost since the previous report, in 1/256 units.
+    pub fraction_lost: u8,
+    /// Cumulative packets lost (24-bit signed; duplicates can make it negative).
+    pub cumulative_lost: i32,
+    /// Extended highest sequence number received (cycles in the upper 16 bits).
+    pub highest_sequence: u32,
+    /// Interarrival jitter estimate in RTP timestamp units (RFC 3550 §6.4.1, A.8).
+    pub jitter: u32,
+    /// Middle 32 bits of the NTP timestamp of the last sender report from this source.
+    pub last_sr: u32,
+    /// Delay since that sender report was received, in 1/65536 s.
+    pub delay_since_last_sr: u32,
+}
+
+/// The sender-info section of a sender report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SenderInfo {
+    /// Sender's wall clock when the report was sent, NTP format (32.32 fixed point seconds).
+    pub ntp_timestamp: u64,
+    /// The RTP timestamp corresponding to the same instant.
+    pub rtp_timestamp: u32,
+    pub packet_count: u32,
+    pub octet_count: u32,
+}
+
+/// One RTCP packet of a compound datagram.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RtcpPacket {
+    SenderReport {
+        ssrc: u32,
+        info: SenderInfo,
+        reports: Vec<ReportBlock>,
+    },
+    ReceiverReport {
+        ssrc: u32,
+        reports: Vec<ReportBlock>,
+    },
+    /// A packet type Natter does not interpret (SDES, BYE, APP, feedback…); skipped.
+    Other { packet_type: u8 },
+}
+
+impl RtcpPacket {
+    /// SSRC of the packet's sender, if the type has one Natter knows.
+    pub fn sender_ssrc(&self) -> Option<u32> {
+        match self {
+            Self::SenderReport { ssrc, .. } | Self::ReceiverReport { ssrc, .. } => Some(*ssrc),
+            Self::Other { .. } => None,
+        }
+    }
+
+    /// Appends this packet. `Other` packets are not written (Natter never originates them).
+    /// At most 31 report blocks fit one packet; extra blocks are left out.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        let (pt, ssrc, info, reports) = match self {
+            Self::SenderReport {
+                ssrc,
+                info,
+                reports,
+            } => (PT_SENDER_REPORT, *ssrc, Some(info), reports),
+            Self::ReceiverReport { ssrc, reports } => (PT_RECEIVER_REPORT, *ssrc, None, reports),
+            Self::Other { .. } => return,
+        };
+        let reports = &reports[..reports.len().min(31)];
+        let body_len =
+            4 + if info.is_some() { SENDER_INFO_LEN } else { 0 } + REPORT_BLOCK_LEN * reports.len();
+        let words = (4 + body_len) / 4 - 1;
+        out.push(0x80 | reports.len() as u8);
+        out.push(pt);
+        out.extend_from_slice(&(words as u16).to_be_bytes());
+        out.extend_from_slice(&ssrc.to_be_bytes());
+        if let Some(info) = info {
+            out.extend_from_slice(&info.ntp_timestamp.to_be_bytes());
+            out.extend_from_slice(&info.rtp_timestamp.to_be_bytes());
+            out.extend_from_slice(&info.packet_count.to_be_bytes());
+            out.extend_from_slice(&info.octet_count.to_be_bytes());
+        }
+        for r in reports {
+            out.extend_from_slice(&r.ssrc.to_be_bytes());
+            let lost = (r.cumulative_lost.clamp(-0x80_0000, 0x7f_ffff) as u32) & 0x00ff_ffff;
+            out.extend_from_slice(&((u32::from(r.fraction_lost) << 24) | lost).to_be_bytes());
+            out.extend_from_slice(&r.highest_sequence.to_be_bytes());
+            out.extend_from_slice(&r.jitter.to_be_bytes());
+            out.extend_from_slice(&r.last_sr.to_be_bytes());
+            out.extend_from_slice(&r.delay_since_last_sr.to_be_bytes());
+        }
+    }
+}
+
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn parse_blocks(body: &[u8], count: usize) -> Result<Vec<ReportBlock>, RtcpError> {
+    if body.len() < count * REPORT_BLOCK_LEN {
+        return Err(RtcpError::BadReportCount);
+    }
+    Ok((0..count)
+        .map(|i| {
+            let b = &body[i * REPORT_BLOCK_LEN..];
+            let lost_word = be32(b, 4);
+            // Sign-extend the 24-bit cumulative loss.
+            let cumulative_lost = ((lost_word << 8) as i32) >> 8;
+            ReportBlock {
+                ssrc: be32(b, 0),
+                fraction_lost: (lost_word >> 24) as u8,
+                cumulative_lost,
+                highest_sequence: be32(b, 8),
+                jitter: be32(b, 12),
+                last_sr: be32(b, 16),
+                delay_since_last_sr: be32(b, 20),
+            }
+        })
+        .collect())
+}
+
+/// Parses a compound RTCP packet (one or more RTCP packets back to back).
+pub fn parse_compound(buf: &[u8]) -> Result<Vec<RtcpPacket>, RtcpError> {
+    let mut packets = Vec::new();
+    let mut rest = buf;
+    while !rest.is_empty() {
+        if rest.len() < 4 {
+            return Err(RtcpError::TooShort);
+        }
+        let version = rest[0] >> 6;
+        if version != 2 {
+            return Err(RtcpError::BadVersion(version));
+        }
+        let count = usize::from(rest[0] & 0x1f);
+        let packet_type = rest[1];
+        let len = (usize::from(u16::from_be_bytes([rest[2], rest[3]])) + 1) * 4;
+        let packet = rest.get(..len).ok_or(RtcpError::BadLength)?;
+        let body = &packet[4..];
+        packets.push(match packet_type {
+            PT_SENDER_REPORT => {
+                if body.len() < 4 + SENDER_INFO_LEN {
+                    return Err(RtcpError::TooShort);
+                }
+                let info = SenderInfo {
+                    ntp_timestamp: (u64::from(be32(body, 4)) << 32) | u64::from(be32(body, 8)),
+                    rtp_timestamp: be32(body, 12),
+                    packet_count: be32(body, 16),
+                    octet_count: be32(body, 20),
+                };
+                RtcpPacket::SenderReport {
+                    ssrc: be32(body, 0),
+                    info,
+                    reports: parse_blocks(&body[4 + SENDER_INFO_LEN..], count)?,
+                }
+            }
+            PT_RECEIVER_REPORT => {
+                if body.len() < 4 {
+                    return Err(RtcpError::TooShort);
+                }
+                RtcpPacket::ReceiverReport {
+                    ssrc: be32(body, 0),
+                    reports: parse_blocks(&body[4..], count)?,
+                }
+            }
+            other => RtcpPacket::Other { packet_type: other },
+        });
+        rest = &rest[len..];
+    }
+    Ok(packets)
+}
+
+/// Reads the SSRC of the first packet's sender without a full parse (the relay's check).
+pub fn peek_sender_ssrc(buf: &[u8]) -> Option<u32> {
+    buf.get(4..8).map(|b| be32(b, 0))
+}
+
+/// NTP-format timestamps (RFC 5905: seconds since 1900 in 32.32 fixed point).
+pub mod ntp {
+    /// Seconds from 1900-01-01 (NTP epoch) to 1970-01-01 (Unix epoch).
+    const UNIX_OFFSET_SECS: u64 = 2_208_988_800;
+
+    /// Converts microseconds since the Unix epoch to an NTP timestamp.
+    pub fn from_unix_micros(micros: u64) -> u64 {
+        let secs = micros / 1_000_000 + UNIX_OFFSET_SECS;
+        let frac = ((micros % 1_000_000) << 32) / 1_000_000;
+        (secs << 32) | frac
+    }
+
+    /// Converts an NTP timestamp back to microseconds since the Unix epoch.
+    pub fn to_unix_micros(ntp: u64) -> u64 {
+        let secs = (ntp >> 32).saturating_sub(UNIX_OFFSET_SECS);
+        let frac = ((ntp & 0xffff_ffff) * 1_000_000) >> 32;
+        secs * 1_000_000 + frac
+    }
+
+    /// The middle 32 bits (16.16 seconds), the form LSR and DLSR use.
+    pub fn middle32(ntp: u64) -> u32 {
+        (ntp >> 16) as u32
+    }
+
+    /// Converts a 16.16 fixed-point seconds value (LSR/DLSR units) to microseconds.
+    pub fn short_to_micros(short: u32) -> u64 {
+        (u64::from(short) * 1_000_000) >> 16
+    }
+
+    /// Converts microseconds to 16.16 fixed-point seconds (DLSR units), saturating.
+    pub fn micros_to_short(micros: u64) -> u32 {
+        ((micros << 16) / 1_000_000).min(u64::from(u32::MAX)) as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn block(ssrc: u32, lost: i32) -> ReportBlock {
+        ReportBlock {
+            ssrc,
+            fraction_lost: 25,
+            cumulative_lost: lost,
+            highest_sequence: 0x0001_0005,
+            jitter: 96,
+            last_sr: 0x1234_5678,
+            delay_since_last_sr: 65_536,
+        }
+    }
+
+    #[test]
+    fn compound_round_trip() {
+        let sr = RtcpPacket::SenderReport {
+            ssrc: 7,
+            info: SenderInfo {
+                ntp_timestamp: ntp::from_unix_micros(1_700_000_000_250_000),
+                rtp_timestamp: 48_000,
+                packet_count: 50,
+                octet_count: 4_000,
+            },
+            reports: vec![block(9, -3)],
+        };
+        let rr = RtcpPacket::ReceiverReport {
+            ssrc: 7,
+            reports: vec![block(9, 100), block(10, 0)],
+        };
+        let mut buf = Vec::new();
+        sr.write(&mut buf);
+        rr.write(&mut buf);
+        assert_eq!(parse_compound(&buf).unwrap(), vec![sr, rr]);
+        assert_eq!(peek_sender_ssrc(&buf), Some(7));
+    }
+
+    #[test]
+    fn skips_unknown_types_and_rejects_bad_lengths() {
+        // An SDES-typed packet with one word of body is skipped.
+        let pkt = [0x81, 202, 0, 1, 0, 0, 0, 1];
+        assert_eq!(
+            parse_compound(&pkt).unwrap(),
+            vec![RtcpPacket::Other { packet_type: 202 }]
+        );
+        assert_eq!(
+            parse_compound(&[0x81, 201, 0, 9, 0, 0, 0, 1]),
+            Err(RtcpError::BadLength)
+        );
+        assert_eq!(
+            parse_compound(&[0x81, 201, 0, 1, 0, 0, 0, 1]),
+            Err(RtcpError::BadReportCount)
+        );
+        assert_eq!(
+            parse_compound(&[0x40, 201, 0, 0]),
+            Err(RtcpError::BadVersion(1))
+        );
+    }
+
+    #[test]
+    fn ntp_conversions() {
+        let us = 1_700_000_000_123_456;
+        let back = ntp::to_unix_micros(ntp::from_unix_micros(us));
+        assert!(us.abs_diff(back) <= 1);
+        assert!(ntp::short_to_micros(ntp::micros_to_short(1_500_000)).abs_diff(1_500_000) <= 16);
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
+            let _ = parse_compound(&bytes);
+        }
+
+        #[test]
+        fn report_round_trip(ssrc: u32, frac: u8, lost in -0x80_0000i32..0x80_0000, seq: u32,
+                             jitter: u32, lsr: u32, dlsr: u32) {
+            let b = ReportBlock { ssrc, fraction_lost: frac, cumulative_lost: lost,
+                highest_sequence: seq, jitter, last_sr: lsr, delay_since_last_sr: dlsr };
+            let p = RtcpPacket::ReceiverReport { ssrc: 1, reports: vec![b] };
+            let mut buf = Vec::new();
+            p.write(&mut buf);
+            prop_assert_eq!(parse_compound(&buf).unwrap(), vec![p]);
+        }
+    }
+}
