@@ -1,1 +1,18 @@
+//! # natter-relay
+//!
+//! The Natter relay as a library, so that the desktop app can host a call on an embedded relay
+//! and tests can start one in-process; `main.rs` is a thin command-line shell around it.
+//!
+//! - [`core`]: the sans-IO state machine (connection phases, rooms, forwarding decisions).
+//! - [`server`]: the quinn I/O shell that drives it.
+//! - [`identity`]: the TLS certificate — a self-signed one generated once and kept in the data
+//!   directory (pinned by fingerprint in invites), or PEM files from a real CA.
+//! - [`stats`]: counters the shell keeps (datagrams forwarded and dropped by reason, …).
 
+pub mod core;
+pub mod identity;
+pub mod server;
+pub mod stats;
+
+pub use identity::Identity;
+pub use server::{RelayConfig, RelayHandle, start};

@@ -1,0 +1,461 @@
+//! The relay's I/O shell: quinn endpoints, one task per connection for its control stream and
+//! one for its datagrams, all driving the shared [`RelayCore`].
+//!
+//! Real-time rule: a forwarded datagram is either sent now or dropped. quinn queues unsent
+//! datagrams per connection and drops the *oldest* when the queue is full; its default queue
+//! is 1 MiB (minutes of voice), so we size it to a few frames instead.
+
+use crate::core::{Close, ConnId, Limits, RelayCore};
+use crate::identity::Identity;
+use crate::stats::{RelayStats, StatsSnapshot};
+use natter_proto::control::{ErrorCode, FrameDecoder, Message};
+use natter_proto::invite::Invite;
+use quinn::crypto::rustls::QuicServerConfig;
+use quinn::{Connection, Endpoint, EndpointConfig, TransportConfig, VarInt};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+/// How the relay runs.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Addresses to listen on (UDP). IPv6 sockets are v6-only so `0.0.0.0` and `[::]` can
+    /// share a port.
+    pub listen: Vec<SocketAddr>,
+    pub identity: Identity,
+    /// Host name or address put in invite links; defaults to the first listen address, or the
+    /// machine's host name when that is a wildcard.
+    pub public_host: Option<String>,
+    pub limits: Limits,
+    /// A connection must open its control stream and say Hello within this time.
+    pub hello_timeout: Duration,
+    /// A connection silent this long is closed (clients keep alive every few seconds).
+    pub idle_timeout: Duration,
+    /// Bytes of outgoing datagrams quinn may queue per connection before dropping the oldest.
+    pub datagram_send_buffer: usize,
+}
+
+impl RelayConfig {
+    /// Defaults for `identity` on the given addresses.
+    pub fn new(listen: Vec<SocketAddr>, identity: Identity) -> Self {
+        Self {
+            listen,
+            identity,
+            public_host: None,
+            limits: Limits::default(),
+            hello_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            // About 40 voice packets: a few frames per sender in a busy room, never seconds.
+            datagram_send_buffer: 4 * 1024,
+        }
+    }
+}
+
+/// Why the relay could not start.
+#[derive(Debug, Error)]
+pub enum RelayError {
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+    #[error("no address to listen on")]
+    NoListenAddress,
+}
+
+/// A connection as the core sees it: where to send its datagrams and control messages.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    conn: Connection,
+    control: mpsc::UnboundedSender<Outgoing>,
+}
+
+/// Work for a connection's control-stream writer, kept in order so an Error message goes out
+/// before the close.
+#[derive(Debug)]
+enum Outgoing {
+    Message(Message),
+    Close(Close),
+}
+
+struct Shared {
+    core: Mutex<RelayCore<Peer>>,
+    stats: RelayStats,
+    next_conn: AtomicU64,
+    shutting_down: AtomicBool,
+    config: RelayConfig,
+}
+
+impl Shared {
+    fn core(&self) -> std::sync::MutexGuard<'_, RelayCore<Peer>> {
+        // A panic elsewhere must not take forwarding down with a poisoned lock.
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A running relay.
+pub struct RelayHandle {
+    shared: Arc<Shared>,
+    endpoints: Vec<Endpoint>,
+    addrs: Vec<SocketAddr>,
+}
+
+fn transport_config(config: &RelayConfig) -> TransportConfig {
+    let mut t = TransportConfig::default();
+    t.max_idle_timeout(config.idle_timeout.try_into().ok());
+    t.datagram_send_buffer_size(config.datagram_send_buffer);
+    t.datagram_receive_buffer_size(Some(64 * 1024));
+    // One control stream per connection; leave a little headroom for future use.
+    t.max_concurrent_bidi_streams(VarInt::from_u32(4));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    t
+}
+
+fn server_config(config: &RelayConfig) -> Result<quinn::ServerConfig, RelayError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| RelayError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(
+            config.identity.certs.clone(),
+            config.identity.key.clone_key(),
+        )
+        .map_err(|e| RelayError::Tls(e.to_string()))?;
+    tls.alpn_protocols = vec![natter_proto::ALPN.to_vec()];
+    let quic = QuicServerConfig::try_from(tls).map_err(|e| RelayError::Tls(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    server.transport_config(Arc::new(transport_config(config)));
+    Ok(server)
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// Starts the relay on the current tokio runtime.
+pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
+    if config.listen.is_empty() {
+        return Err(RelayError::NoListenAddress);
+    }
+    let server = server_config(&config)?;
+    let mut endpoints = Vec::new();
+    let mut addrs = Vec::new();
+    for addr in &config.listen {
+        let socket = bind(*addr).map_err(|e| RelayError::Bind(*addr, e))?;
+        let endpoint = Endpoint::new(
+            EndpointConfig::default(),
+            Some(server.clone()),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|e| RelayError::Bind(*addr, e))?;
+        addrs.push(
+            endpoint
+                .local_addr()
+                .map_err(|e| RelayError::Bind(*addr, e))?,
+        );
+        endpoints.push(endpoint);
+    }
+    let shared = Arc::new(Shared {
+        core: Mutex::new(RelayCore::new(
+            format!("natter-relay {}", env!("CARGO_PKG_VERSION")),
+            config.limits.clone(),
+        )),
+        stats: RelayStats::default(),
+        next_conn: AtomicU64::new(1),
+        shutting_down: AtomicBool::new(false),
+        config,
+    });
+    for endpoint in &endpoints {
+        tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
+    }
+    info!(addrs = ?addrs, "relay listening");
+    Ok(RelayHandle {
+        shared,
+        endpoints,
+        addrs,
+    })
+}
+
+impl RelayHandle {
+    /// The bound addresses (real ports even when asked for port 0).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// The invite link for this relay: pinned fingerprint for self-signed certificates.
+    pub fn invite(&self) -> Invite {
+        let config = &self.shared.config;
+        let addr = self.addrs[0];
+        let host = config.public_host.clone().unwrap_or_else(|| {
+            if addr.ip().is_unspecified() {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_string())
+                    .ok()
+                    .filter(|h| !h.is_empty())
+                    .unwrap_or_else(|| "localhost".into())
+            } else {
+                addr.ip().to_string()
+            }
+        });
+        let fp = config
+            .identity
+            .self_signed
+            .then_some(config.identity.fingerprint);
+        Invite::new(host, addr.port(), fp)
+    }
+
+    pub fn fingerprint(&self) -> [u8; 32] {
+        self.shared.config.identity.fingerprint
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.shared.stats.snapshot()
+    }
+
+    /// (connections, rooms, participants) right now.
+    pub fn occupancy(&self) -> (usize, usize, usize) {
+        let core = self.shared.core();
+        (
+            core.connection_count(),
+            core.room_count(),
+            core.participant_count(),
+        )
+    }
+
+    /// Tells every client the relay is going away (Error ShuttingDown, then a close with that
+    /// code), stops accepting, and waits up to `grace` for the goodbyes to be delivered.
+    pub async fn shutdown(self, grace: Duration) {
+        self.shared.shutting_down.store(true, Relaxed);
+        let peers: Vec<Peer> = self.shared.core().handles().cloned().collect();
+        info!(clients = peers.len(), "shutting down");
+        for peer in &peers {
+            let _ = peer.control.send(Outgoing::Close(Close::Error(
+                ErrorCode::ShuttingDown,
+                "the relay is shutting down".into(),
+            )));
+        }
+        // Let the writers flush the Error messages before the endpoint-wide close.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for endpoint in &self.endpoints {
+            endpoint.close(
+                VarInt::from(ErrorCode::ShuttingDown.to_u16()),
+                b"the relay is shutting down",
+            );
+        }
+        let idle = futures_all(self.endpoints.iter().map(|e| e.wait_idle()));
+        let _ = tokio::time::timeout(grace, idle).await;
+    }
+}
+
+async fn futures_all<F: std::future::Future<Output = ()>>(futs: impl Iterator<Item = F>) {
+    for f in futs {
+        f.await;
+    }
+}
+
+async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
+    while let Some(incoming) = endpoint.accept().await {
+        if shared.shutting_down.load(Relaxed) {
+            incoming.refuse();
+            continue;
+        }
+        let id = shared.next_conn.fetch_add(1, Relaxed);
+        let span = info_span!("conn", id, remote = %incoming.remote_address());
+        tokio::spawn(run_connection(incoming, id, shared.clone()).instrument(span));
+    }
+}
+
+async fn run_connection(incoming: quinn::Incoming, id: ConnId, shared: Arc<Shared>) {
+    let conn = match incoming.await {
+        Ok(conn) => conn,
+        Err(e) => {
+            shared.stats.handshake_failures.fetch_add(1, Relaxed);
+            debug!(error = %e, "handshake failed");
+            return;
+        }
+    };
+    shared.stats.connections_accepted.fetch_add(1, Relaxed);
+    debug!("connected");
+    let deadline = tokio::time::Instant::now() + shared.config.hello_timeout;
+    let (send, recv) = match tokio::time::timeout_at(deadline, conn.accept_bi()).await {
+        Ok(Ok(streams)) => streams,
+        Ok(Err(e)) => {
+            debug!(error = %e, "closed before opening a control stream");
+            return;
+        }
+        Err(_) => {
+            close_with(
+                &conn,
+                ErrorCode::HelloRequired,
+                "no control stream within the hello timeout",
+            );
+            return;
+        }
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    let peer = Peer {
+        conn: conn.clone(),
+        control: tx,
+    };
+    shared.core().connect(id, peer.clone());
+    let writer = tokio::spawn(write_control(send, rx, conn.clone()));
+    let datagrams = tokio::spawn(forward_datagrams(conn.clone(), id, shared.clone()));
+
+    read_control(recv, id, &peer, &shared, deadline).await;
+
+    datagrams.abort();
+    let notices = shared.core().disconnect(id);
+    dispatch(notices);
+    // Let the writer send what is queued (e.g. an Error) before the connection goes.
+    drop(peer);
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    conn.close(VarInt::from_u32(0), b"");
+    debug!(reason = ?conn.close_reason(), "disconnected");
+}
+
+fn close_with(conn: &Connection, code: ErrorCode, reason: &str) {
+    conn.close(VarInt::from(code.to_u16()), reason.as_bytes());
+}
+
+fn dispatch(sends: Vec<(Peer, Message)>) {
+    for (peer, msg) in sends {
+        let _ = peer.control.send(Outgoing::Message(msg));
+    }
+}
+
+/// Reads control messages until the stream or connection ends or the core closes it.
+async fn read_control(
+    mut recv: quinn::RecvStream,
+    id: ConnId,
+    peer: &Peer,
+    shared: &Shared,
+    hello_deadline: tokio::time::Instant,
+) {
+    let mut decoder = FrameDecoder::new();
+    let mut buf = vec![0u8; 4096];
+    let mut said_hello = false;
+    loop {
+        let read = if said_hello {
+            recv.read(&mut buf).await
+        } else {
+            match tokio::time::timeout_at(hello_deadline, recv.read(&mut buf)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    let close = Close::Error(
+                        ErrorCode::HelloRequired,
+                        "no Hello within the hello timeout".into(),
+                    );
+                    let _ = peer.control.send(Outgoing::Close(close));
+                    return;
+                }
+            }
+        };
+        let n = match read {
+            Ok(Some(n)) => n,
+            Ok(None) | Err(_) => return,
+        };
+        decoder.push(&buf[..n]);
+        while let Some(next) = decoder.next_message() {
+            let msg = match next {
+                Ok(msg) => msg,
+                Err(e) => {
+                    shared.stats.control_errors.fetch_add(1, Relaxed);
+                    warn!(error = %e, "malformed control message");
+                    let close = Close::Error(
+                        ErrorCode::ProtocolViolation,
+                        format!("malformed control message: {e}"),
+                    );
+                    let _ = peer.control.send(Outgoing::Close(close));
+                    return;
+                }
+            };
+            said_hello |= matches!(msg, Message::Hello { .. });
+            if let Message::Join { room, name, .. } = &msg {
+                info!(room = %room, name = %name, "join");
+            }
+            let outcome = shared.core().on_message(id, msg);
+            dispatch(outcome.sends);
+            if let Some(close) = outcome.close {
+                if let Close::Error(code, reason) = &close {
+                    shared.stats.control_errors.fetch_add(1, Relaxed);
+                    info!(code = ?code, reason = %reason, "closing connection");
+                }
+                let _ = peer.control.send(Outgoing::Close(close));
+                return;
+            }
+        }
+    }
+}
+
+/// Writes queued control messages to the stream; carries out closes in order.
+async fn write_control(
+    mut send: quinn::SendStream,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    conn: Connection,
+) {
+    let mut frame = Vec::new();
+    while let Some(out) = rx.recv().await {
+        match out {
+            Outgoing::Message(msg) => {
+                frame.clear();
+                msg.encode(&mut frame);
+                if send.write_all(&frame).await.is_err() {
+                    return;
+                }
+            }
+            Outgoing::Close(Close::Left) => {
+                let _ = send.finish();
+                conn.close(VarInt::from_u32(0), b"left");
+                return;
+            }
+            Outgoing::Close(Close::Error(code, reason)) => {
+                frame.clear();
+                Message::Error {
+                    code,
+                    message: reason.clone(),
+                }
+                .encode(&mut frame);
+                let _ = send.write_all(&frame).await;
+                let _ = send.finish();
+                // Give the Error frame a moment to leave before CONNECTION_CLOSE, which
+                // carries the same code and reason in case it does not.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                close_with(&conn, code, &reason);
+                return;
+            }
+        }
+    }
+}
+
+/// Forwards this connection's media datagrams to the rest of its room.
+async fn forward_datagrams(conn: Connection, id: ConnId, shared: Arc<Shared>) {
+    let mut targets: Vec<Connection> = Vec::with_capacity(16);
+    while let Ok(datagram) = conn.read_datagram().await {
+        shared.stats.datagrams_in.fetch_add(1, Relaxed);
+        targets.clear();
+        match shared.core().route(id, &datagram) {
+            Ok(peers) => targets.extend(peers.map(|p| p.conn.clone())),
+            Err(reason) => {
+                shared.stats.count_drop(reason);
+                continue;
+            }
+        }
+        for target in &targets {
+            match target.send_datagram(datagram.clone()) {
+                Ok(()) => shared.stats.datagrams_forwarded.fetch_add(1, Relaxed),
+                Err(_) => shared.stats.datagrams_send_failed.fetch_add(1, Relaxed),
+            };
+        }
+    }
+}
