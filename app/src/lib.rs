@@ -1,1 +1,10 @@
+//! # natter: the Natter voice client
+//!
+//! One engine, several shells: the headless `natter call` (WAV files as microphone and
+//! speaker), the desktop app and the tests all drive the same [`engine`]. See
+//! `docs/ARCHITECTURE.md` for the map.
 
+pub mod audio;
+pub mod codec;
+pub mod jitter;
+pub mod measure;

@@ -1,0 +1,149 @@
+//! Audio backends: where the engine's microphone samples come from and where its speaker
+//! samples go.
+//!
+//! Every backend (a WAV file, a cpal device, a test signal) exchanges 48 kHz mono `f32` samples
+//! with the engine through two lock-free single-producer/single-consumer rings (`rtrb`): the
+//! backend pushes captured samples into one and pops playback samples from the other. That is
+//! all a real-time audio callback may do — no allocation, lock, log or blocking call — and it
+//! makes the backends interchangeable: the engine cannot tell a file from a device.
+
+pub mod resample;
+pub mod wav;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// The engine's internal sample rate (Opus and the RTP clock both run at 48 kHz).
+pub const SAMPLE_RATE: u32 = 48_000;
+
+/// Ring capacity: one second each way, far more than the engine ever lets queue up.
+pub const RING_SAMPLES: usize = SAMPLE_RATE as usize;
+
+/// The backend's ends of the two rings.
+pub struct DeviceEnds {
+    /// Push captured (microphone) samples here.
+    pub capture: rtrb::Producer<f32>,
+    /// Pop samples to play (speaker) from here.
+    pub playback: rtrb::Consumer<f32>,
+    pub counters: Arc<DeviceCounters>,
+}
+
+/// The engine's ends of the two rings.
+pub struct EngineEnds {
+    pub capture: rtrb::Consumer<f32>,
+    pub playback: rtrb::Producer<f32>,
+    pub counters: Arc<DeviceCounters>,
+}
+
+/// Creates a connected pair of ring ends.
+pub fn ring_pair() -> (DeviceEnds, EngineEnds) {
+    let (cap_tx, cap_rx) = rtrb::RingBuffer::new(RING_SAMPLES);
+    let (play_tx, play_rx) = rtrb::RingBuffer::new(RING_SAMPLES);
+    let counters = Arc::new(DeviceCounters::default());
+    (
+        DeviceEnds {
+            capture: cap_tx,
+            playback: play_rx,
+            counters: counters.clone(),
+        },
+        EngineEnds {
+            capture: cap_rx,
+            playback: play_tx,
+            counters,
+        },
+    )
+}
+
+/// Glitch counters shared between a backend and the UI/stats. Atomics: callbacks bump them
+/// without locking.
+#[derive(Debug, Default)]
+pub struct DeviceCounters {
+    /// Captured samples dropped because the engine did not keep up.
+    pub capture_overruns: AtomicU64,
+    /// Playback samples missing when the device needed them (silence was played).
+    pub playback_underruns: AtomicU64,
+    /// Device period in microseconds (how much audio one callback moves).
+    pub period_us: AtomicU64,
+}
+
+impl DeviceCounters {
+    pub fn overruns(&self) -> u64 {
+        self.capture_overruns.load(Relaxed)
+    }
+    pub fn underruns(&self) -> u64 {
+        self.playback_underruns.load(Relaxed)
+    }
+}
+
+/// Copies `samples` into the capture ring, counting what does not fit. Real-time safe.
+pub fn push_capture(ring: &mut rtrb::Producer<f32>, samples: &[f32], counters: &DeviceCounters) {
+    let n = samples.len().min(ring.slots());
+    if let Ok(mut chunk) = ring.write_chunk_uninit(n) {
+        let (a, b) = chunk.as_mut_slices();
+        for (dst, src) in a.iter_mut().chain(b.iter_mut()).zip(samples) {
+            dst.write(*src);
+        }
+        // SAFETY: every slot of the chunk was written above (the chunk holds exactly n slots
+        // and `samples` has at least n).
+        unsafe { chunk.commit_all() };
+    }
+    if n < samples.len() {
+        counters
+            .capture_overruns
+            .fetch_add((samples.len() - n) as u64, Relaxed);
+    }
+}
+
+/// Fills `out` from the playback ring, padding with silence (and counting it) when the engine
+/// has not supplied enough. `started` suppresses underrun counting before the first audio ever
+/// arrived (silence before a call starts is not a glitch). Real-time safe.
+pub fn pop_playback(
+    ring: &mut rtrb::Consumer<f32>,
+    out: &mut [f32],
+    counters: &DeviceCounters,
+    started: &mut bool,
+) {
+    let n = out.len().min(ring.slots());
+    if let Ok(chunk) = ring.read_chunk(n) {
+        let (a, b) = chunk.as_slices();
+        out[..a.len()].copy_from_slice(a);
+        out[a.len()..n].copy_from_slice(b);
+        chunk.commit_all();
+    }
+    out[n..].fill(0.0);
+    if n > 0 {
+        *started = true;
+    }
+    if n < out.len() && *started {
+        counters
+            .playback_underruns
+            .fetch_add((out.len() - n) as u64, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rings_carry_samples_and_count_glitches() {
+        let (mut dev, mut eng) = ring_pair();
+        push_capture(&mut dev.capture, &[0.5; 100], &dev.counters);
+        assert_eq!(eng.capture.slots(), 100);
+        let mut out = [1.0; 10];
+        let mut started = false;
+        pop_playback(&mut dev.playback, &mut out, &dev.counters, &mut started);
+        assert_eq!(out, [0.0; 10]);
+        assert_eq!(
+            dev.counters.underruns(),
+            0,
+            "silence before start is not an underrun"
+        );
+        eng.playback.push(0.25).unwrap();
+        pop_playback(&mut dev.playback, &mut out, &dev.counters, &mut started);
+        assert_eq!(out[0], 0.25);
+        assert_eq!(dev.counters.underruns(), 9);
+        push_capture(&mut dev.capture, &vec![0.0; RING_SAMPLES], &dev.counters);
+        assert_eq!(dev.counters.overruns(), 100);
+    }
+}

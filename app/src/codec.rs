@@ -1,0 +1,159 @@
+//! Opus through libopus (audiopus): VOIP application, 48 kHz mono, in-band FEC.
+
+use crate::jitter::{Decode, DecodeError};
+use audiopus::coder::{Decoder, Encoder};
+use audiopus::packet::Packet;
+use audiopus::{Application, Bitrate, Channels, MutSignals, SampleRate};
+
+/// Largest Opus packet (RFC 6716 §3.4: 1275 bytes per frame).
+pub const MAX_PACKET: usize = 1275;
+
+/// Encoder settings.
+#[derive(Debug, Clone, Copy)]
+pub struct EncoderConfig {
+    pub bitrate_bps: i32,
+    /// Loss percentage the encoder plans FEC for (libopus emits LBRR only when this is > 0).
+    pub expected_loss_pct: u8,
+    pub fec: bool,
+    pub dtx: bool,
+}
+
+impl Default for EncoderConfig {
+    fn default() -> Self {
+        // 32 kbit/s keeps FEC working (libopus 1.3 emits none at 16 kbit/s, see the design
+        // guide) and scores ~4.4 PESQ on clean speech.
+        Self {
+            bitrate_bps: 32_000,
+            expected_loss_pct: 5,
+            fec: true,
+            dtx: false,
+        }
+    }
+}
+
+/// A mono 48 kHz Opus encoder.
+pub struct OpusEncoder {
+    encoder: Encoder,
+}
+
+impl OpusEncoder {
+    pub fn new(config: EncoderConfig) -> anyhow::Result<Self> {
+        let mut encoder = Encoder::new(SampleRate::Hz48000, Channels::Mono, Application::Voip)?;
+        encoder.set_bitrate(Bitrate::BitsPerSecond(config.bitrate_bps))?;
+        encoder.set_inband_fec(config.fec)?;
+        encoder.set_packet_loss_perc(config.expected_loss_pct)?;
+        encoder.set_dtx(config.dtx)?;
+        Ok(Self { encoder })
+    }
+
+    /// Encodes one frame (2.5–60 ms of samples) into `out` (cleared first).
+    pub fn encode(&mut self, frame: &[f32], out: &mut Vec<u8>) -> anyhow::Result<()> {
+        out.resize(MAX_PACKET, 0);
+        let n = self.encoder.encode_float(frame, out)?;
+        out.truncate(n);
+        Ok(())
+    }
+
+    /// Algorithmic delay of the encoder in samples at 48 kHz (look-ahead).
+    pub fn lookahead(&self) -> u32 {
+        self.encoder.lookahead().unwrap_or(0)
+    }
+}
+
+/// A mono 48 kHz Opus decoder.
+pub struct OpusDecoder {
+    decoder: Decoder,
+    buf: Vec<f32>,
+}
+
+impl OpusDecoder {
+    pub fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            decoder: Decoder::new(SampleRate::Hz48000, Channels::Mono)?,
+            // 120 ms, the longest Opus packet.
+            buf: vec![0.0; 5_760],
+        })
+    }
+
+    fn run(
+        &mut self,
+        payload: Option<&[u8]>,
+        samples: usize,
+        fec: bool,
+        out: &mut Vec<f32>,
+    ) -> Result<(), DecodeError> {
+        let samples = samples.min(self.buf.len());
+        let packet = match payload {
+            Some(p) => Some(Packet::try_from(p).map_err(|_| DecodeError)?),
+            None => None,
+        };
+        let signals = MutSignals::try_from(&mut self.buf[..samples]).map_err(|_| DecodeError)?;
+        let n = self
+            .decoder
+            .decode_float(packet, signals, fec)
+            .map_err(|_| DecodeError)?;
+        out.extend_from_slice(&self.buf[..n]);
+        Ok(())
+    }
+}
+
+impl Decode for OpusDecoder {
+    fn decode(&mut self, payload: &[u8], out: &mut Vec<f32>) -> Result<(), DecodeError> {
+        let len = self.buf.len();
+        self.run(Some(payload), len, false, out)
+    }
+
+    fn decode_fec(
+        &mut self,
+        next_payload: &[u8],
+        samples: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<(), DecodeError> {
+        self.run(Some(next_payload), samples, true, out)
+    }
+
+    fn conceal(&mut self, samples: usize, out: &mut Vec<f32>) {
+        if self.run(None, samples, false, out).is_err() {
+            out.extend(std::iter::repeat_n(0.0, samples));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_and_decodes_a_tone_with_fec_and_plc() {
+        let mut enc = OpusEncoder::new(EncoderConfig::default()).unwrap();
+        let mut dec = OpusDecoder::new().unwrap();
+        let tone: Vec<f32> = (0..960 * 50)
+            .map(|i| (i as f32 * 2.0 * std::f32::consts::PI * 440.0 / 48_000.0).sin() * 0.5)
+            .collect();
+        let mut packets = Vec::new();
+        for frame in tone.chunks(960) {
+            let mut p = Vec::new();
+            enc.encode(frame, &mut p).unwrap();
+            assert!(!p.is_empty() && p.len() < 400);
+            packets.push(p);
+        }
+        let mut out = Vec::new();
+        for p in &packets[..40] {
+            dec.decode(p, &mut out).unwrap();
+        }
+        assert_eq!(out.len(), 40 * 960);
+        let energy: f32 = out[20_000..30_000].iter().map(|s| s * s).sum::<f32>() / 10_000.0;
+        assert!(
+            (energy - 0.125).abs() < 0.03,
+            "decoded tone energy {energy}"
+        );
+        let mut fec = Vec::new();
+        dec.decode_fec(&packets[41], 960, &mut fec).unwrap();
+        assert_eq!(fec.len(), 960);
+        let mut plc = Vec::new();
+        dec.conceal(960, &mut plc);
+        assert_eq!(plc.len(), 960);
+        assert!(dec.decode(&[0xff; 3], &mut Vec::new()).is_err());
+        assert!(enc.lookahead() > 0);
+    }
+}
