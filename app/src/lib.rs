@@ -5,6 +5,9 @@
 //! `docs/ARCHITECTURE.md` for the map.
 
 pub mod audio;
+pub mod call;
 pub mod codec;
+pub mod engine;
 pub mod jitter;
 pub mod measure;
+pub mod transport;

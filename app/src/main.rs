@@ -1,1 +1,290 @@
-fn main() {}
+//! `natter`: the Natter voice client's command line.
+//!
+//! - `natter call INVITE …` — a headless call with WAV files as microphone and speaker.
+//! - `natter demo` — a local relay plus two headless clients; prints the measured latency.
+//! - `natter signal …` — writes the probe signals the latency tools use.
+//! - `natter latency …` — measures mouth-to-ear latency from a recording of the chirp probe.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use natter::audio::SAMPLE_RATE;
+use natter::audio::wav::{read_wav, write_wav};
+use natter::call::{self, CallOptions};
+use natter::measure::{self, LatencyStats};
+use natter_proto::invite::Invite;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(name = "natter", version, about = "Natter voice chat client")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Join a call headless: a WAV file is the microphone, another the speaker.
+    Call(CallArgs),
+    /// Start a local relay and two headless clients, and print the measured latency.
+    Demo {
+        /// Seconds of chirps to send.
+        #[arg(long, default_value_t = 12.0)]
+        seconds: f32,
+        /// Opus frame length in ms.
+        #[arg(long, default_value_t = 20)]
+        frame_ms: u32,
+    },
+    /// Write a test signal as a 48 kHz mono WAV file.
+    Signal {
+        #[arg(value_enum)]
+        kind: SignalKind,
+        out: PathBuf,
+        #[arg(long, default_value_t = 12.0)]
+        seconds: f32,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Measure mouth-to-ear latency: find each chirp of the probe signal in a recording.
+    Latency {
+        /// The far end's recording (its sample 0 aligned with the probe's, or see --offset-ms).
+        recording: PathBuf,
+        /// Seconds and seed the probe was made with (`natter signal chirps`).
+        #[arg(long, default_value_t = 12.0)]
+        seconds: f32,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// How much later the recording's sample 0 was than the probe's (negative: earlier).
+        #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+        offset_ms: f64,
+        /// Or: the two `--stats-json` files of the sending and recording calls, whose sample-0
+        /// wall clocks give the offset.
+        #[arg(long, num_args = 2, value_names = ["SENDER_JSON", "RECEIVER_JSON"])]
+        align: Option<Vec<PathBuf>>,
+        /// Longest latency searched for.
+        #[arg(long, default_value_t = 1000.0)]
+        max_ms: f32,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SignalKind {
+    /// Chirps at irregular intervals (the latency probe).
+    Chirps,
+    /// A deterministic speech-like signal.
+    Speech,
+}
+
+#[derive(Debug, clap::Args)]
+struct CallArgs {
+    /// natter://host:port[/room]?fp=…[&token=…]
+    invite: String,
+    /// Room to join (overrides the invite's room).
+    #[arg(long)]
+    room: Option<String>,
+    /// Display name.
+    #[arg(long)]
+    name: String,
+    /// WAV file used as the microphone (any rate and channels). Without it, only listen.
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// WAV file the speaker is recorded to (48 kHz mono 16-bit); its sample 0 is the input's.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Seconds to stay in the call (default: the input's length plus 2 s, or until Ctrl-C).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Ask the relay to send our own audio back (loopback latency test).
+    #[arg(long)]
+    echo: bool,
+    /// Write the final statistics as JSON.
+    #[arg(long)]
+    stats_json: Option<PathBuf>,
+    /// Opus frame length in ms: 10, 20, 40 or 60.
+    #[arg(long, default_value_t = 20)]
+    frame_ms: u32,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("natter: error: {e:#}");
+            ExitCode::from(if call::is_connect_error(&e) { 2 } else { 1 })
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Cmd::Call(args) => run_call(args),
+        Cmd::Demo { seconds, frame_ms } => runtime()?.block_on(demo(seconds, frame_ms)),
+        Cmd::Signal {
+            kind,
+            out,
+            seconds,
+            seed,
+        } => {
+            let samples = match kind {
+                SignalKind::Chirps => probe(seconds, seed).samples,
+                SignalKind::Speech => measure::speech_like(SAMPLE_RATE, seconds, seed),
+            };
+            write_wav(&out, &samples)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Latency {
+            recording,
+            seconds,
+            seed,
+            offset_ms,
+            align,
+            max_ms,
+        } => {
+            let offset_ms = match align {
+                Some(files) => stats_offset_ms(&files[0], &files[1])?,
+                None => offset_ms,
+            };
+            let rec = read_wav(&recording)?;
+            let stats = latency(&probe(seconds, seed), &rec, offset_ms, max_ms).context(
+                "no chirp found in the recording: no audio arrived, or it is not the probe signal",
+            )?;
+            println!("{stats}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The chirp probe both `signal chirps` and `latency` use, so they agree on onsets.
+fn probe(seconds: f32, seed: u64) -> measure::ChirpTrain {
+    measure::chirp_train(SAMPLE_RATE, seconds, 500, seed)
+}
+
+/// Latency stats of `recording` against `train`, where the recording started `offset_ms`
+/// after the probe.
+fn latency(
+    train: &measure::ChirpTrain,
+    recording: &[f32],
+    offset_ms: f64,
+    max_ms: f32,
+) -> Option<LatencyStats> {
+    let shift = (offset_ms.abs() * f64::from(SAMPLE_RATE) / 1000.0).round() as usize;
+    // Put the recording on the probe's time axis.
+    let aligned: Vec<f32> = if offset_ms >= 0.0 {
+        std::iter::repeat_n(0.0, shift)
+            .chain(recording.iter().copied())
+            .collect()
+    } else {
+        recording.get(shift..).unwrap_or_default().to_vec()
+    };
+    let lags = measure::find_lags(train, &aligned, max_ms, 0.5);
+    LatencyStats::from_lags(&lags, train.onsets.len())
+}
+
+fn stats_offset_ms(sender: &std::path::Path, receiver: &std::path::Path) -> anyhow::Result<f64> {
+    let start = |p: &std::path::Path| -> anyhow::Result<f64> {
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{} is not JSON", p.display()))?;
+        v["audio_start_unix_us"]
+            .as_f64()
+            .with_context(|| format!("{} has no audio_start_unix_us", p.display()))
+    };
+    Ok((start(receiver)? - start(sender)?) / 1000.0)
+}
+
+fn run_call(args: CallArgs) -> anyhow::Result<ExitCode> {
+    let mut invite: Invite = args.invite.parse().context("bad invite")?;
+    let room = args
+        .room
+        .or_else(|| invite.room.take())
+        .context("no room: put it in the invite (natter://host:port/ROOM?fp=…) or pass --room")?;
+    let opts = CallOptions {
+        invite,
+        room,
+        name: args.name,
+        input: args.input,
+        output: args.output,
+        duration: args.duration.map(Duration::from_secs_f64),
+        echo: args.echo,
+        frame_ms: args.frame_ms,
+    };
+    let report = runtime()?.block_on(call::run(opts))?;
+    print!("{}", report.summary());
+    if let Some(path) = &args.stats_json {
+        call::write_stats_json(&report, path)?;
+    }
+    if let Some(reason) = &report.ended_by_relay {
+        eprintln!("natter: call ended by the relay: {reason}");
+        return Ok(ExitCode::from(3));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A relay on loopback, a listener and a speaker sending the chirp probe; prints what the
+/// listener measured.
+async fn demo(seconds: f32, frame_ms: u32) -> anyhow::Result<ExitCode> {
+    let identity = natter_relay::Identity::generate()?;
+    let relay = natter_relay::start(natter_relay::RelayConfig::new(
+        vec!["127.0.0.1:0".parse()?],
+        identity,
+    ))
+    .await?;
+    let mut invite = relay.invite();
+    println!("relay listening, invite: {invite}");
+    invite.room = None;
+    let dir = std::env::temp_dir().join(format!("natter-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let input = dir.join("probe.wav");
+    let train = probe(seconds, 1);
+    write_wav(&input, &train.samples)?;
+    let call_secs = f64::from(seconds) + 1.5;
+    let options = |name: &str, input: Option<PathBuf>| CallOptions {
+        invite: invite.clone(),
+        room: "demo".into(),
+        name: name.into(),
+        input,
+        output: None,
+        duration: Some(Duration::from_secs_f64(call_secs)),
+        echo: false,
+        frame_ms,
+    };
+    println!(
+        "bob listens; alice sends {seconds} s of chirps ({frame_ms} ms Opus frames) through the relay…"
+    );
+    let listener = tokio::spawn(call::run(options("bob", None)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let speaker = call::run(options("alice", Some(input))).await?;
+    let heard = listener.await??;
+    let _ = std::fs::remove_dir_all(&dir);
+    relay.shutdown(Duration::from_secs(1)).await;
+    print!("{}{}", speaker.summary(), heard.summary());
+    let offset_ms =
+        (heard.audio_start_unix_us as f64 - speaker.audio_start_unix_us as f64) / 1000.0;
+    match latency(&train, &heard.recording, offset_ms, 1000.0) {
+        Some(stats) => {
+            println!("{stats}");
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            eprintln!("natter: bob heard none of alice's chirps");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

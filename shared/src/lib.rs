@@ -9,6 +9,7 @@
 //! - [`rtp`]: RTP packets (RFC 3550) carrying one Opus frame (RFC 7587) with the RFC 6464
 //!   audio-level header extension.
 //! - [`rtcp`]: sender and receiver reports (RFC 3550 §6.4).
+//! - [`reception`]: the receiver statistics those reports carry (RFC 3550 A.3, A.8).
 //! - [`control`]: the messages on the reliable control stream and their length-delimited framing.
 //! - [`invite`]: `natter://` invite links.
 //! - [`varint`]: QUIC variable-length integers (RFC 9000 §16), used by all of the above.
@@ -19,6 +20,7 @@
 pub mod control;
 pub mod invite;
 pub mod media;
+pub mod reception;
 pub mod rtcp;
 pub mod rtp;
 pub mod varint;

@@ -66,6 +66,8 @@ pub fn write_wav(path: &Path, samples: &[f32]) -> anyhow::Result<()> {
 /// A running WAV "device".
 pub struct WavDevice {
     thread: Option<JoinHandle<Vec<f32>>>,
+    /// Wall clock (µs since the Unix epoch) of sample 0 of both input and recording.
+    started_unix_us: u64,
     stop: Arc<AtomicBool>,
     done: Arc<AtomicBool>,
 }
@@ -87,6 +89,10 @@ impl WavDevice {
         ends.counters
             .period_us
             .store(period.as_micros() as u64, Relaxed);
+        let t0 = Instant::now();
+        let started_unix_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
         let thread = std::thread::Builder::new()
             .name("natter-wav-device".into())
             .spawn(move || {
@@ -96,7 +102,6 @@ impl WavDevice {
                 let silence = vec![0.0f32; period_samples];
                 let mut out = vec![0.0f32; period_samples];
                 let mut started = false;
-                let t0 = Instant::now();
                 let mut k: u32 = 0;
                 while recorded.len() < total_samples && !stop2.load(Relaxed) {
                     let deadline = t0 + period * (k + 1);
@@ -123,9 +128,16 @@ impl WavDevice {
             .expect("spawning the WAV device thread");
         Self {
             thread: Some(thread),
+            started_unix_us,
             stop,
             done,
         }
+    }
+
+    /// Wall-clock time of sample 0, so recordings made by different processes on one machine
+    /// can be aligned.
+    pub fn started_unix_us(&self) -> u64 {
+        self.started_unix_us
     }
 
     /// True once the recording is complete.

@@ -1,0 +1,376 @@
+//! The audio engine: one processing thread between an audio backend's rings and the network.
+//!
+//! Every 1 ms it drains received datagrams into per-peer jitter buffers, turns captured audio
+//! into Opus/RTP datagrams, tops the playback ring up to one device period with the mix of all
+//! peers, and once a second sends RTCP reports. It knows nothing of QUIC or files: datagrams
+//! leave through a closure and arrive on a channel, audio moves through [`crate::audio`] rings,
+//! so the headless call, the desktop app and tests all drive this same engine.
+
+pub mod receive;
+pub mod send;
+
+use crate::audio::EngineEnds;
+use crate::codec::EncoderConfig;
+use crate::jitter::JitterConfig;
+use natter_proto::media::{Datagram, PacketKind, write_rtcp};
+use natter_proto::rtcp::{self, RtcpPacket, ntp};
+use receive::{PeerStats, RemotePeer};
+use send::Sender;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Our SSRC, as assigned by the relay.
+    pub ssrc: u32,
+    /// Opus frame length in samples at 48 kHz (960 = 20 ms).
+    pub frame_samples: usize,
+    pub encoder: EncoderConfig,
+    pub jitter: JitterConfig,
+    /// Whether to send at all (a listen-only client sends RTCP only).
+    pub send_audio: bool,
+}
+
+impl EngineConfig {
+    pub fn new(ssrc: u32) -> Self {
+        Self {
+            ssrc,
+            frame_samples: 960,
+            encoder: EncoderConfig::default(),
+            jitter: JitterConfig::default(),
+            send_audio: true,
+        }
+    }
+}
+
+/// A datagram received from the network and when.
+pub struct Inbound {
+    pub datagram: Vec<u8>,
+    pub at: Instant,
+}
+
+/// How the engine reaches the network.
+pub struct MediaLink {
+    /// Sends one datagram (never blocks; drops when the transport cannot take it).
+    pub send: Box<dyn FnMut(&[u8]) + Send>,
+    pub recv: mpsc::Receiver<Inbound>,
+}
+
+/// Engine-wide statistics.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct EngineStats {
+    pub packets_sent: u64,
+    pub bytes_sent: u64,
+    pub malformed_datagrams: u64,
+    pub capture_overruns: u64,
+    pub playback_underruns: u64,
+    pub peers: Vec<PeerStats>,
+}
+
+/// A running engine.
+pub struct Engine {
+    thread: Option<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    muted: Arc<AtomicBool>,
+    stats: Arc<Mutex<EngineStats>>,
+}
+
+impl Engine {
+    pub fn start(config: EngineConfig, ends: EngineEnds, link: MediaLink) -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let muted = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(Mutex::new(EngineStats::default()));
+        let mut worker = Worker::new(config, ends, link, stats.clone(), muted.clone())?;
+        let stop2 = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("natter-engine".into())
+            .spawn(move || worker.run(&stop2))?;
+        Ok(Self {
+            thread: Some(thread),
+            stop,
+            muted,
+            stats,
+        })
+    }
+
+    pub fn set_muted(&self, muted: bool) {
+        self.muted.store(muted, Relaxed);
+    }
+
+    /// The latest statistics (refreshed every 100 ms).
+    pub fn stats(&self) -> EngineStats {
+        self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Stops the processing thread.
+    pub fn stop(mut self) -> EngineStats {
+        self.stop.store(true, Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.stats()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
+    }
+}
+
+/// Processing block: 10 ms.
+const BLOCK: usize = 480;
+/// Forget a peer silent this long (it left, or changed SSRC).
+const PEER_TIMEOUT_MS: f64 = 30_000.0;
+const REPORT_INTERVAL_MS: f64 = 1_000.0;
+
+struct Worker {
+    config: EngineConfig,
+    ends: EngineEnds,
+    link: MediaLink,
+    sender: Option<Sender>,
+    peers: HashMap<u32, RemotePeer>,
+    stats: Arc<Mutex<EngineStats>>,
+    muted: Arc<AtomicBool>,
+    epoch: Instant,
+    capture: Vec<f32>,
+    mix: Vec<f32>,
+    block: Vec<f32>,
+    malformed: u64,
+    next_report_ms: f64,
+    next_stats_ms: f64,
+    rtcp_buf: Vec<u8>,
+}
+
+fn wall_ntp() -> u64 {
+    ntp::from_unix_micros(natter_relay::core::unix_micros())
+}
+
+impl Worker {
+    fn new(
+        config: EngineConfig,
+        ends: EngineEnds,
+        link: MediaLink,
+        stats: Arc<Mutex<EngineStats>>,
+        muted: Arc<AtomicBool>,
+    ) -> anyhow::Result<Self> {
+        let sender = if config.send_audio {
+            Some(Sender::new(
+                config.ssrc,
+                config.frame_samples,
+                config.encoder,
+            )?)
+        } else {
+            None
+        };
+        Ok(Self {
+            config,
+            ends,
+            link,
+            sender,
+            peers: HashMap::new(),
+            stats,
+            muted,
+            epoch: Instant::now(),
+            capture: vec![0.0; BLOCK],
+            mix: vec![0.0; BLOCK],
+            block: vec![0.0; BLOCK],
+            malformed: 0,
+            next_report_ms: REPORT_INTERVAL_MS,
+            next_stats_ms: 0.0,
+            rtcp_buf: Vec::with_capacity(1200),
+        })
+    }
+
+    fn ms(&self, at: Instant) -> f64 {
+        at.saturating_duration_since(self.epoch).as_secs_f64() * 1000.0
+    }
+
+    fn run(&mut self, stop: &AtomicBool) {
+        while !stop.load(Relaxed) {
+            let now = self.ms(Instant::now());
+            while let Ok(inbound) = self.link.recv.try_recv() {
+                let at = self.ms(inbound.at);
+                self.on_datagram(&inbound.datagram, at);
+            }
+            self.process_capture(now);
+            self.fill_playback(now);
+            if now >= self.next_report_ms {
+                self.next_report_ms = now + REPORT_INTERVAL_MS;
+                self.send_reports(now);
+                self.peers
+                    .retain(|_, p| now - p.last_packet_ms < PEER_TIMEOUT_MS);
+            }
+            if now >= self.next_stats_ms {
+                self.next_stats_ms = now + 100.0;
+                self.publish_stats();
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.publish_stats();
+    }
+
+    fn process_capture(&mut self, now: f64) {
+        while self.ends.capture.slots() >= BLOCK {
+            let Ok(chunk) = self.ends.capture.read_chunk(BLOCK) else {
+                break;
+            };
+            let (a, b) = chunk.as_slices();
+            self.capture[..a.len()].copy_from_slice(a);
+            self.capture[a.len()..].copy_from_slice(b);
+            chunk.commit_all();
+            if let Some(sender) = self.sender.as_mut() {
+                let muted = self.muted.load(Relaxed);
+                let send = &mut self.link.send;
+                sender.push(&self.capture, now, muted, &mut |d| send(d));
+            }
+        }
+    }
+
+    /// Keeps one device period queued for playback, mixing all peers block by block.
+    fn fill_playback(&mut self, now: f64) {
+        let period_us = self.ends.counters.period_us.load(Relaxed).max(10_000);
+        let target = (period_us as usize * 48 / 1000).max(BLOCK);
+        loop {
+            let queued = crate::audio::RING_SAMPLES - self.ends.playback.slots();
+            if queued >= target || self.ends.playback.slots() < BLOCK {
+                break;
+            }
+            self.mix.fill(0.0);
+            for peer in self.peers.values_mut() {
+                peer.jitter.pull(&mut self.block, now);
+                for (m, s) in self.mix.iter_mut().zip(&self.block) {
+                    *m += *s;
+                }
+            }
+            if let Ok(mut chunk) = self.ends.playback.write_chunk(BLOCK) {
+                let (a, b) = chunk.as_mut_slices();
+                for (dst, src) in a.iter_mut().chain(b.iter_mut()).zip(&self.mix) {
+                    *dst = src.clamp(-1.0, 1.0);
+                }
+                chunk.commit_all();
+            }
+        }
+    }
+
+    fn on_datagram(&mut self, bytes: &[u8], at: f64) {
+        let Ok(datagram) = Datagram::parse(bytes) else {
+            self.malformed += 1;
+            return;
+        };
+        match datagram.kind {
+            PacketKind::Rtp => {
+                let Ok(packet) = datagram.rtp() else {
+                    self.malformed += 1;
+                    return;
+                };
+                let h = packet.header;
+                if !self.peers.contains_key(&h.ssrc) {
+                    match RemotePeer::new(h.ssrc, self.config.jitter.clone(), at) {
+                        Ok(peer) => {
+                            self.peers.insert(h.ssrc, peer);
+                        }
+                        Err(_) => return,
+                    }
+                }
+                let peer = self.peers.get_mut(&h.ssrc).expect("inserted above");
+                peer.last_packet_ms = at;
+                peer.reception
+                    .on_packet(h.sequence, h.timestamp, (at * 48.0) as u64);
+                peer.jitter
+                    .insert(h.sequence, h.timestamp, packet.payload, at);
+            }
+            PacketKind::Rtcp => match rtcp::parse_compound(datagram.packet) {
+                Ok(packets) => packets.iter().for_each(|p| self.on_rtcp(p, at)),
+                Err(_) => self.malformed += 1,
+            },
+        }
+    }
+
+    fn on_rtcp(&mut self, packet: &RtcpPacket, at: f64) {
+        let (from, reports) = match packet {
+            RtcpPacket::SenderReport {
+                ssrc,
+                info,
+                reports,
+            } => {
+                if let Some(peer) = self.peers.get_mut(ssrc) {
+                    peer.last_sr = Some((ntp::middle32(info.ntp_timestamp), at));
+                }
+                (*ssrc, reports)
+            }
+            RtcpPacket::ReceiverReport { ssrc, reports } => (*ssrc, reports),
+            RtcpPacket::Other { .. } => return,
+        };
+        // RFC 3550 §6.4.1: RTT = arrival − LSR − DLSR, from the block about our stream.
+        let Some(block) = reports.iter().find(|b| b.ssrc == self.config.ssrc) else {
+            return;
+        };
+        if block.last_sr == 0 {
+            return;
+        }
+        let now_mid = ntp::middle32(wall_ntp());
+        let rtt = now_mid
+            .wrapping_sub(block.last_sr)
+            .wrapping_sub(block.delay_since_last_sr);
+        if rtt < 0x8000_0000 {
+            if let Some(peer) = self.peers.get_mut(&from) {
+                peer.rtt_ms = Some(ntp::short_to_micros(rtt) as f64 / 1000.0);
+            }
+        }
+    }
+
+    fn send_reports(&mut self, now: f64) {
+        let blocks = self
+            .peers
+            .values_mut()
+            .map(|p| {
+                let (lsr, dlsr) = p.last_sr.map_or((0, 0), |(lsr, at)| {
+                    (lsr, ntp::micros_to_short(((now - at) * 1000.0) as u64))
+                });
+                p.reception.report(lsr, dlsr)
+            })
+            .collect::<Vec<_>>();
+        let ntp_now = wall_ntp();
+        let packet = match self
+            .sender
+            .as_ref()
+            .and_then(|s| s.sender_info(now, ntp_now))
+        {
+            Some(info) => RtcpPacket::SenderReport {
+                ssrc: self.config.ssrc,
+                info,
+                reports: blocks,
+            },
+            None if !blocks.is_empty() => RtcpPacket::ReceiverReport {
+                ssrc: self.config.ssrc,
+                reports: blocks,
+            },
+            None => return,
+        };
+        self.rtcp_buf.clear();
+        write_rtcp(std::slice::from_ref(&packet), &mut self.rtcp_buf);
+        (self.link.send)(&self.rtcp_buf);
+    }
+
+    fn publish_stats(&mut self) {
+        let mut peers: Vec<PeerStats> = self.peers.values().map(RemotePeer::stats).collect();
+        peers.sort_by_key(|p| p.ssrc);
+        let stats = EngineStats {
+            packets_sent: self
+                .sender
+                .as_ref()
+                .map_or(0, |s| u64::from(s.packets_sent)),
+            bytes_sent: self.sender.as_ref().map_or(0, |s| u64::from(s.octets_sent)),
+            malformed_datagrams: self.malformed,
+            capture_overruns: self.ends.counters.overruns(),
+            playback_underruns: self.ends.counters.underruns(),
+            peers,
+        };
+        *self.stats.lock().unwrap_or_else(|p| p.into_inner()) = stats;
+    }
+}

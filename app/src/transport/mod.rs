@@ -1,0 +1,144 @@
+//! The client's network shell: a QUIC connection to the relay (this module), the control
+//! session on its one bidirectional stream ([`control`]), and certificate pinning ([`pin`]).
+
+pub mod control;
+pub mod pin;
+
+use natter_proto::control::ErrorCode;
+use natter_proto::invite::{Invite, fingerprint_hex};
+use quinn::crypto::rustls::QuicClientConfig;
+use quinn::{ConnectionError, Endpoint, TransportConfig};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+
+/// How long to wait for the relay to answer the QUIC handshake.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a call could not be set up. Each message is one line a user can act on.
+#[derive(Debug, Error)]
+pub enum ConnectError {
+    #[error("cannot resolve relay host {host}: {reason}")]
+    Resolve { host: String, reason: String },
+    #[error("relay {0} did not answer within {secs} s (is it running, and is UDP open?)", secs = CONNECT_TIMEOUT.as_secs())]
+    Unreachable(String),
+    #[error(
+        "relay certificate does not match the invite: expected fingerprint {expected}, relay presented {actual} — the invite is stale or someone is impersonating the relay"
+    )]
+    FingerprintMismatch { expected: String, actual: String },
+    #[error("TLS handshake with the relay failed: {0}")]
+    Tls(String),
+    #[error("relay refused: {} ({message})", code.describe())]
+    Refused { code: ErrorCode, message: String },
+    #[error("connection to the relay lost: {0}")]
+    Lost(String),
+    #[error("local network error: {0}")]
+    Local(String),
+}
+
+impl ConnectError {
+    /// Maps a quinn connection error, recognising the relay's application close codes.
+    pub fn from_connection(e: &ConnectionError) -> Self {
+        match e {
+            ConnectionError::ApplicationClosed(close) => Self::Refused {
+                code: ErrorCode::from_u16(
+                    close.error_code.into_inner().min(u64::from(u16::MAX)) as u16
+                ),
+                message: String::from_utf8_lossy(&close.reason).into_owned(),
+            },
+            other => Self::Lost(other.to_string()),
+        }
+    }
+}
+
+/// Client transport settings: keep-alives so the relay's idle timeout never fires during a
+/// call, and a datagram send queue of a few frames so stale audio is dropped, not queued.
+fn transport_config() -> TransportConfig {
+    let mut t = TransportConfig::default();
+    t.keep_alive_interval(Some(Duration::from_secs(5)));
+    t.max_idle_timeout(Duration::from_secs(20).try_into().ok());
+    t.datagram_send_buffer_size(4 * 1024);
+    t.datagram_receive_buffer_size(Some(256 * 1024));
+    t
+}
+
+fn resolve(invite: &Invite) -> Result<SocketAddr, ConnectError> {
+    let authority = invite.authority();
+    authority
+        .to_socket_addrs()
+        .map_err(|e| ConnectError::Resolve {
+            host: invite.host.clone(),
+            reason: e.to_string(),
+        })?
+        .next()
+        .ok_or_else(|| ConnectError::Resolve {
+            host: invite.host.clone(),
+            reason: "no addresses".into(),
+        })
+}
+
+/// Opens a QUIC connection to the relay named by `invite`: pinned to its fingerprint when the
+/// invite has one, validated against WebPKI roots otherwise.
+pub async fn connect(invite: &Invite) -> Result<(Endpoint, quinn::Connection), ConnectError> {
+    let addr = resolve(invite)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| ConnectError::Tls(e.to_string()))?;
+    let pin = invite
+        .fingerprint
+        .map(|fp| Arc::new(pin::PinnedVerifier::new(fp, provider)));
+    let mut tls = match &pin {
+        Some(verifier) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(verifier.clone())
+            .with_no_client_auth(),
+        None => {
+            let roots =
+                rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+    };
+    tls.alpn_protocols = vec![natter_proto::ALPN.to_vec()];
+    let quic = QuicClientConfig::try_from(tls).map_err(|e| ConnectError::Tls(e.to_string()))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(quic));
+    client.transport_config(Arc::new(transport_config()));
+
+    let bind: SocketAddr = if addr.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    }
+    .parse()
+    .expect("literal address");
+    let mut endpoint = Endpoint::client(bind).map_err(|e| ConnectError::Local(e.to_string()))?;
+    endpoint.set_default_client_config(client);
+    // With a pinned certificate the name is irrelevant; with WebPKI it must match the host.
+    let server_name = if pin.is_some() {
+        "natter-relay"
+    } else {
+        invite.host.as_str()
+    };
+    let connecting = endpoint
+        .connect(addr, server_name)
+        .map_err(|e| ConnectError::Local(e.to_string()))?;
+    let conn = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Err(_) => return Err(ConnectError::Unreachable(invite.authority())),
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            if let Some(actual) = pin.as_ref().and_then(|p| p.mismatch()) {
+                return Err(ConnectError::FingerprintMismatch {
+                    expected: fingerprint_hex(&invite.fingerprint.expect("pinned")),
+                    actual: fingerprint_hex(&actual),
+                });
+            }
+            return Err(match e {
+                ConnectionError::TimedOut => ConnectError::Unreachable(invite.authority()),
+                ConnectionError::TransportError(t) => ConnectError::Tls(t.to_string()),
+                other => ConnectError::from_connection(&other),
+            });
+        }
+    };
+    Ok((endpoint, conn))
+}
