@@ -53,10 +53,12 @@ pub struct Inbound {
     pub at: Instant,
 }
 
+/// Sends one datagram; never blocks (the transport drops what it cannot take).
+pub type DatagramSink = Box<dyn FnMut(&[u8]) + Send>;
+
 /// How the engine reaches the network.
 pub struct MediaLink {
-    /// Sends one datagram (never blocks; drops when the transport cannot take it).
-    pub send: Box<dyn FnMut(&[u8]) + Send>,
+    pub send: DatagramSink,
     pub recv: mpsc::Receiver<Inbound>,
 }
 
@@ -317,10 +319,10 @@ impl Worker {
         let rtt = now_mid
             .wrapping_sub(block.last_sr)
             .wrapping_sub(block.delay_since_last_sr);
-        if rtt < 0x8000_0000 {
-            if let Some(peer) = self.peers.get_mut(&from) {
-                peer.rtt_ms = Some(ntp::short_to_micros(rtt) as f64 / 1000.0);
-            }
+        if rtt < 0x8000_0000
+            && let Some(peer) = self.peers.get_mut(&from)
+        {
+            peer.rtt_ms = Some(ntp::short_to_micros(rtt) as f64 / 1000.0);
         }
     }
 

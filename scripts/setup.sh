@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what building and testing Natter needs on Debian 12, idempotently: a second run
+# with everything present only checks and returns in well under a second.
+#
+#   scripts/setup.sh build   # system packages for compiling (C toolchain, Opus, ALSA)
+#   scripts/setup.sh test    # + cargo-nextest
+set -euo pipefail
+what="${1:-build}"
+
+# Debian packages: a C compiler and pkg-config for the -sys crates, libopus for audiopus,
+# ALSA headers for cpal, cmake in case a -sys crate builds its bundled C source.
+packages=(build-essential pkg-config libopus-dev libasound2-dev cmake)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if [ "$what" = test ]; then
+  if ! cargo nextest --version >/dev/null 2>&1; then
+    echo "setup: installing cargo-nextest (one time, a few minutes)"
+    cargo install cargo-nextest --locked --quiet
+  fi
+fi
