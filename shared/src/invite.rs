@@ -34,6 +34,8 @@ pub enum InviteError {
     BadScheme,
     #[error("invite has no host")]
     MissingHost,
+    #[error("invite host {0:?} is not a host name or IP address")]
+    BadHost(String),
     #[error("invite has an unterminated IPv6 address (missing ']')")]
     BadIpv6,
     #[error("invite port {0:?} is not a number from 1 to 65535")]
@@ -82,10 +84,32 @@ pub fn parse_fingerprint(s: &str) -> Result<[u8; 32], InviteError> {
     }
     let mut out = [0u8; 32];
     for (i, pair) in digits.chunks(2).enumerate() {
-        let hex = std::str::from_utf8(pair).map_err(|_| bad())?;
-        out[i] = u8::from_str_radix(hex, 16).map_err(|_| bad())?;
+        out[i] = hex_byte(pair).ok_or_else(bad)?;
     }
     Ok(out)
+}
+
+/// Parses exactly two hex digits (no sign, unlike `u8::from_str_radix`).
+fn hex_byte(pair: &[u8]) -> Option<u8> {
+    let digit = |b: u8| (b as char).to_digit(16);
+    match pair {
+        [hi, lo] => Some((digit(*hi)? * 16 + digit(*lo)?) as u8),
+        _ => None,
+    }
+}
+
+/// A DNS name (letters, digits, '-', '.', '_') or an IP address; anything else could print
+/// as a link that parses back to a different relay.
+fn valid_host(host: &str) -> bool {
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+        && !host.starts_with(['-', '.'])
 }
 
 fn percent_decode(s: &str, what: &'static str) -> Result<String, InviteError> {
@@ -97,8 +121,7 @@ fn percent_decode(s: &str, what: &'static str) -> Result<String, InviteError> {
             b'%' => {
                 let hex = bytes
                     .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .and_then(hex_byte)
                     .ok_or(InviteError::BadEncoding(what))?;
                 out.push(hex);
                 i += 3;
@@ -143,7 +166,14 @@ impl FromStr for Invite {
 
         let (host, port_str) = if let Some(v6) = authority.strip_prefix('[') {
             let (host, after) = v6.split_once(']').ok_or(InviteError::BadIpv6)?;
-            (host, after.strip_prefix(':'))
+            if host.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(InviteError::BadIpv6);
+            }
+            let port = match after {
+                "" => None,
+                _ => Some(after.strip_prefix(':').ok_or(InviteError::BadIpv6)?),
+            };
+            (host, port)
         } else {
             match authority.rsplit_once(':') {
                 Some((h, p)) => (h, Some(p)),
@@ -153,11 +183,14 @@ impl FromStr for Invite {
         if host.is_empty() {
             return Err(InviteError::MissingHost);
         }
+        if !valid_host(host) {
+            return Err(InviteError::BadHost(host.to_string()));
+        }
         let port = match port_str {
             None => DEFAULT_PORT,
-            Some(p) => p
-                .parse::<u16>()
-                .ok()
+            Some(p) => Some(p)
+                .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|p| p.parse::<u16>().ok())
                 .filter(|p| *p != 0)
                 .ok_or_else(|| InviteError::BadPort(p.to_string()))?,
         };
@@ -249,6 +282,23 @@ mod tests {
             Err(BadPort("99999".into()))
         );
         assert_eq!("natter://[::1".parse::<Invite>(), Err(BadIpv6));
+        assert_eq!("natter://[::1]junk".parse::<Invite>(), Err(BadIpv6));
+        assert_eq!("natter://[nope]:1".parse::<Invite>(), Err(BadIpv6));
+        // Found by the fuzzer: these printed as links that parsed to another host.
+        assert_eq!("natter://]::1".parse::<Invite>(), Err(BadHost("]:".into())));
+        assert_eq!(
+            "natter://a]b::1".parse::<Invite>(),
+            Err(BadHost("a]b:".into()))
+        );
+        assert_eq!("natter://::1".parse::<Invite>(), Err(BadHost(":".into())));
+        assert_eq!(
+            "natter://h:+443".parse::<Invite>(),
+            Err(BadPort("+443".into()))
+        );
+        assert_eq!(
+            "natter://h:1/%+1".parse::<Invite>(),
+            Err(BadEncoding("room"))
+        );
         assert_eq!(
             "natter://h:1?fp=abc".parse::<Invite>(),
             Err(BadFingerprint("abc".into()))
@@ -268,7 +318,7 @@ mod tests {
         }
 
         #[test]
-        fn display_round_trips(host in "[a-z0-9.-]{1,20}", port in 1u16.., room in proptest::option::of("[^\\p{Cc}/?]{1,20}"),
+        fn display_round_trips(host in "[a-z0-9][a-z0-9.-]{0,19}", port in 1u16.., room in proptest::option::of("[^\\p{Cc}/?]{1,20}"),
                                fp: Option<[u8; 32]>, token in proptest::option::of("[ -~]{1,30}")) {
             prop_assume!(room.as_ref().is_none_or(|r| crate::control::valid_name(r)));
             let inv = Invite { host, port, room, fingerprint: fp, token };

@@ -229,7 +229,7 @@ pub mod ntp {
 
     /// Converts microseconds to 16.16 fixed-point seconds (DLSR units), saturating.
     pub fn micros_to_short(micros: u64) -> u32 {
-        ((micros << 16) / 1_000_000).min(u64::from(u32::MAX)) as u32
+        ((u128::from(micros) << 16) / 1_000_000).min(u128::from(u32::MAX)) as u32
     }
 }
 
@@ -301,6 +301,7 @@ mod tests {
         let back = ntp::to_unix_micros(ntp::from_unix_micros(us));
         assert!(us.abs_diff(back) <= 1);
         assert!(ntp::short_to_micros(ntp::micros_to_short(1_500_000)).abs_diff(1_500_000) <= 16);
+        assert_eq!(ntp::micros_to_short(1 << 50), u32::MAX, "saturates");
     }
 
     proptest! {
