@@ -143,9 +143,91 @@ struct Worker {
     mix: Vec<f32>,
     block: Vec<f32>,
     malformed: u64,
+    playout: PlayoutClock,
     next_report_ms: f64,
     next_stats_ms: f64,
     rtcp_buf: Vec<u8>,
+}
+
+/// Just-in-time playout: mix the next device period as late as is safe, not as early as
+/// possible. Refilling the playback ring right after the device drained it would leave every
+/// sample waiting a whole period (10 ms) in the ring; instead the engine learns when the
+/// device consumes (from the ring level dropping) and mixes `guard` ms before the next
+/// consumption is due. Each device underrun widens the guard by 1 ms; a quiet minute narrows it
+/// again, so a loaded machine trades a little latency for no glitches.
+#[derive(Debug)]
+pub struct PlayoutClock {
+    last_queued: usize,
+    prev_poll_ms: f64,
+    /// Estimated time of the device's last consumption.
+    last_drain_ms: Option<f64>,
+    guard_ms: f64,
+    underruns_seen: u64,
+    last_underrun_ms: f64,
+}
+
+impl PlayoutClock {
+    const MIN_GUARD_MS: f64 = 2.0;
+    const START_GUARD_MS: f64 = 3.0;
+
+    pub fn new() -> Self {
+        Self {
+            last_queued: 0,
+            prev_poll_ms: 0.0,
+            last_drain_ms: None,
+            guard_ms: Self::START_GUARD_MS,
+            underruns_seen: 0,
+            last_underrun_ms: 0.0,
+        }
+    }
+
+    /// Current safety margin before the device's next consumption, ms.
+    pub fn guard_ms(&self) -> f64 {
+        self.guard_ms
+    }
+
+    /// Whether to mix now, given the ring level and the device's underrun count.
+    pub fn due(&mut self, now: f64, queued: usize, period_ms: f64, underruns: u64) -> bool {
+        if queued < self.last_queued {
+            // The device drained since the previous poll; date it at that poll (the earliest
+            // it can have happened), which errs on the safe side.
+            self.last_drain_ms = Some(self.prev_poll_ms);
+        }
+        self.last_queued = queued;
+        self.prev_poll_ms = now;
+        if underruns > self.underruns_seen {
+            if self.last_drain_ms.is_some() {
+                self.guard_ms = (self.guard_ms + 1.0).min(period_ms);
+            }
+            self.underruns_seen = underruns;
+            self.last_underrun_ms = now;
+        } else if now - self.last_underrun_ms > 60_000.0 && self.guard_ms > Self::MIN_GUARD_MS {
+            self.guard_ms = (self.guard_ms - 0.5).max(Self::MIN_GUARD_MS);
+            self.last_underrun_ms = now;
+        }
+        match self.last_drain_ms {
+            // Until the device's rhythm is known, keep the ring full.
+            None => true,
+            Some(drain) => {
+                let mut next = drain + period_ms;
+                while next + period_ms <= now {
+                    next += period_ms;
+                }
+                now >= next - self.guard_ms
+            }
+        }
+    }
+
+    /// Records the ring level after mixing.
+    pub fn filled(&mut self, queued: usize) {
+        self.last_queued = queued;
+    }
+}
+
+impl Default for PlayoutClock {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 fn wall_ntp() -> u64 {
@@ -182,6 +264,7 @@ impl Worker {
             mix: vec![0.0; BLOCK],
             block: vec![0.0; BLOCK],
             malformed: 0,
+            playout: PlayoutClock::new(),
             next_report_ms: REPORT_INTERVAL_MS,
             next_stats_ms: 0.0,
             rtcp_buf: Vec::with_capacity(1200),
@@ -233,15 +316,19 @@ impl Worker {
         }
     }
 
-    /// Keeps one device period queued for playback, mixing all peers block by block.
+    /// Mixes one device period of audio just before the device will need it (see
+    /// [`PlayoutClock`]), block by block.
     fn fill_playback(&mut self, now: f64) {
         let period_us = self.ends.counters.period_us.load(Relaxed).max(10_000);
+        let period_ms = period_us as f64 / 1000.0;
         let target = (period_us as usize * 48 / 1000).max(BLOCK);
-        loop {
-            let queued = crate::audio::RING_SAMPLES - self.ends.playback.slots();
-            if queued >= target || self.ends.playback.slots() < BLOCK {
-                break;
-            }
+        let queued = crate::audio::RING_SAMPLES - self.ends.playback.slots();
+        let underruns = self.ends.counters.underruns();
+        if !self.playout.due(now, queued, period_ms, underruns) {
+            return;
+        }
+        let mut queued = queued;
+        while queued < target && self.ends.playback.slots() >= BLOCK {
             self.mix.fill(0.0);
             for peer in self.peers.values_mut() {
                 peer.jitter.pull(&mut self.block, now);
@@ -256,7 +343,9 @@ impl Worker {
                 }
                 chunk.commit_all();
             }
+            queued += BLOCK;
         }
+        self.playout.filled(queued);
     }
 
     fn on_datagram(&mut self, bytes: &[u8], at: f64) {
@@ -374,5 +463,60 @@ impl Worker {
             peers,
         };
         *self.stats.lock().unwrap_or_else(|p| p.into_inner()) = stats;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PlayoutClock;
+
+    /// A device draining 480 samples every 10 ms (phase 3.7 ms) and an engine polling every
+    /// 1.05 ms: after the first period the engine mixes within guard + one poll of the drain,
+    /// and the device never starves.
+    #[test]
+    fn playout_clock_mixes_just_in_time_without_underruns() {
+        let mut clock = PlayoutClock::new();
+        let (mut queued, mut underruns) = (0usize, 0u64);
+        let mut next_drain = 3.7;
+        let mut lead_times = Vec::new();
+        let mut mixed_at = None;
+        let mut t = 0.0;
+        while t < 2_000.0 {
+            while next_drain <= t {
+                if queued >= 480 {
+                    queued -= 480;
+                    if let Some(at) = mixed_at.take() {
+                        lead_times.push(next_drain - at);
+                    }
+                } else {
+                    underruns += 1;
+                }
+                next_drain += 10.0;
+            }
+            if clock.due(t, queued, 10.0, underruns) && queued < 480 {
+                queued += 480;
+                mixed_at = Some(t);
+                clock.filled(queued);
+            }
+            t += 1.05;
+        }
+        assert_eq!(underruns, 0);
+        let steady = &lead_times[10..];
+        let worst = steady.iter().copied().fold(0.0, f64::max);
+        let best = steady.iter().copied().fold(f64::MAX, f64::min);
+        assert!(
+            best >= 1.0 && worst <= 3.0 + 2.2,
+            "mixed {best:.2}..{worst:.2} ms ahead"
+        );
+    }
+
+    #[test]
+    fn underruns_widen_the_guard() {
+        let mut clock = PlayoutClock::new();
+        clock.due(0.0, 480, 10.0, 0);
+        clock.due(1.0, 0, 10.0, 0);
+        let before = clock.guard_ms();
+        clock.due(12.0, 0, 10.0, 1);
+        assert_eq!(clock.guard_ms(), before + 1.0);
     }
 }
