@@ -3,6 +3,7 @@
 //! The shell that testers, bots and the end-to-end tests use: connect, join, run the engine
 //! against a real-time-paced WAV device for the requested duration, then leave and report.
 
+use crate::audio::device::{CpalDevice, DeviceChoice};
 use crate::audio::wav::{DEFAULT_PERIOD, WavDevice, read_wav, write_wav};
 use crate::audio::{SAMPLE_RATE, ring_pair};
 use crate::engine::{Engine, EngineConfig, EngineStats, Inbound, MediaLink};
@@ -30,6 +31,47 @@ pub struct CallOptions {
     pub echo: bool,
     /// Opus frame length in ms (10, 20, 40 or 60).
     pub frame_ms: u32,
+    /// Use sound-card devices instead of WAV files.
+    pub devices: Option<DeviceChoice>,
+}
+
+/// The audio backend a call runs on.
+enum Backend {
+    Wav(WavDevice),
+    Device {
+        device: CpalDevice,
+        until: Instant,
+        started_unix_us: u64,
+    },
+}
+
+impl Backend {
+    fn finished(&self) -> bool {
+        match self {
+            Self::Wav(w) => w.finished(),
+            Self::Device { until, .. } => Instant::now() >= *until,
+        }
+    }
+
+    fn started_unix_us(&self) -> u64 {
+        match self {
+            Self::Wav(w) => w.started_unix_us(),
+            Self::Device {
+                started_unix_us, ..
+            } => *started_unix_us,
+        }
+    }
+
+    /// Stops the audio; returns the recording (WAV backend only).
+    fn finish(self) -> Vec<f32> {
+        match self {
+            Self::Wav(w) => w.finish(),
+            Self::Device { device, .. } => {
+                drop(device);
+                Vec::new()
+            }
+        }
+    }
 }
 
 /// What happened, for printing and JSON.
@@ -117,10 +159,9 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
         echo: opts.echo,
     };
     let (stream, joined, roster) = control::join(&conn, &request).await?;
-    let state = Arc::new(Mutex::new(CallState {
-        roster: roster.into_iter().map(|p| (p.id, p)).collect(),
-        ..CallState::default()
-    }));
+    let mut initial = CallState::default();
+    roster.into_iter().for_each(|p| initial.upsert(p));
+    let state = Arc::new(Mutex::new(initial));
     let (commands, commands_rx) = mpsc::unbounded_channel();
     let session = tokio::spawn(control::run(stream, state.clone(), commands_rx));
 
@@ -149,16 +190,32 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
     };
     let mut config = EngineConfig::new(joined.ssrc);
     config.frame_samples = frame_samples;
-    config.send_audio = input.is_some();
-    let (device_ends, engine_ends) = ring_pair();
-    let engine = Engine::start(config, engine_ends, link)?;
-    let total = (duration.as_secs_f64() * f64::from(SAMPLE_RATE)) as usize;
-    let device = WavDevice::start(
-        input.unwrap_or_default(),
-        total,
-        DEFAULT_PERIOD,
-        device_ends,
-    );
+    config.send_audio = input.is_some() || opts.devices.is_some();
+    let (engine, device) = match &opts.devices {
+        Some(choice) => {
+            let (device, ends, replacements) = CpalDevice::start(choice.clone())?;
+            tracing::info!(input = %device.input_name, output = %device.output_name, "audio devices");
+            let engine = Engine::start(config, ends, Some(replacements), link)?;
+            let backend = Backend::Device {
+                device,
+                until: Instant::now() + duration,
+                started_unix_us: natter_relay::core::unix_micros(),
+            };
+            (engine, backend)
+        }
+        None => {
+            let (device_ends, engine_ends) = ring_pair();
+            let engine = Engine::start(config, engine_ends, None, link)?;
+            let total = (duration.as_secs_f64() * f64::from(SAMPLE_RATE)) as usize;
+            let wav = WavDevice::start(
+                input.unwrap_or_default(),
+                total,
+                DEFAULT_PERIOD,
+                device_ends,
+            );
+            (engine, Backend::Wav(wav))
+        }
+    };
     let started = Instant::now();
 
     let mut ended_by_relay = None;

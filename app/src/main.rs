@@ -36,6 +36,8 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         frame_ms: u32,
     },
+    /// List the audio devices `--input-device`/`--output-device` accept.
+    Devices,
     /// Write a test signal as a 48 kHz mono WAV file.
     Signal {
         #[arg(value_enum)]
@@ -87,11 +89,17 @@ struct CallArgs {
     #[arg(long)]
     name: String,
     /// WAV file used as the microphone (any rate and channels). Without it, only listen.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["input_device", "output_device"])]
     input: Option<PathBuf>,
     /// WAV file the speaker is recorded to (48 kHz mono 16-bit); its sample 0 is the input's.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["input_device", "output_device"])]
     output: Option<PathBuf>,
+    /// Use a sound-card microphone ("default" or a name from `natter devices`) instead of files.
+    #[arg(long)]
+    input_device: Option<String>,
+    /// Use a sound-card speaker ("default" or a name from `natter devices`) instead of files.
+    #[arg(long)]
+    output_device: Option<String>,
     /// Seconds to stay in the call (default: the input's length plus 2 s, or until Ctrl-C).
     #[arg(long)]
     duration: Option<f64>,
@@ -135,6 +143,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Cmd::Call(args) => run_call(args),
         Cmd::Demo { seconds, frame_ms } => runtime()?.block_on(demo(seconds, frame_ms)),
+        Cmd::Devices => {
+            let list = natter::audio::device::list()?;
+            let mark = |name: &String, default: &Option<String>| {
+                if default.as_ref() == Some(name) {
+                    " (default)"
+                } else {
+                    ""
+                }
+            };
+            println!("input devices:");
+            for d in &list.inputs {
+                println!("  {d}{}", mark(d, &list.default_input));
+            }
+            println!("output devices:");
+            for d in &list.outputs {
+                println!("  {d}{}", mark(d, &list.default_output));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Signal {
             kind,
             out,
@@ -224,6 +251,12 @@ fn run_call(args: CallArgs) -> anyhow::Result<ExitCode> {
         duration: args.duration.map(Duration::from_secs_f64),
         echo: args.echo,
         frame_ms: args.frame_ms,
+        devices: (args.input_device.is_some() || args.output_device.is_some()).then(|| {
+            natter::audio::device::DeviceChoice {
+                input: args.input_device.clone(),
+                output: args.output_device.clone(),
+            }
+        }),
     };
     let report = runtime()?.block_on(call::run(opts))?;
     print!("{}", report.summary());
@@ -264,6 +297,7 @@ async fn demo(seconds: f32, frame_ms: u32) -> anyhow::Result<ExitCode> {
         duration: Some(Duration::from_secs_f64(call_secs)),
         echo: false,
         frame_ms,
+        devices: None,
     };
     println!(
         "bob listens; alice sends {seconds} s of chirps ({frame_ms} ms Opus frames) through the relay…"

@@ -1,12 +1,14 @@
 //! Audio backends: where the engine's microphone samples come from and where its speaker
 //! samples go.
 //!
-//! Every backend (a WAV file, a cpal device, a test signal) exchanges 48 kHz mono `f32` samples
-//! with the engine through two lock-free single-producer/single-consumer rings (`rtrb`): the
+//! Every backend (a WAV file, a cpal device, a test signal) exchanges mono `f32` samples at its
+//! native rate with the engine through two lock-free single-producer/single-consumer rings
+//! (`rtrb`); the engine resamples to and from 48 kHz on its own thread when needed. The
 //! backend pushes captured samples into one and pops playback samples from the other. That is
 //! all a real-time audio callback may do — no allocation, lock, log or blocking call — and it
 //! makes the backends interchangeable: the engine cannot tell a file from a device.
 
+pub mod device;
 pub mod resample;
 pub mod wav;
 
@@ -33,13 +35,29 @@ pub struct EngineEnds {
     pub capture: rtrb::Consumer<f32>,
     pub playback: rtrb::Producer<f32>,
     pub counters: Arc<DeviceCounters>,
+    /// Sample rate of the capture ring.
+    pub capture_rate: u32,
+    /// Sample rate of the playback ring.
+    pub playback_rate: u32,
 }
 
-/// Creates a connected pair of ring ends.
+/// Creates a connected pair of 48 kHz ring ends.
 pub fn ring_pair() -> (DeviceEnds, EngineEnds) {
+    ring_pair_at(
+        SAMPLE_RATE,
+        SAMPLE_RATE,
+        Arc::new(DeviceCounters::default()),
+    )
+}
+
+/// Creates a connected pair of ring ends at the given device rates, sharing `counters`.
+pub fn ring_pair_at(
+    capture_rate: u32,
+    playback_rate: u32,
+    counters: Arc<DeviceCounters>,
+) -> (DeviceEnds, EngineEnds) {
     let (cap_tx, cap_rx) = rtrb::RingBuffer::new(RING_SAMPLES);
     let (play_tx, play_rx) = rtrb::RingBuffer::new(RING_SAMPLES);
-    let counters = Arc::new(DeviceCounters::default());
     (
         DeviceEnds {
             capture: cap_tx,
@@ -50,6 +68,8 @@ pub fn ring_pair() -> (DeviceEnds, EngineEnds) {
             capture: cap_rx,
             playback: play_tx,
             counters,
+            capture_rate,
+            playback_rate,
         },
     )
 }
@@ -64,6 +84,13 @@ pub struct DeviceCounters {
     pub playback_underruns: AtomicU64,
     /// Device period in microseconds (how much audio one callback moves).
     pub period_us: AtomicU64,
+    /// Capture latency: from the sound reaching the device to its samples reaching the
+    /// callback, in microseconds (cpal's capture vs callback timestamps; 0 for a WAV file).
+    pub input_latency_us: AtomicU64,
+    /// Playback latency: from the callback handing samples over to them being heard, µs.
+    pub output_latency_us: AtomicU64,
+    /// Times the backend rebuilt its streams (device unplugged, default device changed).
+    pub rebuilds: AtomicU64,
 }
 
 impl DeviceCounters {

@@ -65,3 +65,90 @@ mod tests {
         assert!((peak - 0.5).abs() < 0.02, "peak {peak}");
     }
 }
+
+/// Streaming resampler for device audio at a rate other than 48 kHz, used on the engine thread
+/// (never in a callback). Input of any block size in, output in whatever amounts are ready.
+pub struct StreamResampler {
+    inner: FftFixedIn<f32>,
+    pending: Vec<f32>,
+    ready: std::collections::VecDeque<f32>,
+    out: Vec<Vec<f32>>,
+    chunk: usize,
+}
+
+impl StreamResampler {
+    /// A resampler from `from_hz` to `to_hz` working in ~10 ms input chunks.
+    pub fn new(from_hz: u32, to_hz: u32) -> anyhow::Result<Self> {
+        let chunk = (from_hz as usize / 100).max(1);
+        let inner = FftFixedIn::<f32>::new(from_hz as usize, to_hz as usize, chunk, 1, 1)?;
+        let out = inner.output_buffer_allocate(true);
+        Ok(Self {
+            inner,
+            pending: Vec::with_capacity(chunk * 2),
+            ready: std::collections::VecDeque::with_capacity(to_hz as usize / 10),
+            out,
+            chunk,
+        })
+    }
+
+    /// Samples of delay the resampler adds, at the output rate.
+    pub fn delay(&self) -> usize {
+        self.inner.output_delay()
+    }
+
+    /// Feeds input samples.
+    pub fn push(&mut self, samples: &[f32]) {
+        self.pending.extend_from_slice(samples);
+        let mut start = 0;
+        while self.pending.len() - start >= self.chunk {
+            let input = [&self.pending[start..start + self.chunk]];
+            if let Ok((_, produced)) = self.inner.process_into_buffer(&input, &mut self.out, None) {
+                self.ready.extend(&self.out[0][..produced]);
+            }
+            start += self.chunk;
+        }
+        self.pending.drain(..start);
+    }
+
+    /// Output samples ready to take.
+    pub fn available(&self) -> usize {
+        self.ready.len()
+    }
+
+    /// Takes `out.len()` samples; false (and nothing taken) if not enough are ready.
+    pub fn pop(&mut self, out: &mut [f32]) -> bool {
+        if self.ready.len() < out.len() {
+            return false;
+        }
+        let n = out.len();
+        for (o, s) in out.iter_mut().zip(self.ready.drain(..n)) {
+            *o = s;
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+
+    #[test]
+    fn streams_44k1_to_48k_in_odd_blocks() {
+        let mut r = StreamResampler::new(44_100, 48_000).unwrap();
+        let tone: Vec<f32> = (0..44_100)
+            .map(|i| (i as f32 * 2.0 * std::f32::consts::PI * 440.0 / 44_100.0).sin() * 0.5)
+            .collect();
+        for block in tone.chunks(333) {
+            r.push(block);
+        }
+        // One second in, one second out (less what is still inside the filter).
+        let avail = r.available();
+        assert!((47_000..=48_000).contains(&avail), "{avail}");
+        let mut out = vec![0.0; 4_800];
+        assert!(r.pop(&mut out));
+        let peak = out[2_400..].iter().fold(0.0f32, |m, s| m.max(s.abs()));
+        assert!((peak - 0.5).abs() < 0.02, "peak {peak}");
+        let mut too_much = vec![0.0; 48_000];
+        assert!(!r.pop(&mut too_much));
+    }
+}

@@ -10,6 +10,7 @@ pub mod receive;
 pub mod send;
 
 use crate::audio::EngineEnds;
+use crate::audio::resample::StreamResampler;
 use crate::codec::EncoderConfig;
 use crate::jitter::JitterConfig;
 use natter_proto::media::{Datagram, PacketKind, write_rtcp};
@@ -82,11 +83,19 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn start(config: EngineConfig, ends: EngineEnds, link: MediaLink) -> anyhow::Result<Self> {
+    /// Starts the engine on `ends`; `replacements` delivers new ring ends whenever the audio
+    /// backend rebuilds its streams (a device came or went).
+    pub fn start(
+        config: EngineConfig,
+        ends: EngineEnds,
+        replacements: Option<mpsc::Receiver<EngineEnds>>,
+        link: MediaLink,
+    ) -> anyhow::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let muted = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Mutex::new(EngineStats::default()));
-        let mut worker = Worker::new(config, ends, link, stats.clone(), muted.clone())?;
+        let port = AudioPort::new(ends, replacements)?;
+        let mut worker = Worker::new(config, port, link, stats.clone(), muted.clone())?;
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
             .name("natter-engine".into())
@@ -130,9 +139,106 @@ const BLOCK: usize = 480;
 const PEER_TIMEOUT_MS: f64 = 30_000.0;
 const REPORT_INTERVAL_MS: f64 = 1_000.0;
 
+/// The engine's side of the audio backend: the current rings, resampling to and from 48 kHz
+/// when the device runs at another rate, and swapping in new rings after a device rebuild.
+struct AudioPort {
+    ends: EngineEnds,
+    replacements: Option<mpsc::Receiver<EngineEnds>>,
+    capture_rs: Option<StreamResampler>,
+    playback_rs: Option<StreamResampler>,
+    scratch: Vec<f32>,
+}
+
+impl AudioPort {
+    fn new(
+        ends: EngineEnds,
+        replacements: Option<mpsc::Receiver<EngineEnds>>,
+    ) -> anyhow::Result<Self> {
+        let resampler = |from: u32, to: u32| -> anyhow::Result<Option<StreamResampler>> {
+            Ok(if from == to {
+                None
+            } else {
+                Some(StreamResampler::new(from, to)?)
+            })
+        };
+        Ok(Self {
+            capture_rs: resampler(ends.capture_rate, crate::audio::SAMPLE_RATE)?,
+            playback_rs: resampler(crate::audio::SAMPLE_RATE, ends.playback_rate)?,
+            ends,
+            replacements,
+            scratch: vec![0.0; 8192],
+        })
+    }
+
+    /// Switches to new ring ends if the backend rebuilt its streams.
+    fn poll_replacement(&mut self) {
+        let Some(new) = self.replacements.as_ref().and_then(|r| r.try_iter().last()) else {
+            return;
+        };
+        let replacements = self.replacements.take();
+        if let Ok(port) = Self::new(new, replacements) {
+            *self = port;
+        }
+    }
+
+    /// The next 10 ms of capture at 48 kHz, if available.
+    fn read_capture(&mut self, out: &mut [f32]) -> bool {
+        let Some(rs) = self.capture_rs.as_mut() else {
+            let Ok(chunk) = self.ends.capture.read_chunk(out.len()) else {
+                return false;
+            };
+            let (a, b) = chunk.as_slices();
+            out[..a.len()].copy_from_slice(a);
+            out[a.len()..].copy_from_slice(b);
+            chunk.commit_all();
+            return true;
+        };
+        let n = self.ends.capture.slots().min(self.scratch.len());
+        if let Ok(chunk) = self.ends.capture.read_chunk(n) {
+            let (a, b) = chunk.as_slices();
+            rs.push(a);
+            rs.push(b);
+            chunk.commit_all();
+        }
+        rs.pop(out)
+    }
+
+    /// Device samples waiting in the playback ring.
+    fn queued(&self) -> usize {
+        crate::audio::RING_SAMPLES - self.ends.playback.slots()
+    }
+
+    /// One device period, in device samples.
+    fn period_samples(&self) -> usize {
+        let period_us = self.ends.counters.period_us.load(Relaxed).max(10_000);
+        (period_us * u64::from(self.ends.playback_rate) / 1_000_000) as usize
+    }
+
+    /// Queues a 48 kHz block for playback (resampled to the device rate if needed).
+    fn write_playback(&mut self, block: &[f32]) {
+        let samples: &[f32] = match self.playback_rs.as_mut() {
+            None => block,
+            Some(rs) => {
+                rs.push(block);
+                let n = rs.available().min(self.scratch.len());
+                rs.pop(&mut self.scratch[..n]);
+                &self.scratch[..n]
+            }
+        };
+        let n = samples.len().min(self.ends.playback.slots());
+        if let Ok(mut chunk) = self.ends.playback.write_chunk(n) {
+            let (a, b) = chunk.as_mut_slices();
+            for (dst, src) in a.iter_mut().chain(b.iter_mut()).zip(samples) {
+                *dst = src.clamp(-1.0, 1.0);
+            }
+            chunk.commit_all();
+        }
+    }
+}
+
 struct Worker {
     config: EngineConfig,
-    ends: EngineEnds,
+    port: AudioPort,
     link: MediaLink,
     sender: Option<Sender>,
     peers: HashMap<u32, RemotePeer>,
@@ -237,7 +343,7 @@ fn wall_ntp() -> u64 {
 impl Worker {
     fn new(
         config: EngineConfig,
-        ends: EngineEnds,
+        port: AudioPort,
         link: MediaLink,
         stats: Arc<Mutex<EngineStats>>,
         muted: Arc<AtomicBool>,
@@ -253,7 +359,7 @@ impl Worker {
         };
         Ok(Self {
             config,
-            ends,
+            port,
             link,
             sender,
             peers: HashMap::new(),
@@ -278,6 +384,7 @@ impl Worker {
     fn run(&mut self, stop: &AtomicBool) {
         while !stop.load(Relaxed) {
             let now = self.ms(Instant::now());
+            self.port.poll_replacement();
             while let Ok(inbound) = self.link.recv.try_recv() {
                 let at = self.ms(inbound.at);
                 self.on_datagram(&inbound.datagram, at);
@@ -300,14 +407,7 @@ impl Worker {
     }
 
     fn process_capture(&mut self, now: f64) {
-        while self.ends.capture.slots() >= BLOCK {
-            let Ok(chunk) = self.ends.capture.read_chunk(BLOCK) else {
-                break;
-            };
-            let (a, b) = chunk.as_slices();
-            self.capture[..a.len()].copy_from_slice(a);
-            self.capture[a.len()..].copy_from_slice(b);
-            chunk.commit_all();
+        while self.port.read_capture(&mut self.capture) {
             if let Some(sender) = self.sender.as_mut() {
                 let muted = self.muted.load(Relaxed);
                 let send = &mut self.link.send;
@@ -319,16 +419,16 @@ impl Worker {
     /// Mixes one device period of audio just before the device will need it (see
     /// [`PlayoutClock`]), block by block.
     fn fill_playback(&mut self, now: f64) {
-        let period_us = self.ends.counters.period_us.load(Relaxed).max(10_000);
-        let period_ms = period_us as f64 / 1000.0;
-        let target = (period_us as usize * 48 / 1000).max(BLOCK);
-        let queued = crate::audio::RING_SAMPLES - self.ends.playback.slots();
-        let underruns = self.ends.counters.underruns();
-        if !self.playout.due(now, queued, period_ms, underruns) {
+        let target = self.port.period_samples().max(1);
+        let period_ms = target as f64 * 1000.0 / f64::from(self.port.ends.playback_rate);
+        let underruns = self.port.ends.counters.underruns();
+        if !self
+            .playout
+            .due(now, self.port.queued(), period_ms, underruns)
+        {
             return;
         }
-        let mut queued = queued;
-        while queued < target && self.ends.playback.slots() >= BLOCK {
+        while self.port.queued() < target && self.port.ends.playback.slots() >= 2 * BLOCK {
             self.mix.fill(0.0);
             for peer in self.peers.values_mut() {
                 peer.jitter.pull(&mut self.block, now);
@@ -336,16 +436,9 @@ impl Worker {
                     *m += *s;
                 }
             }
-            if let Ok(mut chunk) = self.ends.playback.write_chunk(BLOCK) {
-                let (a, b) = chunk.as_mut_slices();
-                for (dst, src) in a.iter_mut().chain(b.iter_mut()).zip(&self.mix) {
-                    *dst = src.clamp(-1.0, 1.0);
-                }
-                chunk.commit_all();
-            }
-            queued += BLOCK;
+            self.port.write_playback(&self.mix);
         }
-        self.playout.filled(queued);
+        self.playout.filled(self.port.queued());
     }
 
     fn on_datagram(&mut self, bytes: &[u8], at: f64) {
@@ -458,8 +551,8 @@ impl Worker {
                 .map_or(0, |s| u64::from(s.packets_sent)),
             bytes_sent: self.sender.as_ref().map_or(0, |s| u64::from(s.octets_sent)),
             malformed_datagrams: self.malformed,
-            capture_overruns: self.ends.counters.overruns(),
-            playback_underruns: self.ends.counters.underruns(),
+            capture_overruns: self.port.ends.counters.overruns(),
+            playback_underruns: self.port.ends.counters.underruns(),
             peers,
         };
         *self.stats.lock().unwrap_or_else(|p| p.into_inner()) = stats;

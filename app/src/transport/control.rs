@@ -32,6 +32,9 @@ pub struct Joined {
 pub struct CallState {
     /// Everyone in the room, us included, by participant id.
     pub roster: BTreeMap<u64, Participant>,
+    /// Every name seen in this call by SSRC, kept after people leave so statistics about
+    /// them can still be labelled.
+    pub names: std::collections::HashMap<u32, String>,
     /// Round-trip time to the relay from the last Ping/Pong, ms.
     pub relay_rtt_ms: Option<f64>,
     /// Set when the relay ended the session (code and reason).
@@ -41,10 +44,13 @@ pub struct CallState {
 impl CallState {
     /// Display name of the participant sending with `ssrc`.
     pub fn name_of(&self, ssrc: u32) -> Option<&str> {
-        self.roster
-            .values()
-            .find(|p| p.ssrc == ssrc)
-            .map(|p| p.name.as_str())
+        self.names.get(&ssrc).map(String::as_str)
+    }
+
+    /// Adds or updates a roster entry.
+    pub fn upsert(&mut self, p: Participant) {
+        self.names.insert(p.ssrc, p.name.clone());
+        self.roster.insert(p.id, p);
     }
 }
 
@@ -199,9 +205,7 @@ pub async fn run(
                 };
                 let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
                 match msg {
-                    Message::ParticipantJoined(p) => {
-                        s.roster.insert(p.id, p);
-                    }
+                    Message::ParticipantJoined(p) => s.upsert(p),
                     Message::ParticipantLeft { id } => {
                         s.roster.remove(&id);
                     }
