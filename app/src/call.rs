@@ -29,8 +29,10 @@ pub struct CallOptions {
     pub output: Option<PathBuf>,
     pub duration: Option<Duration>,
     pub echo: bool,
-    /// Opus frame length in ms (10, 20, 40 or 60).
+    /// Opus frame length in ms (10, 20, 40 or 60); 10 selects the low-latency mode.
     pub frame_ms: u32,
+    /// Keep `frame_ms` fixed instead of letting the rate controller adapt it.
+    pub pin_frame: bool,
     /// Use sound-card devices instead of WAV files.
     pub devices: Option<DeviceChoice>,
 }
@@ -189,7 +191,12 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
         recv: inbound_rx,
     };
     let mut config = EngineConfig::new(joined.ssrc);
-    config.frame_samples = frame_samples;
+    // 10 and 20 ms name a mode the rate controller adapts within; 40/60 ms are explicit.
+    let pin = opts.pin_frame || !matches!(opts.frame_ms, 10 | 20);
+    config.pinned_frame_samples = pin.then_some(frame_samples);
+    if opts.frame_ms == 10 {
+        config.mode = crate::rate::FrameMode::LowLatency;
+    }
     config.send_audio = input.is_some() || opts.devices.is_some();
     let (engine, device) = match &opts.devices {
         Some(choice) => {

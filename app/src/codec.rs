@@ -15,18 +15,24 @@ pub struct EncoderConfig {
     /// Loss percentage the encoder plans FEC for (libopus emits LBRR only when this is > 0).
     pub expected_loss_pct: u8,
     pub fec: bool,
+    /// Discontinuous transmission: in silence the encoder emits 1–2 byte frames, which the
+    /// sender does not transmit (the receiver plays comfort noise/silence in the gap).
     pub dtx: bool,
+    /// Restricted low-delay application (CELT only: 2.5 ms look-ahead instead of 6.5 ms, but
+    /// no FEC) instead of VOIP.
+    pub restricted_low_delay: bool,
 }
 
 impl Default for EncoderConfig {
     fn default() -> Self {
-        // 32 kbit/s keeps FEC working (libopus 1.3 emits none at 16 kbit/s, see the design
-        // guide) and scores ~4.4 PESQ on clean speech.
+        // 40 kbit/s is the "excellent" tier of the rate controller (crate::rate); any bitrate
+        // from 24 kbit/s up keeps FEC working (libopus 1.3 emits none at 16 kbit/s).
         Self {
-            bitrate_bps: 32_000,
-            expected_loss_pct: 5,
+            bitrate_bps: 40_000,
+            expected_loss_pct: 2,
             fec: true,
-            dtx: false,
+            dtx: true,
+            restricted_low_delay: false,
         }
     }
 }
@@ -34,16 +40,37 @@ impl Default for EncoderConfig {
 /// A mono 48 kHz Opus encoder.
 pub struct OpusEncoder {
     encoder: Encoder,
+    config: EncoderConfig,
 }
 
 impl OpusEncoder {
     pub fn new(config: EncoderConfig) -> anyhow::Result<Self> {
-        let mut encoder = Encoder::new(SampleRate::Hz48000, Channels::Mono, Application::Voip)?;
+        let application = if config.restricted_low_delay {
+            Application::LowDelay
+        } else {
+            Application::Voip
+        };
+        let mut encoder = Encoder::new(SampleRate::Hz48000, Channels::Mono, application)?;
         encoder.set_bitrate(Bitrate::BitsPerSecond(config.bitrate_bps))?;
-        encoder.set_inband_fec(config.fec)?;
+        encoder.set_inband_fec(config.fec && !config.restricted_low_delay)?;
         encoder.set_packet_loss_perc(config.expected_loss_pct)?;
         encoder.set_dtx(config.dtx)?;
-        Ok(Self { encoder })
+        Ok(Self { encoder, config })
+    }
+
+    pub fn config(&self) -> EncoderConfig {
+        self.config
+    }
+
+    /// Changes bitrate and expected loss in place (smooth: libopus adapts from the next
+    /// frame); a change of application needs a new encoder, which the caller makes.
+    pub fn retune(&mut self, bitrate_bps: i32, expected_loss_pct: u8) -> anyhow::Result<()> {
+        self.encoder
+            .set_bitrate(Bitrate::BitsPerSecond(bitrate_bps))?;
+        self.encoder.set_packet_loss_perc(expected_loss_pct)?;
+        self.config.bitrate_bps = bitrate_bps;
+        self.config.expected_loss_pct = expected_loss_pct;
+        Ok(())
     }
 
     /// Encodes one frame (2.5–60 ms of samples) into `out` (cleared first).

@@ -10,4 +10,6 @@ pub mod codec;
 pub mod engine;
 pub mod jitter;
 pub mod measure;
+pub mod rate;
 pub mod transport;
+pub mod vad;

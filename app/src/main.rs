@@ -109,9 +109,13 @@ struct CallArgs {
     /// Write the final statistics as JSON.
     #[arg(long)]
     stats_json: Option<PathBuf>,
-    /// Opus frame length in ms: 10, 20, 40 or 60.
+    /// Opus frame length in ms: 10 (low-latency mode), 20, 40 or 60. Adapted to the network
+    /// (e.g. 40 ms on a lossy one) unless --fixed-frame.
     #[arg(long, default_value_t = 20)]
     frame_ms: u32,
+    /// Keep --frame-ms whatever the network does.
+    #[arg(long)]
+    fixed_frame: bool,
 }
 
 fn main() -> ExitCode {
@@ -251,6 +255,7 @@ fn run_call(args: CallArgs) -> anyhow::Result<ExitCode> {
         duration: args.duration.map(Duration::from_secs_f64),
         echo: args.echo,
         frame_ms: args.frame_ms,
+        pin_frame: args.fixed_frame,
         devices: (args.input_device.is_some() || args.output_device.is_some()).then(|| {
             natter::audio::device::DeviceChoice {
                 input: args.input_device.clone(),
@@ -297,6 +302,7 @@ async fn demo(seconds: f32, frame_ms: u32) -> anyhow::Result<ExitCode> {
         duration: Some(Duration::from_secs_f64(call_secs)),
         echo: false,
         frame_ms,
+        pin_frame: false,
         devices: None,
     };
     println!(

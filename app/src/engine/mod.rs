@@ -13,6 +13,7 @@ use crate::audio::EngineEnds;
 use crate::audio::resample::StreamResampler;
 use crate::codec::EncoderConfig;
 use crate::jitter::JitterConfig;
+use crate::rate::{FrameMode, RateController};
 use natter_proto::media::{Datagram, PacketKind, write_rtcp};
 use natter_proto::rtcp::{self, RtcpPacket, ntp};
 use receive::{PeerStats, RemotePeer};
@@ -28,8 +29,13 @@ use std::time::{Duration, Instant};
 pub struct EngineConfig {
     /// Our SSRC, as assigned by the relay.
     pub ssrc: u32,
-    /// Opus frame length in samples at 48 kHz (960 = 20 ms).
-    pub frame_samples: usize,
+    /// Latency/robustness trade-off the rate controller works within.
+    pub mode: FrameMode,
+    /// Opus frame length in samples at 48 kHz fixed by the user; `None` lets the rate
+    /// controller choose (20 ms standard, 10 ms low-latency, 40 ms on a poor network).
+    pub pinned_frame_samples: Option<usize>,
+    /// Adapt bitrate and frame size to receiver reports.
+    pub adaptive: bool,
     pub encoder: EncoderConfig,
     pub jitter: JitterConfig,
     /// Whether to send at all (a listen-only client sends RTCP only).
@@ -40,7 +46,9 @@ impl EngineConfig {
     pub fn new(ssrc: u32) -> Self {
         Self {
             ssrc,
-            frame_samples: 960,
+            mode: FrameMode::Standard,
+            pinned_frame_samples: None,
+            adaptive: true,
             encoder: EncoderConfig::default(),
             jitter: JitterConfig::default(),
             send_audio: true,
@@ -241,6 +249,7 @@ struct Worker {
     port: AudioPort,
     link: MediaLink,
     sender: Option<Sender>,
+    rate: RateController,
     peers: HashMap<u32, RemotePeer>,
     stats: Arc<Mutex<EngineStats>>,
     muted: Arc<AtomicBool>,
@@ -348,12 +357,23 @@ impl Worker {
         stats: Arc<Mutex<EngineStats>>,
         muted: Arc<AtomicBool>,
     ) -> anyhow::Result<Self> {
+        let rate = RateController::new(config.mode);
         let sender = if config.send_audio {
-            Some(Sender::new(
-                config.ssrc,
-                config.frame_samples,
-                config.encoder,
-            )?)
+            let initial = rate.settings();
+            let encoder = EncoderConfig {
+                bitrate_bps: initial.bitrate_bps,
+                expected_loss_pct: initial.expected_loss_pct,
+                restricted_low_delay: initial.restricted_low_delay,
+                ..config.encoder
+            };
+            let frame = config
+                .pinned_frame_samples
+                .unwrap_or(initial.frame_ms as usize * 48);
+            let mut sender = Sender::new(config.ssrc, frame, encoder)?;
+            if config.pinned_frame_samples.is_some() {
+                sender.pin_frame_size();
+            }
+            Some(sender)
         } else {
             None
         };
@@ -362,6 +382,7 @@ impl Worker {
             port,
             link,
             sender,
+            rate,
             peers: HashMap::new(),
             stats,
             muted,
@@ -494,17 +515,27 @@ impl Worker {
         let Some(block) = reports.iter().find(|b| b.ssrc == self.config.ssrc) else {
             return;
         };
-        if block.last_sr == 0 {
-            return;
+        let mut rtt_ms = None;
+        if block.last_sr != 0 {
+            let now_mid = ntp::middle32(wall_ntp());
+            let rtt = now_mid
+                .wrapping_sub(block.last_sr)
+                .wrapping_sub(block.delay_since_last_sr);
+            if rtt < 0x8000_0000 {
+                rtt_ms = Some(ntp::short_to_micros(rtt) as f64 / 1000.0);
+                if let Some(peer) = self.peers.get_mut(&from) {
+                    peer.rtt_ms = rtt_ms;
+                }
+            }
         }
-        let now_mid = ntp::middle32(wall_ntp());
-        let rtt = now_mid
-            .wrapping_sub(block.last_sr)
-            .wrapping_sub(block.delay_since_last_sr);
-        if rtt < 0x8000_0000
-            && let Some(peer) = self.peers.get_mut(&from)
+        // What this receiver lost of our stream drives bitrate, FEC and frame size.
+        if self.config.adaptive
+            && let Some(sender) = self.sender.as_mut()
+            && let Some(settings) =
+                self.rate
+                    .on_report(from, f64::from(block.fraction_lost) / 256.0, rtt_ms, at)
         {
-            peer.rtt_ms = Some(ntp::short_to_micros(rtt) as f64 / 1000.0);
+            sender.apply(settings);
         }
     }
 

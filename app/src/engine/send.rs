@@ -2,6 +2,7 @@
 //! packetizes them as RTP-over-QUIC datagrams with the RFC 6464 audio level.
 
 use crate::codec::{EncoderConfig, OpusEncoder};
+use crate::rate::EncoderSettings;
 use natter_proto::media::write_rtp;
 use natter_proto::rtcp::SenderInfo;
 use natter_proto::rtp::{AudioLevel, RtpHeader};
@@ -23,8 +24,14 @@ pub struct Sender {
     marker: bool,
     pub packets_sent: u32,
     pub octets_sent: u32,
+    /// Frames not sent because DTX found them silent.
+    pub dtx_frames: u64,
     /// RTP timestamp of the first sample and the engine time (ms) it was captured.
     origin: Option<(u32, f64)>,
+    /// Settings to apply at the next frame boundary.
+    pending: Option<EncoderSettings>,
+    /// Frame size fixed by the user (the rate controller may not change it).
+    pinned_frame: bool,
 }
 
 impl Sender {
@@ -42,8 +49,51 @@ impl Sender {
             marker: true,
             packets_sent: 0,
             octets_sent: 0,
+            dtx_frames: 0,
             origin: None,
+            pending: None,
+            pinned_frame: false,
         })
+    }
+
+    /// Keeps the frame size the user chose whatever the rate controller says.
+    pub fn pin_frame_size(&mut self) {
+        self.pinned_frame = true;
+    }
+
+    /// Current frame length in samples.
+    pub fn frame_samples(&self) -> usize {
+        self.frame_samples
+    }
+
+    pub fn encoder_config(&self) -> EncoderConfig {
+        self.encoder.config()
+    }
+
+    /// Schedules new encoder settings for the next frame boundary.
+    pub fn apply(&mut self, settings: EncoderSettings) {
+        self.pending = Some(settings);
+    }
+
+    fn apply_pending(&mut self) {
+        let Some(s) = self.pending.take() else { return };
+        if !self.pinned_frame {
+            self.frame_samples = s.frame_ms as usize * 48;
+        }
+        let current = self.encoder.config();
+        if current.restricted_low_delay != s.restricted_low_delay {
+            let config = EncoderConfig {
+                bitrate_bps: s.bitrate_bps,
+                expected_loss_pct: s.expected_loss_pct,
+                restricted_low_delay: s.restricted_low_delay,
+                ..current
+            };
+            if let Ok(encoder) = OpusEncoder::new(config) {
+                self.encoder = encoder;
+            }
+        } else {
+            let _ = self.encoder.retune(s.bitrate_bps, s.expected_loss_pct);
+        }
     }
 
     /// Encoder look-ahead in ms, part of the "encode" latency stage.
@@ -64,6 +114,9 @@ impl Sender {
             self.origin = Some((self.timestamp, now_ms - samples.len() as f64 / 48.0));
         }
         while !samples.is_empty() {
+            if self.frame.is_empty() {
+                self.apply_pending();
+            }
             let take = (self.frame_samples - self.frame.len()).min(samples.len());
             self.frame.extend_from_slice(&samples[..take]);
             samples = &samples[take..];
@@ -81,6 +134,13 @@ impl Sender {
 
     fn send_frame(&mut self, emit: &mut dyn FnMut(&[u8])) {
         if self.encoder.encode(&self.frame, &mut self.payload).is_err() {
+            return;
+        }
+        // DTX: a 1–2 byte frame means "nothing worth sending"; the gap in timestamps tells the
+        // receiver, and the next packet starts a new talkspurt.
+        if self.payload.len() <= 2 {
+            self.dtx_frames += 1;
+            self.marker = true;
             return;
         }
         let level = AudioLevel::from_samples(&self.frame, false);
