@@ -2,35 +2,32 @@
 # Both install what they need first (scripts/setup.sh), so they work on a fresh Debian 12
 # machine with only the Rust toolchain.
 
-CARGO ?= cargo
+# Every cargo call goes through scripts/env.sh, which installs what is missing (Debian
+# packages, meson, abseil for webrtc-audio-processing) and sets the environment for it.
+CARGO ?= scripts/env.sh cargo
+TEST_CARGO ?= NATTER_SETUP=test scripts/env.sh cargo
 
-.PHONY: run demo test lint setup setup-test build bench-latency fuzz clean
+.PHONY: run demo test lint build bench-latency fuzz clean
 
 ## The main job: until the desktop UI lands, the demo call (relay + two headless clients).
 run: demo
 
 ## A local relay and two headless clients exchanging chirps; prints the measured latency.
-demo: setup
+demo:
 	$(CARGO) run --release --quiet -p natter -- demo
 
 ## Every test: formatting, lints, unit and property tests, end-to-end tests on real binaries.
-test: setup-test
-	$(CARGO) fmt --all -- --check
+test:
+	$(TEST_CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --quiet -- -D warnings
 	$(CARGO) build --workspace --bins --quiet
 	$(CARGO) nextest run --workspace --no-fail-fast
 
-lint: setup
+lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-setup:
-	@scripts/setup.sh build
-
-setup-test:
-	@scripts/setup.sh test
-
-build: setup
+build:
 	$(CARGO) build --workspace --release
 
 ## Mouth-to-ear latency of a headless call on loopback: relay + two `natter call` processes,

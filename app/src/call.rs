@@ -122,6 +122,23 @@ impl CallReport {
                 p.jitter_buffer_ms,
                 p.jitter_buffer_target_ms
             );
+            let st = &p.stages;
+            out += &format!(
+                "    latency stages{}: capture {:.1} + processing {:.1} + encode {:.1} + network {:.1} + jitter buffer {:.1} + decode {:.2} + playback {:.1} = {:.1} ms\n",
+                if st.complete {
+                    ""
+                } else {
+                    " (sender's part not yet reported)"
+                },
+                st.capture_ms,
+                st.processing_ms,
+                st.encode_ms,
+                st.network_ms,
+                st.jitter_buffer_ms,
+                st.decode_ms,
+                st.playback_ms,
+                st.total_ms
+            );
         }
         if self.engine.peers.is_empty() {
             out += "  no audio received\n";

@@ -7,6 +7,12 @@ use thiserror::Error;
 
 pub const PT_SENDER_REPORT: u8 = 200;
 pub const PT_RECEIVER_REPORT: u8 = 201;
+pub const PT_APP: u8 = 204;
+
+/// Name of Natter's RTCP APP packets.
+pub const NATTER_APP_NAME: [u8; 4] = *b"NTTR";
+/// APP subtype carrying [`SenderLatency`].
+pub const APP_SUBTYPE_SENDER_LATENCY: u8 = 1;
 const REPORT_BLOCK_LEN: usize = 24;
 const SENDER_INFO_LEN: usize = 20;
 
@@ -65,15 +71,74 @@ pub enum RtcpPacket {
         ssrc: u32,
         reports: Vec<ReportBlock>,
     },
-    /// A packet type Natter does not interpret (SDES, BYE, APP, feedback…); skipped.
+    /// Application-defined packet (RFC 3550 §6.7); Natter's own use [`NATTER_APP_NAME`].
+    App {
+        subtype: u8,
+        ssrc: u32,
+        name: [u8; 4],
+        /// A multiple of 4 bytes.
+        data: Vec<u8>,
+    },
+    /// A packet type Natter does not interpret (SDES, BYE, feedback…); skipped.
     Other { packet_type: u8 },
+}
+
+/// The sender's part of mouth-to-ear latency, published with each sender report so that a
+/// receiver's latency meter can show (and add up) every stage, including those it cannot see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SenderLatency {
+    /// Microphone to capture callback (device and driver buffering), µs.
+    pub capture_us: u32,
+    /// Voice processing and waiting for a full frame, µs.
+    pub processing_us: u32,
+    /// Codec look-ahead plus encoding time, µs.
+    pub encode_us: u32,
+}
+
+impl SenderLatency {
+    /// As an APP packet from `ssrc`.
+    pub fn to_packet(self, ssrc: u32) -> RtcpPacket {
+        let mut data = Vec::with_capacity(12);
+        for v in [self.capture_us, self.processing_us, self.encode_us] {
+            data.extend_from_slice(&v.to_be_bytes());
+        }
+        RtcpPacket::App {
+            subtype: APP_SUBTYPE_SENDER_LATENCY,
+            ssrc,
+            name: NATTER_APP_NAME,
+            data,
+        }
+    }
+
+    /// Reads one from an APP packet, if it is Natter's sender-latency packet. Longer data
+    /// (fields added by newer versions) is accepted.
+    pub fn from_packet(packet: &RtcpPacket) -> Option<(u32, Self)> {
+        match packet {
+            RtcpPacket::App {
+                subtype: APP_SUBTYPE_SENDER_LATENCY,
+                ssrc,
+                name,
+                data,
+            } if *name == NATTER_APP_NAME && data.len() >= 12 => Some((
+                *ssrc,
+                Self {
+                    capture_us: be32(data, 0),
+                    processing_us: be32(data, 4),
+                    encode_us: be32(data, 8),
+                },
+            )),
+            _ => None,
+        }
+    }
 }
 
 impl RtcpPacket {
     /// SSRC of the packet's sender, if the type has one Natter knows.
     pub fn sender_ssrc(&self) -> Option<u32> {
         match self {
-            Self::SenderReport { ssrc, .. } | Self::ReceiverReport { ssrc, .. } => Some(*ssrc),
+            Self::SenderReport { ssrc, .. }
+            | Self::ReceiverReport { ssrc, .. }
+            | Self::App { ssrc, .. } => Some(*ssrc),
             Self::Other { .. } => None,
         }
     }
@@ -81,6 +146,24 @@ impl RtcpPacket {
     /// Appends this packet. `Other` packets are not written (Natter never originates them).
     /// At most 31 report blocks fit one packet; extra blocks are left out.
     pub fn write(&self, out: &mut Vec<u8>) {
+        if let Self::App {
+            subtype,
+            ssrc,
+            name,
+            data,
+        } = self
+        {
+            // Pad the data to a whole number of 32-bit words.
+            let padded = data.len().div_ceil(4) * 4;
+            out.push(0x80 | (subtype & 0x1f));
+            out.push(PT_APP);
+            out.extend_from_slice(&(((8 + padded) / 4) as u16).to_be_bytes());
+            out.extend_from_slice(&ssrc.to_be_bytes());
+            out.extend_from_slice(name);
+            out.extend_from_slice(data);
+            out.resize(out.len() + padded - data.len(), 0);
+            return;
+        }
         let (pt, ssrc, info, reports) = match self {
             Self::SenderReport {
                 ssrc,
@@ -88,7 +171,7 @@ impl RtcpPacket {
                 reports,
             } => (PT_SENDER_REPORT, *ssrc, Some(info), reports),
             Self::ReceiverReport { ssrc, reports } => (PT_RECEIVER_REPORT, *ssrc, None, reports),
-            Self::Other { .. } => return,
+            Self::Other { .. } | Self::App { .. } => return,
         };
         let reports = &reports[..reports.len().min(31)];
         let body_len =
@@ -184,6 +267,17 @@ pub fn parse_compound(buf: &[u8]) -> Result<Vec<RtcpPacket>, RtcpError> {
                 RtcpPacket::ReceiverReport {
                     ssrc: be32(body, 0),
                     reports: parse_blocks(&body[4..], count)?,
+                }
+            }
+            PT_APP => {
+                if body.len() < 8 {
+                    return Err(RtcpError::TooShort);
+                }
+                RtcpPacket::App {
+                    subtype: count as u8,
+                    ssrc: be32(body, 0),
+                    name: [body[4], body[5], body[6], body[7]],
+                    data: body[8..].to_vec(),
                 }
             }
             other => RtcpPacket::Other { packet_type: other },
@@ -293,6 +387,33 @@ mod tests {
             parse_compound(&[0x40, 201, 0, 0]),
             Err(RtcpError::BadVersion(1))
         );
+    }
+
+    #[test]
+    fn sender_latency_app_packet_round_trips() {
+        let lat = SenderLatency {
+            capture_us: 10_000,
+            processing_us: 10_500,
+            encode_us: 6_700,
+        };
+        let mut buf = Vec::new();
+        lat.to_packet(42).write(&mut buf);
+        assert_eq!(buf.len(), 24);
+        let packets = parse_compound(&buf).unwrap();
+        assert_eq!(SenderLatency::from_packet(&packets[0]), Some((42, lat)));
+        assert_eq!(peek_sender_ssrc(&buf), Some(42));
+        // Someone else's APP packet is not ours.
+        let other = RtcpPacket::App {
+            subtype: 1,
+            ssrc: 1,
+            name: *b"XXXX",
+            data: vec![0; 12],
+        };
+        assert_eq!(SenderLatency::from_packet(&other), None);
+        assert!(matches!(
+            parse_compound(&[0x81, 204, 0, 1, 0, 0, 0, 1]),
+            Err(RtcpError::TooShort)
+        ));
     }
 
     #[test]

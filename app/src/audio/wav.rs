@@ -89,6 +89,12 @@ impl WavDevice {
         ends.counters
             .period_us
             .store(period.as_micros() as u64, Relaxed);
+        // Like a sound card, a period's first sample reaches the engine one period after it
+        // "entered the microphone"; playback starts the moment a block is taken (no extra
+        // output latency).
+        ends.counters
+            .input_latency_us
+            .store(period.as_micros() as u64, Relaxed);
         let t0 = Instant::now();
         let started_unix_us = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -15,7 +15,7 @@ use crate::codec::EncoderConfig;
 use crate::jitter::JitterConfig;
 use crate::rate::{FrameMode, RateController};
 use natter_proto::media::{Datagram, PacketKind, write_rtcp};
-use natter_proto::rtcp::{self, RtcpPacket, ntp};
+use natter_proto::rtcp::{self, RtcpPacket, SenderLatency, ntp};
 use receive::{PeerStats, RemotePeer};
 use send::Sender;
 use std::collections::HashMap;
@@ -146,6 +146,8 @@ const BLOCK: usize = 480;
 /// Forget a peer silent this long (it left, or changed SSRC).
 const PEER_TIMEOUT_MS: f64 = 30_000.0;
 const REPORT_INTERVAL_MS: f64 = 1_000.0;
+/// The engine loop's sleep between polls.
+const POLL_MS: f64 = 1.0;
 
 /// The engine's side of the audio backend: the current rings, resampling to and from 48 kHz
 /// when the device runs at another rate, and swapping in new rings after a device rebuild.
@@ -259,6 +261,8 @@ struct Worker {
     block: Vec<f32>,
     malformed: u64,
     playout: PlayoutClock,
+    /// Mean time one peer's jitter-buffer pull (decode included) takes, ms.
+    pull_time_ms: f64,
     next_report_ms: f64,
     next_stats_ms: f64,
     rtcp_buf: Vec<u8>,
@@ -279,6 +283,10 @@ pub struct PlayoutClock {
     guard_ms: f64,
     underruns_seen: u64,
     last_underrun_ms: f64,
+    /// When the next drain is expected, as predicted at the last `due`.
+    next_drain_ms: Option<f64>,
+    /// Mean time from mixing a block to the device taking it, ms.
+    lead_ms: f64,
 }
 
 impl PlayoutClock {
@@ -293,7 +301,15 @@ impl PlayoutClock {
             guard_ms: Self::START_GUARD_MS,
             underruns_seen: 0,
             last_underrun_ms: 0.0,
+            next_drain_ms: None,
+            lead_ms: 0.0,
         }
+    }
+
+    /// Mean time between mixing a block and the device taking it, ms: the playback ring's
+    /// share of the latency.
+    pub fn lead_ms(&self) -> f64 {
+        self.lead_ms
     }
 
     /// Current safety margin before the device's next consumption, ms.
@@ -328,13 +344,19 @@ impl PlayoutClock {
                 while next + period_ms <= now {
                     next += period_ms;
                 }
+                self.next_drain_ms = Some(next);
                 now >= next - self.guard_ms
             }
         }
     }
 
-    /// Records the ring level after mixing.
-    pub fn filled(&mut self, queued: usize) {
+    /// Records the ring level after mixing at `now`.
+    pub fn filled(&mut self, now: f64, queued: usize) {
+        if queued > self.last_queued
+            && let Some(next) = self.next_drain_ms
+        {
+            self.lead_ms += 0.1 * ((next - now).max(0.0) - self.lead_ms);
+        }
         self.last_queued = queued;
     }
 }
@@ -392,6 +414,7 @@ impl Worker {
             block: vec![0.0; BLOCK],
             malformed: 0,
             playout: PlayoutClock::new(),
+            pull_time_ms: 0.0,
             next_report_ms: REPORT_INTERVAL_MS,
             next_stats_ms: 0.0,
             rtcp_buf: Vec::with_capacity(1200),
@@ -422,7 +445,7 @@ impl Worker {
                 self.next_stats_ms = now + 100.0;
                 self.publish_stats();
             }
-            std::thread::sleep(Duration::from_millis(1));
+            std::thread::sleep(Duration::from_secs_f64(POLL_MS / 1000.0));
         }
         self.publish_stats();
     }
@@ -451,15 +474,22 @@ impl Worker {
         }
         while self.port.queued() < target && self.port.ends.playback.slots() >= 2 * BLOCK {
             self.mix.fill(0.0);
+            let pull_started = Instant::now();
+            let mut pulls = 0;
             for peer in self.peers.values_mut() {
+                pulls += 1;
                 peer.jitter.pull(&mut self.block, now);
                 for (m, s) in self.mix.iter_mut().zip(&self.block) {
                     *m += *s;
                 }
             }
+            if pulls > 0 {
+                let took = pull_started.elapsed().as_secs_f64() * 1000.0 / f64::from(pulls);
+                self.pull_time_ms += 0.05 * (took - self.pull_time_ms);
+            }
             self.port.write_playback(&self.mix);
         }
-        self.playout.filled(self.port.queued());
+        self.playout.filled(now, self.port.queued());
     }
 
     fn on_datagram(&mut self, bytes: &[u8], at: f64) {
@@ -509,6 +539,14 @@ impl Worker {
                 (*ssrc, reports)
             }
             RtcpPacket::ReceiverReport { ssrc, reports } => (*ssrc, reports),
+            app @ RtcpPacket::App { .. } => {
+                if let Some((ssrc, latency)) = SenderLatency::from_packet(app)
+                    && let Some(peer) = self.peers.get_mut(&ssrc)
+                {
+                    peer.sender_latency = Some(latency);
+                }
+                return;
+            }
             RtcpPacket::Other { .. } => return,
         };
         // RFC 3550 §6.4.1: RTT = arrival − LSR − DLSR, from the block about our stream.
@@ -567,13 +605,54 @@ impl Worker {
             },
             None => return,
         };
+        let mut packets = vec![packet];
+        if let Some(latency) = self.sender_latency() {
+            packets.push(latency.to_packet(self.config.ssrc));
+        }
         self.rtcp_buf.clear();
-        write_rtcp(std::slice::from_ref(&packet), &mut self.rtcp_buf);
+        write_rtcp(&packets, &mut self.rtcp_buf);
         (self.link.send)(&self.rtcp_buf);
     }
 
+    /// Our own sending stages, for the APP report: device capture latency, then waiting for
+    /// the rest of the frame after the first period arrived (plus half a poll interval, the
+    /// mean time a captured block waits for this thread), then look-ahead and encode time.
+    fn sender_latency(&self) -> Option<SenderLatency> {
+        let sender = self.sender.as_ref()?;
+        let counters = &self.port.ends.counters;
+        let period_ms = counters.period_us.load(Relaxed) as f64 / 1000.0;
+        let frame_ms = sender.frame_samples() as f64 / 48.0;
+        let resample_ms = self
+            .port
+            .capture_rs
+            .as_ref()
+            .map_or(0.0, |r| r.delay() as f64 / 48.0);
+        let processing = (frame_ms - period_ms.min(frame_ms)) + POLL_MS / 2.0 + resample_ms;
+        let us = |ms: f64| (ms.max(0.0) * 1000.0).round() as u32;
+        Some(SenderLatency {
+            capture_us: counters.input_latency_us.load(Relaxed) as u32,
+            processing_us: us(processing),
+            encode_us: us(sender.lookahead_ms() + sender.encode_time_ms),
+        })
+    }
+
     fn publish_stats(&mut self) {
-        let mut peers: Vec<PeerStats> = self.peers.values().map(RemotePeer::stats).collect();
+        let playback_ms = self.playout.lead_ms()
+            + self.port.ends.counters.output_latency_us.load(Relaxed) as f64 / 1000.0
+            + self
+                .port
+                .playback_rs
+                .as_ref()
+                .map_or(0.0, |r| r.delay() as f64 / 48.0);
+        let decode_ms = self.pull_time_ms;
+        let mut peers: Vec<PeerStats> = self
+            .peers
+            .values()
+            .map(|p| PeerStats {
+                stages: p.stages(decode_ms, playback_ms),
+                ..p.stats()
+            })
+            .collect();
         peers.sort_by_key(|p| p.ssrc);
         let stats = EngineStats {
             packets_sent: self
@@ -620,7 +699,7 @@ mod tests {
             if clock.due(t, queued, 10.0, underruns) && queued < 480 {
                 queued += 480;
                 mixed_at = Some(t);
-                clock.filled(queued);
+                clock.filled(t, queued);
             }
             t += 1.05;
         }

@@ -5,6 +5,30 @@ use crate::codec::OpusDecoder;
 use crate::jitter::{JitterBuffer, JitterConfig};
 use natter_proto::reception::ReceptionStats;
 
+/// Where one peer's mouth-to-ear latency goes, stage by stage (ms). The sender's stages come
+/// from its RTCP APP report; the rest is measured here. `total_ms` is their sum, which the
+/// end-to-end tests compare with the latency measured by cross-correlation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct LatencyStages {
+    /// Sender: microphone to capture callback (device and driver buffering).
+    pub capture_ms: f64,
+    /// Sender: voice processing and waiting for a full frame.
+    pub processing_ms: f64,
+    /// Sender: codec look-ahead plus encoding time.
+    pub encode_ms: f64,
+    /// One-way network and relay.
+    pub network_ms: f64,
+    /// Arrival to playout (measured per frame by the jitter buffer).
+    pub jitter_buffer_ms: f64,
+    /// Decoding (and concealment) time.
+    pub decode_ms: f64,
+    /// Mixed to heard: waiting for the device to take the block, plus its output latency.
+    pub playback_ms: f64,
+    pub total_ms: f64,
+    /// False until the sender's stages have been received.
+    pub complete: bool,
+}
+
 /// Per-peer statistics, as printed by `natter call` and shown by the app.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct PeerStats {
@@ -25,6 +49,7 @@ pub struct PeerStats {
     /// Audio buffered in the jitter buffer, ms.
     pub jitter_buffer_ms: f64,
     pub jitter_buffer_target_ms: f64,
+    pub stages: LatencyStages,
 }
 
 pub struct RemotePeer {
@@ -36,6 +61,11 @@ pub struct RemotePeer {
     pub last_sr: Option<(u32, f64)>,
     pub rtt_ms: Option<f64>,
     pub last_packet_ms: f64,
+    /// The sender's own stages, from its latest APP report.
+    pub sender_latency: Option<natter_proto::rtcp::SenderLatency>,
+    /// One-way delay from the wall clock in its sender reports (valid when both clocks are
+    /// synchronised, e.g. NTP or the same machine), ms.
+    pub sr_one_way_ms: Option<f64>,
 }
 
 impl RemotePeer {
@@ -47,7 +77,44 @@ impl RemotePeer {
             last_sr: None,
             rtt_ms: None,
             last_packet_ms: now_ms,
+            sender_latency: None,
+            sr_one_way_ms: None,
         })
+    }
+
+    /// One-way network delay: half the RTCP round trip when we have it (no clock assumptions),
+    /// else the sender-report wall-clock difference.
+    pub fn network_ms(&self) -> f64 {
+        self.rtt_ms
+            .map(|r| r / 2.0)
+            .or(self.sr_one_way_ms)
+            .unwrap_or(0.0)
+            .max(0.0)
+    }
+
+    /// Stage breakdown given this receiver's decode and playback delays.
+    pub fn stages(&self, decode_ms: f64, playback_ms: f64) -> LatencyStages {
+        let sender = self.sender_latency.unwrap_or_default();
+        let ms = |us: u32| f64::from(us) / 1000.0;
+        let mut s = LatencyStages {
+            capture_ms: ms(sender.capture_us),
+            processing_ms: ms(sender.processing_us),
+            encode_ms: ms(sender.encode_us),
+            network_ms: self.network_ms(),
+            jitter_buffer_ms: self.jitter.stats().delay_ms,
+            decode_ms,
+            playback_ms,
+            total_ms: 0.0,
+            complete: self.sender_latency.is_some(),
+        };
+        s.total_ms = s.capture_ms
+            + s.processing_ms
+            + s.encode_ms
+            + s.network_ms
+            + s.jitter_buffer_ms
+            + s.decode_ms
+            + s.playback_ms;
+        s
     }
 
     pub fn stats(&self) -> PeerStats {
@@ -65,6 +132,7 @@ impl RemotePeer {
             rtt_ms: self.rtt_ms,
             jitter_buffer_ms: jb.delay_ms,
             jitter_buffer_target_ms: jb.target_ms,
+            stages: LatencyStages::default(),
         }
     }
 }

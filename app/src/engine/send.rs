@@ -26,6 +26,8 @@ pub struct Sender {
     pub octets_sent: u32,
     /// Frames not sent because DTX found them silent.
     pub dtx_frames: u64,
+    /// Mean time one frame takes to encode, ms (EWMA).
+    pub encode_time_ms: f64,
     /// RTP timestamp of the first sample and the engine time (ms) it was captured.
     origin: Option<(u32, f64)>,
     /// Settings to apply at the next frame boundary.
@@ -50,6 +52,7 @@ impl Sender {
             packets_sent: 0,
             octets_sent: 0,
             dtx_frames: 0,
+            encode_time_ms: 0.0,
             origin: None,
             pending: None,
             pinned_frame: false,
@@ -133,9 +136,12 @@ impl Sender {
     }
 
     fn send_frame(&mut self, emit: &mut dyn FnMut(&[u8])) {
+        let started = std::time::Instant::now();
         if self.encoder.encode(&self.frame, &mut self.payload).is_err() {
             return;
         }
+        let took = started.elapsed().as_secs_f64() * 1000.0;
+        self.encode_time_ms += 0.05 * (took - self.encode_time_ms);
         // DTX: a 1–2 byte frame means "nothing worth sending"; the gap in timestamps tells the
         // receiver, and the next packet starts a new talkspurt.
         if self.payload.len() <= 2 {
