@@ -170,6 +170,24 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
         None => MAX_OPEN_ENDED,
     });
 
+    // Names the relay would refuse are refused here, before any network traffic, with the
+    // same words.
+    if !natter_proto::control::valid_name(&opts.room) {
+        return Err(ConnectError::Invalid(format!(
+            "invalid room name {:?}: use 1-{} bytes without control characters",
+            opts.room,
+            natter_proto::control::MAX_NAME_LEN
+        ))
+        .into());
+    }
+    if !natter_proto::control::valid_name(&opts.name) {
+        return Err(ConnectError::Invalid(format!(
+            "invalid display name {:?}: use 1-{} bytes without control characters",
+            opts.name,
+            natter_proto::control::MAX_NAME_LEN
+        ))
+        .into());
+    }
     let (endpoint, conn) = connect(&opts.invite).await?;
     let request = JoinRequest {
         room: opts.room.clone(),
@@ -243,15 +261,17 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
     let started = Instant::now();
 
     let mut ended_by_relay = None;
-    let mut session = session;
-    loop {
+    let mut session = Some(session);
+    while let Some(running) = session.as_mut() {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(20)) => {
                 if device.finished() {
                     break;
                 }
             }
-            result = &mut session => {
+            result = running => {
+                // The handle is finished: it must not be awaited again below.
+                session = None;
                 ended_by_relay = Some(match result {
                     Ok(Err(e)) => e.to_string(),
                     _ => "the relay closed the control stream".into(),
@@ -265,7 +285,9 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
     let recording = device.finish();
     let mut engine_stats = engine.stop();
     let _ = commands.send(Command::Leave);
-    let _ = tokio::time::timeout(Duration::from_secs(1), session).await;
+    if let Some(session) = session {
+        let _ = tokio::time::timeout(Duration::from_secs(1), session).await;
+    }
     reader.abort();
     conn.close(0u32.into(), b"bye");
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;

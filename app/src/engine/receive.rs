@@ -46,7 +46,7 @@ pub struct PeerStats {
     pub jitter_ms: f64,
     /// Round trip to this peer from RTCP (its reports on our stream), ms.
     pub rtt_ms: Option<f64>,
-    /// Audio buffered in the jitter buffer, ms.
+    /// Measured jitter-buffer delay: arrival to playout of each frame, ms.
     pub jitter_buffer_ms: f64,
     pub jitter_buffer_target_ms: f64,
     pub stages: LatencyStages,

@@ -83,10 +83,6 @@ impl PacketBuffer {
         self.order.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
-    }
-
     /// The `k`-th oldest packet.
     pub fn get(&self, k: usize) -> Option<&Packet> {
         self.order.get(k).map(|&i| &self.slots[i])
@@ -251,7 +247,7 @@ mod tests {
         b.pop_first();
         assert_eq!(b.get(1).unwrap().payload, [4]);
         b.clear();
-        assert!(b.is_empty());
+        assert_eq!(b.len(), 0);
         // Slots are reused, not reallocated.
         b.insert(9, 9, 0.0, &[9]);
         assert_eq!(b.footprint().0, 3);

@@ -35,6 +35,8 @@ pub enum ConnectError {
     Lost(String),
     #[error("local network error: {0}")]
     Local(String),
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl ConnectError {

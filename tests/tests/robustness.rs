@@ -1,0 +1,644 @@
+//! What goes wrong: bad invites, refused joins, hostile clients, relay shutdown.
+
+use bytes::Bytes;
+use natter::transport::connect;
+use natter_e2e::{
+    Call, CallStats, RelayProcess, Rng, TempDir, find_signal_windows, natter, read_wav, signal_file,
+};
+use natter_proto::control::{ErrorCode, FrameDecoder, Message, Participant};
+use natter_proto::invite::Invite;
+use natter_proto::media::write_rtp;
+use natter_proto::rtp::RtpHeader;
+use quinn::{Connection, ConnectionError, RecvStream, SendStream};
+use std::time::{Duration, Instant};
+
+/// Exit code of `natter call` for connect errors and refusals.
+const EXIT_CONNECT: i32 = 2;
+/// Exit code of `natter call` when the relay ended the call.
+const EXIT_ENDED_BY_RELAY: i32 = 3;
+
+/// A one-second listening `natter call` (most of these fail before any audio flows).
+fn short_call(invite: &str, room: &str) -> natter_e2e::Finished {
+    natter(
+        [
+            "call",
+            invite,
+            "--room",
+            room,
+            "--name",
+            "mallory",
+            "--duration",
+            "1",
+        ],
+        Duration::from_secs(15),
+    )
+}
+
+/// The one line a failing `natter call` prints.
+#[track_caller]
+fn error_line(done: &natter_e2e::Finished) -> &str {
+    let lines: Vec<&str> = done.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "expected exactly one stderr line:\n{done}");
+    assert!(
+        lines[0].starts_with("natter: error: "),
+        "unexpected stderr:\n{done}"
+    );
+    assert!(done.stdout.is_empty(), "nothing on stdout:\n{done}");
+    lines[0]
+}
+
+#[test]
+fn wrong_fingerprint_is_refused() {
+    let relay = RelayProcess::start();
+    let fp = relay.fingerprint_hex().to_string();
+    // Same relay, same address, one digit of the pin changed.
+    let flipped = if fp.starts_with('0') { "1" } else { "0" };
+    let bad_fp = format!("{flipped}{}", &fp[1..]);
+    let invite = relay.invite().replace(&fp, &bad_fp);
+    assert_ne!(invite, relay.invite());
+
+    let done = short_call(&invite, "lobby");
+    assert_eq!(done.code(), Some(EXIT_CONNECT), "{done}");
+    let line = error_line(&done);
+    assert!(line.contains("fingerprint"), "{line}");
+    assert!(
+        line.contains(&bad_fp) && line.contains(&fp),
+        "names the expected and the presented fingerprint: {line}"
+    );
+    assert!(done.elapsed < Duration::from_secs(4), "{done}");
+
+    // The real pin still works against the same relay: the refusal was about the pin.
+    let ok = short_call(relay.invite(), "lobby");
+    assert_eq!(ok.code(), Some(0), "{ok}");
+}
+
+#[test]
+fn unreachable_relay_times_out() {
+    // A port nobody listens on: bind, note the port, close.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("bind a UDP socket")
+        .port();
+    let invite = format!("natter://127.0.0.1:{port}?fp={}", "ab".repeat(32));
+    let start = Instant::now();
+    let done = short_call(&invite, "lobby");
+    let elapsed = start.elapsed();
+    assert_eq!(done.code(), Some(EXIT_CONNECT), "{done}");
+    let line = error_line(&done);
+    assert!(line.contains("did not answer"), "{line}");
+    assert!(line.contains(&format!("127.0.0.1:{port}")), "{line}");
+    assert!(
+        elapsed < Duration::from_secs(8),
+        "gave up only after {elapsed:?}"
+    );
+}
+
+#[test]
+fn bad_invite_names_the_scheme() {
+    let done = short_call("http://x", "lobby");
+    assert!(
+        done.code().is_some_and(|c| c != 0),
+        "must fail with an exit code:\n{done}"
+    );
+    let line = error_line(&done);
+    assert!(
+        line.contains("natter://"),
+        "says which scheme to use: {line}"
+    );
+    assert!(line.contains("invite"), "{line}");
+    assert!(done.elapsed < Duration::from_secs(3), "{done}");
+}
+
+/// A room name the relay would refuse is refused up front with the same rules: exit code 2
+/// and a line naming the problem. (The relay's own refusal, InvalidRoom, is covered by the
+/// relay core's unit tests and by `hostile_clients_do_not_disturb_a_call`.)
+#[test]
+fn refused_join_reports_invalid_room() {
+    let relay = RelayProcess::start();
+    // Only whitespace.
+    let done = short_call(relay.invite(), "   ");
+    assert_eq!(done.code(), Some(EXIT_CONNECT), "{done}");
+    let line = error_line(&done);
+    assert!(line.contains("invalid room"), "{line}");
+
+    // 64 bytes is fine.
+    let ok = short_call(relay.invite(), &"r".repeat(64));
+    assert_eq!(ok.code(), Some(0), "{ok}");
+}
+
+/// A room name of 65 bytes (one more than the protocol allows) given with --room is reported
+/// as an invalid room, not as a protocol error.
+#[test]
+fn overlong_room_is_reported_as_invalid_room() {
+    let relay = RelayProcess::start();
+    let done = short_call(relay.invite(), &"r".repeat(65));
+    assert_eq!(done.code(), Some(EXIT_CONNECT), "{done}");
+    assert!(error_line(&done).contains("invalid room"), "{done}");
+}
+
+/// SIGTERM to the relay ends a call in progress promptly: exit code 3, "shutting down", and
+/// the relay itself exits 0.
+#[test]
+fn relay_shutdown_ends_calls() {
+    let dir = TempDir::new("shutdown");
+    let mut relay = RelayProcess::start();
+    let call = Call::new(relay.invite(), "lobby", "bob")
+        .stats_json(&dir.join("bob.json"))
+        .duration(20.0)
+        .spawn();
+    relay.wait_for_join("lobby", "bob");
+    // Let the call settle (welcome, engine running) before pulling the plug.
+    std::thread::sleep(Duration::from_millis(300));
+    let sigterm = Instant::now();
+    relay.terminate();
+    let done = call.wait(Duration::from_secs(10));
+    let ended_after = sigterm.elapsed();
+    let relay_exit = relay.wait_exit(Duration::from_secs(10));
+
+    assert_eq!(done.code(), Some(EXIT_ENDED_BY_RELAY), "{done}");
+    assert!(done.stderr.contains("shutting down"), "{done}");
+    assert!(
+        ended_after < Duration::from_secs(5),
+        "the call took {ended_after:?} to notice the shutdown"
+    );
+    assert!(
+        relay_exit.is_some_and(|s| s.success()),
+        "relay exit: {relay_exit:?}\n{}",
+        relay.log_text()
+    );
+    let stats = CallStats::read(&dir.join("bob.json"));
+    assert!(
+        stats
+            .ended_by_relay
+            .as_deref()
+            .is_some_and(|r| r.contains("shutting down")),
+        "{stats:#?}"
+    );
+    assert!(stats.duration_s < 10.0, "{stats:#?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw QUIC clients
+// ---------------------------------------------------------------------------------------------
+
+/// A control stream spoken by hand.
+struct RawControl {
+    send: SendStream,
+    recv: RecvStream,
+    decoder: FrameDecoder,
+}
+
+impl RawControl {
+    async fn open(conn: &Connection) -> Self {
+        let (send, recv) = conn.open_bi().await.expect("open the control stream");
+        Self {
+            send,
+            recv,
+            decoder: FrameDecoder::new(),
+        }
+    }
+
+    async fn send_raw(&mut self, bytes: &[u8]) {
+        self.send
+            .write_all(bytes)
+            .await
+            .expect("write control bytes");
+    }
+
+    async fn send(&mut self, msg: &Message) {
+        self.send_raw(&msg.to_frame()).await;
+    }
+
+    /// The next message, or `None` if the stream ends, fails or stays silent for 5 s.
+    async fn recv(&mut self) -> Option<Message> {
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(msg) = self.decoder.next_message() {
+                return Some(msg.expect("the relay sends well-formed messages"));
+            }
+            match tokio::time::timeout(Duration::from_secs(5), self.recv.read(&mut buf)).await {
+                Ok(Ok(Some(n))) => self.decoder.push(&buf[..n]),
+                _ => return None,
+            }
+        }
+    }
+
+    /// Hello and Join; returns our SSRC and the roster.
+    async fn join(conn: &Connection, room: &str, name: &str) -> (Self, u32, Vec<Participant>) {
+        let mut control = Self::open(conn).await;
+        control
+            .send(&Message::Hello {
+                versions: vec![natter_proto::PROTOCOL_VERSION],
+                software: "natter-e2e raw client".into(),
+            })
+            .await;
+        match control.recv().await {
+            Some(Message::HelloAck { version, .. }) => {
+                assert_eq!(version, natter_proto::PROTOCOL_VERSION)
+            }
+            other => panic!("expected HelloAck, got {other:?}"),
+        }
+        control
+            .send(&Message::Join {
+                room: room.into(),
+                name: name.into(),
+                token: None,
+                flags: 0,
+            })
+            .await;
+        loop {
+            match control.recv().await {
+                Some(Message::Welcome { ssrc, roster, .. }) => return (control, ssrc, roster),
+                Some(Message::Ping { .. } | Message::Pong { .. }) => {}
+                other => panic!("expected Welcome, got {other:?}"),
+            }
+        }
+    }
+}
+
+/// Waits for the relay to close `conn` and returns the application close code and reason.
+async fn closed_by_relay(conn: &Connection, within: Duration) -> (u64, String) {
+    match tokio::time::timeout(within, conn.closed()).await {
+        Ok(ConnectionError::ApplicationClosed(close)) => (
+            close.error_code.into_inner(),
+            String::from_utf8_lossy(&close.reason).into_owned(),
+        ),
+        Ok(other) => panic!("expected an application close from the relay, got {other}"),
+        Err(_) => panic!("the relay did not close the connection within {within:?}"),
+    }
+}
+
+fn rtp(ssrc: u32, sequence: u16, payload: &[u8]) -> Bytes {
+    let mut out = Vec::new();
+    write_rtp(
+        &RtpHeader {
+            marker: false,
+            payload_type: natter_proto::OPUS_PAYLOAD_TYPE,
+            sequence,
+            timestamp: u32::from(sequence) * 960,
+            ssrc,
+            audio_level: None,
+        },
+        payload,
+        &mut out,
+    );
+    Bytes::from(out)
+}
+
+/// Sends a datagram the relay must drop, paced so our own small send queue never discards it.
+async fn send_paced(conn: &Connection, datagram: Bytes) -> bool {
+    let sent = conn.send_datagram(datagram).is_ok();
+    tokio::time::sleep(Duration::from_millis(3)).await;
+    sent
+}
+
+/// While Alice talks to Bob, hostile clients misbehave in every way the protocol allows them
+/// to: garbage and oversize datagrams before joining, malformed control frames, spoofed SSRCs
+/// and broken RTP from inside the room, and a connection that never says hello. The relay
+/// closes the offenders with the right codes, drops their media (and counts it), and Bob hears
+/// Alice exactly as if nothing happened.
+#[test]
+fn hostile_clients_do_not_disturb_a_call() {
+    let dir = TempDir::new("hostile");
+    let mut relay = RelayProcess::start();
+    let invite: Invite = relay.invite().parse().expect("the relay's invite parses");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+
+    // (iv) Connects and never opens a control stream; the relay's hello timeout is 10 s, so
+    // this one runs alongside everything else and is checked at the end.
+    let silent_since = Instant::now();
+    let (_silent_endpoint, silent) = rt
+        .block_on(connect(&invite))
+        .expect("the silent client connects");
+
+    let speech = signal_file("speech", &dir.join("alice.wav"), 3.0, 5);
+    let bob = Call::new(relay.invite(), "lobby", "bob")
+        .output(&dir.join("bob-heard.wav"))
+        .stats_json(&dir.join("bob.json"))
+        .duration(4.5)
+        .spawn();
+    relay.wait_for_join("lobby", "bob");
+    let alice = Call::new(relay.invite(), "lobby", "alice")
+        .input(&dir.join("alice.wav"))
+        .stats_json(&dir.join("alice.json"))
+        .duration(5.5)
+        .spawn();
+    relay.wait_for_join("lobby", "alice");
+
+    let mut rng = Rng::new(0x6e61_7474);
+    let mut garbage_sent = 0u64;
+    let mut not_joined_sent = 0u64;
+    let mut spoofed_sent = 0u64;
+    let mut malformed_in_room_sent = 0u64;
+
+    let (alice_ssrc_seen, mallory_heard_alice) = rt.block_on(async {
+        // (i) Datagrams before joining: tiny, random, wrong flow, oversize, and well-formed
+        // RTP from a connection that is in no room. Some before Hello (the relay has not even
+        // seen a control stream yet), some after.
+        let (_ep_x, x) = connect(&invite).await.expect("client x connects");
+        // Path MTU discovery raises the datagram limit above the protocol's 1200 bytes on
+        // loopback shortly after the handshake; give it a moment, for the oversize case.
+        let mtu_deadline = Instant::now() + Duration::from_secs(2);
+        let mut max = 0;
+        while Instant::now() < mtu_deadline {
+            max = x.max_datagram_size().expect("the relay accepts datagrams");
+            if max > natter_proto::MAX_MEDIA_DATAGRAM {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut garbage = vec![
+            Bytes::from_static(&[0]),
+            Bytes::from(rng.bytes(100)),
+            Bytes::from(rng.bytes(1100)),
+            {
+                let mut d = vec![5u8]; // unknown flow id
+                d.extend_from_slice(&rtp(1, 1, b"x")[1..]);
+                Bytes::from(d)
+            },
+        ];
+        // Larger than the protocol's 1200-byte limit, if the path allows it.
+        if max > natter_proto::MAX_MEDIA_DATAGRAM {
+            let mut big = rtp(7, 1, &vec![0x55; max]).to_vec();
+            big.truncate(max);
+            garbage.push(Bytes::from(big));
+        }
+        println!("largest datagram the path takes: {max} bytes");
+        for d in garbage.iter().cloned() {
+            garbage_sent += u64::from(send_paced(&x, d).await);
+        }
+        let mut control = RawControl::open(&x).await;
+        control
+            .send(&Message::Hello {
+                versions: vec![natter_proto::PROTOCOL_VERSION],
+                software: "x".into(),
+            })
+            .await;
+        assert!(
+            matches!(control.recv().await, Some(Message::HelloAck { .. })),
+            "the relay still talks to a client that sent garbage datagrams"
+        );
+        for d in garbage {
+            garbage_sent += u64::from(send_paced(&x, d).await);
+        }
+        for seq in 0..5 {
+            let d = rtp(0x1234_5678, seq, &rng.bytes(80));
+            not_joined_sent += u64::from(send_paced(&x, d).await);
+        }
+        assert!(garbage_sent >= 8 && not_joined_sent == 5);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            x.close_reason().is_none(),
+            "stray datagrams alone do not get a client closed: {:?}",
+            x.close_reason()
+        );
+
+        // (ii) A control frame claiming 100 000 bytes (over the 64 KiB limit), then noise.
+        let mut frame = Vec::new();
+        natter_proto::varint::encode(100_000, &mut frame);
+        frame.extend(rng.bytes(32));
+        control.send_raw(&frame).await;
+        match control.recv().await {
+            Some(Message::Error { code, .. }) => assert_eq!(code, ErrorCode::ProtocolViolation),
+            // The close may overtake the Error message; the close code below still tells.
+            None => {}
+            Some(other) => panic!("expected Error ProtocolViolation, got {other:?}"),
+        }
+        let (code, reason) = closed_by_relay(&x, Duration::from_secs(5)).await;
+        assert_eq!(
+            code, 1,
+            "ProtocolViolation for an oversize frame ({reason})"
+        );
+        assert!(reason.contains("malformed"), "{reason}");
+
+        // (ii b) Before any Hello: a Join whose room length is an absurd varint.
+        let (_ep_z, z) = connect(&invite).await.expect("client z connects");
+        let mut control = RawControl::open(&z).await;
+        let mut body = vec![0x03]; // Join
+        body.extend([0xff; 11]);
+        let mut frame = Vec::new();
+        natter_proto::varint::encode(body.len() as u64, &mut frame);
+        frame.extend(body);
+        control.send_raw(&frame).await;
+        let (code, reason) = closed_by_relay(&z, Duration::from_secs(5)).await;
+        assert_eq!(code, 1, "ProtocolViolation for a malformed Join ({reason})");
+
+        // (iii) Mallory joins the room properly, then sends media she must not.
+        let (_ep_y, y) = connect(&invite).await.expect("client y connects");
+        let (_control_y, my_ssrc, roster) = RawControl::join(&y, "lobby", "mallory").await;
+        let alice_ssrc = roster
+            .iter()
+            .find(|p| p.name == "alice")
+            .unwrap_or_else(|| panic!("alice in the roster: {roster:?}"))
+            .ssrc;
+        assert!(roster.iter().any(|p| p.name == "bob"), "{roster:?}");
+        assert!(
+            roster
+                .iter()
+                .any(|p| p.ssrc == my_ssrc && p.name == "mallory")
+        );
+        // She is a member: she gets alice's audio like everyone else.
+        let listener = {
+            let y = y.clone();
+            tokio::spawn(async move {
+                let mut from_alice = 0u64;
+                while let Ok(d) = y.read_datagram().await {
+                    if natter_proto::rtp::peek_ssrc(&d[1..]) == Some(alice_ssrc) {
+                        from_alice += 1;
+                    }
+                }
+                from_alice
+            })
+        };
+        let mut seq = 0u16;
+        let until = Instant::now() + Duration::from_millis(1500);
+        while Instant::now() < until {
+            seq = seq.wrapping_add(1);
+            // Alice's SSRC with plausible sequence numbers and garbage "Opus".
+            spoofed_sent += u64::from(send_paced(&y, rtp(alice_ssrc, seq, &rng.bytes(60))).await);
+            // A made-up SSRC.
+            let random_ssrc = rng.next_u64() as u32 | 1;
+            spoofed_sent += u64::from(send_paced(&y, rtp(random_ssrc, seq, &rng.bytes(60))).await);
+            // Broken RTP under her own SSRC: wrong version, then a truncated header.
+            let mut bad = rtp(my_ssrc, seq, &rng.bytes(40)).to_vec();
+            bad[1] = 0x40 | (bad[1] & 0x3f); // RTP version 1
+            malformed_in_room_sent += u64::from(send_paced(&y, Bytes::from(bad)).await);
+            let truncated = rtp(my_ssrc, seq, b"").slice(..9);
+            malformed_in_room_sent += u64::from(send_paced(&y, truncated).await);
+        }
+        assert!(
+            y.close_reason().is_none(),
+            "mallory stays connected: {:?}",
+            y.close_reason()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        y.close(0u32.into(), b"bye");
+        let heard = listener.await.expect("listener task");
+        (alice_ssrc, heard)
+    });
+
+    let bob_done = bob.finish();
+    alice.finish();
+
+    // (iv) The silent connection is closed with HelloRequired once the hello timeout passes.
+    let remaining = Duration::from_secs(14).saturating_sub(silent_since.elapsed());
+    let (code, reason) = rt.block_on(closed_by_relay(&silent, remaining));
+    assert_eq!(
+        code,
+        u64::from(ErrorCode::HelloRequired.to_u16()),
+        "HelloRequired ({reason})"
+    );
+    let silent_for = silent_since.elapsed();
+    assert!(
+        silent_for >= Duration::from_secs(9),
+        "closed before the 10 s hello timeout: {silent_for:?}"
+    );
+
+    let a = CallStats::read(&dir.join("alice.json"));
+    let b = CallStats::read(&dir.join("bob.json"));
+    assert_eq!(
+        alice_ssrc_seen, a.ssrc,
+        "the roster's SSRC for alice is hers"
+    );
+    assert!(
+        mallory_heard_alice > 20,
+        "mallory, a member, receives alice's audio: {mallory_heard_alice}"
+    );
+
+    // Bob heard alice, only alice, completely, and nothing malformed reached him.
+    assert_eq!(
+        b.peer_ssrcs(),
+        vec![a.ssrc],
+        "bob hears only alice: {b:#?}\n{bob_done}"
+    );
+    let from_alice = b.peer(a.ssrc);
+    assert_eq!(from_alice.name.as_deref(), Some("alice"));
+    assert_eq!(from_alice.packets_lost, 0, "{from_alice:#?}");
+    assert_eq!(from_alice.duplicates, 0, "{from_alice:#?}");
+    assert!(
+        from_alice.packets_received > 100 && from_alice.packets_received <= a.packets_sent,
+        "{from_alice:#?} (alice sent {})",
+        a.packets_sent
+    );
+    assert_eq!(b.malformed_datagrams, 0, "{b:#?}");
+    assert!(a.peers.is_empty(), "nothing reached alice either: {a:#?}");
+    let heard = read_wav(&dir.join("bob-heard.wav"));
+    let m = find_signal_windows(&speech, &a, &heard, &b, 500.0, 0.0, 500.0);
+    println!("alice -> bob under attack: {m}");
+    assert!(m.median_score() >= 0.6, "{m}");
+    assert!((10.0..=150.0).contains(&m.median_lag_ms()), "{m}");
+
+    // The relay counted what it dropped, and closed the two protocol violators.
+    let stats = relay.stop();
+    println!(
+        "relay: {stats:?}; sent garbage {garbage_sent}, not joined {not_joined_sent}, spoofed {spoofed_sent}, malformed in room {malformed_in_room_sent}"
+    );
+    assert!(
+        stats.dropped_wrong_ssrc * 10 >= spoofed_sent * 9 && spoofed_sent > 100,
+        "{stats:?}, spoofed {spoofed_sent}"
+    );
+    assert!(
+        stats.dropped_malformed * 10 >= (garbage_sent + malformed_in_room_sent) * 9,
+        "{stats:?}"
+    );
+    assert!(stats.dropped_not_joined >= 1, "{stats:?}");
+    assert!(stats.control_errors >= 2, "{stats:?}");
+}
+
+/// A member of the room sends well-formed RTP under her own SSRC whose payload is not Opus
+/// at all (random bytes, empty, oversized for a frame). The relay forwards it, as it does not
+/// decode audio; the listener must survive it and, once the garbage stops, hear the real
+/// talker as clearly as ever (random bytes often *are* valid Opus, so while it lasts the
+/// listener plays loud noise; that is not held against it).
+#[test]
+fn listener_survives_garbage_opus_from_a_member() {
+    let dir = TempDir::new("garbage-opus");
+    let relay = RelayProcess::start();
+    let invite: Invite = relay.invite().parse().expect("the relay's invite parses");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+
+    let speech = signal_file("speech", &dir.join("alice.wav"), 4.0, 6);
+    let bob = Call::new(relay.invite(), "lobby", "bob")
+        .output(&dir.join("bob-heard.wav"))
+        .stats_json(&dir.join("bob.json"))
+        .duration(6.5)
+        .spawn();
+    relay.wait_for_join("lobby", "bob");
+    let alice = Call::new(relay.invite(), "lobby", "alice")
+        .input(&dir.join("alice.wav"))
+        .stats_json(&dir.join("alice.json"))
+        .duration(5.5)
+        .spawn();
+    relay.wait_for_join("lobby", "alice");
+
+    let (gremlin_ssrc, sent, gremlin_end_us) = rt.block_on(async {
+        let (_ep, g) = connect(&invite).await.expect("gremlin connects");
+        let (_control, ssrc, _roster) = RawControl::join(&g, "lobby", "gremlin").await;
+        let mut rng = Rng::new(0x6772_656d);
+        let mut sent = 0u64;
+        let max = g.max_datagram_size().unwrap_or(1200).min(1200) - 20;
+        for seq in 0..25u16 {
+            let len = match seq % 4 {
+                0 => 0,
+                1 => 3,
+                2 => max,
+                _ => 1 + (rng.next_u64() % 200) as usize,
+            };
+            let d = rtp(ssrc, seq, &rng.bytes(len));
+            sent += u64::from(g.send_datagram(d).is_ok());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let end_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_micros() as u64;
+        g.close(0u32.into(), b"bye");
+        (ssrc, sent, end_us)
+    });
+
+    bob.finish();
+    alice.finish();
+    let a = CallStats::read(&dir.join("alice.json"));
+    let b = CallStats::read(&dir.join("bob.json"));
+    let mut expected = vec![a.ssrc, gremlin_ssrc];
+    expected.sort_unstable();
+    assert_eq!(b.peer_ssrcs(), expected, "{b:#?}");
+    assert!(
+        b.peer(gremlin_ssrc).packets_received * 10 >= sent * 9,
+        "the relay forwards a member's well-formed RTP whatever its payload: {b:#?}, sent {sent}"
+    );
+    let from_alice = b.peer(a.ssrc);
+    assert_eq!(from_alice.packets_lost, 0, "{from_alice:#?}");
+    assert!(from_alice.packets_received > 100, "{from_alice:#?}");
+    // After the garbage, alice is heard as clearly as without it. The garbage's echo lasts a
+    // while: random payloads often decode as 60 or 120 ms Opus frames although they were sent
+    // 20 ms apart, and the listener plays (and then conceals) them at their decoded length.
+    let heard = read_wav(&dir.join("bob-heard.wav"));
+    let m = find_signal_windows(&speech, &a, &heard, &b, 500.0, 0.0, 500.0);
+    println!("alice -> bob with a gremlin in the room: {m}");
+    let clean_from_ms = (gremlin_end_us as f64 - a.audio_start_unix_us as f64) / 1000.0 + 1000.0;
+    let clean: Vec<_> = m
+        .windows
+        .iter()
+        .filter(|w| w.from_ms >= clean_from_ms)
+        .collect();
+    assert!(
+        clean.len() >= 2,
+        "the garbage ran into the last second of alice's speech (from {clean_from_ms:.0} ms): {m}"
+    );
+    for w in clean {
+        assert!(w.score >= 0.6, "after the garbage stopped: {w} ({m})");
+        assert!(
+            (10.0..=150.0).contains(&w.lag_ms),
+            "after the garbage stopped: {w}"
+        );
+    }
+}
