@@ -10,6 +10,8 @@ what="${1:-build}"
 # Debian packages: a C compiler and pkg-config for the -sys crates, libopus for audiopus,
 # ALSA headers for cpal, cmake in case a -sys crate builds its bundled C source.
 packages=(build-essential pkg-config libopus-dev libasound2-dev cmake)
+# The device tests run calls through a private PulseAudio daemon with a null sink.
+[ "$what" = test ] && packages+=(pulseaudio pulseaudio-utils libasound2-plugins)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -41,6 +41,22 @@ impl VoiceConfig {
     pub fn any(&self) -> bool {
         self.echo_cancellation || self.noise_suppression || self.gain_control || self.high_pass
     }
+
+    /// Delay the module adds to the microphone signal, ms — measured, not documented anywhere
+    /// upstream: the band-split filter bank costs ~1 ms whenever echo cancellation, noise
+    /// suppression or the high-pass filter runs, AEC3 adds 8 ms and noise suppression 6 ms;
+    /// gain control adds none. (Held to the real module by a test.) All on costs ~15 ms of
+    /// mouth-to-ear latency, which the latency meter shows as part of "processing".
+    pub fn delay_ms(&self) -> f64 {
+        let split = if self.echo_cancellation || self.noise_suppression || self.high_pass {
+            0.974
+        } else {
+            0.0
+        };
+        split
+            + if self.echo_cancellation { 8.0 } else { 0.0 }
+            + if self.noise_suppression { 6.0 } else { 0.0 }
+    }
 }
 
 impl Default for VoiceConfig {
@@ -103,7 +119,8 @@ impl VoiceProcessor {
     pub fn set_config(&mut self, config: VoiceConfig) {
         if config != self.config {
             self.config = config;
-            self.apm.set_config(apm_config(config, self.stream_delay_ms));
+            self.apm
+                .set_config(apm_config(config, self.stream_delay_ms));
         }
     }
 
@@ -114,9 +131,17 @@ impl VoiceProcessor {
         if self.stream_delay_ms.is_none_or(|d| d.abs_diff(ms) >= 2) {
             self.stream_delay_ms = Some(ms);
             if self.config.echo_cancellation {
-                self.apm.set_config(apm_config(self.config, self.stream_delay_ms));
+                self.apm
+                    .set_config(apm_config(self.config, self.stream_delay_ms));
             }
         }
+    }
+
+    /// The echo canceller's own view: estimated render→capture delay (ms) and echo return
+    /// loss enhancement (dB), when it has them.
+    pub fn echo_stats(&self) -> (Option<u32>, Option<f64>) {
+        let s = self.apm.get_stats();
+        (s.delay_ms, s.echo_return_loss_enhancement)
     }
 
     /// Gives the echo canceller the next 10 ms of what the speaker plays.
@@ -145,67 +170,90 @@ mod tests {
     use super::*;
     use crate::measure::speech_like;
 
-    /// A synthetic room: direct path after 30 ms at −6 dB, then an exponentially decaying
-    /// diffuse tail (RT60 ≈ 250 ms), deterministic.
-    fn room_impulse_response() -> Vec<f32> {
+    /// A synthetic room: direct path after 30 ms at −6 dB, then 80 reflections spread over
+    /// 250 ms with exponentially decaying amplitude (RT60 ≈ 250 ms); sparse so that the
+    /// convolution stays fast in a debug build.
+    fn room_impulse_response() -> Vec<(usize, f32)> {
         let mut seed = 0x2545_f491u32;
-        let len = 48 * 300;
-        let mut h = vec![0.0f32; len];
-        h[48 * 30] = 0.5;
-        for (i, tap) in h.iter_mut().enumerate().skip(48 * 32) {
+        let mut taps = vec![(48 * 30, 0.5f32)];
+        for _ in 0..80 {
             seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            let noise = (seed >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0;
-            let t = (i - 48 * 32) as f32 / 48_000.0;
-            *tap = 0.06 * noise * (-6.9 * t / 0.25).exp();
+            let at = 48 * 32 + (seed >> 8) as usize % (48 * 250);
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let sign = if seed & 0x100 == 0 { 1.0 } else { -1.0 };
+            let t = (at - 48 * 32) as f32 / 48_000.0;
+            taps.push((at, sign * 0.15 * (-6.9 * t / 0.25).exp()));
         }
-        h
+        taps
     }
 
-    fn convolve(x: &[f32], h: &[f32]) -> Vec<f32> {
-        let taps: Vec<(usize, f32)> = h.iter().copied().enumerate().filter(|(_, v)| *v != 0.0).collect();
-        (0..x.len())
-            .map(|n| taps.iter().filter(|(k, _)| *k <= n).map(|(k, v)| v * x[n - k]).sum())
-            .collect()
+    fn convolve(x: &[f32], taps: &[(usize, f32)]) -> Vec<f32> {
+        let mut y = vec![0.0f32; x.len()];
+        for &(k, v) in taps {
+            for (n, out) in y.iter_mut().enumerate().skip(k) {
+                *out += v * x[n - k];
+            }
+        }
+        y
     }
 
     fn energy(x: &[f32]) -> f64 {
-        x.iter().map(|s| f64::from(*s).powi(2)).sum::<f64>().max(1e-20)
+        x.iter()
+            .map(|s| f64::from(*s).powi(2))
+            .sum::<f64>()
+            .max(1e-20)
     }
 
-    /// Runs far-end audio through the room into the microphone (plus near-end speech from
-    /// `near_from` seconds on) and through the echo canceller.
-    fn run_echo(seconds: f32, near_from: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-        let far = speech_like(48_000, seconds, 11);
-        let near_src = speech_like(48_000, seconds, 23);
-        let echo = convolve(&far, &room_impulse_response());
-        let near: Vec<f32> = near_src.iter().enumerate().map(|(i, s)| if i as f32 >= near_from * 48_000.0 { 0.5 * s } else { 0.0 }).collect();
-        let mic: Vec<f32> = echo.iter().zip(&near).map(|(e, n)| e + n).collect();
-        let mut vp = VoiceProcessor::new(VoiceConfig { gain_control: false, ..VoiceConfig::ALL }).unwrap();
-        vp.set_stream_delay_ms(30.0);
-        let mut out = vec![0.0; mic.len()];
-        for ((far, mic), out) in far.chunks_exact(BLOCK).zip(mic.chunks_exact(BLOCK)).zip(out.chunks_exact_mut(BLOCK)) {
-            vp.process_render(far);
-            out.copy_from_slice(mic);
-            vp.process_capture(out);
-        }
-        (mic, out, near)
+    fn db(ratio: f64) -> f64 {
+        10.0 * ratio.log10()
     }
 
     #[test]
     fn echo_is_cancelled_by_30_db_and_near_end_speech_is_kept() {
         // 6 s far-end only, then 4 s of double talk.
-        let (mic, out, near) = run_echo(10.0, 6.0);
+        let seconds = 10.0;
+        let far = speech_like(48_000, seconds, 11);
+        let near_src = speech_like(48_000, seconds, 23);
+        let echo = convolve(&far, &room_impulse_response());
+        let near: Vec<f32> = near_src
+            .iter()
+            .enumerate()
+            .map(|(i, s)| if i >= 6 * 48_000 { 0.5 * s } else { 0.0 })
+            .collect();
+        let mic: Vec<f32> = echo.iter().zip(&near).map(|(e, n)| e + n).collect();
+        let config = VoiceConfig {
+            gain_control: false,
+            ..VoiceConfig::ALL
+        };
+        let mut vp = VoiceProcessor::new(config).unwrap();
+        vp.set_stream_delay_ms(30.0);
+        let mut out = vec![0.0; mic.len()];
+        for ((f, m), o) in far
+            .chunks_exact(BLOCK)
+            .zip(mic.chunks_exact(BLOCK))
+            .zip(out.chunks_exact_mut(BLOCK))
+        {
+            vp.process_render(f);
+            o.copy_from_slice(m);
+            vp.process_capture(o);
+        }
         // ERLE on far-end-only audio after 2 s of convergence.
         let span = 2 * 48_000..6 * 48_000;
-        let erle = 10.0 * (energy(&mic[span.clone()]) / energy(&out[span])).log10();
+        let erle = db(energy(&mic[span.clone()]) / energy(&out[span]));
         assert!(erle >= 30.0, "ERLE {erle:.1} dB");
-        // During double talk the near-end speech comes through: the output correlates with
-        // it and keeps most of its energy.
+        // During double talk the near-end speech comes through: found in the output by
+        // normalised cross-correlation (the chain may shift it by a few ms) at its level.
         let dt = 7 * 48_000..10 * 48_000;
-        let (o, n) = (&out[dt.clone()], &near[dt]);
-        let corr = o.iter().zip(n).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum::<f64>() / (energy(o) * energy(n)).sqrt();
-        let kept = 10.0 * (energy(o) / energy(n)).log10();
-        assert!(corr > 0.7, "near-end correlation {corr:.2}");
+        let (o, n) = (&out[dt.clone()], &near[dt.start + 480..dt.end - 4_800]);
+        let (lag, score) = crate::measure::best_alignment(n, o, 4_800).unwrap();
+        assert!(
+            score > 0.7,
+            "near-end kept: correlation {score:.2} at lag {lag:.0}"
+        );
+        let kept = db(energy(o) / energy(&near[dt]));
+        println!(
+            "AEC3: ERLE {erle:.1} dB; near-end correlation {score:.2} at lag {lag:.0}, level {kept:+.1} dB"
+        );
         assert!(kept > -6.0, "near-end level change {kept:.1} dB");
     }
 
@@ -216,7 +264,7 @@ mod tests {
         let noise: Vec<f32> = (0..speech.len())
             .map(|_| {
                 seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                ((seed >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0) * 0.05
+                ((seed >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0) * 0.03
             })
             .collect();
         let run = |config: VoiceConfig| {
@@ -227,18 +275,35 @@ mod tests {
             }
             out
         };
-        // SNR after processing, measured by projecting the output on the clean speech (the
-        // residual is noise plus distortion), over the last 4 s.
+        // SNR from 50 ms blocks, insensitive to the small delay and phase changes of the
+        // chain: mean energy where the clean speech is loud over mean energy where it pauses
+        // (after 2 s of noise-estimate convergence).
         let snr = |out: &[f32]| {
-            let r = 2 * 48_000..out.len();
-            let (o, s) = (&out[r.clone()], &speech[r]);
-            let gain = o.iter().zip(s).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum::<f64>() / energy(s);
-            let resid: f64 = o.iter().zip(s).map(|(a, b)| (f64::from(*a) - gain * f64::from(*b)).powi(2)).sum();
-            10.0 * (gain * gain * energy(s) / resid.max(1e-20)).log10()
+            let (mut speech_e, mut speech_n, mut pause_e, mut pause_n) = (0.0, 0, 0.0, 0);
+            for (o, c) in out.chunks(2_400).zip(speech.chunks(2_400)).skip(40) {
+                let clean = energy(c) / c.len() as f64;
+                if clean > 1e-3 {
+                    speech_e += energy(o);
+                    speech_n += 1;
+                } else if clean < 1e-7 {
+                    pause_e += energy(o);
+                    pause_n += 1;
+                }
+            }
+            assert!(speech_n > 10 && pause_n > 3, "signal has speech and pauses");
+            db((speech_e / f64::from(speech_n)) / (pause_e / f64::from(pause_n)))
         };
-        let hpf_only = VoiceConfig { high_pass: true, ..VoiceConfig::NONE };
-        let with_ns = VoiceConfig { high_pass: true, noise_suppression: true, ..VoiceConfig::NONE };
+        let hpf_only = VoiceConfig {
+            high_pass: true,
+            ..VoiceConfig::NONE
+        };
+        let with_ns = VoiceConfig {
+            high_pass: true,
+            noise_suppression: true,
+            ..VoiceConfig::NONE
+        };
         let (before, after) = (snr(&run(hpf_only)), snr(&run(with_ns)));
+        println!("noise suppression: SNR {before:.1} dB -> {after:.1} dB");
         assert!(after > before + 6.0, "SNR {before:.1} dB -> {after:.1} dB");
     }
 
@@ -249,5 +314,40 @@ mod tests {
         let copy = block.clone();
         vp.process_capture(&mut block);
         assert_eq!(block, copy);
+    }
+}
+
+#[cfg(test)]
+mod delay_tests {
+    use super::*;
+
+    /// The latency meter relies on `VoiceConfig::delay_ms`; this measures the real delay of
+    /// every combination of stages with the chirp probe and holds the formula to it.
+    #[test]
+    fn delay_formula_matches_the_measured_delay_of_every_combination() {
+        let train = crate::measure::chirp_train(48_000, 4.0, 500, 3);
+        for bits in 0..16u8 {
+            let config = VoiceConfig {
+                echo_cancellation: bits & 1 != 0,
+                noise_suppression: bits & 2 != 0,
+                gain_control: bits & 4 != 0,
+                high_pass: bits & 8 != 0,
+            };
+            let mut vp = VoiceProcessor::new(config).unwrap();
+            let mut out = train.samples.clone();
+            for block in out.chunks_exact_mut(BLOCK) {
+                vp.process_render(&[0.0; BLOCK]);
+                vp.process_capture(block);
+            }
+            let lags = crate::measure::find_lags(&train, &out, 100.0, 0.5);
+            let measured = crate::measure::LatencyStats::from_lags(&lags, train.onsets.len())
+                .expect("chirps pass through")
+                .median_ms;
+            assert!(
+                (measured - config.delay_ms()).abs() < 0.1,
+                "{config:?}: measured {measured:.2} ms, formula {:.2} ms",
+                config.delay_ms()
+            );
+        }
     }
 }

@@ -35,6 +35,10 @@ pub struct CallOptions {
     pub pin_frame: bool,
     /// Use sound-card devices instead of WAV files.
     pub devices: Option<DeviceChoice>,
+    /// Voice processing stages; `None` = all for devices, none for files.
+    pub voice: Option<crate::apm::VoiceConfig>,
+    /// Send only while the VAD hears voice.
+    pub voice_activation: bool,
 }
 
 /// The audio backend a call runs on.
@@ -233,6 +237,13 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
         config.mode = crate::rate::FrameMode::LowLatency;
     }
     config.send_audio = input.is_some() || opts.devices.is_some();
+    // A file is not a microphone in a room: no echo to cancel, no noise to learn.
+    config.voice = opts.voice.unwrap_or(if opts.devices.is_some() {
+        crate::apm::VoiceConfig::ALL
+    } else {
+        crate::apm::VoiceConfig::NONE
+    });
+    config.voice_activation = opts.voice_activation;
     let (engine, device) = match &opts.devices {
         Some(choice) => {
             let (device, ends, replacements) = CpalDevice::start(choice.clone())?;

@@ -4,6 +4,7 @@
 //! speaker), the desktop app and the tests all drive the same [`engine`]. See
 //! `docs/ARCHITECTURE.md` for the map.
 
+pub mod apm;
 pub mod audio;
 pub mod call;
 pub mod codec;

@@ -116,6 +116,37 @@ struct CallArgs {
     /// Keep --frame-ms whatever the network does.
     #[arg(long)]
     fixed_frame: bool,
+    /// Voice processing: "all", "none", or a comma-separated list of aec, ns, agc, hpf.
+    /// Default: all with sound-card devices, none with WAV files.
+    #[arg(long, value_parser = parse_processing)]
+    processing: Option<natter::apm::VoiceConfig>,
+    /// Voice-activated transmission: send only while voice is detected.
+    #[arg(long)]
+    voice_activation: bool,
+}
+
+fn parse_processing(s: &str) -> Result<natter::apm::VoiceConfig, String> {
+    use natter::apm::VoiceConfig;
+    match s {
+        "all" => return Ok(VoiceConfig::ALL),
+        "none" => return Ok(VoiceConfig::NONE),
+        _ => {}
+    }
+    let mut v = VoiceConfig::NONE;
+    for part in s.split(',') {
+        match part.trim() {
+            "aec" => v.echo_cancellation = true,
+            "ns" => v.noise_suppression = true,
+            "agc" => v.gain_control = true,
+            "hpf" => v.high_pass = true,
+            other => {
+                return Err(format!(
+                    "unknown stage {other:?} (use all, none, or aec,ns,agc,hpf)"
+                ));
+            }
+        }
+    }
+    Ok(v)
 }
 
 fn main() -> ExitCode {
@@ -256,6 +287,8 @@ fn run_call(args: CallArgs) -> anyhow::Result<ExitCode> {
         echo: args.echo,
         frame_ms: args.frame_ms,
         pin_frame: args.fixed_frame,
+        voice: args.processing,
+        voice_activation: args.voice_activation,
         devices: (args.input_device.is_some() || args.output_device.is_some()).then(|| {
             natter::audio::device::DeviceChoice {
                 input: args.input_device.clone(),
@@ -304,6 +337,8 @@ async fn demo(seconds: f32, frame_ms: u32) -> anyhow::Result<ExitCode> {
         frame_ms,
         pin_frame: false,
         devices: None,
+        voice: None,
+        voice_activation: false,
     };
     println!(
         "bob listens; alice sends {seconds} s of chirps ({frame_ms} ms Opus frames) through the relay…"

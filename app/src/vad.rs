@@ -59,6 +59,11 @@ impl Vad {
         }
     }
 
+    /// True while voice (or its hang-over) is present.
+    pub fn is_active(&self) -> bool {
+        self.hangover > 0
+    }
+
     /// Current noise-floor estimate, dBFS.
     pub fn noise_floor_db(&self) -> f32 {
         self.noise_floor_db

@@ -9,6 +9,8 @@
 //! The binaries are looked up next to the test executable (`target/<profile>/`), so build
 //! them first: `cargo build --bins && cargo nextest run -p natter-e2e`.
 
+pub mod pulse;
+
 use serde::Deserialize;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -477,8 +479,13 @@ pub struct NatterProcess {
 
 impl NatterProcess {
     fn spawn(args: &[std::ffi::OsString]) -> Self {
+        Self::spawn_with_env(args, &[])
+    }
+
+    fn spawn_with_env(args: &[std::ffi::OsString], env: &[(String, String)]) -> Self {
         let mut child = command(&natter_bin())
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -567,6 +574,7 @@ pub fn signal_file(kind: &str, path: &Path, seconds: f32, seed: u64) -> Vec<f32>
 #[derive(Debug, Clone)]
 pub struct Call {
     args: Vec<std::ffi::OsString>,
+    env: Vec<(String, String)>,
     /// Expected running time, for the default wait timeout.
     duration: Option<f64>,
     input_secs: Option<f64>,
@@ -579,9 +587,16 @@ impl Call {
                 .iter()
                 .map(Into::into)
                 .collect(),
+            env: Vec::new(),
             duration: None,
             input_secs: None,
         }
+    }
+
+    /// An environment variable for the process (e.g. `PULSE_SERVER`).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
     }
 
     /// Any further argument.
@@ -627,7 +642,7 @@ impl Call {
             .or(self.input_secs.map(|s| s + 2.0))
             .unwrap_or(10.0);
         CallProcess {
-            process: NatterProcess::spawn(&self.args),
+            process: NatterProcess::spawn_with_env(&self.args, &self.env),
             expected: Duration::from_secs_f64(expected),
         }
     }
@@ -703,6 +718,21 @@ pub struct PeerStats {
     pub rtt_ms: Option<f64>,
     pub jitter_buffer_ms: f64,
     pub jitter_buffer_target_ms: f64,
+    pub stages: Stages,
+}
+
+/// The per-stage latency breakdown of [`PeerStats`].
+#[derive(Debug, Clone, Deserialize)]
+pub struct Stages {
+    pub capture_ms: f64,
+    pub processing_ms: f64,
+    pub encode_ms: f64,
+    pub network_ms: f64,
+    pub jitter_buffer_ms: f64,
+    pub decode_ms: f64,
+    pub playback_ms: f64,
+    pub total_ms: f64,
+    pub complete: bool,
 }
 
 impl CallStats {

@@ -453,3 +453,63 @@ fn peer_that_left_first_keeps_its_name() {
     assert_eq!(b.peers[0].name.as_deref(), Some("alice"), "{b:#?}\n{done}");
     assert!(done.stdout.contains("peer \"alice\""), "{done}");
 }
+
+/// The latency meter's stages (sender's capture, processing and encode from its RTCP APP
+/// report; network, jitter buffer, decode and playback measured by the receiver) add up to the
+/// mouth-to-ear latency measured with chirps, within ±5 ms.
+#[test]
+fn latency_stages_add_up_to_the_measured_latency() {
+    let dir = TempDir::new("stages");
+    let relay = RelayProcess::start();
+    let secs = 8.0;
+    signal_file("chirps", &dir.join("probe.wav"), secs, 5);
+    let bob = Call::new(relay.invite(), "lobby", "bob")
+        .output(&dir.join("bob-heard.wav"))
+        .stats_json(&dir.join("bob.json"))
+        .duration(f64::from(secs) + 2.0)
+        .spawn();
+    relay.wait_for_join("lobby", "bob");
+    let alice = Call::new(relay.invite(), "lobby", "alice")
+        .input(&dir.join("probe.wav"))
+        .stats_json(&dir.join("alice.json"))
+        .duration(f64::from(secs) + 1.0)
+        .spawn();
+    alice.finish();
+    bob.finish();
+    let a = CallStats::read(&dir.join("alice.json"));
+    let b = CallStats::read(&dir.join("bob.json"));
+    let heard = natter_e2e::align_recording(&read_wav(&dir.join("bob-heard.wav")), &a, &b);
+    let train = natter::measure::chirp_train(48_000, secs, 500, 5);
+    let lags = natter::measure::find_lags(&train, &heard, 500.0, 0.5);
+    let measured =
+        natter::measure::LatencyStats::from_lags(&lags, train.onsets.len()).expect("chirps found");
+    // The stats are a snapshot of the last second or so (the jitter buffer's delay is a
+    // running mean), so compare with the chirps of the last two seconds of the probe.
+    let recent: Vec<_> = lags
+        .iter()
+        .filter(|l| l.onset as f64 >= (f64::from(secs) - 2.0) * 48_000.0)
+        .copied()
+        .collect();
+    let recent = natter::measure::LatencyStats::from_lags(&recent, recent.len())
+        .expect("chirps found at the end");
+    let stages = &b.peer(a.ssrc).stages;
+    println!("measured: {measured}\nlast 2 s: {recent}\nstages: {stages:?}");
+    assert!(stages.complete, "alice's stages arrived: {stages:?}");
+    let sum = stages.capture_ms
+        + stages.processing_ms
+        + stages.encode_ms
+        + stages.network_ms
+        + stages.jitter_buffer_ms
+        + stages.decode_ms
+        + stages.playback_ms;
+    assert!(
+        (sum - stages.total_ms).abs() < 0.01,
+        "total is the sum: {stages:?}"
+    );
+    assert!(
+        (stages.total_ms - recent.median_ms).abs() <= 5.0,
+        "stages add up to {:.1} ms, measured {:.1} ms",
+        stages.total_ms,
+        recent.median_ms
+    );
+}

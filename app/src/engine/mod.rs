@@ -9,15 +9,17 @@
 pub mod receive;
 pub mod send;
 
+use crate::apm::{VoiceConfig, VoiceProcessor};
 use crate::audio::EngineEnds;
 use crate::audio::resample::StreamResampler;
 use crate::codec::EncoderConfig;
 use crate::jitter::JitterConfig;
 use crate::rate::{FrameMode, RateController};
+use crate::vad::{Vad, VadConfig};
 use natter_proto::media::{Datagram, PacketKind, write_rtcp};
 use natter_proto::rtcp::{self, RtcpPacket, SenderLatency, ntp};
 use receive::{PeerStats, RemotePeer};
-use send::Sender;
+use send::{Gate, Sender};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, mpsc};
@@ -40,6 +42,17 @@ pub struct EngineConfig {
     pub jitter: JitterConfig,
     /// Whether to send at all (a listen-only client sends RTCP only).
     pub send_audio: bool,
+    /// Echo cancellation, noise suppression, gain control, high-pass filter.
+    pub voice: VoiceConfig,
+    /// Voice-activated transmission: send only while the VAD hears voice (plus hang-over).
+    pub voice_activation: bool,
+}
+
+/// Changes to a running engine (from the UI or the CLI).
+#[derive(Debug, Clone, Copy)]
+pub enum EngineCommand {
+    SetVoice(VoiceConfig),
+    SetVoiceActivation(bool),
 }
 
 impl EngineConfig {
@@ -52,6 +65,8 @@ impl EngineConfig {
             encoder: EncoderConfig::default(),
             jitter: JitterConfig::default(),
             send_audio: true,
+            voice: VoiceConfig::ALL,
+            voice_activation: false,
         }
     }
 }
@@ -79,6 +94,23 @@ pub struct EngineStats {
     pub malformed_datagrams: u64,
     pub capture_overruns: u64,
     pub playback_underruns: u64,
+    /// Microphone level after voice processing, dBFS (for the input meter).
+    pub input_level_db: f32,
+    /// The VAD's noise floor, dBFS (where voice activation's threshold sits).
+    pub noise_floor_db: f32,
+    /// The VAD hears voice right now (our own speaking indicator).
+    pub voice_active: bool,
+    /// Frames DTX did not send.
+    pub dtx_frames: u64,
+    /// Current encoder bitrate and frame length, as the rate controller set them.
+    pub bitrate_bps: i32,
+    pub frame_ms: f64,
+    pub voice: VoiceConfig,
+    /// Echo path delay the canceller estimated, and the delay hint we gave it, ms.
+    pub echo_delay_ms: Option<u32>,
+    pub echo_delay_hint_ms: f64,
+    /// Echo return loss enhancement the canceller reports, dB.
+    pub erle_db: Option<f64>,
     pub peers: Vec<PeerStats>,
 }
 
@@ -87,6 +119,7 @@ pub struct Engine {
     thread: Option<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
     muted: Arc<AtomicBool>,
+    commands: mpsc::Sender<EngineCommand>,
     stats: Arc<Mutex<EngineStats>>,
 }
 
@@ -103,7 +136,9 @@ impl Engine {
         let muted = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Mutex::new(EngineStats::default()));
         let port = AudioPort::new(ends, replacements)?;
+        let (commands, commands_rx) = mpsc::channel();
         let mut worker = Worker::new(config, port, link, stats.clone(), muted.clone())?;
+        worker.commands = Some(commands_rx);
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
             .name("natter-engine".into())
@@ -112,12 +147,18 @@ impl Engine {
             thread: Some(thread),
             stop,
             muted,
+            commands,
             stats,
         })
     }
 
     pub fn set_muted(&self, muted: bool) {
         self.muted.store(muted, Relaxed);
+    }
+
+    /// Applies a settings change at the engine's next tick.
+    pub fn command(&self, command: EngineCommand) {
+        let _ = self.commands.send(command);
     }
 
     /// The latest statistics (refreshed every 100 ms).
@@ -252,6 +293,9 @@ struct Worker {
     link: MediaLink,
     sender: Option<Sender>,
     rate: RateController,
+    voice: Option<VoiceProcessor>,
+    vad: Vad,
+    commands: Option<mpsc::Receiver<EngineCommand>>,
     peers: HashMap<u32, RemotePeer>,
     stats: Arc<Mutex<EngineStats>>,
     muted: Arc<AtomicBool>,
@@ -380,6 +424,11 @@ impl Worker {
         muted: Arc<AtomicBool>,
     ) -> anyhow::Result<Self> {
         let rate = RateController::new(config.mode);
+        let voice = if config.voice.any() {
+            Some(VoiceProcessor::new(config.voice)?)
+        } else {
+            None
+        };
         let sender = if config.send_audio {
             let initial = rate.settings();
             let encoder = EncoderConfig {
@@ -405,6 +454,9 @@ impl Worker {
             link,
             sender,
             rate,
+            voice,
+            vad: Vad::new(VadConfig::default()),
+            commands: None,
             peers: HashMap::new(),
             stats,
             muted,
@@ -429,6 +481,7 @@ impl Worker {
         while !stop.load(Relaxed) {
             let now = self.ms(Instant::now());
             self.port.poll_replacement();
+            self.poll_commands();
             while let Ok(inbound) = self.link.recv.try_recv() {
                 let at = self.ms(inbound.at);
                 self.on_datagram(&inbound.datagram, at);
@@ -450,12 +503,40 @@ impl Worker {
         self.publish_stats();
     }
 
+    fn poll_commands(&mut self) {
+        let Some(rx) = self.commands.as_ref() else {
+            return;
+        };
+        let commands: Vec<EngineCommand> = rx.try_iter().collect();
+        for command in commands {
+            match command {
+                EngineCommand::SetVoice(v) => match self.voice.as_mut() {
+                    Some(vp) => vp.set_config(v),
+                    None if v.any() => self.voice = VoiceProcessor::new(v).ok(),
+                    None => {}
+                },
+                EngineCommand::SetVoiceActivation(on) => self.config.voice_activation = on,
+            }
+            if let EngineCommand::SetVoice(v) = command {
+                self.config.voice = v;
+            }
+        }
+    }
+
     fn process_capture(&mut self, now: f64) {
         while self.port.read_capture(&mut self.capture) {
+            if let Some(vp) = self.voice.as_mut() {
+                vp.process_capture(&mut self.capture);
+            }
+            let voice = self.vad.process(&self.capture);
             if let Some(sender) = self.sender.as_mut() {
                 let muted = self.muted.load(Relaxed);
+                let gate = Gate {
+                    transmit: !muted && (voice || !self.config.voice_activation),
+                    voice: voice && !muted,
+                };
                 let send = &mut self.link.send;
-                sender.push(&self.capture, now, muted, &mut |d| send(d));
+                sender.push(&self.capture, now, gate, &mut |d| send(d));
             }
         }
     }
@@ -486,6 +567,10 @@ impl Worker {
             if pulls > 0 {
                 let took = pull_started.elapsed().as_secs_f64() * 1000.0 / f64::from(pulls);
                 self.pull_time_ms += 0.05 * (took - self.pull_time_ms);
+            }
+            // What the speaker plays is what the echo canceller must remove.
+            if let Some(vp) = self.voice.as_mut() {
+                vp.process_render(&self.mix);
             }
             self.port.write_playback(&self.mix);
         }
@@ -627,7 +712,9 @@ impl Worker {
             .capture_rs
             .as_ref()
             .map_or(0.0, |r| r.delay() as f64 / 48.0);
-        let processing = (frame_ms - period_ms.min(frame_ms)) + POLL_MS / 2.0 + resample_ms;
+        let apm_ms = self.voice.as_ref().map_or(0.0, |v| v.config().delay_ms());
+        let processing =
+            (frame_ms - period_ms.min(frame_ms)) + POLL_MS / 2.0 + resample_ms + apm_ms;
         let us = |ms: f64| (ms.max(0.0) * 1000.0).round() as u32;
         Some(SenderLatency {
             capture_us: counters.input_latency_us.load(Relaxed) as u32,
@@ -645,6 +732,14 @@ impl Worker {
                 .as_ref()
                 .map_or(0.0, |r| r.delay() as f64 / 48.0);
         let decode_ms = self.pull_time_ms;
+        // Echo path: from handing the mix over to the speaker, through the room, back to the
+        // microphone's samples reaching us.
+        let echo_hint =
+            playback_ms + self.port.ends.counters.input_latency_us.load(Relaxed) as f64 / 1000.0;
+        if let Some(vp) = self.voice.as_mut() {
+            vp.set_stream_delay_ms(echo_hint);
+        }
+        let (echo_delay_ms, erle_db) = self.voice.as_ref().map_or((None, None), |v| v.echo_stats());
         let mut peers: Vec<PeerStats> = self
             .peers
             .values()
@@ -663,6 +758,22 @@ impl Worker {
             malformed_datagrams: self.malformed,
             capture_overruns: self.port.ends.counters.overruns(),
             playback_underruns: self.port.ends.counters.underruns(),
+            input_level_db: self.vad.level_db,
+            noise_floor_db: self.vad.noise_floor_db(),
+            voice_active: self.vad.is_active(),
+            dtx_frames: self.sender.as_ref().map_or(0, |s| s.dtx_frames),
+            bitrate_bps: self
+                .sender
+                .as_ref()
+                .map_or(0, |s| s.encoder_config().bitrate_bps),
+            frame_ms: self
+                .sender
+                .as_ref()
+                .map_or(0.0, |s| s.frame_samples() as f64 / 48.0),
+            voice: self.config.voice,
+            echo_delay_ms,
+            echo_delay_hint_ms: echo_hint,
+            erle_db,
             peers,
         };
         *self.stats.lock().unwrap_or_else(|p| p.into_inner()) = stats;

@@ -7,9 +7,21 @@ use natter_proto::media::write_rtp;
 use natter_proto::rtcp::SenderInfo;
 use natter_proto::rtp::{AudioLevel, RtpHeader};
 
-/// Frames quieter than this (dBov) are flagged as not voice in the audio-level extension.
-/// A placeholder for the VAD of the voice-processing stage.
-const VOICE_THRESHOLD_DBOV: u8 = 55;
+/// Whether a block of captured audio should go out, and whether it holds voice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gate {
+    /// False while muted, or while voice-activated transmission hears no voice.
+    pub transmit: bool,
+    /// The VAD's verdict, sent as the RFC 6464 "V" flag (the speaking indicator).
+    pub voice: bool,
+}
+
+impl Gate {
+    pub const OPEN: Self = Self {
+        transmit: true,
+        voice: true,
+    };
+}
 
 pub struct Sender {
     ssrc: u32,
@@ -34,6 +46,9 @@ pub struct Sender {
     pending: Option<EncoderSettings>,
     /// Frame size fixed by the user (the rate controller may not change it).
     pinned_frame: bool,
+    /// Any block of the frame being filled was to be transmitted / held voice.
+    frame_transmit: bool,
+    frame_voice: bool,
 }
 
 impl Sender {
@@ -56,6 +71,8 @@ impl Sender {
             origin: None,
             pending: None,
             pinned_frame: false,
+            frame_transmit: false,
+            frame_voice: false,
         })
     }
 
@@ -105,14 +122,18 @@ impl Sender {
     }
 
     /// Adds captured samples (captured ending at engine time `now_ms`); calls `emit` with each
-    /// complete datagram. When `muted`, frames are consumed but not sent.
+    /// complete datagram. A frame goes out if any of its blocks was to be transmitted (so
+    /// word onsets are not delayed by a frame); otherwise it is consumed silently and the
+    /// next packet starts a new talkspurt.
     pub fn push(
         &mut self,
         mut samples: &[f32],
         now_ms: f64,
-        muted: bool,
+        gate: Gate,
         emit: &mut dyn FnMut(&[u8]),
     ) {
+        self.frame_transmit |= gate.transmit;
+        self.frame_voice |= gate.voice;
         if self.origin.is_none() {
             self.origin = Some((self.timestamp, now_ms - samples.len() as f64 / 48.0));
         }
@@ -124,13 +145,15 @@ impl Sender {
             self.frame.extend_from_slice(&samples[..take]);
             samples = &samples[take..];
             if self.frame.len() == self.frame_samples {
-                if muted {
-                    self.marker = true;
-                } else {
+                if self.frame_transmit {
                     self.send_frame(emit);
+                } else {
+                    self.marker = true;
                 }
                 self.timestamp = self.timestamp.wrapping_add(self.frame_samples as u32);
                 self.frame.clear();
+                self.frame_transmit = !samples.is_empty() && gate.transmit;
+                self.frame_voice = !samples.is_empty() && gate.voice;
             }
         }
     }
@@ -149,17 +172,14 @@ impl Sender {
             self.marker = true;
             return;
         }
-        let level = AudioLevel::from_samples(&self.frame, false);
+        let level = AudioLevel::from_samples(&self.frame, self.frame_voice);
         let header = RtpHeader {
             marker: self.marker,
             payload_type: natter_proto::OPUS_PAYLOAD_TYPE,
             sequence: self.sequence,
             timestamp: self.timestamp,
             ssrc: self.ssrc,
-            audio_level: Some(AudioLevel {
-                voice: level.level < VOICE_THRESHOLD_DBOV,
-                ..level
-            }),
+            audio_level: Some(level),
         };
         self.datagram.clear();
         write_rtp(&header, &self.payload, &mut self.datagram);
@@ -197,8 +217,12 @@ mod tests {
         let mut out: Vec<Vec<u8>> = Vec::new();
         let tone: Vec<f32> = (0..480).map(|i| (i as f32 * 0.1).sin() * 0.3).collect();
         for k in 0..10 {
-            // Muted between 10 ms blocks 4 and 5 (one frame).
-            s.push(&tone, f64::from(k) * 10.0, (4..6).contains(&k), &mut |d| {
+            // Muted for 10 ms blocks 4 and 5 (one frame); voice flagged from block 2 on.
+            let gate = Gate {
+                transmit: !(4..6).contains(&k),
+                voice: k >= 2,
+            };
+            s.push(&tone, f64::from(k) * 10.0, gate, &mut |d| {
                 out.push(d.to_vec())
             });
         }
@@ -216,7 +240,14 @@ mod tests {
         // The muted frame still advances the RTP clock.
         assert_eq!(pkts[2].timestamp.wrapping_sub(pkts[1].timestamp), 1920);
         let level = pkts[0].audio_level.unwrap();
-        assert!(level.voice && (12..=14).contains(&level.level), "{level:?}");
+        assert!(
+            !level.voice && (12..=14).contains(&level.level),
+            "{level:?}"
+        );
+        assert!(
+            pkts[1].audio_level.unwrap().voice,
+            "VAD verdict carried as the V flag"
+        );
         assert!(s.sender_info(100.0, 1).is_some());
     }
 }
