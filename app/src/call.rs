@@ -1,20 +1,19 @@
 //! `natter call`: a whole call with WAV files as microphone and speaker.
 //!
-//! The shell that testers, bots and the end-to-end tests use: connect, join, run the engine
-//! against a real-time-paced WAV device for the requested duration, then leave and report.
+//! The shell that testers, bots and the end-to-end tests use: a [`Session`] on a
+//! real-time-paced WAV device (or sound-card devices) for the requested duration, then leave
+//! and report.
 
-use crate::audio::device::{CpalDevice, DeviceChoice};
-use crate::audio::wav::{DEFAULT_PERIOD, WavDevice, read_wav, write_wav};
-use crate::audio::{SAMPLE_RATE, ring_pair};
-use crate::engine::{Engine, EngineConfig, EngineStats, Inbound, MediaLink};
-use crate::transport::control::{self, CallState, Command, JoinRequest};
-use crate::transport::{ConnectError, connect};
+use crate::audio::SAMPLE_RATE;
+use crate::audio::device::DeviceChoice;
+use crate::audio::wav::{read_wav, write_wav};
+use crate::engine::{EngineConfig, EngineStats};
+use crate::session::{Audio, Session, SessionConfig};
+use crate::transport::ConnectError;
 use anyhow::Context;
 use natter_proto::invite::Invite;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use std::time::Duration;
 
 /// Longest call without input or duration (the recording is reserved, not committed, memory).
 const MAX_OPEN_ENDED: Duration = Duration::from_secs(3600);
@@ -39,45 +38,6 @@ pub struct CallOptions {
     pub voice: Option<crate::apm::VoiceConfig>,
     /// Send only while the VAD hears voice.
     pub voice_activation: bool,
-}
-
-/// The audio backend a call runs on.
-enum Backend {
-    Wav(WavDevice),
-    Device {
-        device: CpalDevice,
-        until: Instant,
-        started_unix_us: u64,
-    },
-}
-
-impl Backend {
-    fn finished(&self) -> bool {
-        match self {
-            Self::Wav(w) => w.finished(),
-            Self::Device { until, .. } => Instant::now() >= *until,
-        }
-    }
-
-    fn started_unix_us(&self) -> u64 {
-        match self {
-            Self::Wav(w) => w.started_unix_us(),
-            Self::Device {
-                started_unix_us, ..
-            } => *started_unix_us,
-        }
-    }
-
-    /// Stops the audio; returns the recording (WAV backend only).
-    fn finish(self) -> Vec<f32> {
-        match self {
-            Self::Wav(w) => w.finish(),
-            Self::Device { device, .. } => {
-                drop(device);
-                Vec::new()
-            }
-        }
-    }
 }
 
 /// What happened, for printing and JSON.
@@ -173,153 +133,67 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
         }
         None => MAX_OPEN_ENDED,
     });
-
-    // Names the relay would refuse are refused here, before any network traffic, with the
-    // same words.
-    if !natter_proto::control::valid_name(&opts.room) {
-        return Err(ConnectError::Invalid(format!(
-            "invalid room name {:?}: use 1-{} bytes without control characters",
-            opts.room,
-            natter_proto::control::MAX_NAME_LEN
-        ))
-        .into());
-    }
-    if !natter_proto::control::valid_name(&opts.name) {
-        return Err(ConnectError::Invalid(format!(
-            "invalid display name {:?}: use 1-{} bytes without control characters",
-            opts.name,
-            natter_proto::control::MAX_NAME_LEN
-        ))
-        .into());
-    }
-    let (endpoint, conn) = connect(&opts.invite).await?;
-    let request = JoinRequest {
-        room: opts.room.clone(),
-        name: opts.name.clone(),
-        token: opts.invite.token.clone(),
-        echo: opts.echo,
-    };
-    let (stream, joined, roster) = control::join(&conn, &request).await?;
-    let mut initial = CallState::default();
-    roster.into_iter().for_each(|p| initial.upsert(p));
-    let state = Arc::new(Mutex::new(initial));
-    let (commands, commands_rx) = mpsc::unbounded_channel();
-    let session = tokio::spawn(control::run(stream, state.clone(), commands_rx));
-
-    let (inbound_tx, inbound_rx) = std::sync::mpsc::channel();
-    let reader = {
-        let conn = conn.clone();
-        tokio::spawn(async move {
-            while let Ok(datagram) = conn.read_datagram().await {
-                let inbound = Inbound {
-                    datagram: datagram.to_vec(),
-                    at: Instant::now(),
-                };
-                if inbound_tx.send(inbound).is_err() {
-                    break;
-                }
-            }
-        })
-    };
-    let send_conn = conn.clone();
-    let link = MediaLink {
-        send: Box::new(move |d: &[u8]| {
-            // Dropped if the path cannot take it: real-time audio is never queued for long.
-            let _ = send_conn.send_datagram(bytes::Bytes::copy_from_slice(d));
-        }),
-        recv: inbound_rx,
-    };
-    let mut config = EngineConfig::new(joined.ssrc);
+    let mut engine = EngineConfig::new(0);
     // 10 and 20 ms name a mode the rate controller adapts within; 40/60 ms are explicit.
     let pin = opts.pin_frame || !matches!(opts.frame_ms, 10 | 20);
-    config.pinned_frame_samples = pin.then_some(frame_samples);
+    engine.pinned_frame_samples = pin.then_some(frame_samples);
     if opts.frame_ms == 10 {
-        config.mode = crate::rate::FrameMode::LowLatency;
+        engine.mode = crate::rate::FrameMode::LowLatency;
     }
-    config.send_audio = input.is_some() || opts.devices.is_some();
+    engine.send_audio = input.is_some() || opts.devices.is_some();
     // A file is not a microphone in a room: no echo to cancel, no noise to learn.
-    config.voice = opts.voice.unwrap_or(if opts.devices.is_some() {
+    engine.voice = opts.voice.unwrap_or(if opts.devices.is_some() {
         crate::apm::VoiceConfig::ALL
     } else {
         crate::apm::VoiceConfig::NONE
     });
-    config.voice_activation = opts.voice_activation;
-    let (engine, device) = match &opts.devices {
-        Some(choice) => {
-            let (device, ends, replacements) = CpalDevice::start(choice.clone())?;
-            tracing::info!(input = %device.input_name, output = %device.output_name, "audio devices");
-            let engine = Engine::start(config, ends, Some(replacements), link)?;
-            let backend = Backend::Device {
-                device,
-                until: Instant::now() + duration,
-                started_unix_us: natter_relay::core::unix_micros(),
-            };
-            (engine, backend)
-        }
-        None => {
-            let (device_ends, engine_ends) = ring_pair();
-            let engine = Engine::start(config, engine_ends, None, link)?;
-            let total = (duration.as_secs_f64() * f64::from(SAMPLE_RATE)) as usize;
-            let wav = WavDevice::start(
-                input.unwrap_or_default(),
-                total,
-                DEFAULT_PERIOD,
-                device_ends,
-            );
-            (engine, Backend::Wav(wav))
-        }
+    engine.voice_activation = opts.voice_activation;
+    let audio = match &opts.devices {
+        Some(choice) => Audio::Devices {
+            choice: choice.clone(),
+            duration: Some(duration),
+        },
+        None => Audio::Wav {
+            input: input.unwrap_or_default(),
+            total_samples: (duration.as_secs_f64() * f64::from(SAMPLE_RATE)) as usize,
+        },
     };
-    let started = Instant::now();
+    let mut session = Session::start(SessionConfig {
+        invite: opts.invite.clone(),
+        room: opts.room.clone(),
+        name: opts.name.clone(),
+        echo: opts.echo,
+        audio,
+        engine,
+    })
+    .await?;
 
-    let mut ended_by_relay = None;
-    let mut session = Some(session);
-    while let Some(running) = session.as_mut() {
+    loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(20)) => {
-                if device.finished() {
+                if session.audio_finished() {
                     break;
                 }
             }
-            result = running => {
-                // The handle is finished: it must not be awaited again below.
-                session = None;
-                ended_by_relay = Some(match result {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => "the relay closed the control stream".into(),
-                });
-                break;
-            }
+            _ = session.wait_ended() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
     }
-    let audio_start_unix_us = device.started_unix_us();
-    let recording = device.finish();
-    let mut engine_stats = engine.stop();
-    let _ = commands.send(Command::Leave);
-    if let Some(session) = session {
-        let _ = tokio::time::timeout(Duration::from_secs(1), session).await;
-    }
-    reader.abort();
-    conn.close(0u32.into(), b"bye");
-    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
-
-    let state = state.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    for peer in &mut engine_stats.peers {
-        peer.name = state.name_of(peer.ssrc).map(str::to_string);
-    }
+    let joined = session.joined.clone();
+    let done = session.leave().await;
     if let Some(path) = &opts.output {
-        write_wav(path, &recording)?;
+        write_wav(path, &done.recording)?;
     }
     Ok(CallReport {
         room: joined.room,
         participant_id: joined.participant_id,
         ssrc: joined.ssrc,
-        audio_start_unix_us,
-        duration_s: started.elapsed().as_secs_f64(),
-        relay_rtt_ms: state.relay_rtt_ms,
-        ended_by_relay: ended_by_relay.or(state.ended),
-        engine: engine_stats,
-        recording,
+        audio_start_unix_us: done.audio_start_unix_us,
+        duration_s: done.duration.as_secs_f64(),
+        relay_rtt_ms: done.state.relay_rtt_ms,
+        ended_by_relay: done.ended_by_relay,
+        engine: done.stats,
+        recording: done.recording,
     })
 }
 

@@ -12,5 +12,6 @@ pub mod engine;
 pub mod jitter;
 pub mod measure;
 pub mod rate;
+pub mod session;
 pub mod transport;
 pub mod vad;
