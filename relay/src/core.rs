@@ -6,9 +6,11 @@
 //! control-stream sender in production, a plain id in tests), so forwarding needs no second
 //! lookup and the core never sees a quinn type.
 
+use crate::bucket::TokenBucket;
 use natter_proto::control::{ErrorCode, JOIN_FLAG_ECHO, Message, Participant, valid_name};
 use natter_proto::media::{Datagram, PacketKind};
 use natter_proto::rtcp;
+use natter_proto::rtp::AudioLevel;
 use std::collections::HashMap;
 
 /// The shell's id for a connection.
@@ -17,24 +19,50 @@ pub type ConnId = u64;
 /// Why a media datagram was not forwarded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DropReason {
-    /// Not a valid RTP-over-QUIC datagram (bad flow id, truncated, oversize, bad RTP).
+    /// Not a valid RTP-over-QUIC datagram (bad flow id, truncated, bad RTP/RTCP).
     Malformed,
+    /// Larger than the relay's per-datagram limit.
+    Oversize,
     /// The sender has not joined a room yet.
     NotJoined,
     /// The packet carries an SSRC other than the one the relay assigned to the sender.
     WrongSsrc,
+    /// The sender exceeded its packet or byte rate.
+    RateLimited,
+    /// Large-room mode: the sender is not among the N loudest speakers.
+    NotLoudest,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 3] = [Self::Malformed, Self::NotJoined, Self::WrongSsrc];
+    pub const ALL: [DropReason; 6] = [
+        Self::Malformed,
+        Self::Oversize,
+        Self::NotJoined,
+        Self::WrongSsrc,
+        Self::RateLimited,
+        Self::NotLoudest,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Malformed => "malformed",
+            Self::Oversize => "oversize",
             Self::NotJoined => "not_joined",
             Self::WrongSsrc => "wrong_ssrc",
+            Self::RateLimited => "rate_limited",
+            Self::NotLoudest => "not_loudest",
         }
     }
+}
+
+/// Who may join.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone with the invite.
+    #[default]
+    Open,
+    /// Only holders of a token signed with this secret (see [`crate::token`]).
+    Tokens { secret: Vec<u8> },
 }
 
 /// What the shell must do after the core handled a control message.
@@ -94,6 +122,8 @@ struct Connection<H> {
     handle: H,
     phase: Phase,
     member: Option<Member>,
+    packets: TokenBucket,
+    bytes: TokenBucket,
 }
 
 #[derive(Debug, Clone)]
@@ -116,6 +146,10 @@ struct RoomMember<H> {
     conn: ConnId,
     handle: H,
     echo: bool,
+    /// Smoothed RFC 6464 level of its voiced packets (−dBov: lower is louder) and when it
+    /// last sent voice, for forwarding the loudest speakers.
+    level: f32,
+    voice_ms: u64,
 }
 
 /// Limits the core enforces.
@@ -123,6 +157,18 @@ struct RoomMember<H> {
 pub struct Limits {
     pub max_participants_per_room: usize,
     pub max_rooms: usize,
+    pub access: Access,
+    /// Largest media datagram accepted (the protocol maximum is 1200).
+    pub max_datagram_bytes: usize,
+    /// Per-participant media packet rate (packets/s) and burst. 10 ms frames plus RTCP need
+    /// ~101 packets/s.
+    pub packet_rate: f64,
+    pub packet_burst: f64,
+    /// Per-participant media byte rate (bytes/s) and burst. Opus tops out at 510 kbit/s.
+    pub byte_rate: f64,
+    pub byte_burst: f64,
+    /// Large rooms: forward only the N loudest speakers (by the RTP audio level), if set.
+    pub forward_loudest: Option<usize>,
 }
 
 impl Default for Limits {
@@ -130,6 +176,13 @@ impl Default for Limits {
         Self {
             max_participants_per_room: 64,
             max_rooms: 10_000,
+            access: Access::Open,
+            max_datagram_bytes: natter_proto::MAX_MEDIA_DATAGRAM,
+            packet_rate: 150.0,
+            packet_burst: 50.0,
+            byte_rate: 80_000.0,
+            byte_burst: 24_000.0,
+            forward_loudest: None,
         }
     }
 }
@@ -166,14 +219,18 @@ impl<H: Clone> RelayCore<H> {
         }
     }
 
-    /// A new QUIC connection completed its handshake.
-    pub fn connect(&mut self, conn: ConnId, handle: H) {
+    /// A new QUIC connection completed its handshake at `now_ms` (Unix ms).
+    pub fn connect(&mut self, conn: ConnId, handle: H, now_ms: u64) {
+        let now = now_ms as f64;
+        let l = &self.limits;
         self.connections.insert(
             conn,
             Connection {
                 handle,
                 phase: Phase::AwaitHello,
                 member: None,
+                packets: TokenBucket::new(l.packet_rate, l.packet_burst, now),
+                bytes: TokenBucket::new(l.byte_rate, l.byte_burst, now),
             },
         );
     }
@@ -198,8 +255,8 @@ impl<H: Clone> RelayCore<H> {
         self.connections.values().map(|c| &c.handle)
     }
 
-    /// A control message arrived on `conn`'s control stream.
-    pub fn on_message(&mut self, conn: ConnId, msg: Message) -> Outcome<H> {
+    /// A control message arrived on `conn`'s control stream at `now_ms` (Unix ms).
+    pub fn on_message(&mut self, conn: ConnId, msg: Message, now_ms: u64) -> Outcome<H> {
         let Some(c) = self.connections.get_mut(&conn) else {
             return Outcome::none();
         };
@@ -249,9 +306,12 @@ impl<H: Clone> RelayCore<H> {
             (
                 Phase::AwaitJoin,
                 Message::Join {
-                    room, name, flags, ..
+                    room,
+                    name,
+                    flags,
+                    token,
                 },
-            ) => self.join(conn, room, name, flags & JOIN_FLAG_ECHO != 0),
+            ) => self.join(conn, room, name, token, flags & JOIN_FLAG_ECHO != 0, now_ms),
             (Phase::Joined, Message::Join { .. }) => {
                 Outcome::fatal(ErrorCode::AlreadyJoined, "already in a room")
             }
@@ -278,12 +338,41 @@ impl<H: Clone> RelayCore<H> {
         }
     }
 
-    fn join(&mut self, conn: ConnId, room: String, name: String, echo: bool) -> Outcome<H> {
+    fn join(
+        &mut self,
+        conn: ConnId,
+        room: String,
+        mut name: String,
+        token: Option<String>,
+        echo: bool,
+        now_ms: u64,
+    ) -> Outcome<H> {
         if !valid_name(&room) {
             return Outcome::fatal(
                 ErrorCode::InvalidRoom,
                 "room name must be 1-64 bytes, no control characters",
             );
+        }
+        if let Access::Tokens { secret } = &self.limits.access {
+            let Some(token) = token else {
+                return Outcome::fatal(
+                    ErrorCode::TokenRequired,
+                    "this relay needs an access token",
+                );
+            };
+            match crate::token::verify(secret, &token, &room, now_ms / 1000) {
+                Ok(claims) => {
+                    if let Some(bound) = claims.name {
+                        name = bound;
+                    }
+                }
+                Err(e) => {
+                    return Outcome::fatal(
+                        e.code(),
+                        format!("access token refused for room {room:?}"),
+                    );
+                }
+            }
         }
         if !valid_name(&name) {
             return Outcome::fatal(
@@ -337,6 +426,8 @@ impl<H: Clone> RelayCore<H> {
             conn,
             handle: handle.clone(),
             echo,
+            level: 127.0,
+            voice_ms: 0,
         });
         let roster = r
             .members
@@ -409,36 +500,106 @@ impl<H: Clone> RelayCore<H> {
         )
     }
 
-    /// Decides where a media datagram from `conn` goes: every other member of its room, plus
-    /// the sender itself if it joined with the echo flag. The datagram is forwarded unchanged.
+    /// Decides where a media datagram from `conn` arriving at `now_ms` (Unix ms) goes: every
+    /// other member of its room, plus the sender itself if it joined with the echo flag. The
+    /// datagram is forwarded unchanged. Checks, cheapest first: size, form, membership, SSRC,
+    /// the sender's rate limits, and in large-room mode whether it is among the loudest.
     pub fn route(
-        &self,
+        &mut self,
         conn: ConnId,
         datagram: &[u8],
+        now_ms: u64,
     ) -> Result<impl Iterator<Item = &H>, DropReason> {
-        let parsed = Datagram::parse(datagram).map_err(|_| DropReason::Malformed)?;
-        let well_formed = match parsed.kind {
-            PacketKind::Rtp => parsed.rtp().is_ok(),
-            PacketKind::Rtcp => rtcp::parse_compound(parsed.packet).is_ok(),
-        };
-        if !well_formed {
-            return Err(DropReason::Malformed);
+        if datagram.len() > self.limits.max_datagram_bytes {
+            return Err(DropReason::Oversize);
         }
-        let member = self
+        let parsed = Datagram::parse(datagram).map_err(|_| DropReason::Malformed)?;
+        let level = match parsed.kind {
+            PacketKind::Rtp => {
+                parsed
+                    .rtp()
+                    .map_err(|_| DropReason::Malformed)?
+                    .header
+                    .audio_level
+            }
+            PacketKind::Rtcp => {
+                rtcp::parse_compound(parsed.packet).map_err(|_| DropReason::Malformed)?;
+                None
+            }
+        };
+        let c = self
             .connections
-            .get(&conn)
-            .and_then(|c| c.member.as_ref())
+            .get_mut(&conn)
             .ok_or(DropReason::NotJoined)?;
+        let member = c.member.as_ref().ok_or(DropReason::NotJoined)?;
         if parsed.sender_ssrc() != Some(member.participant.ssrc) {
             return Err(DropReason::WrongSsrc);
         }
-        let room = self.rooms.get(&member.room).ok_or(DropReason::NotJoined)?;
+        let now = now_ms as f64;
+        // Both buckets are charged only when both allow, so a refused packet costs nothing.
+        let (mut packets, mut bytes) = (c.packets, c.bytes);
+        if !(packets.take(1.0, now) && bytes.take(datagram.len() as f64, now)) {
+            c.packets.take(0.0, now);
+            return Err(DropReason::RateLimited);
+        }
+        (c.packets, c.bytes) = (packets, bytes);
         let echo = member.echo;
+        let room_name = member.room.clone();
+        let room = self
+            .rooms
+            .get_mut(&room_name)
+            .ok_or(DropReason::NotJoined)?;
+        if let (Some(n), PacketKind::Rtp) = (self.limits.forward_loudest, parsed.kind) {
+            if !room.loud_enough(conn, level, now_ms, n) {
+                return Err(DropReason::NotLoudest);
+            }
+        }
         Ok(room
             .members
             .iter()
             .filter(move |m| m.conn != conn || (echo && m.echo))
             .map(|m| &m.handle))
+    }
+}
+
+/// How long a speaker counts as talking after its last voiced packet.
+const SPEAKING_MS: u64 = 500;
+
+impl<H> Room<H> {
+    /// Updates `conn`'s level from its packet and says whether it is among the `n` loudest
+    /// current speakers. Packets without voice are forwarded only while fewer than `n` people
+    /// speak (they are cheap: DTX keeps them rare).
+    fn loud_enough(
+        &mut self,
+        conn: ConnId,
+        level: Option<AudioLevel>,
+        now_ms: u64,
+        n: usize,
+    ) -> bool {
+        let Some(me) = self.members.iter_mut().find(|m| m.conn == conn) else {
+            return false;
+        };
+        if let Some(l) = level.filter(|l| l.voice) {
+            me.level += 0.3 * (f32::from(l.level) - me.level);
+            me.voice_ms = now_ms;
+        }
+        let speaking =
+            |m: &RoomMember<H>| now_ms.saturating_sub(m.voice_ms) < SPEAKING_MS && m.voice_ms != 0;
+        let me = self
+            .members
+            .iter()
+            .find(|m| m.conn == conn)
+            .expect("found above");
+        let louder = self
+            .members
+            .iter()
+            .filter(|m| m.conn != conn && speaking(m) && (m.level, m.conn) < (me.level, me.conn))
+            .count();
+        if speaking(me) {
+            louder < n
+        } else {
+            self.members.iter().filter(|m| speaking(m)).count() < n
+        }
     }
 }
 
@@ -486,9 +647,9 @@ mod tests {
 
     /// Connects, says hello and joins; returns the assigned SSRC.
     fn enter(core: &mut Core, conn: ConnId, room: &str, echo: bool) -> u32 {
-        core.connect(conn, conn);
-        assert!(core.on_message(conn, hello()).close.is_none());
-        let out = core.on_message(conn, join(room, &format!("p{conn}"), echo));
+        core.connect(conn, conn, 0);
+        assert!(core.on_message(conn, hello(), 0).close.is_none());
+        let out = core.on_message(conn, join(room, &format!("p{conn}"), echo), 0);
         match &out.sends[0] {
             (c, Message::Welcome { ssrc, .. }) if *c == conn => *ssrc,
             other => panic!("expected welcome, got {other:?}"),
@@ -496,6 +657,10 @@ mod tests {
     }
 
     fn rtp(ssrc: u32) -> Vec<u8> {
+        rtp_with_level(ssrc, None)
+    }
+
+    fn rtp_with_level(ssrc: u32, audio_level: Option<AudioLevel>) -> Vec<u8> {
         let mut buf = Vec::new();
         let h = RtpHeader {
             marker: false,
@@ -503,14 +668,23 @@ mod tests {
             sequence: 1,
             timestamp: 960,
             ssrc,
-            audio_level: None,
+            audio_level,
         };
         write_rtp(&h, &[0xfc, 1, 2], &mut buf);
         buf
     }
 
-    fn targets(core: &Core, conn: ConnId, dg: &[u8]) -> Result<Vec<ConnId>, DropReason> {
-        core.route(conn, dg).map(|it| {
+    fn targets(core: &mut Core, conn: ConnId, dg: &[u8]) -> Result<Vec<ConnId>, DropReason> {
+        targets_at(core, conn, dg, 0)
+    }
+
+    fn targets_at(
+        core: &mut Core,
+        conn: ConnId,
+        dg: &[u8],
+        now_ms: u64,
+    ) -> Result<Vec<ConnId>, DropReason> {
+        core.route(conn, dg, now_ms).map(|it| {
             let mut v: Vec<_> = it.copied().collect();
             v.sort();
             v
@@ -524,7 +698,7 @@ mod tests {
         enter(&mut core, 2, "one", false);
         enter(&mut core, 3, "one", false);
         enter(&mut core, 4, "two", false);
-        assert_eq!(targets(&core, 1, &rtp(a)), Ok(vec![2, 3]));
+        assert_eq!(targets(&mut core, 1, &rtp(a)), Ok(vec![2, 3]));
         assert_eq!(core.room_count(), 2);
         assert_eq!(core.participant_count(), 4);
     }
@@ -534,8 +708,8 @@ mod tests {
         let mut core = Core::new("relay", Limits::default());
         let a = enter(&mut core, 1, "r", true);
         let b = enter(&mut core, 2, "r", false);
-        assert_eq!(targets(&core, 1, &rtp(a)), Ok(vec![1, 2]));
-        assert_eq!(targets(&core, 2, &rtp(b)), Ok(vec![1]));
+        assert_eq!(targets(&mut core, 1, &rtp(a)), Ok(vec![1, 2]));
+        assert_eq!(targets(&mut core, 2, &rtp(b)), Ok(vec![1]));
     }
 
     #[test]
@@ -543,20 +717,26 @@ mod tests {
         let mut core = Core::new("relay", Limits::default());
         let a = enter(&mut core, 1, "r", false);
         enter(&mut core, 2, "r", false);
-        core.connect(3, 3);
-        assert_eq!(targets(&core, 1, &rtp(a ^ 1)), Err(DropReason::WrongSsrc));
-        assert_eq!(targets(&core, 3, &rtp(a)), Err(DropReason::NotJoined));
-        assert_eq!(targets(&core, 1, &[0, 1, 2]), Err(DropReason::Malformed));
-        assert_eq!(targets(&core, 1, &[]), Err(DropReason::Malformed));
+        core.connect(3, 3, 0);
+        assert_eq!(
+            targets(&mut core, 1, &rtp(a ^ 1)),
+            Err(DropReason::WrongSsrc)
+        );
+        assert_eq!(targets(&mut core, 3, &rtp(a)), Err(DropReason::NotJoined));
+        assert_eq!(
+            targets(&mut core, 1, &[0, 1, 2]),
+            Err(DropReason::Malformed)
+        );
+        assert_eq!(targets(&mut core, 1, &[]), Err(DropReason::Malformed));
     }
 
     #[test]
     fn roster_join_leave_and_mute_are_broadcast() {
         let mut core = Core::new("relay", Limits::default());
         enter(&mut core, 1, "r", false);
-        core.connect(2, 2);
-        core.on_message(2, hello());
-        let out = core.on_message(2, join("r", "Bob", false));
+        core.connect(2, 2, 0);
+        core.on_message(2, hello(), 0);
+        let out = core.on_message(2, join("r", "Bob", false), 0);
         // Welcome to Bob with both in the roster, a join notice to Alice.
         match &out.sends[0] {
             (2, Message::Welcome { roster, .. }) => {
@@ -568,7 +748,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(&out.sends[1], (1, Message::ParticipantJoined(p)) if p.name == "Bob"));
-        let out = core.on_message(2, Message::SetMute { muted: true });
+        let out = core.on_message(2, Message::SetMute { muted: true }, 0);
         assert_eq!(out.sends.len(), 2);
         assert!(
             out.sends
@@ -587,28 +767,28 @@ mod tests {
     #[test]
     fn protocol_errors_close_with_precise_codes() {
         let mut core = Core::new("relay", Limits::default());
-        core.connect(1, 1);
+        core.connect(1, 1, 0);
         assert_eq!(
-            core.on_message(1, join("r", "x", false))
+            core.on_message(1, join("r", "x", false), 0)
                 .close
                 .unwrap()
                 .code()
                 .unwrap(),
             ErrorCode::HelloRequired
         );
-        core.connect(2, 2);
+        core.connect(2, 2, 0);
         let bad = Message::Hello {
             versions: vec![99],
             software: String::new(),
         };
         assert_eq!(
-            core.on_message(2, bad).close.unwrap().code().unwrap(),
+            core.on_message(2, bad, 0).close.unwrap().code().unwrap(),
             ErrorCode::UnsupportedVersion
         );
-        core.connect(3, 3);
-        core.on_message(3, hello());
+        core.connect(3, 3, 0);
+        core.on_message(3, hello(), 0);
         assert_eq!(
-            core.on_message(3, join("", "x", false))
+            core.on_message(3, join("", "x", false), 0)
                 .close
                 .unwrap()
                 .code()
@@ -616,7 +796,7 @@ mod tests {
             ErrorCode::InvalidRoom
         );
         assert_eq!(
-            core.on_message(3, join("r", "a\u{7}", false))
+            core.on_message(3, join("r", "a\u{7}", false), 0)
                 .close
                 .unwrap()
                 .code()
@@ -624,7 +804,7 @@ mod tests {
             ErrorCode::InvalidName
         );
         assert_eq!(
-            core.on_message(3, Message::SetMute { muted: true })
+            core.on_message(3, Message::SetMute { muted: true }, 0)
                 .close
                 .unwrap()
                 .code()
@@ -632,7 +812,7 @@ mod tests {
             ErrorCode::NotJoined
         );
         assert_eq!(
-            core.on_message(3, Message::ParticipantLeft { id: 1 })
+            core.on_message(3, Message::ParticipantLeft { id: 1 }, 0)
                 .close
                 .unwrap()
                 .code()
@@ -641,13 +821,13 @@ mod tests {
         );
         // Unknown message types are skipped.
         assert!(
-            core.on_message(3, Message::Unknown { kind: 99 })
+            core.on_message(3, Message::Unknown { kind: 99 }, 0)
                 .close
                 .is_none()
         );
-        assert!(core.on_message(3, join("r", "x", false)).close.is_none());
+        assert!(core.on_message(3, join("r", "x", false), 0).close.is_none());
         assert_eq!(
-            core.on_message(3, join("r", "x", false))
+            core.on_message(3, join("r", "x", false), 0)
                 .close
                 .unwrap()
                 .code()
@@ -661,14 +841,15 @@ mod tests {
         let limits = Limits {
             max_participants_per_room: 2,
             max_rooms: 1,
+            ..Limits::default()
         };
         let mut core = Core::new("relay", limits);
         enter(&mut core, 1, "r", false);
         enter(&mut core, 2, "r", false);
-        core.connect(3, 3);
-        core.on_message(3, hello());
+        core.connect(3, 3, 0);
+        core.on_message(3, hello(), 0);
         assert_eq!(
-            core.on_message(3, join("r", "x", false))
+            core.on_message(3, join("r", "x", false), 0)
                 .close
                 .unwrap()
                 .code()
@@ -676,13 +857,204 @@ mod tests {
             ErrorCode::RoomFull
         );
         assert_eq!(
-            core.on_message(3, join("other", "x", false))
+            core.on_message(3, join("other", "x", false), 0)
                 .close
                 .unwrap()
                 .code()
                 .unwrap(),
             ErrorCode::ServerFull
         );
+    }
+
+    fn core_with(limits: Limits) -> Core {
+        Core::new("relay", limits)
+    }
+
+    fn join_with_token(
+        core: &mut Core,
+        conn: ConnId,
+        room: &str,
+        token: Option<String>,
+        now_ms: u64,
+    ) -> Outcome<ConnId> {
+        core.connect(conn, conn, now_ms);
+        core.on_message(conn, hello(), now_ms);
+        core.on_message(
+            conn,
+            Message::Join {
+                room: room.into(),
+                name: "guest".into(),
+                token,
+                flags: 0,
+            },
+            now_ms,
+        )
+    }
+
+    #[test]
+    fn tokens_are_required_checked_and_bind_the_name() {
+        let secret = b"s3cret".to_vec();
+        let limits = Limits {
+            access: Access::Tokens {
+                secret: secret.clone(),
+            },
+            ..Limits::default()
+        };
+        let mut core = core_with(limits);
+        let mint = |room: &str, exp: u64, name: Option<&str>| {
+            crate::token::mint(
+                &secret,
+                &crate::token::Claims {
+                    room: room.into(),
+                    exp,
+                    name: name.map(Into::into),
+                },
+            )
+        };
+        let code = |o: Outcome<ConnId>| o.close.and_then(|c| c.code());
+        assert_eq!(
+            code(join_with_token(&mut core, 1, "team", None, 0)),
+            Some(ErrorCode::TokenRequired)
+        );
+        assert_eq!(
+            code(join_with_token(
+                &mut core,
+                2,
+                "team",
+                Some("v1.junk.sig".into()),
+                0
+            )),
+            Some(ErrorCode::TokenInvalid)
+        );
+        assert_eq!(
+            code(join_with_token(
+                &mut core,
+                3,
+                "team",
+                Some(mint("team", 10, None)),
+                10_000
+            )),
+            Some(ErrorCode::TokenExpired)
+        );
+        assert_eq!(
+            code(join_with_token(
+                &mut core,
+                4,
+                "team",
+                Some(mint("other", 100, None)),
+                0
+            )),
+            Some(ErrorCode::TokenWrongRoom)
+        );
+        let forged = crate::token::mint(
+            b"not the secret",
+            &crate::token::Claims {
+                room: "team".into(),
+                exp: 100,
+                name: None,
+            },
+        );
+        assert_eq!(
+            code(join_with_token(&mut core, 5, "team", Some(forged), 0)),
+            Some(ErrorCode::TokenInvalid)
+        );
+        let ok = join_with_token(
+            &mut core,
+            6,
+            "team",
+            Some(mint("team", 100, Some("Alice"))),
+            0,
+        );
+        assert!(ok.close.is_none());
+        match &ok.sends[0] {
+            (6, Message::Welcome { roster, .. }) => {
+                assert_eq!(roster[0].name, "Alice", "the token's name wins")
+            }
+            other => panic!("{other:?}"),
+        }
+        // An open relay ignores tokens.
+        let mut open = core_with(Limits::default());
+        assert!(
+            join_with_token(&mut open, 1, "team", Some("whatever".into()), 0)
+                .close
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_flooding_sender_is_throttled_without_touching_the_others() {
+        let limits = Limits {
+            packet_rate: 100.0,
+            packet_burst: 10.0,
+            ..Limits::default()
+        };
+        let mut core = core_with(limits);
+        let a = enter(&mut core, 1, "r", false);
+        let b = enter(&mut core, 2, "r", false);
+        enter(&mut core, 3, "r", false);
+        let (mut flood_passed, mut flood_dropped, mut b_passed) = (0, 0, 0);
+        // One second: A sends 1000 packets, B its normal 50.
+        for ms in 0..1_000u64 {
+            match targets_at(&mut core, 1, &rtp(a), ms) {
+                Ok(_) => flood_passed += 1,
+                Err(DropReason::RateLimited) => flood_dropped += 1,
+                Err(other) => panic!("{other:?}"),
+            }
+            if ms % 20 == 0 && targets_at(&mut core, 2, &rtp(b), ms).is_ok() {
+                b_passed += 1;
+            }
+        }
+        assert!(
+            (100..=115).contains(&flood_passed),
+            "flood capped near 100/s: {flood_passed}"
+        );
+        assert_eq!(flood_dropped, 1_000 - flood_passed);
+        assert_eq!(b_passed, 50, "the well-behaved sender loses nothing");
+    }
+
+    #[test]
+    fn oversize_datagrams_are_dropped_by_the_configured_limit() {
+        let mut core = core_with(Limits {
+            max_datagram_bytes: 200,
+            ..Limits::default()
+        });
+        let a = enter(&mut core, 1, "r", false);
+        enter(&mut core, 2, "r", false);
+        let mut big = rtp(a);
+        big.resize(300, 0);
+        assert_eq!(targets(&mut core, 1, &big), Err(DropReason::Oversize));
+        assert!(targets(&mut core, 1, &rtp(a)).is_ok());
+    }
+
+    #[test]
+    fn large_rooms_forward_only_the_loudest_speakers() {
+        let mut core = core_with(Limits {
+            forward_loudest: Some(2),
+            ..Limits::default()
+        });
+        let ssrcs: Vec<u32> = (1..=4).map(|c| enter(&mut core, c, "big", false)).collect();
+        let voice = |level| Some(AudioLevel { voice: true, level });
+        // Four people talk at once at -10, -20, -30 and -40 dBov for a while.
+        let mut forwarded = [0u32; 4];
+        for ms in (0..2_000u64).step_by(20) {
+            for (i, ssrc) in ssrcs.iter().enumerate() {
+                let dg = rtp_with_level(*ssrc, voice(10 + 10 * i as u8));
+                if targets_at(&mut core, i as u64 + 1, &dg, ms).is_ok() {
+                    forwarded[i] += 1;
+                }
+            }
+        }
+        assert!(
+            forwarded[0] >= 95 && forwarded[1] >= 90,
+            "the two loudest are heard: {forwarded:?}"
+        );
+        assert!(
+            forwarded[2] <= 5 && forwarded[3] <= 5,
+            "the quieter two are not: {forwarded:?}"
+        );
+        // When the loud ones stop, the others are heard again.
+        let dg = rtp_with_level(ssrcs[3], voice(40));
+        assert!(targets_at(&mut core, 4, &dg, 3_000).is_ok());
     }
 
     #[test]

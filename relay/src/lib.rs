@@ -16,3 +16,7 @@ pub mod stats;
 
 pub use identity::Identity;
 pub use server::{RelayConfig, RelayHandle, start};
+pub mod bucket;
+pub mod config;
+pub mod metrics;
+pub mod token;

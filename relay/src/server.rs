@@ -7,7 +7,7 @@
 
 use crate::core::{Close, ConnId, Limits, RelayCore};
 use crate::identity::Identity;
-use crate::stats::{RelayStats, StatsSnapshot};
+use crate::stats::{HandshakeFailure, RelayStats, StatsSnapshot};
 use natter_proto::control::{ErrorCode, FrameDecoder, Message};
 use natter_proto::invite::Invite;
 use quinn::crypto::rustls::QuicServerConfig;
@@ -37,6 +37,29 @@ pub struct RelayConfig {
     pub idle_timeout: Duration,
     /// Bytes of outgoing datagrams quinn may queue per connection before dropping the oldest.
     pub datagram_send_buffer: usize,
+    /// Most simultaneous connections; more are told ServerFull.
+    pub max_connections: usize,
+    /// Handshakes in progress above which new clients must prove their address with a QUIC
+    /// Retry first (0: always). Cheap insurance against spoofed-source Initial floods.
+    pub retry_above: usize,
+    /// A forwarded datagram that waited this long for its subscriber's connection is dropped:
+    /// late audio is worse than lost audio.
+    pub stale_after: Duration,
+    /// Congestion controller for each connection.
+    pub congestion: Congestion,
+    /// Endpoints (each with its own thread and single-threaded runtime) per listen address,
+    /// sharing the port with SO_REUSEPORT; 1 = run on the caller's runtime.
+    pub threads: usize,
+}
+
+/// Which congestion controller connections use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Congestion {
+    /// BBR: paces by measured bandwidth and RTT and does not treat random loss as congestion,
+    /// so voice keeps flowing on a lossy path; it still backs off when queues build (RTT grows).
+    Bbr,
+    /// quinn's default loss-based CUBIC: at 5 % random loss its window sits at the 2.9 KB floor.
+    Cubic,
 }
 
 impl RelayConfig {
@@ -51,6 +74,11 @@ impl RelayConfig {
             idle_timeout: Duration::from_secs(30),
             // About 40 voice packets: a few frames per sender in a busy room, never seconds.
             datagram_send_buffer: 4 * 1024,
+            max_connections: 10_000,
+            retry_above: 64,
+            stale_after: Duration::from_millis(60),
+            congestion: Congestion::Bbr,
+            threads: 1,
         }
     }
 }
@@ -69,8 +97,41 @@ pub enum RelayError {
 /// A connection as the core sees it: where to send its datagrams and control messages.
 #[derive(Debug, Clone)]
 pub struct Peer {
-    conn: Connection,
     control: mpsc::UnboundedSender<Outgoing>,
+    queue: Arc<SubscriberQueue>,
+}
+
+/// Datagrams waiting to go to one subscriber, with when they arrived. A single sender task per
+/// subscriber drains it into quinn as the connection's congestion window allows, dropping
+/// anything that has become stale — so a congested subscriber gets fresh audio late rather
+/// than old audio later, and never slows anyone else down.
+#[derive(Debug, Default)]
+struct SubscriberQueue {
+    items: Mutex<std::collections::VecDeque<(bytes::Bytes, tokio::time::Instant)>>,
+    ready: tokio::sync::Notify,
+}
+
+/// Upper bound on a subscriber queue's length: beyond it the oldest entry is dropped at once.
+const QUEUE_LIMIT: usize = 256;
+
+impl SubscriberQueue {
+    fn push(&self, datagram: bytes::Bytes, at: tokio::time::Instant, stats: &RelayStats) {
+        let mut items = self.items.lock().unwrap_or_else(|p| p.into_inner());
+        if items.len() >= QUEUE_LIMIT {
+            items.pop_front();
+            stats.dropped_stale.fetch_add(1, Relaxed);
+        }
+        items.push_back((datagram, at));
+        drop(items);
+        self.ready.notify_one();
+    }
+
+    fn pop(&self) -> Option<(bytes::Bytes, tokio::time::Instant)> {
+        self.items
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front()
+    }
 }
 
 /// Work for a connection's control-stream writer, kept in order so an Error message goes out
@@ -86,7 +147,21 @@ struct Shared {
     stats: RelayStats,
     next_conn: AtomicU64,
     shutting_down: AtomicBool,
+    handshaking: AtomicU64,
     config: RelayConfig,
+}
+
+impl crate::metrics::Source for Shared {
+    fn snapshot(&self) -> (StatsSnapshot, (usize, usize, usize)) {
+        let core = self.core();
+        let occupancy = (
+            core.connection_count(),
+            core.room_count(),
+            core.participant_count(),
+        );
+        drop(core);
+        (self.stats.snapshot(), occupancy)
+    }
 }
 
 impl Shared {
@@ -111,6 +186,14 @@ fn transport_config(config: &RelayConfig) -> TransportConfig {
     // One control stream per connection; leave a little headroom for future use.
     t.max_concurrent_bidi_streams(VarInt::from_u32(4));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    match config.congestion {
+        Congestion::Bbr => {
+            t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+        }
+        Congestion::Cubic => {
+            t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()));
+        }
+    }
     t
 }
 
@@ -132,39 +215,69 @@ fn server_config(config: &RelayConfig) -> Result<quinn::ServerConfig, RelayError
     Ok(server)
 }
 
-fn bind(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
+    if reuse_port {
+        // Several endpoints share the port; the kernel hashes each client's 4-tuple to one of
+        // them, so a connection always lands on the same thread.
+        socket.set_reuse_port(true)?;
+    }
     socket.bind(&addr.into())?;
     Ok(socket.into())
 }
 
-/// Starts the relay on the current tokio runtime.
+/// UDP socket buffer sizes below this (bytes) lose bursts on a busy relay.
+pub const RECOMMENDED_UDP_BUFFER: u64 = 4 * 1024 * 1024;
+
+/// Reads `net.core.rmem_max` and `wmem_max`; returns a warning with the sysctl to run when
+/// either is below [`RECOMMENDED_UDP_BUFFER`].
+pub fn udp_buffer_warning() -> Option<String> {
+    let read = |name: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/core/{name}"))
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    let small: Vec<String> = ["rmem_max", "wmem_max"]
+        .iter()
+        .filter_map(|n| {
+            read(n)
+                .filter(|v| *v < RECOMMENDED_UDP_BUFFER)
+                .map(|v| format!("net.core.{n}={v}"))
+        })
+        .collect();
+    (!small.is_empty()).then(|| {
+        format!(
+            "UDP socket buffers are small ({}); under load the kernel will drop audio. Run: \
+             sysctl -w net.core.rmem_max={RECOMMENDED_UDP_BUFFER} net.core.wmem_max={RECOMMENDED_UDP_BUFFER} \
+             (and persist it in /etc/sysctl.d/)",
+            small.join(", ")
+        )
+    })
+}
+
+/// Starts the relay on the current tokio runtime (and, with `threads` > 1, on one extra
+/// single-threaded runtime per endpoint).
 pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
     if config.listen.is_empty() {
         return Err(RelayError::NoListenAddress);
     }
     let server = server_config(&config)?;
-    let mut endpoints = Vec::new();
+    let threads = config.threads.max(1);
+    let mut sockets = Vec::new();
     let mut addrs = Vec::new();
     for addr in &config.listen {
-        let socket = bind(*addr).map_err(|e| RelayError::Bind(*addr, e))?;
-        let endpoint = Endpoint::new(
-            EndpointConfig::default(),
-            Some(server.clone()),
-            socket,
-            Arc::new(quinn::TokioRuntime),
-        )
-        .map_err(|e| RelayError::Bind(*addr, e))?;
-        addrs.push(
-            endpoint
-                .local_addr()
-                .map_err(|e| RelayError::Bind(*addr, e))?,
-        );
-        endpoints.push(endpoint);
+        let first = bind(*addr, threads > 1).map_err(|e| RelayError::Bind(*addr, e))?;
+        let bound = first.local_addr().map_err(|e| RelayError::Bind(*addr, e))?;
+        addrs.push(bound);
+        sockets.push(first);
+        // The other endpoints bind the port the first one got (matters for port 0).
+        for _ in 1..threads {
+            sockets.push(bind(bound, true).map_err(|e| RelayError::Bind(bound, e))?);
+        }
     }
     let shared = Arc::new(Shared {
         core: Mutex::new(RelayCore::new(
@@ -174,17 +287,81 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
         stats: RelayStats::default(),
         next_conn: AtomicU64::new(1),
         shutting_down: AtomicBool::new(false),
+        handshaking: AtomicU64::new(0),
         config,
     });
-    for endpoint in &endpoints {
-        tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
+    let mut endpoints = Vec::new();
+    for socket in sockets {
+        let endpoint = if threads == 1 {
+            let endpoint = Endpoint::new(
+                EndpointConfig::default(),
+                Some(server.clone()),
+                socket,
+                Arc::new(quinn::TokioRuntime),
+            )
+            .map_err(|e| RelayError::Bind(addrs[0], e))?;
+            tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
+            endpoint
+        } else {
+            spawn_endpoint_thread(socket, server.clone(), shared.clone())?
+        };
+        endpoints.push(endpoint);
     }
-    info!(addrs = ?addrs, "relay listening");
+    info!(addrs = ?addrs, threads, "relay listening");
     Ok(RelayHandle {
         shared,
         endpoints,
         addrs,
     })
+}
+
+/// One endpoint on its own thread with a current-thread runtime: a quinn endpoint's I/O is a
+/// single task, so one per core (sharing the port) scales better than one multi-threaded
+/// runtime for small packets.
+fn spawn_endpoint_thread(
+    socket: std::net::UdpSocket,
+    server: quinn::ServerConfig,
+    shared: Arc<Shared>,
+) -> Result<Endpoint, RelayError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let addr = socket
+        .local_addr()
+        .map_err(|e| RelayError::Bind("0.0.0.0:0".parse().expect("literal"), e))?;
+    std::thread::Builder::new()
+        .name("natter-relay-io".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match Endpoint::new(
+                    EndpointConfig::default(),
+                    Some(server),
+                    socket,
+                    Arc::new(quinn::TokioRuntime),
+                ) {
+                    Ok(endpoint) => {
+                        let _ = tx.send(Ok(endpoint.clone()));
+                        accept_loop(endpoint.clone(), shared).await;
+                        endpoint.wait_idle().await;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            });
+        })
+        .map_err(|e| RelayError::Bind(addr, e))?;
+    rx.recv()
+        .map_err(|_| RelayError::Bind(addr, std::io::Error::other("endpoint thread died")))?
+        .map_err(|e| RelayError::Bind(addr, e))
 }
 
 impl RelayHandle {
@@ -221,6 +398,11 @@ impl RelayHandle {
 
     pub fn stats(&self) -> StatsSnapshot {
         self.shared.stats.snapshot()
+    }
+
+    /// Serves Prometheus metrics and `/healthz` on `addr`; returns the bound address.
+    pub async fn serve_metrics(&self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+        crate::metrics::serve(addr, self.shared.clone()).await
     }
 
     /// (connections, rooms, participants) right now.
@@ -267,7 +449,17 @@ async fn futures_all<F: std::future::Future<Output = ()>>(futs: impl Iterator<It
 async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
     while let Some(incoming) = endpoint.accept().await {
         if shared.shutting_down.load(Relaxed) {
+            shared
+                .stats
+                .count_handshake_failure(HandshakeFailure::Refused);
             incoming.refuse();
+            continue;
+        }
+        // Under a handshake flood, make unvalidated clients prove their address first.
+        let busy = shared.handshaking.load(Relaxed) >= shared.config.retry_above as u64;
+        if busy && !incoming.remote_address_validated() {
+            shared.stats.retries.fetch_add(1, Relaxed);
+            let _ = incoming.retry();
             continue;
         }
         let id = shared.next_conn.fetch_add(1, Relaxed);
@@ -276,16 +468,33 @@ async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
     }
 }
 
+fn unix_ms() -> u64 {
+    crate::core::unix_micros() / 1000
+}
+
 async fn run_connection(incoming: quinn::Incoming, id: ConnId, shared: Arc<Shared>) {
-    let conn = match incoming.await {
+    shared.handshaking.fetch_add(1, Relaxed);
+    let connecting = incoming.await;
+    shared.handshaking.fetch_sub(1, Relaxed);
+    let conn = match connecting {
         Ok(conn) => conn,
         Err(e) => {
-            shared.stats.handshake_failures.fetch_add(1, Relaxed);
+            shared
+                .stats
+                .count_handshake_failure(HandshakeFailure::of(&e));
             debug!(error = %e, "handshake failed");
             return;
         }
     };
     shared.stats.connections_accepted.fetch_add(1, Relaxed);
+    if shared.core().connection_count() >= shared.config.max_connections {
+        close_with(
+            &conn,
+            ErrorCode::ServerFull,
+            "the relay has no room for more connections",
+        );
+        return;
+    }
     debug!("connected");
     let deadline = tokio::time::Instant::now() + shared.config.hello_timeout;
     let (send, recv) = match tokio::time::timeout_at(deadline, conn.accept_bi()).await {
@@ -305,16 +514,22 @@ async fn run_connection(incoming: quinn::Incoming, id: ConnId, shared: Arc<Share
     };
     let (tx, rx) = mpsc::unbounded_channel();
     let peer = Peer {
-        conn: conn.clone(),
         control: tx,
+        queue: Arc::new(SubscriberQueue::default()),
     };
-    shared.core().connect(id, peer.clone());
+    shared.core().connect(id, peer.clone(), unix_ms());
     let writer = tokio::spawn(write_control(send, rx, conn.clone()));
     let datagrams = tokio::spawn(forward_datagrams(conn.clone(), id, shared.clone()));
+    let sender = tokio::spawn(send_datagrams(
+        conn.clone(),
+        peer.queue.clone(),
+        shared.clone(),
+    ));
 
     read_control(recv, id, &peer, &shared, deadline).await;
 
     datagrams.abort();
+    sender.abort();
     let notices = shared.core().disconnect(id);
     dispatch(notices);
     // Let the writer send what is queued (e.g. an Error) before the connection goes.
@@ -384,7 +599,7 @@ async fn read_control(
             if let Message::Join { room, name, .. } = &msg {
                 info!(room = %room, name = %name, "join");
             }
-            let outcome = shared.core().on_message(id, msg);
+            let outcome = shared.core().on_message(id, msg, unix_ms());
             dispatch(outcome.sends);
             if let Some(close) = outcome.close {
                 if let Close::Error(code, reason) = &close {
@@ -440,22 +655,49 @@ async fn write_control(
 
 /// Forwards this connection's media datagrams to the rest of its room.
 async fn forward_datagrams(conn: Connection, id: ConnId, shared: Arc<Shared>) {
-    let mut targets: Vec<Connection> = Vec::with_capacity(16);
+    let mut targets: Vec<Arc<SubscriberQueue>> = Vec::with_capacity(16);
     while let Ok(datagram) = conn.read_datagram().await {
+        let arrived = tokio::time::Instant::now();
         shared.stats.datagrams_in.fetch_add(1, Relaxed);
         targets.clear();
-        match shared.core().route(id, &datagram) {
-            Ok(peers) => targets.extend(peers.map(|p| p.conn.clone())),
+        match shared.core().route(id, &datagram, unix_ms()) {
+            Ok(peers) => targets.extend(peers.map(|p| p.queue.clone())),
             Err(reason) => {
                 shared.stats.count_drop(reason);
                 continue;
             }
         }
         for target in &targets {
-            match target.send_datagram(datagram.clone()) {
-                Ok(()) => shared.stats.datagrams_forwarded.fetch_add(1, Relaxed),
-                Err(_) => shared.stats.datagrams_send_failed.fetch_add(1, Relaxed),
-            };
+            target.push(datagram.clone(), arrived, &shared.stats);
+        }
+    }
+}
+
+/// Drains one subscriber's queue into its connection, waiting for congestion-window space and
+/// dropping what has gone stale meanwhile.
+async fn send_datagrams(conn: Connection, queue: Arc<SubscriberQueue>, shared: Arc<Shared>) {
+    let stale_after = shared.config.stale_after;
+    loop {
+        let Some((datagram, arrived)) = queue.pop() else {
+            queue.ready.notified().await;
+            continue;
+        };
+        let waited = arrived.elapsed();
+        if waited > stale_after {
+            shared.stats.dropped_stale.fetch_add(1, Relaxed);
+            continue;
+        }
+        match conn.send_datagram_wait(datagram).await {
+            Ok(()) => {
+                shared.stats.datagrams_forwarded.fetch_add(1, Relaxed);
+                shared
+                    .stats
+                    .observe_delay(arrived.elapsed().as_micros() as u64);
+            }
+            Err(quinn::SendDatagramError::ConnectionLost(_)) => return,
+            Err(_) => {
+                shared.stats.datagrams_send_failed.fetch_add(1, Relaxed);
+            }
         }
     }
 }
