@@ -1,7 +1,14 @@
 //! `natter-relay`: the command-line shell around the relay library.
+//!
+//! Settings come from, in order of precedence: flags, `NATTER_RELAY_*` environment variables,
+//! the TOML file given with `--config`, and defaults. `natter-relay token` mints access tokens
+//! with the same configuration's secret.
 
-use anyhow::Context;
-use clap::Parser;
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use natter_relay::config::{ConfigFile, resolve_secret};
+use natter_relay::core::Access;
+use natter_relay::server::{Congestion, udp_buffer_warning};
 use natter_relay::{Identity, RelayConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,104 +18,375 @@ use std::time::Duration;
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+
+    /// TOML configuration file (see docs/DEPLOY.md for every key).
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "NATTER_RELAY_CONFIG",
+        value_name = "FILE"
+    )]
+    config: Option<PathBuf>,
+
     /// UDP address to listen on; repeat for several. Default: 0.0.0.0:4433 and [::]:4433.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "NATTER_RELAY_LISTEN",
+        value_delimiter = ','
+    )]
     listen: Vec<SocketAddr>,
 
     /// Where the self-signed certificate is kept (default: the OS data directory).
-    #[arg(long, value_name = "DIR", env = "NATTER_RELAY_DATA_DIR")]
+    #[arg(long, value_name = "DIR", env = "NATTER_RELAY_DATA_DIR", global = true)]
     data_dir: Option<PathBuf>,
 
     /// PEM certificate chain from a CA (e.g. Let's Encrypt fullchain.pem); needs --key.
-    #[arg(long, value_name = "PEM", requires = "key")]
+    #[arg(long, value_name = "PEM", env = "NATTER_RELAY_CERT")]
     cert: Option<PathBuf>,
 
     /// PEM private key for --cert.
-    #[arg(long, value_name = "PEM", requires = "cert")]
+    #[arg(long, value_name = "PEM", env = "NATTER_RELAY_KEY")]
     key: Option<PathBuf>,
 
-    /// Host name or address to put in the invite link (default: the listen address, or this
+    /// Host name or address to put in invite links (default: the listen address, or this
     /// machine's host name when listening on a wildcard address).
-    #[arg(long, value_name = "HOST")]
+    #[arg(
+        long,
+        value_name = "HOST",
+        env = "NATTER_RELAY_PUBLIC_HOST",
+        global = true
+    )]
     public_host: Option<String>,
 
-    /// Maximum participants in one room.
-    #[arg(long, default_value_t = 64)]
-    max_room_size: usize,
+    /// Serve Prometheus metrics (/metrics) and health (/healthz) over HTTP on this address.
+    #[arg(long, value_name = "ADDR", env = "NATTER_RELAY_METRICS")]
+    metrics: Option<SocketAddr>,
 
-    /// Log format.
-    #[arg(long, value_enum, default_value = "text")]
-    log_format: LogFormat,
+    /// Access: "open" (anyone with the invite) or "token" (signed tokens, see `token`).
+    #[arg(long, value_name = "MODE", env = "NATTER_RELAY_ACCESS")]
+    access: Option<String>,
+
+    /// Token secret (≥ 16 bytes). Prefer the config file or NATTER_RELAY_SECRET: flags show up
+    /// in process listings.
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "NATTER_RELAY_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
+    secret: Option<String>,
+
+    /// Most simultaneous connections.
+    #[arg(long, env = "NATTER_RELAY_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+
+    /// Most rooms.
+    #[arg(long, env = "NATTER_RELAY_MAX_ROOMS")]
+    max_rooms: Option<usize>,
+
+    /// Most participants in one room.
+    #[arg(long, env = "NATTER_RELAY_MAX_ROOM_SIZE")]
+    max_room_size: Option<usize>,
+
+    /// Per-participant media packet rate limit (packets/s).
+    #[arg(long, env = "NATTER_RELAY_PACKETS_PER_SECOND")]
+    packets_per_second: Option<f64>,
+
+    /// Per-participant media byte rate limit (bytes/s).
+    #[arg(long, env = "NATTER_RELAY_BYTES_PER_SECOND")]
+    bytes_per_second: Option<f64>,
+
+    /// Seconds without any packet before a participant is dropped from the room.
+    #[arg(long, env = "NATTER_RELAY_IDLE_TIMEOUT")]
+    idle_timeout: Option<u64>,
+
+    /// Large rooms: forward only the N loudest speakers.
+    #[arg(long, value_name = "N", env = "NATTER_RELAY_FORWARD_LOUDEST")]
+    forward_loudest: Option<usize>,
+
+    /// Endpoints (threads) sharing the port with SO_REUSEPORT (default 1).
+    #[arg(long, env = "NATTER_RELAY_THREADS")]
+    threads: Option<usize>,
+
+    /// Congestion controller: "bbr" (default; keeps voice flowing on lossy paths) or "cubic".
+    #[arg(long, env = "NATTER_RELAY_CONGESTION")]
+    congestion: Option<String>,
+
+    /// Log format: "text" or "json".
+    #[arg(long, env = "NATTER_RELAY_LOG_FORMAT")]
+    log_format: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Mint an access token for a room (uses the configured secret).
+    Token {
+        /// The room the token admits to.
+        #[arg(long)]
+        room: String,
+        /// How long it is valid: e.g. 90s, 15m, 1h, 7d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// Bind the participant's display name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Also print a full invite for this relay (HOST:PORT, pinned to its certificate).
+        #[arg(long, value_name = "HOST:PORT")]
+        invite: Option<String>,
+    },
 }
 
-fn init_logging(format: LogFormat) {
+/// Everything resolved, ready to run.
+struct Settings {
+    relay: RelayConfig,
+    metrics: Option<SocketAddr>,
+    default_listen: bool,
+}
+
+fn data_dir(args: &Args, file: &ConfigFile) -> anyhow::Result<PathBuf> {
+    match args.data_dir.clone().or(file.data_dir.clone()) {
+        Some(dir) => Ok(dir),
+        None => Ok(
+            directories::ProjectDirs::from("org", "natter", "natter-relay")
+                .context("no home directory to keep the certificate in; pass --data-dir")?
+                .data_dir()
+                .to_path_buf(),
+        ),
+    }
+}
+
+fn secret(args: &Args, file: &ConfigFile) -> anyhow::Result<Option<Vec<u8>>> {
+    let mut access = file.access.clone();
+    if let Some(s) = &args.secret {
+        access.secret = Some(s.clone());
+        access.secret_file = None;
+    }
+    Ok(resolve_secret(&access)?)
+}
+
+fn settings(args: &Args, file: &ConfigFile) -> anyhow::Result<Settings> {
+    let identity = match (
+        args.cert.clone().or(file.cert.clone()),
+        args.key.clone().or(file.key.clone()),
+    ) {
+        (Some(cert), Some(key)) => Identity::from_pem_files(&cert, &key)?,
+        (Some(_), None) => bail!("cert: needs a key too (--key or key = \"…\")"),
+        (None, Some(_)) => bail!("key: needs a certificate too (--cert or cert = \"…\")"),
+        (None, None) => Identity::load_or_generate(&data_dir(args, file)?)?,
+    };
+    let mut listen = args.listen.clone();
+    if listen.is_empty() {
+        listen = file.listen.clone().unwrap_or_default();
+    }
+    let default_listen = listen.is_empty();
+    if default_listen {
+        listen = vec!["0.0.0.0:4433".parse()?, "[::]:4433".parse()?];
+    }
+    let mut relay = RelayConfig::new(listen, identity);
+    relay.public_host = args.public_host.clone().or(file.public_host.clone());
+    let l = &file.limits;
+    let pick = |flag: Option<usize>, file: Option<usize>| flag.or(file);
+    if let Some(v) = pick(args.max_connections, l.max_connections) {
+        relay.max_connections = v;
+    }
+    if let Some(v) = pick(args.max_rooms, l.max_rooms) {
+        relay.limits.max_rooms = v;
+    }
+    if let Some(v) = pick(args.max_room_size, l.max_room_size) {
+        if v == 0 {
+            bail!("limits.max-room-size: must be at least 1");
+        }
+        relay.limits.max_participants_per_room = v;
+    }
+    if let Some(v) = l.max_datagram_bytes {
+        if !(100..=natter_proto::MAX_MEDIA_DATAGRAM).contains(&v) {
+            bail!(
+                "limits.max-datagram-bytes: must be 100..={}",
+                natter_proto::MAX_MEDIA_DATAGRAM
+            );
+        }
+        relay.limits.max_datagram_bytes = v;
+    }
+    if let Some(v) = args.packets_per_second.or(l.packets_per_second) {
+        if v < 60.0 {
+            bail!(
+                "limits.packets-per-second: {v} is below what one voice stream needs (about 51/s at 20 ms frames, 101/s at 10 ms); use at least 60"
+            );
+        }
+        relay.limits.packet_rate = v;
+        relay.limits.packet_burst = (v / 3.0).max(20.0);
+    }
+    if let Some(v) = args.bytes_per_second.or(l.bytes_per_second) {
+        if v < 8_000.0 {
+            bail!("limits.bytes-per-second: {v} is too low for voice; use at least 8000");
+        }
+        relay.limits.byte_rate = v;
+        relay.limits.byte_burst = (v / 3.0).max(4_000.0);
+    }
+    if let Some(v) = args.idle_timeout.or(l.idle_timeout_secs) {
+        if v == 0 {
+            bail!("limits.idle-timeout-secs: must be at least 1");
+        }
+        relay.idle_timeout = Duration::from_secs(v);
+    }
+    if let Some(v) = l.hello_timeout_secs {
+        relay.hello_timeout = Duration::from_secs(v.max(1));
+    }
+    relay.limits.forward_loudest = pick(args.forward_loudest, l.forward_loudest).filter(|n| *n > 0);
+    relay.threads = pick(args.threads, file.threads).unwrap_or(1).max(1);
+    relay.congestion = match args
+        .congestion
+        .as_deref()
+        .or(file.congestion.as_deref())
+        .unwrap_or("bbr")
+    {
+        "bbr" => Congestion::Bbr,
+        "cubic" => Congestion::Cubic,
+        other => bail!("congestion: {other:?} is not \"bbr\" or \"cubic\""),
+    };
+    relay.limits.access = match args.access.as_deref().or(file.access.mode.as_deref()).unwrap_or("open") {
+        "open" => Access::Open,
+        "token" => Access::Tokens {
+            secret: secret(args, file)?.context("access.mode = \"token\" needs access.secret or access.secret-file (or NATTER_RELAY_SECRET)")?,
+        },
+        other => bail!("access.mode: {other:?} is not \"open\" or \"token\""),
+    };
+    Ok(Settings {
+        relay,
+        metrics: args.metrics.or(file.metrics),
+        default_listen,
+    })
+}
+
+fn init_logging(format: &str) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        "text" => builder.init(),
+        "json" => builder.json().init(),
+        other => bail!("log-format: {other:?} is not \"text\" or \"json\""),
+    }
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("natter-relay: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    init_logging(args.log_format);
+fn run(args: Args) -> anyhow::Result<()> {
+    let file = match &args.config {
+        Some(path) => ConfigFile::load(path)?,
+        None => ConfigFile::default(),
+    };
+    if let Some(Cmd::Token {
+        room,
+        ttl,
+        name,
+        invite,
+    }) = &args.command
+    {
+        return mint(&args, &file, room, ttl, name.clone(), invite.as_deref());
+    }
+    init_logging(
+        args.log_format
+            .as_deref()
+            .or(file.log_format.as_deref())
+            .unwrap_or("text"),
+    )?;
+    let settings = settings(&args, &file)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(run(args))
+    runtime.block_on(serve(settings))
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
-    let identity = match (&args.cert, &args.key) {
-        (Some(cert), Some(key)) => Identity::from_pem_files(cert, key)?,
-        _ => {
-            let dir = match args.data_dir.clone() {
-                Some(dir) => dir,
-                None => directories::ProjectDirs::from("org", "natter", "natter-relay")
-                    .context("no home directory to keep the certificate in; pass --data-dir")?
-                    .data_dir()
-                    .to_path_buf(),
-            };
-            Identity::load_or_generate(&dir)?
-        }
-    };
-    let listen = if args.listen.is_empty() {
-        vec!["0.0.0.0:4433".parse()?, "[::]:4433".parse()?]
-    } else {
-        args.listen.clone()
-    };
-    let mut config = RelayConfig::new(listen.clone(), identity);
-    config.public_host = args.public_host.clone();
-    config.limits.max_participants_per_room = args.max_room_size;
+fn mint(
+    args: &Args,
+    file: &ConfigFile,
+    room: &str,
+    ttl: &str,
+    name: Option<String>,
+    invite: Option<&str>,
+) -> anyhow::Result<()> {
+    let secret = secret(args, file)?.context(
+        "no token secret: set access.secret (or secret-file) in the config, or NATTER_RELAY_SECRET",
+    )?;
+    if !natter_proto::control::valid_name(room) {
+        bail!("room: {room:?} is not a valid room name (1-64 bytes, no control characters)");
+    }
+    let ttl = natter_relay::token::parse_ttl(ttl).map_err(|e| anyhow::anyhow!("ttl: {e}"))?;
+    let exp = natter_relay::core::unix_micros() / 1_000_000 + ttl;
+    let token = natter_relay::token::mint(
+        &secret,
+        &natter_relay::token::Claims {
+            room: room.into(),
+            exp,
+            name,
+        },
+    );
+    println!("{token}");
+    if let Some(authority) = invite {
+        let identity = Identity::load_or_generate(&data_dir(args, file)?)?;
+        let mut link: natter_proto::invite::Invite = format!("natter://{authority}")
+            .parse()
+            .context("--invite must be HOST:PORT")?;
+        link.fingerprint = Some(identity.fingerprint);
+        link.room = Some(room.into());
+        link.token = Some(token);
+        println!("{link}");
+    }
+    Ok(())
+}
 
-    let relay = match natter_relay::start(config.clone()).await {
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    if let Some(warning) = udp_buffer_warning() {
+        tracing::warn!("{warning}");
+    }
+    let Settings {
+        relay: config,
+        metrics,
+        default_listen,
+    } = settings;
+    let mut fallback = config.clone();
+    let relay = match natter_relay::start(config).await {
         Ok(relay) => relay,
         // A machine without IPv6 still serves IPv4 with the default addresses.
-        Err(e) if args.listen.is_empty() => {
+        Err(e) if default_listen => {
             tracing::warn!(error = %e, "IPv6 unavailable; listening on IPv4 only");
-            config.listen.truncate(1);
-            natter_relay::start(config).await?
+            fallback.listen.truncate(1);
+            natter_relay::start(fallback).await?
         }
         Err(e) => return Err(e.into()),
     };
+    if let Some(addr) = metrics {
+        let bound = relay
+            .serve_metrics(addr)
+            .await
+            .with_context(|| format!("metrics: cannot listen on {addr}"))?;
+        println!("metrics: http://{bound}/metrics");
+    }
     println!("invite: {}", relay.invite());
-    if args.public_host.is_none() && relay.local_addrs()[0].ip().is_unspecified() {
+    if relay.local_addrs()[0].ip().is_unspecified() {
         tracing::info!(
             "pass --public-host with the address people reach this machine at to get a shareable invite"
         );
     }
-
     wait_for_signal().await?;
     let stats = relay.stats();
     relay.shutdown(Duration::from_secs(2)).await;

@@ -189,7 +189,47 @@ pub struct RelayProcess {
     stdout: Option<JoinHandle<()>>,
     stderr: Option<JoinHandle<()>>,
     exit: Option<ExitStatus>,
+    metrics_url: Option<String>,
+    data_dir: PathBuf,
     _dir: TempDir,
+}
+
+/// A plain HTTP GET on loopback (status code, body): enough for the relay's metrics endpoint.
+pub fn http_get(url: &str) -> (u16, String) {
+    use std::io::Write;
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (authority, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+    let mut stream = std::net::TcpStream::connect(authority).expect("connect to metrics");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status");
+    (status, body.to_string())
+}
+
+/// The value of a Prometheus sample line `name{labels} value` (labels as written, or none).
+pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(name_and_labels)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// The relay's counters as it logs them when it stops.
@@ -235,6 +275,12 @@ impl RelayStats {
 impl RelayProcess {
     /// Starts a relay on an ephemeral loopback port and waits for its invite line.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Like [`RelayProcess::start`], with extra command-line arguments. With `--metrics`, the
+    /// metrics URL line is read first (see [`RelayProcess::metrics_url`]).
+    pub fn start_with(extra: &[&str]) -> Self {
         let dir = TempDir::new("relay");
         let mut child = command(&relay_bin())
             .args([
@@ -245,6 +291,7 @@ impl RelayProcess {
                 "--data-dir",
             ])
             .arg(dir.join("data"))
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -284,9 +331,18 @@ impl RelayProcess {
             stdout: Some(stdout),
             stderr: Some(stderr),
             exit: None,
+            metrics_url: None,
+            data_dir: dir.join("data"),
             _dir: dir,
         };
-        match rx.recv_timeout(RELAY_START_TIMEOUT) {
+        let mut first = rx.recv_timeout(RELAY_START_TIMEOUT);
+        if let Ok(line) = &first
+            && let Some(url) = line.strip_prefix("metrics: ")
+        {
+            relay.metrics_url = Some(url.to_string());
+            first = rx.recv_timeout(RELAY_START_TIMEOUT);
+        }
+        match first {
             Ok(line) => {
                 relay.invite = line
                     .strip_prefix("invite: ")
@@ -307,6 +363,18 @@ impl RelayProcess {
     }
 
     /// `natter://127.0.0.1:PORT?fp=HEX`.
+    /// The metrics URL the relay printed (when started with `--metrics`).
+    pub fn metrics_url(&self) -> &str {
+        self.metrics_url
+            .as_deref()
+            .expect("relay started with --metrics")
+    }
+
+    /// The relay's data directory (holds its certificate).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
     pub fn invite(&self) -> &str {
         &self.invite
     }

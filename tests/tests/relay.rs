@@ -1,0 +1,210 @@
+//! The relay as a self-hoster runs it: access tokens, limits, metrics over HTTP, idle
+//! participants, configuration errors.
+
+use natter_e2e::{
+    Call, CallStats, RelayProcess, TempDir, http_get, metric, relay_bin, signal_file,
+};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "0123456789abcdef-test-secret";
+
+fn mint(relay: &RelayProcess, room: &str, ttl: &str, secret: &str) -> String {
+    let port = relay
+        .invite()
+        .rsplit_once(':')
+        .unwrap()
+        .1
+        .split('?')
+        .next()
+        .unwrap()
+        .to_string();
+    let out = Command::new(relay_bin())
+        .args([
+            "token", "--room", room, "--ttl", ttl, "--secret", secret, "--invite",
+        ])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(relay.data_dir())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let invite = text.lines().nth(1).expect("token then invite").to_string();
+    assert!(
+        invite.starts_with("natter://") && invite.contains("token=v1."),
+        "{invite}"
+    );
+    invite
+}
+
+fn join(invite: &str, room: Option<&str>) -> natter_e2e::Finished {
+    let mut call = Call::new(invite, room.unwrap_or("r"), "guest").duration(0.5);
+    if room.is_none() {
+        // Use the invite's own room (and token).
+        call = Call::new(invite, "r", "guest").duration(0.5);
+    }
+    call.spawn().wait(Duration::from_secs(10))
+}
+
+/// Tokens: accepted for their room; missing, forged, expired and wrong-room tokens are refused
+/// with distinct codes that the client says in words.
+#[test]
+fn tokens_are_checked() {
+    let relay = RelayProcess::start_with(&["--access", "token", "--secret", SECRET]);
+    let good = mint(&relay, "r", "1h", SECRET);
+    let ok = join(&good, None);
+    assert_eq!(ok.code(), Some(0), "valid token: {ok}");
+
+    let none = join(relay.invite(), Some("r"));
+    assert_eq!(none.code(), Some(2), "{none}");
+    assert!(none.stderr.contains("needs an access token"), "{none}");
+
+    let forged = mint(&relay, "r", "1h", "another-secret-of-16+bytes");
+    let forged = join(&forged, None);
+    assert!(
+        forged.stderr.contains("not valid for this relay"),
+        "{forged}"
+    );
+
+    let other_room = mint(&relay, "elsewhere", "1h", SECRET).replace("/elsewhere?", "/r?");
+    let wrong = join(&other_room, None);
+    assert!(wrong.stderr.contains("for another room"), "{wrong}");
+
+    let short = mint(&relay, "r", "1s", SECRET);
+    std::thread::sleep(Duration::from_millis(2_100));
+    let expired = join(&short, None);
+    assert!(expired.stderr.contains("expired"), "{expired}");
+}
+
+/// Metrics over real HTTP: counters move with a call; /healthz answers; an idle (stopped)
+/// participant times out and leaves the room.
+#[test]
+fn metrics_and_idle_timeout() {
+    let dir = TempDir::new("metrics");
+    let relay = RelayProcess::start_with(&["--metrics", "127.0.0.1:0", "--idle-timeout", "1"]);
+    let url = relay.metrics_url().to_string();
+    let (status, body) = http_get(&url.replace("/metrics", "/healthz"));
+    assert_eq!((status, body.trim()), (200, "ok"));
+    assert_eq!(http_get(&url.replace("/metrics", "/nope")).0, 404);
+
+    signal_file("speech", &dir.join("a.wav"), 2.0, 1);
+    let bob = Call::new(relay.invite(), "m", "bob")
+        .duration(6.0)
+        .stats_json(&dir.join("bob.json"))
+        .spawn();
+    relay.wait_for_join("m", "bob");
+    let alice = Call::new(relay.invite(), "m", "alice")
+        .input(&dir.join("a.wav"))
+        .duration(30.0)
+        .spawn();
+    relay.wait_for_join("m", "alice");
+    std::thread::sleep(Duration::from_millis(2_500));
+    let (status, text) = http_get(&url);
+    assert_eq!(status, 200);
+    assert_eq!(metric(&text, "natter_participants"), Some(2.0), "{text}");
+    assert_eq!(metric(&text, "natter_rooms"), Some(1.0));
+    let forwarded = metric(&text, "natter_datagrams_out_total").unwrap();
+    assert!(forwarded > 50.0, "alice's audio was forwarded: {text}");
+    let delayed = metric(&text, "natter_forward_delay_seconds_count").unwrap();
+    assert_eq!(
+        delayed, forwarded,
+        "every forwarded datagram is in the delay histogram"
+    );
+    assert!(
+        metric(&text, "natter_forward_delay_seconds_bucket{le=\"0.002\"}").unwrap()
+            >= 0.95 * forwarded,
+        "relay-added delay under 2 ms: {text}"
+    );
+
+    // Freeze alice (no packets, not even keep-alives): the relay drops her after the idle
+    // timeout and the room is down to bob.
+    alice.signal(libc::SIGSTOP);
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        let (_, text) = http_get(&url);
+        if metric(&text, "natter_participants") == Some(1.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "idle participant not removed: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    alice.signal(libc::SIGKILL);
+    bob.finish();
+    let b = CallStats::read(&dir.join("bob.json"));
+    assert!(
+        b.peers.iter().any(|p| p.name.as_deref() == Some("alice")),
+        "{b:#?}"
+    );
+}
+
+/// Bad configuration exits non-zero with a line naming the key.
+#[test]
+fn config_errors_name_the_key() {
+    let dir = TempDir::new("config");
+    let run = |args: &[&str]| {
+        let out = Command::new(relay_bin()).args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "listen = [\"127.0.0.1:0\"]\n[limits]\nmax-room-sise = 3\n",
+    )
+    .unwrap();
+    let (code, err) = run(&["--config", bad.to_str().unwrap()]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("max-room-sise") && err.contains("bad.toml"),
+        "{err}"
+    );
+
+    std::fs::write(&bad, "[limits]\nmax-room-size = \"lots\"\n").unwrap();
+    let (_, err) = run(&["--config", bad.to_str().unwrap()]);
+    assert!(err.contains("max-room-size"), "{err}");
+
+    let (code, err) = run(&["--listen", "127.0.0.1:0", "--access", "token"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("access.secret"), "{err}");
+    let (_, err) = run(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--access",
+        "token",
+        "--secret",
+        "short",
+    ]);
+    assert!(err.contains("16"), "{err}");
+    let (_, err) = run(&["--listen", "127.0.0.1:0", "--packets-per-second", "5"]);
+    assert!(err.contains("packets-per-second"), "{err}");
+    let (_, err) = run(&["--listen", "127.0.0.1:0", "--congestion", "reno"]);
+    assert!(err.contains("congestion"), "{err}");
+    let (_, err) = run(&["token", "--room", "r"]);
+    assert!(err.contains("secret"), "{err}");
+    let help = Command::new(relay_bin()).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for option in [
+        "--config",
+        "--metrics",
+        "--access",
+        "--secret",
+        "--max-room-size",
+        "--packets-per-second",
+        "--idle-timeout",
+        "--forward-loudest",
+        "--threads",
+        "--congestion",
+    ] {
+        assert!(help.contains(option), "--help documents {option}");
+    }
+}
