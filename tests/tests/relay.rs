@@ -208,3 +208,39 @@ fn config_errors_name_the_key() {
         assert!(help.contains(option), "--help documents {option}");
     }
 }
+
+/// The load generator runs against a real relay and reports one well-formed summary line.
+#[test]
+fn loadgen_smoke() {
+    let relay = RelayProcess::start();
+    let out = Command::new(natter_e2e::binary("natter-loadgen"))
+        .args([
+            relay.invite(),
+            "--participants",
+            "10",
+            "--room-size",
+            "5",
+            "--duration",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        out.status.success(),
+        "{line}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let field = |k: &str| -> f64 {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{k}="))?.parse().ok())
+            .unwrap_or_else(|| panic!("{k} in {line}"))
+    };
+    assert_eq!(
+        (field("participants"), field("rooms"), field("streams")),
+        (10.0, 2.0, 40.0),
+        "{line}"
+    );
+    assert!(field("p50_ms") < 50.0, "{line}");
+    assert!(field("loss_pct") < 10.0, "{line}");
+}

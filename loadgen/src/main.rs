@@ -1,0 +1,342 @@
+//! `natter-loadgen`: N synthetic participants on real QUIC connections, in rooms of K, each
+//! sending a 20 ms Opus-sized datagram stamped with its send time. Every participant receives
+//! the other K−1 streams of its room, so the time from send to receive is what the relay (plus
+//! loopback) adds; it is measured in this one process, on one clock. Ends with one summary line:
+//!
+//! `participants=N rooms=R streams=S p50_ms=… p99_ms=… loss_pct=… relay_cpu_pct=…`
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::Parser;
+use natter_proto::control::{FrameDecoder, Message};
+use natter_proto::invite::Invite;
+use natter_proto::media::write_rtp;
+use natter_proto::rtp::{AudioLevel, RtpHeader};
+use quinn::crypto::rustls::QuicClientConfig;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Parser)]
+#[command(version, about = "Load generator for natter-relay")]
+struct Args {
+    /// natter://host:port?fp=… (the room part is ignored; rooms are load-0, load-1, …).
+    invite: String,
+    /// Participants in total.
+    #[arg(long, default_value_t = 100)]
+    participants: usize,
+    /// Participants per room.
+    #[arg(long, default_value_t = 5)]
+    room_size: usize,
+    /// Seconds of sending, after everyone has joined.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Payload bytes per datagram (Opus at 32 kbit/s in 20 ms frames is ~80).
+    #[arg(long, default_value_t = 80)]
+    payload: usize,
+    /// The relay's process id, to report its CPU use (from /proc).
+    #[arg(long)]
+    relay_pid: Option<u32>,
+    /// Connections per client UDP socket (quinn endpoint).
+    #[arg(long, default_value_t = 64)]
+    per_endpoint: usize,
+}
+
+/// Accepts exactly the certificate the invite pins; TLS 1.3 signatures are still verified.
+#[derive(Debug)]
+struct Pinned {
+    fp: [u8; 32],
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use sha2::Digest;
+        if <[u8; 32]>::from(sha2::Sha256::digest(end_entity)) == self.fp {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+fn client_config(fp: [u8; 32]) -> anyhow::Result<quinn::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Pinned { fp, provider }))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![natter_proto::ALPN.to_vec()];
+    let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(5)));
+    transport.datagram_receive_buffer_size(Some(1 << 20));
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+/// Counters shared by all participants.
+#[derive(Default)]
+struct Totals {
+    sent: AtomicU64,
+    received: AtomicU64,
+    /// Latency samples in µs (a bounded reservoir per participant, merged at the end).
+    samples: Mutex<Vec<u32>>,
+}
+
+async fn join(conn: &quinn::Connection, room: &str, name: &str) -> anyhow::Result<u32> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let mut out = Vec::new();
+    Message::Hello {
+        versions: vec![natter_proto::PROTOCOL_VERSION],
+        software: "natter-loadgen".into(),
+    }
+    .encode(&mut out);
+    Message::Join {
+        room: room.into(),
+        name: name.into(),
+        token: None,
+        flags: 0,
+    }
+    .encode(&mut out);
+    send.write_all(&out).await?;
+    let mut decoder = FrameDecoder::new();
+    let mut buf = vec![0u8; 8192];
+    loop {
+        while let Some(msg) = decoder.next_message() {
+            match msg? {
+                Message::Welcome { ssrc, .. } => {
+                    // Keep the stream open for the rest of the run (closing it would leave).
+                    tokio::spawn(async move {
+                        let _keep = send;
+                        while let Ok(Some(_)) = recv.read(&mut [0u8; 4096]).await {}
+                    });
+                    return Ok(ssrc);
+                }
+                Message::Error { code, message } => {
+                    bail!("join refused: {} ({message})", code.describe())
+                }
+                _ => {}
+            }
+        }
+        let n = recv
+            .read(&mut buf)
+            .await?
+            .context("relay closed the control stream")?;
+        decoder.push(&buf[..n]);
+    }
+}
+
+/// One participant: sends a stamped datagram every 20 ms until `until`, and measures what
+/// arrives from the others.
+async fn participant(
+    conn: quinn::Connection,
+    ssrc: u32,
+    epoch: Instant,
+    until: Instant,
+    payload: usize,
+    totals: Arc<Totals>,
+) {
+    let receiver = {
+        let conn = conn.clone();
+        let totals = totals.clone();
+        tokio::spawn(async move {
+            let mut local = Vec::with_capacity(4096);
+            while let Ok(d) = conn.read_datagram().await {
+                // Stamp: the first 8 payload bytes after the 20-byte header (flow + RTP + ext).
+                if let Some(stamp) = d.get(21..29) {
+                    let sent = u64::from_be_bytes(stamp.try_into().expect("8 bytes"));
+                    let now = epoch.elapsed().as_micros() as u64;
+                    if local.len() < 4096 {
+                        local.push(now.saturating_sub(sent) as u32);
+                    }
+                    totals.received.fetch_add(1, Relaxed);
+                }
+            }
+            totals.samples.lock().expect("not poisoned").extend(local);
+        })
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut seq: u16 = 0;
+    let mut buf = Vec::with_capacity(256);
+    let mut body = vec![0xa5u8; payload.max(8)];
+    while Instant::now() < until {
+        tick.tick().await;
+        body[..8].copy_from_slice(&(epoch.elapsed().as_micros() as u64).to_be_bytes());
+        let header = RtpHeader {
+            marker: seq == 0,
+            payload_type: natter_proto::OPUS_PAYLOAD_TYPE,
+            sequence: seq,
+            timestamp: u32::from(seq) * 960,
+            ssrc,
+            audio_level: Some(AudioLevel {
+                voice: true,
+                level: 30,
+            }),
+        };
+        buf.clear();
+        write_rtp(&header, &body, &mut buf);
+        if conn.send_datagram(Bytes::copy_from_slice(&buf)).is_ok() {
+            totals.sent.fetch_add(1, Relaxed);
+        }
+        seq = seq.wrapping_add(1);
+    }
+    // Let the last datagrams arrive.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    conn.close(0u32.into(), b"done");
+    let _ = receiver.await;
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+fn percentile(sorted: &[u32], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let invite: Invite = args.invite.parse().context("bad invite")?;
+    let fp = invite
+        .fingerprint
+        .context("the invite must pin the relay's certificate (fp=…)")?;
+    if args.room_size < 2 || args.participants < args.room_size {
+        bail!("need --room-size ≥ 2 and --participants ≥ --room-size");
+    }
+    let addr = tokio::net::lookup_host(invite.authority())
+        .await?
+        .next()
+        .context("relay address")?;
+    let config = client_config(fp)?;
+    let mut endpoints = Vec::new();
+    for _ in 0..args.participants.div_ceil(args.per_endpoint) {
+        let mut e = quinn::Endpoint::client("0.0.0.0:0".parse()?)?;
+        e.set_default_client_config(config.clone());
+        endpoints.push(e);
+    }
+    // Connect and join, a bounded number at a time.
+    let mut joined = Vec::with_capacity(args.participants);
+    for chunk in (0..args.participants).collect::<Vec<_>>().chunks(50) {
+        let mut tasks = Vec::new();
+        for &i in chunk {
+            let endpoint = endpoints[i / args.per_endpoint].clone();
+            let room = format!("load-{}", i / args.room_size);
+            tasks.push(tokio::spawn(async move {
+                let conn = endpoint.connect(addr, "natter-relay")?.await?;
+                let ssrc = join(&conn, &room, &format!("p{i}")).await?;
+                anyhow::Ok((conn, ssrc))
+            }));
+        }
+        for t in tasks {
+            joined.push(t.await??);
+        }
+    }
+    let rooms = args.participants.div_ceil(args.room_size);
+    let full_room_members = (args.participants / args.room_size) * args.room_size;
+    let remainder = args.participants - full_room_members;
+    let streams = (args.participants / args.room_size) * args.room_size * (args.room_size - 1)
+        + remainder * remainder.saturating_sub(1);
+
+    let totals = Arc::new(Totals::default());
+    let epoch = Instant::now();
+    let until = epoch + Duration::from_secs_f64(args.duration);
+    let cpu_start = args.relay_pid.and_then(cpu_seconds);
+    let wall_start = Instant::now();
+    let mut tasks = Vec::new();
+    for (conn, ssrc) in joined {
+        tasks.push(tokio::spawn(participant(
+            conn,
+            ssrc,
+            epoch,
+            until,
+            args.payload,
+            totals.clone(),
+        )));
+        // Spread the senders over the 20 ms frame, as real clients are.
+        tokio::time::sleep(Duration::from_micros(
+            20_000 / args.participants.max(1) as u64,
+        ))
+        .await;
+    }
+    tokio::time::sleep_until((until).into()).await;
+    let cpu_end = args.relay_pid.and_then(cpu_seconds);
+    let wall = wall_start.elapsed().as_secs_f64();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let sent = totals.sent.load(Relaxed) as f64;
+    let received = totals.received.load(Relaxed) as f64;
+    // Each datagram should reach the other members of its room.
+    let per_sender = if args.participants > 0 {
+        streams as f64 / args.participants as f64
+    } else {
+        0.0
+    };
+    let expected = sent * per_sender;
+    let loss = if expected > 0.0 {
+        (1.0 - received / expected).max(0.0) * 100.0
+    } else {
+        0.0
+    };
+    let mut samples = std::mem::take(&mut *totals.samples.lock().expect("not poisoned"));
+    samples.sort_unstable();
+    let cpu = match (cpu_start, cpu_end) {
+        (Some(a), Some(b)) => format!("{:.1}", (b - a) / wall * 100.0),
+        _ => "n/a".into(),
+    };
+    println!(
+        "participants={} rooms={rooms} streams={streams} p50_ms={:.3} p99_ms={:.3} loss_pct={loss:.3} relay_cpu_pct={cpu}",
+        args.participants,
+        percentile(&samples, 0.5),
+        percentile(&samples, 0.99),
+    );
+    Ok(())
+}
