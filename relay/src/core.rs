@@ -549,10 +549,10 @@ impl<H: Clone> RelayCore<H> {
             .rooms
             .get_mut(&room_name)
             .ok_or(DropReason::NotJoined)?;
-        if let (Some(n), PacketKind::Rtp) = (self.limits.forward_loudest, parsed.kind) {
-            if !room.loud_enough(conn, level, now_ms, n) {
-                return Err(DropReason::NotLoudest);
-            }
+        if let (Some(n), PacketKind::Rtp) = (self.limits.forward_loudest, parsed.kind)
+            && !room.loud_enough(conn, level, now_ms, n)
+        {
+            return Err(DropReason::NotLoudest);
         }
         Ok(room
             .members
