@@ -163,6 +163,12 @@ impl DelayManager {
             .clamp(self.p.min_ms, self.p.max_ms.max(self.p.min_ms))
     }
 
+    /// Interval maxima inserted so far: how much the histogram has seen (it is kept across
+    /// stream restarts, like the histogram).
+    pub fn intervals(&self) -> u64 {
+        self.inserted
+    }
+
     /// The histogram's own target (without peaks or clamping), for tests.
     #[cfg(test)]
     pub fn histogram_target(&self) -> f64 {

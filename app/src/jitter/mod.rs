@@ -19,18 +19,62 @@
 //! fastest transit — it does not saw-tooth with packet arrivals the way a buffer level does, so
 //! it needs no smoothing and no frame-sized hysteresis, and it is independent of frame size. A
 //! packet whose relative delay is `d` waits `offset − d`; it is needed at the start of the pull
-//! whose block holds its first sample, up to one block early, so the offset is kept in
-//! `[target + block, target + block + hysteresis]`.
+//! whose block holds its first sample, up to one block early. Not knowing where frame starts fall
+//! in the pull blocks, the offset would have to be kept in `[target + block, target + block +
+//! hysteresis]`: that is what the buffer does until it has learned the pull phase (the first two
+//! seconds of histogram, or with [`JitterConfig::align_to_pulls`] off).
+//!
+//! # Aligning frames with pull blocks (the pull phase)
+//!
+//! On a stable call the phase between packet arrivals and the pull schedule is constant (same
+//! clocks, fixed sender frame boundaries), so the whole-block allowance is mostly wasted: a frame
+//! that arrives 3 ms before a pull needs 3 ms, not 10. `phase.rs` learns it. For every frame
+//! whose first sample is handed out it looks back along the recent pulls (their real times and
+//! first output samples: pulls need not be evenly spaced) for the earliest pull that is at least
+//! `target` after the frame's zero-delay arrival (and after its actual arrival), and turns that
+//! into a requirement on the *alignment* `Z` = output sample index − RTP timestamp: `Z ≥ R`
+//! puts the frame's first sample at or after the start of that pull's block. `Z` changes only by
+//! time-stretching and waiting and is exact, `R` is an integer held for ~0.5 s (rising at once),
+//! so the controller keeps `Z − R` in `[0, phase_band]` (2.5 ms, the smallest accelerate step)
+//! without hunting: accelerate never takes it below 0, expand (when `R` rises) may overshoot by
+//! a pitch period and is trimmed back. In the steady state every frame's first sample is the
+//! first sample of a block, handed out at the first pull `target` after the frame's zero-delay
+//! arrival, and the measured delay is
+//!
+//! ```text
+//! target + phase + (Z − R),    phase = wait from (zero-delay arrival + target) to the next pull ∈ [0, 10) ms
+//! ```
+//!
+//! instead of `target + block + [0, hysteresis]`. The phase term is physics, not slack: a frame
+//! cannot be handed out before the first pull after it arrives, and the pull schedule belongs to
+//! the playback device (only an engine that moved its pulls could remove it). On a clean
+//! loopback path (target 5 ms) this gives 5–15 ms depending on the phase, ~10 ms less than the
+//! block setpoint at every phase; see the tests for numbers.
+//!
+//! The phase follows everything that moves it: clock skew drifts it through a whole block every
+//! 50 s at 200 ppm (then `R` steps by a block and one 10 ms stretch follows — the same net
+//! stretching as before), a change of the sender's frame size or of the path shifts the zero-delay
+//! arrival (the requirement rises at once; a fall waits out the hold), and across a DTX pause the
+//! requirement is kept, since the sender's frame grid continues. Robustness is kept two ways: the
+//! requirement also includes every recent frame's *actual* arrival (~100 ms memory — the guard
+//! against a path that has just become slower while the transit window still remembers it
+//! faster, which the buffer-level check used to provide), and on a jittery path (target above
+//! 10 ms) a guard of up to half a block is added to the margin, which is about what the block
+//! setpoint gave such paths on average by luck of phase, so their late loss is unchanged.
 //!
 //! # How the offset changes
 //!
 //! Only by time-scale modification (`stretch.rs`): accelerate (remove one pitch period, WSOLA)
 //! above the band, pre-emptive expand (repeat one) below it, at most one operation per 50 ms; in
-//! low-energy audio and in pauses larger chunks go for free. An acceleration never takes the
-//! *actually buffered* audio (the low point of its saw-tooth over the last frame) below the
-//! setpoint: right after the path has become slower, the offset — measured against the fastest
-//! packet of a 2 s window that still remembers the faster path — overstates the margin of the
-//! packets now arriving.
+//! low-energy audio and in pauses larger chunks go for free. Before the pull phase is learned, an
+//! acceleration never takes the *actually buffered* audio (the low point of its saw-tooth over
+//! the last frame) below the setpoint: right after the path has become slower, the offset —
+//! measured against the fastest packet of a 2 s window that still remembers the faster path —
+//! overstates the margin of the packets now arriving (once learned, the requirement's actual
+//! arrivals play this part). A stretch attempt needs decoded look-ahead; an aligned buffer
+//! holds little beyond the next block, so a failed search is retried as soon as there is more
+//! decoded audio to search, not only after the retry interval, which with 20 ms frames would
+//! always land in the same, short, phase of the frame cycle.
 //!
 //! When the network delivers late, the buffer *waits*: it conceals (Opus PLC) without advancing
 //! the timeline, so a late packet is still played — the offset grows by exactly the lateness —
@@ -71,6 +115,7 @@
 
 mod buffer;
 mod delay;
+mod phase;
 pub mod sim;
 mod stretch;
 mod sync;
@@ -79,6 +124,7 @@ mod tests;
 
 use buffer::{Inserted, PacketBuffer, SeqHistory, unwrap_seq, unwrap_ts};
 use delay::{DelayManager, DelayParams};
+use phase::PhaseLearner;
 use stretch::{MAX_LAG, MIN_LAG, PitchSearch};
 use sync::SyncBuffer;
 
@@ -139,6 +185,10 @@ const DISCONTINUITY_MS: f64 = 10_000.0;
 const LEVELS: usize = 16;
 /// Time constant of the measured-delay average.
 const DELAY_TAU_MS: f64 = 1_000.0;
+/// Interval maxima the histogram must have seen (2 s) before the buffer trusts its target
+/// enough to give up the block setpoint's spare: the first intervals of a call may not have
+/// met the path's jitter yet.
+const ALIGN_AFTER_INTERVALS: u64 = 4;
 
 /// Tuning. The defaults follow NetEq where it has an answer.
 #[derive(Debug, Clone)]
@@ -165,10 +215,27 @@ pub struct JitterConfig {
     pub peak_threshold_ms: f64,
     /// Two peaks within this time hold the target at the highest, ms.
     pub peak_memory_ms: f64,
-    /// Width of the band above `target + block` the playout offset may wander in, ms. At least
-    /// a typical pitch period (male voices ~8–10 ms), since that is the step accelerate and
-    /// expand change the offset by; smaller makes them oscillate.
+    /// Width of the band above `target + block` the playout offset may wander in before the
+    /// pull phase is learned, ms; also how far above the setpoint an expansion may land. At
+    /// least a typical pitch period (male voices ~8–10 ms), since that is the step accelerate
+    /// and expand change the offset by; smaller makes them oscillate.
     pub hysteresis_ms: f64,
+    /// Learn the phase between packet arrivals and the pull schedule and keep only the part of a
+    /// pull block that the phase needs (see the module docs), instead of a whole block.
+    pub align_to_pulls: bool,
+    /// Once the phase is learned: how far the alignment may sit above what the recent frames
+    /// require before it is accelerated, ms. Accelerate never goes below the requirement, so
+    /// this can be small; 2.5 ms is the smallest step accelerate can take (in silence, or one
+    /// period of a high voice).
+    pub phase_band_ms: f64,
+    /// Targets up to this (ms) are aligned with nothing on top: a clean or lightly jittered
+    /// path, whose interval maxima the 5 ms buckets already round up generously.
+    pub phase_guard_from_ms: f64,
+    /// Above [`Self::phase_guard_from_ms`] the aligned requirement gets a guard growing 1:1
+    /// with the target up to this (ms). On a jittery path the 95th percentile leaves a real
+    /// tail, which the block setpoint covered by luck of phase (its frames had on average half
+    /// a block to spare); the guard keeps that, so late loss there is not traded for delay.
+    pub phase_guard_max_ms: f64,
     /// At most one accelerate or expand per this interval, ms.
     pub min_stretch_interval_ms: f64,
     /// Consecutive concealment before fading to silence (and re-buffering when dry), ms.
@@ -202,6 +269,10 @@ impl Default for JitterConfig {
             peak_threshold_ms: 20.0,
             peak_memory_ms: 10_000.0,
             hysteresis_ms: 10.0,
+            align_to_pulls: true,
+            phase_band_ms: 2.5,
+            phase_guard_from_ms: 10.0,
+            phase_guard_max_ms: 5.0,
             min_stretch_interval_ms: 50.0,
             max_expand_ms: 100.0,
             fec_lookahead: true,
@@ -259,8 +330,9 @@ pub struct JitterStats {
     pub delay_ms: f64,
     /// Audio buffered (decoded and not played + undecoded packets), ms, at the last pull.
     pub buffered_ms: f64,
-    /// The jitter margin aimed for (histogram, peaks and FEC look-ahead), ms. The playout
-    /// offset of the fastest packets is kept one pull block (+ hysteresis) above it.
+    /// The jitter margin aimed for (histogram, peaks and FEC look-ahead), ms. Each frame is
+    /// handed out at the first pull at least this long after its zero-delay arrival (once the
+    /// pull phase is learned; before, the playout offset is kept a whole pull block above it).
     pub target_ms: f64,
 }
 
@@ -287,6 +359,7 @@ pub struct JitterBuffer<D> {
     packets: PacketBuffer,
     sync: SyncBuffer,
     delay: DelayManager,
+    phase: PhaseLearner,
     pitch: PitchSearch,
     /// Decoder output before it goes into the sync buffer.
     scratch: Vec<f32>,
@@ -323,6 +396,8 @@ pub struct JitterBuffer<D> {
     block: usize,
     last_stretch_ms: f64,
     last_try_ms: f64,
+    /// Decoded audio available at the last stretch attempt.
+    last_try_ahead: usize,
     last_loss_ms: Option<f64>,
     /// (time, level) at the last pulls, for [`Self::removable`].
     levels: [(f64, usize); LEVELS],
@@ -338,6 +413,7 @@ impl<D: Decode> JitterBuffer<D> {
             packets: PacketBuffer::new(config.max_packets),
             sync: SyncBuffer::with_capacity(32_768),
             delay: DelayManager::new(config.delay_params()),
+            phase: PhaseLearner::new(),
             pitch: PitchSearch::new(),
             scratch: Vec::with_capacity(MAX_FRAME + QUANTUM),
             merge: Vec::with_capacity(QUANTUM),
@@ -359,6 +435,7 @@ impl<D: Decode> JitterBuffer<D> {
             block: 480,
             last_stretch_ms: f64::NEG_INFINITY,
             last_try_ms: f64::NEG_INFINITY,
+            last_try_ahead: 0,
             last_loss_ms: None,
             levels: [(f64::NEG_INFINITY, 0); LEVELS],
             next_level: 0,
@@ -436,6 +513,7 @@ impl<D: Decode> JitterBuffer<D> {
             return;
         }
         self.block = n;
+        self.phase.on_pull(now_ms, self.played_total, n);
         let played_ms = self.played_total as f64 / SAMPLES_PER_MS;
         let c = now_ms - played_ms;
         let clock = match self.clock {
@@ -461,8 +539,16 @@ impl<D: Decode> JitterBuffer<D> {
                 }
             }
         }
+        // A frame had to be here `base + target (+ guard)` after its media time.
+        let target = self.target_ms(now_ms);
+        let target = target
+            + (target - self.config.phase_guard_from_ms).clamp(0.0, self.config.phase_guard_max_ms);
+        let base = self.delay.base();
         let (avg, last) = (&mut self.delay_avg, &mut self.last_mark_ms);
-        let got = self.sync.read(out, |offset, arrival| {
+        let phase = &mut self.phase;
+        let got = self.sync.read(out, |offset, arrival, ts| {
+            let due = base.map(|b| ts as f64 / SAMPLES_PER_MS + b + target);
+            phase.on_frame(now_ms, ts, due, target, arrival);
             let at = now_ms + offset as f64 / SAMPLES_PER_MS;
             let d = at - arrival;
             *avg = Some(match *avg {
@@ -497,8 +583,16 @@ impl<D: Decode> JitterBuffer<D> {
     /// the audio actually buffered tells. The level saw-tooths by a frame as packets arrive, so
     /// its minimum over the last frame period (the level just before a packet arrives) is what
     /// is compared.
+    ///
+    /// Once the pull phase is learned the requirement already includes the actual arrivals of
+    /// the last ~100 ms (see `phase.rs`), which is the same guard in the right geometry: the
+    /// level is compared with a whole block of setpoint, which the aligned buffer no longer
+    /// holds.
     fn removable(&self, now_ms: f64) -> usize {
-        let floor = (self.setpoint_ms(now_ms) * SAMPLES_PER_MS) as usize;
+        if let (Some(r), Some(z)) = (self.required(now_ms), self.alignment()) {
+            return (z - r).max(0) as usize;
+        }
+        let floor = (self.block_setpoint_ms(now_ms) * SAMPLES_PER_MS) as usize;
         let span = (self.last_frame + self.block) as f64 / SAMPLES_PER_MS;
         let low = self
             .levels
@@ -524,9 +618,56 @@ impl<D: Decode> JitterBuffer<D> {
             .min(self.config.max_target_ms.max(self.config.min_target_ms))
     }
 
-    /// Lower edge of the band the playout offset is kept in.
+    /// Lower edge of the band the playout offset is kept in, as an offset (ms).
     fn setpoint_ms(&self, now_ms: f64) -> f64 {
+        if let (Some(r), Some(clock), Some(base)) =
+            (self.required(now_ms), self.clock, self.delay.base())
+        {
+            // The offset at which the alignment is exactly the required one.
+            return clock - base + r as f64 / SAMPLES_PER_MS;
+        }
+        self.block_setpoint_ms(now_ms)
+    }
+
+    /// The setpoint before the pull phase is learned: the margin plus a whole pull block, since
+    /// a frame is needed at the start of the pull whose block holds its first sample and that
+    /// can be up to a block before the sample is played.
+    fn block_setpoint_ms(&self, now_ms: f64) -> f64 {
         self.target_ms(now_ms) + self.block as f64 / SAMPLES_PER_MS
+    }
+
+    /// The alignment the recent frames require (see `phase.rs`), samples; `None` until learned
+    /// or when disabled.
+    fn required(&self, now_ms: f64) -> Option<i64> {
+        if !self.config.align_to_pulls || self.delay.intervals() < ALIGN_AFTER_INTERVALS {
+            return None;
+        }
+        self.phase.required(now_ms)
+    }
+
+    /// The alignment of the timeline to the output: output index of the next sample to decode
+    /// minus its RTP timestamp. Only time-stretching and waiting change it.
+    fn alignment(&self) -> Option<i64> {
+        let p = self.playout_ts?;
+        Some((self.played_total + self.sync.unplayed() as u64) as i64 - p as i64)
+    }
+
+    /// How far the playout stands above the lower edge of its band, ms: exact (in samples) once
+    /// the phase is learned, otherwise the playout offset against the block setpoint.
+    fn margin_ms(&self, t: f64, now_ms: f64) -> Option<f64> {
+        if let (Some(r), Some(z)) = (self.required(now_ms), self.alignment()) {
+            return Some((z - r) as f64 / SAMPLES_PER_MS);
+        }
+        Some(self.offset_ms(t)? - self.block_setpoint_ms(now_ms))
+    }
+
+    /// Width of the band, ms, and whether the phase is learned.
+    fn band_ms(&self, now_ms: f64) -> (f64, bool) {
+        if self.required(now_ms).is_some() {
+            (self.config.phase_band_ms, true)
+        } else {
+            (self.config.hysteresis_ms, false)
+        }
     }
 
     /// The playout offset at (filtered) time `t`: how long after the arrival of a zero-delay
@@ -543,8 +684,15 @@ impl<D: Decode> JitterBuffer<D> {
         let Some(base) = self.delay.base() else {
             return;
         };
-        let target_ts =
-            (t - base - self.setpoint_ms(now_ms)) * SAMPLES_PER_MS + self.sync.unplayed() as f64;
+        let next_out = (self.played_total + self.sync.unplayed() as u64) as f64;
+        let target_ts = match self.required(now_ms) {
+            // Start with the newest packet whose alignment would meet the requirement.
+            Some(r) => next_out - r as f64,
+            None => {
+                (t - base - self.block_setpoint_ms(now_ms)) * SAMPLES_PER_MS
+                    + self.sync.unplayed() as f64
+            }
+        };
         let mut k = self.packets.len();
         while k > 0
             && self
@@ -583,6 +731,7 @@ impl<D: Decode> JitterBuffer<D> {
         self.packets.clear();
         self.history.clear();
         self.delay.reset_window();
+        self.phase.reset();
         self.highest_seq = None;
         self.highest_ts = None;
         self.playout_ts = None;
@@ -676,7 +825,7 @@ impl<D: Decode> JitterBuffer<D> {
             self.last_frame = len;
             self.dtx = dtx || power < DTX_POWER;
             self.plc_run = 0;
-            self.sync.mark_frame(arrival);
+            self.sync.mark_frame(arrival, ts);
             self.append(Tail::Audio);
         } else {
             self.merge.clear();
@@ -783,11 +932,13 @@ impl<D: Decode> JitterBuffer<D> {
     /// free: silence is skipped when the offset is above the band and added when below.
     fn silence(&mut self, gap: usize, need: usize, t: f64, now_ms: f64) {
         let mut gap = gap;
-        if let Some(o) = self.offset_ms(t) {
-            let s = self.setpoint_ms(now_ms);
-            let h = self.config.hysteresis_ms;
-            if o > s + h {
-                let skip = (((o - s - h / 2.0) * SAMPLES_PER_MS) as usize)
+        if let Some(m) = self.margin_ms(t, now_ms) {
+            let (h, learned) = self.band_ms(now_ms);
+            // Where to land: the middle of the band, or right at the requirement once it is
+            // known exactly.
+            let land = if learned { 0.0 } else { h / 2.0 };
+            if m > h {
+                let skip = (((m - land) * SAMPLES_PER_MS) as usize)
                     .min(gap)
                     .min(self.removable(now_ms));
                 if skip > 0 {
@@ -799,8 +950,8 @@ impl<D: Decode> JitterBuffer<D> {
                         return;
                     }
                 }
-            } else if o < s {
-                let extra = ((s + h / 2.0 - o) * SAMPLES_PER_MS) as usize;
+            } else if m < 0.0 {
+                let extra = ((land - m) * SAMPLES_PER_MS).round() as usize;
                 self.fade_to_silence(extra.min(MAX_SILENCE_STRETCH));
                 self.stats.expansions += 1;
                 self.stats.expanded_ms += extra.min(MAX_SILENCE_STRETCH) as f64 / SAMPLES_PER_MS;
@@ -886,33 +1037,43 @@ impl<D: Decode> JitterBuffer<D> {
     /// Accelerates or expands when the offset has left its band.
     fn maybe_stretch(&mut self, t: f64, now_ms: f64) {
         if now_ms - self.last_stretch_ms < self.config.min_stretch_interval_ms
-            || now_ms - self.last_try_ms < STRETCH_RETRY_MS
             || self.tail == Tail::Plc
             || self.credit > 0
             || self.dtx_from.is_some()
         {
             return;
         }
-        let Some(o) = self.offset_ms(t) else {
+        let Some(m) = self.margin_ms(t, now_ms) else {
             return;
         };
-        let s = self.setpoint_ms(now_ms);
-        let h = self.config.hysteresis_ms;
-        if o >= s && o <= s + h {
+        let (h, _) = self.band_ms(now_ms);
+        if (0.0..=h).contains(&m) {
             return;
         }
-        self.last_try_ms = now_ms;
         // Decode ahead (only packets that are next in line: gaps are handled when due).
         while self.sync.unplayed() < LOOKAHEAD
             && self.packets.first().map(|p| p.ts) == self.playout_ts
         {
             self.decode_next();
         }
-        let done = if o > s + h {
-            let excess = (((o - s) * SAMPLES_PER_MS) as usize).min(self.removable(now_ms));
-            excess >= MIN_LAG && self.accelerate(excess, o - s > URGENT_MS)
+        // A search that found nothing suitable is repeated after the retry interval, or
+        // sooner if there is more decoded audio to search now: an aligned buffer holds little
+        // beyond the next block, and with a fixed retry interval equal to the frame period
+        // every try would land in the same, short, phase of the frame cycle.
+        let ahead = self.sync.unplayed();
+        if now_ms - self.last_try_ms < STRETCH_RETRY_MS && ahead <= self.last_try_ahead {
+            return;
+        }
+        self.last_try_ms = now_ms;
+        self.last_try_ahead = ahead;
+        let done = if m > h {
+            // Never below the lower edge: accelerate removes at most the excess.
+            let excess = ((m * SAMPLES_PER_MS) as usize).min(self.removable(now_ms));
+            excess >= MIN_LAG && self.accelerate(excess, m > URGENT_MS)
         } else {
-            self.expand(((s + h - o) * SAMPLES_PER_MS) as usize, s - o > URGENT_MS)
+            // May overshoot by up to the hysteresis (a pitch period is what it is).
+            let max_insert = ((self.config.hysteresis_ms - m) * SAMPLES_PER_MS) as usize;
+            self.expand(max_insert, -m > URGENT_MS)
         };
         if done {
             self.last_stretch_ms = now_ms;

@@ -359,9 +359,50 @@ pub fn run<D: Decode>(
     }
 }
 
+/// Each played frame's measured delay (arrival → its first sample handed out, ms), for
+/// benchmarks that want the distribution (p95) rather than [`super::JitterStats::delay_ms`],
+/// which averages it over ~1 s. Call [`FrameDelays::observe`] after every pull; it recovers the
+/// delay of the frame marked in that pull exactly by inverting the average's update. If two
+/// frames are marked in one pull (only after an acceleration shortened a frame below one
+/// block), one sample results: the two delays weighted by their spacing. Read-only: does not
+/// change what the buffer does.
+#[derive(Debug, Clone, Default)]
+pub struct FrameDelays {
+    /// Time of the last frame mark and the average after it.
+    last: Option<(f64, f64)>,
+    /// When each frame's first sample was handed out (pull time + offset in the block), ms.
+    pub played_ms: Vec<f64>,
+    /// Its delay since its packet arrived, ms (so the arrival was `played − delay`).
+    pub delays_ms: Vec<f64>,
+}
+
+impl FrameDelays {
+    pub fn observe<D>(&mut self, jb: &JitterBuffer<D>) {
+        let Some(avg) = jb.delay_avg else {
+            return;
+        };
+        let at = jb.last_mark_ms;
+        let d = match self.last {
+            None => avg,
+            Some((last_at, _)) if last_at == at => return,
+            Some((last_at, last_avg)) => {
+                let k = 1.0 - (-(at - last_at).max(0.0) / super::DELAY_TAU_MS).exp();
+                if k <= 0.0 {
+                    return;
+                }
+                last_avg + (avg - last_avg) / k
+            }
+        };
+        self.played_ms.push(at);
+        self.delays_ms.push(d);
+        self.last = Some((at, avg));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jitter::{DecodeError, JitterConfig};
 
     #[test]
     fn schedules_are_deterministic_and_sorted() {
@@ -405,5 +446,65 @@ mod tests {
         let stalled: Vec<_> = a.iter().filter(|x| x.at_ms == 1_330.0).collect();
         assert_eq!(stalled.len(), 16);
         assert_eq!(a.iter().find(|x| x.frame == 70).unwrap().at_ms, 1_450.0);
+    }
+
+    /// A 200 Hz tone, continuous across frames; concealment is silence.
+    struct Tone(usize);
+
+    impl Decode for Tone {
+        fn decode(&mut self, _: &[u8], out: &mut Vec<f32>) -> Result<(), DecodeError> {
+            self.tone(960, out);
+            Ok(())
+        }
+        fn decode_fec(
+            &mut self,
+            _: &[u8],
+            samples: usize,
+            out: &mut Vec<f32>,
+        ) -> Result<(), DecodeError> {
+            self.tone(samples, out);
+            Ok(())
+        }
+        fn conceal(&mut self, samples: usize, out: &mut Vec<f32>) {
+            out.extend(std::iter::repeat_n(0.0, samples));
+            self.0 += samples;
+        }
+    }
+
+    impl Tone {
+        fn tone(&mut self, samples: usize, out: &mut Vec<f32>) {
+            let w = std::f32::consts::TAU * 200.0 / 48_000.0;
+            out.extend((self.0..self.0 + samples).map(|i| 0.3 * (w * i as f32).sin()));
+            self.0 += samples;
+        }
+    }
+
+    #[test]
+    fn frame_delays_are_recovered_from_the_average() {
+        // A constant path: once the offset has settled every frame waits exactly as long, and
+        // the ~1 s average converges to that same value.
+        let profile = NetworkProfile::constant(30.0);
+        let a = arrivals(&profile, 500, 0);
+        let mut jb = JitterBuffer::new(JitterConfig::default(), Tone(0));
+        let mut fd = FrameDelays::default();
+        run(
+            &mut jb,
+            &a,
+            |f, _| (f as u16, f as u32 * 960),
+            0.3,
+            10_100.0,
+            |jb, _, _| fd.observe(jb),
+        );
+        let d = &fd.delays_ms;
+        assert!(d.len() >= 495, "{} frames", d.len());
+        let tail = &d[d.len() - 200..];
+        assert!(
+            tail.iter().all(|x| (x - tail[0]).abs() < 1e-6),
+            "{:?}",
+            &tail[..5]
+        );
+        let avg = jb.stats().delay_ms;
+        assert!((avg - tail[0]).abs() < 0.05, "{avg} vs {}", tail[0]);
+        assert!(d.iter().all(|x| (0.0..100.0).contains(x)), "{d:?}");
     }
 }

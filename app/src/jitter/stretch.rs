@@ -58,16 +58,17 @@ impl PitchSearch {
     /// The best pitch period of `x` (48 kHz) in `min_lag..=max_lag`, comparing `x[..lag]` with
     /// `x[lag..2 * lag]` (the two segments an accelerate or expand overlaps). The range is
     /// narrowed to what `x` is long enough for; `None` if nothing is left or `x` is silent.
+    /// The coarse correlation window is 10 ms, or what `x` leaves beyond the longest lag when it
+    /// is shorter (never shorter than that lag): a buffer aligned to its pull blocks may hold
+    /// only one 10 ms frame ahead.
     pub fn find(&mut self, x: &[f32], min_lag: usize, max_lag: usize) -> Option<Pitch> {
-        let max_lag = max_lag
-            .min(MAX_LAG)
-            .min(x.len() / 2)
-            .min(x.len().saturating_sub(WINDOW));
+        let max_lag = max_lag.min(MAX_LAG).min(x.len() / 2);
         let min_lag = min_lag.max(2 * DECIMATION);
         if max_lag < min_lag {
             return None;
         }
-        let span = (max_lag + WINDOW) / DECIMATION;
+        let window = WINDOW.min(x.len() - max_lag);
+        let span = (max_lag + window) / DECIMATION;
         self.decimated.clear();
         self.decimated.extend(
             x[..span * DECIMATION]
@@ -75,7 +76,7 @@ impl PitchSearch {
                 .map(|c| c.iter().sum::<f32>()),
         );
         let d = &self.decimated;
-        let w = WINDOW / DECIMATION;
+        let w = window / DECIMATION;
         let (lo, hi) = (min_lag.div_ceil(DECIMATION), max_lag / DECIMATION);
         if hi < lo {
             return None;

@@ -22,6 +22,8 @@ struct Mark {
     /// Absolute stream position of the frame's first sample.
     at: u64,
     arrival_ms: f64,
+    /// The frame's (extended) RTP timestamp.
+    ts: u64,
 }
 
 #[derive(Debug)]
@@ -70,14 +72,16 @@ impl SyncBuffer {
         super::stretch::fade(&mut self.buf[len - n..], false);
     }
 
-    /// The next appended sample starts a frame that arrived at `arrival_ms`.
-    pub fn mark_frame(&mut self, arrival_ms: f64) {
+    /// The next appended sample starts a frame (RTP timestamp `ts`) that arrived at
+    /// `arrival_ms`.
+    pub fn mark_frame(&mut self, arrival_ms: f64, ts: u64) {
         if self.marks.len() == MAX_MARKS {
             self.marks.pop_front();
         }
         self.marks.push_back(Mark {
             at: self.origin + self.buf.len() as u64,
             arrival_ms,
+            ts,
         });
     }
 
@@ -139,9 +143,9 @@ impl SyncBuffer {
         }
     }
 
-    /// Copies up to `out.len()` samples out; `on_mark(offset, arrival_ms)` is called for each
-    /// frame whose first sample is among them. Returns how many were copied.
-    pub fn read(&mut self, out: &mut [f32], mut on_mark: impl FnMut(usize, f64)) -> usize {
+    /// Copies up to `out.len()` samples out; `on_mark(offset, arrival_ms, ts)` is called for
+    /// each frame whose first sample is among them. Returns how many were copied.
+    pub fn read(&mut self, out: &mut [f32], mut on_mark: impl FnMut(usize, f64, u64)) -> usize {
         let k = out.len().min(self.unplayed());
         out[..k].copy_from_slice(&self.buf[self.read..self.read + k]);
         let start = self.origin + self.read as u64;
@@ -152,7 +156,7 @@ impl SyncBuffer {
             }
             self.marks.pop_front();
             if m.at >= start {
-                on_mark((m.at - start) as usize, m.arrival_ms);
+                on_mark((m.at - start) as usize, m.arrival_ms, m.ts);
             }
         }
         self.read += k;
@@ -194,7 +198,7 @@ mod tests {
     fn accelerate_removes_lag_samples_and_moves_marks() {
         let mut s = SyncBuffer::with_capacity(64);
         s.append(&ramp_signal(10));
-        s.mark_frame(1.0);
+        s.mark_frame(1.0, 7);
         s.append(&ramp_signal(10));
         s.accelerate(4, 2);
         assert_eq!(s.unplayed(), 16);
@@ -204,7 +208,7 @@ mod tests {
         assert_eq!(f[2..6], [6.0, 7.0, 8.0, 9.0]);
         let mut out = [0.0; 16];
         let mut marks = Vec::new();
-        s.read(&mut out, |o, a| marks.push((o, a)));
+        s.read(&mut out, |o, a, _| marks.push((o, a)));
         // The frame that started at 10 now starts at 6.
         assert_eq!(marks, [(6, 1.0)]);
     }
@@ -215,13 +219,13 @@ mod tests {
         // A signal with period 4.
         let x: Vec<f32> = (0..12).map(|i| (i % 4) as f32).collect();
         s.append(&x);
-        s.mark_frame(2.0);
+        s.mark_frame(2.0, 7);
         s.append(&[9.0]);
         s.expand(4, 4);
         assert_eq!(s.unplayed(), 17);
         let mut out = [0.0; 17];
         let mut marks = Vec::new();
-        s.read(&mut out, |o, a| marks.push((o, a)));
+        s.read(&mut out, |o, a, _| marks.push((o, a)));
         // Periodic in, periodic out: one extra period.
         let expect: Vec<f32> = (0..16).map(|i| (i % 4) as f32).collect();
         for (a, b) in out[..16].iter().zip(&expect) {
@@ -244,7 +248,7 @@ mod tests {
                 })
                 .collect();
             s.append(&chunk);
-            let k = s.read(&mut out, |_, _| {});
+            let k = s.read(&mut out, |_, _, _| {});
             for v in &out[..k] {
                 expect += 1.0;
                 assert_eq!(*v, expect);

@@ -351,6 +351,67 @@ fn is_in_order_without_gaps(decoded: &[u32]) -> bool {
     decoded.iter().enumerate().all(|(i, f)| *f == i as u32)
 }
 
+/// The least delay the pull schedule allows a clean path: frames leave every `frame_ms` (at
+/// multiples of it), take `base_ms`, must be here `target_ms` before the pull that plays their
+/// first sample, and pulls come every 10 ms from `first_pull_ms`. The frame then waits from its
+/// arrival to the first pull at least `target_ms` later: `target + phase`, phase in [0, 10).
+fn phase_floor(frame_ms: f64, base_ms: f64, target_ms: f64, first_pull_ms: f64) -> f64 {
+    let due = frame_ms + base_ms + target_ms;
+    let pull = first_pull_ms + 10.0 * ((due - first_pull_ms) / 10.0).ceil();
+    pull - frame_ms - base_ms
+}
+
+/// Accelerating removes whole pitch periods of at most the excess, so an aligned buffer rests
+/// up to one period above its requirement: 5 ms for [`Voice::Tone`], 2.5 ms (the shortest
+/// step) for [`Voice::Level`].
+const TONE_STEP_MS: f64 = 5.0;
+const LEVEL_STEP_MS: f64 = 2.5;
+
+/// Runs `frames` frames of `frame_ms` over `profile` (its frame size replaced), pulling every
+/// 10 ms from `first_pull_ms`.
+fn simulate_frames(
+    profile: &NetworkProfile,
+    frame_ms: f64,
+    frames: usize,
+    seed: u64,
+    first_pull_ms: f64,
+    config: JitterConfig,
+    voice: Voice,
+) -> (JitterBuffer<Fake>, Probe) {
+    let profile = NetworkProfile {
+        frame_ms,
+        ..*profile
+    };
+    let samples = (frame_ms * 48.0) as u16;
+    let arrivals = sim::arrivals(&profile, frames, seed);
+    let end = arrivals.last().map_or(0.0, |a| a.at_ms);
+    let mut jb = JitterBuffer::new(config, Fake::new(voice));
+    let mut probe = Probe::default();
+    sim::run(
+        &mut jb,
+        &arrivals,
+        |f, p| {
+            p.extend_from_slice(&payload(f as u32, samples));
+            (
+                SEQ0.wrapping_add(f as u16),
+                TS0.wrapping_add(f as u32 * u32::from(samples)),
+            )
+        },
+        first_pull_ms,
+        end,
+        |jb, block, now| probe.observe(jb, block, now),
+    );
+    (jb, probe)
+}
+
+/// The old behaviour: a whole pull block on top of the margin, no phase learning.
+fn block_config() -> JitterConfig {
+    JitterConfig {
+        align_to_pulls: false,
+        ..JitterConfig::default()
+    }
+}
+
 #[test]
 fn steady_network_plays_every_frame_in_order() {
     let (jb, probe) = simulate(
@@ -370,8 +431,14 @@ fn steady_network_plays_every_frame_in_order() {
     );
     // Zero jitter: one 5 ms bucket (the old buffer's "≤ 4 ms" was p95 + 3 ms).
     assert_eq!(s.target_ms, 5.0);
-    // The offset band is [target + block, + hysteresis] = [15, 25] ms.
-    assert!((15.0..=25.0).contains(&s.delay_ms), "delay {}", s.delay_ms);
+    // Frames arrive at 25 + 20 k and are due 5 ms later, at 30 + 20 k; pulls are at 0.3 + 10 k:
+    // 5.3 ms is the least the schedule allows (the block band was [15, 25] ms).
+    let floor = phase_floor(20.0, 5.0, 5.0, 0.3);
+    assert!(
+        (floor..=floor + TONE_STEP_MS).contains(&s.delay_ms),
+        "delay {}",
+        s.delay_ms
+    );
     assert_eq!(probe.clicks, 0);
 }
 
@@ -445,9 +512,11 @@ fn lost_packet_is_recovered_by_fec_when_the_next_is_already_here() {
         _ => Some(5.0),
     });
     let end = arrivals.last().unwrap().at_ms;
-    // With 25 ms of margin, frame 61 is here when frame 60 is due.
+    // With 30 ms of margin, frame 61 is here when frame 60 is due: it arrives 20 + 8 ms after
+    // frame 60 would have. (The block-setpoint buffer managed with 25 ms because it held a
+    // whole pull block on top of the margin.)
     let config = JitterConfig {
-        min_target_ms: 25.0,
+        min_target_ms: 30.0,
         ..JitterConfig::default()
     };
     let (jb, probe) = simulate_arrivals(&arrivals, end, config, Voice::Tone);
@@ -458,6 +527,7 @@ fn lost_packet_is_recovered_by_fec_when_the_next_is_already_here() {
     assert_eq!(probe.clicks, 0);
     // With the default (5 ms) margin it is not: the first loss is concealed (partly while
     // waiting for 61) — and from then on the target holds one frame of look-ahead.
+    // (At 1.2 s the buffer still keeps the block setpoint: its histogram has not seen enough.)
     let (jb, _) = simulate_arrivals(&arrivals, end, JitterConfig::default(), Voice::Tone);
     assert_eq!((jb.stats().fec_recovered, jb.stats().concealed), (0, 1));
     assert!(jb.decoder().log.iter().any(|e| matches!(e, Event::Plc(_))));
@@ -870,8 +940,13 @@ fn dtx_pause_plays_silence_and_keeps_the_delay() {
             probe.longest_zero_run
         );
         if slower == 0.0 {
-            // The delay after the pause is back in the band (target + block + [0, 10] ms).
-            assert!((15.0..=26.0).contains(&s.delay_ms), "{name}: {s:?}");
+            // The delay after the pause is back where the pull phase puts it (the sender's
+            // frame grid continues across the pause).
+            let floor = phase_floor(20.0, 5.0, 5.0, 0.3);
+            assert!(
+                (floor..=floor + TONE_STEP_MS).contains(&s.delay_ms),
+                "{name}: {s:?}"
+            );
         } else {
             // For 2 s every packet is 40 ms late against the fastest of the window: the target
             // takes that as jitter (as NetEq's does) and the delay follows it, not more.
@@ -1081,7 +1156,12 @@ fn timestamp_discontinuity_restarts_and_overflow_discards_the_oldest() {
         "{decoded:?}"
     );
     assert_eq!(s.late, 0, "{s:?}");
-    assert!((15.0..=26.0).contains(&s.delay_ms), "{s:?}");
+    // The new timeline keeps the sender's frame grid: the same phase as before the jump.
+    let floor = phase_floor(20.0, 5.0, 5.0, 0.3);
+    assert!(
+        (floor..=floor + TONE_STEP_MS).contains(&s.delay_ms),
+        "{s:?}"
+    );
     assert_eq!(probe.clicks, 0);
 
     // A 3 s stall releases 150 packets at once into a buffer that holds 50: the oldest are
@@ -1096,6 +1176,220 @@ fn timestamp_discontinuity_restarts_and_overflow_discards_the_oldest() {
     println!("{s:?}");
     assert!(s.discarded >= 100, "{s:?}");
     assert_eq!(s.rebuffers, 1);
-    assert!((15.0..=26.0).contains(&s.delay_ms), "{s:?}");
+    let floor = phase_floor(20.0, 30.0, 5.0, 0.3);
+    assert!(
+        (floor..=floor + TONE_STEP_MS).contains(&s.delay_ms),
+        "{s:?}"
+    );
+    assert_eq!(probe.clicks, 0);
+}
+
+/// The phase tests' clean path: 30 ms base (so packets arrive on 10 ms boundaries; the pull
+/// phase then decides everything).
+const CLEAN_BASE_MS: f64 = 30.0;
+const PHASES: [f64; 4] = [0.3, 3.0, 7.0, 9.7];
+
+/// A clean path at pull phase `phase`: (steady-state delay of the aligned buffer, of the block
+/// buffer, the least the schedule allows). Checks there is no loss and no click.
+fn clean_path_delays(frame_ms: f64, phase: f64) -> (f64, f64, f64) {
+    let profile = NetworkProfile::constant(CLEAN_BASE_MS);
+    let frames = (20_000.0 / frame_ms) as usize;
+    let floor = phase_floor(frame_ms, CLEAN_BASE_MS, 5.0, phase);
+    let mut out = [0.0; 2];
+    for (k, config) in [JitterConfig::default(), block_config()]
+        .into_iter()
+        .enumerate()
+    {
+        let (jb, probe) =
+            simulate_frames(&profile, frame_ms, frames, 1, phase, config, Voice::Level);
+        let s = jb.stats();
+        assert_eq!(
+            (s.concealed, s.late, s.rebuffers, probe.clicks),
+            (0, 0, 0, 0),
+            "{s:?}"
+        );
+        assert_eq!(s.target_ms, 5.0);
+        // Steady state: the last 10 s, each second's average, all alike.
+        let w = &probe.seconds[probe.seconds.len() - 10..];
+        let hi = w.iter().map(|(_, s)| s.delay_ms).fold(f64::MIN, f64::max);
+        let lo = w.iter().map(|(_, s)| s.delay_ms).fold(f64::MAX, f64::min);
+        assert!(
+            hi - lo < 0.1,
+            "{frame_ms} ms frames, phase {phase}: {lo}..{hi}"
+        );
+        out[k] = s.delay_ms;
+    }
+    (out[0], out[1], floor)
+}
+
+fn clean_path_at_any_pull_phase(frame_ms: f64) {
+    for phase in PHASES {
+        let (aligned, block, floor) = clean_path_delays(frame_ms, phase);
+        println!(
+            "{frame_ms} ms frames, pulls at {phase} ms: delay {aligned:.2} ms (least possible {floor:.2}, target 5 + phase {:.2}; block setpoint {block:.2})",
+            floor - 5.0
+        );
+        // Never below the margin the target asks for, at most one accelerate step above what
+        // the pull phase makes unavoidable — and well below the block setpoint's.
+        assert!(
+            (floor - 0.01..=floor + LEVEL_STEP_MS + 0.01).contains(&aligned),
+            "phase {phase}: {aligned} vs {floor}"
+        );
+        assert!(
+            aligned <= block - 7.0,
+            "phase {phase}: {aligned} vs {block}"
+        );
+    }
+}
+
+#[test]
+fn clean_path_20_ms_frames_at_any_pull_phase() {
+    clean_path_at_any_pull_phase(20.0);
+}
+
+#[test]
+fn clean_path_10_ms_frames_at_any_pull_phase() {
+    clean_path_at_any_pull_phase(10.0);
+}
+
+#[test]
+fn light_jitter_is_no_later_and_much_shorter() {
+    // 2 ms half-normal jitter, 20 and 10 ms frames, a few pull phases and seeds: the aligned
+    // buffer loses no more to lateness than the block-setpoint buffer did, at far less delay.
+    let profile = NetworkProfile::gaussian(2.0);
+    for frame_ms in [20.0, 10.0] {
+        let frames = (40_000.0 / frame_ms) as usize;
+        let (mut late, mut concealed, mut delay) = ([0u64; 2], [0.0; 2], [0.0; 2]);
+        let mut runs = 0.0;
+        for (seed, phase) in [(1, 0.3), (2, 3.0), (3, 7.0), (4, 9.7)] {
+            runs += 1.0;
+            for (k, config) in [JitterConfig::default(), block_config()]
+                .into_iter()
+                .enumerate()
+            {
+                let (jb, probe) =
+                    simulate_frames(&profile, frame_ms, frames, seed, phase, config, Voice::Tone);
+                let s = jb.stats();
+                assert_eq!((s.rebuffers, probe.clicks), (0, 0), "{s:?}");
+                late[k] += s.late;
+                concealed[k] += s.concealed_ms;
+                delay[k] += probe.mean_delay(10, probe.seconds.len());
+            }
+        }
+        println!(
+            "{frame_ms} ms frames, 2 ms jitter: aligned delay {:.1} ms, late {}, concealed {:.0} ms; block setpoint delay {:.1} ms, late {}, concealed {:.0} ms",
+            delay[0] / runs,
+            late[0],
+            concealed[0],
+            delay[1] / runs,
+            late[1],
+            concealed[1]
+        );
+        assert!(late[0] <= late[1], "{late:?}");
+        assert!(concealed[0] <= concealed[1], "{concealed:?}");
+        assert!(delay[0] / runs <= 15.0, "{delay:?}");
+        assert!(delay[0] <= delay[1] - 5.0 * runs, "{delay:?}");
+    }
+}
+
+#[test]
+fn clock_skew_with_10_ms_frames() {
+    // The pull phase drifts through a whole block every 50 s at ±200 ppm; an aligned 10 ms
+    // frame buffer holds little more than the next block, so every expansion has to make do
+    // with the short look-ahead. Three minutes each way (3.6 turns of the phase).
+    for ppm in [200.0, -200.0] {
+        let profile = NetworkProfile::constant(CLEAN_BASE_MS).with_skew(ppm);
+        let (jb, probe) = simulate_frames(
+            &profile,
+            10.0,
+            18_000,
+            1,
+            0.3,
+            JitterConfig::default(),
+            Voice::Tone,
+        );
+        let s = jb.stats();
+        let start = probe.stats_at(10);
+        let drift = ppm * 1e-6 * (probe.seconds.last().unwrap().0 - 10_000.0);
+        let net = (s.accelerated_ms - start.accelerated_ms) - (s.expanded_ms - start.expanded_ms);
+        let delays: Vec<f64> = probe.seconds[10..]
+            .iter()
+            .map(|(_, s)| s.delay_ms)
+            .collect();
+        let (lo, hi) = delays
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(l, h), d| (l.min(*d), h.max(*d)));
+        println!(
+            "{ppm:+} ppm, 10 ms frames: delay {lo:.1}..{hi:.1} ms; stretched {net:.1} ms net for {drift:.1} ms of drift; {s:?}"
+        );
+        assert_eq!((s.rebuffers, s.concealed, s.late), (0, 0, 0), "{s:?}");
+        assert!((net - drift).abs() < 15.0, "{net} vs {drift}");
+        // The phase sweeps through [0, 10) ms, so does the delay: never below the margin,
+        // never a block above it.
+        assert!(lo >= 4.5 && hi <= 5.0 + 10.0 + TONE_STEP_MS, "{lo}..{hi}");
+        assert_eq!(probe.clicks, 0);
+    }
+}
+
+#[test]
+fn learner_follows_frame_size_changes_and_pauses() {
+    // 4 s each of 20, 10, 20 ms frames with a 1 s pause after the second of each; constant
+    // 33.3 ms path, pulls 0.3 ms after multiples of 10 ms (so frames arrive 7 ms after a pull). After every change and every pause the delay returns to what the
+    // phase allows (the grid of frame starts is the same 10 ms grid for all three).
+    let mut pkts = Vec::new();
+    let (mut t, mut ts, mut seq, mut frame) = (0.0, TS0, SEQ0, 0u32);
+    for size in [20u32, 10, 20] {
+        for i in 0..4_000 / size {
+            let samples = size as u16 * 48;
+            t += f64::from(size);
+            if i == 2_000 / size {
+                // Nothing sent for a second (a mute or DTX): timestamps jump, sequence numbers
+                // do not. The last frame before it is quiet.
+                t += 1_000.0;
+                ts = ts.wrapping_add(48_000);
+            }
+            let mut p = payload(frame, samples).to_vec();
+            if i + 1 == 2_000 / size {
+                p.push(0);
+            }
+            pkts.push(Pkt {
+                at: t + CLEAN_BASE_MS,
+                seq,
+                ts,
+                payload: p,
+            });
+            ts = ts.wrapping_add(u32::from(samples));
+            seq = seq.wrapping_add(1);
+            frame += 1;
+        }
+    }
+    // `play` pulls at 0.3 + 10 k; shift the packets instead: pulls at 7 ms relative to them.
+    for p in &mut pkts {
+        p.at += 3.3;
+    }
+    let end = pkts.last().unwrap().at;
+    let (jb, probe) = play(&mut pkts, end, JitterConfig::default(), Voice::Tone);
+    let s = jb.stats();
+    let floor = phase_floor(20.0, CLEAN_BASE_MS + 3.3, 5.0, 0.3);
+    for (t, st) in &probe.seconds {
+        println!(
+            "  {t:.0}: delay {:.2} target {:.1}",
+            st.delay_ms, st.target_ms
+        );
+    }
+    // Going from 10 to 20 ms frames holds each packet's first sample back 10 ms longer at the
+    // sender: a hole of up to 10 ms that can only be concealed. Nothing else is.
+    assert_eq!((s.late, s.rebuffers), (0, 0), "{s:?}");
+    assert!(s.concealed <= 1 && s.concealed_ms <= 10.0, "{s:?}");
+    assert!(is_in_order_without_gaps(&jb.decoder().decoded()));
+    // Settled at the end of each talk spurt (the second before each change).
+    for second in [5, 10, 15] {
+        let d = probe.stats_at(second).delay_ms;
+        // (A 1 s average, still settling two seconds after a pause and a frame-size change.)
+        assert!(
+            (floor - 0.01..=floor + TONE_STEP_MS + 0.5).contains(&d),
+            "{second}: {d} vs {floor}"
+        );
+    }
     assert_eq!(probe.clicks, 0);
 }

@@ -1,0 +1,401 @@
+//! CPU cost of 20 ms of audio through the whole chain, on one thread, as the engine runs it:
+//!
+//! - capture: 2 × 10 ms microphone blocks through voice processing (AEC3 with the playback mix
+//!   as render reference, noise suppression, AGC2, high-pass), the VAD, and the [`Sender`]
+//!   (Opus VOIP, 40 kbit/s, in-band FEC, RTP packetization) — one encoded 20 ms frame;
+//! - playback: 4 remote streams, each inserting one real Opus packet (40 kbit/s, FEC) into its
+//!   own `JitterBuffer<OpusDecoder>` and pulling 2 × 10 ms blocks, mixed into the render block.
+//!
+//! Inputs are `natter::measure::speech_like` signals (voiced, formant-shaped, with pauses) so
+//! the codecs and the processing do the work they do on speech. Time on the buffers' clock is
+//! simulated (20 ms per iteration) and packets arrive on time; the wall clock only measures.
+//!
+//!   scripts/bench-cpu.sh      (= cargo bench -p natter --bench chain)
+//!
+//! Environment: CHAIN_RUNS (default 7), CHAIN_ITERATIONS per run (default 1000 = 20 s of audio).
+//!
+//! Afterwards, for the record: voice processing with one stage at a time, and the encoder alone
+//! at other libopus complexities (natter's `OpusEncoder` leaves libopus at its default, 10);
+//! same settings, same input, CPU time per 20 ms.
+//!
+//! Two clocks per iteration: the thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`: what the chain
+//! costs, not counting time the thread spent descheduled; this is the "% of one core") and wall
+//! time (`Instant`: includes preemption by whatever else runs on the machine). The per-stage
+//! breakdown is wall time per stage (stages are short, so preemption rarely lands in one; the
+//! median is unaffected).
+
+use natter::apm::{BLOCK, VoiceConfig, VoiceProcessor};
+use natter::codec::{EncoderConfig, OpusDecoder, OpusEncoder};
+use natter::engine::send::{Gate, Sender};
+use natter::jitter::{JitterBuffer, JitterConfig};
+use natter::measure::speech_like;
+use natter::vad::{Vad, VadConfig};
+use std::hint::black_box;
+use std::time::Instant;
+
+/// 20 ms at 48 kHz.
+const FRAME: usize = 2 * BLOCK;
+const STREAMS: usize = 4;
+/// Iterations before timing starts: 5 s (AEC3 converges, the jitter buffers settle).
+const WARMUP: usize = 250;
+/// Length of the pre-generated signals (they loop): 20 s.
+const SIGNAL_FRAMES: usize = 1_000;
+
+/// Stages timed separately.
+const STAGES: [&str; 5] = ["apm", "vad", "encode", "4x jb+decode", "mix"];
+
+struct Chain {
+    voice: VoiceProcessor,
+    vad: Vad,
+    sender: Sender,
+    peers: Vec<JitterBuffer<OpusDecoder>>,
+    mic: Vec<f32>,
+    remote: Vec<Vec<Vec<u8>>>,
+    block: Vec<f32>,
+    mix: Vec<f32>,
+    capture: Vec<f32>,
+    sent_bytes: usize,
+    frame: usize,
+}
+
+impl Chain {
+    fn new() -> anyhow::Result<Self> {
+        let mut voice = VoiceProcessor::new(VoiceConfig::ALL)?;
+        voice.set_stream_delay_ms(40.0);
+        let seconds = (SIGNAL_FRAMES * FRAME) as f32 / 48_000.0;
+        let mic = speech_like(48_000, seconds, 1);
+        // Remote streams: pre-encoded the way their senders would (40 kbit/s, FEC), every
+        // frame sent (no DTX) so that every iteration decodes four real packets.
+        let remote_config = EncoderConfig {
+            dtx: false,
+            ..EncoderConfig::default()
+        };
+        let mut remote = Vec::new();
+        for s in 0..STREAMS {
+            let mut enc = OpusEncoder::new(remote_config)?;
+            let signal = speech_like(48_000, seconds, 100 + s as u64);
+            let mut packets = Vec::with_capacity(SIGNAL_FRAMES);
+            for frame in signal.chunks_exact(FRAME) {
+                let mut p = Vec::new();
+                enc.encode(frame, &mut p)?;
+                packets.push(p);
+            }
+            remote.push(packets);
+        }
+        let peers = (0..STREAMS)
+            .map(|_| {
+                Ok(JitterBuffer::new(
+                    JitterConfig::default(),
+                    OpusDecoder::new()?,
+                ))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self {
+            voice,
+            vad: Vad::new(VadConfig::default()),
+            sender: Sender::new(0x4e41_5454, FRAME, EncoderConfig::default())?,
+            peers,
+            mic,
+            remote,
+            block: vec![0.0; BLOCK],
+            mix: vec![0.0; BLOCK],
+            capture: vec![0.0; BLOCK],
+            sent_bytes: 0,
+            frame: 0,
+        })
+    }
+
+    /// Processes 20 ms; returns the time spent per stage, µs.
+    fn iteration(&mut self, times: &mut [f64; STAGES.len()]) {
+        let k = self.frame;
+        self.frame += 1;
+        let now0 = k as f64 * 20.0;
+        for b in 0..2 {
+            let now = now0 + b as f64 * 10.0;
+            // Playback: the network delivers one packet per stream per frame.
+            self.mix.fill(0.0);
+            for (s, jb) in self.peers.iter_mut().enumerate() {
+                let t = Instant::now();
+                if b == 0 {
+                    let packets = &self.remote[s];
+                    let payload = &packets[k % packets.len()];
+                    jb.insert(k as u16, (k * FRAME) as u32, payload, now);
+                }
+                jb.pull(&mut self.block, now);
+                let m = Instant::now();
+                for (o, x) in self.mix.iter_mut().zip(&self.block) {
+                    *o += *x;
+                }
+                times[3] += (m - t).as_secs_f64() * 1e6;
+                times[4] += m.elapsed().as_secs_f64() * 1e6;
+            }
+            // The mix is what the speaker plays, and the echo canceller's reference.
+            let m = Instant::now();
+            for o in &mut self.mix {
+                *o = o.clamp(-1.0, 1.0);
+            }
+            let t_render = Instant::now();
+            times[4] += (t_render - m).as_secs_f64() * 1e6;
+            self.voice.process_render(&self.mix);
+            // Capture.
+            let start = (k % SIGNAL_FRAMES) * FRAME + b * BLOCK;
+            self.capture
+                .copy_from_slice(&self.mic[start..start + BLOCK]);
+            self.voice.process_capture(&mut self.capture);
+            let t_vad = Instant::now();
+            times[0] += (t_vad - t_render).as_secs_f64() * 1e6;
+            let voice = self.vad.process(&self.capture);
+            let t_enc = Instant::now();
+            times[1] += (t_enc - t_vad).as_secs_f64() * 1e6;
+            let gate = Gate {
+                transmit: true,
+                voice,
+            };
+            let sent = &mut self.sent_bytes;
+            self.sender
+                .push(&self.capture, now + 10.0, gate, &mut |d| *sent += d.len());
+            times[2] += t_enc.elapsed().as_secs_f64() * 1e6;
+        }
+        black_box(&self.mix);
+    }
+}
+
+/// CPU time this thread has used, ns.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant Linux supports.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// CPU time of encoding one 20 ms frame at libopus complexity `c` (median over the signal).
+fn encode_cost(signal: &[f32], c: u8) -> anyhow::Result<(f64, f64)> {
+    use audiopus::coder::Encoder;
+    use audiopus::{Application, Bitrate, Channels, SampleRate};
+    let config = EncoderConfig::default();
+    let mut enc = Encoder::new(SampleRate::Hz48000, Channels::Mono, Application::Voip)?;
+    enc.set_bitrate(Bitrate::BitsPerSecond(config.bitrate_bps))?;
+    enc.set_inband_fec(config.fec)?;
+    enc.set_packet_loss_perc(config.expected_loss_pct)?;
+    enc.set_dtx(config.dtx)?;
+    enc.set_complexity(c)?;
+    let mut out = vec![0u8; natter::codec::MAX_PACKET];
+    let mut times = Vec::new();
+    for frame in signal
+        .chunks_exact(FRAME)
+        .cycle()
+        .take(3 * SIGNAL_FRAMES / 2)
+    {
+        let c0 = thread_cpu_ns();
+        let n = enc.encode_float(frame, &mut out)?;
+        times.push((thread_cpu_ns() - c0) as f64 / 1e3);
+        black_box(n);
+    }
+    let s = sorted(&times[SIGNAL_FRAMES / 2..]);
+    Ok((percentile(&s, 50.0), percentile(&s, 95.0)))
+}
+
+/// CPU time of 20 ms (2 render + 2 capture blocks) of voice processing with `config`.
+fn apm_cost(mic: &[f32], far: &[f32], config: VoiceConfig) -> anyhow::Result<(f64, f64)> {
+    let mut vp = VoiceProcessor::new(config)?;
+    vp.set_stream_delay_ms(40.0);
+    let mut block = vec![0.0; BLOCK];
+    let mut times = Vec::new();
+    let blocks = mic.chunks_exact(BLOCK).zip(far.chunks_exact(BLOCK));
+    for (k, (m, f)) in blocks.cycle().take(3 * SIGNAL_FRAMES).enumerate() {
+        let c0 = thread_cpu_ns();
+        vp.process_render(f);
+        block.copy_from_slice(m);
+        vp.process_capture(&mut block);
+        let t = (thread_cpu_ns() - c0) as f64 / 1e3;
+        // Pairs of 10 ms blocks make 20 ms; skip the first 5 s (AEC3 converging).
+        if k % 2 == 0 {
+            times.push(t);
+        } else if let Some(last) = times.last_mut() {
+            *last += t;
+        }
+    }
+    let s = sorted(&times[WARMUP..]);
+    Ok((percentile(&s, 50.0), percentile(&s, 95.0)))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn sorted(v: &[f64]) -> Vec<f64> {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` does not: skip there.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("chain: run with `cargo bench --bench chain`");
+        return Ok(());
+    }
+    let runs = env_usize("CHAIN_RUNS", 7);
+    let iterations = env_usize("CHAIN_ITERATIONS", 1_000);
+    let mut chain = Chain::new()?;
+    let mut scratch = [0.0; STAGES.len()];
+    for _ in 0..WARMUP {
+        chain.iteration(&mut scratch);
+    }
+    println!(
+        "chain: 20 ms per iteration = APM (AEC3+NS+AGC2+HPF) 2x10 ms + VAD + Opus 40 kbit/s FEC encode \
+         + {STREAMS} x (jitter buffer + Opus decode, 2x10 ms pulls) + mix"
+    );
+    println!("{runs} runs x {iterations} iterations after {WARMUP} warm-up iterations");
+    let mut wall = Vec::with_capacity(runs * iterations);
+    let mut cpu = Vec::with_capacity(runs * iterations);
+    let mut stages: Vec<Vec<f64>> = vec![Vec::with_capacity(runs * iterations); STAGES.len()];
+    let mut run_medians = Vec::new();
+    for run in 0..runs {
+        let mut run_cpu = Vec::with_capacity(iterations);
+        let mut run_wall = Vec::with_capacity(iterations);
+        for _ in 0..iterations {
+            let mut t = [0.0; STAGES.len()];
+            let c0 = thread_cpu_ns();
+            let start = Instant::now();
+            chain.iteration(&mut t);
+            let w = start.elapsed().as_secs_f64() * 1e6;
+            let c = (thread_cpu_ns() - c0) as f64 / 1e3;
+            run_wall.push(w);
+            run_cpu.push(c);
+            for (s, v) in stages.iter_mut().zip(t) {
+                s.push(v);
+            }
+        }
+        let (c, w) = (sorted(&run_cpu), sorted(&run_wall));
+        let median = percentile(&c, 50.0);
+        println!(
+            "run {}: CPU median {median:6.1} us p95 {:6.1} us ({:.2} % of one core) | wall median {:6.1} us p95 {:7.1} us",
+            run + 1,
+            percentile(&c, 95.0),
+            median / 200.0,
+            percentile(&w, 50.0),
+            percentile(&w, 95.0),
+        );
+        run_medians.push(median);
+        cpu.extend(run_cpu);
+        wall.extend(run_wall);
+    }
+    let (cpu, wall) = (sorted(&cpu), sorted(&wall));
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (median, p95) = (percentile(&cpu, 50.0), percentile(&cpu, 95.0));
+    let medians = sorted(&run_medians);
+    println!();
+    println!(
+        "| per 20 ms of audio | median us | mean us | p95 us | % of one core (median / p95) |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    for (name, v) in STAGES.iter().zip(&stages) {
+        let s = sorted(v);
+        let (m, p) = (percentile(&s, 50.0), percentile(&s, 95.0));
+        println!(
+            "| {name} (wall) | {m:.1} | {:.1} | {p:.1} | {:.3} / {:.3} |",
+            mean(&s),
+            m / 200.0,
+            p / 200.0
+        );
+    }
+    println!(
+        "| **whole chain, CPU time** | **{median:.1}** | {:.1} | {p95:.1} | **{:.2}** / {:.2} |",
+        mean(&cpu),
+        median / 200.0,
+        p95 / 200.0
+    );
+    let (wm, wp) = (percentile(&wall, 50.0), percentile(&wall, 95.0));
+    println!(
+        "| whole chain, wall time | {wm:.1} | {:.1} | {wp:.1} | {:.2} / {:.2} |",
+        mean(&wall),
+        wm / 200.0,
+        wp / 200.0
+    );
+    println!();
+    println!(
+        "spread of the runs' CPU medians: {:.1}..{:.1} us; encoded {} bytes in {} frames",
+        medians[0],
+        medians[medians.len() - 1],
+        chain.sent_bytes,
+        chain.frame
+    );
+    println!(
+        "RESULT cpu_median_us={median:.1} cpu_p95_us={p95:.1} core_pct={:.3} p95_core_pct={:.3} wall_median_us={wm:.1} wall_p95_us={wp:.1}",
+        median / 200.0,
+        p95 / 200.0
+    );
+    println!();
+    println!("| Voice processing alone | CPU median us / 20 ms | p95 us | % of one core |");
+    println!("|---|---:|---:|---:|");
+    let far = speech_like(48_000, (SIGNAL_FRAMES * FRAME) as f32 / 48_000.0, 7);
+    let none = VoiceConfig::NONE;
+    for (name, config) in [
+        ("all stages (ours)", VoiceConfig::ALL),
+        (
+            "echo cancellation (AEC3) only",
+            VoiceConfig {
+                echo_cancellation: true,
+                ..none
+            },
+        ),
+        (
+            "noise suppression only",
+            VoiceConfig {
+                noise_suppression: true,
+                ..none
+            },
+        ),
+        (
+            "gain control (AGC2) only",
+            VoiceConfig {
+                gain_control: true,
+                ..none
+            },
+        ),
+        (
+            "high-pass filter only",
+            VoiceConfig {
+                high_pass: true,
+                ..none
+            },
+        ),
+    ] {
+        let (m, p) = apm_cost(&chain.mic, &far, config)?;
+        println!("| {name} | {m:.1} | {p:.1} | {:.2} |", m / 200.0);
+    }
+    println!();
+    println!(
+        "| Opus encoder alone, 40 kbit/s FEC | CPU median us / 20 ms | p95 us | % of one core |"
+    );
+    println!("|---|---:|---:|---:|");
+    for c in [10u8, 8, 6, 4, 2] {
+        let (m, p) = encode_cost(&chain.mic, c)?;
+        let default = if c == 10 {
+            " (libopus default, ours)"
+        } else {
+            ""
+        };
+        println!(
+            "| complexity {c}{default} | {m:.1} | {p:.1} | {:.2} |",
+            m / 200.0
+        );
+    }
+    Ok(())
+}
