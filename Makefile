@@ -7,10 +7,15 @@
 CARGO ?= scripts/env.sh cargo
 TEST_CARGO ?= NATTER_SETUP=test scripts/env.sh cargo
 
-.PHONY: run demo test lint build bench-latency fuzz clean
+.PHONY: run demo test test-ui screenshots bench-app lint build bench-latency fuzz clean
 
-## The main job: until the desktop UI lands, the demo call (relay + two headless clients).
-run: demo
+## The main job: the desktop app. Without a display it says so in one line and fails; the
+## headless call is `natter call` (and `make demo` shows one).
+run:
+	@if [ -z "$${DISPLAY}$${WAYLAND_DISPLAY}" ]; then \
+	  echo 'natter: no display found; for a headless call use `natter call …` (see `natter call --help`)'; \
+	  exit 2; fi
+	$(CARGO) run --release --quiet -p natter --bin natter
 
 ## A local relay and two headless clients exchanging chirps; prints the measured latency.
 demo:
@@ -22,6 +27,22 @@ test:
 	$(CARGO) clippy --workspace --all-targets --quiet -- -D warnings
 	$(CARGO) build --workspace --bins --quiet
 	$(CARGO) nextest run --workspace --no-fail-fast
+
+## The desktop app's tests only: egui_kittest drives the real app by its labels, headless
+## (no display needed), against relays on loopback.
+test-ui:
+	$(TEST_CARGO) nextest run -p natter --test ui
+
+## Re-renders docs/screenshots/*.png from the real app in a window (under Xvfb without a
+## display): start, settings, trust prompt, a 3-person call (light and dark), hosting.
+screenshots:
+	NATTER_SETUP=ui scripts/env.sh cargo build -p natter --example screenshots --quiet
+	NATTER_SETUP=ui scripts/env.sh xvfb-run -a -s "-screen 0 1280x1024x24" \
+	  cargo run -p natter --example screenshots --quiet -- docs/screenshots
+
+## CPU and memory of the desktop app in a 3-person call with its window open (SECS=60).
+bench-app:
+	scripts/bench-app.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -4,6 +4,7 @@
 #
 #   scripts/setup.sh build   # system packages for compiling (C toolchain, Opus, ALSA)
 #   scripts/setup.sh test    # + cargo-nextest
+#   scripts/setup.sh ui      # + Xvfb and Mesa, for screenshots and the app benchmark
 set -euo pipefail
 what="${1:-build}"
 
@@ -12,6 +13,11 @@ what="${1:-build}"
 packages=(build-essential pkg-config libopus-dev libasound2-dev cmake)
 # The device tests run calls through a private PulseAudio daemon with a null sink.
 [ "$what" = test ] && packages+=(pulseaudio pulseaudio-utils libasound2-plugins)
+# A window without a display (screenshots, the app benchmark): Xvfb, and the libraries the
+# desktop app loads at run time (OpenGL through Mesa, X11 input). The build itself needs none
+# of them, and the UI tests (egui_kittest) run without any display.
+[ "$what" = ui ] && packages+=(xvfb xauth libgl1-mesa-dri libegl1 libglx-mesa0
+  libxkbcommon-x11-0 libxcursor1 libxrandr2 libxi6 pulseaudio libasound2-plugins)
 
 missing=()
 for p in "${packages[@]}"; do

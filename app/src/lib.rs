@@ -1,7 +1,7 @@
 //! # natter: the Natter voice client
 //!
 //! One engine, several shells: the headless `natter call` (WAV files as microphone and
-//! speaker), the desktop app and the tests all drive the same [`engine`]. See
+//! speaker), the desktop app ([`ui`]) and the tests all drive the same [`engine`]. See
 //! `docs/ARCHITECTURE.md` for the map.
 
 pub mod apm;
@@ -13,5 +13,7 @@ pub mod jitter;
 pub mod measure;
 pub mod rate;
 pub mod session;
+pub mod settings;
 pub mod transport;
+pub mod ui;
 pub mod vad;

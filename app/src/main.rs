@@ -1,5 +1,6 @@
 //! `natter`: the Natter voice client's command line.
 //!
+//! - `natter` — the desktop app (needs a display).
 //! - `natter call INVITE …` — a headless call with WAV files as microphone and speaker.
 //! - `natter demo` — a local relay plus two headless clients; prints the measured latency.
 //! - `natter signal …` — writes the probe signals the latency tools use.
@@ -17,10 +18,34 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Debug, Parser)]
-#[command(name = "natter", version, about = "Natter voice chat client")]
+#[command(
+    name = "natter",
+    version,
+    about = "Natter voice chat client",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
+    /// Without a command: open the desktop app.
     #[command(subcommand)]
-    command: Cmd,
+    command: Option<Cmd>,
+    /// Desktop app: join this invite (natter://host:port/room?fp=…) right away.
+    invite: Option<String>,
+    /// Desktop app: display name for --invite (default: the one in the settings).
+    #[arg(long)]
+    name: Option<String>,
+    /// Desktop app: keep settings, trusted relays and logs under DIR instead of the OS
+    /// config and data directories.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Desktop app: use a test signal instead of sound cards (machines without audio).
+    #[arg(long, value_enum, value_name = "SIGNAL")]
+    test_signal: Option<TestSignalArg>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum TestSignalArg {
+    Silence,
+    Speech,
 }
 
 #[derive(Debug, Subcommand)]
@@ -151,13 +176,24 @@ fn parse_processing(s: &str) -> Result<natter::apm::VoiceConfig, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let Some(command) = cli.command else {
+        return natter::ui::run(natter::ui::LaunchOptions {
+            join: cli.invite,
+            name: cli.name,
+            dir: cli.dir,
+            test_signal: cli.test_signal.map(|s| match s {
+                TestSignalArg::Silence => natter::ui::TestSignal::Silence,
+                TestSignalArg::Speech => natter::ui::TestSignal::Speech,
+            }),
+        });
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    match run(cli) {
+    match run(command) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("natter: error: {e:#}");
@@ -174,8 +210,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
+fn run(command: Cmd) -> anyhow::Result<ExitCode> {
+    match command {
         Cmd::Call(args) => run_call(args),
         Cmd::Demo { seconds, frame_ms } => runtime()?.block_on(demo(seconds, frame_ms)),
         Cmd::Devices => {

@@ -77,6 +77,24 @@ pub struct Session {
     conn: Connection,
     endpoint: Endpoint,
     started: Instant,
+    /// Feeds the engine new ring ends: the device backend's rebuilds, and device switches.
+    device_switch: Option<std::sync::mpsc::Sender<crate::audio::EngineEnds>>,
+}
+
+/// Forwards a device backend's rebuilt ring ends to the engine until the backend stops.
+fn forward_rebuilds(
+    from: std::sync::mpsc::Receiver<crate::audio::EngineEnds>,
+    to: std::sync::mpsc::Sender<crate::audio::EngineEnds>,
+) {
+    let _ = std::thread::Builder::new()
+        .name("natter-device-fwd".into())
+        .spawn(move || {
+            for ends in from {
+                if to.send(ends).is_err() {
+                    break;
+                }
+            }
+        });
 }
 
 fn check_name(what: &str, name: &str) -> Result<(), ConnectError> {
@@ -136,11 +154,15 @@ impl Session {
         };
         let mut engine_config = config.engine;
         engine_config.ssrc = joined.ssrc;
+        let mut device_switch = None;
         let (engine, backend) = match config.audio {
             Audio::Devices { choice, duration } => {
                 let (device, ends, replacements) = CpalDevice::start(choice)?;
                 tracing::info!(input = %device.input_name, output = %device.output_name, "audio devices");
-                let engine = Engine::start(engine_config, ends, Some(replacements), link)?;
+                let (switch_tx, switch_rx) = std::sync::mpsc::channel();
+                forward_rebuilds(replacements, switch_tx.clone());
+                device_switch = Some(switch_tx);
+                let engine = Engine::start(engine_config, ends, Some(switch_rx), link)?;
                 let backend = Backend::Device {
                     device,
                     until: duration.map(|d| Instant::now() + d),
@@ -170,7 +192,39 @@ impl Session {
             conn,
             endpoint,
             started: Instant::now(),
+            device_switch,
         })
+    }
+
+    /// Switches to other sound-card devices mid-call; the engine takes the new streams at its
+    /// next tick. On error the current devices stay. Opening devices blocks for a moment: call
+    /// it off any UI thread. Returns the input and output names in use.
+    pub fn switch_devices(&mut self, choice: DeviceChoice) -> anyhow::Result<(String, String)> {
+        let (Backend::Device { device, .. }, Some(switch)) =
+            (&mut self.backend, &self.device_switch)
+        else {
+            anyhow::bail!("this call does not use sound-card devices");
+        };
+        let (new, ends, replacements) = CpalDevice::start(choice)?;
+        let names = (new.input_name.clone(), new.output_name.clone());
+        switch
+            .send(ends)
+            .map_err(|_| anyhow::anyhow!("the engine has stopped"))?;
+        forward_rebuilds(replacements, switch.clone());
+        // Dropping the old device stops its streams and its forwarder.
+        *device = new;
+        tracing::info!(input = %names.0, output = %names.1, "switched audio devices");
+        Ok(names)
+    }
+
+    /// Names of the sound-card input and output in use (`None` with a WAV backend).
+    pub fn device_names(&self) -> Option<(String, String)> {
+        match &self.backend {
+            Backend::Device { device, .. } => {
+                Some((device.input_name.clone(), device.output_name.clone()))
+            }
+            Backend::Wav(_) => None,
+        }
     }
 
     /// Engine statistics with peers named from the roster.

@@ -53,6 +53,23 @@ pub struct EngineConfig {
 pub enum EngineCommand {
     SetVoice(VoiceConfig),
     SetVoiceActivation(bool),
+    /// Playback gain for one remote sender (by SSRC): 0 mutes it locally, 1 leaves it as is.
+    /// Its jitter buffer keeps running, so unmuting resumes in sync.
+    SetPeerGain {
+        ssrc: u32,
+        gain: f32,
+    },
+    /// Deafened: play nothing from the call (sounds from [`EngineCommand::PlaySound`] still play).
+    SetDeafened(bool),
+    /// A fixed encoder bitrate (bit/s), or `None` to let the rate controller adapt it.
+    SetBitrate(Option<i32>),
+    /// Switches between standard (20 ms) and low-latency (10 ms) framing.
+    SetFrameMode(FrameMode),
+    /// Jitter buffer: a fixed target delay (ms), or `None` for the adaptive target. Existing
+    /// peers' buffers are rebuilt (a short gap), new peers start with it.
+    SetJitterTarget(Option<f64>),
+    /// Mixes a 48 kHz mono sound into the playback once (join/leave cues).
+    PlaySound(&'static [f32]),
 }
 
 impl EngineConfig {
@@ -307,6 +324,15 @@ struct Worker {
     playout: PlayoutClock,
     /// Mean time one peer's jitter-buffer pull (decode included) takes, ms.
     pull_time_ms: f64,
+    /// Local playback gain per remote SSRC (absent: 1).
+    peer_gains: HashMap<u32, f32>,
+    deafened: bool,
+    /// A sound being played and how far it got.
+    sound: Option<(&'static [f32], usize)>,
+    /// Bitrate fixed by the user (the rate controller still picks frame sizes).
+    fixed_bitrate: Option<i32>,
+    /// The jitter configuration the engine was started with (adaptive).
+    base_jitter: JitterConfig,
     next_report_ms: f64,
     next_stats_ms: f64,
     rtcp_buf: Vec<u8>,
@@ -449,6 +475,7 @@ impl Worker {
             None
         };
         Ok(Self {
+            base_jitter: config.jitter.clone(),
             config,
             port,
             link,
@@ -467,6 +494,10 @@ impl Worker {
             malformed: 0,
             playout: PlayoutClock::new(),
             pull_time_ms: 0.0,
+            peer_gains: HashMap::new(),
+            deafened: false,
+            sound: None,
+            fixed_bitrate: None,
             next_report_ms: REPORT_INTERVAL_MS,
             next_stats_ms: 0.0,
             rtcp_buf: Vec::with_capacity(1200),
@@ -516,9 +547,51 @@ impl Worker {
                     None => {}
                 },
                 EngineCommand::SetVoiceActivation(on) => self.config.voice_activation = on,
+                EngineCommand::SetPeerGain { ssrc, gain } => {
+                    self.peer_gains.insert(ssrc, gain.clamp(0.0, 4.0));
+                }
+                EngineCommand::SetDeafened(on) => self.deafened = on,
+                EngineCommand::SetBitrate(bitrate) => {
+                    self.fixed_bitrate = bitrate;
+                    self.config.adaptive = bitrate.is_none();
+                    self.apply_rate_settings();
+                }
+                EngineCommand::SetFrameMode(mode) => {
+                    self.config.mode = mode;
+                    self.rate = RateController::new(mode);
+                    self.apply_rate_settings();
+                }
+                EngineCommand::SetJitterTarget(target) => self.set_jitter_target(target),
+                EngineCommand::PlaySound(samples) => self.sound = Some((samples, 0)),
             }
             if let EngineCommand::SetVoice(v) = command {
                 self.config.voice = v;
+            }
+        }
+    }
+
+    /// Hands the encoder the rate controller's settings, with the user's fixed bitrate if any.
+    fn apply_rate_settings(&mut self) {
+        let mut settings = self.rate.settings();
+        if let Some(bps) = self.fixed_bitrate {
+            settings.bitrate_bps = bps;
+        }
+        if let Some(sender) = self.sender.as_mut() {
+            sender.apply(settings);
+        }
+    }
+
+    fn set_jitter_target(&mut self, target: Option<f64>) {
+        let mut config = self.base_jitter.clone();
+        if let Some(ms) = target {
+            config.min_target_ms = ms;
+            config.max_target_ms = ms;
+            config.initial_target_ms = ms;
+        }
+        self.config.jitter = config.clone();
+        for peer in self.peers.values_mut() {
+            if let Ok(decoder) = crate::codec::OpusDecoder::new() {
+                peer.jitter = crate::jitter::JitterBuffer::new(config.clone(), decoder);
             }
         }
     }
@@ -557,16 +630,33 @@ impl Worker {
             self.mix.fill(0.0);
             let pull_started = Instant::now();
             let mut pulls = 0;
-            for peer in self.peers.values_mut() {
+            for (ssrc, peer) in self.peers.iter_mut() {
                 pulls += 1;
                 peer.jitter.pull(&mut self.block, now);
+                let gain = self.peer_gains.get(ssrc).copied().unwrap_or(1.0);
+                if gain == 0.0 {
+                    continue;
+                }
                 for (m, s) in self.mix.iter_mut().zip(&self.block) {
-                    *m += *s;
+                    *m += *s * gain;
                 }
             }
             if pulls > 0 {
                 let took = pull_started.elapsed().as_secs_f64() * 1000.0 / f64::from(pulls);
                 self.pull_time_ms += 0.05 * (took - self.pull_time_ms);
+            }
+            if self.deafened {
+                self.mix.fill(0.0);
+            }
+            if let Some((sound, pos)) = self.sound.as_mut() {
+                let part = &sound[(*pos).min(sound.len())..(*pos + BLOCK).min(sound.len())];
+                for (m, s) in self.mix.iter_mut().zip(part) {
+                    *m += *s;
+                }
+                *pos += BLOCK;
+                if *pos >= sound.len() {
+                    self.sound = None;
+                }
             }
             // What the speaker plays is what the echo canceller must remove.
             if let Some(vp) = self.voice.as_mut() {
@@ -599,6 +689,12 @@ impl Worker {
                 }
                 let peer = self.peers.get_mut(&h.ssrc).expect("inserted above");
                 peer.last_packet_ms = at;
+                if let Some(level) = h.audio_level {
+                    peer.audio_level = Some(level);
+                    if level.voice {
+                        peer.last_voice_ms = Some(at);
+                    }
+                }
                 peer.reception
                     .on_packet(h.sequence, h.timestamp, (at * 48.0) as u64);
                 peer.jitter
@@ -732,6 +828,7 @@ impl Worker {
                 .as_ref()
                 .map_or(0.0, |r| r.delay() as f64 / 48.0);
         let decode_ms = self.pull_time_ms;
+        let now = self.ms(Instant::now());
         // Echo path: from handing the mix over to the speaker, through the room, back to the
         // microphone's samples reaching us.
         let echo_hint =
@@ -745,6 +842,8 @@ impl Worker {
             .values()
             .map(|p| PeerStats {
                 stages: p.stages(decode_ms, playback_ms),
+                speaking: p.speaking(now),
+                gain: self.peer_gains.get(&p.ssrc).copied().unwrap_or(1.0),
                 ..p.stats()
             })
             .collect();

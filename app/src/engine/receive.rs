@@ -50,7 +50,18 @@ pub struct PeerStats {
     pub jitter_buffer_ms: f64,
     pub jitter_buffer_target_ms: f64,
     pub stages: LatencyStages,
+    /// The sender's voice activity (RFC 6464 "V" flag) was set within the last
+    /// [`SPEAKING_HOLD_MS`]: the speaking indicator.
+    pub speaking: bool,
+    /// Level of the sender's last frame, dBov (0 loudest, -127 silence), from RFC 6464.
+    pub audio_level_dbov: Option<f32>,
+    /// Local playback gain for this sender (0: muted locally).
+    pub gain: f32,
 }
+
+/// How long a "voice" flag keeps a sender marked as speaking (bridges the gaps between
+/// words, and DTX pauses).
+pub const SPEAKING_HOLD_MS: f64 = 400.0;
 
 pub struct RemotePeer {
     pub ssrc: u32,
@@ -66,6 +77,9 @@ pub struct RemotePeer {
     /// One-way delay from the wall clock in its sender reports (valid when both clocks are
     /// synchronised, e.g. NTP or the same machine), ms.
     pub sr_one_way_ms: Option<f64>,
+    /// Audio level extension of the last packet, and when one last said "voice" (ms).
+    pub audio_level: Option<natter_proto::rtp::AudioLevel>,
+    pub last_voice_ms: Option<f64>,
 }
 
 impl RemotePeer {
@@ -79,6 +93,8 @@ impl RemotePeer {
             last_packet_ms: now_ms,
             sender_latency: None,
             sr_one_way_ms: None,
+            audio_level: None,
+            last_voice_ms: None,
         })
     }
 
@@ -90,6 +106,12 @@ impl RemotePeer {
             .or(self.sr_one_way_ms)
             .unwrap_or(0.0)
             .max(0.0)
+    }
+
+    /// Whether the sender flagged voice within [`SPEAKING_HOLD_MS`] of `now_ms`.
+    pub fn speaking(&self, now_ms: f64) -> bool {
+        self.last_voice_ms
+            .is_some_and(|at| now_ms - at <= SPEAKING_HOLD_MS)
     }
 
     /// Stage breakdown given this receiver's decode and playback delays.
@@ -133,6 +155,9 @@ impl RemotePeer {
             jitter_buffer_ms: jb.delay_ms,
             jitter_buffer_target_ms: jb.target_ms,
             stages: LatencyStages::default(),
+            speaking: false,
+            audio_level_dbov: self.audio_level.map(|l| -f32::from(l.level)),
+            gain: 1.0,
         }
     }
 }

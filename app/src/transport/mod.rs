@@ -144,3 +144,45 @@ pub async fn connect(invite: &Invite) -> Result<(Endpoint, quinn::Connection), C
     };
     Ok((endpoint, conn))
 }
+
+/// Trust on first use: connects to the relay named by `invite` only far enough to see its
+/// certificate, and returns that certificate's SHA-256 fingerprint. The handshake is always
+/// aborted, so nothing is sent to the relay; the caller asks the user whether to trust the
+/// fingerprint and then connects with it pinned.
+pub async fn probe_fingerprint(invite: &Invite) -> Result<[u8; 32], ConnectError> {
+    let addr = resolve(invite)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let probe = Arc::new(pin::FingerprintProbe::new(provider.clone()));
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| ConnectError::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(probe.clone())
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![natter_proto::ALPN.to_vec()];
+    let quic = QuicClientConfig::try_from(tls).map_err(|e| ConnectError::Tls(e.to_string()))?;
+    let bind: SocketAddr = if addr.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    }
+    .parse()
+    .expect("literal address");
+    let mut endpoint = Endpoint::client(bind).map_err(|e| ConnectError::Local(e.to_string()))?;
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    let connecting = endpoint
+        .connect(addr, invite.host.as_str())
+        .map_err(|e| ConnectError::Local(e.to_string()))?;
+    let result = tokio::time::timeout(CONNECT_TIMEOUT, connecting).await;
+    endpoint.close(0u32.into(), b"");
+    match (probe.seen(), result) {
+        (Some(fp), _) => Ok(fp),
+        (None, Err(_)) | (None, Ok(Err(ConnectionError::TimedOut))) => {
+            Err(ConnectError::Unreachable(invite.authority()))
+        }
+        (None, Ok(Err(e))) => Err(ConnectError::from_connection(&e)),
+        (None, Ok(Ok(_))) => Err(ConnectError::Tls(
+            "the relay presented no certificate".into(),
+        )),
+    }
+}

@@ -86,3 +86,70 @@ impl ServerCertVerifier for PinnedVerifier {
             .supported_schemes()
     }
 }
+
+/// Trust on first use: accepts no certificate, but records the fingerprint of the one the relay
+/// presented so the user can be asked whether to trust it (and it can be pinned from then on).
+#[derive(Debug)]
+pub struct FingerprintProbe {
+    provider: Arc<CryptoProvider>,
+    seen: Mutex<Option<[u8; 32]>>,
+}
+
+impl FingerprintProbe {
+    pub fn new(provider: Arc<CryptoProvider>) -> Self {
+        Self {
+            provider,
+            seen: Mutex::new(None),
+        }
+    }
+
+    /// The fingerprint of the certificate the relay presented, once the handshake got that far.
+    pub fn seen(&self) -> Option<[u8; 32]> {
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl ServerCertVerifier for FingerprintProbe {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(cert_fingerprint(end_entity));
+        // Never proceed: nothing is sent to a relay the user has not decided to trust.
+        Err(Error::InvalidCertificate(
+            CertificateError::ApplicationVerificationFailure,
+        ))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        Err(Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        Err(Error::InvalidCertificate(
+            CertificateError::ApplicationVerificationFailure,
+        ))
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

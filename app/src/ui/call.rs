@@ -1,0 +1,356 @@
+//! The in-call screen: who is here and who is speaking, mute/deafen/leave, per-person volume,
+//! connection quality, and the latency meter.
+
+use super::app::NatterApp;
+use super::controller::{LatencyTest, ParticipantView, Phase, Request};
+use super::{meter, style};
+use egui::{Align, Layout, RichText, ScrollArea, Ui, vec2};
+
+impl NatterApp {
+    pub(super) fn call_screen(&mut self, ui: &mut Ui) {
+        let call = self.snap.call.clone();
+        let (title, subtitle) = match (&call, &self.snap.phase) {
+            (Some(c), _) => (c.room.clone(), format!("via {}", c.relay)),
+            (None, Phase::Connecting { to }) => ("Connecting…".into(), format!("to {to}")),
+            (None, _) => ("Reconnecting…".into(), String::new()),
+        };
+        egui::Panel::top("call-header")
+            .frame(egui::Frame::new().inner_margin(egui::Margin::symmetric(18, 12)))
+            .show(ui, |ui| {
+                self.header(ui, &title, Some(&subtitle));
+                self.status_line(ui);
+            });
+        egui::Panel::bottom("call-controls")
+            .frame(egui::Frame::new().inner_margin(egui::Margin::symmetric(18, 12)))
+            .show(ui, |ui| self.controls(ui));
+        egui::CentralPanel::default().show(ui, |ui| {
+            ScrollArea::vertical()
+                .auto_shrink([false, false])
+                .show(ui, |ui| {
+                    ui.add_space(4.0);
+                    self.notices(ui);
+                    self.hosting_card(ui);
+                    if let Phase::Reconnecting { attempt, reason } = &self.snap.phase {
+                        style::banner(ui, style::WARN).show(ui, |ui| {
+                            ui.set_width(ui.available_width());
+                            ui.label(
+                                RichText::new(format!("Reconnecting (attempt {attempt})…"))
+                                    .strong(),
+                            );
+                            ui.label(format!("The connection to the relay was lost: {reason}"));
+                        });
+                    }
+                    match &call {
+                        // Wide windows: people on the left, latency on the right.
+                        Some(c) if ui.available_width() >= 860.0 => {
+                            ui.columns(2, |cols| {
+                                self.roster_card(&mut cols[0], &c.participants);
+                                self.latency_card(&mut cols[1], &c.participants);
+                            });
+                        }
+                        Some(c) => {
+                            self.roster_card(ui, &c.participants);
+                            self.latency_card(ui, &c.participants);
+                        }
+                        None => {
+                            // No spinner: it would repaint continuously; the call screen already
+                            // refreshes at 10 Hz.
+                            ui.label(RichText::new("Joining the room…").weak());
+                        }
+                    }
+                });
+        });
+    }
+
+    fn status_line(&mut self, ui: &mut Ui) {
+        let Some(call) = &self.snap.call else {
+            return;
+        };
+        ui.horizontal_wrapped(|ui| {
+            let (dot, text) = match &self.snap.phase {
+                Phase::InCall => (style::SPEAKING, "Connected".to_string()),
+                Phase::Reconnecting { .. } => (style::WARN, "Reconnecting".to_string()),
+                _ => (style::WARN, "Connecting".to_string()),
+            };
+            let (rect, _) = ui.allocate_exact_size(egui::vec2(10.0, 10.0), egui::Sense::hover());
+            ui.painter().circle_filled(rect.center(), 4.0, dot);
+            ui.label(text);
+            if let Some(rtt) = call.relay_rtt_ms {
+                let rtt = if rtt < 10.0 {
+                    format!("{rtt:.1}")
+                } else {
+                    format!("{rtt:.0}")
+                };
+                ui.label(RichText::new(format!("relay round trip {rtt} ms")).weak());
+            }
+            let e = &call.engine;
+            if e.bitrate_bps > 0 {
+                ui.label(
+                    RichText::new(format!(
+                        "sending {:.0} kbit/s, {:.0} ms frames",
+                        f64::from(e.bitrate_bps) / 1000.0,
+                        e.frame_ms
+                    ))
+                    .weak(),
+                );
+            }
+            if let Some((i, o)) = &call.devices {
+                ui.label(RichText::new(format!("mic {i} · speaker {o}")).weak());
+            }
+        });
+    }
+
+    fn hosting_card(&mut self, ui: &mut Ui) {
+        let Some(h) = self.snap.hosting.clone() else {
+            return;
+        };
+        style::card(ui).show(ui, |ui| {
+            ui.set_width(ui.available_width());
+            ui.label(RichText::new("You are hosting this call").strong());
+            ui.label(
+                RichText::new(format!(
+                    "Send this invite to the others. The relay runs on this computer (UDP port {}); leaving ends the call for everyone.",
+                    h.port
+                ))
+                .weak(),
+            );
+            ui.horizontal(|ui| {
+                let l = ui.add(
+                    egui::Label::new(RichText::new(&h.invite).monospace())
+                        .selectable(true)
+                        .wrap(),
+                );
+                l.widget_info(|| {
+                    egui::WidgetInfo::labeled(egui::Role::Label, true, format!("Invite link: {}", h.invite))
+                });
+            });
+            if ui.button("Copy invite").clicked() {
+                ui.ctx().copy_text(h.invite.clone());
+                self.export_note = Some("Invite copied to the clipboard.".into());
+            }
+        });
+    }
+
+    fn roster_card(&mut self, ui: &mut Ui, people: &[ParticipantView]) {
+        style::card(ui).show(ui, |ui| {
+            ui.set_width(ui.available_width());
+            ui.label(RichText::new(format!("In the call ({})", people.len())).heading());
+            for p in people {
+                ui.separator();
+                self.roster_row(ui, p);
+            }
+        });
+    }
+
+    fn roster_row(&mut self, ui: &mut Ui, p: &ParticipantView) {
+        ui.horizontal(|ui| {
+            style::speaking_dot(ui, &p.name, p.speaking, p.muted);
+            let name = if p.is_me {
+                RichText::new(format!("{} (you)", p.name)).strong()
+            } else {
+                RichText::new(&p.name).strong()
+            };
+            ui.label(name);
+            if p.muted {
+                ui.label(RichText::new("muted").small().color(style::DANGER));
+            }
+            if p.locally_muted {
+                ui.label(RichText::new("muted for you").small().weak());
+            }
+            let detail = match &p.stats {
+                Some(s) => meter::link_numbers(s, p.recent_loss),
+                None => String::new(),
+            };
+            style::quality_bars(ui, &p.name, p.quality, &detail);
+            ui.with_layout(Layout::right_to_left(Align::Center), |ui| {
+                if p.is_me {
+                    if let Some(c) = &self.snap.call {
+                        style::level_meter(ui, c.engine.input_level_db, c.engine.voice_active);
+                    }
+                } else {
+                    let label = if p.locally_muted {
+                        format!("Unmute {} for me", p.name)
+                    } else {
+                        format!("Mute {} for me", p.name)
+                    };
+                    let text = if p.locally_muted {
+                        "Unmute"
+                    } else {
+                        "Mute for me"
+                    };
+                    let r = ui.button(text);
+                    // The accessible name says whom the button is about.
+                    r.widget_info(|| egui::WidgetInfo::labeled(egui::Role::Button, true, &label));
+                    if r.on_hover_text(&label).clicked() {
+                        self.ctl.send(Request::SetLocalMute {
+                            name: p.name.clone(),
+                            muted: !p.locally_muted,
+                        });
+                    }
+                }
+            });
+        });
+        if !p.is_me {
+            ui.horizontal(|ui| {
+                ui.add_space(32.0);
+                let mut percent = p.volume * 100.0;
+                let r = ui.add_enabled(
+                    !p.locally_muted,
+                    egui::Slider::new(&mut percent, 0.0..=200.0)
+                        .suffix(" %")
+                        .integer()
+                        .show_value(true)
+                        .text(format!("Volume of {}", p.name)),
+                );
+                if r.changed() {
+                    self.ctl.send(Request::SetVolume {
+                        name: p.name.clone(),
+                        volume: percent / 100.0,
+                    });
+                }
+            });
+        }
+    }
+
+    fn latency_card(&mut self, ui: &mut Ui, people: &[ParticipantView]) {
+        style::card(ui).show(ui, |ui| {
+            ui.set_width(ui.available_width());
+            ui.label(RichText::new("Latency").heading());
+            let others: Vec<&ParticipantView> = people
+                .iter()
+                .filter(|p| !p.is_me && p.stats.is_some())
+                .collect();
+            if others.is_empty() {
+                ui.label(
+                    RichText::new("Nobody is sending audio yet. The meter shows where each person's voice spends its time on the way to you.")
+                        .weak(),
+                );
+            }
+            let scale = others
+                .iter()
+                .filter_map(|p| p.stats.as_ref().map(|s| s.stages.total_ms))
+                .fold(100.0, f64::max)
+                * 1.1;
+            for p in &others {
+                let Some(s) = &p.stats else { continue };
+                ui.add_space(4.0);
+                ui.horizontal(|ui| {
+                    ui.label(RichText::new(&p.name).strong());
+                    let total = if s.stages.complete {
+                        format!("{:.0} ms mouth-to-ear", s.stages.total_ms)
+                    } else {
+                        "measuring…".into()
+                    };
+                    ui.label(total);
+                });
+                meter::stage_bar(ui, &p.name, s, scale);
+                ui.label(RichText::new(meter::link_numbers(s, p.recent_loss)).small().weak());
+            }
+            if !others.is_empty() {
+                meter::legend(ui);
+            }
+            self.ctl.with_history(|h| {
+                if !h.is_empty() {
+                    meter::history_plot(ui, h);
+                }
+            });
+            ui.horizontal_wrapped(|ui| {
+                if ui.button("Export CSV").clicked() {
+                    self.export_csv();
+                }
+                let running = matches!(self.snap.latency_test, LatencyTest::Running);
+                if ui
+                    .add_enabled(!running, egui::Button::new("Run latency test"))
+                    .on_hover_text("Sends chirps to the relay and back, and measures how long they take")
+                    .clicked()
+                {
+                    self.ctl.send(Request::RunLatencyTest);
+                }
+            });
+            match &self.snap.latency_test {
+                LatencyTest::Idle => {}
+                LatencyTest::Running => {
+                    ui.label("Measuring the round trip through the relay…");
+                }
+                LatencyTest::Done(r) => {
+                    ui.label(
+                        RichText::new(format!("Measured round trip: {:.1} ms", r.measured_ms))
+                            .strong(),
+                    );
+                    let estimate = r
+                        .estimate_ms
+                        .map_or(String::new(), |e| format!("; the meter's stages add up to {e:.1} ms"));
+                    ui.label(
+                        RichText::new(format!(
+                            "{} of {} chirps came back, 90 % within {:.1}–{:.1} ms{estimate}.",
+                            r.chirps_found, r.chirps_sent, r.p05_ms, r.p95_ms
+                        ))
+                        .small()
+                        .weak(),
+                    );
+                }
+                LatencyTest::Failed(e) => {
+                    ui.label(
+                        RichText::new(format!("Latency test failed: {e}")).color(style::DANGER),
+                    );
+                }
+            }
+            if let Some(note) = &self.export_note {
+                ui.label(RichText::new(note).small().weak());
+            }
+        });
+    }
+
+    fn controls(&mut self, ui: &mut Ui) {
+        let muted = self.snap.muted;
+        let deafened = self.snap.deafened;
+        ui.horizontal(|ui| {
+            let size = vec2(120.0, 38.0);
+            let mute_text = if muted { "Unmute" } else { "Mute" };
+            let mut mute = egui::Button::new(RichText::new(mute_text).strong()).min_size(size);
+            if muted {
+                mute = mute.fill(style::DANGER.gamma_multiply(0.35));
+            }
+            if ui
+                .add(mute)
+                .on_hover_text("Microphone on/off (M)")
+                .clicked()
+            {
+                self.ctl.send(Request::SetMuted(!muted));
+            }
+            let deafen_text = if deafened { "Undeafen" } else { "Deafen" };
+            let mut deafen = egui::Button::new(RichText::new(deafen_text).strong()).min_size(size);
+            if deafened {
+                deafen = deafen.fill(style::DANGER.gamma_multiply(0.35));
+            }
+            if ui
+                .add(deafen)
+                .on_hover_text("Stop hearing the call; also mutes you (D)")
+                .clicked()
+            {
+                self.ctl.send(Request::SetDeafened(!deafened));
+            }
+            if let Some(key) = &self.settings.push_to_talk {
+                let text = if self.snap.talking {
+                    RichText::new(format!("Talking ({key})"))
+                        .color(style::SPEAKING)
+                        .strong()
+                } else {
+                    RichText::new(format!("Hold {key} to talk")).weak()
+                };
+                ui.label(text);
+            } else {
+                ui.label(RichText::new("M mute · D deafen").weak().small());
+            }
+            ui.with_layout(Layout::right_to_left(Align::Center), |ui| {
+                let leave =
+                    egui::Button::new(RichText::new("Leave").strong().color(egui::Color32::WHITE))
+                        .fill(style::DANGER)
+                        .min_size(size);
+                if ui.add(leave).clicked() {
+                    self.ctl.send(Request::Leave);
+                }
+            });
+        });
+    }
+}

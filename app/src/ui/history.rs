@@ -1,0 +1,172 @@
+//! Latency history: per-participant samples of the stage breakdown over the last minutes, for
+//! the scrolling plot and the CSV export. Plain data, no egui.
+
+use crate::engine::receive::PeerStats;
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Write as _;
+
+/// Samples older than this are forgotten (10 minutes).
+pub const KEEP_SECONDS: f64 = 600.0;
+
+/// One participant's latency at one moment.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    /// Seconds since the history started.
+    pub t: f64,
+    pub capture_ms: f64,
+    pub processing_ms: f64,
+    pub encode_ms: f64,
+    pub network_ms: f64,
+    pub jitter_buffer_ms: f64,
+    pub decode_ms: f64,
+    pub playback_ms: f64,
+    /// Mouth-to-ear: the sum of the stages.
+    pub total_ms: f64,
+    pub rtt_ms: Option<f64>,
+    pub jitter_ms: f64,
+    pub packets_lost: i64,
+    pub fec_recovered: u64,
+    pub concealed: u64,
+}
+
+impl Sample {
+    pub fn from_peer(t: f64, p: &PeerStats) -> Self {
+        let s = &p.stages;
+        Self {
+            t,
+            capture_ms: s.capture_ms,
+            processing_ms: s.processing_ms,
+            encode_ms: s.encode_ms,
+            network_ms: s.network_ms,
+            jitter_buffer_ms: s.jitter_buffer_ms,
+            decode_ms: s.decode_ms,
+            playback_ms: s.playback_ms,
+            total_ms: s.total_ms,
+            rtt_ms: p.rtt_ms,
+            jitter_ms: p.jitter_ms,
+            packets_lost: p.packets_lost,
+            fec_recovered: p.fec_recovered,
+            concealed: p.concealed,
+        }
+    }
+}
+
+/// Samples per participant (by display name), oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    pub series: BTreeMap<String, VecDeque<Sample>>,
+}
+
+impl History {
+    pub fn clear(&mut self) {
+        self.series.clear();
+    }
+
+    /// Adds a sample for `name` and drops what is older than [`KEEP_SECONDS`].
+    pub fn push(&mut self, name: &str, sample: Sample) {
+        let series = self.series.entry(name.to_string()).or_default();
+        series.push_back(sample);
+        while series
+            .front()
+            .is_some_and(|s| sample.t - s.t > KEEP_SECONDS)
+        {
+            series.pop_front();
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.series.values().all(VecDeque::is_empty)
+    }
+
+    /// Every sample as CSV, one row per participant and time, with a header.
+    pub fn to_csv(&self) -> String {
+        let mut out = String::from(
+            "time_s,participant,mouth_to_ear_ms,capture_ms,processing_ms,encode_ms,network_ms,jitter_buffer_ms,decode_ms,playback_ms,rtt_ms,jitter_ms,packets_lost,fec_recovered,concealed\n",
+        );
+        for (name, series) in &self.series {
+            for s in series {
+                let _ = writeln!(
+                    out,
+                    "{:.1},{},{:.2},{:.2},{:.2},{:.2},{:.2},{:.2},{:.3},{:.2},{},{:.2},{},{},{}",
+                    s.t,
+                    csv_field(name),
+                    s.total_ms,
+                    s.capture_ms,
+                    s.processing_ms,
+                    s.encode_ms,
+                    s.network_ms,
+                    s.jitter_buffer_ms,
+                    s.decode_ms,
+                    s.playback_ms,
+                    s.rtt_ms.map(|r| format!("{r:.2}")).unwrap_or_default(),
+                    s.jitter_ms,
+                    s.packets_lost,
+                    s.fec_recovered,
+                    s.concealed
+                );
+            }
+        }
+        out
+    }
+}
+
+/// Quotes a CSV field when it needs it (RFC 4180).
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(t: f64, total: f64) -> Sample {
+        Sample {
+            t,
+            capture_ms: 10.0,
+            processing_ms: 10.5,
+            encode_ms: 6.8,
+            network_ms: 0.3,
+            jitter_buffer_ms: total - 30.0,
+            decode_ms: 0.05,
+            playback_ms: 2.35,
+            total_ms: total,
+            rtt_ms: Some(0.6),
+            jitter_ms: 0.4,
+            packets_lost: 0,
+            fec_recovered: 0,
+            concealed: 1,
+        }
+    }
+
+    #[test]
+    fn old_samples_are_dropped() {
+        let mut h = History::default();
+        for i in 0..700 {
+            h.push("bob", sample(f64::from(i), 50.0));
+        }
+        let s = &h.series["bob"];
+        assert_eq!(s.front().unwrap().t, 99.0);
+        assert_eq!(s.back().unwrap().t, 699.0);
+    }
+
+    #[test]
+    fn csv_has_a_header_and_one_row_per_sample_with_quoted_names() {
+        let mut h = History::default();
+        h.push("bob", sample(0.5, 50.0));
+        h.push("Smith, \"Al\"", sample(0.5, 60.0));
+        h.push("bob", sample(1.0, 51.0));
+        let csv = h.to_csv();
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines.len(), 4);
+        assert!(lines[0].starts_with("time_s,participant,mouth_to_ear_ms"));
+        assert_eq!(lines[0].split(',').count(), 15);
+        assert!(
+            lines.contains(&"0.5,bob,50.00,10.00,10.50,6.80,0.30,20.00,0.050,2.35,0.60,0.40,0,0,1")
+        );
+        assert!(csv.contains("\"Smith, \"\"Al\"\"\",60.00"));
+    }
+}

@@ -1,0 +1,125 @@
+//! The desktop app: an egui/eframe window (OpenGL through glow) over the same engine as the
+//! headless shell.
+//!
+//! - [`controller`]: the call logic on its own tokio runtime thread — sessions, hosting the
+//!   embedded relay, trust on first use, reconnection, the loopback latency test. No egui.
+//! - [`app`] and the screens ([`start`], [`call`], [`settings_view`]): the egui view. It reads
+//!   the controller's snapshot every frame and sends it requests; it owns no call logic.
+//! - [`meter`]: the latency meter and history plot; [`history`]: the samples behind them.
+//! - [`style`]: palette and custom indicators; [`sounds`]: join/leave cues.
+//!
+//! The window repaints on input and controller events, and every 100 ms while a call is on —
+//! never continuously.
+
+pub mod app;
+pub mod call;
+pub mod controller;
+pub mod history;
+pub mod meter;
+pub mod settings_view;
+pub mod sounds;
+pub mod start;
+pub mod style;
+
+pub use app::{AppConfig, NatterApp, Screen};
+pub use controller::{AudioSource, ControllerConfig, TestSignal};
+
+use crate::settings::Dirs;
+use std::process::ExitCode;
+
+/// The one line printed when there is no display to open a window on.
+pub const NO_DISPLAY: &str =
+    "natter: no display found; for a headless call use `natter call …` (see `natter call --help`)";
+
+/// Whether a window could be opened: on Linux and the BSDs, a Wayland or X11 display is set.
+pub fn has_display() -> bool {
+    if cfg!(any(target_os = "windows", target_os = "macos")) {
+        return true;
+    }
+    ["WAYLAND_DISPLAY", "DISPLAY"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()))
+}
+
+/// How the app was launched.
+#[derive(Debug, Clone, Default)]
+pub struct LaunchOptions {
+    /// An invite to join at once.
+    pub join: Option<String>,
+    /// Display name to join with (default: the saved one).
+    pub name: Option<String>,
+    /// Config and data under this directory instead of the OS ones.
+    pub dir: Option<std::path::PathBuf>,
+    /// Use a test signal instead of sound-card devices (machines without audio).
+    pub test_signal: Option<TestSignal>,
+}
+
+/// Logs go to `natter.log` in the data directory (warnings and up unless `RUST_LOG` says
+/// otherwise), so a window app does not need a terminal to be diagnosed.
+fn init_logging(dirs: &Dirs) -> Option<std::path::PathBuf> {
+    std::fs::create_dir_all(&dirs.data).ok()?;
+    let path = dirs.data.join("natter.log");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .ok()?;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,natter=info".into()),
+        )
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(file))
+        .try_init();
+    Some(path)
+}
+
+/// Runs the desktop app until its window closes.
+pub fn run(options: LaunchOptions) -> ExitCode {
+    if !has_display() {
+        eprintln!("{NO_DISPLAY}");
+        return ExitCode::from(2);
+    }
+    let dirs = match options.dir.as_deref().map(Dirs::under).or_else(Dirs::os) {
+        Some(d) => d,
+        None => {
+            eprintln!("natter: cannot find a home directory for settings; use --dir DIR");
+            return ExitCode::FAILURE;
+        }
+    };
+    let log = init_logging(&dirs);
+    tracing::info!(log = ?log, "natter desktop app starting");
+    let mut config = AppConfig::desktop(dirs);
+    if let Some(signal) = options.test_signal {
+        config.controller.audio = AudioSource::TestSignal(signal);
+    }
+    let native = eframe::NativeOptions {
+        renderer: eframe::Renderer::Glow,
+        viewport: egui::ViewportBuilder::default()
+            .with_title("Natter")
+            .with_app_id("natter")
+            .with_inner_size([920.0, 700.0])
+            .with_min_inner_size([560.0, 460.0]),
+        ..Default::default()
+    };
+    let result = eframe::run_native(
+        "Natter",
+        native,
+        Box::new(move |cc| {
+            let mut app = NatterApp::new(&cc.egui_ctx, config)?;
+            if let Some(invite) = &options.join {
+                app.join_invite(invite, options.name.as_deref());
+            }
+            Ok(Box::new(app) as Box<dyn eframe::App>)
+        }),
+    );
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("natter: cannot open a window: {e}");
+            eprintln!("{NO_DISPLAY}");
+            ExitCode::FAILURE
+        }
+    }
+}
