@@ -321,7 +321,7 @@ fn main() -> anyhow::Result<()> {
         renderer: eframe::Renderer::Glow,
         viewport: egui::ViewportBuilder::default()
             .with_title("Natter")
-            .with_inner_size([980.0, 800.0]),
+            .with_inner_size([980.0, 860.0]),
         ..Default::default()
     };
     let started = Instant::now();

@@ -30,7 +30,7 @@ struct Cli {
     command: Option<Cmd>,
     /// Desktop app: join this invite (natter://host:port/room?fp=…) right away.
     invite: Option<String>,
-    /// Desktop app: display name for --invite (default: the one in the settings).
+    /// Desktop app: display name to join INVITE with (default: the saved one).
     #[arg(long)]
     name: Option<String>,
     /// Desktop app: keep settings, trusted relays and logs under DIR instead of the OS

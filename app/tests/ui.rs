@@ -432,6 +432,10 @@ fn join_errors_are_explained_without_leaving_the_start_screen() {
         "That invite link does not look right"
     ));
     assert!(matches!(snapshot(&h).phase, Phase::Idle));
+    type_into(&mut h, "Relay port", "x");
+    click(&mut h, "Host a call");
+    assert!(has_label(&h, "The port must be a number from 0 to 65535."));
+    assert!(snapshot(&h).hosting.is_none());
 }
 
 #[test]
@@ -560,6 +564,40 @@ fn reconnects_and_rejoins_after_the_relay_restarts() {
         matches!(snapshot(h).phase, Phase::InCall) && has_label(h, "Rex (you)")
     });
     assert_eq!(relay.handle().occupancy().2, 1, "rejoined the room");
+    click(&mut h, "Leave");
+    relay.stop();
+}
+
+#[test]
+fn push_to_talk_opens_the_microphone_only_while_the_key_is_held() {
+    let relay = TestRelay::start_on(0, natter_relay::Identity::generate().unwrap());
+    let mut invite = relay.handle().invite();
+    invite.room = Some("ptt".into());
+    let dir = tempfile::tempdir().unwrap();
+    let dirs = Dirs::under(dir.path());
+    std::fs::create_dir_all(&dirs.config).unwrap();
+    std::fs::write(
+        dirs.settings_file(),
+        "display_name = \"Pat\"\npush_to_talk = \"Space\"\n",
+    )
+    .unwrap();
+    let mut h = app(dir.path(), TestSignal::Speech);
+    type_into(&mut h, "Invite link", &invite.to_string());
+    click(&mut h, "Join");
+    wait_for(&mut h, "the call", 15.0, |h| has_label(h, "Pat (you)"));
+    // Not holding the key: the microphone is closed even though Pat is not muted.
+    wait_for(&mut h, "the closed microphone", 5.0, |h| {
+        has_label(h, "Pat is muted") && has_label(h, "Hold Space to talk")
+    });
+    assert!(!snapshot(&h).muted, "push to talk is not the mute button");
+    h.key_down(egui::Key::Space);
+    wait_for(&mut h, "the open microphone", 5.0, |h| {
+        snapshot(h).talking && has_label(h, "Talking (Space)") && !has_label(h, "Pat is muted")
+    });
+    h.key_up(egui::Key::Space);
+    wait_for(&mut h, "the microphone closed again", 5.0, |h| {
+        !snapshot(h).talking && has_label(h, "Pat is muted")
+    });
     click(&mut h, "Leave");
     relay.stop();
 }

@@ -55,7 +55,9 @@ pub struct StartForm {
     pub room: String,
     pub host_port: String,
     pub host_room: String,
+    /// Why the last Join or Host click did nothing.
     pub error: Option<String>,
+    pub host_error: Option<String>,
 }
 
 pub struct NatterApp {

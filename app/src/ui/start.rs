@@ -167,13 +167,16 @@ impl NatterApp {
                 );
                 field(&mut cols[1], "Relay port", &mut self.form.host_port, "4433");
             });
+            if let Some(e) = &self.form.host_error {
+                ui.label(RichText::new(e).color(style::DANGER));
+            }
             if style::primary(ui, "Host a call").clicked() {
                 match self.host_from_form() {
                     Ok(req) => {
-                        self.form.error = None;
+                        self.form.host_error = None;
                         self.ctl.send(req);
                     }
-                    Err(e) => self.form.error = Some(e),
+                    Err(e) => self.form.host_error = Some(e),
                 }
             }
         });
