@@ -229,8 +229,8 @@ fn settings(args: &Args, file: &ConfigFile) -> anyhow::Result<Settings> {
         relay.limits.byte_burst = (v / 3.0).max(4_000.0);
     }
     if let Some(v) = args.idle_timeout.or(l.idle_timeout_secs) {
-        if v == 0 {
-            bail!("limits.idle-timeout-secs: must be at least 1");
+        if v < 2 {
+            bail!("limits.idle-timeout-secs: must be at least 2 (clients keep alive every second)");
         }
         relay.idle_timeout = Duration::from_secs(v);
     }

@@ -33,7 +33,7 @@ pub struct RelayConfig {
     pub limits: Limits,
     /// A connection must open its control stream and say Hello within this time.
     pub hello_timeout: Duration,
-    /// A connection silent this long is closed (clients keep alive every few seconds).
+    /// A connection silent this long is closed (clients keep alive every second).
     pub idle_timeout: Duration,
     /// Bytes of outgoing datagrams quinn may queue per connection before dropping the oldest.
     pub datagram_send_buffer: usize,

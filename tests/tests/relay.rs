@@ -86,7 +86,7 @@ fn tokens_are_checked() {
 #[test]
 fn metrics_and_idle_timeout() {
     let dir = TempDir::new("metrics");
-    let relay = RelayProcess::start_with(&["--metrics", "127.0.0.1:0", "--idle-timeout", "1"]);
+    let relay = RelayProcess::start_with(&["--metrics", "127.0.0.1:0", "--idle-timeout", "3"]);
     let url = relay.metrics_url().to_string();
     let (status, body) = http_get(&url.replace("/metrics", "/healthz"));
     assert_eq!((status, body.trim()), (200, "ok"));
@@ -94,7 +94,7 @@ fn metrics_and_idle_timeout() {
 
     signal_file("speech", &dir.join("a.wav"), 2.0, 1);
     let bob = Call::new(relay.invite(), "m", "bob")
-        .duration(6.0)
+        .duration(12.0)
         .stats_json(&dir.join("bob.json"))
         .spawn();
     relay.wait_for_join("m", "bob");

@@ -58,7 +58,10 @@ impl ConnectError {
 /// call, and a datagram send queue of a few frames so stale audio is dropped, not queued.
 fn transport_config() -> TransportConfig {
     let mut t = TransportConfig::default();
-    t.keep_alive_interval(Some(Duration::from_secs(5)));
+    // Every second of silence: quinn sends a PING only when nothing else went out, so a
+    // busy call pays nothing, and a listener stays alive even on relays with short idle
+    // timeouts (the relay refuses timeouts under 2 s).
+    t.keep_alive_interval(Some(Duration::from_secs(1)));
     t.max_idle_timeout(Duration::from_secs(20).try_into().ok());
     t.datagram_send_buffer_size(4 * 1024);
     t.datagram_receive_buffer_size(Some(256 * 1024));
