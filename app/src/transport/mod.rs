@@ -155,7 +155,7 @@ pub async fn connect(invite: &Invite) -> Result<(Endpoint, quinn::Connection), C
 pub async fn probe_fingerprint(invite: &Invite) -> Result<[u8; 32], ConnectError> {
     let addr = resolve(invite)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let probe = Arc::new(pin::FingerprintProbe::new(provider.clone()));
+    let probe = Arc::new(pin::PinnedVerifier::probe(provider.clone()));
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| ConnectError::Tls(e.to_string()))?
@@ -178,7 +178,7 @@ pub async fn probe_fingerprint(invite: &Invite) -> Result<[u8; 32], ConnectError
         .map_err(|e| ConnectError::Local(e.to_string()))?;
     let result = tokio::time::timeout(CONNECT_TIMEOUT, connecting).await;
     endpoint.close(0u32.into(), b"");
-    match (probe.seen(), result) {
+    match (probe.mismatch(), result) {
         (Some(fp), _) => Ok(fp),
         (None, Err(_)) | (None, Ok(Err(ConnectionError::TimedOut))) => {
             Err(ConnectError::Unreachable(invite.authority()))

@@ -13,24 +13,38 @@ use std::sync::{Arc, Mutex};
 
 #[derive(Debug)]
 pub struct PinnedVerifier {
-    expected: [u8; 32],
+    /// The pinned fingerprint; `None` makes a trust-on-first-use probe that accepts nothing.
+    expected: Option<[u8; 32]>,
     provider: Arc<CryptoProvider>,
-    /// The fingerprint actually presented, when it did not match (for the error message).
-    mismatch: Mutex<Option<[u8; 32]>>,
+    /// The fingerprint actually presented, when it was not accepted (for the error message,
+    /// or for asking the user whether to trust it).
+    rejected: Mutex<Option<[u8; 32]>>,
 }
 
 impl PinnedVerifier {
     pub fn new(expected: [u8; 32], provider: Arc<CryptoProvider>) -> Self {
         Self {
-            expected,
+            expected: Some(expected),
             provider,
-            mismatch: Mutex::new(None),
+            rejected: Mutex::new(None),
         }
     }
 
-    /// The fingerprint the relay presented if it was not the pinned one.
+    /// Trust on first use: accepts no certificate (nothing is sent to a relay the user has not
+    /// decided to trust), but records the fingerprint of the one the relay presented, so the
+    /// user can be asked and it can be pinned from then on.
+    pub fn probe(provider: Arc<CryptoProvider>) -> Self {
+        Self {
+            expected: None,
+            provider,
+            rejected: Mutex::new(None),
+        }
+    }
+
+    /// The fingerprint the relay presented if it was not accepted: the wrong one for a pinned
+    /// verifier, the one seen for a probe.
     pub fn mismatch(&self) -> Option<[u8; 32]> {
-        *self.mismatch.lock().unwrap_or_else(|p| p.into_inner())
+        *self.rejected.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -44,10 +58,10 @@ impl ServerCertVerifier for PinnedVerifier {
         _now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
         let actual = cert_fingerprint(end_entity);
-        if actual == self.expected {
+        if self.expected == Some(actual) {
             Ok(ServerCertVerified::assertion())
         } else {
-            *self.mismatch.lock().unwrap_or_else(|p| p.into_inner()) = Some(actual);
+            *self.rejected.lock().unwrap_or_else(|p| p.into_inner()) = Some(actual);
             Err(Error::InvalidCertificate(
                 CertificateError::ApplicationVerificationFailure,
             ))
@@ -78,73 +92,6 @@ impl ServerCertVerifier for PinnedVerifier {
             dss,
             &self.provider.signature_verification_algorithms,
         )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// Trust on first use: accepts no certificate, but records the fingerprint of the one the relay
-/// presented so the user can be asked whether to trust it (and it can be pinned from then on).
-#[derive(Debug)]
-pub struct FingerprintProbe {
-    provider: Arc<CryptoProvider>,
-    seen: Mutex<Option<[u8; 32]>>,
-}
-
-impl FingerprintProbe {
-    pub fn new(provider: Arc<CryptoProvider>) -> Self {
-        Self {
-            provider,
-            seen: Mutex::new(None),
-        }
-    }
-
-    /// The fingerprint of the certificate the relay presented, once the handshake got that far.
-    pub fn seen(&self) -> Option<[u8; 32]> {
-        *self.seen.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl ServerCertVerifier for FingerprintProbe {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, Error> {
-        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(cert_fingerprint(end_entity));
-        // Never proceed: nothing is sent to a relay the user has not decided to trust.
-        Err(Error::InvalidCertificate(
-            CertificateError::ApplicationVerificationFailure,
-        ))
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        Err(Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        Err(Error::InvalidCertificate(
-            CertificateError::ApplicationVerificationFailure,
-        ))
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
