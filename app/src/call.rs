@@ -8,12 +8,13 @@ use crate::audio::SAMPLE_RATE;
 use crate::audio::device::DeviceChoice;
 use crate::audio::wav::{read_wav, write_wav};
 use crate::engine::{EngineConfig, EngineStats};
+use crate::history::{History, Sample};
 use crate::session::{Audio, Session, SessionConfig};
 use crate::transport::ConnectError;
 use anyhow::Context;
 use natter_proto::invite::Invite;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Longest call without input or duration (the recording is reserved, not committed, memory).
 const MAX_OPEN_ENDED: Duration = Duration::from_secs(3600);
@@ -38,7 +39,13 @@ pub struct CallOptions {
     pub voice: Option<crate::apm::VoiceConfig>,
     /// Send only while the VAD hears voice.
     pub voice_activation: bool,
+    /// Write the latency meter's history (every [`HISTORY_PERIOD`]) here as CSV.
+    pub latency_csv: Option<PathBuf>,
 }
+
+/// How often `--latency-csv` samples the meter: fine enough to line each sample up with a
+/// chirp of the latency probe.
+pub const HISTORY_PERIOD: Duration = Duration::from_millis(100);
 
 /// What happened, for printing and JSON.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -168,11 +175,17 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
     })
     .await?;
 
+    let mut history = History::keeping(f64::INFINITY);
+    let mut next_sample = Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(20)) => {
                 if session.audio_finished() {
                     break;
+                }
+                if opts.latency_csv.is_some() && Instant::now() >= next_sample {
+                    next_sample += HISTORY_PERIOD;
+                    sample_history(&session, &mut history);
                 }
             }
             _ = session.wait_ended() => break,
@@ -183,6 +196,10 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
     let done = session.leave().await;
     if let Some(path) = &opts.output {
         write_wav(path, &done.recording)?;
+    }
+    if let Some(path) = &opts.latency_csv {
+        std::fs::write(path, history.to_csv())
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(CallReport {
         room: joined.room,
@@ -195,6 +212,27 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
         engine: done.stats,
         recording: done.recording,
     })
+}
+
+/// Adds one sample per peer whose stages are complete, timed in seconds since sample 0 of the
+/// audio (the recording's time axis).
+fn sample_history(session: &Session, history: &mut History) {
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    let Some(since_us) = now_us.checked_sub(session.audio_start_unix_us()) else {
+        return;
+    };
+    let t = since_us as f64 / 1e6;
+    for peer in session.stats().peers {
+        if peer.stages.complete {
+            let name = peer
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("{:08x}", peer.ssrc));
+            history.push(&name, Sample::from_peer(t, &peer));
+        }
+    }
 }
 
 /// Writes the report as JSON.

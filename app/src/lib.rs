@@ -9,6 +9,7 @@ pub mod audio;
 pub mod call;
 pub mod codec;
 pub mod engine;
+pub mod history;
 pub mod jitter;
 pub mod measure;
 pub mod rate;

@@ -134,6 +134,10 @@ struct CallArgs {
     /// Write the final statistics as JSON.
     #[arg(long)]
     stats_json: Option<PathBuf>,
+    /// Write the latency meter's history as CSV (every 100 ms, per participant; time in
+    /// seconds since sample 0 of --output), the same columns as the desktop app's export.
+    #[arg(long)]
+    latency_csv: Option<PathBuf>,
     /// Opus frame length in ms: 10 (low-latency mode), 20, 40 or 60. Adapted to the network
     /// (e.g. 40 ms on a lossy one) unless --fixed-frame.
     #[arg(long, default_value_t = 20)]
@@ -325,6 +329,7 @@ fn run_call(args: CallArgs) -> anyhow::Result<ExitCode> {
         pin_frame: args.fixed_frame,
         voice: args.processing,
         voice_activation: args.voice_activation,
+        latency_csv: args.latency_csv.clone(),
         devices: (args.input_device.is_some() || args.output_device.is_some()).then(|| {
             natter::audio::device::DeviceChoice {
                 input: args.input_device.clone(),
@@ -375,6 +380,7 @@ async fn demo(seconds: f32, frame_ms: u32) -> anyhow::Result<ExitCode> {
         devices: None,
         voice: None,
         voice_activation: false,
+        latency_csv: None,
     };
     println!(
         "bob listens; alice sends {seconds} s of chirps ({frame_ms} ms Opus frames) through the relay…"

@@ -280,14 +280,19 @@ impl Session {
         });
     }
 
-    /// Stops audio, says Leave, closes the connection and reports.
-    pub async fn leave(self) -> Finished {
-        let audio_start_unix_us = match &self.backend {
+    /// Wall clock of sample 0 of the audio, µs since the Unix epoch.
+    pub fn audio_start_unix_us(&self) -> u64 {
+        match &self.backend {
             Backend::Wav(w) => w.started_unix_us(),
             Backend::Device {
                 started_unix_us, ..
             } => *started_unix_us,
-        };
+        }
+    }
+
+    /// Stops audio, says Leave, closes the connection and reports.
+    pub async fn leave(self) -> Finished {
+        let audio_start_unix_us = self.audio_start_unix_us();
         let recording = match self.backend {
             Backend::Wav(w) => w.finish(),
             Backend::Device { device, .. } => {

@@ -111,7 +111,7 @@
 //!
 //! [`JitterStats::delay_ms`] is *measured*: for every decoded frame, the time from its arrival
 //! to the moment its first sample is handed out (pull time + offset in the block), averaged with
-//! a 1 s time constant. Together with the playback ring it is what the latency meter adds up.
+//! a 250 ms time constant. Together with the playback ring it is what the latency meter adds up.
 
 mod buffer;
 mod delay;
@@ -183,8 +183,11 @@ const DTX_TAIL: usize = 240;
 const DISCONTINUITY_MS: f64 = 10_000.0;
 /// Pull-time buffer levels remembered: enough for the longest frame (120 ms) at 10 ms pulls.
 const LEVELS: usize = 16;
-/// Time constant of the measured-delay average.
-const DELAY_TAU_MS: f64 = 1_000.0;
+/// Time constant of the measured-delay average: short enough that the latency meter follows a
+/// change of the buffer's delay within a second (4 τ, measured against chirps in the e2e test
+/// `latency_stages_add_up_to_the_measured_latency`), long enough to smooth per-packet arrival
+/// jitter for a calm display.
+const DELAY_TAU_MS: f64 = 250.0;
 /// Interval maxima the histogram must have seen (2 s) before the buffer trusts its target
 /// enough to give up the block setpoint's spare: the first intervals of a call may not have
 /// met the path's jitter yet.

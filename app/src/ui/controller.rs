@@ -7,13 +7,13 @@
 //! refreshed here every 100 ms — so the UI thread never waits on network or audio. No egui
 //! type appears in this file; `repaint` is how it wakes the UI after an event.
 
-use super::history::{History, Sample};
 use super::sounds::{self, Cue};
 use crate::apm::VoiceConfig;
 use crate::audio::SAMPLE_RATE;
 use crate::audio::device::{DeviceChoice, DeviceList};
 use crate::engine::receive::PeerStats;
 use crate::engine::{EngineCommand, EngineConfig, EngineStats};
+use crate::history::{History, Sample};
 use crate::rate::FrameMode;
 use crate::session::{Audio, Session, SessionConfig};
 use crate::settings::{Dirs, KnownRelays};

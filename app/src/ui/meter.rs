@@ -1,9 +1,9 @@
 //! The latency meter: a stacked bar of where one participant's mouth-to-ear delay goes, the
 //! link numbers beside it, and a scrolling plot of the history.
 
-use super::history::History;
 use super::style::STAGE_COLORS;
 use crate::engine::receive::PeerStats;
+use crate::history::History;
 use egui::{Rect, Role, Sense, Ui, WidgetInfo, pos2, vec2};
 use egui_plot::{Line, LineStyle, Plot, PlotPoints, uniform_grid_spacer};
 

@@ -5,7 +5,7 @@
 //!   embedded relay, trust on first use, reconnection, the loopback latency test. No egui.
 //! - [`app`] and the screens ([`start`], [`call`], [`settings_view`]): the egui view. It reads
 //!   the controller's snapshot every frame and sends it requests; it owns no call logic.
-//! - [`meter`]: the latency meter and history plot; [`history`]: the samples behind them.
+//! - [`meter`]: the latency meter and history plot over [`crate::history`].
 //! - [`style`]: palette and custom indicators; [`sounds`]: join/leave cues.
 //!
 //! The window repaints on input and controller events, and every 100 ms while a call is on —
@@ -14,7 +14,6 @@
 pub mod app;
 pub mod call;
 pub mod controller;
-pub mod history;
 pub mod meter;
 pub mod settings_view;
 pub mod sounds;

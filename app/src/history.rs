@@ -1,11 +1,12 @@
-//! Latency history: per-participant samples of the stage breakdown over the last minutes, for
-//! the scrolling plot and the CSV export. Plain data, no egui.
+//! Latency history: per-participant samples of the stage breakdown over time, for the desktop
+//! app's scrolling plot and CSV export and for `natter call --latency-csv`. Plain data, shared
+//! by both shells so that what a tester exports headless is what the meter shows.
 
 use crate::engine::receive::PeerStats;
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 
-/// Samples older than this are forgotten (10 minutes).
+/// The desktop app forgets samples older than this (10 minutes).
 pub const KEEP_SECONDS: f64 = 600.0;
 
 /// One participant's latency at one moment.
@@ -52,23 +53,39 @@ impl Sample {
 }
 
 /// Samples per participant (by display name), oldest first.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct History {
     pub series: BTreeMap<String, VecDeque<Sample>>,
+    /// Samples older than this many seconds (relative to the newest) are dropped.
+    keep_seconds: f64,
+}
+
+impl Default for History {
+    fn default() -> Self {
+        Self::keeping(KEEP_SECONDS)
+    }
 }
 
 impl History {
+    /// A history that keeps `keep_seconds` (`f64::INFINITY`: the whole call).
+    pub fn keeping(keep_seconds: f64) -> Self {
+        Self {
+            series: BTreeMap::new(),
+            keep_seconds,
+        }
+    }
+
     pub fn clear(&mut self) {
         self.series.clear();
     }
 
-    /// Adds a sample for `name` and drops what is older than [`KEEP_SECONDS`].
+    /// Adds a sample for `name` and drops what has left the window.
     pub fn push(&mut self, name: &str, sample: Sample) {
         let series = self.series.entry(name.to_string()).or_default();
         series.push_back(sample);
         while series
             .front()
-            .is_some_and(|s| sample.t - s.t > KEEP_SECONDS)
+            .is_some_and(|s| sample.t - s.t > self.keep_seconds)
         {
             series.pop_front();
         }
@@ -87,7 +104,7 @@ impl History {
             for s in series {
                 let _ = writeln!(
                     out,
-                    "{:.1},{},{:.2},{:.2},{:.2},{:.2},{:.2},{:.2},{:.3},{:.2},{},{:.2},{},{},{}",
+                    "{:.2},{},{:.2},{:.2},{:.2},{:.2},{:.2},{:.2},{:.3},{:.2},{},{:.2},{},{},{}",
                     s.t,
                     csv_field(name),
                     s.total_ms,
@@ -165,7 +182,8 @@ mod tests {
         assert!(lines[0].starts_with("time_s,participant,mouth_to_ear_ms"));
         assert_eq!(lines[0].split(',').count(), 15);
         assert!(
-            lines.contains(&"0.5,bob,50.00,10.00,10.50,6.80,0.30,20.00,0.050,2.35,0.60,0.40,0,0,1")
+            lines
+                .contains(&"0.50,bob,50.00,10.00,10.50,6.80,0.30,20.00,0.050,2.35,0.60,0.40,0,0,1")
         );
         assert!(csv.contains("\"Smith, \"\"Al\"\"\",60.00"));
     }
