@@ -12,8 +12,10 @@ pub mod device;
 pub mod resample;
 pub mod wav;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
 
 /// The engine's internal sample rate (Opus and the RTP clock both run at 48 kHz).
 pub const SAMPLE_RATE: u32 = 48_000;
@@ -74,9 +76,9 @@ pub fn ring_pair_at(
     )
 }
 
-/// Glitch counters shared between a backend and the UI/stats. Atomics: callbacks bump them
-/// without locking.
-#[derive(Debug, Default)]
+/// Glitch counters and device timing shared between a backend and the engine/UI. Atomics:
+/// callbacks bump them without locking.
+#[derive(Debug)]
 pub struct DeviceCounters {
     /// Captured samples dropped because the engine did not keep up.
     pub capture_overruns: AtomicU64,
@@ -91,9 +93,63 @@ pub struct DeviceCounters {
     pub output_latency_us: AtomicU64,
     /// Times the backend rebuilt its streams (device unplugged, default device changed).
     pub rebuilds: AtomicU64,
+    /// When the backend last pushed capture samples / took playback samples, in ns since
+    /// `epoch` (0: never). The engine schedules its work from these instead of polling.
+    last_capture_ns: AtomicU64,
+    last_playback_ns: AtomicU64,
+    epoch: Instant,
+    /// The engine thread, woken when capture samples arrive.
+    engine: OnceLock<Thread>,
+}
+
+impl Default for DeviceCounters {
+    fn default() -> Self {
+        Self {
+            capture_overruns: AtomicU64::new(0),
+            playback_underruns: AtomicU64::new(0),
+            period_us: AtomicU64::new(0),
+            input_latency_us: AtomicU64::new(0),
+            output_latency_us: AtomicU64::new(0),
+            rebuilds: AtomicU64::new(0),
+            last_capture_ns: AtomicU64::new(0),
+            last_playback_ns: AtomicU64::new(0),
+            epoch: Instant::now(),
+            engine: OnceLock::new(),
+        }
+    }
 }
 
 impl DeviceCounters {
+    /// Registers the calling thread as the one [`push_capture`] wakes. The first registration
+    /// wins (one engine per backend).
+    pub fn wake_this_thread_on_capture(&self) {
+        let _ = self.engine.set(std::thread::current());
+    }
+
+    /// When capture samples last arrived, if ever.
+    pub fn last_capture(&self) -> Option<Instant> {
+        self.instant(&self.last_capture_ns)
+    }
+
+    /// When the device last took playback samples, if ever.
+    pub fn last_playback(&self) -> Option<Instant> {
+        self.instant(&self.last_playback_ns)
+    }
+
+    fn instant(&self, ns: &AtomicU64) -> Option<Instant> {
+        match ns.load(Relaxed) {
+            0 => None,
+            ns => Some(self.epoch + Duration::from_nanos(ns)),
+        }
+    }
+
+    /// Stamps `slot` with the current time. Real-time safe: `Instant::now` reads the vDSO
+    /// clock, no system call.
+    fn stamp(&self, slot: &AtomicU64) {
+        let ns = self.epoch.elapsed().as_nanos() as u64;
+        slot.store(ns.max(1), Relaxed);
+    }
+
     pub fn overruns(&self) -> u64 {
         self.capture_overruns.load(Relaxed)
     }
@@ -102,7 +158,8 @@ impl DeviceCounters {
     }
 }
 
-/// Copies `samples` into the capture ring, counting what does not fit. Real-time safe.
+/// Copies `samples` into the capture ring, counting what does not fit, and wakes the engine.
+/// Real-time safe.
 pub fn push_capture(ring: &mut rtrb::Producer<f32>, samples: &[f32], counters: &DeviceCounters) {
     let n = samples.len().min(ring.slots());
     if let Ok(mut chunk) = ring.write_chunk_uninit(n) {
@@ -119,10 +176,18 @@ pub fn push_capture(ring: &mut rtrb::Producer<f32>, samples: &[f32], counters: &
             .capture_overruns
             .fetch_add((samples.len() - n) as u64, Relaxed);
     }
+    if !samples.is_empty() {
+        counters.stamp(&counters.last_capture_ns);
+        // `unpark` is an atomic swap plus, only if the engine is parked, one futex wake: it
+        // neither blocks nor allocates.
+        if let Some(engine) = counters.engine.get() {
+            engine.unpark();
+        }
+    }
 }
 
 /// Fills `out` from the playback ring, padding with silence (and counting it) when the engine
-/// has not supplied enough. `started` suppresses underrun counting before the first audio ever
+/// has not supplied enough, and records when the device took it (the engine's playout clock). `started` suppresses underrun counting before the first audio ever
 /// arrived (silence before a call starts is not a glitch). Real-time safe.
 pub fn pop_playback(
     ring: &mut rtrb::Consumer<f32>,
@@ -130,6 +195,7 @@ pub fn pop_playback(
     counters: &DeviceCounters,
     started: &mut bool,
 ) {
+    counters.stamp(&counters.last_playback_ns);
     let n = out.len().min(ring.slots());
     if let Ok(chunk) = ring.read_chunk(n) {
         let (a, b) = chunk.as_slices();

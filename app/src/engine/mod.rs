@@ -173,9 +173,16 @@ impl Engine {
         self.muted.store(muted, Relaxed);
     }
 
-    /// Applies a settings change at the engine's next tick.
+    /// Applies a settings change at once (wakes the engine thread).
     pub fn command(&self, command: EngineCommand) {
         let _ = self.commands.send(command);
+        self.wake();
+    }
+
+    fn wake(&self) {
+        if let Some(t) = &self.thread {
+            t.thread().unpark();
+        }
     }
 
     /// The latest statistics (refreshed every 100 ms).
@@ -186,6 +193,7 @@ impl Engine {
     /// Stops the processing thread.
     pub fn stop(mut self) -> EngineStats {
         self.stop.store(true, Relaxed);
+        self.wake();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -196,6 +204,7 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.stop.store(true, Relaxed);
+        self.wake();
     }
 }
 
@@ -204,8 +213,12 @@ const BLOCK: usize = 480;
 /// Forget a peer silent this long (it left, or changed SSRC).
 const PEER_TIMEOUT_MS: f64 = 30_000.0;
 const REPORT_INTERVAL_MS: f64 = 1_000.0;
-/// The engine loop's sleep between polls.
-const POLL_MS: f64 = 1.0;
+/// Longest the engine sleeps when nothing is scheduled sooner (a device that stopped calling
+/// back; stats and reports are due every 100 ms anyway).
+const MAX_SLEEP_MS: f64 = 20.0;
+/// How often the engine looks at the playback ring until it has seen the device take samples
+/// (it then knows the device's rhythm and sleeps until the next mix is due).
+const UNKNOWN_RHYTHM_POLL_MS: f64 = 1.0;
 
 /// The engine's side of the audio backend: the current rings, resampling to and from 48 kHz
 /// when the device runs at another rate, and swapping in new rings after a device rebuild.
@@ -238,15 +251,16 @@ impl AudioPort {
         })
     }
 
-    /// Switches to new ring ends if the backend rebuilt its streams.
+    /// Switches to new ring ends if the backend rebuilt its streams, and makes sure the
+    /// calling (engine) thread is the one the backend wakes when capture arrives.
     fn poll_replacement(&mut self) {
-        let Some(new) = self.replacements.as_ref().and_then(|r| r.try_iter().last()) else {
-            return;
-        };
-        let replacements = self.replacements.take();
-        if let Ok(port) = Self::new(new, replacements) {
-            *self = port;
+        if let Some(new) = self.replacements.as_ref().and_then(|r| r.try_iter().last()) {
+            let replacements = self.replacements.take();
+            if let Ok(port) = Self::new(new, replacements) {
+                *self = port;
+            }
         }
+        self.ends.counters.wake_this_thread_on_capture();
     }
 
     /// The next 10 ms of capture at 48 kHz, if available.
@@ -280,6 +294,11 @@ impl AudioPort {
     fn period_samples(&self) -> usize {
         let period_us = self.ends.counters.period_us.load(Relaxed).max(10_000);
         (period_us * u64::from(self.ends.playback_rate) / 1_000_000) as usize
+    }
+
+    /// One device period, ms (a whole number of device samples).
+    fn period_ms(&self) -> f64 {
+        self.period_samples().max(1) as f64 * 1000.0 / f64::from(self.ends.playback_rate)
     }
 
     /// Queues a 48 kHz block for playback (resampled to the device rate if needed).
@@ -324,6 +343,8 @@ struct Worker {
     playout: PlayoutClock,
     /// Mean time one peer's jitter-buffer pull (decode included) takes, ms.
     pull_time_ms: f64,
+    /// Mean time from capture samples landing in the ring to this thread taking them, ms.
+    capture_wait_ms: f64,
     /// Local playback gain per remote SSRC (absent: 1).
     peer_gains: HashMap<u32, f32>,
     deafened: bool,
@@ -340,15 +361,15 @@ struct Worker {
 
 /// Just-in-time playout: mix the next device period as late as is safe, not as early as
 /// possible. Refilling the playback ring right after the device drained it would leave every
-/// sample waiting a whole period (10 ms) in the ring; instead the engine learns when the
-/// device consumes (from the ring level dropping) and mixes `guard` ms before the next
-/// consumption is due. Each device underrun widens the guard by 1 ms; a quiet minute narrows it
-/// again, so a loaded machine trades a little latency for no glitches.
+/// sample waiting a whole period (10 ms) in the ring; instead the engine knows when the device
+/// last took samples (the backend stamps every playback callback) and mixes `guard` ms before
+/// the next one is due — and sleeps until then. Each device underrun widens the guard by 1 ms;
+/// a quiet minute narrows it again, so a loaded machine trades a little latency for no
+/// glitches.
 #[derive(Debug)]
 pub struct PlayoutClock {
     last_queued: usize,
-    prev_poll_ms: f64,
-    /// Estimated time of the device's last consumption.
+    /// Time of the device's last consumption.
     last_drain_ms: Option<f64>,
     guard_ms: f64,
     underruns_seen: u64,
@@ -366,7 +387,6 @@ impl PlayoutClock {
     pub fn new() -> Self {
         Self {
             last_queued: 0,
-            prev_poll_ms: 0.0,
             last_drain_ms: None,
             guard_ms: Self::START_GUARD_MS,
             underruns_seen: 0,
@@ -387,15 +407,20 @@ impl PlayoutClock {
         self.guard_ms
     }
 
-    /// Whether to mix now, given the ring level and the device's underrun count.
-    pub fn due(&mut self, now: f64, queued: usize, period_ms: f64, underruns: u64) -> bool {
-        if queued < self.last_queued {
-            // The device drained since the previous poll; date it at that poll (the earliest
-            // it can have happened), which errs on the safe side.
-            self.last_drain_ms = Some(self.prev_poll_ms);
+    /// Whether to mix now, given when the device last took samples (`drained_at`, engine ms),
+    /// the ring level and the device's underrun count.
+    pub fn due(
+        &mut self,
+        now: f64,
+        drained_at: Option<f64>,
+        queued: usize,
+        period_ms: f64,
+        underruns: u64,
+    ) -> bool {
+        if drained_at.is_some() {
+            self.last_drain_ms = drained_at;
         }
         self.last_queued = queued;
-        self.prev_poll_ms = now;
         if underruns > self.underruns_seen {
             if self.last_drain_ms.is_some() {
                 self.guard_ms = (self.guard_ms + 1.0).min(period_ms);
@@ -418,6 +443,17 @@ impl PlayoutClock {
                 now >= next - self.guard_ms
             }
         }
+    }
+
+    /// When the next mix is due (engine ms, after `now`): `guard` before the device's next
+    /// callback. `None` until the device has been seen taking samples.
+    pub fn next_mix_ms(&self, now: f64, period_ms: f64) -> Option<f64> {
+        let drain = self.last_drain_ms?;
+        let mut next = drain + period_ms;
+        while next - self.guard_ms <= now {
+            next += period_ms;
+        }
+        Some(next - self.guard_ms)
     }
 
     /// Records the ring level after mixing at `now`.
@@ -494,6 +530,7 @@ impl Worker {
             malformed: 0,
             playout: PlayoutClock::new(),
             pull_time_ms: 0.0,
+            capture_wait_ms: 0.0,
             peer_gains: HashMap::new(),
             deafened: false,
             sound: None,
@@ -508,6 +545,11 @@ impl Worker {
         at.saturating_duration_since(self.epoch).as_secs_f64() * 1000.0
     }
 
+    /// The engine loop. It sleeps until the next thing is due — the next mix (just before the
+    /// device's next playback callback), stats or reports — and is woken early when capture
+    /// samples arrive; datagrams wait in their channel (stamped with their arrival time) until
+    /// the next wake-up, which is always before the next jitter-buffer pull. That is two or
+    /// three wake-ups per device period instead of polling every millisecond.
     fn run(&mut self, stop: &AtomicBool) {
         while !stop.load(Relaxed) {
             let now = self.ms(Instant::now());
@@ -529,9 +571,22 @@ impl Worker {
                 self.next_stats_ms = now + 100.0;
                 self.publish_stats();
             }
-            std::thread::sleep(Duration::from_secs_f64(POLL_MS / 1000.0));
+            let wake = self.next_wake_ms(now);
+            let sleep_ms = (wake - self.ms(Instant::now())).min(MAX_SLEEP_MS);
+            if sleep_ms > 0.0 {
+                std::thread::park_timeout(Duration::from_secs_f64(sleep_ms / 1000.0));
+            }
         }
         self.publish_stats();
+    }
+
+    /// When the loop must run next, engine ms (capture arrivals wake it earlier).
+    fn next_wake_ms(&self, now: f64) -> f64 {
+        let mix = self
+            .playout
+            .next_mix_ms(now, self.port.period_ms())
+            .unwrap_or(now + UNKNOWN_RHYTHM_POLL_MS);
+        mix.min(self.next_stats_ms).min(self.next_report_ms)
     }
 
     fn poll_commands(&mut self) {
@@ -597,7 +652,12 @@ impl Worker {
     }
 
     fn process_capture(&mut self, now: f64) {
+        let landed = self.port.ends.counters.last_capture().map(|at| self.ms(at));
         while self.port.read_capture(&mut self.capture) {
+            if let Some(landed) = landed {
+                // How long the newest samples waited for this thread (a wake-up's latency).
+                self.capture_wait_ms += 0.05 * ((now - landed).max(0.0) - self.capture_wait_ms);
+            }
             if let Some(vp) = self.voice.as_mut() {
                 vp.process_capture(&mut self.capture);
             }
@@ -618,11 +678,13 @@ impl Worker {
     /// [`PlayoutClock`]), block by block.
     fn fill_playback(&mut self, now: f64) {
         let target = self.port.period_samples().max(1);
-        let period_ms = target as f64 * 1000.0 / f64::from(self.port.ends.playback_rate);
-        let underruns = self.port.ends.counters.underruns();
+        let period_ms = self.port.period_ms();
+        let counters = &self.port.ends.counters;
+        let underruns = counters.underruns();
+        let drained_at = counters.last_playback().map(|at| self.ms(at));
         if !self
             .playout
-            .due(now, self.port.queued(), period_ms, underruns)
+            .due(now, drained_at, self.port.queued(), period_ms, underruns)
         {
             return;
         }
@@ -810,7 +872,7 @@ impl Worker {
             .map_or(0.0, |r| r.delay() as f64 / 48.0);
         let apm_ms = self.voice.as_ref().map_or(0.0, |v| v.config().delay_ms());
         let processing =
-            (frame_ms - period_ms.min(frame_ms)) + POLL_MS / 2.0 + resample_ms + apm_ms;
+            (frame_ms - period_ms.min(frame_ms)) + self.capture_wait_ms + resample_ms + apm_ms;
         let us = |ms: f64| (ms.max(0.0) * 1000.0).round() as u32;
         Some(SenderLatency {
             capture_us: counters.input_latency_us.load(Relaxed) as u32,
@@ -883,17 +945,21 @@ impl Worker {
 mod tests {
     use super::PlayoutClock;
 
-    /// A device draining 480 samples every 10 ms (phase 3.7 ms) and an engine polling every
-    /// 1.05 ms: after the first period the engine mixes within guard + one poll of the drain,
-    /// and the device never starves.
+    /// A device taking 480 samples every 10 ms (phase 3.7 ms) and an engine that sleeps until
+    /// `next_mix_ms` and wakes 0–0.4 ms late (scheduling): after the first period it mixes
+    /// about `guard` ahead of each callback, the device never starves, and the engine wakes
+    /// about once per period instead of polling.
     #[test]
     fn playout_clock_mixes_just_in_time_without_underruns() {
         let mut clock = PlayoutClock::new();
         let (mut queued, mut underruns) = (0usize, 0u64);
         let mut next_drain = 3.7;
+        let mut drained_at = None;
         let mut lead_times = Vec::new();
         let mut mixed_at = None;
+        let mut wakes = 0;
         let mut t = 0.0;
+        let mut late = 0.0;
         while t < 2_000.0 {
             while next_drain <= t {
                 if queued >= 480 {
@@ -904,21 +970,25 @@ mod tests {
                 } else {
                     underruns += 1;
                 }
+                drained_at = Some(next_drain);
                 next_drain += 10.0;
             }
-            if clock.due(t, queued, 10.0, underruns) && queued < 480 {
+            wakes += 1;
+            if clock.due(t, drained_at, queued, 10.0, underruns) && queued < 480 {
                 queued += 480;
                 mixed_at = Some(t);
                 clock.filled(t, queued);
             }
-            t += 1.05;
+            late = (late + 0.13) % 0.4;
+            t = clock.next_mix_ms(t, 10.0).unwrap_or(t + 1.0) + late;
         }
         assert_eq!(underruns, 0);
+        assert!(wakes < 2_000 / 10 + 10, "{wakes} wake-ups in 2 s");
         let steady = &lead_times[10..];
         let worst = steady.iter().copied().fold(0.0, f64::max);
         let best = steady.iter().copied().fold(f64::MAX, f64::min);
         assert!(
-            best >= 1.0 && worst <= 3.0 + 2.2,
+            best >= 3.0 - 0.41 && worst <= 3.0,
             "mixed {best:.2}..{worst:.2} ms ahead"
         );
     }
@@ -926,10 +996,10 @@ mod tests {
     #[test]
     fn underruns_widen_the_guard() {
         let mut clock = PlayoutClock::new();
-        clock.due(0.0, 480, 10.0, 0);
-        clock.due(1.0, 0, 10.0, 0);
+        clock.due(0.0, None, 480, 10.0, 0);
+        clock.due(1.0, Some(0.5), 0, 10.0, 0);
         let before = clock.guard_ms();
-        clock.due(12.0, 0, 10.0, 1);
+        clock.due(12.0, Some(10.5), 0, 10.0, 1);
         assert_eq!(clock.guard_ms(), before + 1.0);
     }
 }
