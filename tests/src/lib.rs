@@ -451,6 +451,13 @@ impl RelayProcess {
         }
     }
 
+    /// Sends SIGKILL: the relay dies without telling anyone (a crash, a VPS reboot).
+    pub fn kill(&self) {
+        if self.exit.is_none() {
+            signal(&self.child, libc::SIGKILL);
+        }
+    }
+
     /// Waits for the relay to exit; `None` on timeout.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         if self.exit.is_none() {

@@ -177,6 +177,34 @@ fn relay_shutdown_ends_calls() {
     assert!(stats.duration_s < 10.0, "{stats:#?}");
 }
 
+/// A relay that dies without a word (SIGKILL: a crash, a VPS reboot) is noticed within the
+/// client's idle timeout (6 s: keep-alives every second, so five lost in a row), not after
+/// half a minute of dead air.
+#[test]
+fn crashed_relay_is_noticed_within_seconds() {
+    let dir = TempDir::new("crash");
+    let mut relay = RelayProcess::start();
+    let call = Call::new(relay.invite(), "lobby", "bob")
+        .stats_json(&dir.join("bob.json"))
+        .duration(30.0)
+        .spawn();
+    relay.wait_for_join("lobby", "bob");
+    std::thread::sleep(Duration::from_millis(300));
+    let killed = Instant::now();
+    relay.kill();
+    let done = call.wait(Duration::from_secs(20));
+    let ended_after = killed.elapsed();
+    assert!(relay.wait_exit(Duration::from_secs(5)).is_some());
+    assert_eq!(done.code(), Some(EXIT_ENDED_BY_RELAY), "{done}");
+    assert!(
+        (Duration::from_secs(5)..Duration::from_secs(10)).contains(&ended_after),
+        "the call noticed the crash after {ended_after:?}: {done}"
+    );
+    let stats = CallStats::read(&dir.join("bob.json"));
+    let reason = stats.ended_by_relay.as_deref().unwrap_or_default();
+    assert!(reason.contains("timed out"), "{stats:#?}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Raw QUIC clients
 // ---------------------------------------------------------------------------------------------

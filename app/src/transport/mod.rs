@@ -54,15 +54,26 @@ impl ConnectError {
     }
 }
 
+/// How long the connection may go without hearing from the relay before it counts as lost.
+pub const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(6);
+
 /// Client transport settings: keep-alives so the relay's idle timeout never fires during a
-/// call, and a datagram send queue of a few frames so stale audio is dropped, not queued.
+/// call, an idle timeout short enough that a relay that died is noticed (and the app
+/// reconnects) within seconds, and a datagram send queue of a few frames so stale audio is
+/// dropped, not queued.
 fn transport_config() -> TransportConfig {
     let mut t = TransportConfig::default();
     // Every second of silence: quinn sends a PING only when nothing else went out, so a
     // busy call pays nothing, and a listener stays alive even on relays with short idle
     // timeouts (the relay refuses timeouts under 2 s).
     t.keep_alive_interval(Some(Duration::from_secs(1)));
-    t.max_idle_timeout(Duration::from_secs(20).try_into().ok());
+    // The effective timeout is the smaller of ours and the relay's. Six seconds is five lost
+    // keep-alives in a row: a dead relay, not a bad second of Wi-Fi.
+    t.max_idle_timeout(Some(
+        CLIENT_IDLE_TIMEOUT
+            .try_into()
+            .expect("6 s is a valid idle timeout"),
+    ));
     t.datagram_send_buffer_size(4 * 1024);
     t.datagram_receive_buffer_size(Some(256 * 1024));
     t
