@@ -114,21 +114,37 @@ fn switching_devices_mid_call_keeps_audio_flowing_both_ways() {
     let (input, output) = me.device_names().expect("sound-card devices");
     assert_eq!((input.as_str(), output.as_str()), ("default", "default"));
 
-    // What the speaker plays comes back on the null sink's monitor, which is the microphone:
-    // packets we send prove the capture path, packets we receive the network.
+    // Frames the encoder took (sent, or held back by DTX in pauses) prove the capture path —
+    // 50 a second once the microphone delivers; packets received prove the network. A
+    // PulseAudio stream takes a second or so to start, so wait for progress (bounded) rather
+    // than sleeping a fixed time.
     let counts = |s: &Session| {
         let st = s.stats();
         (
-            st.packets_sent,
+            st.packets_sent + st.dtx_frames,
             st.peers.iter().map(|p| p.packets_received).sum::<u64>(),
         )
     };
-    std::thread::sleep(Duration::from_millis(2500));
-    let (sent0, got0) = counts(&me);
-    assert!(
-        sent0 > 20 && got0 > 50,
-        "before: sent {sent0}, received {got0}"
-    );
+    let progress = |s: &Session, from: (u64, u64), frames: u64, received: u64| {
+        let deadline = Instant::now() + Duration::from_secs(8);
+        loop {
+            let now = counts(s);
+            if now.0 >= from.0 + frames && now.1 >= from.1 + received {
+                return now;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "frames {} → {}, received {} → {}",
+                from.0,
+                now.0,
+                from.1,
+                now.1
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // One second of microphone (50 frames) and of the talker (50 packets).
+    let before = progress(&me, (0, 0), 50, 50);
 
     let names = me
         .switch_devices(DeviceChoice {
@@ -138,13 +154,8 @@ fn switching_devices_mid_call_keeps_audio_flowing_both_ways() {
         .expect("switching to the pulse devices");
     assert_eq!(names, ("pulse".to_string(), "pulse".to_string()));
     assert_eq!(me.device_names(), Some(names.clone()));
-    std::thread::sleep(Duration::from_millis(2500));
-    let (sent1, got1) = counts(&me);
-    assert!(
-        sent1 > sent0 + 40,
-        "the new microphone feeds the engine: sent {sent0} → {sent1}"
-    );
-    assert!(got1 > got0 + 60, "received {got0} → {got1}");
+    // The new microphone feeds the engine, and the talker is still heard.
+    let after = progress(&me, before, 50, 50);
 
     // A device that does not exist: an error, and the current devices stay in use.
     let err = me
@@ -155,9 +166,7 @@ fn switching_devices_mid_call_keeps_audio_flowing_both_ways() {
         .unwrap_err();
     assert!(format!("{err:#}").contains("no such microphone"), "{err:#}");
     assert_eq!(me.device_names(), Some(names));
-    std::thread::sleep(Duration::from_millis(1000));
-    let (sent2, _) = counts(&me);
-    assert!(sent2 > sent1 + 15, "still sending: {sent1} → {sent2}");
+    progress(&me, after, 25, 25);
 
     rt.block_on(async {
         me.leave().await;

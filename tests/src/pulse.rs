@@ -66,6 +66,47 @@ impl PulseServer {
         &self.server
     }
 
+    /// Runs `pactl ARGS` against this daemon and returns its standard output; panics if it
+    /// fails (pulseaudio-utils comes with `scripts/setup.sh test`).
+    pub fn pactl(&self, args: &[&str]) -> String {
+        let out = Command::new("pactl")
+            .args(args)
+            .env("PULSE_SERVER", &self.server)
+            .output()
+            .expect("pactl is needed: scripts/setup.sh test installs pulseaudio-utils");
+        assert!(
+            out.status.success(),
+            "pactl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Unplugs the test sink (and with it its monitor, the default microphone): unloads its
+    /// module, as PulseAudio does when a USB headset goes away.
+    pub fn unplug(&self) {
+        let modules = self.pactl(&["list", "short", "modules"]);
+        let id = modules
+            .lines()
+            .find(|l| l.contains("module-null-sink"))
+            .and_then(|l| l.split_whitespace().next())
+            .expect("the null sink's module is loaded");
+        self.pactl(&["unload-module", id]);
+    }
+
+    /// Plugs a new sink in (named `name`) and makes it and its monitor the defaults.
+    pub fn plug(&self, name: &str) {
+        self.pactl(&[
+            "load-module",
+            "module-null-sink",
+            &format!("sink_name={name}"),
+            "rate=48000",
+            "channels=2",
+        ]);
+        self.pactl(&["set-default-sink", name]);
+        self.pactl(&["set-default-source", &format!("{name}.monitor")]);
+    }
+
     /// The daemon's directory (for debugging).
     pub fn dir(&self) -> PathBuf {
         self.dir.path().to_path_buf()

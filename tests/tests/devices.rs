@@ -118,3 +118,62 @@ fn echo_canceller_removes_the_loop() {
         "echo {echo:.1} dBFS vs speech {sent:.1} dBFS"
     );
 }
+
+/// Hot-plug: the sound card Bob uses (the sink, and its monitor as his microphone) disappears
+/// in the middle of the call and another one appears. The call survives it: the device
+/// supervisor sees the stream error, keeps retrying while there is no device, rebuilds the
+/// streams on the new one and hands the engine fresh rings — and Alice hears herself through
+/// Bob's new devices again.
+#[test]
+fn unplugged_device_is_rebuilt_without_ending_the_call() {
+    let dir = TempDir::new("hotplug");
+    let pulse = PulseServer::start();
+    let relay = RelayProcess::start();
+    let secs = 9.0;
+    let speech = signal_file("speech", &dir.join("alice.wav"), secs, 4);
+    let bob = Call::new(relay.invite(), "room", "bob")
+        .arg("--input-device")
+        .arg("default")
+        .arg("--output-device")
+        .arg("default")
+        .arg("--processing")
+        .arg("none")
+        .stats_json(&dir.join("bob.json"))
+        .duration(f64::from(secs) + 2.0)
+        .env("PULSE_SERVER", pulse.server())
+        .spawn();
+    relay.wait_for_join("room", "bob");
+    let alice = Call::new(relay.invite(), "room", "alice")
+        .input(&dir.join("alice.wav"))
+        .output(&dir.join("alice-heard.wav"))
+        .stats_json(&dir.join("alice.json"))
+        .duration(f64::from(secs) + 0.5)
+        .spawn();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    pulse.unplug();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    pulse.plug("replacement");
+    alice.finish();
+    let bob_done = bob.finish();
+    assert_eq!(bob_done.code(), Some(0), "bob's call went on: {bob_done}");
+    let bob_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("bob.json")).unwrap()).unwrap();
+    let rebuilds = bob_json["device_rebuilds"].as_u64().unwrap_or(0);
+    assert!(rebuilds >= 1, "streams rebuilt: {bob_json:#}");
+    let a = CallStats::read(&dir.join("alice.json"));
+    let b = CallStats::read(&dir.join("bob.json"));
+    assert!(
+        b.peer(a.ssrc).packets_received > 300,
+        "bob kept receiving: {b:#?}"
+    );
+    // After the replacement appeared (about 4.5 s into Alice's speech, plus the supervisor's
+    // retry and Bob's jitter buffer), Alice's speech comes back through Bob's new devices.
+    let heard = read_wav(&dir.join("alice-heard.wav"));
+    let m = find_signal_windows(&speech, &a, &heard, &a, 1_000.0, 0.0, 500.0);
+    println!("{rebuilds} rebuild(s); alice -> bob's devices -> alice: {m}");
+    let after: Vec<_> = m.windows.iter().filter(|w| w.from_ms >= 6_500.0).collect();
+    assert!(
+        after.iter().filter(|w| w.score >= 0.5).count() >= 2,
+        "alice hears herself through bob's new devices: {m}"
+    );
+}

@@ -111,6 +111,8 @@ pub struct EngineStats {
     pub malformed_datagrams: u64,
     pub capture_overruns: u64,
     pub playback_underruns: u64,
+    /// Times the audio backend rebuilt its streams (device unplugged, default device changed).
+    pub device_rebuilds: u64,
     /// Microphone level after voice processing, dBFS (for the input meter).
     pub input_level_db: f32,
     /// The VAD's noise floor, dBFS (where voice activation's threshold sits).
@@ -253,14 +255,18 @@ impl AudioPort {
 
     /// Switches to new ring ends if the backend rebuilt its streams, and makes sure the
     /// calling (engine) thread is the one the backend wakes when capture arrives.
-    fn poll_replacement(&mut self) {
+    /// True when it switched.
+    fn poll_replacement(&mut self) -> bool {
+        let mut replaced = false;
         if let Some(new) = self.replacements.as_ref().and_then(|r| r.try_iter().last()) {
             let replacements = self.replacements.take();
             if let Ok(port) = Self::new(new, replacements) {
                 *self = port;
+                replaced = true;
             }
         }
         self.ends.counters.wake_this_thread_on_capture();
+        replaced
     }
 
     /// The next 10 ms of capture at 48 kHz, if available.
@@ -553,7 +559,13 @@ impl Worker {
     fn run(&mut self, stop: &AtomicBool) {
         while !stop.load(Relaxed) {
             let now = self.ms(Instant::now());
-            self.port.poll_replacement();
+            if self.port.poll_replacement() {
+                // A new device, with its own rhythm. While there was none nothing was played,
+                // so the jitter buffers hold the whole outage: start them afresh on the newest
+                // packets instead of playing a second of the past.
+                self.playout = PlayoutClock::new();
+                self.reset_jitter_buffers();
+            }
             self.poll_commands();
             while let Ok(inbound) = self.link.recv.try_recv() {
                 let at = self.ms(inbound.at);
@@ -643,10 +655,15 @@ impl Worker {
             config.max_target_ms = ms;
             config.initial_target_ms = ms;
         }
-        self.config.jitter = config.clone();
+        self.config.jitter = config;
+        self.reset_jitter_buffers();
+    }
+
+    /// Gives every peer a fresh jitter buffer (and decoder) with the current configuration.
+    fn reset_jitter_buffers(&mut self) {
         for peer in self.peers.values_mut() {
             if let Ok(decoder) = crate::codec::OpusDecoder::new() {
-                peer.jitter = crate::jitter::JitterBuffer::new(config.clone(), decoder);
+                peer.jitter = crate::jitter::JitterBuffer::new(self.config.jitter.clone(), decoder);
             }
         }
     }
@@ -919,6 +936,7 @@ impl Worker {
             malformed_datagrams: self.malformed,
             capture_overruns: self.port.ends.counters.overruns(),
             playback_underruns: self.port.ends.counters.underruns(),
+            device_rebuilds: self.port.ends.counters.rebuilds.load(Relaxed),
             input_level_db: self.vad.level_db,
             noise_floor_db: self.vad.noise_floor_db(),
             voice_active: self.vad.is_active(),
