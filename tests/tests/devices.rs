@@ -4,10 +4,14 @@
 //! WAV file and records what comes back, hears herself exactly when Bob's echo canceller does
 //! not remove it.
 
+use natter::audio::device::DeviceChoice;
+use natter::engine::EngineConfig;
+use natter::session::{Audio, Session, SessionConfig};
 use natter_e2e::pulse::PulseServer;
 use natter_e2e::{
     Call, CallStats, RelayProcess, TempDir, find_signal_windows, read_wav, rms, signal_file,
 };
+use std::time::{Duration, Instant};
 
 /// Seconds of speech Alice sends (AEC3 needs a couple of seconds of far-end speech to
 /// converge; the echo is judged after that).
@@ -149,9 +153,9 @@ fn unplugged_device_is_rebuilt_without_ending_the_call() {
         .stats_json(&dir.join("alice.json"))
         .duration(f64::from(secs) + 0.5)
         .spawn();
-    std::thread::sleep(std::time::Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(3));
     pulse.unplug();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(1500));
     pulse.plug("replacement");
     alice.finish();
     let bob_done = bob.finish();
@@ -176,4 +180,124 @@ fn unplugged_device_is_rebuilt_without_ending_the_call() {
         after.iter().filter(|w| w.score >= 0.5).count() >= 2,
         "alice hears herself through bob's new devices: {m}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Switching devices in the middle of a call (what the app's settings screen does), in process
+// through `Session`, the API the app drives.
+// ---------------------------------------------------------------------------------------------
+
+fn engine_without_processing() -> EngineConfig {
+    let mut e = EngineConfig::new(0);
+    e.voice = natter::apm::VoiceConfig::NONE;
+    e
+}
+
+#[test]
+fn switching_devices_mid_call_keeps_audio_flowing_both_ways() {
+    let pulse = PulseServer::start();
+    // SAFETY: set before any thread of this test process opens an audio device (nextest runs
+    // every test in its own process).
+    unsafe { std::env::set_var("PULSE_SERVER", pulse.server()) };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let relay = rt
+        .block_on(natter_relay::start(natter_relay::RelayConfig::new(
+            vec!["127.0.0.1:0".parse().unwrap()],
+            natter_relay::Identity::generate().unwrap(),
+        )))
+        .unwrap();
+    let invite = relay.invite();
+    let speech = natter::measure::speech_like(48_000, 12.0, 3);
+    let talker = rt
+        .block_on(Session::start(SessionConfig {
+            invite: invite.clone(),
+            room: "switch".into(),
+            name: "talker".into(),
+            echo: false,
+            audio: Audio::Wav {
+                total_samples: speech.len(),
+                input: speech,
+            },
+            engine: engine_without_processing(),
+        }))
+        .unwrap();
+    let mut me = rt
+        .block_on(Session::start(SessionConfig {
+            invite,
+            room: "switch".into(),
+            name: "me".into(),
+            echo: false,
+            audio: Audio::Devices {
+                choice: DeviceChoice::default(),
+                duration: None,
+            },
+            engine: engine_without_processing(),
+        }))
+        .unwrap();
+    let (input, output) = me.device_names().expect("sound-card devices");
+    assert_eq!((input.as_str(), output.as_str()), ("default", "default"));
+
+    // Frames the encoder took (sent, or held back by DTX in pauses) prove the capture path —
+    // 50 a second once the microphone delivers; packets received prove the network. A
+    // PulseAudio stream takes a second or so to start, so wait for progress (bounded) rather
+    // than sleeping a fixed time.
+    let counts = |s: &Session| {
+        let st = s.stats();
+        (
+            st.packets_sent + st.dtx_frames,
+            st.peers.iter().map(|p| p.packets_received).sum::<u64>(),
+        )
+    };
+    let progress = |s: &Session, from: (u64, u64), frames: u64, received: u64| {
+        let deadline = Instant::now() + Duration::from_secs(8);
+        loop {
+            let now = counts(s);
+            if now.0 >= from.0 + frames && now.1 >= from.1 + received {
+                return now;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "frames {} → {}, received {} → {}",
+                from.0,
+                now.0,
+                from.1,
+                now.1
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // One second of microphone (50 frames) and of the talker (50 packets).
+    let before = progress(&me, (0, 0), 50, 50);
+
+    let names = me
+        .switch_devices(DeviceChoice {
+            input: Some("pulse".into()),
+            output: Some("pulse".into()),
+        })
+        .expect("switching to the pulse devices");
+    assert_eq!(names, ("pulse".to_string(), "pulse".to_string()));
+    assert_eq!(me.device_names(), Some(names.clone()));
+    // The new microphone feeds the engine, and the talker is still heard.
+    let after = progress(&me, before, 50, 50);
+
+    // A device that does not exist: an error, and the current devices stay in use.
+    let err = me
+        .switch_devices(DeviceChoice {
+            input: Some("no such microphone".into()),
+            output: None,
+        })
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("no such microphone"), "{err:#}");
+    assert_eq!(me.device_names(), Some(names));
+    progress(&me, after, 25, 25);
+
+    rt.block_on(async {
+        me.leave().await;
+        talker.leave().await;
+        relay.shutdown(Duration::from_millis(300)).await;
+    });
 }
