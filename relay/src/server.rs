@@ -152,13 +152,14 @@ struct Shared {
 }
 
 impl crate::metrics::Source for Shared {
-    fn snapshot(&self) -> (StatsSnapshot, (usize, usize, usize)) {
+    fn snapshot(&self) -> (StatsSnapshot, crate::metrics::Occupancy) {
         let core = self.core();
-        let occupancy = (
-            core.connection_count(),
-            core.room_count(),
-            core.participant_count(),
-        );
+        let occupancy = crate::metrics::Occupancy {
+            connections: core.connection_count(),
+            rooms: core.room_count(),
+            participants: core.participant_count(),
+            handshakes: self.handshaking.load(Relaxed) as usize,
+        };
         drop(core);
         (self.stats.snapshot(), occupancy)
     }
@@ -462,6 +463,9 @@ async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
             let _ = incoming.retry();
             continue;
         }
+        // Counted here, not in the connection's task: a burst of Initials is accepted faster
+        // than the tasks start, and each must see the ones before it.
+        shared.handshaking.fetch_add(1, Relaxed);
         let id = shared.next_conn.fetch_add(1, Relaxed);
         let span = info_span!("conn", id, remote = %incoming.remote_address());
         tokio::spawn(run_connection(incoming, id, shared.clone()).instrument(span));
@@ -473,7 +477,6 @@ fn unix_ms() -> u64 {
 }
 
 async fn run_connection(incoming: quinn::Incoming, id: ConnId, shared: Arc<Shared>) {
-    shared.handshaking.fetch_add(1, Relaxed);
     let connecting = incoming.await;
     shared.handshaking.fetch_sub(1, Relaxed);
     let conn = match connecting {

@@ -204,6 +204,7 @@ fn config_errors_name_the_key() {
         "--forward-loudest",
         "--threads",
         "--congestion",
+        "--retry-above",
     ] {
         assert!(help.contains(option), "--help documents {option}");
     }

@@ -3,19 +3,31 @@
 use bytes::Bytes;
 use natter::transport::connect;
 use natter_e2e::{
-    Call, CallStats, RelayProcess, Rng, TempDir, find_signal_windows, natter, read_wav, signal_file,
+    Call, CallStats, RelayProcess, Rng, TempDir, find_signal_windows, http_get, metric, natter,
+    read_wav, signal_file,
 };
 use natter_proto::control::{ErrorCode, FrameDecoder, Message, Participant};
 use natter_proto::invite::Invite;
 use natter_proto::media::write_rtp;
 use natter_proto::rtp::RtpHeader;
 use quinn::{Connection, ConnectionError, RecvStream, SendStream};
+use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// Exit code of `natter call` for connect errors and refusals.
 const EXIT_CONNECT: i32 = 2;
 /// Exit code of `natter call` when the relay ended the call.
 const EXIT_ENDED_BY_RELAY: i32 = 3;
+
+/// A tokio runtime for the raw clients a test drives itself.
+fn runtime(workers: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
 
 /// A one-second listening `natter call` (most of these fail before any audio flows).
 fn short_call(invite: &str, room: &str) -> natter_e2e::Finished {
@@ -302,11 +314,7 @@ fn hostile_clients_do_not_disturb_a_call() {
     let dir = TempDir::new("hostile");
     let mut relay = RelayProcess::start();
     let invite: Invite = relay.invite().parse().expect("the relay's invite parses");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt = runtime(2);
 
     // (iv) Connects and never opens a control stream; the relay's hello timeout is 10 s, so
     // this one runs alongside everything else and is checked at the end.
@@ -559,11 +567,7 @@ fn listener_survives_garbage_opus_from_a_member() {
     let dir = TempDir::new("garbage-opus");
     let relay = RelayProcess::start();
     let invite: Invite = relay.invite().parse().expect("the relay's invite parses");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt = runtime(1);
 
     let speech = signal_file("speech", &dir.join("alice.wav"), 4.0, 6);
     let bob = Call::new(relay.invite(), "lobby", "bob")
@@ -641,4 +645,156 @@ fn listener_survives_garbage_opus_from_a_member() {
             "after the garbage stopped: {w}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Floods
+// ---------------------------------------------------------------------------------------------
+
+/// Polls the relay's metrics until `name` satisfies `ok`; returns its value, or panics after
+/// `within`.
+#[track_caller]
+fn wait_for_metric(url: &str, name: &str, within: Duration, ok: impl Fn(f64) -> bool) -> f64 {
+    let deadline = Instant::now() + within;
+    loop {
+        let text = http_get(url).1;
+        let value = metric(&text, name).unwrap_or_else(|| panic!("no {name} in:\n{text}"));
+        if ok(value) {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} = {value} after {within:?}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A UDP forwarder in front of the relay that passes on only the first datagram from each
+/// client address and drops everything else, both ways: every client behind it leaves the
+/// relay one handshake that never completes, as a spoofed-source Initial does.
+async fn first_packet_only(relay: SocketAddr) -> SocketAddr {
+    let front = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind the front socket");
+    let back = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind the back socket");
+    let addr = front.local_addr().expect("front address");
+    tokio::spawn(async move {
+        let mut seen = HashSet::new();
+        let mut buf = vec![0u8; 2048];
+        while let Ok((n, from)) = front.recv_from(&mut buf).await {
+            if seen.insert(from) {
+                let _ = back.send_to(&buf[..n], relay).await;
+            }
+        }
+    });
+    addr
+}
+
+/// Handshake flood: with `--retry-above 4`, four handshakes that never complete (one Initial
+/// each, as from spoofed addresses) reach the threshold. Real clients arriving then — three raw
+/// QUIC clients at once and a `natter call` — are sent a QUIC Retry, answer it (one more round
+/// trip) and connect and join as usual; the metrics count one Retry per client, the handshakes
+/// in progress, and, once the relay gives up on the stuck ones, their timeouts. With those
+/// gone, the next client connects without a Retry.
+#[test]
+fn clients_connect_through_quic_retry_under_a_handshake_flood() {
+    const STUCK: usize = 4;
+    let relay = RelayProcess::start_with(&[
+        "--metrics",
+        "127.0.0.1:0",
+        "--retry-above",
+        &STUCK.to_string(),
+        "--idle-timeout",
+        "3",
+    ]);
+    let url = relay.metrics_url().to_string();
+    let invite: Invite = relay.invite().parse().expect("the relay's invite parses");
+    let rt = runtime(2);
+
+    let proxy = rt.block_on(first_packet_only(SocketAddr::from((
+        [127, 0, 0, 1],
+        relay.port(),
+    ))));
+    let mut via_proxy = invite.clone();
+    via_proxy.port = proxy.port();
+    // One at a time, so each is a handshake in progress before the next arrives (none of
+    // them is over the threshold, so none gets a Retry).
+    let mut stuck = Vec::new();
+    for i in 1..=STUCK {
+        let via_proxy = via_proxy.clone();
+        stuck.push(rt.spawn(async move { connect(&via_proxy).await.is_ok() }));
+        wait_for_metric(
+            &url,
+            "natter_handshakes_in_progress",
+            Duration::from_secs(5),
+            |v| v >= i as f64,
+        );
+    }
+    assert_eq!(
+        wait_for_metric(&url, "natter_retries_total", Duration::ZERO, |_| true),
+        0.0,
+        "no Retry below the threshold"
+    );
+
+    // Real clients now: three raw ones at once, then the real client binary.
+    let joined = rt.block_on(async {
+        let clients = (0..3).map(|i| {
+            let invite = invite.clone();
+            tokio::spawn(async move {
+                let (endpoint, conn) = connect(&invite).await.expect("connects through a Retry");
+                let (_control, ssrc, _) =
+                    RawControl::join(&conn, "retry", &format!("raw{i}")).await;
+                conn.close(0u32.into(), b"bye");
+                endpoint.wait_idle().await;
+                ssrc
+            })
+        });
+        let mut ssrcs = Vec::new();
+        for c in clients.collect::<Vec<_>>() {
+            ssrcs.push(c.await.expect("client task"));
+        }
+        ssrcs
+    });
+    assert_eq!(joined.len(), 3);
+    let call = short_call(relay.invite(), "retry");
+    assert_eq!(call.code(), Some(0), "natter call through a Retry: {call}");
+
+    let text = http_get(&url).1;
+    let retries = metric(&text, "natter_retries_total").expect("retries");
+    let accepted = metric(&text, "natter_connections_accepted_total").expect("accepted");
+    println!("under the flood: retries={retries} accepted={accepted}");
+    // One Retry per real client (two if its first Initial were resent before the Retry came).
+    assert!((4.0..=8.0).contains(&retries), "{text}");
+    assert_eq!(accepted, 4.0, "{text}");
+    assert!(
+        metric(&text, "natter_handshakes_in_progress").expect("gauge") >= STUCK as f64,
+        "{text}"
+    );
+
+    // The relay gives up on the stuck handshakes after its idle timeout (3 s) and counts them.
+    wait_for_metric(
+        &url,
+        "natter_handshakes_in_progress",
+        Duration::from_secs(10),
+        |v| v == 0.0,
+    );
+    let timeouts = metric(
+        &http_get(&url).1,
+        "natter_handshake_failures_total{reason=\"timeout\"}",
+    )
+    .expect("timeouts");
+    assert!(timeouts >= STUCK as f64, "{timeouts}");
+    for s in stuck {
+        assert!(
+            !rt.block_on(s).expect("stuck client task"),
+            "a client behind the one-way forwarder cannot have connected"
+        );
+    }
+    let quiet = short_call(relay.invite(), "retry");
+    assert_eq!(quiet.code(), Some(0), "{quiet}");
+    let after = metric(&http_get(&url).1, "natter_retries_total").expect("retries");
+    assert_eq!(after, retries, "no Retry once the flood is over");
 }
