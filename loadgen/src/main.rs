@@ -13,6 +13,7 @@ use natter_proto::invite::Invite;
 use natter_proto::media::write_rtp;
 use natter_proto::rtp::{AudioLevel, RtpHeader};
 use quinn::crypto::rustls::QuicClientConfig;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -166,10 +167,12 @@ async fn join(conn: &quinn::Connection, room: &str, name: &str) -> anyhow::Resul
 }
 
 /// One participant: sends a stamped datagram every 20 ms until `until`, and measures what
-/// arrives from the others.
+/// arrives from the others. Datagrams from SSRCs not in `ours` (someone else in the room, such
+/// as a test's flooding client) are not counted.
 async fn participant(
     conn: quinn::Connection,
     ssrc: u32,
+    ours: Arc<HashSet<u32>>,
     epoch: Instant,
     until: Instant,
     payload: usize,
@@ -181,6 +184,13 @@ async fn participant(
         tokio::spawn(async move {
             let mut local = Vec::with_capacity(4096);
             while let Ok(d) = conn.read_datagram().await {
+                if !d
+                    .get(1..)
+                    .and_then(natter_proto::rtp::peek_ssrc)
+                    .is_some_and(|s| ours.contains(&s))
+                {
+                    continue;
+                }
                 // Stamp: the first 8 payload bytes after the 20-byte header (flow + RTP + ext).
                 if let Some(stamp) = d.get(21..29) {
                     let sent = u64::from_be_bytes(stamp.try_into().expect("8 bytes"));
@@ -290,11 +300,13 @@ async fn main() -> anyhow::Result<()> {
     let until = epoch + Duration::from_secs_f64(args.duration);
     let cpu_start = args.relay_pid.and_then(cpu_seconds);
     let wall_start = Instant::now();
+    let ours: Arc<HashSet<u32>> = Arc::new(joined.iter().map(|(_, ssrc)| *ssrc).collect());
     let mut tasks = Vec::new();
     for (conn, ssrc) in joined {
         tasks.push(tokio::spawn(participant(
             conn,
             ssrc,
+            ours.clone(),
             epoch,
             until,
             args.payload,
