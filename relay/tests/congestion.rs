@@ -19,8 +19,9 @@ async fn delivered(congestion: Congestion, pps: u32, size: usize, secs: u32) -> 
         .unwrap();
     let relay_addr = relay.local_addrs()[0];
     let proxy = impairment_proxy(relay_addr, 0.05, Duration::from_millis(40), 7).await;
-    let (_e1, listener, _, _s1) = client(proxy.addr, "lossy", "listener").await;
-    let (_e2, sender, ssrc, _s2) = client(relay_addr, "lossy", "sender").await;
+    let fp = relay.fingerprint();
+    let (_e1, listener, _) = client(proxy.addr, fp, "lossy", "listener").await;
+    let (_e2, sender, ssrc) = client(relay_addr, fp, "lossy", "sender").await;
     let received = Arc::new(AtomicU64::new(0));
     {
         let (listener, received) = (listener.clone(), received.clone());

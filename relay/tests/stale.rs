@@ -24,8 +24,9 @@ async fn a_subscriber_that_cannot_drain_gets_fresh_audio_not_late_audio() {
     let relay = natter_relay::start(config).await.unwrap();
     let relay_addr = relay.local_addrs()[0];
     let proxy = impairment_proxy(relay_addr, 0.0, Duration::ZERO, 1).await;
-    let (_e1, listener, _, _s1) = client(proxy.addr, "dark", "listener").await;
-    let (_e2, sender, ssrc, _s2) = client(relay_addr, "dark", "sender").await;
+    let fp = relay.fingerprint();
+    let (_e1, listener, _) = client(proxy.addr, fp, "dark", "listener").await;
+    let (_e2, sender, ssrc) = client(relay_addr, fp, "dark", "sender").await;
 
     let epoch = Instant::now();
     // (arrival since epoch, age) of every datagram the listener gets.

@@ -3,7 +3,6 @@
 
 #![allow(dead_code)] // each test binary uses its own subset
 
-use natter_proto::control::{FrameDecoder, Message};
 use natter_proto::media::{Datagram, write_rtp};
 use natter_proto::rtp::RtpHeader;
 use natter_relay::server::Congestion;
@@ -66,94 +65,23 @@ pub fn age(datagram: &[u8], epoch: Instant) -> Option<Duration> {
     Some(epoch.elapsed().saturating_sub(Duration::from_micros(sent)))
 }
 
-/// Accepts any certificate: the relay is started in-process by this test.
-#[derive(Debug)]
-struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &rustls::pki_types::CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
+/// A client endpoint connected to the relay at `relay` (whose certificate has fingerprint
+/// `fp`) and joined to `room` as `name`; returns it with the SSRC the relay assigned.
 pub async fn client(
     relay: SocketAddr,
+    fp: [u8; 32],
     room: &str,
     name: &str,
-) -> (quinn::Endpoint, quinn::Connection, u32, quinn::SendStream) {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![natter_proto::ALPN.to_vec()];
-    let mut config = quinn::ClientConfig::new(Arc::new(
-        quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
-    ));
-    let mut transport = quinn::TransportConfig::default();
-    transport.datagram_receive_buffer_size(Some(4 << 20));
-    config.transport_config(Arc::new(transport));
+) -> (quinn::Endpoint, quinn::Connection, u32) {
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(config);
+    endpoint.set_default_client_config(natter_loadgen::client_config(fp).unwrap());
     let conn = endpoint
         .connect(relay, "natter-relay")
         .unwrap()
         .await
         .unwrap();
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    let mut out = Vec::new();
-    Message::Hello {
-        versions: vec![1],
-        software: "test".into(),
-    }
-    .encode(&mut out);
-    Message::Join {
-        room: room.into(),
-        name: name.into(),
-        token: None,
-        flags: 0,
-    }
-    .encode(&mut out);
-    send.write_all(&out).await.unwrap();
-    let mut decoder = FrameDecoder::new();
-    let mut buf = vec![0u8; 4096];
-    loop {
-        let n = recv.read(&mut buf).await.unwrap().unwrap();
-        decoder.push(&buf[..n]);
-        while let Some(m) = decoder.next_message() {
-            if let Message::Welcome { ssrc, .. } = m.unwrap() {
-                return (endpoint, conn, ssrc, send);
-            }
-        }
-    }
+    let ssrc = natter_loadgen::join(&conn, room, name).await.unwrap();
+    (endpoint, conn, ssrc)
 }
 
 /// A UDP proxy in front of the relay for one client.
