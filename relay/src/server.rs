@@ -106,33 +106,88 @@ pub struct Peer {
 /// Datagrams waiting to go to one subscriber, with when they arrived. A single sender task per
 /// subscriber drains it into quinn as the connection's congestion window allows, dropping
 /// anything that has become stale — so a congested subscriber gets fresh audio late rather
-/// than old audio later, and never slows anyone else down.
-#[derive(Debug, Default)]
+/// than old audio later, and never slows anyone else down. When nothing is waiting and quinn
+/// has room (the usual case), the forwarding task hands the datagram to quinn itself, sparing
+/// the sender task a wake-up per datagram.
+#[derive(Debug)]
 struct SubscriberQueue {
-    items: Mutex<std::collections::VecDeque<(bytes::Bytes, tokio::time::Instant)>>,
+    conn: Connection,
+    state: Mutex<QueueState>,
     ready: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    items: std::collections::VecDeque<(bytes::Bytes, tokio::time::Instant)>,
+    /// The sender task holds a datagram it is waiting to hand over: later ones queue behind it
+    /// so a sender's packets stay in order.
+    sending: bool,
 }
 
 /// Upper bound on a subscriber queue's length: beyond it the oldest entry is dropped at once.
 const QUEUE_LIMIT: usize = 256;
 
 impl SubscriberQueue {
+    fn new(conn: Connection) -> Self {
+        Self {
+            conn,
+            state: Mutex::default(),
+            ready: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn push(&self, datagram: bytes::Bytes, at: tokio::time::Instant, stats: &RelayStats) {
-        let mut items = self.items.lock().unwrap_or_else(|p| p.into_inner());
-        if items.len() >= QUEUE_LIMIT {
-            items.pop_front();
+        let mut state = self.lock();
+        if state.items.is_empty() && !state.sending {
+            // Polled once: quinn takes it now, or the attempt (and its copy) is dropped.
+            let mut send = std::pin::pin!(self.conn.send_datagram_wait(datagram.clone()));
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            if let std::task::Poll::Ready(sent) = send.as_mut().poll(&mut cx) {
+                drop(state);
+                count_sent(sent, at, stats);
+                return;
+            }
+        }
+        if state.items.len() >= QUEUE_LIMIT {
+            state.items.pop_front();
             stats.dropped_stale.fetch_add(1, Relaxed);
         }
-        items.push_back((datagram, at));
-        drop(items);
+        state.items.push_back((datagram, at));
+        drop(state);
         self.ready.notify_one();
     }
 
+    /// The next datagram for the sender task, which then counts as sending until it asks again.
     fn pop(&self) -> Option<(bytes::Bytes, tokio::time::Instant)> {
-        self.items
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop_front()
+        let mut state = self.lock();
+        let next = state.items.pop_front();
+        state.sending = next.is_some();
+        next
+    }
+}
+
+/// Counts the outcome of handing a datagram that arrived at `arrived` to quinn; false if the
+/// connection is gone.
+fn count_sent(
+    sent: Result<(), quinn::SendDatagramError>,
+    arrived: tokio::time::Instant,
+    stats: &RelayStats,
+) -> bool {
+    match sent {
+        Ok(()) => {
+            stats.datagrams_forwarded.fetch_add(1, Relaxed);
+            stats.observe_delay(arrived.elapsed().as_micros() as u64);
+            true
+        }
+        Err(quinn::SendDatagramError::ConnectionLost(_)) => false,
+        Err(_) => {
+            stats.datagrams_send_failed.fetch_add(1, Relaxed);
+            true
+        }
     }
 }
 
@@ -520,16 +575,12 @@ async fn run_connection(incoming: quinn::Incoming, id: ConnId, shared: Arc<Share
     let (tx, rx) = mpsc::unbounded_channel();
     let peer = Peer {
         control: tx,
-        queue: Arc::new(SubscriberQueue::default()),
+        queue: Arc::new(SubscriberQueue::new(conn.clone())),
     };
     shared.core().connect(id, peer.clone(), unix_ms());
     let writer = tokio::spawn(write_control(send, rx, conn.clone()));
     let datagrams = tokio::spawn(forward_datagrams(conn.clone(), id, shared.clone()));
-    let sender = tokio::spawn(send_datagrams(
-        conn.clone(),
-        peer.queue.clone(),
-        shared.clone(),
-    ));
+    let sender = tokio::spawn(send_datagrams(peer.queue.clone(), shared.clone()));
 
     read_control(recv, id, &peer, &shared, deadline).await;
 
@@ -680,7 +731,7 @@ async fn forward_datagrams(conn: Connection, id: ConnId, shared: Arc<Shared>) {
 
 /// Drains one subscriber's queue into its connection, waiting for congestion-window space and
 /// dropping what has gone stale meanwhile.
-async fn send_datagrams(conn: Connection, queue: Arc<SubscriberQueue>, shared: Arc<Shared>) {
+async fn send_datagrams(queue: Arc<SubscriberQueue>, shared: Arc<Shared>) {
     let stale_after = shared.config.stale_after;
     loop {
         let Some((datagram, arrived)) = queue.pop() else {
@@ -695,24 +746,15 @@ async fn send_datagrams(conn: Connection, queue: Arc<SubscriberQueue>, shared: A
             shared.stats.dropped_stale.fetch_add(1, Relaxed);
             continue;
         }
-        let sent = match tokio::time::timeout_at(stale_at, conn.send_datagram_wait(datagram)).await
-        {
-            Ok(sent) => sent,
+        let send = queue.conn.send_datagram_wait(datagram);
+        match tokio::time::timeout_at(stale_at, send).await {
+            Ok(sent) => {
+                if !count_sent(sent, arrived, &shared.stats) {
+                    return;
+                }
+            }
             Err(_) => {
                 shared.stats.dropped_stale.fetch_add(1, Relaxed);
-                continue;
-            }
-        };
-        match sent {
-            Ok(()) => {
-                shared.stats.datagrams_forwarded.fetch_add(1, Relaxed);
-                shared
-                    .stats
-                    .observe_delay(arrived.elapsed().as_micros() as u64);
-            }
-            Err(quinn::SendDatagramError::ConnectionLost(_)) => return,
-            Err(_) => {
-                shared.stats.datagrams_send_failed.fetch_add(1, Relaxed);
             }
         }
     }
