@@ -241,6 +241,14 @@ fn transport_config(config: &RelayConfig) -> TransportConfig {
     t.max_idle_timeout(config.idle_timeout.try_into().ok());
     t.datagram_send_buffer_size(config.datagram_send_buffer);
     t.datagram_receive_buffer_size(Some(64 * 1024));
+    // Every forwarded datagram is ack-eliciting, and by default a quinn client acknowledges
+    // every second packet: most packets a relay received would be ACKs. Ask clients (QUIC
+    // ACK_FREQUENCY extension; quinn clients support it) to acknowledge every tenth packet or
+    // after 25 ms, whichever comes first: still several ACKs per round trip for loss detection.
+    let mut ack = quinn::AckFrequencyConfig::default();
+    ack.ack_eliciting_threshold(VarInt::from_u32(9))
+        .max_ack_delay(Some(Duration::from_millis(25)));
+    t.ack_frequency_config(Some(ack));
     // One control stream per connection; leave a little headroom for future use.
     t.max_concurrent_bidi_streams(VarInt::from_u32(4));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
@@ -284,6 +292,11 @@ fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::UdpSock
         // them, so a connection always lands on the same thread.
         socket.set_reuse_port(true)?;
     }
+    // Ask for deep buffers (the kernel caps them at net.core.rmem_max / wmem_max, see
+    // udp_buffer_warning): the default ~208 KiB overflows when a busy relay's receive task is
+    // a few milliseconds late, and every overflow is lost audio.
+    let _ = socket.set_recv_buffer_size(RECOMMENDED_UDP_BUFFER as usize);
+    let _ = socket.set_send_buffer_size(RECOMMENDED_UDP_BUFFER as usize);
     socket.bind(&addr.into())?;
     Ok(socket.into())
 }
