@@ -3,7 +3,10 @@
 //! the other K−1 streams of its room, so the time from send to receive is what the relay (plus
 //! loopback) adds; it is measured in this one process, on one clock. Ends with one summary line:
 //!
-//! `participants=N rooms=R streams=S p50_ms=… p99_ms=… loss_pct=… relay_cpu_pct=…`
+//! `participants=N rooms=R streams=S p50_ms=… p99_ms=… loss_pct=… relay_cpu_pct=… loadgen_cpu_pct=…`
+//!
+//! (CPU: percent of one core during the sending phase; the load generator's own share shows
+//! when it, not the relay, is the limit.)
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -184,6 +187,7 @@ async fn main() -> anyhow::Result<()> {
     let epoch = Instant::now();
     let until = epoch + Duration::from_secs_f64(args.duration);
     let cpu_start = args.relay_pid.and_then(cpu_seconds);
+    let own_start = cpu_seconds(std::process::id());
     let wall_start = Instant::now();
     let ours: Arc<HashSet<u32>> = Arc::new(joined.iter().map(|(_, ssrc)| *ssrc).collect());
     let mut tasks = Vec::new();
@@ -205,6 +209,7 @@ async fn main() -> anyhow::Result<()> {
     }
     tokio::time::sleep_until((until).into()).await;
     let cpu_end = args.relay_pid.and_then(cpu_seconds);
+    let own_end = cpu_seconds(std::process::id());
     let wall = wall_start.elapsed().as_secs_f64();
     for t in tasks {
         let _ = t.await;
@@ -225,12 +230,13 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut samples = std::mem::take(&mut *totals.samples.lock().expect("not poisoned"));
     samples.sort_unstable();
-    let cpu = match (cpu_start, cpu_end) {
+    let percent = |start: Option<f64>, end: Option<f64>| match (start, end) {
         (Some(a), Some(b)) => format!("{:.1}", (b - a) / wall * 100.0),
         _ => "n/a".into(),
     };
+    let (cpu, own) = (percent(cpu_start, cpu_end), percent(own_start, own_end));
     println!(
-        "participants={} rooms={rooms} streams={streams} p50_ms={:.3} p99_ms={:.3} loss_pct={loss:.3} relay_cpu_pct={cpu}",
+        "participants={} rooms={rooms} streams={streams} p50_ms={:.3} p99_ms={:.3} loss_pct={loss:.3} relay_cpu_pct={cpu} loadgen_cpu_pct={own}",
         args.participants,
         percentile(&samples, 0.5),
         percentile(&samples, 0.99),
