@@ -2,22 +2,47 @@
 # Relay capacity benchmark: the largest number of participants, in rooms of 5, that ONE relay
 # core carries with p99 relay-added latency ≤ 2 ms and no relay drops. The relay is pinned to
 # core 0 and natter-loadgen to core 1 (taskset), so they do not share a core. Run it on an
-# otherwise idle machine; numbers go in docs/BENCHMARKS.md.
+# otherwise idle machine; numbers go in docs/BENCHMARKS.md. Each line ends with
+# others_cpu_pct: the CPU (percent of one core) that processes other than these two used
+# during the run — anything but ~0 means the numbers are not a quiet machine's.
 #
 #   scripts/bench-relay.sh [N1 N2 …]     (default sweep: 100 200 400 600 800 1000 1200)
+#
+# Environment: REPS (runs per N, default 1, each with a fresh relay), RELAY_CPUS / LOADGEN_CPUS
+# (taskset lists, default 0 and 1), RELAY_ARGS (extra relay flags, e.g. "--threads 2"),
+# DURATION (seconds of sending, default 10).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin="${CARGO_TARGET_DIR:-target}/release"
 [ -x "$bin/natter-loadgen" ] || cargo build --release -p natter-relay -p natter-loadgen
 work="$(mktemp -d)"
+relay_pid=
 trap 'kill $relay_pid 2>/dev/null || true; rm -rf "$work"' EXIT
-taskset -c 0 "$bin/natter-relay" --listen 127.0.0.1:0 --data-dir "$work/relay" --max-room-size 5 \
-    --max-connections 100000 >"$work/relay.out" 2>"$work/relay.log" &
-relay_pid=$!
-for _ in $(seq 100); do grep -q '^invite:' "$work/relay.out" 2>/dev/null && break; sleep 0.05; done
-invite="$(sed -n 's/^invite: //p' "$work/relay.out")"
+# Busy jiffies (user+nice+system+irq+softirq+steal) of the whole machine, and of one process.
+busy() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
+proc_busy() { awk '{sub(/.*\) /,""); split($0,f," "); print f[12]+f[13]}' "/proc/$1/stat"; }
 sizes=("$@")
 [ ${#sizes[@]} -gt 0 ] || sizes=(100 200 400 600 800 1000 1200)
 for n in "${sizes[@]}"; do
-  taskset -c 1 "$bin/natter-loadgen" "$invite" --participants "$n" --room-size 5 --duration 10 --relay-pid "$relay_pid"
+  for _ in $(seq "${REPS:-1}"); do
+    # shellcheck disable=SC2086
+    taskset -c "${RELAY_CPUS:-0}" "$bin/natter-relay" --listen 127.0.0.1:0 --data-dir "$work/relay" \
+        --max-room-size 5 --max-connections 100000 ${RELAY_ARGS:-} >"$work/relay.out" 2>"$work/relay.log" &
+    relay_pid=$!
+    for _ in $(seq 100); do grep -q '^invite:' "$work/relay.out" 2>/dev/null && break; sleep 0.05; done
+    invite="$(sed -n 's/^invite: //p' "$work/relay.out")"
+    taskset -c "${LOADGEN_CPUS:-1}" "$bin/natter-loadgen" "$invite" --participants "$n" --room-size 5 \
+        --duration "${DURATION:-10}" --relay-pid "$relay_pid" >"$work/loadgen.out" &
+    loadgen_pid=$!
+    # Sample the middle of the sending phase (joining takes a moment first).
+    sleep 3
+    t0=$(busy); r0=$(proc_busy "$relay_pid"); l0=$(proc_busy "$loadgen_pid"); s0=$(date +%s.%N)
+    sleep 5
+    t1=$(busy); r1=$(proc_busy "$relay_pid"); l1=$(proc_busy "$loadgen_pid"); s1=$(date +%s.%N)
+    wait "$loadgen_pid"
+    others=$(echo "$t0 $t1 $r0 $r1 $l0 $l1 $s0 $s1" |
+      awk '{printf "%.1f", (($2-$1)-($4-$3)-($6-$5)) / ($8-$7)}')
+    echo "$(cat "$work/loadgen.out") others_cpu_pct=$others"
+    kill "$relay_pid"; wait "$relay_pid" 2>/dev/null || true
+  done
 done

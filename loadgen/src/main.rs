@@ -3,16 +3,19 @@
 //! the other K−1 streams of its room, so the time from send to receive is what the relay (plus
 //! loopback) adds; it is measured in this one process, on one clock. Ends with one summary line:
 //!
-//! `participants=N rooms=R streams=S p50_ms=… p99_ms=… loss_pct=… relay_cpu_pct=…`
+//! `participants=N rooms=R streams=S p50_ms=… p99_ms=… loss_pct=… relay_cpu_pct=… loadgen_cpu_pct=…`
+//!
+//! (CPU: percent of one core during the sending phase; the load generator's own share shows
+//! when it, not the relay, is the limit.)
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::Parser;
-use natter_proto::control::{FrameDecoder, Message};
+use natter_loadgen::{client_config, join};
 use natter_proto::invite::Invite;
 use natter_proto::media::write_rtp;
 use natter_proto::rtp::{AudioLevel, RtpHeader};
-use quinn::crypto::rustls::QuicClientConfig;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,77 +45,6 @@ struct Args {
     per_endpoint: usize,
 }
 
-/// Accepts exactly the certificate the invite pins; TLS 1.3 signatures are still verified.
-#[derive(Debug)]
-struct Pinned {
-    fp: [u8; 32],
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl rustls::client::danger::ServerCertVerifier for Pinned {
-    fn verify_server_cert(
-        &self,
-        end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        use sha2::Digest;
-        if <[u8; 32]>::from(sha2::Sha256::digest(end_entity)) == self.fp {
-            Ok(rustls::client::danger::ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            ))
-        }
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-fn client_config(fp: [u8; 32]) -> anyhow::Result<quinn::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Pinned { fp, provider }))
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![natter_proto::ALPN.to_vec()];
-    let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
-    let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(Duration::from_secs(5)));
-    transport.datagram_receive_buffer_size(Some(1 << 20));
-    config.transport_config(Arc::new(transport));
-    Ok(config)
-}
-
 /// Counters shared by all participants.
 #[derive(Default)]
 struct Totals {
@@ -122,54 +54,13 @@ struct Totals {
     samples: Mutex<Vec<u32>>,
 }
 
-async fn join(conn: &quinn::Connection, room: &str, name: &str) -> anyhow::Result<u32> {
-    let (mut send, mut recv) = conn.open_bi().await?;
-    let mut out = Vec::new();
-    Message::Hello {
-        versions: vec![natter_proto::PROTOCOL_VERSION],
-        software: "natter-loadgen".into(),
-    }
-    .encode(&mut out);
-    Message::Join {
-        room: room.into(),
-        name: name.into(),
-        token: None,
-        flags: 0,
-    }
-    .encode(&mut out);
-    send.write_all(&out).await?;
-    let mut decoder = FrameDecoder::new();
-    let mut buf = vec![0u8; 8192];
-    loop {
-        while let Some(msg) = decoder.next_message() {
-            match msg? {
-                Message::Welcome { ssrc, .. } => {
-                    // Keep the stream open for the rest of the run (closing it would leave).
-                    tokio::spawn(async move {
-                        let _keep = send;
-                        while let Ok(Some(_)) = recv.read(&mut [0u8; 4096]).await {}
-                    });
-                    return Ok(ssrc);
-                }
-                Message::Error { code, message } => {
-                    bail!("join refused: {} ({message})", code.describe())
-                }
-                _ => {}
-            }
-        }
-        let n = recv
-            .read(&mut buf)
-            .await?
-            .context("relay closed the control stream")?;
-        decoder.push(&buf[..n]);
-    }
-}
-
 /// One participant: sends a stamped datagram every 20 ms until `until`, and measures what
-/// arrives from the others.
+/// arrives from the others. Datagrams from SSRCs not in `ours` (someone else in the room, such
+/// as a test's flooding client) are not counted.
 async fn participant(
     conn: quinn::Connection,
     ssrc: u32,
+    ours: Arc<HashSet<u32>>,
     epoch: Instant,
     until: Instant,
     payload: usize,
@@ -181,6 +72,13 @@ async fn participant(
         tokio::spawn(async move {
             let mut local = Vec::with_capacity(4096);
             while let Ok(d) = conn.read_datagram().await {
+                if !d
+                    .get(1..)
+                    .and_then(natter_proto::rtp::peek_ssrc)
+                    .is_some_and(|s| ours.contains(&s))
+                {
+                    continue;
+                }
                 // Stamp: the first 8 payload bytes after the 20-byte header (flow + RTP + ext).
                 if let Some(stamp) = d.get(21..29) {
                     let sent = u64::from_be_bytes(stamp.try_into().expect("8 bytes"));
@@ -289,12 +187,15 @@ async fn main() -> anyhow::Result<()> {
     let epoch = Instant::now();
     let until = epoch + Duration::from_secs_f64(args.duration);
     let cpu_start = args.relay_pid.and_then(cpu_seconds);
+    let own_start = cpu_seconds(std::process::id());
     let wall_start = Instant::now();
+    let ours: Arc<HashSet<u32>> = Arc::new(joined.iter().map(|(_, ssrc)| *ssrc).collect());
     let mut tasks = Vec::new();
     for (conn, ssrc) in joined {
         tasks.push(tokio::spawn(participant(
             conn,
             ssrc,
+            ours.clone(),
             epoch,
             until,
             args.payload,
@@ -308,6 +209,7 @@ async fn main() -> anyhow::Result<()> {
     }
     tokio::time::sleep_until((until).into()).await;
     let cpu_end = args.relay_pid.and_then(cpu_seconds);
+    let own_end = cpu_seconds(std::process::id());
     let wall = wall_start.elapsed().as_secs_f64();
     for t in tasks {
         let _ = t.await;
@@ -328,12 +230,13 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut samples = std::mem::take(&mut *totals.samples.lock().expect("not poisoned"));
     samples.sort_unstable();
-    let cpu = match (cpu_start, cpu_end) {
+    let percent = |start: Option<f64>, end: Option<f64>| match (start, end) {
         (Some(a), Some(b)) => format!("{:.1}", (b - a) / wall * 100.0),
         _ => "n/a".into(),
     };
+    let (cpu, own) = (percent(cpu_start, cpu_end), percent(own_start, own_end));
     println!(
-        "participants={} rooms={rooms} streams={streams} p50_ms={:.3} p99_ms={:.3} loss_pct={loss:.3} relay_cpu_pct={cpu}",
+        "participants={} rooms={rooms} streams={streams} p50_ms={:.3} p99_ms={:.3} loss_pct={loss:.3} relay_cpu_pct={cpu} loadgen_cpu_pct={own}",
         args.participants,
         percentile(&samples, 0.5),
         percentile(&samples, 0.99),

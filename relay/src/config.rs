@@ -31,6 +31,7 @@ pub struct LimitsFile {
     pub idle_timeout_secs: Option<u64>,
     pub hello_timeout_secs: Option<u64>,
     pub forward_loudest: Option<usize>,
+    pub retry_above: Option<usize>,
 }
 
 /// The whole file.
@@ -135,12 +136,14 @@ mod tests {
             max-room-size = 12
             packets-per-second = 120.0
             forward-loudest = 3
+            retry-above = 8
             "#,
             Path::new("relay.toml"),
         )
         .unwrap();
         assert_eq!(c.listen.unwrap().len(), 2);
         assert_eq!(c.limits.max_room_size, Some(12));
+        assert_eq!(c.limits.retry_above, Some(8));
         assert_eq!(c.access.mode.as_deref(), Some("token"));
         assert_eq!(resolve_secret(&c.access).unwrap().unwrap().len(), 20);
     }

@@ -544,10 +544,10 @@ impl<H: Clone> RelayCore<H> {
         }
         (c.packets, c.bytes) = (packets, bytes);
         let echo = member.echo;
-        let room_name = member.room.clone();
+        // Disjoint fields: no copy of the room name per datagram.
         let room = self
             .rooms
-            .get_mut(&room_name)
+            .get_mut(&member.room)
             .ok_or(DropReason::NotJoined)?;
         if let (Some(n), PacketKind::Rtp) = (self.limits.forward_loudest, parsed.kind)
             && !room.loud_enough(conn, level, now_ms, n)

@@ -105,6 +105,11 @@ struct Args {
     #[arg(long, env = "NATTER_RELAY_IDLE_TIMEOUT")]
     idle_timeout: Option<u64>,
 
+    /// Handshakes in progress above which new clients must first answer a QUIC Retry
+    /// (address validation, one extra round trip); 0 = always. Default 64.
+    #[arg(long, value_name = "N", env = "NATTER_RELAY_RETRY_ABOVE")]
+    retry_above: Option<usize>,
+
     /// Large rooms: forward only the N loudest speakers.
     #[arg(long, value_name = "N", env = "NATTER_RELAY_FORWARD_LOUDEST")]
     forward_loudest: Option<usize>,
@@ -236,6 +241,9 @@ fn settings(args: &Args, file: &ConfigFile) -> anyhow::Result<Settings> {
     }
     if let Some(v) = l.hello_timeout_secs {
         relay.hello_timeout = Duration::from_secs(v.max(1));
+    }
+    if let Some(v) = pick(args.retry_above, l.retry_above) {
+        relay.retry_above = v;
     }
     relay.limits.forward_loudest = pick(args.forward_loudest, l.forward_loudest).filter(|n| *n > 0);
     relay.threads = pick(args.threads, file.threads).unwrap_or(1).max(1);

@@ -10,24 +10,50 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+/// The gauges: what the relay holds right now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Occupancy {
+    pub connections: usize,
+    pub rooms: usize,
+    pub participants: usize,
+    /// QUIC handshakes accepted and not yet finished (what `retry_above` is compared with).
+    pub handshakes: usize,
+}
+
 /// What the exporter reads on each scrape.
 pub trait Source: Send + Sync + 'static {
-    fn snapshot(&self) -> (StatsSnapshot, (usize, usize, usize));
+    fn snapshot(&self) -> (StatsSnapshot, Occupancy);
 }
 
 /// Renders the exposition text.
-pub fn render(s: &StatsSnapshot, occupancy: (usize, usize, usize)) -> String {
+pub fn render(s: &StatsSnapshot, occupancy: Occupancy) -> String {
     let mut out = String::new();
-    let (connections, rooms, participants) = occupancy;
     let mut gauge = |name: &str, help: &str, v: usize| {
         let _ = writeln!(
             out,
             "# HELP natter_{name} {help}\n# TYPE natter_{name} gauge\nnatter_{name} {v}"
         );
     };
-    gauge("connections", "Open QUIC connections.", connections);
-    gauge("rooms", "Rooms with at least one participant.", rooms);
-    gauge("participants", "Participants in rooms.", participants);
+    gauge(
+        "connections",
+        "Open QUIC connections.",
+        occupancy.connections,
+    );
+    gauge(
+        "rooms",
+        "Rooms with at least one participant.",
+        occupancy.rooms,
+    );
+    gauge(
+        "participants",
+        "Participants in rooms.",
+        occupancy.participants,
+    );
+    gauge(
+        "handshakes_in_progress",
+        "QUIC handshakes accepted and not yet finished; above the retry threshold, new clients get a Retry.",
+        occupancy.handshakes,
+    );
     let _ = writeln!(
         out,
         "# HELP natter_connections_accepted_total Connections that completed the handshake.\n# TYPE natter_connections_accepted_total counter\nnatter_connections_accepted_total {}",

@@ -72,8 +72,10 @@ impl RelayConfig {
             limits: Limits::default(),
             hello_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
-            // About 40 voice packets: a few frames per sender in a busy room, never seconds.
-            datagram_send_buffer: 4 * 1024,
+            // About one packet (the largest datagram must fit): a burst to one subscriber
+            // goes out together, and anything more waits in the subscriber queue, where the
+            // stale limit applies, instead of in quinn, where it cannot.
+            datagram_send_buffer: 1536,
             max_connections: 10_000,
             retry_above: 64,
             stale_after: Duration::from_millis(60),
@@ -104,33 +106,88 @@ pub struct Peer {
 /// Datagrams waiting to go to one subscriber, with when they arrived. A single sender task per
 /// subscriber drains it into quinn as the connection's congestion window allows, dropping
 /// anything that has become stale — so a congested subscriber gets fresh audio late rather
-/// than old audio later, and never slows anyone else down.
-#[derive(Debug, Default)]
+/// than old audio later, and never slows anyone else down. When nothing is waiting and quinn
+/// has room (the usual case), the forwarding task hands the datagram to quinn itself, sparing
+/// the sender task a wake-up per datagram.
+#[derive(Debug)]
 struct SubscriberQueue {
-    items: Mutex<std::collections::VecDeque<(bytes::Bytes, tokio::time::Instant)>>,
+    conn: Connection,
+    state: Mutex<QueueState>,
     ready: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    items: std::collections::VecDeque<(bytes::Bytes, tokio::time::Instant)>,
+    /// The sender task holds a datagram it is waiting to hand over: later ones queue behind it
+    /// so a sender's packets stay in order.
+    sending: bool,
 }
 
 /// Upper bound on a subscriber queue's length: beyond it the oldest entry is dropped at once.
 const QUEUE_LIMIT: usize = 256;
 
 impl SubscriberQueue {
+    fn new(conn: Connection) -> Self {
+        Self {
+            conn,
+            state: Mutex::default(),
+            ready: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn push(&self, datagram: bytes::Bytes, at: tokio::time::Instant, stats: &RelayStats) {
-        let mut items = self.items.lock().unwrap_or_else(|p| p.into_inner());
-        if items.len() >= QUEUE_LIMIT {
-            items.pop_front();
+        let mut state = self.lock();
+        if state.items.is_empty() && !state.sending {
+            // Polled once: quinn takes it now, or the attempt (and its copy) is dropped.
+            let mut send = std::pin::pin!(self.conn.send_datagram_wait(datagram.clone()));
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            if let std::task::Poll::Ready(sent) = send.as_mut().poll(&mut cx) {
+                drop(state);
+                count_sent(sent, at, stats);
+                return;
+            }
+        }
+        if state.items.len() >= QUEUE_LIMIT {
+            state.items.pop_front();
             stats.dropped_stale.fetch_add(1, Relaxed);
         }
-        items.push_back((datagram, at));
-        drop(items);
+        state.items.push_back((datagram, at));
+        drop(state);
         self.ready.notify_one();
     }
 
+    /// The next datagram for the sender task, which then counts as sending until it asks again.
     fn pop(&self) -> Option<(bytes::Bytes, tokio::time::Instant)> {
-        self.items
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop_front()
+        let mut state = self.lock();
+        let next = state.items.pop_front();
+        state.sending = next.is_some();
+        next
+    }
+}
+
+/// Counts the outcome of handing a datagram that arrived at `arrived` to quinn; false if the
+/// connection is gone.
+fn count_sent(
+    sent: Result<(), quinn::SendDatagramError>,
+    arrived: tokio::time::Instant,
+    stats: &RelayStats,
+) -> bool {
+    match sent {
+        Ok(()) => {
+            stats.datagrams_forwarded.fetch_add(1, Relaxed);
+            stats.observe_delay(arrived.elapsed().as_micros() as u64);
+            true
+        }
+        Err(quinn::SendDatagramError::ConnectionLost(_)) => false,
+        Err(_) => {
+            stats.datagrams_send_failed.fetch_add(1, Relaxed);
+            true
+        }
     }
 }
 
@@ -152,13 +209,14 @@ struct Shared {
 }
 
 impl crate::metrics::Source for Shared {
-    fn snapshot(&self) -> (StatsSnapshot, (usize, usize, usize)) {
+    fn snapshot(&self) -> (StatsSnapshot, crate::metrics::Occupancy) {
         let core = self.core();
-        let occupancy = (
-            core.connection_count(),
-            core.room_count(),
-            core.participant_count(),
-        );
+        let occupancy = crate::metrics::Occupancy {
+            connections: core.connection_count(),
+            rooms: core.room_count(),
+            participants: core.participant_count(),
+            handshakes: self.handshaking.load(Relaxed) as usize,
+        };
         drop(core);
         (self.stats.snapshot(), occupancy)
     }
@@ -183,6 +241,14 @@ fn transport_config(config: &RelayConfig) -> TransportConfig {
     t.max_idle_timeout(config.idle_timeout.try_into().ok());
     t.datagram_send_buffer_size(config.datagram_send_buffer);
     t.datagram_receive_buffer_size(Some(64 * 1024));
+    // Every forwarded datagram is ack-eliciting, and by default a quinn client acknowledges
+    // every second packet: most packets a relay received would be ACKs. Ask clients (QUIC
+    // ACK_FREQUENCY extension; quinn clients support it) to acknowledge every tenth packet or
+    // after 25 ms, whichever comes first: still several ACKs per round trip for loss detection.
+    let mut ack = quinn::AckFrequencyConfig::default();
+    ack.ack_eliciting_threshold(VarInt::from_u32(9))
+        .max_ack_delay(Some(Duration::from_millis(25)));
+    t.ack_frequency_config(Some(ack));
     // One control stream per connection; leave a little headroom for future use.
     t.max_concurrent_bidi_streams(VarInt::from_u32(4));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
@@ -226,6 +292,11 @@ fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::UdpSock
         // them, so a connection always lands on the same thread.
         socket.set_reuse_port(true)?;
     }
+    // Ask for deep buffers (the kernel caps them at net.core.rmem_max / wmem_max, see
+    // udp_buffer_warning): the default ~208 KiB overflows when a busy relay's receive task is
+    // a few milliseconds late, and every overflow is lost audio.
+    let _ = socket.set_recv_buffer_size(RECOMMENDED_UDP_BUFFER as usize);
+    let _ = socket.set_send_buffer_size(RECOMMENDED_UDP_BUFFER as usize);
     socket.bind(&addr.into())?;
     Ok(socket.into())
 }
@@ -462,6 +533,9 @@ async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
             let _ = incoming.retry();
             continue;
         }
+        // Counted here, not in the connection's task: a burst of Initials is accepted faster
+        // than the tasks start, and each must see the ones before it.
+        shared.handshaking.fetch_add(1, Relaxed);
         let id = shared.next_conn.fetch_add(1, Relaxed);
         let span = info_span!("conn", id, remote = %incoming.remote_address());
         tokio::spawn(run_connection(incoming, id, shared.clone()).instrument(span));
@@ -473,7 +547,6 @@ fn unix_ms() -> u64 {
 }
 
 async fn run_connection(incoming: quinn::Incoming, id: ConnId, shared: Arc<Shared>) {
-    shared.handshaking.fetch_add(1, Relaxed);
     let connecting = incoming.await;
     shared.handshaking.fetch_sub(1, Relaxed);
     let conn = match connecting {
@@ -515,16 +588,12 @@ async fn run_connection(incoming: quinn::Incoming, id: ConnId, shared: Arc<Share
     let (tx, rx) = mpsc::unbounded_channel();
     let peer = Peer {
         control: tx,
-        queue: Arc::new(SubscriberQueue::default()),
+        queue: Arc::new(SubscriberQueue::new(conn.clone())),
     };
     shared.core().connect(id, peer.clone(), unix_ms());
     let writer = tokio::spawn(write_control(send, rx, conn.clone()));
     let datagrams = tokio::spawn(forward_datagrams(conn.clone(), id, shared.clone()));
-    let sender = tokio::spawn(send_datagrams(
-        conn.clone(),
-        peer.queue.clone(),
-        shared.clone(),
-    ));
+    let sender = tokio::spawn(send_datagrams(peer.queue.clone(), shared.clone()));
 
     read_control(recv, id, &peer, &shared, deadline).await;
 
@@ -675,28 +744,30 @@ async fn forward_datagrams(conn: Connection, id: ConnId, shared: Arc<Shared>) {
 
 /// Drains one subscriber's queue into its connection, waiting for congestion-window space and
 /// dropping what has gone stale meanwhile.
-async fn send_datagrams(conn: Connection, queue: Arc<SubscriberQueue>, shared: Arc<Shared>) {
+async fn send_datagrams(queue: Arc<SubscriberQueue>, shared: Arc<Shared>) {
     let stale_after = shared.config.stale_after;
     loop {
         let Some((datagram, arrived)) = queue.pop() else {
             queue.ready.notified().await;
             continue;
         };
-        let waited = arrived.elapsed();
-        if waited > stale_after {
+        // The limit holds until quinn takes the datagram: waiting for window space past it
+        // drops the datagram (dropping the future takes it back), and quinn's own buffer holds
+        // only about a packet, sent at the next opportunity.
+        let stale_at = arrived + stale_after;
+        if tokio::time::Instant::now() >= stale_at {
             shared.stats.dropped_stale.fetch_add(1, Relaxed);
             continue;
         }
-        match conn.send_datagram_wait(datagram).await {
-            Ok(()) => {
-                shared.stats.datagrams_forwarded.fetch_add(1, Relaxed);
-                shared
-                    .stats
-                    .observe_delay(arrived.elapsed().as_micros() as u64);
+        let send = queue.conn.send_datagram_wait(datagram);
+        match tokio::time::timeout_at(stale_at, send).await {
+            Ok(sent) => {
+                if !count_sent(sent, arrived, &shared.stats) {
+                    return;
+                }
             }
-            Err(quinn::SendDatagramError::ConnectionLost(_)) => return,
             Err(_) => {
-                shared.stats.datagrams_send_failed.fetch_add(1, Relaxed);
+                shared.stats.dropped_stale.fetch_add(1, Relaxed);
             }
         }
     }

@@ -6,8 +6,10 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Upper bounds (µs) of the relay-added forwarding delay histogram.
-pub const DELAY_BUCKETS_US: [u64; 10] = [
-    50, 100, 250, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 60_000,
+/// The default stale limit is 60 ms; the buckets above it show by how much a late hand-over
+/// missed it.
+pub const DELAY_BUCKETS_US: [u64; 12] = [
+    50, 100, 250, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 60_000, 100_000, 250_000,
 ];
 
 /// Why a handshake did not complete.

@@ -558,7 +558,15 @@ impl NatterProcess {
     }
 
     fn spawn_with_env(args: &[std::ffi::OsString], env: &[(String, String)]) -> Self {
-        let mut child = command(&natter_bin())
+        Self::spawn_program(&natter_bin(), args, env)
+    }
+
+    fn spawn_program(
+        program: &Path,
+        args: &[std::ffi::OsString],
+        env: &[(String, String)],
+    ) -> Self {
+        let mut child = command(program)
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
@@ -572,7 +580,7 @@ impl NatterProcess {
             started: Instant::now(),
             stdout: Some(stdout),
             stderr: Some(stderr),
-            what: std::iter::once("natter".into())
+            what: std::iter::once(program.to_string_lossy())
                 .chain(args.iter().map(|a| a.to_string_lossy()))
                 .collect::<Vec<_>>()
                 .join(" "),
@@ -628,6 +636,39 @@ where
         .map(|a| a.as_ref().to_os_string())
         .collect();
     NatterProcess::spawn(&args).wait(timeout)
+}
+
+/// The summary line of a `natter-loadgen` run:
+/// `participants=N rooms=R streams=S p50_ms=… p99_ms=… loss_pct=… relay_cpu_pct=…`.
+#[derive(Debug, Clone)]
+pub struct LoadReport {
+    pub line: String,
+}
+
+impl LoadReport {
+    /// A numeric field of the line; panics (showing the line) if it is missing.
+    #[track_caller]
+    pub fn field(&self, key: &str) -> f64 {
+        self.line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+            .unwrap_or_else(|| panic!("no numeric {key} in {:?}", self.line))
+    }
+}
+
+/// Runs `natter-loadgen INVITE ARGS…` to completion (bounded by `timeout`), asserts it
+/// succeeded, and returns its summary line.
+#[track_caller]
+pub fn loadgen(invite: &str, args: &[&str], timeout: Duration) -> LoadReport {
+    let args: Vec<std::ffi::OsString> = std::iter::once(invite)
+        .chain(args.iter().copied())
+        .map(Into::into)
+        .collect();
+    let done = NatterProcess::spawn_program(&binary("natter-loadgen"), &args, &[]).wait(timeout);
+    assert!(done.status.success(), "natter-loadgen failed: {done}");
+    LoadReport {
+        line: done.stdout.trim().to_string(),
+    }
 }
 
 /// Probe signals, written by `natter signal` itself (the CLI under test) and read back.

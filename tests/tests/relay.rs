@@ -2,7 +2,7 @@
 //! participants, configuration errors.
 
 use natter_e2e::{
-    Call, CallStats, RelayProcess, TempDir, http_get, metric, relay_bin, signal_file,
+    Call, CallStats, RelayProcess, TempDir, http_get, loadgen, metric, relay_bin, signal_file,
 };
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -204,6 +204,7 @@ fn config_errors_name_the_key() {
         "--forward-loudest",
         "--threads",
         "--congestion",
+        "--retry-above",
     ] {
         assert!(help.contains(option), "--help documents {option}");
     }
@@ -213,34 +214,28 @@ fn config_errors_name_the_key() {
 #[test]
 fn loadgen_smoke() {
     let relay = RelayProcess::start();
-    let out = Command::new(natter_e2e::binary("natter-loadgen"))
-        .args([
-            relay.invite(),
+    let report = loadgen(
+        relay.invite(),
+        &[
             "--participants",
             "10",
             "--room-size",
             "5",
             "--duration",
             "1",
-        ])
-        .output()
-        .unwrap();
-    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(
-        out.status.success(),
-        "{line}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        Duration::from_secs(30),
     );
-    let field = |k: &str| -> f64 {
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(&format!("{k}="))?.parse().ok())
-            .unwrap_or_else(|| panic!("{k} in {line}"))
-    };
+    let line = &report.line;
     assert_eq!(
-        (field("participants"), field("rooms"), field("streams")),
+        (
+            report.field("participants"),
+            report.field("rooms"),
+            report.field("streams")
+        ),
         (10.0, 2.0, 40.0),
         "{line}"
     );
-    assert!(field("p50_ms") < 50.0, "{line}");
-    assert!(field("loss_pct") < 10.0, "{line}");
+    assert!(report.field("p50_ms") < 50.0, "{line}");
+    assert!(report.field("loss_pct") < 10.0, "{line}");
 }
