@@ -144,6 +144,12 @@ impl Decode for OpusDecoder {
             out.extend(std::iter::repeat_n(0.0, samples));
         }
     }
+
+    /// libopus makes the return from concealment smooth itself: CELT overlaps its concealment
+    /// into the next decoded frame and SILK glues the energies across the loss.
+    fn continues_after_conceal(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]
