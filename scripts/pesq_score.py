@@ -130,6 +130,22 @@ def main() -> None:
     for (scenario, loss), v in cal.items():
         md.append(f"| {names.get(scenario, scenario)} | {loss} | {v.get('ideal', '–')} "
                   f"| {v.get('ideal-plc', '–')} | {v.get('ideal-split', '–')} |")
+    comp: dict[str, dict[str, str]] = {}
+    shown_loss: dict[str, str] = {}
+    for r in rows:
+        if r["buffer"].startswith("opus-c"):
+            loss = r["loss"] if r["nominal_loss_pct"] == "0" else f"{r['loss']} ({fmt(r['realized_loss_pct'])})"
+            shown_loss[r["loss"]] = loss
+            comp.setdefault(r["buffer"][len("opus-c"):], {})[r["loss"]] = r["pesq"]
+    if comp:
+        losses = list(shown_loss)
+        md.append("")
+        md.append("**Encoder complexity** (mid-call, jitter-free path, our buffer; PESQ):")
+        md.append("")
+        md.append("| libopus complexity | " + " | ".join(shown_loss[l] for l in losses) + " |")
+        md.append("|---|" + "---:|" * len(losses))
+        for c, v in comp.items():
+            md.append(f"| {c} | " + " | ".join(v.get(l, "–") for l in losses) + " |")
     text = "\n".join(md) + "\n"
     (out_dir / "results.md").write_text(text)
     print(text)

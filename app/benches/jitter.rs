@@ -40,6 +40,10 @@
 //! (recovered per frame with `sim::FrameDelays`); for `fixed60` it is `play time − arrival`,
 //! i.e. 60 ms + (jitter of the first packet − jitter of this one).
 //!
+//! Encoder complexity: the main rows use `EncoderConfig::default().complexity`; extra rows
+//! (`opus-cN`, mid-call, jitter-free path, clean and 5 % random loss, our buffer) encode at each
+//! of [`COMPLEXITIES`].
+//!
 //! The seed: the first seed from 1 up for which every loss model's realized loss over the scored
 //! frames of both scenarios is within ±20 % (relative) of its nominal rate — 540 frames are few
 //! enough that a bursty model can otherwise realize half its nominal loss. It depends only on the
@@ -59,6 +63,8 @@ use std::path::{Path, PathBuf};
 const FRAME: usize = 960;
 const FRAME_MS: f64 = 20.0;
 const BITRATE_BPS: i32 = 32_000;
+/// libopus complexities compared (buffer `opus-cN` rows).
+const COMPLEXITIES: [u8; 5] = [10, 8, 6, 5, 4];
 const FIXED_MS: f64 = 60.0;
 /// Start of the 300 ms stall, ms after the scored speech's first sample (sender time).
 const SPIKE_AT_MS: f64 = 7_200.0;
@@ -292,13 +298,14 @@ impl FrameDecoder for OpusDecoder {
     }
 }
 
-fn encode(input: &[f32], expected_loss_pct: u8) -> Vec<Vec<u8>> {
+fn encode(input: &[f32], expected_loss_pct: u8, complexity: u8) -> Vec<Vec<u8>> {
     let mut enc = OpusEncoder::new(EncoderConfig {
         bitrate_bps: BITRATE_BPS,
         expected_loss_pct,
         fec: true,
         dtx: false,
         restricted_low_delay: false,
+        complexity,
     })
     .expect("opus encoder");
     input
@@ -487,11 +494,12 @@ fn main() -> anyhow::Result<()> {
     println!("{header}");
     writeln!(table.tsv, "{header}")?;
     let losses = loss_models();
+    let complexity = EncoderConfig::default().complexity;
     for sc in &scenarios {
         // Encoding depends only on the expected loss: once per loss model.
         let encoded: Vec<Vec<Vec<u8>>> = losses
             .iter()
-            .map(|(_, _, nominal)| encode(&sc.input, *nominal))
+            .map(|(_, _, nominal)| encode(&sc.input, *nominal, complexity))
             .collect();
         for (jitter, profile) in jitter_profiles(sc.t0_ms()) {
             for ((loss, model, nominal), packets) in losses.iter().zip(&encoded) {
@@ -535,6 +543,28 @@ fn main() -> anyhow::Result<()> {
                     table.add(&cell, name, &o)?;
                 }
             }
+        }
+    }
+    // Encoder complexity: mid-call, jitter-free path, clean and 5 % random loss, our buffer.
+    let sc = &scenarios[0];
+    for (loss, model, nominal) in losses
+        .iter()
+        .filter(|(_, m, n)| *n == 0 || (*n == 5 && matches!(m, Loss::Random { .. })))
+    {
+        let profile = NetworkProfile::constant(30.0).with_loss(*model);
+        let arrivals = sim::arrivals(&profile, sc.frames(), seed);
+        let cell = Cell {
+            scenario: sc.name,
+            jitter: "none",
+            loss,
+            nominal: *nominal,
+            realized: realized_loss(sc, &arrivals),
+            frames: scored_frames,
+        };
+        for c in COMPLEXITIES {
+            let packets = encode(&sc.input, *nominal, c);
+            let o = adaptive(sc, &packets, &arrivals);
+            table.add(&cell, &format!("opus-c{c}"), &o)?;
         }
     }
     let path = table.dir.join("results.tsv");

@@ -21,6 +21,8 @@ pub struct EncoderConfig {
     /// Restricted low-delay application (CELT only: 2.5 ms look-ahead instead of 6.5 ms, but
     /// no FEC) instead of VOIP.
     pub restricted_low_delay: bool,
+    /// libopus encoder complexity, 0–10 (libopus's own default is 10).
+    pub complexity: u8,
 }
 
 impl Default for EncoderConfig {
@@ -33,6 +35,7 @@ impl Default for EncoderConfig {
             fec: true,
             dtx: true,
             restricted_low_delay: false,
+            complexity: 10,
         }
     }
 }
@@ -55,6 +58,7 @@ impl OpusEncoder {
         encoder.set_inband_fec(config.fec && !config.restricted_low_delay)?;
         encoder.set_packet_loss_perc(config.expected_loss_pct)?;
         encoder.set_dtx(config.dtx)?;
+        encoder.set_complexity(config.complexity)?;
         Ok(Self { encoder, config })
     }
 
