@@ -193,4 +193,55 @@ mod tests {
         assert!(dec.decode(&[0xff; 3], &mut Vec::new()).is_err());
         assert!(enc.lookahead() > 0);
     }
+
+    /// What [`OpusDecoder::continues_after_conceal`] claims: after concealing lost frames (in
+    /// whole 10 ms calls, as the jitter buffer does) the next decoded frame joins the
+    /// concealment without a jump, so the buffer needs no crossfade of its own.
+    #[test]
+    fn decoding_after_concealment_joins_without_a_jump() {
+        let mut enc = OpusEncoder::new(EncoderConfig::default()).unwrap();
+        let mut dec = OpusDecoder::new().unwrap();
+        let tone: Vec<f32> = (0..960 * 60)
+            .map(|i| {
+                let t = i as f32 / 48_000.0;
+                0.4 * (t * std::f32::consts::TAU * 220.0).sin()
+                    + 0.1 * (t * std::f32::consts::TAU * 660.0).sin()
+            })
+            .collect();
+        let packets: Vec<Vec<u8>> = tone
+            .chunks(960)
+            .map(|f| {
+                let mut p = Vec::new();
+                enc.encode(f, &mut p).unwrap();
+                p
+            })
+            .collect();
+        let mut out = Vec::new();
+        for p in &packets[..30] {
+            dec.decode(p, &mut out).unwrap();
+        }
+        let step = |x: &[f32]| {
+            x.windows(2)
+                .map(|w| (w[1] - w[0]).abs())
+                .fold(0.0, f32::max)
+        };
+        let clean = step(&out[960 * 10..]);
+        let mut next = 30;
+        for lost in [1, 2, 3] {
+            let before = out.len();
+            for _ in 0..2 * lost {
+                dec.conceal(480, &mut out);
+            }
+            next += lost;
+            let join = out.len();
+            for p in &packets[next..next + 4] {
+                dec.decode(p, &mut out).unwrap();
+            }
+            next += 4;
+            let at_join = step(&out[join - 48..join + 48]);
+            println!("{lost} lost: largest step at the join {at_join:.4}, clean {clean:.4}");
+            assert!(at_join <= 1.5 * clean, "{lost} lost: {at_join} vs {clean}");
+            assert!(out[before..].iter().all(|s| s.is_finite()));
+        }
+    }
 }
