@@ -503,6 +503,22 @@ impl<D: Decode> JitterBuffer<D> {
                 // The pause simply lasts longer; and since this packet says the path is slower
                 // than the transit window knows, put a setpoint's worth of silence before it
                 // rather than playing it the moment it arrived.
+                // The packet continues the stream exactly where the silence began (no timestamp
+                // jump) after more silence than concealment would have lasted: that was a stall
+                // taken for a pause (the audio before it was quiet), and this is the front of a
+                // backlog. Start over at the setpoint with the newest packets, as after a long
+                // concealment, instead of playing the backlog late.
+                Some(from)
+                    if self.mode == Mode::Playing
+                        && ext_ts == from
+                        && self
+                            .playout_ts
+                            .is_some_and(|p| p - from > self.max_expand() as u64) =>
+                {
+                    self.rebuffer();
+                    // Keep the whole backlog: the restart picks from it.
+                    self.playout_ts = None;
+                }
                 Some(from) if self.mode == Mode::Playing && ext_ts >= from => {
                     let p = self.playout_ts.unwrap_or(ext_ts);
                     let margin = (self.setpoint_ms(now_ms) * SAMPLES_PER_MS) as u64;
