@@ -386,7 +386,7 @@ fn main() -> anyhow::Result<()> {
     );
     println!("|---|---:|---:|---:|");
     let ours = EncoderConfig::default().complexity;
-    for c in [10u8, 8, 6, 5, 4, 2] {
+    for c in [10u8, 8, 7, 6, 5, 4, 2] {
         let (m, p) = encode_cost(&chain.mic, c)?;
         let default = match (c == 10, c == ours) {
             (true, true) => " (libopus default, ours)",

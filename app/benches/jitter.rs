@@ -64,7 +64,7 @@ const FRAME: usize = 960;
 const FRAME_MS: f64 = 20.0;
 const BITRATE_BPS: i32 = 32_000;
 /// libopus complexities compared (buffer `opus-cN` rows).
-const COMPLEXITIES: [u8; 5] = [10, 8, 6, 5, 4];
+const COMPLEXITIES: [u8; 6] = [10, 8, 7, 6, 5, 4];
 const FIXED_MS: f64 = 60.0;
 /// Start of the 300 ms stall, ms after the scored speech's first sample (sender time).
 const SPIKE_AT_MS: f64 = 7_200.0;
