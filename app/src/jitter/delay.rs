@@ -13,8 +13,10 @@
 //! (0.983: a 30 s memory at two insertions per second) and adds the rest to the new bucket; the
 //! first insertions weigh 2/(n+2) instead (as NetEq's start-up weight does) so the initial guess
 //! is replaced by measurement within the first interval instead of decaying for a minute — except
-//! peaks (below), which always go in with the steady-state weight: at start-up weight a single
-//! stall in the first ~20 s of a call would hold the target at its height for ~5 s.
+//! stalls (an interval maximum more than `stall_ms`, the buffer's `max_expand_ms`, above the
+//! target: the buffer re-buffers through those anyway), which always go in with the steady-state
+//! weight: at start-up weight a single stall in the first ~20 s of a call would hold the target
+//! at its height for ~5 s.
 //!
 //! **Bucket width 5 ms, not NetEq's 20 ms.** NetEq's target moves in 20 ms steps because its
 //! buffer-level estimate moves in packets. Ours is a continuous playout offset (see
@@ -47,6 +49,8 @@ pub(crate) struct DelayParams {
     pub max_ms: f64,
     pub peak_threshold_ms: f64,
     pub peak_memory_ms: f64,
+    /// An interval maximum this far above the target is a stall (see `push`), ms.
+    pub stall_ms: f64,
 }
 
 /// Peaks remembered at most (only the recent ones matter).
@@ -140,11 +144,13 @@ impl DelayManager {
             }
             self.peaks.push_back((now_ms, max_ms));
         }
-        // A peak goes in with the steady-state weight even during the start-up: the start-up
-        // weight (25 % three seconds into a call) would make a single stall the 95th
-        // percentile for the next ~5 s. Recurring peaks are the peak detector's job.
+        // A stall — an interval maximum more than `stall_ms` above the target, which the buffer
+        // re-buffers through anyway — goes in with the steady-state weight even during the
+        // start-up: the start-up weight (25 % three seconds into a call) would make a single
+        // stall the 95th percentile for the next ~5 s. Recurring stalls are the peak
+        // detector's job; smaller peaks (bursts of jitter) are learned at start-up speed.
         let steady = 1.0 - self.p.forget_factor;
-        let weight = if is_peak {
+        let weight = if max_ms > self.histogram_target + self.p.stall_ms {
             steady
         } else {
             (2.0 / (self.inserted as f64 + 2.0)).max(steady)
@@ -243,6 +249,7 @@ mod tests {
             max_ms: 500.0,
             peak_threshold_ms: 20.0,
             peak_memory_ms: 10_000.0,
+            stall_ms: 100.0,
         }
     }
 
@@ -340,12 +347,22 @@ mod tests {
         assert_eq!(dm.intervals(), 9, "the stall's interval is in");
         let now = f64::from(i) * 20.0;
         assert_eq!(dm.target_ms(now), 5.0, "right after the stall");
-        // Sustained jitter is still learned at start-up speed.
+        // A burst of jitter below a stall is still learned at start-up speed, even a single
+        // one (a call that starts on a bursty path must not wait for the peak detector).
         let mut dm = DelayManager::new(params());
         let i = feed(&mut dm, 0, 3, |_| 0.0);
-        feed(&mut dm, i, 2, |k| if k % 5 == 0 { 80.0 } else { 0.0 });
-        let now = f64::from(i + 100) * 20.0;
-        assert!(dm.target_ms(now) >= 80.0, "{}", dm.target_ms(now));
+        let i = feed(&mut dm, i, 2, |k| {
+            if (i + 5..i + 20).contains(&k) && k % 5 == 0 {
+                40.0
+            } else {
+                0.0
+            }
+        });
+        assert!(
+            dm.target_ms(f64::from(i) * 20.0) >= 40.0,
+            "{}",
+            dm.target_ms(0.0)
+        );
     }
 
     #[test]

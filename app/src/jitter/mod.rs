@@ -316,6 +316,7 @@ impl JitterConfig {
             max_ms: self.max_target_ms,
             peak_threshold_ms: self.peak_threshold_ms,
             peak_memory_ms: self.peak_memory_ms,
+            stall_ms: self.max_expand_ms,
         }
     }
 }
