@@ -504,14 +504,14 @@ impl<D: Decode> JitterBuffer<D> {
                 // The pause simply lasts longer; and since this packet says the path is slower
                 // than the transit window knows, put a setpoint's worth of silence before it
                 // rather than playing it the moment it arrived.
-                // The packet continues the stream exactly where the silence began (no timestamp
-                // jump) after more silence than concealment would have lasted: that was a stall
+                // The packet continues the stream where the silence began (no timestamp jump
+                // beyond what lost packets explain) after more silence than concealment would have lasted: that was a stall
                 // taken for a pause (the audio before it was quiet), and this is the front of a
                 // backlog. Start over at the setpoint with the newest packets, as after a long
                 // concealment, instead of playing the backlog late.
                 Some(from)
                     if self.mode == Mode::Playing
-                        && ext_ts == from
+                        && self.continues(ext_seq, ext_ts, from)
                         && self
                             .playout_ts
                             .is_some_and(|p| p - from > self.max_expand() as u64) =>
@@ -795,6 +795,16 @@ impl<D: Decode> JitterBuffer<D> {
         self.slot_left = None;
         self.dtx = false;
         self.dtx_from = None;
+    }
+
+    /// Whether a packet (`seq`, `ts`) continues the stream at `from` without a pause: its
+    /// timestamp is where the packets missing since the last one decoded would have put it.
+    fn continues(&self, seq: u64, ts: u64, from: u64) -> bool {
+        let Some(last) = self.last_seq else {
+            return false;
+        };
+        let missing = seq.saturating_sub(last + 1);
+        ts == from + missing * self.last_frame as u64
     }
 
     /// `max_expand_ms` in samples, a whole number of concealment pieces.
