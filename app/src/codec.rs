@@ -23,8 +23,9 @@ pub struct EncoderConfig {
     pub restricted_low_delay: bool,
     /// libopus encoder complexity, 0–10. Ours is 7, not libopus's default 10: measured
     /// (docs/BENCHMARKS.md, libopus 1.3.1) it encodes a 20 ms frame in 282 µs instead of 377
-    /// (1.41 % instead of 1.89 % of a core) and costs ≤ 0.03 PESQ (clean 4.45 vs 4.48; 5 %
-    /// random loss with FEC 4.03 vs 4.04). Do not go below 7: at 6 and lower the scores with
+    /// (1.41 % instead of 1.89 % of a core) and costs ≤ 0.03 PESQ mid-call (clean 4.45 vs 4.48;
+    /// 5 % random loss with FEC 4.03 vs 4.04; at call start one cell lost 0.14, see the
+    /// caveat there). Do not go below 7: at 6 and lower the scores with
     /// loss fall to the PLC-only level (2.75–2.82 at 5 %), as if the packets carried no usable
     /// in-band FEC; 8 saves almost nothing (370 µs).
     pub complexity: u8,
