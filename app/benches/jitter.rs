@@ -41,8 +41,9 @@
 //! i.e. 60 ms + (jitter of the first packet − jitter of this one).
 //!
 //! Encoder complexity: the main rows use `EncoderConfig::default().complexity`; extra rows
-//! (`opus-cN`: mid-call, jitter-free path, clean and 5 % random loss, our buffer) encode at each
-//! of [`COMPLEXITIES`].
+//! (`opus-cN-sK`: both scenarios, jitter-free path, clean and 5 % random loss with the loss
+//! patterns of seeds `seed + K`, K < [`COMPLEXITY_SEEDS`], our buffer) encode at each of
+//! [`COMPLEXITIES`].
 //!
 //! The seed: the first seed from 1 up for which every loss model's realized loss over the scored
 //! frames of both scenarios is within ±20 % (relative) of its nominal rate — 540 frames are few
@@ -65,6 +66,8 @@ const FRAME_MS: f64 = 20.0;
 const BITRATE_BPS: i32 = 32_000;
 /// libopus complexities compared (buffer `opus-cN` rows).
 const COMPLEXITIES: [u8; 6] = [10, 8, 7, 6, 5, 4];
+/// Loss patterns (seeds `seed`, `seed + 1`, …) the complexity rows average over.
+const COMPLEXITY_SEEDS: u64 = 6;
 const FIXED_MS: f64 = 60.0;
 /// Start of the 300 ms stall, ms after the scored speech's first sample (sender time).
 const SPIKE_AT_MS: f64 = 7_200.0;
@@ -543,12 +546,22 @@ fn main() -> anyhow::Result<()> {
                     table.add(&cell, name, &o)?;
                 }
             }
-            // Encoder complexity: mid-call, clean and 5 % random loss, our buffer.
-            if sc.name == "steady" && *nominal <= 5 {
+            // Encoder complexity: both scenarios, clean and 5 % random loss (over
+            // COMPLEXITY_SEEDS loss patterns: one file and one pattern are too few to tell
+            // small differences), our buffer.
+            if *nominal <= 5 {
                 for c in COMPLEXITIES {
                     let packets = encode(&sc.input, *nominal, c);
-                    let o = adaptive(sc, &packets, &arrivals);
-                    table.add(&cell, &format!("opus-c{c}"), &o)?;
+                    let seeds = if *nominal == 0 { 1 } else { COMPLEXITY_SEEDS };
+                    for k in 0..seeds {
+                        let arrivals = sim::arrivals(&profile, sc.frames(), seed + k);
+                        let cell = Cell {
+                            realized: realized_loss(sc, &arrivals),
+                            ..cell
+                        };
+                        let o = adaptive(sc, &packets, &arrivals);
+                        table.add(&cell, &format!("opus-c{c}-s{k}"), &o)?;
+                    }
                 }
             }
         }
