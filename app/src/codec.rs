@@ -21,13 +21,12 @@ pub struct EncoderConfig {
     /// Restricted low-delay application (CELT only: 2.5 ms look-ahead instead of 6.5 ms, but
     /// no FEC) instead of VOIP.
     pub restricted_low_delay: bool,
-    /// libopus encoder complexity, 0–10. Ours is 7, not libopus's default 10: measured
-    /// (docs/BENCHMARKS.md, libopus 1.3.1) it encodes a 20 ms frame in 282 µs instead of 377
-    /// (1.41 % instead of 1.89 % of a core) and costs ≤ 0.03 PESQ mid-call (clean 4.45 vs 4.48;
-    /// 5 % random loss with FEC 4.03 vs 4.04; at call start one cell lost 0.14, see the
-    /// caveat there). Do not go below 7: at 6 and lower the scores with
-    /// loss fall to the PLC-only level (2.75–2.82 at 5 %), as if the packets carried no usable
-    /// in-band FEC; 8 saves almost nothing (370 µs).
+    /// libopus encoder complexity, 0–10. Ours is libopus's default, 10. Measured
+    /// (docs/BENCHMARKS.md, libopus 1.3.1, 6 loss patterns at 5 % random loss with FEC): 7
+    /// encodes a 20 ms frame in 281 µs instead of 369 (1.40 % instead of 1.85 % of a core) and
+    /// costs only 0.03 PESQ mid-call, but 0.22 in the first 10 s of a call (5 of 6 patterns
+    /// worse, by up to 0.40); 8 costs 0.17 there and saves nothing. At 6 and below the scores
+    /// with loss fall to the PLC-only level (~2.9), as if the packets carried no usable FEC.
     pub complexity: u8,
 }
 
@@ -41,7 +40,7 @@ impl Default for EncoderConfig {
             fec: true,
             dtx: true,
             restricted_low_delay: false,
-            complexity: 7,
+            complexity: 10,
         }
     }
 }
