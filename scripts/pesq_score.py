@@ -130,6 +130,33 @@ def main() -> None:
     for (scenario, loss), v in cal.items():
         md.append(f"| {names.get(scenario, scenario)} | {loss} | {v.get('ideal', '–')} "
                   f"| {v.get('ideal-plc', '–')} | {v.get('ideal-split', '–')} |")
+    # Complexity rows: buffer opus-c{C}-s{K}; mean (min-max) over the loss patterns K.
+    comp: dict[tuple[str, str], dict[str, list[float]]] = {}
+    losses: list[str] = []
+    for r in rows:
+        if r["buffer"].startswith("opus-c"):
+            c = r["buffer"][len("opus-c"):].split("-s")[0]
+            if r["loss"] not in losses:
+                losses.append(r["loss"])
+            comp.setdefault((r["scenario"], c), {}).setdefault(r["loss"], []).append(float(r["pesq"]))
+    if comp:
+        md.append("")
+        md.append("**Encoder complexity** (jitter-free path, our buffer; PESQ, with loss the mean "
+                  "(min–max) over the loss patterns of several seeds):")
+        md.append("")
+        md.append("| scenario | libopus complexity | " + " | ".join(losses) + " |")
+        md.append("|---|---|" + "---:|" * len(losses))
+        for (scenario, c), v in comp.items():
+            cells = []
+            for l in losses:
+                x = v.get(l, [])
+                if not x:
+                    cells.append("–")
+                elif len(x) == 1:
+                    cells.append(f"{x[0]:.2f}")
+                else:
+                    cells.append(f"{sum(x) / len(x):.2f} ({min(x):.2f}–{max(x):.2f}, n={len(x)})")
+            md.append(f"| {names.get(scenario, scenario)} | {c} | " + " | ".join(cells) + " |")
     text = "\n".join(md) + "\n"
     (out_dir / "results.md").write_text(text)
     print(text)

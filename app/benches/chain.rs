@@ -385,12 +385,14 @@ fn main() -> anyhow::Result<()> {
         "| Opus encoder alone, 40 kbit/s FEC | CPU median us / 20 ms | p95 us | % of one core |"
     );
     println!("|---|---:|---:|---:|");
-    for c in [10u8, 8, 6, 4, 2] {
+    let ours = EncoderConfig::default().complexity;
+    for c in [10u8, 8, 7, 6, 5, 4, 2] {
         let (m, p) = encode_cost(&chain.mic, c)?;
-        let default = if c == 10 {
-            " (libopus default, ours)"
-        } else {
-            ""
+        let default = match (c == 10, c == ours) {
+            (true, true) => " (libopus default, ours)",
+            (true, false) => " (libopus default)",
+            (false, true) => " (ours)",
+            (false, false) => "",
         };
         println!(
             "| complexity {c}{default} | {m:.1} | {p:.1} | {:.2} |",

@@ -40,6 +40,11 @@
 //! (recovered per frame with `sim::FrameDelays`); for `fixed60` it is `play time − arrival`,
 //! i.e. 60 ms + (jitter of the first packet − jitter of this one).
 //!
+//! Encoder complexity: the main rows use `EncoderConfig::default().complexity`; extra rows
+//! (`opus-cN-sK`: both scenarios, jitter-free path, clean and 5 % random loss with the loss
+//! patterns of seeds `seed + K`, K < [`COMPLEXITY_SEEDS`], our buffer) encode at each of
+//! [`COMPLEXITIES`].
+//!
 //! The seed: the first seed from 1 up for which every loss model's realized loss over the scored
 //! frames of both scenarios is within ±20 % (relative) of its nominal rate — 540 frames are few
 //! enough that a bursty model can otherwise realize half its nominal loss. It depends only on the
@@ -59,6 +64,10 @@ use std::path::{Path, PathBuf};
 const FRAME: usize = 960;
 const FRAME_MS: f64 = 20.0;
 const BITRATE_BPS: i32 = 32_000;
+/// libopus complexities compared (buffer `opus-cN` rows).
+const COMPLEXITIES: [u8; 6] = [10, 8, 7, 6, 5, 4];
+/// Loss patterns (seeds `seed`, `seed + 1`, …) the complexity rows average over.
+const COMPLEXITY_SEEDS: u64 = 6;
 const FIXED_MS: f64 = 60.0;
 /// Start of the 300 ms stall, ms after the scored speech's first sample (sender time).
 const SPIKE_AT_MS: f64 = 7_200.0;
@@ -292,13 +301,14 @@ impl FrameDecoder for OpusDecoder {
     }
 }
 
-fn encode(input: &[f32], expected_loss_pct: u8) -> Vec<Vec<u8>> {
+fn encode(input: &[f32], expected_loss_pct: u8, complexity: u8) -> Vec<Vec<u8>> {
     let mut enc = OpusEncoder::new(EncoderConfig {
         bitrate_bps: BITRATE_BPS,
         expected_loss_pct,
         fec: true,
         dtx: false,
         restricted_low_delay: false,
+        complexity,
     })
     .expect("opus encoder");
     input
@@ -487,11 +497,12 @@ fn main() -> anyhow::Result<()> {
     println!("{header}");
     writeln!(table.tsv, "{header}")?;
     let losses = loss_models();
+    let complexity = EncoderConfig::default().complexity;
     for sc in &scenarios {
         // Encoding depends only on the expected loss: once per loss model.
         let encoded: Vec<Vec<Vec<u8>>> = losses
             .iter()
-            .map(|(_, _, nominal)| encode(&sc.input, *nominal))
+            .map(|(_, _, nominal)| encode(&sc.input, *nominal, complexity))
             .collect();
         for (jitter, profile) in jitter_profiles(sc.t0_ms()) {
             for ((loss, model, nominal), packets) in losses.iter().zip(&encoded) {
@@ -533,6 +544,24 @@ fn main() -> anyhow::Result<()> {
                 if *nominal > 0 || name == "ideal" {
                     let o = fixed(sc, packets, &arrivals, None, fec, plc);
                     table.add(&cell, name, &o)?;
+                }
+            }
+            // Encoder complexity: both scenarios, clean and 5 % random loss (over
+            // COMPLEXITY_SEEDS loss patterns: one file and one pattern are too few to tell
+            // small differences), our buffer.
+            if *nominal <= 5 {
+                for c in COMPLEXITIES {
+                    let packets = encode(&sc.input, *nominal, c);
+                    let seeds = if *nominal == 0 { 1 } else { COMPLEXITY_SEEDS };
+                    for k in 0..seeds {
+                        let arrivals = sim::arrivals(&profile, sc.frames(), seed + k);
+                        let cell = Cell {
+                            realized: realized_loss(sc, &arrivals),
+                            ..cell
+                        };
+                        let o = adaptive(sc, &packets, &arrivals);
+                        table.add(&cell, &format!("opus-c{c}-s{k}"), &o)?;
+                    }
                 }
             }
         }

@@ -12,7 +12,11 @@
 //! what an audible glitch is about. Insertion multiplies all buckets by the forgetting factor
 //! (0.983: a 30 s memory at two insertions per second) and adds the rest to the new bucket; the
 //! first insertions weigh 2/(n+2) instead (as NetEq's start-up weight does) so the initial guess
-//! is replaced by measurement within the first interval instead of decaying for a minute.
+//! is replaced by measurement within the first interval instead of decaying for a minute — except
+//! stalls (an interval maximum more than `stall_ms`, the buffer's `max_expand_ms`, above the
+//! target: the buffer re-buffers through those anyway), which always go in with the steady-state
+//! weight: at start-up weight a single stall in the first ~20 s of a call would hold the target
+//! at its height for ~5 s.
 //!
 //! **Bucket width 5 ms, not NetEq's 20 ms.** NetEq's target moves in 20 ms steps because its
 //! buffer-level estimate moves in packets. Ours is a continuous playout offset (see
@@ -45,10 +49,15 @@ pub(crate) struct DelayParams {
     pub max_ms: f64,
     pub peak_threshold_ms: f64,
     pub peak_memory_ms: f64,
+    /// An interval maximum this far above the target is a stall (see `push`), ms.
+    pub stall_ms: f64,
 }
 
 /// Peaks remembered at most (only the recent ones matter).
 const MAX_PEAKS: usize = 8;
+/// Weight of one packet in the per-packet histogram once it has seen 1000 packets: a memory of
+/// ~20 s of 20 ms frames (the interval histogram's is ~30 s).
+const PACKET_WEIGHT: f64 = 1e-3;
 
 #[derive(Debug)]
 pub(crate) struct DelayManager {
@@ -63,6 +72,12 @@ pub(crate) struct DelayManager {
     histogram_target: f64,
     /// (time, height ms) of recent peaks.
     peaks: VecDeque<(f64, f64)>,
+    /// Every packet's relative delay (same buckets, forgetting per packet): how late a typical
+    /// packet is, which is what the FEC look-ahead needs — the packet after a lost one has to be
+    /// here when the lost one is due, and one packet's lateness is usually far below the
+    /// half-second maxima the jitter margin covers.
+    packet_histogram: Vec<f64>,
+    packets: u64,
 }
 
 impl DelayManager {
@@ -75,6 +90,8 @@ impl DelayManager {
             interval_start: None,
             interval_max: None,
             histogram: vec![0.0; buckets],
+            packet_histogram: vec![0.0; buckets],
+            packets: 0,
             inserted: 0,
             histogram_target: p.initial_ms,
             peaks: VecDeque::with_capacity(MAX_PEAKS),
@@ -97,6 +114,13 @@ impl DelayManager {
             self.window.pop_front();
         }
         let relative = transit - self.window.front().map_or(transit, |&(_, t)| t);
+        let weight = (1.0 / (self.packets as f64 + 1.0)).max(PACKET_WEIGHT);
+        add(
+            &mut self.packet_histogram,
+            relative / self.p.bucket_ms,
+            weight,
+        );
+        self.packets += 1;
         match self.interval_start {
             None => self.interval_start = Some(now_ms),
             Some(start) if now_ms - start >= self.p.interval_ms => {
@@ -113,31 +137,27 @@ impl DelayManager {
 
     /// Adds one interval maximum to the histogram (and to the peaks if it is one).
     fn push(&mut self, max_ms: f64, now_ms: f64) {
-        if max_ms > self.histogram_target + self.p.peak_threshold_ms {
+        let is_peak = max_ms > self.histogram_target + self.p.peak_threshold_ms;
+        if is_peak {
             if self.peaks.len() == MAX_PEAKS {
                 self.peaks.pop_front();
             }
             self.peaks.push_back((now_ms, max_ms));
         }
-        let weight = (2.0 / (self.inserted as f64 + 2.0)).max(1.0 - self.p.forget_factor);
-        for b in &mut self.histogram {
-            *b *= 1.0 - weight;
-        }
-        let last = self.histogram.len() - 1;
-        let k = ((max_ms / self.p.bucket_ms) as usize).min(last);
-        self.histogram[k] += weight;
+        // A stall — an interval maximum more than `stall_ms` above the target, which the buffer
+        // re-buffers through anyway — goes in with the steady-state weight even during the
+        // start-up: the start-up weight (25 % three seconds into a call) would make a single
+        // stall the 95th percentile for the next ~5 s. Recurring stalls are the peak
+        // detector's job; smaller peaks (bursts of jitter) are learned at start-up speed.
+        let steady = 1.0 - self.p.forget_factor;
+        let weight = if max_ms > self.histogram_target + self.p.stall_ms {
+            steady
+        } else {
+            (2.0 / (self.inserted as f64 + 2.0)).max(steady)
+        };
+        add(&mut self.histogram, max_ms / self.p.bucket_ms, weight);
         self.inserted += 1;
-        let total: f64 = self.histogram.iter().sum();
-        let mut acc = 0.0;
-        let mut q = last;
-        for (i, b) in self.histogram.iter().enumerate() {
-            acc += b;
-            if acc >= self.p.quantile * total {
-                q = i;
-                break;
-            }
-        }
-        self.histogram_target = (q + 1) as f64 * self.p.bucket_ms;
+        self.histogram_target = quantile_ms(&self.histogram, self.p.quantile, self.p.bucket_ms);
     }
 
     /// The smallest transit (arrival − media time) of the window: where a packet that met no
@@ -163,6 +183,12 @@ impl DelayManager {
             .clamp(self.p.min_ms, self.p.max_ms.max(self.p.min_ms))
     }
 
+    /// The `quantile` of single packets' relative delays (upper edge of its bucket), ms; `None`
+    /// before the first packet.
+    pub fn packet_quantile_ms(&self, quantile: f64) -> Option<f64> {
+        (self.packets > 0).then(|| quantile_ms(&self.packet_histogram, quantile, self.p.bucket_ms))
+    }
+
     /// Interval maxima inserted so far: how much the histogram has seen (it is kept across
     /// stream restarts, like the histogram).
     pub fn intervals(&self) -> u64 {
@@ -184,6 +210,29 @@ impl DelayManager {
     }
 }
 
+/// Forgets `weight` of the histogram and adds it to bucket `position` (clamped to the last).
+fn add(histogram: &mut [f64], position: f64, weight: f64) {
+    for b in histogram.iter_mut() {
+        *b *= 1.0 - weight;
+    }
+    let last = histogram.len() - 1;
+    histogram[(position as usize).min(last)] += weight;
+}
+
+/// The upper edge of the bucket holding the histogram's `quantile`, ms.
+fn quantile_ms(histogram: &[f64], quantile: f64, bucket_ms: f64) -> f64 {
+    let total: f64 = histogram.iter().sum();
+    let mut acc = 0.0;
+    let k = histogram
+        .iter()
+        .position(|b| {
+            acc += b;
+            acc >= quantile * total
+        })
+        .unwrap_or(histogram.len() - 1);
+    (k + 1) as f64 * bucket_ms
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +249,7 @@ mod tests {
             max_ms: 500.0,
             peak_threshold_ms: 20.0,
             peak_memory_ms: 10_000.0,
+            stall_ms: 100.0,
         }
     }
 
@@ -283,6 +333,36 @@ mod tests {
         i = feed(&mut dm, i, 12, |_| 0.0);
         let now = f64::from(i) * 20.0;
         assert!(dm.target_ms(now) <= 10.0, "{}", dm.target_ms(now));
+    }
+
+    #[test]
+    fn one_spike_in_the_start_up_is_ignored_too() {
+        // 3 s into a call (six interval maxima, start-up weights 2/(n+2) still ~25 %), one
+        // 300 ms stall: it is a peak, and a single peak is not a trend whenever it comes.
+        let mut dm = DelayManager::new(params());
+        let mut i = feed(&mut dm, 0, 3, |_| 0.0);
+        assert_eq!(dm.target_ms(3_000.0), 5.0);
+        let at = i + 10;
+        i = feed(&mut dm, i, 2, |k| if k == at { 300.0 } else { 0.0 });
+        assert_eq!(dm.intervals(), 9, "the stall's interval is in");
+        let now = f64::from(i) * 20.0;
+        assert_eq!(dm.target_ms(now), 5.0, "right after the stall");
+        // A burst of jitter below a stall is still learned at start-up speed, even a single
+        // one (a call that starts on a bursty path must not wait for the peak detector).
+        let mut dm = DelayManager::new(params());
+        let i = feed(&mut dm, 0, 3, |_| 0.0);
+        let i = feed(&mut dm, i, 2, |k| {
+            if (i + 5..i + 20).contains(&k) && k % 5 == 0 {
+                40.0
+            } else {
+                0.0
+            }
+        });
+        assert!(
+            dm.target_ms(f64::from(i) * 20.0) >= 40.0,
+            "{}",
+            dm.target_ms(0.0)
+        );
     }
 
     #[test]

@@ -10,8 +10,9 @@
 //!
 //! The delay manager (`delay.rs`) measures each packet's arrival delay relative to the fastest
 //! packet of the last 2 s and keeps a forgetting histogram of half-second maxima; the *target*
-//! is its 95th percentile (5 ms buckets), raised to recurring delay peaks, plus one frame of
-//! look-ahead while packets are being lost so that the next packet's in-band FEC is here in time.
+//! is its 95th percentile (5 ms buckets), raised to recurring delay peaks, and while packets are
+//! being lost at least one frame above a single packet's usual (95th percentile) lateness, so that
+//! the next packet's in-band FEC is here in time (FEC look-ahead).
 //!
 //! The controlled quantity is the *playout offset*: how long after a packet that met no queueing
 //! at all (arrival = fastest transit + media time) its audio is played. It is computed at every
@@ -97,7 +98,10 @@
 //! for a loss: concealment while waiting, as above.
 //!
 //! When real audio follows concealment, its first 2.5 ms are crossfaded with a continuation of
-//! the concealment (merge); after silence it fades in. After 100 ms of consecutive concealment
+//! the concealment (merge) — unless the codec makes that transition smooth itself, as libopus
+//! does ([`Decode::continues_after_conceal`]): asking it for a continuation would conceal past
+//! the loss. After silence it fades in. Concealment while waiting comes in whole 10 ms pieces,
+//! since Opus PLC called in other sizes sounds worse. After 100 ms of consecutive concealment
 //! the buffer fades to silence (Opus PLC turns into a buzz beyond that); if nothing is buffered
 //! it re-buffers, restarting at the setpoint offset with the newest packets instead of replaying
 //! stale ones, so an outage never turns into delay.
@@ -141,6 +145,12 @@ pub trait Decode {
     ) -> Result<(), DecodeError>;
     /// Conceals `samples` of missing audio (packet loss concealment), appending them.
     fn conceal(&mut self, samples: usize, out: &mut Vec<f32>);
+    /// Whether decoding after concealment continues the concealed signal smoothly by itself.
+    /// If not (the default), the buffer conceals one more quantum before decoding and crossfades
+    /// the decoded audio from it (merge).
+    fn continues_after_conceal(&self) -> bool {
+        false
+    }
 }
 
 /// A packet the codec could not decode.
@@ -153,6 +163,8 @@ const SAMPLES_PER_MS: f64 = 48.0;
 const QUANTUM: usize = 120;
 /// The longest Opus packet: 120 ms.
 const MAX_FRAME: usize = 5_760;
+/// Concealment while waiting comes in pieces of 10 ms (see `run_dry`).
+const PLC_PIECE: usize = 480;
 /// Merge crossfade and fade-in/out length: 2.5 ms (what one PLC quantum provides).
 const FADE: usize = QUANTUM;
 /// Pull-clock smoothing per pull (~200 ms at 10 ms pulls): absorbs the engine pulling several
@@ -245,13 +257,18 @@ pub struct JitterConfig {
     /// Concealment longer than a few pitch periods sounds synthetic; NetEq fades out over a
     /// similar span.
     pub max_expand_ms: f64,
-    /// Add one frame to the target while losses are recent, so that the packet after a lost one
-    /// (whose in-band FEC recovers it) is usually here when the lost one is due. Added on top of
-    /// the jitter margin rather than as a floor: the next packet arrives one frame after the lost
-    /// one *and* is subject to the same jitter. Costs one frame of delay on lossy paths; buys FEC
-    /// for ~95 % of isolated losses instead of ~10 % (see the tests), which is worth ~1 PESQ
-    /// point at 5 % loss (design guide).
+    /// While losses are recent, keep the target at least one frame above the usual lateness of
+    /// a single packet ([`Self::fec_quantile`]), so that the packet after a lost one (whose
+    /// in-band FEC recovers it) is usually here when the lost one is due: it arrives one frame
+    /// after the lost one *and* is subject to the same jitter. A floor, not an addition to the
+    /// jitter margin: that margin covers the half-second *maxima*, which already exceed a frame
+    /// plus a typical packet's delay on a jittery path (adding a frame there paid for FEC twice:
+    /// 66–76 ms against 46 ms under 40 ms bursty jitter, for no measurable gain). On a clean
+    /// path it costs one frame of delay; it buys FEC for ~95 % of isolated losses instead of
+    /// ~10 % (see the tests), which is worth ~1 PESQ point at 5 % loss.
     pub fec_lookahead: bool,
+    /// Quantile of single packets' relative delays the FEC look-ahead covers.
+    pub fec_quantile: f64,
     /// How long a loss counts as recent, ms.
     pub loss_memory_ms: f64,
     /// Packets held at most; beyond, the oldest is discarded.
@@ -279,6 +296,7 @@ impl Default for JitterConfig {
             min_stretch_interval_ms: 50.0,
             max_expand_ms: 100.0,
             fec_lookahead: true,
+            fec_quantile: 0.95,
             loss_memory_ms: 10_000.0,
             max_packets: 400,
         }
@@ -298,6 +316,7 @@ impl JitterConfig {
             max_ms: self.max_target_ms,
             peak_threshold_ms: self.peak_threshold_ms,
             peak_memory_ms: self.peak_memory_ms,
+            stall_ms: self.max_expand_ms,
         }
     }
 }
@@ -485,6 +504,22 @@ impl<D: Decode> JitterBuffer<D> {
                 // The pause simply lasts longer; and since this packet says the path is slower
                 // than the transit window knows, put a setpoint's worth of silence before it
                 // rather than playing it the moment it arrived.
+                // The packet continues the stream where the silence began (no timestamp jump
+                // beyond what lost packets explain) after more silence than concealment would have lasted: that was a stall
+                // taken for a pause (the audio before it was quiet), and this is the front of a
+                // backlog. Start over at the setpoint with the newest packets, as after a long
+                // concealment, instead of playing the backlog late.
+                Some(from)
+                    if self.mode == Mode::Playing
+                        && self.continues(ext_seq, ext_ts, from)
+                        && self
+                            .playout_ts
+                            .is_some_and(|p| p - from > self.max_expand() as u64) =>
+                {
+                    self.rebuffer();
+                    // Keep the whole backlog: the restart picks from it.
+                    self.playout_ts = None;
+                }
                 Some(from) if self.mode == Mode::Playing && ext_ts >= from => {
                     let p = self.playout_ts.unwrap_or(ext_ts);
                     let margin = (self.setpoint_ms(now_ms) * SAMPLES_PER_MS) as u64;
@@ -608,16 +643,19 @@ impl<D: Decode> JitterBuffer<D> {
         low.saturating_sub(floor)
     }
 
-    /// The jitter margin aimed for: histogram/peaks, plus a frame of FEC look-ahead while
-    /// losses are recent.
+    /// The jitter margin aimed for: histogram/peaks, and while losses are recent at least a
+    /// frame above a single packet's usual lateness (FEC look-ahead).
     fn target_ms(&self, now_ms: f64) -> f64 {
+        let jitter = self.delay.target_ms(now_ms);
         let lookahead = match self.last_loss_ms {
             Some(at) if self.config.fec_lookahead && now_ms - at < self.config.loss_memory_ms => {
-                self.last_frame as f64 / SAMPLES_PER_MS
+                let packet = self.delay.packet_quantile_ms(self.config.fec_quantile);
+                self.last_frame as f64 / SAMPLES_PER_MS + packet.unwrap_or(jitter)
             }
             _ => 0.0,
         };
-        (self.delay.target_ms(now_ms) + lookahead)
+        jitter
+            .max(lookahead)
             .min(self.config.max_target_ms.max(self.config.min_target_ms))
     }
 
@@ -759,9 +797,26 @@ impl<D: Decode> JitterBuffer<D> {
         self.dtx_from = None;
     }
 
-    /// `max_expand_ms` in samples, a whole number of concealment quanta.
+    /// Whether a packet (`seq`, `ts`) continues the stream at `from` without a pause: its
+    /// timestamp is where the packets missing since the last one decoded would have put it.
+    fn continues(&self, seq: u64, ts: u64, from: u64) -> bool {
+        let Some(last) = self.last_seq else {
+            return false;
+        };
+        let missing = seq.saturating_sub(last + 1);
+        ts == from + missing * self.last_frame as u64
+    }
+
+    /// `max_expand_ms` in samples, a whole number of concealment pieces.
     fn max_expand(&self) -> usize {
-        ((self.config.max_expand_ms * SAMPLES_PER_MS) as usize / QUANTUM).max(1) * QUANTUM
+        let piece = self.plc_piece();
+        ((self.config.max_expand_ms * SAMPLES_PER_MS) as usize / piece).max(1) * piece
+    }
+
+    /// The size concealment while waiting comes in: 10 ms, or the frame if it is shorter (a
+    /// whole number of quanta either way).
+    fn plc_piece(&self) -> usize {
+        (self.last_frame / QUANTUM * QUANTUM).clamp(QUANTUM, PLC_PIECE)
     }
 
     fn advance(&mut self, samples: usize) {
@@ -791,9 +846,7 @@ impl<D: Decode> JitterBuffer<D> {
 
     /// Decodes the packet at the playout point.
     fn decode_next(&mut self) {
-        if self.tail == Tail::Plc {
-            self.prepare_merge();
-        }
+        self.prepare_merge();
         let Some(p) = self.packets.first() else {
             return;
         };
@@ -882,9 +935,7 @@ impl<D: Decode> JitterBuffer<D> {
             && self.slot_left.is_none()
             && self.plc_run < self.max_expand()
         {
-            if self.tail == Tail::Plc {
-                self.prepare_merge();
-            }
+            self.prepare_merge();
             self.scratch.clear();
             let fec_ok = self.packets.first().is_some_and(|next| {
                 self.decoder
@@ -922,8 +973,12 @@ impl<D: Decode> JitterBuffer<D> {
             self.rebuffer();
             return;
         }
-        // Late or lost: conceal, without advancing the timeline, and wait.
-        let chunk = (need.div_ceil(QUANTUM) * QUANTUM).min(self.max_expand() - self.plc_run);
+        // Late or lost: conceal, without advancing the timeline, and wait — in whole pieces
+        // of 10 ms (or of the frame, if shorter) even if the block needs less: Opus PLC called
+        // in other sizes (e.g. 240 + 720 samples for a 20 ms frame) sounds clearly worse, while
+        // 480 + 480 is identical to 960. The surplus stays buffered.
+        let piece = self.plc_piece();
+        let chunk = (need.div_ceil(piece) * piece).min(self.max_expand() - self.plc_run);
         self.conceal(chunk);
         self.credit += chunk;
         if self.plc_run >= self.max_expand() {
@@ -1007,11 +1062,17 @@ impl<D: Decode> JitterBuffer<D> {
         self.append(Tail::Plc);
     }
 
-    /// Conceals one quantum past the loss: the signal decoded audio is crossfaded from. Done
-    /// *before* decoding, so the decoder sees one slightly longer loss rather than a loss
-    /// after the frame it just decoded.
+    /// After concealment, before decoding: conceals one quantum past the loss, the signal the
+    /// decoded audio is crossfaded from — done *before* decoding, so the decoder sees one
+    /// slightly longer loss rather than a loss after the frame it just decoded. Not for a codec
+    /// that continues smoothly by itself ([`Decode::continues_after_conceal`]): libopus does
+    /// (CELT overlaps its concealment into the next frame, SILK glues the energies), and the
+    /// extra quantum of loss cost it ~0.05–0.1 PESQ.
     fn prepare_merge(&mut self) {
         self.merge.clear();
+        if self.tail != Tail::Plc || self.decoder.continues_after_conceal() {
+            return;
+        }
         self.decoder.conceal(QUANTUM, &mut self.merge);
         self.merge.truncate(FADE);
     }
