@@ -648,6 +648,8 @@ impl Worker {
         }
     }
 
+    /// Auto (`None`) or a fixed delay: applied to the running buffers live — they stretch to
+    /// the new target, no restart and no gap — and to the buffers of peers that join later.
     fn set_jitter_target(&mut self, target: Option<f64>) {
         let mut config = self.base_jitter.clone();
         if let Some(ms) = target {
@@ -655,8 +657,11 @@ impl Worker {
             config.max_target_ms = ms;
             config.initial_target_ms = ms;
         }
+        for peer in self.peers.values_mut() {
+            peer.jitter
+                .set_target_range(config.min_target_ms, config.max_target_ms);
+        }
         self.config.jitter = config;
-        self.reset_jitter_buffers();
     }
 
     /// Gives every peer a fresh jitter buffer (and decoder) with the current configuration.

@@ -160,6 +160,14 @@ impl DelayManager {
         self.histogram_target = quantile_ms(&self.histogram, self.p.quantile, self.p.bucket_ms);
     }
 
+    /// Changes the clamp of the target live (the histogram covers delays up to the `max_ms`
+    /// it was built with, so a larger maximum is capped there).
+    pub fn set_limits(&mut self, min_ms: f64, max_ms: f64) {
+        let capacity = (self.histogram.len() - 1) as f64 * self.p.bucket_ms;
+        self.p.max_ms = max_ms.min(capacity);
+        self.p.min_ms = min_ms.min(self.p.max_ms);
+    }
+
     /// The smallest transit (arrival − media time) of the window: where a packet that met no
     /// queue at all would arrive. `None` before the first packet.
     pub fn base(&self) -> Option<f64> {

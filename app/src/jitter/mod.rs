@@ -473,6 +473,15 @@ impl<D: Decode> JitterBuffer<D> {
         self.stats
     }
 
+    /// Changes the target's limits live, e.g. when the user switches between an automatic
+    /// and a fixed delay: the buffer moves to the new target by stretching (expand or
+    /// accelerate), as it would for a change of the network — no restart, no gap.
+    pub fn set_target_range(&mut self, min_ms: f64, max_ms: f64) {
+        self.config.min_target_ms = min_ms;
+        self.config.max_target_ms = max_ms;
+        self.delay.set_limits(min_ms, max_ms);
+    }
+
     /// A packet arrived at `now_ms` with RTP sequence number `seq` and timestamp `ts` (48 kHz).
     pub fn insert(&mut self, seq: u16, ts: u32, payload: &[u8], now_ms: f64) {
         let mut ext_seq = unwrap_seq(seq, self.highest_seq);

@@ -1632,3 +1632,50 @@ fn stall_after_quiet_audio(stall_from: u32, lose_first: bool) {
     }
     assert_eq!(probe.clicks, 0);
 }
+
+/// The user switches the buffer from automatic to a fixed 120 ms and back in the middle of a
+/// call: the delay follows by stretching, with no click, no concealment and no restart, and
+/// comes back down afterwards.
+#[test]
+fn target_range_changes_live_without_a_gap() {
+    let arrivals = sim::arrivals(&NetworkProfile::constant(5.0), 1_000, 1);
+    let mut jb = JitterBuffer::new(JitterConfig::default(), Fake::new(Voice::Tone));
+    let mut probe = Probe::default();
+    let mut phase = |jb: &mut JitterBuffer<Fake>, from_ms: f64, to_ms: f64| {
+        let part: Vec<Arrival> = arrivals
+            .iter()
+            .filter(|a| a.at_ms > from_ms - 10.0 && a.at_ms <= to_ms - 10.0)
+            .copied()
+            .collect();
+        sim::run(
+            jb,
+            &part,
+            |f, p| {
+                p.extend_from_slice(&payload(f as u32, 960));
+                numbering(f)
+            },
+            from_ms,
+            to_ms,
+            |jb, block, now| probe.observe(jb, block, now),
+        );
+        jb.stats()
+    };
+    let auto = phase(&mut jb, 0.3, 5_000.3);
+    assert!(auto.delay_ms < 20.0, "{auto:?}");
+    jb.set_target_range(120.0, 120.0);
+    let fixed = phase(&mut jb, 5_000.3, 12_000.3);
+    assert!((110.0..=135.0).contains(&fixed.delay_ms), "{fixed:?}");
+    jb.set_target_range(0.0, 500.0);
+    let back = phase(&mut jb, 12_000.3, 19_990.3);
+    assert!(back.delay_ms < 20.0, "{back:?}");
+    assert_eq!(
+        (back.concealed, back.rebuffers, back.late, probe.clicks),
+        (0, 0, 0, 0),
+        "{back:?}"
+    );
+    println!("auto {auto:?}\nfixed {fixed:?}\nback {back:?}");
+    assert!(
+        back.expanded_ms >= 100.0 && back.accelerated_ms >= 100.0,
+        "{back:?}"
+    );
+}
