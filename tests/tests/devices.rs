@@ -25,22 +25,32 @@ struct Loop {
     bob_json: serde_json::Value,
 }
 
-/// Alice (WAV) → relay → Bob (sound card, `--processing PROCESSING`) → back to Alice.
-fn echo_loop(processing: &str) -> Loop {
-    let dir = TempDir::new("devices");
-    let pulse = PulseServer::start();
-    let relay = RelayProcess::start();
-    let speech = signal_file("speech", &dir.join("alice.wav"), SPEECH_SECS, 3);
-    let bob = Call::new(relay.invite(), "room", "bob")
+/// Bob's call on the daemon's default devices with `--processing PROCESSING`.
+fn bob_on_sound_card(
+    relay: &RelayProcess,
+    pulse: &PulseServer,
+    processing: &str,
+    stats: &std::path::Path,
+) -> Call {
+    Call::new(relay.invite(), "room", "bob")
         .arg("--input-device")
         .arg("default")
         .arg("--output-device")
         .arg("default")
         .arg("--processing")
         .arg(processing)
-        .stats_json(&dir.join("bob.json"))
-        .duration(f64::from(SPEECH_SECS) + 3.0)
+        .stats_json(stats)
         .env("PULSE_SERVER", pulse.server())
+}
+
+/// Alice (WAV) → relay → Bob (sound card, `--processing PROCESSING`) → back to Alice.
+fn echo_loop(processing: &str) -> Loop {
+    let dir = TempDir::new("devices");
+    let pulse = PulseServer::start();
+    let relay = RelayProcess::start();
+    let speech = signal_file("speech", &dir.join("alice.wav"), SPEECH_SECS, 3);
+    let bob = bob_on_sound_card(&relay, &pulse, processing, &dir.join("bob.json"))
+        .duration(f64::from(SPEECH_SECS) + 3.0)
         .spawn();
     relay.wait_for_join("room", "bob");
     let alice = Call::new(relay.invite(), "room", "alice")
@@ -135,16 +145,8 @@ fn unplugged_device_is_rebuilt_without_ending_the_call() {
     let relay = RelayProcess::start();
     let secs = 9.0;
     let speech = signal_file("speech", &dir.join("alice.wav"), secs, 4);
-    let bob = Call::new(relay.invite(), "room", "bob")
-        .arg("--input-device")
-        .arg("default")
-        .arg("--output-device")
-        .arg("default")
-        .arg("--processing")
-        .arg("none")
-        .stats_json(&dir.join("bob.json"))
+    let bob = bob_on_sound_card(&relay, &pulse, "none", &dir.join("bob.json"))
         .duration(f64::from(secs) + 2.0)
-        .env("PULSE_SERVER", pulse.server())
         .spawn();
     relay.wait_for_join("room", "bob");
     let alice = Call::new(relay.invite(), "room", "alice")
