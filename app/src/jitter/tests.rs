@@ -1598,18 +1598,8 @@ fn stall_after_quiet_audio(stall_from: u32, lose_first: bool) {
             let send = f64::from(i + 1) * 20.0;
             let stall_end = f64::from(stall_from + 1) * 20.0 + 300.0;
             let at = (send + 5.0).max(if i >= stall_from { stall_end } else { 0.0 });
-            let mut payload = payload(i, 960).to_vec();
             // 200 ms of quiet before the stall: long enough to be taken for a pause's lead-in.
-            if (stall_from - 10..stall_from + 5).contains(&i) {
-                payload.push(1);
-            }
-            let (seq, ts) = numbering(i as usize);
-            Pkt {
-                at,
-                seq,
-                ts,
-                payload,
-            }
+            frame_pkt(i, at, (stall_from - 10..stall_from + 5).contains(&i))
         })
         .collect();
     let (jb, probe) = play(&mut pkts, 12_000.0, JitterConfig::default(), Voice::Tone);
@@ -1642,19 +1632,7 @@ fn a_loss_in_quiet_speech_is_concealed_not_taken_for_a_pause() {
     // played as silence (which the bench's speech at -45 dBFS hit at 20 % random loss).
     let mut pkts: Vec<Pkt> = (0..400u32)
         .filter(|i| !(200..202).contains(i))
-        .map(|i| {
-            let mut payload = payload(i, 960).to_vec();
-            if (197..200).contains(&i) {
-                payload.push(1);
-            }
-            let (seq, ts) = numbering(i as usize);
-            Pkt {
-                at: f64::from(i + 1) * 20.0 + 5.0,
-                seq,
-                ts,
-                payload,
-            }
-        })
+        .map(|i| frame_pkt(i, f64::from(i + 1) * 20.0 + 5.0, (197..200).contains(&i)))
         .collect();
     let (jb, probe) = play(&mut pkts, 8_000.0, JitterConfig::default(), Voice::Tone);
     let s = jb.stats();
@@ -1666,4 +1644,20 @@ fn a_loss_in_quiet_speech_is_concealed_not_taken_for_a_pause() {
         probe.longest_zero_run
     );
     assert_eq!((s.rebuffers, s.late, probe.clicks), (0, 0, 0), "{s:?}");
+}
+
+/// Frame `i` of a 20 ms stream arriving at `at`; `quiet` frames have gain 1/255 (−48 dB,
+/// below the DTX threshold).
+fn frame_pkt(i: u32, at: f64, quiet: bool) -> Pkt {
+    let mut payload = payload(i, 960).to_vec();
+    if quiet {
+        payload.push(1);
+    }
+    let (seq, ts) = numbering(i as usize);
+    Pkt {
+        at,
+        seq,
+        ts,
+        payload,
+    }
 }
