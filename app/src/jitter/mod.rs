@@ -90,8 +90,9 @@
 //! already here and the slot is untouched, otherwise concealed. A timestamp gap with consecutive
 //! sequence numbers is a pause (DTX, mute): silence, not PLC. Our sender does not transmit DTX
 //! frames at all (nor anything while muted), so a pause is only *known* once speech resumes; until
-//! then the buffer runs dry. If the last frame was a DTX frame (≤ 2 bytes) or ended quietly
-//! (below −45 dBFS — libopus stops sending only after its VAD saw inactivity), running dry is
+//! then the buffer runs dry. If the last frame was a DTX frame (≤ 2 bytes) or the last 150 ms
+//! were quiet (below −45 dBFS — libopus stops sending only after its VAD saw 200 ms of
+//! inactivity; a shorter quiet spell is soft speech), running dry is
 //! taken for a pause: silence, the timeline keeps moving, and a first packet that turns up later
 //! than the timeline expected just lengthens the pause (with a setpoint of silence in front of
 //! it, since it shows the path is slower than the window knows). After loud audio it is taken
@@ -183,13 +184,17 @@ const URGENT_MS: f64 = 40.0;
 const MAX_SILENCE_STRETCH: usize = 4_800;
 /// Decoded look-ahead wanted before stretching: two of the longest pitch periods.
 const LOOKAHEAD: usize = 2 * MAX_LAG;
-/// Mean square of a decoded frame's last 5 ms below which running dry afterwards is taken for a
-/// DTX pause (−45 dBFS): libopus stops transmitting only after its VAD has seen inactivity, so
-/// the last packet before a pause is background noise; concealing it would be noise too, and
-/// treating the gap as a pause keeps the timeline (no PLC, no re-buffer) if it was one.
+/// Mean square of decoded audio below which running dry afterwards is taken for a DTX pause
+/// (−45 dBFS) — if it has been that quiet for [`QUIET_BEFORE_PAUSE`]: libopus stops transmitting
+/// only after its VAD has seen 10 frames (200 ms) of inactivity, so the audio before a pause is
+/// background noise; concealing it would be noise too, and treating the gap as a pause keeps the
+/// timeline (no PLC, no re-buffer) if it was one.
 const DTX_POWER: f32 = 3e-5;
-/// The tail of a frame judged for [`DTX_POWER`].
-const DTX_TAIL: usize = 240;
+/// How long decoded audio must have been below [`DTX_POWER`] for running dry to be taken for a
+/// pause: 150 ms, somewhat less than libopus's 200 ms of inactivity before DTX. A shorter quiet
+/// spell is soft speech, and a gap after it a loss (taking it for a pause played silence instead
+/// of concealment in the bench's speech, which dips to −45 dBFS between syllables).
+const QUIET_BEFORE_PAUSE: usize = 7_200;
 /// A packet whose transit differs from the window's fastest by more than this belongs to a new
 /// timeline (the sender restarted its clock): start over.
 const DISCONTINUITY_MS: f64 = 10_000.0;
@@ -398,10 +403,13 @@ pub struct JitterBuffer<D> {
     /// Samples in the last decoded frame.
     last_frame: usize,
     tail: Tail,
-    /// The last decoded packet was a DTX frame (≤ 2 bytes) or ended quietly: running dry means
+    /// The last decoded packet was a DTX frame (≤ 2 bytes) or the audio has been quiet for
+    /// [`QUIET_BEFORE_PAUSE`]: running dry means
     /// a pause, not a loss. Our sender does not transmit DTX frames at all, so the pause shows
     /// only as a timestamp jump with consecutive sequence numbers once speech resumes.
     dtx: bool,
+    /// Decoded audio in a row below [`DTX_POWER`] (whole frames), samples.
+    quiet_run: usize,
     /// Where the current DTX silence started, while the buffer plays one.
     dtx_from: Option<u64>,
     /// Concealment played while waiting, not yet set against a slot: the timeline did not
@@ -448,6 +456,7 @@ impl<D: Decode> JitterBuffer<D> {
             last_frame: 960,
             tail: Tail::Silence,
             dtx: false,
+            quiet_run: 0,
             dtx_from: None,
             credit: 0,
             plc_run: 0,
@@ -878,8 +887,12 @@ impl<D: Decode> JitterBuffer<D> {
             })
         };
         if ok {
-            let tail = &self.scratch[len.saturating_sub(DTX_TAIL)..];
-            let power = tail.iter().map(|s| s * s).sum::<f32>() / tail.len() as f32;
+            let power = self.scratch.iter().map(|s| s * s).sum::<f32>() / len as f32;
+            self.quiet_run = if power < DTX_POWER {
+                self.quiet_run + len
+            } else {
+                0
+            };
             if len != self.last_frame && !dtx {
                 // The sender changed its frame size. A packet's transit is measured to its
                 // first sample, which a longer frame holds back at the sender by the difference:
@@ -888,7 +901,7 @@ impl<D: Decode> JitterBuffer<D> {
                 self.delay.reset_window();
             }
             self.last_frame = len;
-            self.dtx = dtx || power < DTX_POWER;
+            self.dtx = dtx || self.quiet_run >= QUIET_BEFORE_PAUSE;
             self.plc_run = 0;
             self.sync.mark_frame(arrival, ts);
             self.append(Tail::Audio);

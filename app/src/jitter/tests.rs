@@ -1400,13 +1400,13 @@ fn learner_follows_frame_size_changes_and_pauses() {
             let samples = size as u16 * 48;
             t += f64::from(size);
             if i == 2_000 / size {
-                // Nothing sent for a second (a mute or DTX): timestamps jump, sequence numbers
-                // do not. The last frame before it is quiet.
+                // Nothing sent for a second (DTX): timestamps jump, sequence numbers do not.
+                // The 200 ms before it are quiet (libopus enters DTX after 10 inactive frames).
                 t += 1_000.0;
                 ts = ts.wrapping_add(48_000);
             }
             let mut p = payload(frame, samples).to_vec();
-            if i + 1 == 2_000 / size {
+            if (1_800 / size..2_000 / size).contains(&i) {
                 p.push(0);
             }
             pkts.push(Pkt {
@@ -1598,17 +1598,8 @@ fn stall_after_quiet_audio(stall_from: u32, lose_first: bool) {
             let send = f64::from(i + 1) * 20.0;
             let stall_end = f64::from(stall_from + 1) * 20.0 + 300.0;
             let at = (send + 5.0).max(if i >= stall_from { stall_end } else { 0.0 });
-            let mut payload = payload(i, 960).to_vec();
-            if (stall_from - 5..stall_from + 5).contains(&i) {
-                payload.push(1);
-            }
-            let (seq, ts) = numbering(i as usize);
-            Pkt {
-                at,
-                seq,
-                ts,
-                payload,
-            }
+            // 200 ms of quiet before the stall: long enough to be taken for a pause's lead-in.
+            frame_pkt(i, at, (stall_from - 10..stall_from + 5).contains(&i))
         })
         .collect();
     let (jb, probe) = play(&mut pkts, 12_000.0, JitterConfig::default(), Voice::Tone);
@@ -1678,4 +1669,42 @@ fn target_range_changes_live_without_a_gap() {
         back.expanded_ms >= 100.0 && back.accelerated_ms >= 100.0,
         "{back:?}"
     );
+}
+
+#[test]
+fn a_loss_in_quiet_speech_is_concealed_not_taken_for_a_pause() {
+    // Three quiet frames (60 ms below the DTX threshold, as in soft speech), then two lost
+    // packets. libopus sends ~200 ms of inactive frames before it stops transmitting, so 60 ms
+    // of quiet is not the lead-in of a pause: the gap is a loss and must be concealed, not
+    // played as silence (which the bench's speech at -45 dBFS hit at 20 % random loss).
+    let mut pkts: Vec<Pkt> = (0..400u32)
+        .filter(|i| !(200..202).contains(i))
+        .map(|i| frame_pkt(i, f64::from(i + 1) * 20.0 + 5.0, (197..200).contains(&i)))
+        .collect();
+    let (jb, probe) = play(&mut pkts, 8_000.0, JitterConfig::default(), Voice::Tone);
+    let s = jb.stats();
+    println!("{s:?}, zero run {}", probe.longest_zero_run);
+    assert!(s.concealed >= 1, "{s:?}");
+    assert!(
+        probe.longest_zero_run < 48 * 5,
+        "silence played: {} samples",
+        probe.longest_zero_run
+    );
+    assert_eq!((s.rebuffers, s.late, probe.clicks), (0, 0, 0), "{s:?}");
+}
+
+/// Frame `i` of a 20 ms stream arriving at `at`; `quiet` frames have gain 1/255 (−48 dB,
+/// below the DTX threshold).
+fn frame_pkt(i: u32, at: f64, quiet: bool) -> Pkt {
+    let mut payload = payload(i, 960).to_vec();
+    if quiet {
+        payload.push(1);
+    }
+    let (seq, ts) = numbering(i as usize);
+    Pkt {
+        at,
+        seq,
+        ts,
+        payload,
+    }
 }
