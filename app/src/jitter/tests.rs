@@ -1708,3 +1708,29 @@ fn frame_pkt(i: u32, at: f64, quiet: bool) -> Pkt {
         payload,
     }
 }
+
+/// A sender whose packets decode longer than their RTP spacing (a broken encoder, or random
+/// bytes that happen to parse as 120 ms Opus frames, sent every 20 ms) must not push the
+/// timeline late: the packets its long frames overlap are dropped as late, and once the stream
+/// is well-formed again the delay is what it was.
+#[test]
+fn packets_longer_than_their_spacing_do_not_build_up_delay() {
+    let mut pkts: Vec<Pkt> = (0..500u32)
+        .map(|i| {
+            // Frames 100..150 claim 120 ms each although they are 20 ms apart.
+            let samples = if (100..150).contains(&i) { 5_760 } else { 960 };
+            let (seq, ts) = numbering(i as usize);
+            Pkt {
+                at: f64::from(i + 1) * 20.0 + 5.0,
+                seq,
+                ts,
+                payload: payload(i, samples).to_vec(),
+            }
+        })
+        .collect();
+    let (jb, _) = play(&mut pkts, 10_000.0, JitterConfig::default(), Voice::Tone);
+    let s = jb.stats();
+    assert!(s.delay_ms < 20.0, "delay back to normal: {s:?}");
+    assert!(s.late <= 50, "only the overlapped packets are late: {s:?}");
+    assert_eq!((s.rebuffers, s.concealed), (0, 0), "{s:?}");
+}
