@@ -150,23 +150,32 @@ fn overlong_room_is_reported_as_invalid_room() {
     assert!(error_line(&done).contains("invalid room"), "{done}");
 }
 
+/// Bob joins and his call settles (welcome, engine running); then `end` is done to the relay.
+/// Returns how Bob's call ended (stats in DIR/bob.json) and how long after `end` it did.
+fn end_a_call(
+    relay: &mut RelayProcess,
+    dir: &TempDir,
+    end: fn(&RelayProcess),
+) -> (natter_e2e::Finished, Duration) {
+    let call = Call::new(relay.invite(), "lobby", "bob")
+        .stats_json(&dir.join("bob.json"))
+        .duration(30.0)
+        .spawn();
+    relay.wait_for_join("lobby", "bob");
+    std::thread::sleep(Duration::from_millis(300));
+    let at = Instant::now();
+    end(relay);
+    let done = call.wait(Duration::from_secs(20));
+    (done, at.elapsed())
+}
+
 /// SIGTERM to the relay ends a call in progress promptly: exit code 3, "shutting down", and
 /// the relay itself exits 0.
 #[test]
 fn relay_shutdown_ends_calls() {
     let dir = TempDir::new("shutdown");
     let mut relay = RelayProcess::start();
-    let call = Call::new(relay.invite(), "lobby", "bob")
-        .stats_json(&dir.join("bob.json"))
-        .duration(20.0)
-        .spawn();
-    relay.wait_for_join("lobby", "bob");
-    // Let the call settle (welcome, engine running) before pulling the plug.
-    std::thread::sleep(Duration::from_millis(300));
-    let sigterm = Instant::now();
-    relay.terminate();
-    let done = call.wait(Duration::from_secs(10));
-    let ended_after = sigterm.elapsed();
+    let (done, ended_after) = end_a_call(&mut relay, &dir, RelayProcess::terminate);
     let relay_exit = relay.wait_exit(Duration::from_secs(10));
 
     assert_eq!(done.code(), Some(EXIT_ENDED_BY_RELAY), "{done}");
@@ -198,16 +207,7 @@ fn relay_shutdown_ends_calls() {
 fn crashed_relay_is_noticed_within_seconds() {
     let dir = TempDir::new("crash");
     let mut relay = RelayProcess::start();
-    let call = Call::new(relay.invite(), "lobby", "bob")
-        .stats_json(&dir.join("bob.json"))
-        .duration(30.0)
-        .spawn();
-    relay.wait_for_join("lobby", "bob");
-    std::thread::sleep(Duration::from_millis(300));
-    let killed = Instant::now();
-    relay.kill();
-    let done = call.wait(Duration::from_secs(20));
-    let ended_after = killed.elapsed();
+    let (done, ended_after) = end_a_call(&mut relay, &dir, RelayProcess::kill);
     assert!(relay.wait_exit(Duration::from_secs(5)).is_some());
     assert_eq!(done.code(), Some(EXIT_ENDED_BY_RELAY), "{done}");
     assert!(
