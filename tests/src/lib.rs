@@ -694,6 +694,7 @@ pub struct Call {
     /// Expected running time, for the default wait timeout.
     duration: Option<f64>,
     input_secs: Option<f64>,
+    name: String,
 }
 
 impl Call {
@@ -706,7 +707,16 @@ impl Call {
             env: Vec::new(),
             duration: None,
             input_secs: None,
+            name: name.into(),
         }
+    }
+
+    /// `--output DIR/NAME-heard.wav --stats-json DIR/NAME.json`: the layout the tests read
+    /// back (NAME is the display name).
+    pub fn recording_in(self, dir: &TempDir) -> Self {
+        let heard = dir.join(&format!("{}-heard.wav", self.name));
+        let stats = dir.join(&format!("{}.json", self.name));
+        self.output(&heard).stats_json(&stats)
     }
 
     /// An environment variable for the process (e.g. `PULSE_SERVER`).

@@ -96,8 +96,7 @@ fn speech_from_alice_reaches_bob() {
 
     // Bob listens first, so he hears all of Alice's speech.
     let bob = Call::new(relay.invite(), "lobby", "bob")
-        .output(&dir.join("bob-heard.wav"))
-        .stats_json(&dir.join("bob.json"))
+        .recording_in(&dir)
         .duration(4.5)
         .spawn();
     relay.wait_for_join("lobby", "bob");
@@ -189,8 +188,7 @@ fn three_party_call_everyone_hears_both_others() {
         calls.push(
             Call::new(relay.invite(), "party", name)
                 .input(&dir.join(&format!("{name}.wav")))
-                .output(&dir.join(&format!("{name}-heard.wav")))
-                .stats_json(&dir.join(&format!("{name}.json")))
+                .recording_in(&dir)
                 .duration(5.0)
                 .spawn(),
         );
@@ -262,22 +260,19 @@ fn rooms_are_isolated() {
     let carol_says = padded_speech(&dir.join("carol.wav"), 22);
 
     let bob = Call::new(relay.invite(), "one", "bob")
-        .output(&dir.join("bob-heard.wav"))
-        .stats_json(&dir.join("bob.json"))
+        .recording_in(&dir)
         .duration(5.0)
         .spawn();
     relay.wait_for_join("one", "bob");
     let carol = Call::new(relay.invite(), "two", "carol")
         .input(&dir.join("carol.wav"))
-        .output(&dir.join("carol-heard.wav"))
-        .stats_json(&dir.join("carol.json"))
+        .recording_in(&dir)
         .duration(5.0)
         .spawn();
     relay.wait_for_join("two", "carol");
     let alice = Call::new(relay.invite(), "one", "alice")
         .input(&dir.join("alice.wav"))
-        .output(&dir.join("alice-heard.wav"))
-        .stats_json(&dir.join("alice.json"))
+        .recording_in(&dir)
         .duration(5.5)
         .spawn();
     bob.finish();
@@ -466,8 +461,7 @@ fn latency_stages_add_up_to_the_measured_latency() {
     let secs = 8.0;
     signal_file("chirps", &dir.join("probe.wav"), secs, 5);
     let bob = Call::new(relay.invite(), "lobby", "bob")
-        .output(&dir.join("bob-heard.wav"))
-        .stats_json(&dir.join("bob.json"))
+        .recording_in(&dir)
         .arg("--latency-csv")
         .arg(dir.join("bob-latency.csv"))
         .duration(f64::from(secs) + 2.0)

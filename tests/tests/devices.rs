@@ -55,8 +55,7 @@ fn echo_loop(processing: &str) -> Loop {
     relay.wait_for_join("room", "bob");
     let alice = Call::new(relay.invite(), "room", "alice")
         .input(&dir.join("alice.wav"))
-        .output(&dir.join("alice-heard.wav"))
-        .stats_json(&dir.join("alice.json"))
+        .recording_in(&dir)
         .duration(f64::from(SPEECH_SECS) + 1.5)
         .spawn();
     alice.finish();
@@ -151,8 +150,7 @@ fn unplugged_device_is_rebuilt_without_ending_the_call() {
     relay.wait_for_join("room", "bob");
     let alice = Call::new(relay.invite(), "room", "alice")
         .input(&dir.join("alice.wav"))
-        .output(&dir.join("alice-heard.wav"))
-        .stats_json(&dir.join("alice.json"))
+        .recording_in(&dir)
         .duration(f64::from(secs) + 0.5)
         .spawn();
     std::thread::sleep(Duration::from_secs(3));

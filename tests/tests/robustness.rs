@@ -371,8 +371,7 @@ fn hostile_clients_do_not_disturb_a_call() {
 
     let speech = signal_file("speech", &dir.join("alice.wav"), 3.0, 5);
     let bob = Call::new(relay.invite(), "lobby", "bob")
-        .output(&dir.join("bob-heard.wav"))
-        .stats_json(&dir.join("bob.json"))
+        .recording_in(&dir)
         .duration(4.5)
         .spawn();
     relay.wait_for_join("lobby", "bob");
@@ -607,8 +606,7 @@ fn listener_survives_garbage_opus_from_a_member() {
 
     let speech = signal_file("speech", &dir.join("alice.wav"), 4.0, 6);
     let bob = Call::new(relay.invite(), "lobby", "bob")
-        .output(&dir.join("bob-heard.wav"))
-        .stats_json(&dir.join("bob.json"))
+        .recording_in(&dir)
         .duration(6.5)
         .spawn();
     relay.wait_for_join("lobby", "bob");
