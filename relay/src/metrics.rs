@@ -25,118 +25,141 @@ pub trait Source: Send + Sync + 'static {
     fn snapshot(&self) -> (StatsSnapshot, Occupancy);
 }
 
+/// Writes the `# HELP` and `# TYPE` lines of the metric family `natter_NAME`.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(
+        out,
+        "# HELP natter_{name} {help}\n# TYPE natter_{name} {kind}"
+    );
+}
+
+/// Writes one sample: `natter_SERIES VALUE` (SERIES is the name, with labels if any).
+fn sample(out: &mut String, series: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(out, "natter_{series} {value}");
+}
+
+/// A family with a single unlabelled sample.
+fn single(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    family(out, name, kind, help);
+    sample(out, name, value);
+}
+
 /// Renders the exposition text.
 pub fn render(s: &StatsSnapshot, occupancy: Occupancy) -> String {
     let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, v: usize| {
-        let _ = writeln!(
-            out,
-            "# HELP natter_{name} {help}\n# TYPE natter_{name} gauge\nnatter_{name} {v}"
-        );
-    };
-    gauge(
+    let o = &mut out;
+    single(
+        o,
         "connections",
+        "gauge",
         "Open QUIC connections.",
         occupancy.connections,
     );
-    gauge(
+    single(
+        o,
         "rooms",
+        "gauge",
         "Rooms with at least one participant.",
         occupancy.rooms,
     );
-    gauge(
+    single(
+        o,
         "participants",
+        "gauge",
         "Participants in rooms.",
         occupancy.participants,
     );
-    gauge(
+    single(
+        o,
         "handshakes_in_progress",
+        "gauge",
         "QUIC handshakes accepted and not yet finished; above the retry threshold, new clients get a Retry.",
         occupancy.handshakes,
     );
-    let _ = writeln!(
-        out,
-        "# HELP natter_connections_accepted_total Connections that completed the handshake.\n# TYPE natter_connections_accepted_total counter\nnatter_connections_accepted_total {}",
-        s.connections_accepted
+    single(
+        o,
+        "connections_accepted_total",
+        "counter",
+        "Connections that completed the handshake.",
+        s.connections_accepted,
     );
-    let _ = writeln!(
-        out,
-        "# HELP natter_handshake_failures_total Failed handshakes by reason.\n# TYPE natter_handshake_failures_total counter"
+    family(
+        o,
+        "handshake_failures_total",
+        "counter",
+        "Failed handshakes by reason.",
     );
     for reason in HandshakeFailure::ALL {
-        let _ = writeln!(
-            out,
-            "natter_handshake_failures_total{{reason=\"{}\"}} {}",
-            reason.as_str(),
-            s.handshake_failures[reason as usize]
+        let series = format!("handshake_failures_total{{reason=\"{}\"}}", reason.as_str());
+        sample(o, &series, s.handshake_failures[reason as usize]);
+    }
+    single(
+        o,
+        "retries_total",
+        "counter",
+        "Handshakes answered with a QUIC Retry (address validation under load).",
+        s.retries,
+    );
+    single(
+        o,
+        "datagrams_in_total",
+        "counter",
+        "Media datagrams received.",
+        s.datagrams_in,
+    );
+    single(
+        o,
+        "datagrams_out_total",
+        "counter",
+        "Media datagrams handed to QUIC for forwarding.",
+        s.datagrams_forwarded,
+    );
+    family(
+        o,
+        "datagrams_dropped_total",
+        "counter",
+        "Media datagrams not forwarded, by reason.",
+    );
+    let dropped = DropReason::ALL
+        .iter()
+        .map(|r| (r.as_str(), s.dropped[*r as usize]))
+        .chain([
+            ("stale", s.dropped_stale),
+            ("send_failed", s.datagrams_send_failed),
+        ]);
+    for (reason, count) in dropped {
+        sample(
+            o,
+            &format!("datagrams_dropped_total{{reason=\"{reason}\"}}"),
+            count,
         );
     }
-    let _ = writeln!(
-        out,
-        "# HELP natter_retries_total Handshakes answered with a QUIC Retry (address validation under load).\n# TYPE natter_retries_total counter\nnatter_retries_total {}",
-        s.retries
+    single(
+        o,
+        "control_errors_total",
+        "counter",
+        "Control messages that broke the protocol.",
+        s.control_errors,
     );
-    let _ = writeln!(
-        out,
-        "# HELP natter_datagrams_in_total Media datagrams received.\n# TYPE natter_datagrams_in_total counter\nnatter_datagrams_in_total {}",
-        s.datagrams_in
-    );
-    let _ = writeln!(
-        out,
-        "# HELP natter_datagrams_out_total Media datagrams handed to QUIC for forwarding.\n# TYPE natter_datagrams_out_total counter\nnatter_datagrams_out_total {}",
-        s.datagrams_forwarded
-    );
-    let _ = writeln!(
-        out,
-        "# HELP natter_datagrams_dropped_total Media datagrams not forwarded, by reason.\n# TYPE natter_datagrams_dropped_total counter"
-    );
-    for reason in DropReason::ALL {
-        let _ = writeln!(
-            out,
-            "natter_datagrams_dropped_total{{reason=\"{}\"}} {}",
-            reason.as_str(),
-            s.dropped[reason as usize]
-        );
-    }
-    let _ = writeln!(
-        out,
-        "natter_datagrams_dropped_total{{reason=\"stale\"}} {}",
-        s.dropped_stale
-    );
-    let _ = writeln!(
-        out,
-        "natter_datagrams_dropped_total{{reason=\"send_failed\"}} {}",
-        s.datagrams_send_failed
-    );
-    let _ = writeln!(
-        out,
-        "# HELP natter_control_errors_total Control messages that broke the protocol.\n# TYPE natter_control_errors_total counter\nnatter_control_errors_total {}",
-        s.control_errors
-    );
-    let _ = writeln!(
-        out,
-        "# HELP natter_forward_delay_seconds Relay-added delay: datagram received to handed to QUIC for a subscriber.\n# TYPE natter_forward_delay_seconds histogram"
+    family(
+        o,
+        "forward_delay_seconds",
+        "histogram",
+        "Relay-added delay: datagram received to handed to QUIC for a subscriber.",
     );
     let mut cumulative = 0;
     for (bound, count) in crate::stats::DELAY_BUCKETS_US.iter().zip(&s.delay_buckets) {
         cumulative += count;
-        let _ = writeln!(
-            out,
-            "natter_forward_delay_seconds_bucket{{le=\"{}\"}} {cumulative}",
+        let series = format!(
+            "forward_delay_seconds_bucket{{le=\"{}\"}}",
             *bound as f64 / 1e6
         );
+        sample(o, &series, cumulative);
     }
     cumulative += s.delay_buckets[crate::stats::DELAY_BUCKETS_US.len()];
-    let _ = writeln!(
-        out,
-        "natter_forward_delay_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
-    );
-    let _ = writeln!(
-        out,
-        "natter_forward_delay_seconds_sum {}",
-        s.delay_sum_us as f64 / 1e6
-    );
-    let _ = writeln!(out, "natter_forward_delay_seconds_count {cumulative}");
+    sample(o, "forward_delay_seconds_bucket{le=\"+Inf\"}", cumulative);
+    sample(o, "forward_delay_seconds_sum", s.delay_sum_us as f64 / 1e6);
+    sample(o, "forward_delay_seconds_count", cumulative);
     out
 }
 
