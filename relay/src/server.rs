@@ -352,7 +352,7 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
     }
     let shared = Arc::new(Shared {
         core: Mutex::new(RelayCore::new(
-            format!("natter-relay {}", env!("CARGO_PKG_VERSION")),
+            format!("natter-relay/{}", env!("CARGO_PKG_VERSION")),
             config.limits.clone(),
         )),
         stats: RelayStats::default(),
@@ -568,6 +568,17 @@ async fn run_connection(incoming: quinn::Incoming, id: ConnId, shared: Arc<Share
         );
         return;
     }
+    // Media only travels as datagrams (RFC 9221): a client that did not enable them could
+    // join but would never hear or be heard, so it is told at once instead.
+    if conn.max_datagram_size().is_none() {
+        shared.stats.control_errors.fetch_add(1, Relaxed);
+        close_with(
+            &conn,
+            ErrorCode::ProtocolViolation,
+            "QUIC datagrams (RFC 9221) are required; the client did not enable them",
+        );
+        return;
+    }
     debug!("connected");
     let deadline = tokio::time::Instant::now() + shared.config.hello_timeout;
     let (send, recv) = match tokio::time::timeout_at(deadline, conn.accept_bi()).await {
@@ -647,7 +658,12 @@ async fn read_control(
         };
         let n = match read {
             Ok(Some(n)) => n,
-            Ok(None) | Err(_) => return,
+            Ok(None) | Err(_) => {
+                // The client finished or reset its side: that ends the session like Leave.
+                // (If the connection itself is gone, the close below is a no-op.)
+                let _ = peer.control.send(Outgoing::Close(Close::Left));
+                return;
+            }
         };
         decoder.push(&buf[..n]);
         while let Some(next) = decoder.next_message() {
@@ -698,24 +714,26 @@ async fn write_control(
                     return;
                 }
             }
-            Outgoing::Close(Close::Left) => {
+            Outgoing::Close(close) => {
+                let (code, reason) = match close {
+                    Close::Left => (0, "left".to_string()),
+                    Close::Error(code, reason) => {
+                        frame.clear();
+                        Message::Error {
+                            code,
+                            message: reason.clone(),
+                        }
+                        .encode(&mut frame);
+                        let _ = send.write_all(&frame).await;
+                        (code.to_u16(), reason)
+                    }
+                };
                 let _ = send.finish();
-                conn.close(VarInt::from_u32(0), b"left");
-                return;
-            }
-            Outgoing::Close(Close::Error(code, reason)) => {
-                frame.clear();
-                Message::Error {
-                    code,
-                    message: reason.clone(),
-                }
-                .encode(&mut frame);
-                let _ = send.write_all(&frame).await;
-                let _ = send.finish();
-                // Give the Error frame a moment to leave before CONNECTION_CLOSE, which
-                // carries the same code and reason in case it does not.
+                // Give the Error frame and the stream's end a moment to leave before
+                // CONNECTION_CLOSE (which discards unsent stream data); the close carries the
+                // same code and reason in case they do not make it.
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                close_with(&conn, code, &reason);
+                conn.close(VarInt::from(code), reason.as_bytes());
                 return;
             }
         }

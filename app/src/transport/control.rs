@@ -139,7 +139,7 @@ pub async fn join(
     stream
         .send(&Message::Hello {
             versions: vec![natter_proto::PROTOCOL_VERSION],
-            software: format!("natter {}", env!("CARGO_PKG_VERSION")),
+            software: format!("natter/{}", env!("CARGO_PKG_VERSION")),
         })
         .await?;
     match stream.expect().await? {
