@@ -102,8 +102,8 @@ fn check_name(what: &str, name: &str) -> Result<(), ConnectError> {
         Ok(())
     } else {
         Err(ConnectError::Invalid(format!(
-            "invalid {what} {name:?}: use 1-{} bytes without control characters",
-            natter_proto::control::MAX_NAME_LEN
+            "invalid {what} {name:?}: use {}",
+            natter_proto::control::NAME_RULE
         )))
     }
 }

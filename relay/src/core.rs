@@ -7,7 +7,9 @@
 //! lookup and the core never sees a quinn type.
 
 use crate::bucket::TokenBucket;
-use natter_proto::control::{ErrorCode, JOIN_FLAG_ECHO, Message, Participant, valid_name};
+use natter_proto::control::{
+    ErrorCode, JOIN_FLAG_ECHO, Message, NAME_RULE, Participant, valid_name,
+};
 use natter_proto::media::{Datagram, PacketKind};
 use natter_proto::rtcp;
 use natter_proto::rtp::AudioLevel;
@@ -350,7 +352,7 @@ impl<H: Clone> RelayCore<H> {
         if !valid_name(&room) {
             return Outcome::fatal(
                 ErrorCode::InvalidRoom,
-                "room name must be 1-64 bytes, no control characters",
+                format!("room name must be {NAME_RULE}"),
             );
         }
         if let Access::Tokens { secret } = &self.limits.access {
@@ -377,7 +379,7 @@ impl<H: Clone> RelayCore<H> {
         if !valid_name(&name) {
             return Outcome::fatal(
                 ErrorCode::InvalidName,
-                "display name must be 1-64 bytes, no control characters",
+                format!("display name must be {NAME_RULE}"),
             );
         }
         let existing = self.rooms.get(&room).map_or(0, |r| r.members.len());

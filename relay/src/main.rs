@@ -336,7 +336,10 @@ fn mint(
         "no token secret: set access.secret (or secret-file) in the config, or NATTER_RELAY_SECRET",
     )?;
     if !natter_proto::control::valid_name(room) {
-        bail!("room: {room:?} is not a valid room name (1-64 bytes, no control characters)");
+        bail!(
+            "room: {room:?} is not a valid room name ({})",
+            natter_proto::control::NAME_RULE
+        );
     }
     let ttl = natter_relay::token::parse_ttl(ttl).map_err(|e| anyhow::anyhow!("ttl: {e}"))?;
     let exp = natter_relay::core::unix_micros() / 1_000_000 + ttl;

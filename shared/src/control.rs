@@ -491,8 +491,11 @@ impl FrameDecoder {
     }
 }
 
+/// What [`valid_name`] checks, in words, for error messages that tell a user how to fix a name.
+pub const NAME_RULE: &str = "1-64 bytes of UTF-8, no control characters, not only whitespace";
+
 /// Checks a room or display name: 1 to [`MAX_NAME_LEN`] bytes, no control characters, not
-/// only whitespace.
+/// only whitespace ([`NAME_RULE`]).
 pub fn valid_name(s: &str) -> bool {
     !s.trim().is_empty() && s.len() <= MAX_NAME_LEN && !s.chars().any(char::is_control)
 }

@@ -44,7 +44,7 @@ pub enum InviteError {
     BadFingerprint(String),
     #[error("invite {0} is not valid percent-encoded UTF-8")]
     BadEncoding(&'static str),
-    #[error("invite room name is empty, too long or has control characters")]
+    #[error("invite room name is not valid ({})", crate::control::NAME_RULE)]
     BadRoom,
 }
 
