@@ -15,7 +15,7 @@ run:
 	@if [ -z "$${DISPLAY}$${WAYLAND_DISPLAY}" ]; then \
 	  echo 'natter: no display found; for a headless call use `natter call …` (see `natter call --help`)'; \
 	  exit 2; fi
-	$(CARGO) run --release --quiet -p natter --bin natter
+	NATTER_SETUP=run $(CARGO) run --release --quiet -p natter --bin natter
 
 ## A local relay and two headless clients exchanging chirps; prints the measured latency.
 demo:
@@ -25,7 +25,7 @@ demo:
 test:
 	$(TEST_CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --quiet -- -D warnings
-	$(CARGO) build --workspace --bins --quiet
+	$(CARGO) build --workspace --all-targets --quiet
 	$(CARGO) nextest run --workspace --no-fail-fast
 
 ## The desktop app's tests only: egui_kittest drives the real app by its labels, headless

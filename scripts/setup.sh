@@ -4,7 +4,8 @@
 #
 #   scripts/setup.sh build   # system packages for compiling (C toolchain, Opus, ALSA)
 #   scripts/setup.sh test    # + cargo-nextest
-#   scripts/setup.sh ui      # + Xvfb and Mesa, for screenshots and the app benchmark
+#   scripts/setup.sh run     # + what the desktop app loads at run time (`make run`)
+#   scripts/setup.sh ui      # + Xvfb and PulseAudio, for screenshots and the app benchmark
 set -euo pipefail
 what="${1:-build}"
 
@@ -13,11 +14,16 @@ what="${1:-build}"
 packages=(build-essential pkg-config libopus-dev libasound2-dev cmake)
 # The device tests run calls through a private PulseAudio daemon with a null sink.
 [ "$what" = test ] && packages+=(pulseaudio pulseaudio-utils libasound2-plugins)
-# A window without a display (screenshots, the app benchmark): Xvfb, and the libraries the
-# desktop app loads at run time (OpenGL through Mesa, X11 input). The build itself needs none
-# of them, and the UI tests (egui_kittest) run without any display.
-[ "$what" = ui ] && packages+=(xvfb xauth libgl1-mesa-dri libegl1 libglx-mesa0
-  libxkbcommon-x11-0 libxcursor1 libxrandr2 libxi6 pulseaudio libasound2-plugins)
+# The desktop app (`make run`) loads these at run time, not at build time: OpenGL through
+# Mesa, X11 and Wayland windowing and keyboard maps, and ALSA's PulseAudio/PipeWire plugin so
+# cpal's "default" device is the desktop's sound server. A desktop install usually has them;
+# a minimal one (or a VM reached over X forwarding) does not.
+run_packages=(libgl1-mesa-dri libegl1 libglx-mesa0 libxkbcommon-x11-0 libxkbcommon0
+  libxcursor1 libxrandr2 libxi6 libwayland-client0 libwayland-egl1 libasound2-plugins)
+[ "$what" = run ] && packages+=("${run_packages[@]}")
+# A window without a display (screenshots, the app benchmark): the same, plus Xvfb and a
+# PulseAudio daemon to play into. The UI tests (egui_kittest) run without any display.
+[ "$what" = ui ] && packages+=("${run_packages[@]}" xvfb xauth pulseaudio)
 
 missing=()
 for p in "${packages[@]}"; do
