@@ -128,7 +128,8 @@ struct CallArgs {
     /// Seconds to stay in the call (default: the input's length plus 2 s, or until Ctrl-C).
     #[arg(long)]
     duration: Option<f64>,
-    /// Ask the relay to send our own audio back (loopback latency test).
+    /// Ask the relay to send our own audio back to us instead of to the room (loopback
+    /// latency test: nobody else hears it).
     #[arg(long)]
     echo: bool,
     /// Write the final statistics as JSON.

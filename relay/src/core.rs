@@ -147,7 +147,6 @@ struct Room<H> {
 struct RoomMember<H> {
     conn: ConnId,
     handle: H,
-    echo: bool,
     /// Smoothed RFC 6464 level of its voiced packets (−dBov: lower is louder) and when it
     /// last sent voice, for forwarding the loudest speakers.
     level: f32,
@@ -427,7 +426,6 @@ impl<H: Clone> RelayCore<H> {
         r.members.push(RoomMember {
             conn,
             handle: handle.clone(),
-            echo,
             level: 127.0,
             voice_ms: 0,
         });
@@ -503,9 +501,10 @@ impl<H: Clone> RelayCore<H> {
     }
 
     /// Decides where a media datagram from `conn` arriving at `now_ms` (Unix ms) goes: every
-    /// other member of its room, plus the sender itself if it joined with the echo flag. The
-    /// datagram is forwarded unchanged. Checks, cheapest first: size, form, membership, SSRC,
-    /// the sender's rate limits, and in large-room mode whether it is among the loudest.
+    /// other member of its room or, if the sender joined with the echo flag, back to the sender
+    /// alone (a loopback test: nobody else hears it). The datagram is forwarded unchanged.
+    /// Checks, cheapest first: size, form, membership, SSRC, the sender's rate limits, and in
+    /// large-room mode whether it is among the loudest.
     pub fn route(
         &mut self,
         conn: ConnId,
@@ -551,7 +550,8 @@ impl<H: Clone> RelayCore<H> {
             .rooms
             .get_mut(&member.room)
             .ok_or(DropReason::NotJoined)?;
-        if let (Some(n), PacketKind::Rtp) = (self.limits.forward_loudest, parsed.kind)
+        // An echo member is heard by nobody else, so it takes no loudest-speaker slot.
+        if let (Some(n), PacketKind::Rtp, false) = (self.limits.forward_loudest, parsed.kind, echo)
             && !room.loud_enough(conn, level, now_ms, n)
         {
             return Err(DropReason::NotLoudest);
@@ -559,7 +559,7 @@ impl<H: Clone> RelayCore<H> {
         Ok(room
             .members
             .iter()
-            .filter(move |m| m.conn != conn || (echo && m.echo))
+            .filter(move |m| (m.conn == conn) == echo)
             .map(|m| &m.handle))
     }
 }
@@ -706,12 +706,14 @@ mod tests {
     }
 
     #[test]
-    fn echo_flag_returns_own_audio_to_that_member_only() {
+    fn echo_flag_returns_own_audio_to_that_member_and_nobody_else() {
         let mut core = Core::new("relay", Limits::default());
         let a = enter(&mut core, 1, "r", true);
         let b = enter(&mut core, 2, "r", false);
-        assert_eq!(targets(&mut core, 1, &rtp(a)), Ok(vec![1, 2]));
-        assert_eq!(targets(&mut core, 2, &rtp(b)), Ok(vec![1]));
+        enter(&mut core, 3, "r", false);
+        assert_eq!(targets(&mut core, 1, &rtp(a)), Ok(vec![1]));
+        // The echo member still hears the room.
+        assert_eq!(targets(&mut core, 2, &rtp(b)), Ok(vec![1, 3]));
     }
 
     #[test]

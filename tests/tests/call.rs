@@ -333,7 +333,8 @@ fn rooms_are_isolated() {
 }
 
 /// One client with --echo: the relay sends its own chirps back, and `natter latency` finds
-/// them in its recording with a plausible loopback latency.
+/// them in its recording with a plausible loopback latency. A bystander in the same room
+/// hears nothing of it: an echo test disturbs nobody.
 #[test]
 fn echo_loopback_latency() {
     let dir = TempDir::new("echo");
@@ -351,6 +352,11 @@ fn echo_loopback_latency() {
         "`natter signal chirps` writes chirp_train(48000, seconds, 500, seed)"
     );
 
+    let bystander = Call::new(relay.invite(), "mirror", "echo")
+        .recording_in(&dir)
+        .duration(f64::from(seconds) + 1.0)
+        .spawn();
+    relay.wait_for_join("mirror", "echo");
     let me = Call::new(relay.invite(), "mirror", "narcissus")
         .input(&dir.join("chirps.wav"))
         .output(&dir.join("heard.wav"))
@@ -359,7 +365,17 @@ fn echo_loopback_latency() {
         .duration(f64::from(seconds) + 0.6)
         .spawn()
         .finish();
+    bystander.finish();
     let stats = CallStats::read(&dir.join("me.json"));
+    let theirs = CallStats::read(&dir.join("echo.json"));
+    assert!(
+        theirs.peers.is_empty(),
+        "the bystander received nothing of the echo test: {theirs:#?}"
+    );
+    assert!(
+        rms(&read_wav(&dir.join("echo-heard.wav"))) < 1e-3,
+        "the bystander's recording is silent"
+    );
     assert_eq!(
         stats.peer_ssrcs(),
         vec![stats.ssrc],
