@@ -626,7 +626,8 @@ pub fn unix_micros() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use natter_proto::media::write_rtp;
+    use natter_proto::media::{write_rtcp, write_rtp};
+    use natter_proto::rtcp::{RtcpPacket, SenderLatency};
     use natter_proto::rtp::RtpHeader;
 
     type Core = RelayCore<ConnId>;
@@ -720,13 +721,24 @@ mod tests {
     fn drops_spoofed_unjoined_and_malformed() {
         let mut core = Core::new("relay", Limits::default());
         let a = enter(&mut core, 1, "r", false);
-        enter(&mut core, 2, "r", false);
+        let b = enter(&mut core, 2, "r", false);
         core.connect(3, 3, 0);
         assert_eq!(
             targets(&mut core, 1, &rtp(a ^ 1)),
             Err(DropReason::WrongSsrc)
         );
         assert_eq!(targets(&mut core, 3, &rtp(a)), Err(DropReason::NotJoined));
+        // RTCP: one's own report is forwarded, but not with a packet in b's name behind it.
+        let own = RtcpPacket::ReceiverReport {
+            ssrc: a,
+            reports: Vec::new(),
+        };
+        let mut buf = Vec::new();
+        write_rtcp(std::slice::from_ref(&own), &mut buf);
+        assert_eq!(targets(&mut core, 1, &buf), Ok(vec![2]));
+        buf.clear();
+        write_rtcp(&[own, SenderLatency::default().to_packet(b)], &mut buf);
+        assert_eq!(targets(&mut core, 1, &buf), Err(DropReason::WrongSsrc));
         assert_eq!(
             targets(&mut core, 1, &[0, 1, 2]),
             Err(DropReason::Malformed)

@@ -72,11 +72,12 @@ impl<'a> Datagram<'a> {
         Ok(RtpPacket::parse(self.packet)?)
     }
 
-    /// SSRC of the packet's sender: the RTP SSRC, or the RTCP sender SSRC.
+    /// SSRC of the packet's sender: the RTP SSRC, or the sender SSRC that every packet of an
+    /// RTCP compound carries (None if they disagree).
     pub fn sender_ssrc(&self) -> Option<u32> {
         match self.kind {
             PacketKind::Rtp => crate::rtp::peek_ssrc(self.packet),
-            PacketKind::Rtcp => crate::rtcp::peek_sender_ssrc(self.packet),
+            PacketKind::Rtcp => crate::rtcp::compound_sender_ssrc(self.packet),
         }
     }
 }

@@ -287,9 +287,23 @@ pub fn parse_compound(buf: &[u8]) -> Result<Vec<RtcpPacket>, RtcpError> {
     Ok(packets)
 }
 
-/// Reads the SSRC of the first packet's sender without a full parse (the relay's check).
-pub fn peek_sender_ssrc(buf: &[u8]) -> Option<u32> {
-    buf.get(4..8).map(|b| be32(b, 0))
+/// The sender SSRC (bytes 4–7) that every packet of a compound carries, without a full
+/// parse; `None` if the compound is empty, a packet is too short to carry one, or two packets
+/// name different senders. The relay forwards only compounds wholly from their sender, so no
+/// member can send reports or latency figures in another member's name.
+pub fn compound_sender_ssrc(buf: &[u8]) -> Option<u32> {
+    let mut rest = buf;
+    let mut sender = None;
+    while !rest.is_empty() {
+        let words = u16::from_be_bytes([*rest.get(2)?, *rest.get(3)?]);
+        let packet = rest.get(..(usize::from(words) + 1) * 4)?;
+        let ssrc = be32(packet.get(4..8)?, 0);
+        if *sender.get_or_insert(ssrc) != ssrc {
+            return None;
+        }
+        rest = &rest[packet.len()..];
+    }
+    sender
 }
 
 /// NTP-format timestamps (RFC 5905: seconds since 1900 in 32.32 fixed point).
@@ -364,7 +378,24 @@ mod tests {
         sr.write(&mut buf);
         rr.write(&mut buf);
         assert_eq!(parse_compound(&buf).unwrap(), vec![sr, rr]);
-        assert_eq!(peek_sender_ssrc(&buf), Some(7));
+        assert_eq!(compound_sender_ssrc(&buf), Some(7));
+    }
+
+    #[test]
+    fn a_compound_has_a_sender_only_if_every_packet_names_the_same_one() {
+        let mut buf = Vec::new();
+        RtcpPacket::ReceiverReport {
+            ssrc: 7,
+            reports: Vec::new(),
+        }
+        .write(&mut buf);
+        assert_eq!(compound_sender_ssrc(&buf), Some(7));
+        // A report in someone else's name hidden behind one's own.
+        SenderLatency::default().to_packet(8).write(&mut buf);
+        assert_eq!(compound_sender_ssrc(&buf), None);
+        // A header-only packet (e.g. a BYE without sources) names nobody.
+        assert_eq!(compound_sender_ssrc(&[0x80, 203, 0, 0]), None);
+        assert_eq!(compound_sender_ssrc(&[]), None);
     }
 
     #[test]
@@ -401,7 +432,7 @@ mod tests {
         assert_eq!(buf.len(), 24);
         let packets = parse_compound(&buf).unwrap();
         assert_eq!(SenderLatency::from_packet(&packets[0]), Some((42, lat)));
-        assert_eq!(peek_sender_ssrc(&buf), Some(42));
+        assert_eq!(compound_sender_ssrc(&buf), Some(42));
         // Someone else's APP packet is not ours.
         let other = RtcpPacket::App {
             subtype: 1,
