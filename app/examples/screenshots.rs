@@ -72,6 +72,7 @@ fn bot(
         audio: Audio::Wav {
             input,
             total_samples: total,
+            record: false,
         },
         engine,
     }))

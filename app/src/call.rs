@@ -16,8 +16,12 @@ use natter_proto::invite::Invite;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// Longest call without input or duration (the recording is reserved, not committed, memory).
-const MAX_OPEN_ENDED: Duration = Duration::from_secs(3600);
+/// Longest call: without `--input` or `--duration` a call lasts until Ctrl-C, SIGTERM or this.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// Longest call that keeps its recording: the speaker is recorded in memory (192 kB a second)
+/// and written out at the end, so 4 hours already take 2.8 GB.
+pub const MAX_RECORDED_DURATION: Duration = Duration::from_secs(4 * 3600);
 
 /// What `natter call` was asked to do.
 #[derive(Debug, Clone)]
@@ -41,6 +45,8 @@ pub struct CallOptions {
     pub voice_activation: bool,
     /// Write the latency meter's history (every [`HISTORY_PERIOD`]) here as CSV.
     pub latency_csv: Option<PathBuf>,
+    /// Keep what the speaker played in [`CallReport::recording`] (implied by `output`).
+    pub keep_recording: bool,
 }
 
 /// How often `--latency-csv` samples the meter: fine enough to line each sample up with a
@@ -133,13 +139,29 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
         Some(path) => Some(read_wav(path)?),
         None => None,
     };
-    let duration = opts.duration.unwrap_or_else(|| match &input {
-        Some(samples) => {
+    let record = opts.keep_recording || opts.output.is_some();
+    let longest = if record && opts.devices.is_none() {
+        MAX_RECORDED_DURATION
+    } else {
+        MAX_DURATION
+    };
+    let duration = match (opts.duration, &input) {
+        (Some(d), _) if d > longest => anyhow::bail!(
+            "--duration: at most {} s{}",
+            longest.as_secs(),
+            if record {
+                " when recording (the recording is kept in memory until the call ends)"
+            } else {
+                ""
+            }
+        ),
+        (Some(d), _) => d,
+        (None, Some(samples)) => {
             Duration::from_secs_f64(samples.len() as f64 / f64::from(SAMPLE_RATE))
                 + Duration::from_secs(2)
         }
-        None => MAX_OPEN_ENDED,
-    });
+        (None, None) => longest,
+    };
     let mut engine = EngineConfig::new(0);
     // 10 and 20 ms name a mode the rate controller adapts within; 40/60 ms are explicit.
     let pin = opts.pin_frame || !matches!(opts.frame_ms, 10 | 20);
@@ -163,6 +185,7 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
         None => Audio::Wav {
             input: input.unwrap_or_default(),
             total_samples: (duration.as_secs_f64() * f64::from(SAMPLE_RATE)) as usize,
+            record,
         },
     };
     let mut session = Session::start(SessionConfig {
@@ -177,6 +200,9 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
 
     let mut history = History::keeping(f64::INFINITY);
     let mut next_sample = Instant::now();
+    // SIGTERM (`kill`, `timeout`, a service manager) ends the call as cleanly as Ctrl-C: the
+    // recording, stats and meter history are still written.
+    let mut terminate = terminate_signal()?;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(20)) => {
@@ -190,6 +216,7 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
             }
             _ = session.wait_ended() => break,
             _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
         }
     }
     let joined = session.joined.clone();
@@ -212,6 +239,28 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
         engine: done.stats,
         recording: done.recording,
     })
+}
+
+#[cfg(unix)]
+fn terminate_signal() -> anyhow::Result<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{SignalKind, signal};
+    signal(SignalKind::terminate()).context("cannot listen for SIGTERM")
+}
+
+/// Elsewhere there is no SIGTERM: a stream of signals that never comes.
+#[cfg(not(unix))]
+fn terminate_signal() -> anyhow::Result<NoSignal> {
+    Ok(NoSignal)
+}
+
+#[cfg(not(unix))]
+struct NoSignal;
+
+#[cfg(not(unix))]
+impl NoSignal {
+    async fn recv(&mut self) -> Option<()> {
+        std::future::pending().await
+    }
 }
 
 /// Adds one sample per peer whose stages are complete, timed in seconds since sample 0 of the

@@ -125,9 +125,10 @@ struct CallArgs {
     /// Use a sound-card speaker ("default" or a name from `natter devices`) instead of files.
     #[arg(long)]
     output_device: Option<String>,
-    /// Seconds to stay in the call (default: the input's length plus 2 s, or until Ctrl-C).
-    #[arg(long)]
-    duration: Option<f64>,
+    /// Seconds to stay in the call (default: the input's length plus 2 s, or until Ctrl-C or
+    /// SIGTERM). At most 24 h, or 4 h with --output (the recording is kept in memory)
+    #[arg(long, value_parser = parse_seconds)]
+    duration: Option<Duration>,
     /// Ask the relay to send our own audio back to us instead of to the room (loopback
     /// latency test: nobody else hears it).
     #[arg(long)]
@@ -312,6 +313,19 @@ fn stats_offset_ms(sender: &std::path::Path, receiver: &std::path::Path) -> anyh
     Ok((start(receiver)? - start(sender)?) / 1000.0)
 }
 
+/// A positive, finite number of seconds (`Duration::from_secs_f64` panics on the others).
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(secs.is_finite() && secs > 0.0 && secs <= 1e9) {
+        return Err(format!(
+            "{s}: use a positive number of seconds, at most 1e9"
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
 fn run_call(args: CallArgs) -> anyhow::Result<ExitCode> {
     let mut invite: Invite = args.invite.parse().context("bad invite")?;
     let room = args
@@ -324,13 +338,14 @@ fn run_call(args: CallArgs) -> anyhow::Result<ExitCode> {
         name: args.name,
         input: args.input,
         output: args.output,
-        duration: args.duration.map(Duration::from_secs_f64),
+        duration: args.duration,
         echo: args.echo,
         frame_ms: args.frame_ms,
         pin_frame: args.fixed_frame,
         voice: args.processing,
         voice_activation: args.voice_activation,
         latency_csv: args.latency_csv.clone(),
+        keep_recording: false,
         devices: (args.input_device.is_some() || args.output_device.is_some()).then(|| {
             natter::audio::device::DeviceChoice {
                 input: args.input_device.clone(),
@@ -382,6 +397,7 @@ async fn demo(seconds: f32, frame_ms: u32) -> anyhow::Result<ExitCode> {
         voice: None,
         voice_activation: false,
         latency_csv: None,
+        keep_recording: true,
     };
     println!(
         "bob listens; alice sends {seconds} s of chirps ({frame_ms} ms Opus frames) through the relay…"

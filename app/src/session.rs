@@ -17,11 +17,12 @@ use tokio::task::JoinHandle;
 
 /// Where the call's audio comes from and goes to.
 pub enum Audio {
-    /// A WAV "device": `input` as the microphone (silence after it), recording the speaker for
-    /// `total_samples`.
+    /// A WAV "device": `input` as the microphone (silence after it), for `total_samples`,
+    /// recording the speaker if `record` (the recording is kept in memory, 192 kB a second).
     Wav {
         input: Vec<f32>,
         total_samples: usize,
+        record: bool,
     },
     /// Sound-card devices, for `duration` or until left.
     Devices {
@@ -173,10 +174,12 @@ impl Session {
             Audio::Wav {
                 input,
                 total_samples,
+                record,
             } => {
                 let (device_ends, engine_ends) = ring_pair();
                 let engine = Engine::start(engine_config, engine_ends, None, link)?;
-                let wav = WavDevice::start(input, total_samples, DEFAULT_PERIOD, device_ends);
+                let wav =
+                    WavDevice::start(input, total_samples, record, DEFAULT_PERIOD, device_ends);
                 (engine, Backend::Wav(wav))
             }
         };

@@ -221,6 +221,7 @@ fn switching_devices_mid_call_keeps_audio_flowing_both_ways() {
             audio: Audio::Wav {
                 total_samples: speech.len(),
                 input: speech,
+                record: false,
             },
             engine: engine_without_processing(),
         }))

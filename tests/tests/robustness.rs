@@ -952,3 +952,31 @@ fn a_flooding_member_is_throttled_and_the_room_does_not_notice() {
         flooded.line
     );
 }
+
+/// SIGTERM to `natter call` (`kill`, `timeout`, a service manager) ends the call like Ctrl-C:
+/// exit 0, and the recording and statistics of the call so far are written.
+#[test]
+fn terminated_call_still_writes_its_recording_and_stats() {
+    let dir = TempDir::new("sigterm");
+    let relay = RelayProcess::start();
+    let bob = Call::new(relay.invite(), "term", "bob")
+        .recording_in(&dir)
+        .duration(60.0)
+        .spawn();
+    relay.wait_for_join("term", "bob");
+    std::thread::sleep(Duration::from_secs(1));
+    bob.signal(libc::SIGTERM);
+    let done = bob.wait(Duration::from_secs(10));
+    assert_eq!(done.code(), Some(0), "{done}");
+    let stats = CallStats::read(&dir.join("bob.json"));
+    assert!(
+        (0.5..10.0).contains(&stats.duration_s),
+        "ended on the signal, not after 60 s: {stats:#?}"
+    );
+    let heard = read_wav(&dir.join("bob-heard.wav"));
+    assert!(
+        heard.len() as f64 >= 0.5 * 48_000.0,
+        "the recording so far was written: {} samples",
+        heard.len()
+    );
+}

@@ -73,11 +73,13 @@ pub struct WavDevice {
 }
 
 impl WavDevice {
-    /// Starts playing `input` as the microphone (silence after its end) and recording the
-    /// speaker, for `total_samples` samples of real time with the given device `period`.
+    /// Starts playing `input` as the microphone (silence after its end) and, if `record`,
+    /// recording the speaker, for `total_samples` samples of real time with the given device
+    /// `period`.
     pub fn start(
         input: Vec<f32>,
         total_samples: usize,
+        record: bool,
         period: Duration,
         mut ends: DeviceEnds,
     ) -> Self {
@@ -103,13 +105,19 @@ impl WavDevice {
             .name("natter-wav-device".into())
             .spawn(move || {
                 // Everything is allocated before the first period, as a real callback would.
-                let mut recorded = Vec::with_capacity(total_samples + period_samples);
-                recorded.resize(period_samples.min(total_samples), 0.0);
+                let mut recorded = Vec::with_capacity(if record { total_samples } else { 0 });
+                // Sample 0 of the recording is sample 0 of the input: the first period is
+                // silence, played while the first microphone period is being captured.
+                let first = period_samples.min(total_samples);
+                if record {
+                    recorded.resize(first, 0.0);
+                }
+                let mut elapsed = first;
                 let silence = vec![0.0f32; period_samples];
                 let mut out = vec![0.0f32; period_samples];
                 let mut started = false;
                 let mut k: u32 = 0;
-                while recorded.len() < total_samples && !stop2.load(Relaxed) {
+                while elapsed < total_samples && !stop2.load(Relaxed) {
                     let deadline = t0 + period * (k + 1);
                     if let Some(wait) = deadline.checked_duration_since(Instant::now()) {
                         std::thread::sleep(wait);
@@ -124,8 +132,11 @@ impl WavDevice {
                         &ends.counters,
                     );
                     pop_playback(&mut ends.playback, &mut out, &ends.counters, &mut started);
-                    let room = total_samples - recorded.len();
-                    recorded.extend_from_slice(&out[..period_samples.min(room)]);
+                    let n = period_samples.min(total_samples - elapsed);
+                    if record {
+                        recorded.extend_from_slice(&out[..n]);
+                    }
+                    elapsed += n;
                     k += 1;
                 }
                 done2.store(true, Relaxed);
@@ -183,7 +194,7 @@ mod tests {
         let input: Vec<f32> = (0..4_800)
             .map(|i| ((i / 480) % 2) as f32 * 0.5 + 0.1)
             .collect();
-        let device = WavDevice::start(input.clone(), 9_600, Duration::from_millis(10), dev);
+        let device = WavDevice::start(input.clone(), 9_600, true, Duration::from_millis(10), dev);
         while !device.finished() {
             while let Ok(s) = eng.capture.pop() {
                 let _ = eng.playback.push(s);

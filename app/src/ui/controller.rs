@@ -1200,9 +1200,9 @@ impl SessionTemplate {
                 };
                 Audio::Wav {
                     input,
-                    // The WAV backend records what it plays: keep that bounded, and only
-                    // reserve (not touch) the memory.
                     total_samples: (TEST_SIGNAL_SECONDS * f64::from(SAMPLE_RATE)) as usize,
+                    // Nobody listens to what a test signal "hears".
+                    record: false,
                 }
             }
         };
@@ -1329,6 +1329,7 @@ async fn latency_test(
         audio: Audio::Wav {
             input: train.samples.clone(),
             total_samples: total,
+            record: true,
         },
         engine,
     })
