@@ -662,7 +662,17 @@ pub(crate) mod tests {
     /// Any name [`valid_name`] accepts: ASCII (rich in characters URLs must escape) or any
     /// Unicode, up to the full [`MAX_NAME_LEN`] bytes.
     pub(crate) fn valid_names() -> impl Strategy<Value = String> {
-        prop_oneof!["[ -~]{1,64}", "[^\\p{Cc}]{1,64}"]
+        names_from(prop_oneof!["[ -~]{1,64}", "[^\\p{Cc}]{1,64}"])
+    }
+
+    /// Valid names of 61 to 64 bytes.
+    fn long_names() -> impl Strategy<Value = String> {
+        names_from("[^\\p{Cc}]{64}")
+    }
+
+    /// `strings` cut to at most [`MAX_NAME_LEN`] bytes, the valid ones.
+    fn names_from(strings: impl Strategy<Value = String>) -> impl Strategy<Value = String> {
+        strings
             .prop_map(|s| {
                 let mut end = s.len().min(MAX_NAME_LEN);
                 while !s.is_char_boundary(end) {
@@ -674,25 +684,39 @@ pub(crate) mod tests {
     }
 
     fn participants() -> impl Strategy<Value = Participant> {
-        (0..=varint::MAX, any::<u32>(), valid_names(), any::<bool>()).prop_map(
-            |(id, ssrc, name, muted)| Participant {
+        participants_named(valid_names())
+    }
+
+    fn participants_named(
+        names: impl Strategy<Value = String>,
+    ) -> impl Strategy<Value = Participant> {
+        (0..=varint::MAX, any::<u32>(), names, any::<bool>()).prop_map(|(id, ssrc, name, muted)| {
+            Participant {
                 id,
                 ssrc,
                 name,
                 muted,
-            },
-        )
+            }
+        })
+    }
+
+    /// A short list, or now and then a long one (64 entries and more take a 2-byte count).
+    fn long_sometimes<S: Strategy>(element: fn() -> S) -> impl Strategy<Value = Vec<S::Value>> {
+        prop_oneof![
+            6 => proptest::collection::vec(element(), 0..8),
+            1 => proptest::collection::vec(element(), 64..=255),
+        ]
     }
 
     /// Any message a peer may send: ids within a varint, names valid, strings within their
-    /// limits, a token non-empty (an empty one means none), lists bounded. Error codes are
-    /// known ones and unknown ones in canonical form (`from_u16`); `Unknown` is any reserved
-    /// type, which round-trips as the type alone.
+    /// limits, a token non-empty (an empty one means none), lists of up to 255 entries. Error
+    /// codes are known ones and unknown ones in canonical form (`from_u16`); `Unknown` is any
+    /// reserved type, which round-trips as the type alone.
     fn message() -> impl Strategy<Value = Message> {
         let id = 0..=varint::MAX;
         let software = || string_within(MAX_NAME_LEN * 2);
         prop_oneof![
-            (proptest::collection::vec(any::<u16>(), 0..8), software())
+            (long_sometimes(any::<u16>), software())
                 .prop_map(|(versions, software)| Message::Hello { versions, software }),
             (any::<u16>(), software())
                 .prop_map(|(version, software)| Message::HelloAck { version, software }),
@@ -715,7 +739,7 @@ pub(crate) mod tests {
                 id.clone(),
                 any::<u32>(),
                 valid_names(),
-                proptest::collection::vec(participants(), 0..8)
+                long_sometimes(participants)
             )
                 .prop_map(|(participant_id, ssrc, room, roster)| Message::Welcome {
                     participant_id,
@@ -792,6 +816,31 @@ pub(crate) mod tests {
                 }
             }
             prop_assert_eq!(got, messages.into_iter().map(Ok).collect::<Vec<_>>());
+        }
+
+        /// The roster [`MAX_MESSAGE_LEN`] is sized for, a Welcome listing 255 people with long
+        /// names, fits it and round-trips, also when split inside its 4-byte length prefix.
+        #[test]
+        fn full_room_welcome_round_trips(
+            participant_id in 0..=varint::MAX,
+            ssrc: u32,
+            room in valid_names(),
+            roster in proptest::collection::vec(
+                participants_named(long_names()),
+                255,
+            ),
+            cut in 0usize..4,
+        ) {
+            let m = Message::Welcome { participant_id, ssrc, room, roster };
+            let frame = m.to_frame();
+            let (len, used) = varint::decode(&frame).unwrap();
+            prop_assert_eq!(used, 4);
+            prop_assert!(len <= MAX_MESSAGE_LEN as u64);
+            let mut dec = FrameDecoder::new();
+            dec.push(&frame[..cut]);
+            prop_assert_eq!(dec.next_message(), None);
+            dec.push(&frame[cut..]);
+            prop_assert_eq!(dec.next_message(), Some(Ok(m)));
         }
 
         #[test]
