@@ -501,7 +501,7 @@ pub fn valid_name(s: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -645,6 +645,132 @@ mod tests {
         assert!(!valid_name(&"x".repeat(65)));
     }
 
+    /// At most `max` bytes of any UTF-8, control characters included (free-form fields).
+    fn string_within(max: usize) -> impl Strategy<Value = String> {
+        proptest::collection::vec(any::<char>(), 0..=max).prop_map(move |chars| {
+            let mut s = String::new();
+            for c in chars {
+                if s.len() + c.len_utf8() > max {
+                    break;
+                }
+                s.push(c);
+            }
+            s
+        })
+    }
+
+    /// Any name [`valid_name`] accepts: ASCII (rich in characters URLs must escape) or any
+    /// Unicode, up to the full [`MAX_NAME_LEN`] bytes.
+    pub(crate) fn valid_names() -> impl Strategy<Value = String> {
+        names_from(prop_oneof!["[ -~]{1,64}", "[^\\p{Cc}]{1,64}"])
+    }
+
+    /// Valid names of 61 to 64 bytes.
+    fn long_names() -> impl Strategy<Value = String> {
+        names_from("[^\\p{Cc}]{64}")
+    }
+
+    /// `strings` cut to at most [`MAX_NAME_LEN`] bytes, the valid ones.
+    fn names_from(strings: impl Strategy<Value = String>) -> impl Strategy<Value = String> {
+        strings
+            .prop_map(|s| {
+                let mut end = s.len().min(MAX_NAME_LEN);
+                while !s.is_char_boundary(end) {
+                    end -= 1;
+                }
+                s[..end].to_string()
+            })
+            .prop_filter("valid names only", |s| valid_name(s))
+    }
+
+    fn participants() -> impl Strategy<Value = Participant> {
+        participants_named(valid_names())
+    }
+
+    fn participants_named(
+        names: impl Strategy<Value = String>,
+    ) -> impl Strategy<Value = Participant> {
+        (0..=varint::MAX, any::<u32>(), names, any::<bool>()).prop_map(|(id, ssrc, name, muted)| {
+            Participant {
+                id,
+                ssrc,
+                name,
+                muted,
+            }
+        })
+    }
+
+    /// A short list, or now and then a long one (64 entries and more take a 2-byte count).
+    fn long_sometimes<S: Strategy>(element: fn() -> S) -> impl Strategy<Value = Vec<S::Value>> {
+        prop_oneof![
+            6 => proptest::collection::vec(element(), 0..8),
+            1 => proptest::collection::vec(element(), 64..=255),
+        ]
+    }
+
+    /// Any message a peer may send: ids within a varint, names valid, strings within their
+    /// limits, a token non-empty (an empty one means none), lists of up to 255 entries. Error
+    /// codes are known ones and unknown ones in canonical form (`from_u16`); `Unknown` is any
+    /// reserved type, which round-trips as the type alone.
+    fn message() -> impl Strategy<Value = Message> {
+        let id = 0..=varint::MAX;
+        let software = || string_within(MAX_NAME_LEN * 2);
+        prop_oneof![
+            (long_sometimes(any::<u16>), software())
+                .prop_map(|(versions, software)| Message::Hello { versions, software }),
+            (any::<u16>(), software())
+                .prop_map(|(version, software)| Message::HelloAck { version, software }),
+            (
+                valid_names(),
+                valid_names(),
+                proptest::option::of(
+                    string_within(MAX_TOKEN_LEN)
+                        .prop_filter("an empty token means none", |t| !t.is_empty())
+                ),
+                any::<u8>()
+            )
+                .prop_map(|(room, name, token, flags)| Message::Join {
+                    room,
+                    name,
+                    token,
+                    flags
+                }),
+            (
+                id.clone(),
+                any::<u32>(),
+                valid_names(),
+                long_sometimes(participants)
+            )
+                .prop_map(|(participant_id, ssrc, room, roster)| Message::Welcome {
+                    participant_id,
+                    ssrc,
+                    room,
+                    roster
+                }),
+            participants().prop_map(Message::ParticipantJoined),
+            id.clone().prop_map(|id| Message::ParticipantLeft { id }),
+            any::<bool>().prop_map(|muted| Message::SetMute { muted }),
+            (id, any::<bool>()).prop_map(|(id, muted)| Message::MuteChanged { id, muted }),
+            Just(Message::Leave),
+            (any::<u64>(), any::<u64>())
+                .prop_map(|(nonce, sent_micros)| Message::Ping { nonce, sent_micros }),
+            (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+                |(nonce, ping_sent_micros, responder_micros)| Message::Pong {
+                    nonce,
+                    ping_sent_micros,
+                    responder_micros
+                }
+            ),
+            (prop_oneof![0u16..24, any::<u16>()], string_within(1024)).prop_map(
+                |(code, message)| Message::Error {
+                    code: ErrorCode::from_u16(code),
+                    message
+                }
+            ),
+            (kind::ERROR + 1..=varint::MAX).prop_map(|kind| Message::Unknown { kind }),
+        ]
+    }
+
     proptest! {
         #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
@@ -654,6 +780,67 @@ mod tests {
             for _ in 0..bytes.len() + 1 {
                 if dec.next_message().is_none() { break; }
             }
+        }
+
+        /// Every message a peer may send — each variant, with any field values the protocol
+        /// allows — comes out of the frame decoder exactly as it went in, and alone.
+        #[test]
+        fn message_round_trip(m in message()) {
+            let mut dec = FrameDecoder::new();
+            dec.push(&m.to_frame());
+            prop_assert_eq!(dec.next_message(), Some(Ok(m)));
+            prop_assert_eq!(dec.next_message(), None);
+        }
+
+        /// A stream of messages decodes to the same sequence however the transport splits it.
+        #[test]
+        fn message_stream_round_trips_at_any_split(
+            messages in proptest::collection::vec(message(), 0..8),
+            cuts in proptest::collection::vec(any::<proptest::sample::Index>(), 0..8),
+        ) {
+            let mut stream = Vec::new();
+            for m in &messages {
+                m.encode(&mut stream);
+            }
+            let mut cuts: Vec<usize> = cuts.iter().map(|i| i.index(stream.len() + 1)).collect();
+            cuts.push(stream.len());
+            cuts.sort_unstable();
+            let mut dec = FrameDecoder::new();
+            let mut got = Vec::new();
+            let mut start = 0;
+            for cut in cuts {
+                dec.push(&stream[start..cut]);
+                start = cut;
+                while let Some(m) = dec.next_message() {
+                    got.push(m);
+                }
+            }
+            prop_assert_eq!(got, messages.into_iter().map(Ok).collect::<Vec<_>>());
+        }
+
+        /// The roster [`MAX_MESSAGE_LEN`] is sized for, a Welcome listing 255 people with long
+        /// names, fits it and round-trips, also when split inside its 4-byte length prefix.
+        #[test]
+        fn full_room_welcome_round_trips(
+            participant_id in 0..=varint::MAX,
+            ssrc: u32,
+            room in valid_names(),
+            roster in proptest::collection::vec(
+                participants_named(long_names()),
+                255,
+            ),
+            cut in 0usize..4,
+        ) {
+            let m = Message::Welcome { participant_id, ssrc, room, roster };
+            let frame = m.to_frame();
+            let (len, used) = varint::decode(&frame).unwrap();
+            prop_assert_eq!(used, 4);
+            prop_assert!(len <= MAX_MESSAGE_LEN as u64);
+            let mut dec = FrameDecoder::new();
+            dec.push(&frame[..cut]);
+            prop_assert_eq!(dec.next_message(), None);
+            dec.push(&frame[cut..]);
+            prop_assert_eq!(dec.next_message(), Some(Ok(m)));
         }
 
         #[test]

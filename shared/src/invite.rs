@@ -310,7 +310,48 @@ mod tests {
         assert_eq!("natter://h:1/%0A".parse::<Invite>(), Err(BadRoom));
     }
 
+    /// Any host a relay can be reached at: a DNS name (letters, digits, inner hyphens and
+    /// underscores, optionally fully qualified with a final dot), an IPv4 address, or an IPv6
+    /// address in any textual shape (`::` compression, IPv4-mapped, all groups).
+    fn hosts() -> impl Strategy<Value = String> {
+        let label = "[a-zA-Z0-9]([a-zA-Z0-9_-]{0,20}[a-zA-Z0-9])?";
+        prop_oneof![
+            (proptest::collection::vec(label, 1..5), any::<bool>())
+                .prop_map(|(labels, fqdn)| labels.join(".") + if fqdn { "." } else { "" }),
+            any::<std::net::Ipv4Addr>().prop_map(|a| a.to_string()),
+            any::<std::net::Ipv6Addr>().prop_map(|a| a.to_string()),
+            // Runs of zero groups, so that `::` appears anywhere.
+            (any::<[u16; 8]>(), any::<u8>()).prop_map(|(mut groups, zeros)| {
+                for (i, g) in groups.iter_mut().enumerate() {
+                    if zeros & (1 << i) != 0 {
+                        *g = 0;
+                    }
+                }
+                std::net::Ipv6Addr::from(groups).to_string()
+            }),
+        ]
+    }
+
+    /// Any access token: printable ASCII (with `&`, `=`, `+`, `%`, `#`, space …) or any
+    /// Unicode, control characters included; never empty (an empty token means none).
+    fn tokens() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[ -~]{1,64}",
+            proptest::collection::vec(any::<char>(), 1..64).prop_map(String::from_iter),
+        ]
+    }
+
     proptest! {
+        /// Every valid invite prints as a link that parses back to the same invite: any host
+        /// form, any port, any valid room name (percent-encoded), any fingerprint and token.
+        #[test]
+        fn any_valid_invite_round_trips(host in hosts(), port in 1u16.., room in proptest::option::of(crate::control::tests::valid_names()),
+                                        fingerprint: Option<[u8; 32]>, token in proptest::option::of(tokens())) {
+            let inv = Invite { host, port, room, fingerprint, token };
+            let link = inv.to_string();
+            prop_assert_eq!(link.parse::<Invite>(), Ok(inv), "{}", link);
+        }
+
         #[test]
         fn parse_never_panics(s in "\\PC{0,80}") {
             let _ = s.parse::<Invite>();

@@ -100,6 +100,7 @@ pub fn write_rtcp(packets: &[crate::rtcp::RtcpPacket], out: &mut Vec<u8>) {
 mod tests {
     use super::*;
     use crate::rtcp::{RtcpPacket, parse_compound};
+    use crate::rtp::AudioLevel;
     use proptest::prelude::*;
 
     #[test]
@@ -140,7 +141,72 @@ mod tests {
         assert_eq!(Datagram::parse(&[0; 1201]), Err(MediaError::TooLarge(1201)));
     }
 
+    /// Longest RTP payload that fits a datagram next to the flow id, header and extension.
+    const MAX_RTP_PAYLOAD: usize = crate::MAX_MEDIA_DATAGRAM - 1 - crate::rtp::HEADER_LEN - 8;
+
+    /// Any RTP header Natter may send. Payload types 64–95 are left out: RFC 5761 §4 forbids
+    /// them when RTP and RTCP share a flow, since with the marker bit set the second byte
+    /// (192–223) reads as an RTCP packet type.
+    fn rtp_headers() -> impl Strategy<Value = RtpHeader> {
+        (
+            any::<bool>(),
+            prop_oneof![0u8..64, 96u8..128],
+            any::<(u16, u32, u32)>(),
+            proptest::option::of((any::<bool>(), 0u8..128)),
+        )
+            .prop_map(
+                |(marker, payload_type, (sequence, timestamp, ssrc), level)| RtpHeader {
+                    marker,
+                    payload_type,
+                    sequence,
+                    timestamp,
+                    ssrc,
+                    audio_level: level.map(|(voice, level)| AudioLevel { voice, level }),
+                },
+            )
+    }
+
+    /// Any payload up to [`MAX_RTP_PAYLOAD`], the largest often (a datagram of exactly the limit).
+    fn rtp_payloads() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![0..=MAX_RTP_PAYLOAD, Just(MAX_RTP_PAYLOAD)]
+            .prop_flat_map(|len| proptest::collection::vec(any::<u8>(), len))
+    }
+
     proptest! {
+        /// An RTP datagram of any header and any payload that fits is recognised as RTP on the
+        /// audio flow, its SSRC peeked, and parsed back to the same header and payload.
+        #[test]
+        fn rtp_datagram_round_trips(header in rtp_headers(),
+                                    payload in rtp_payloads()) {
+            let mut buf = Vec::new();
+            write_rtp(&header, &payload, &mut buf);
+            let d = Datagram::parse(&buf).unwrap();
+            prop_assert_eq!((d.flow_id, d.kind), (AUDIO_FLOW, PacketKind::Rtp));
+            prop_assert_eq!(d.sender_ssrc(), Some(header.ssrc));
+            let p = d.rtp().unwrap();
+            prop_assert_eq!(p.header, header);
+            prop_assert_eq!(p.payload, &payload[..]);
+        }
+
+        /// A compound RTCP datagram (as many of the generated packets as fit the size limit,
+        /// at least one) is recognised as RTCP and parses back to the same packets.
+        #[test]
+        fn rtcp_datagram_round_trips(mut packets in proptest::collection::vec(crate::rtcp::tests::packets(), 1..5)) {
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                write_rtcp(&packets, &mut buf);
+                if buf.len() <= crate::MAX_MEDIA_DATAGRAM {
+                    break;
+                }
+                packets.pop();
+            }
+            let d = Datagram::parse(&buf).unwrap();
+            prop_assert_eq!((d.flow_id, d.kind), (AUDIO_FLOW, PacketKind::Rtcp));
+            prop_assert_eq!(d.sender_ssrc(), packets[0].sender_ssrc());
+            prop_assert_eq!(parse_compound(d.packet), Ok(packets));
+        }
+
         #[test]
         fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..80)) {
             if let Ok(d) = Datagram::parse(&bytes) {

@@ -342,7 +342,7 @@ pub mod ntp {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -456,7 +456,101 @@ mod tests {
         assert_eq!(ntp::micros_to_short(1 << 50), u32::MAX, "saturates");
     }
 
+    /// A report block with every field anywhere in its bit width (cumulative lost: 24-bit
+    /// signed, its extremes and sign change included).
+    fn report_blocks() -> impl Strategy<Value = ReportBlock> {
+        (
+            any::<u32>(),
+            any::<u8>(),
+            prop_oneof![
+                -0x80_0000i32..=0x7f_ffff,
+                prop::sample::select(&[-0x80_0000, -1, 0, 0x7f_ffff][..]),
+            ],
+            any::<[u32; 4]>(),
+        )
+            .prop_map(
+                |(ssrc, fraction_lost, cumulative_lost, [highest, jitter, lsr, dlsr])| {
+                    ReportBlock {
+                        ssrc,
+                        fraction_lost,
+                        cumulative_lost,
+                        highest_sequence: highest,
+                        jitter,
+                        last_sr: lsr,
+                        delay_since_last_sr: dlsr,
+                    }
+                },
+            )
+    }
+
+    /// Any packet Natter writes: an SR or RR with 0 to 31 report blocks, Natter's sender
+    /// latency APP packet, or any APP packet (5-bit subtype, data in whole 32-bit words).
+    pub(crate) fn packets() -> impl Strategy<Value = RtcpPacket> {
+        let reports = || proptest::collection::vec(report_blocks(), 0..=31);
+        prop_oneof![
+            (any::<u32>(), any::<(u64, u32, u32, u32)>(), reports()).prop_map(
+                |(ssrc, (ntp_timestamp, rtp_timestamp, packet_count, octet_count), reports)| {
+                    RtcpPacket::SenderReport {
+                        ssrc,
+                        info: SenderInfo {
+                            ntp_timestamp,
+                            rtp_timestamp,
+                            packet_count,
+                            octet_count,
+                        },
+                        reports,
+                    }
+                }
+            ),
+            (any::<u32>(), reports())
+                .prop_map(|(ssrc, reports)| RtcpPacket::ReceiverReport { ssrc, reports }),
+            (any::<u32>(), any::<[u32; 3]>()).prop_map(|(ssrc, [capture, processing, encode])| {
+                SenderLatency {
+                    capture_us: capture,
+                    processing_us: processing,
+                    encode_us: encode,
+                }
+                .to_packet(ssrc)
+            }),
+            (
+                0u8..32,
+                any::<u32>(),
+                any::<[u8; 4]>(),
+                proptest::collection::vec(any::<[u8; 4]>(), 0..16)
+            )
+                .prop_map(|(subtype, ssrc, name, words)| RtcpPacket::App {
+                    subtype,
+                    ssrc,
+                    name,
+                    data: words.concat(),
+                }),
+        ]
+    }
+
     proptest! {
+        /// Any compound of the packets Natter writes parses back to the same packets, and the
+        /// relay's SSRC peek finds the first packet's sender.
+        #[test]
+        fn compound_round_trips(packets in proptest::collection::vec(packets(), 0..6)) {
+            let mut buf = Vec::new();
+            for p in &packets {
+                p.write(&mut buf);
+            }
+            prop_assert_eq!(peek_sender_ssrc(&buf), packets.first().and_then(RtcpPacket::sender_ssrc));
+            prop_assert_eq!(parse_compound(&buf), Ok(packets));
+        }
+
+        /// Sender latency survives the trip through a compound packet field for field.
+        #[test]
+        fn sender_latency_round_trips(ssrc: u32, capture_us: u32, processing_us: u32, encode_us: u32) {
+            let lat = SenderLatency { capture_us, processing_us, encode_us };
+            let mut buf = Vec::new();
+            lat.to_packet(ssrc).write(&mut buf);
+            let packets = parse_compound(&buf).unwrap();
+            prop_assert_eq!(packets.len(), 1);
+            prop_assert_eq!(SenderLatency::from_packet(&packets[0]), Some((ssrc, lat)));
+        }
+
         #[test]
         fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
             let _ = parse_compound(&bytes);
