@@ -138,7 +138,7 @@ pub fn render(s: &StatsSnapshot, occupancy: Occupancy) -> String {
         o,
         "control_errors_total",
         "counter",
-        "Control messages that broke the protocol.",
+        "Sessions closed for breaking the protocol (bad or refused control message, no Hello in time, no datagrams).",
         s.control_errors,
     );
     family(

@@ -588,6 +588,7 @@ async fn run_connection(incoming: quinn::Incoming, id: ConnId, shared: Arc<Share
             return;
         }
         Err(_) => {
+            shared.stats.control_errors.fetch_add(1, Relaxed);
             close_with(
                 &conn,
                 ErrorCode::HelloRequired,
@@ -647,6 +648,7 @@ async fn read_control(
             match tokio::time::timeout_at(hello_deadline, recv.read(&mut buf)).await {
                 Ok(r) => r,
                 Err(_) => {
+                    shared.stats.control_errors.fetch_add(1, Relaxed);
                     let close = Close::Error(
                         ErrorCode::HelloRequired,
                         "no Hello within the hello timeout".into(),

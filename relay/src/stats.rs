@@ -61,7 +61,8 @@ pub struct RelayStats {
     pub dropped_stale: AtomicU64,
     /// quinn refused to queue a forwarded datagram (peer too small a limit, or it closed).
     pub datagrams_send_failed: AtomicU64,
-    /// Control messages that failed to parse or broke the protocol.
+    /// Sessions closed for breaking the protocol: a control message that failed to parse or
+    /// was refused, no Hello within the hello timeout, no QUIC datagrams.
     pub control_errors: AtomicU64,
     delay_buckets: [AtomicU64; DELAY_BUCKETS_US.len() + 1],
     delay_sum_us: AtomicU64,
