@@ -130,8 +130,27 @@ impl ControlStream {
     }
 }
 
+/// How long the relay may take to answer Hello and Join. QUIC keep-alives hold a connection
+/// open indefinitely, so a peer that completed the handshake but never answers would
+/// otherwise leave the call hanging.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Says hello and joins a room.
 pub async fn join(
+    conn: &Connection,
+    req: &JoinRequest,
+) -> Result<(ControlStream, Joined, Vec<Participant>), ConnectError> {
+    tokio::time::timeout(JOIN_TIMEOUT, hello_and_join(conn, req))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ConnectError::Lost(format!(
+                "the relay did not answer Hello and Join within {} s",
+                JOIN_TIMEOUT.as_secs()
+            )))
+        })
+}
+
+async fn hello_and_join(
     conn: &Connection,
     req: &JoinRequest,
 ) -> Result<(ControlStream, Joined, Vec<Participant>), ConnectError> {
@@ -143,7 +162,21 @@ pub async fn join(
         })
         .await?;
     match stream.expect().await? {
-        Message::HelloAck { .. } => {}
+        Message::HelloAck { version, .. } if version == natter_proto::PROTOCOL_VERSION => {}
+        Message::HelloAck { version, .. } => {
+            let reason = format!("relay chose protocol version {version}, which we did not offer");
+            let _ = stream
+                .send(&Message::Error {
+                    code: ErrorCode::ProtocolViolation,
+                    message: reason.clone(),
+                })
+                .await;
+            conn.close(
+                u32::from(ErrorCode::ProtocolViolation.to_u16()).into(),
+                reason.as_bytes(),
+            );
+            return Err(ConnectError::Lost(reason));
+        }
         other => {
             return Err(ConnectError::Lost(format!(
                 "expected HelloAck, relay sent {other:?}"
