@@ -12,7 +12,9 @@ use natter::audio::SAMPLE_RATE;
 use natter::audio::wav::{read_wav, write_wav};
 use natter::call::{self, CallOptions};
 use natter::measure::{self, LatencyStats};
+use natter::transport::ConnectError;
 use natter_proto::invite::Invite;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -197,6 +199,7 @@ fn main() -> ExitCode {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     match run(command) {
@@ -327,11 +330,16 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
 }
 
 fn run_call(args: CallArgs) -> anyhow::Result<ExitCode> {
-    let mut invite: Invite = args.invite.parse().context("bad invite")?;
-    let room = args
-        .room
-        .or_else(|| invite.room.take())
-        .context("no room: put it in the invite (natter://host:port/ROOM?fp=…) or pass --room")?;
+    // A bad invite is the user's "could not connect" (exit 2, README), not a local failure.
+    let mut invite: Invite = args
+        .invite
+        .parse()
+        .map_err(|e| ConnectError::Invalid(format!("bad invite: {e}")))?;
+    let room = args.room.or_else(|| invite.room.take()).ok_or_else(|| {
+        ConnectError::Invalid(
+            "no room: put it in the invite (natter://host:port/ROOM?fp=…) or pass --room".into(),
+        )
+    })?;
     let opts = CallOptions {
         invite,
         room,

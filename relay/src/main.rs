@@ -10,6 +10,7 @@ use natter_relay::config::{ConfigFile, resolve_secret};
 use natter_relay::core::Access;
 use natter_relay::server::{Congestion, udp_buffer_warning};
 use natter_relay::{Identity, RelayConfig};
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -274,8 +275,10 @@ fn settings(args: &Args, file: &ConfigFile) -> anyhow::Result<Settings> {
 fn init_logging(format: &str) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only on a terminal: a log file or journald would keep the escape codes.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         "text" => builder.init(),

@@ -36,7 +36,7 @@ pub enum InviteError {
     MissingHost,
     #[error("invite host {0:?} is not a host name or IP address")]
     BadHost(String),
-    #[error("invite has an unterminated IPv6 address (missing ']')")]
+    #[error("invite has a malformed IPv6 host: write [ADDRESS] or [ADDRESS]:PORT")]
     BadIpv6,
     #[error("invite port {0:?} is not a number from 1 to 65535")]
     BadPort(String),
