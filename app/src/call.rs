@@ -95,7 +95,12 @@ impl CallReport {
                 p.concealed,
                 p.fec_recovered,
                 p.jitter_ms,
-                fmt_ms(p.rtt_ms),
+                match p.rtt_ms {
+                    // RTT comes from their reports on our stream (RFC 3550 §6.4.1).
+                    None if self.engine.packets_sent == 0 =>
+                        "n/a (we sent no audio to report on)".into(),
+                    rtt => fmt_ms(rtt),
+                },
                 p.jitter_buffer_ms,
                 p.jitter_buffer_target_ms
             );
@@ -119,6 +124,16 @@ impl CallReport {
         }
         if self.engine.peers.is_empty() {
             out += "  no audio received\n";
+        }
+        for l in &self.engine.listeners {
+            out += &format!(
+                "  listener {:?} (ssrc {:08x}) reports: RTT {}, lost {:.1} %, jitter {:.2} ms\n",
+                l.name.as_deref().unwrap_or("?"),
+                l.ssrc,
+                fmt_ms(l.rtt_ms),
+                l.loss_pct,
+                l.jitter_ms
+            );
         }
         out
     }

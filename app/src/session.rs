@@ -234,9 +234,7 @@ impl Session {
     pub fn stats(&self) -> EngineStats {
         let mut stats = self.engine.stats();
         let state = self.state();
-        for peer in &mut stats.peers {
-            peer.name = state.name_of(peer.ssrc).map(str::to_string);
-        }
+        state.name_peers(&mut stats);
         stats
     }
 
@@ -312,9 +310,7 @@ impl Session {
         self.conn.close(0u32.into(), b"bye");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        for peer in &mut stats.peers {
-            peer.name = state.name_of(peer.ssrc).map(str::to_string);
-        }
+        state.name_peers(&mut stats);
         Finished {
             stats,
             ended_by_relay: self.ended.or(state.ended.clone()),

@@ -827,6 +827,17 @@ pub struct CallStats {
     pub capture_overruns: u64,
     pub playback_underruns: u64,
     pub peers: Vec<PeerStats>,
+    pub listeners: Vec<ListenerStats>,
+}
+
+/// One entry of [`CallStats::listeners`]: what someone hearing us reports.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ListenerStats {
+    pub ssrc: u32,
+    pub name: Option<String>,
+    pub rtt_ms: Option<f64>,
+    pub loss_pct: f64,
+    pub jitter_ms: f64,
 }
 
 /// One entry of [`CallStats::peers`].

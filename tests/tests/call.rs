@@ -147,6 +147,19 @@ fn speech_from_alice_reaches_bob() {
     );
     assert_eq!(b.packets_sent, 0, "bob has no microphone: {b:#?}");
     assert!(a.peers.is_empty(), "nobody sent to alice: {a:#?}");
+    // Alice, who hears nobody, still learns from bob's reports how he hears her: the round
+    // trip to him through the relay (about two relay RTTs on loopback) and his loss.
+    assert_eq!(a.listeners.len(), 1, "bob reports on alice: {a:#?}");
+    let bob_reports = &a.listeners[0];
+    assert_eq!(
+        (bob_reports.ssrc, bob_reports.name.as_deref()),
+        (b.ssrc, Some("bob"))
+    );
+    assert!(
+        bob_reports.rtt_ms.is_some_and(|rtt| rtt < 50.0),
+        "{bob_reports:#?}"
+    );
+    assert_eq!(bob_reports.loss_pct, 0.0, "{bob_reports:#?}");
     assert_eq!(b.peers.len(), 1, "bob hears exactly alice: {b:#?}");
     let from_alice = b.peer(a.ssrc);
     assert_eq!(from_alice.name.as_deref(), Some("alice"), "{b:#?}");

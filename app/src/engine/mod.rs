@@ -18,7 +18,7 @@ use crate::rate::{FrameMode, RateController};
 use crate::vad::{Vad, VadConfig};
 use natter_proto::media::{Datagram, PacketKind, write_rtcp};
 use natter_proto::rtcp::{self, RtcpPacket, SenderLatency, ntp};
-use receive::{PeerStats, RemotePeer};
+use receive::{ListenerStats, PeerStats, RemotePeer};
 use send::{Gate, Sender};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -131,6 +131,8 @@ pub struct EngineStats {
     /// Echo return loss enhancement the canceller reports, dB.
     pub erle_db: Option<f64>,
     pub peers: Vec<PeerStats>,
+    /// Everyone who reports hearing us, as they report it.
+    pub listeners: Vec<ListenerStats>,
 }
 
 /// A running engine.
@@ -339,6 +341,8 @@ struct Worker {
     vad: Vad,
     commands: Option<mpsc::Receiver<EngineCommand>>,
     peers: HashMap<u32, RemotePeer>,
+    /// What each listener last reported about our stream, by its SSRC.
+    listeners: HashMap<u32, ListenerStats>,
     stats: Arc<Mutex<EngineStats>>,
     muted: Arc<AtomicBool>,
     epoch: Instant,
@@ -527,6 +531,7 @@ impl Worker {
             vad: Vad::new(VadConfig::default()),
             commands: None,
             peers: HashMap::new(),
+            listeners: HashMap::new(),
             stats,
             muted,
             epoch: Instant::now(),
@@ -578,6 +583,8 @@ impl Worker {
                 self.send_reports(now);
                 self.peers
                     .retain(|_, p| now - p.last_packet_ms < PEER_TIMEOUT_MS);
+                self.listeners
+                    .retain(|_, l| now - l.reported_ms < PEER_TIMEOUT_MS);
             }
             if now >= self.next_stats_ms {
                 self.next_stats_ms = now + 100.0;
@@ -820,8 +827,13 @@ impl Worker {
         };
         let mut rtt_ms = None;
         if block.last_sr != 0 {
-            let now_mid = ntp::middle32(wall_ntp());
-            let rtt = now_mid
+            // The report's arrival, not this moment: the datagram may have waited for the
+            // engine to wake (up to a period), which is no part of the round trip.
+            let waited_us = ((self.ms(Instant::now()) - at).max(0.0) * 1000.0) as u64;
+            let arrived_mid = ntp::middle32(ntp::from_unix_micros(
+                natter_relay::core::unix_micros().saturating_sub(waited_us),
+            ));
+            let rtt = arrived_mid
                 .wrapping_sub(block.last_sr)
                 .wrapping_sub(block.delay_since_last_sr);
             if rtt < 0x8000_0000 {
@@ -831,6 +843,12 @@ impl Worker {
                 }
             }
         }
+        let listener = self.listeners.entry(from).or_default();
+        listener.ssrc = from;
+        listener.rtt_ms = rtt_ms.or(listener.rtt_ms);
+        listener.loss_pct = f64::from(block.fraction_lost) / 2.56;
+        listener.jitter_ms = f64::from(block.jitter) / 48.0;
+        listener.reported_ms = at;
         // What this receiver lost of our stream drives bitrate, FEC and frame size.
         if self.config.adaptive
             && let Some(sender) = self.sender.as_mut()
@@ -932,6 +950,8 @@ impl Worker {
             })
             .collect();
         peers.sort_by_key(|p| p.ssrc);
+        let mut listeners: Vec<ListenerStats> = self.listeners.values().cloned().collect();
+        listeners.sort_by_key(|l| l.ssrc);
         let stats = EngineStats {
             packets_sent: self
                 .sender
@@ -959,6 +979,7 @@ impl Worker {
             echo_delay_hint_ms: echo_hint,
             erle_db,
             peers,
+            listeners,
         };
         *self.stats.lock().unwrap_or_else(|p| p.into_inner()) = stats;
     }

@@ -59,6 +59,24 @@ pub struct PeerStats {
     pub gain: f32,
 }
 
+/// What one listener reports about our own stream (the RTCP report blocks it sends about our
+/// SSRC): a sender's view of each person hearing it, even those who send nothing back.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ListenerStats {
+    pub ssrc: u32,
+    pub name: Option<String>,
+    /// Round trip through the relay to this listener and back (RFC 3550 §6.4.1), once it has
+    /// heard one of our sender reports.
+    pub rtt_ms: Option<f64>,
+    /// Share of our packets it lost between its last two reports, %.
+    pub loss_pct: f64,
+    /// Interarrival jitter of our stream as it measures it, ms.
+    pub jitter_ms: f64,
+    /// Engine time of its latest report (for forgetting listeners who left).
+    #[serde(skip)]
+    pub reported_ms: f64,
+}
+
 /// How long a "voice" flag keeps a sender marked as speaking (bridges the gaps between
 /// words, and DTX pauses).
 pub const SPEAKING_HOLD_MS: f64 = 400.0;
