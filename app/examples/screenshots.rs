@@ -13,7 +13,7 @@
 use natter::audio::SAMPLE_RATE;
 use natter::audio::device::DeviceList;
 use natter::engine::EngineConfig;
-use natter::session::{Audio, Session, SessionConfig};
+use natter::session::{Audio, Record, Session, SessionConfig};
 use natter::settings::{Dirs, RecentRelay, ThemeChoice};
 use natter::ui::controller::{CallSettings, LatencyTest, Phase, Request, test_speech};
 use natter::ui::{AppConfig, AudioSource, ControllerConfig, NatterApp, Screen, TestSignal};
@@ -72,7 +72,7 @@ fn bot(
         audio: Audio::Wav {
             input,
             total_samples: total,
-            record: false,
+            record: Record::Nothing,
         },
         engine,
     }))

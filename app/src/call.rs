@@ -6,10 +6,10 @@
 
 use crate::audio::SAMPLE_RATE;
 use crate::audio::device::DeviceChoice;
-use crate::audio::wav::{read_wav, write_wav};
+use crate::audio::wav::{WavFile, read_wav};
 use crate::engine::{EngineConfig, EngineStats};
 use crate::history::{History, Sample};
-use crate::session::{Audio, Session, SessionConfig};
+use crate::session::{Audio, Record, Session, SessionConfig};
 use crate::transport::ConnectError;
 use anyhow::Context;
 use natter_proto::invite::Invite;
@@ -19,9 +19,12 @@ use std::time::{Duration, Instant};
 /// Longest call: without `--input` or `--duration` a call lasts until Ctrl-C, SIGTERM or this.
 pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
-/// Longest call that keeps its recording: the speaker is recorded in memory (192 kB a second)
-/// and written out at the end, so 4 hours already take 2.8 GB.
-pub const MAX_RECORDED_DURATION: Duration = Duration::from_secs(4 * 3600);
+/// Longest call recorded to `--output`: a WAV file holds at most 4 GiB, 12.4 h of 48 kHz
+/// 16-bit mono.
+pub const MAX_FILE_DURATION: Duration = Duration::from_secs(12 * 3600);
+
+/// Longest call that keeps its recording in memory (192 kB a second: 4 h take 2.8 GB).
+pub const MAX_MEMORY_DURATION: Duration = Duration::from_secs(4 * 3600);
 
 /// What `natter call` was asked to do.
 #[derive(Debug, Clone)]
@@ -154,22 +157,19 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
         Some(path) => Some(read_wav(path)?),
         None => None,
     };
-    let record = opts.keep_recording || opts.output.is_some();
-    let longest = if record && opts.devices.is_none() {
-        MAX_RECORDED_DURATION
-    } else {
-        MAX_DURATION
+    let (longest, why) = match (&opts.devices, &opts.output) {
+        (Some(_), _) => (MAX_DURATION, ""),
+        (None, Some(_)) => (
+            MAX_FILE_DURATION,
+            " with --output (a WAV file holds 12.4 h)",
+        ),
+        (None, None) if opts.keep_recording => (MAX_MEMORY_DURATION, " recording to memory"),
+        (None, None) => (MAX_DURATION, ""),
     };
     let duration = match (opts.duration, &input) {
-        (Some(d), _) if d > longest => anyhow::bail!(
-            "--duration: at most {} s{}",
-            longest.as_secs(),
-            if record {
-                " when recording (the recording is kept in memory until the call ends)"
-            } else {
-                ""
-            }
-        ),
+        (Some(d), _) if d > longest => {
+            anyhow::bail!("--duration: at most {} s{why}", longest.as_secs())
+        }
         (Some(d), _) => d,
         (None, Some(samples)) => {
             Duration::from_secs_f64(samples.len() as f64 / f64::from(SAMPLE_RATE))
@@ -192,6 +192,13 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
         crate::apm::VoiceConfig::NONE
     });
     engine.voice_activation = opts.voice_activation;
+    // The speaker goes to the file as it plays (created now, so a bad path fails before the
+    // call), or to memory for whoever analyses it afterwards.
+    let record = match &opts.output {
+        Some(path) => Record::File(WavFile::create(path)?),
+        None if opts.keep_recording => Record::Memory,
+        None => Record::Nothing,
+    };
     let audio = match &opts.devices {
         Some(choice) => Audio::Devices {
             choice: choice.clone(),
@@ -236,8 +243,8 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
     }
     let joined = session.joined.clone();
     let done = session.leave().await;
-    if let Some(path) = &opts.output {
-        write_wav(path, &done.recording)?;
+    if let Some(e) = &done.recording_error {
+        anyhow::bail!("{e}");
     }
     if let Some(path) = &opts.latency_csv {
         std::fs::write(path, history.to_csv())

@@ -118,7 +118,8 @@ struct CallArgs {
     /// WAV file used as the microphone (any rate and channels). Without it, only listen.
     #[arg(long, conflicts_with_all = ["input_device", "output_device"])]
     input: Option<PathBuf>,
-    /// WAV file the speaker is recorded to (48 kHz mono 16-bit); its sample 0 is the input's.
+    /// WAV file the speaker is recorded to as it plays (48 kHz mono 16-bit); its sample 0 is
+    /// the input's.
     #[arg(long, conflicts_with_all = ["input_device", "output_device"])]
     output: Option<PathBuf>,
     /// Use a sound-card microphone ("default" or a name from `natter devices`) instead of files.
@@ -128,7 +129,7 @@ struct CallArgs {
     #[arg(long)]
     output_device: Option<String>,
     /// Seconds to stay in the call (default: the input's length plus 2 s, or until Ctrl-C or
-    /// SIGTERM). At most 24 h, or 4 h with --output (the recording is kept in memory)
+    /// SIGTERM). At most 24 h; 12 h with --output (a WAV file holds 4 GiB)
     #[arg(long, value_parser = parse_seconds)]
     duration: Option<Duration>,
     /// Ask the relay to send our own audio back to us instead of to the room (loopback

@@ -4,6 +4,7 @@
 
 use crate::audio::device::{CpalDevice, DeviceChoice};
 use crate::audio::ring_pair;
+pub use crate::audio::wav::Record;
 use crate::audio::wav::{DEFAULT_PERIOD, WavDevice};
 use crate::engine::{Engine, EngineCommand, EngineConfig, EngineStats, Inbound, MediaLink};
 use crate::transport::control::{self, CallState, Command, JoinRequest, Joined};
@@ -18,11 +19,11 @@ use tokio::task::JoinHandle;
 /// Where the call's audio comes from and goes to.
 pub enum Audio {
     /// A WAV "device": `input` as the microphone (silence after it), for `total_samples`,
-    /// recording the speaker if `record` (the recording is kept in memory, 192 kB a second).
+    /// recording the speaker as `record` says.
     Wav {
         input: Vec<f32>,
         total_samples: usize,
-        record: bool,
+        record: Record,
     },
     /// Sound-card devices, for `duration` or until left.
     Devices {
@@ -56,8 +57,10 @@ enum Backend {
 pub struct Finished {
     pub stats: EngineStats,
     pub state: CallState,
-    /// The WAV backend's recording (empty with devices).
+    /// The WAV backend's recording in memory (empty with devices or unless asked for).
     pub recording: Vec<f32>,
+    /// Why the recording file could not be completed, if it could not.
+    pub recording_error: Option<String>,
     /// Wall clock of sample 0 of the input and the recording, µs since the Unix epoch.
     pub audio_start_unix_us: u64,
     pub duration: Duration,
@@ -294,11 +297,14 @@ impl Session {
     /// Stops audio, says Leave, closes the connection and reports.
     pub async fn leave(self) -> Finished {
         let audio_start_unix_us = self.audio_start_unix_us();
-        let recording = match self.backend {
-            Backend::Wav(w) => w.finish(),
+        let (recording, recording_error) = match self.backend {
+            Backend::Wav(w) => match w.finish() {
+                Ok(recording) => (recording, None),
+                Err(e) => (Vec::new(), Some(format!("{e:#}"))),
+            },
             Backend::Device { device, .. } => {
                 drop(device);
-                Vec::new()
+                (Vec::new(), None)
             }
         };
         let mut stats = self.engine.stop();
@@ -316,6 +322,7 @@ impl Session {
             ended_by_relay: self.ended.or(state.ended.clone()),
             state,
             recording,
+            recording_error,
             audio_start_unix_us,
             duration: self.started.elapsed(),
         }

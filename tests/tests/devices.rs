@@ -6,7 +6,7 @@
 
 use natter::audio::device::DeviceChoice;
 use natter::engine::EngineConfig;
-use natter::session::{Audio, Session, SessionConfig};
+use natter::session::{Audio, Record, Session, SessionConfig};
 use natter_e2e::pulse::PulseServer;
 use natter_e2e::{
     Call, CallStats, RelayProcess, TempDir, find_signal_windows, read_wav, rms, signal_file,
@@ -221,7 +221,7 @@ fn switching_devices_mid_call_keeps_audio_flowing_both_ways() {
             audio: Audio::Wav {
                 total_samples: speech.len(),
                 input: speech,
-                record: false,
+                record: Record::Nothing,
             },
             engine: engine_without_processing(),
         }))

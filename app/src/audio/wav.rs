@@ -8,9 +8,14 @@
 
 use super::{DeviceEnds, SAMPLE_RATE, pop_playback, push_capture};
 use anyhow::Context;
-use std::path::Path;
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool,
+    Ordering::{Acquire, Relaxed, Release},
+};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -46,26 +51,99 @@ pub fn read_wav(path: &Path) -> anyhow::Result<Vec<f32>> {
     })
 }
 
+/// The WAV format of everything Natter writes: 48 kHz mono, 16-bit PCM.
+const OUTPUT_SPEC: hound::WavSpec = hound::WavSpec {
+    channels: 1,
+    sample_rate: SAMPLE_RATE,
+    bits_per_sample: 16,
+    sample_format: hound::SampleFormat::Int,
+};
+
+fn to_i16(s: f32) -> i16 {
+    (s.clamp(-1.0, 1.0) * 32767.0).round() as i16
+}
+
 /// Writes 48 kHz mono samples as a 16-bit PCM WAV file.
 pub fn write_wav(path: &Path, samples: &[f32]) -> anyhow::Result<()> {
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: SAMPLE_RATE,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut w = hound::WavWriter::create(path, spec)
+    let mut w = hound::WavWriter::create(path, OUTPUT_SPEC)
         .with_context(|| format!("cannot write {}", path.display()))?;
     for s in samples {
-        w.write_sample((s.clamp(-1.0, 1.0) * 32767.0).round() as i16)?;
+        w.write_sample(to_i16(*s))?;
     }
     w.finalize()?;
     Ok(())
 }
 
+/// A WAV file being written as the speaker plays (created up front, so a bad path fails
+/// before the call starts).
+pub struct WavFile {
+    writer: hound::WavWriter<BufWriter<File>>,
+    path: PathBuf,
+}
+
+impl WavFile {
+    pub fn create(path: &Path) -> anyhow::Result<Self> {
+        Ok(Self {
+            writer: hound::WavWriter::create(path, OUTPUT_SPEC)
+                .with_context(|| format!("cannot write {}", path.display()))?,
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+/// Where a WAV device's speaker goes.
+pub enum Record {
+    /// Nowhere (a test signal nobody listens to).
+    Nothing,
+    /// Into memory (192 kB a second), returned by [`WavDevice::finish`] for analysis.
+    Memory,
+    /// Into a WAV file as it plays: a writer thread drains a ring the device thread fills,
+    /// and rewrites the header every second, so memory stays flat however long the call and
+    /// a killed process still leaves a playable file.
+    File(WavFile),
+}
+
+/// Room in the ring between the device thread and the file writer: 2 s of audio.
+const WRITER_RING: usize = 2 * SAMPLE_RATE as usize;
+
+/// Drains `ring` into `file` until `device_done` is set and the ring is empty.
+fn write_file(
+    mut ring: rtrb::Consumer<f32>,
+    mut file: WavFile,
+    device_done: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let mut flushed = Instant::now();
+    loop {
+        // Read the flag first: whatever the device pushed before setting it is drained below.
+        let last = device_done.load(Acquire);
+        let n = ring.slots();
+        if n > 0 {
+            let chunk = ring.read_chunk(n).expect("n slots are readable");
+            let (a, b) = chunk.as_slices();
+            for s in a.iter().chain(b) {
+                file.writer.write_sample(to_i16(*s))?;
+            }
+            chunk.commit_all();
+        }
+        if last {
+            break;
+        }
+        if flushed.elapsed() >= Duration::from_secs(1) {
+            file.writer.flush()?;
+            flushed = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let path = file.path;
+    file.writer
+        .finalize()
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
 /// A running WAV "device".
 pub struct WavDevice {
     thread: Option<JoinHandle<Vec<f32>>>,
+    writer: Option<JoinHandle<anyhow::Result<()>>>,
     /// Wall clock (µs since the Unix epoch) of sample 0 of both input and recording.
     started_unix_us: u64,
     stop: Arc<AtomicBool>,
@@ -73,13 +151,13 @@ pub struct WavDevice {
 }
 
 impl WavDevice {
-    /// Starts playing `input` as the microphone (silence after its end) and, if `record`,
-    /// recording the speaker, for `total_samples` samples of real time with the given device
-    /// `period`.
+    /// Starts playing `input` as the microphone (silence after its end) and recording the
+    /// speaker as `record` says, for `total_samples` samples of real time with the given
+    /// device `period`.
     pub fn start(
         input: Vec<f32>,
         total_samples: usize,
-        record: bool,
+        record: Record,
         period: Duration,
         mut ends: DeviceEnds,
     ) -> Self {
@@ -97,6 +175,19 @@ impl WavDevice {
         ends.counters
             .input_latency_us
             .store(period.as_micros() as u64, Relaxed);
+        let in_memory = matches!(record, Record::Memory);
+        let (mut to_file, writer) = match record {
+            Record::File(file) => {
+                let (producer, consumer) = rtrb::RingBuffer::new(WRITER_RING);
+                let done = done.clone();
+                let writer = std::thread::Builder::new()
+                    .name("natter-wav-writer".into())
+                    .spawn(move || write_file(consumer, file, done))
+                    .expect("spawning the WAV writer thread");
+                (Some(producer), Some(writer))
+            }
+            Record::Nothing | Record::Memory => (None, None),
+        };
         let t0 = Instant::now();
         let started_unix_us = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -105,16 +196,26 @@ impl WavDevice {
             .name("natter-wav-device".into())
             .spawn(move || {
                 // Everything is allocated before the first period, as a real callback would.
-                let mut recorded = Vec::with_capacity(if record { total_samples } else { 0 });
+                let mut recorded = Vec::with_capacity(if in_memory { total_samples } else { 0 });
+                let silence = vec![0.0f32; period_samples];
+                let mut out = vec![0.0f32; period_samples];
+                let mut keep = |samples: &[f32]| {
+                    if in_memory {
+                        recorded.extend_from_slice(samples);
+                    }
+                    if let Some(ring) = to_file.as_mut() {
+                        // The writer drains every 20 ms; a full ring (a disk stalled for
+                        // seconds) loses samples rather than stalling the device.
+                        for s in samples {
+                            let _ = ring.push(*s);
+                        }
+                    }
+                };
                 // Sample 0 of the recording is sample 0 of the input: the first period is
                 // silence, played while the first microphone period is being captured.
                 let first = period_samples.min(total_samples);
-                if record {
-                    recorded.resize(first, 0.0);
-                }
+                keep(&silence[..first]);
                 let mut elapsed = first;
-                let silence = vec![0.0f32; period_samples];
-                let mut out = vec![0.0f32; period_samples];
                 let mut started = false;
                 let mut k: u32 = 0;
                 while elapsed < total_samples && !stop2.load(Relaxed) {
@@ -133,18 +234,17 @@ impl WavDevice {
                     );
                     pop_playback(&mut ends.playback, &mut out, &ends.counters, &mut started);
                     let n = period_samples.min(total_samples - elapsed);
-                    if record {
-                        recorded.extend_from_slice(&out[..n]);
-                    }
+                    keep(&out[..n]);
                     elapsed += n;
                     k += 1;
                 }
-                done2.store(true, Relaxed);
+                done2.store(true, Release);
                 recorded
             })
             .expect("spawning the WAV device thread");
         Self {
             thread: Some(thread),
+            writer,
             started_unix_us,
             stop,
             done,
@@ -162,13 +262,22 @@ impl WavDevice {
         self.done.load(Relaxed)
     }
 
-    /// Stops (if still running) and returns the recording.
-    pub fn finish(mut self) -> Vec<f32> {
+    /// Stops (if still running), completes the file if recording to one, and returns the
+    /// in-memory recording (empty unless [`Record::Memory`]).
+    pub fn finish(mut self) -> anyhow::Result<Vec<f32>> {
         self.stop.store(true, Relaxed);
-        self.thread
+        let recorded = self
+            .thread
             .take()
             .and_then(|t| t.join().ok())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        // The device thread has set `done`, so the writer drains the ring and finalizes.
+        match self.writer.take().map(JoinHandle::join) {
+            Some(Ok(written)) => written?,
+            Some(Err(_)) => anyhow::bail!("the WAV writer thread panicked"),
+            None => {}
+        }
+        Ok(recorded)
     }
 }
 
@@ -194,14 +303,20 @@ mod tests {
         let input: Vec<f32> = (0..4_800)
             .map(|i| ((i / 480) % 2) as f32 * 0.5 + 0.1)
             .collect();
-        let device = WavDevice::start(input.clone(), 9_600, true, Duration::from_millis(10), dev);
+        let device = WavDevice::start(
+            input.clone(),
+            9_600,
+            Record::Memory,
+            Duration::from_millis(10),
+            dev,
+        );
         while !device.finished() {
             while let Ok(s) = eng.capture.pop() {
                 let _ = eng.playback.push(s);
             }
             std::thread::sleep(Duration::from_micros(200));
         }
-        let rec = device.finish();
+        let rec = device.finish().unwrap();
         assert_eq!(rec.len(), 9_600);
         let played: Vec<f32> = rec.iter().copied().filter(|s| *s != 0.0).collect();
         assert!(played == input, "every input sample played once, in order");
@@ -210,6 +325,58 @@ mod tests {
             assert!(first == 480 || first == 960, "first sample at {first}");
             assert_eq!(&rec[first..first + 4_800], &input[..]);
         }
+    }
+
+    /// A recording to a file is written while the call runs — readable (a valid header)
+    /// before it ends — and ends up holding exactly what a recording in memory would.
+    #[test]
+    fn records_to_a_file_as_it_plays() {
+        let dir = std::env::temp_dir().join(format!("natter-wavfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("heard.wav");
+        let (dev, mut eng) = ring_pair();
+        let input: Vec<f32> = (0..48_000).map(|i| ((i / 480) % 3) as f32 * 0.25).collect();
+        let total = 72_000;
+        let file = WavFile::create(&path).unwrap();
+        let device = WavDevice::start(
+            input.clone(),
+            total,
+            Record::File(file),
+            Duration::from_millis(10),
+            dev,
+        );
+        let mut seen_midway = None;
+        let started = Instant::now();
+        while !device.finished() {
+            while let Ok(s) = eng.capture.pop() {
+                let _ = eng.playback.push(s);
+            }
+            if seen_midway.is_none() && started.elapsed() > Duration::from_millis(1_300) {
+                seen_midway = Some(read_wav(&path).unwrap().len());
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        assert!(
+            device.finish().unwrap().is_empty(),
+            "nothing kept in memory"
+        );
+        let midway = seen_midway.unwrap();
+        assert!(
+            (48_000..total).contains(&midway),
+            "about a second was on disk while the call ran: {midway} samples"
+        );
+        let rec = read_wav(&path).unwrap();
+        assert_eq!(rec.len(), total);
+        let played: Vec<f32> = rec.iter().copied().filter(|s| *s != 0.0).collect();
+        let expected: Vec<f32> = input.iter().copied().filter(|s| *s != 0.0).collect();
+        assert_eq!(played.len(), expected.len(), "every input sample once");
+        let worst = played
+            .iter()
+            .zip(&expected)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-4, "16-bit quantisation only: {worst}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::engine::receive::PeerStats;
 use crate::engine::{EngineCommand, EngineConfig, EngineStats};
 use crate::history::{History, Sample};
 use crate::rate::FrameMode;
-use crate::session::{Audio, Session, SessionConfig};
+use crate::session::{Audio, Record, Session, SessionConfig};
 use crate::settings::{Dirs, KnownRelays};
 use crate::transport::{ConnectError, probe_fingerprint};
 use natter_proto::control::ErrorCode;
@@ -1202,7 +1202,7 @@ impl SessionTemplate {
                     input,
                     total_samples: (TEST_SIGNAL_SECONDS * f64::from(SAMPLE_RATE)) as usize,
                     // Nobody listens to what a test signal "hears".
-                    record: false,
+                    record: Record::Nothing,
                 }
             }
         };
@@ -1329,7 +1329,7 @@ async fn latency_test(
         audio: Audio::Wav {
             input: train.samples.clone(),
             total_samples: total,
-            record: true,
+            record: Record::Memory,
         },
         engine,
     })
