@@ -38,6 +38,14 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 if [ "$what" = test ]; then
+  # `make test` checks formatting and lints: a toolchain installed with rustup's minimal
+  # profile has neither component (rustup's proxies exist but fail, so ask them).
+  for component in rustfmt clippy; do
+    if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1 && command -v rustup >/dev/null 2>&1; then
+      echo "setup: adding the Rust component $component"
+      rustup component add "$component"
+    fi
+  done
   if ! cargo nextest --version >/dev/null 2>&1; then
     echo "setup: installing cargo-nextest (one time, a few minutes)"
     cargo install cargo-nextest --locked --quiet

@@ -261,7 +261,7 @@ pub async fn run(
                         s.relay_rtt_ms = Some(unix_micros().saturating_sub(ping_sent_micros) as f64 / 1000.0);
                     }
                     Message::Error { code, message } => {
-                        s.ended = Some(format!("{} ({message})", code.describe()));
+                        s.ended = Some(super::explain(code, &message));
                         if code == ErrorCode::ShuttingDown {
                             return Err(ConnectError::Refused { code, message });
                         }

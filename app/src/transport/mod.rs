@@ -29,7 +29,7 @@ pub enum ConnectError {
     FingerprintMismatch { expected: String, actual: String },
     #[error("TLS handshake with the relay failed: {0}")]
     Tls(String),
-    #[error("relay refused: {} ({message})", code.describe())]
+    #[error("{}", refusal(*code, message))]
     Refused { code: ErrorCode, message: String },
     #[error("connection to the relay lost: {0}")]
     Lost(String),
@@ -37,6 +37,27 @@ pub enum ConnectError {
     Local(String),
     #[error("{0}")]
     Invalid(String),
+}
+
+/// An Error code and the relay's text in one phrase, without saying the same thing twice (the
+/// relay's text is often the code's own description).
+pub fn explain(code: ErrorCode, message: &str) -> String {
+    let described = code.describe();
+    let message = message.trim();
+    if message.is_empty() || message.eq_ignore_ascii_case(described) {
+        described.to_string()
+    } else {
+        format!("{described} ({message})")
+    }
+}
+
+/// How a refusal reads: "relay refused: …" for what the relay would not do, and the bare
+/// reason for a relay that is going away.
+fn refusal(code: ErrorCode, message: &str) -> String {
+    match code {
+        ErrorCode::ShuttingDown => explain(code, message),
+        _ => format!("relay refused: {}", explain(code, message)),
+    }
 }
 
 impl ConnectError {
