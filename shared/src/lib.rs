@@ -15,9 +15,12 @@
 //! - [`varint`]: QUIC variable-length integers (RFC 9000 §16), used by all of the above.
 //!
 //! Every parser returns an error instead of panicking, whatever the input; this is checked by
-//! property tests and by the cargo-fuzz targets in `shared/fuzz`.
+//! property tests and by the cargo-fuzz targets in `shared/fuzz`, whose properties
+//! ([`fuzz_checks`]) `cargo test` also runs.
 
 pub mod control;
+#[doc(hidden)]
+pub mod fuzz_checks;
 pub mod invite;
 pub mod media;
 pub mod reception;

@@ -4,18 +4,5 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use natter_proto::invite::Invite;
 
-fuzz_target!(|data: &[u8]| {
-    let text = String::from_utf8_lossy(data);
-    for candidate in [text.to_string(), format!("natter://{text}")] {
-        let Ok(invite) = candidate.parse::<Invite>() else {
-            continue;
-        };
-        assert!(!invite.host.is_empty());
-        assert_ne!(invite.port, 0);
-        let printed = invite.to_string();
-        let again = printed.parse::<Invite>();
-        assert_eq!(again.as_ref(), Ok(&invite), "{candidate:?} printed as {printed:?}");
-    }
-});
+fuzz_target!(|data: &[u8]| natter_proto::fuzz_checks::invite(data));
