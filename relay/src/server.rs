@@ -571,9 +571,9 @@ async fn run_connection(incoming: quinn::Incoming, id: ConnId, shared: Arc<Share
     // Media only travels as datagrams (RFC 9221): a client that did not enable them could
     // join but would never hear or be heard, so it is told at once instead.
     if conn.max_datagram_size().is_none() {
-        shared.stats.control_errors.fetch_add(1, Relaxed);
-        close_with(
+        close_violation(
             &conn,
+            &shared,
             ErrorCode::ProtocolViolation,
             "QUIC datagrams (RFC 9221) are required; the client did not enable them",
         );
@@ -588,9 +588,9 @@ async fn run_connection(incoming: quinn::Incoming, id: ConnId, shared: Arc<Share
             return;
         }
         Err(_) => {
-            shared.stats.control_errors.fetch_add(1, Relaxed);
-            close_with(
+            close_violation(
                 &conn,
+                &shared,
                 ErrorCode::HelloRequired,
                 "no control stream within the hello timeout",
             );
@@ -622,6 +622,13 @@ async fn run_connection(incoming: quinn::Incoming, id: ConnId, shared: Arc<Share
 
 fn close_with(conn: &Connection, code: ErrorCode, reason: &str) {
     conn.close(VarInt::from(code.to_u16()), reason.as_bytes());
+}
+
+/// Closes a connection that broke the protocol before it had a control stream to be told on
+/// (the close carries code and reason), and counts it.
+fn close_violation(conn: &Connection, shared: &Shared, code: ErrorCode, reason: &str) {
+    shared.stats.control_errors.fetch_add(1, Relaxed);
+    close_with(conn, code, reason);
 }
 
 fn dispatch(sends: Vec<(Peer, Message)>) {
