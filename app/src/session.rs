@@ -237,7 +237,7 @@ impl Session {
     pub fn stats(&self) -> EngineStats {
         let mut stats = self.engine.stats();
         let state = self.state();
-        state.name_peers(&mut stats);
+        name_from_roster(&state, &mut stats);
         stats
     }
 
@@ -316,7 +316,7 @@ impl Session {
         self.conn.close(0u32.into(), b"bye");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        state.name_peers(&mut stats);
+        name_from_roster(&state, &mut stats);
         Finished {
             stats,
             ended_by_relay: self.ended.or(state.ended.clone()),
@@ -326,5 +326,16 @@ impl Session {
             audio_start_unix_us,
             duration: self.started.elapsed(),
         }
+    }
+}
+
+/// Names the peers and listeners in engine `stats` from the roster (the engine only knows
+/// SSRCs; the transport knows who they are).
+fn name_from_roster(state: &CallState, stats: &mut EngineStats) {
+    for peer in &mut stats.peers {
+        peer.name = state.name_of(peer.ssrc).map(str::to_string);
+    }
+    for listener in &mut stats.listeners {
+        listener.name = state.name_of(listener.ssrc).map(str::to_string);
     }
 }

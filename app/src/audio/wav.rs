@@ -362,8 +362,10 @@ mod tests {
         );
         let midway = seen_midway.unwrap();
         assert!(
-            (48_000..total).contains(&midway),
-            "about a second was on disk while the call ran: {midway} samples"
+            // The header is rewritten about once a second, so at 1.3 s it counts what was
+            // written by the first rewrite: a little under 48 000 samples, fewer under load.
+            (24_000..total).contains(&midway),
+            "audio was on disk while the call ran: {midway} samples"
         );
         let rec = read_wav(&path).unwrap();
         assert_eq!(rec.len(), total);

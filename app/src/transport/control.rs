@@ -47,16 +47,6 @@ impl CallState {
         self.names.get(&ssrc).map(String::as_str)
     }
 
-    /// Names the peers and listeners in `stats` from the roster.
-    pub fn name_peers(&self, stats: &mut crate::engine::EngineStats) {
-        for peer in &mut stats.peers {
-            peer.name = self.name_of(peer.ssrc).map(str::to_string);
-        }
-        for listener in &mut stats.listeners {
-            listener.name = self.name_of(listener.ssrc).map(str::to_string);
-        }
-    }
-
     /// Adds or updates a roster entry.
     pub fn upsert(&mut self, p: Participant) {
         self.names.insert(p.ssrc, p.name.clone());
