@@ -75,6 +75,7 @@ fn bot(
             record: Record::Nothing,
         },
         engine,
+        reconnect_for: Some(Duration::ZERO),
     }))
     .expect("bot joins")
 }

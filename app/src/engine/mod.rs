@@ -70,6 +70,28 @@ pub enum EngineCommand {
     SetJitterTarget(Option<f64>),
     /// Mixes a 48 kHz mono sound into the playback once (join/leave cues).
     PlaySound(&'static [f32]),
+    /// The session rejoined the room after losing the relay, as `ssrc`: send under it from
+    /// now on, and start the peers' and listeners' state afresh (their streams restart too,
+    /// possibly under an SSRC one of them had before).
+    Rejoined { ssrc: u32 },
+}
+
+/// A handle that sends a running engine commands, for whoever else needs to (the session's
+/// supervisor). Cloning it is cheap.
+#[derive(Clone)]
+pub struct EngineRemote {
+    commands: mpsc::Sender<EngineCommand>,
+    thread: Option<std::thread::Thread>,
+}
+
+impl EngineRemote {
+    /// Applies a command at once (wakes the engine thread).
+    pub fn command(&self, command: EngineCommand) {
+        let _ = self.commands.send(command);
+        if let Some(t) = &self.thread {
+            t.unpark();
+        }
+    }
 }
 
 impl EngineConfig {
@@ -181,6 +203,13 @@ impl Engine {
     pub fn command(&self, command: EngineCommand) {
         let _ = self.commands.send(command);
         self.wake();
+    }
+
+    pub fn remote(&self) -> EngineRemote {
+        EngineRemote {
+            commands: self.commands.clone(),
+            thread: self.thread.as_ref().map(|t| t.thread().clone()),
+        }
     }
 
     fn wake(&self) {
@@ -487,6 +516,29 @@ fn wall_ntp() -> u64 {
     ntp::from_unix_micros(natter_relay::core::unix_micros())
 }
 
+/// The RTP sender for `config` (none for a listen-only client), at the rate controller's
+/// current settings.
+fn new_sender(config: &EngineConfig, rate: &RateController) -> anyhow::Result<Option<Sender>> {
+    if !config.send_audio {
+        return Ok(None);
+    }
+    let initial = rate.settings();
+    let encoder = EncoderConfig {
+        bitrate_bps: initial.bitrate_bps,
+        expected_loss_pct: initial.expected_loss_pct,
+        restricted_low_delay: initial.restricted_low_delay,
+        ..config.encoder
+    };
+    let frame = config
+        .pinned_frame_samples
+        .unwrap_or(initial.frame_ms as usize * 48);
+    let mut sender = Sender::new(config.ssrc, frame, encoder)?;
+    if config.pinned_frame_samples.is_some() {
+        sender.pin_frame_size();
+    }
+    Ok(Some(sender))
+}
+
 impl Worker {
     fn new(
         config: EngineConfig,
@@ -501,25 +553,7 @@ impl Worker {
         } else {
             None
         };
-        let sender = if config.send_audio {
-            let initial = rate.settings();
-            let encoder = EncoderConfig {
-                bitrate_bps: initial.bitrate_bps,
-                expected_loss_pct: initial.expected_loss_pct,
-                restricted_low_delay: initial.restricted_low_delay,
-                ..config.encoder
-            };
-            let frame = config
-                .pinned_frame_samples
-                .unwrap_or(initial.frame_ms as usize * 48);
-            let mut sender = Sender::new(config.ssrc, frame, encoder)?;
-            if config.pinned_frame_samples.is_some() {
-                sender.pin_frame_size();
-            }
-            Some(sender)
-        } else {
-            None
-        };
+        let sender = new_sender(&config, &rate)?;
         Ok(Self {
             base_jitter: config.jitter.clone(),
             config,
@@ -637,11 +671,29 @@ impl Worker {
                 }
                 EngineCommand::SetJitterTarget(target) => self.set_jitter_target(target),
                 EngineCommand::PlaySound(samples) => self.sound = Some((samples, 0)),
+                EngineCommand::Rejoined { ssrc } => self.rejoined(ssrc),
             }
             if let EngineCommand::SetVoice(v) = command {
                 self.config.voice = v;
             }
         }
+    }
+
+    /// A new membership of the room: a new sender (SSRC, sequence numbers, timestamps) at the
+    /// rate controller's starting point, since the path may have changed, and no peers or
+    /// listeners until they are heard again.
+    fn rejoined(&mut self, ssrc: u32) {
+        self.config.ssrc = ssrc;
+        self.rate = RateController::new(self.config.mode);
+        match new_sender(&self.config, &self.rate) {
+            Ok(sender) => self.sender = sender,
+            // Cannot happen with settings that built a sender before; keep the old one
+            // rather than fall silent.
+            Err(e) => tracing::warn!("cannot rebuild the sender after rejoining: {e:#}"),
+        }
+        self.apply_rate_settings();
+        self.peers.clear();
+        self.listeners.clear();
     }
 
     /// Hands the encoder the rate controller's settings, with the user's fixed bitrate if any.

@@ -15,10 +15,9 @@ use crate::engine::receive::PeerStats;
 use crate::engine::{EngineCommand, EngineConfig, EngineStats};
 use crate::history::{History, Sample};
 use crate::rate::FrameMode;
-use crate::session::{Audio, Record, Session, SessionConfig};
+use crate::session::{Audio, LinkStatus, Record, Session, SessionConfig};
 use crate::settings::{Dirs, KnownRelays};
 use crate::transport::{ConnectError, probe_fingerprint};
-use natter_proto::control::ErrorCode;
 use natter_proto::invite::Invite;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -437,8 +436,6 @@ struct Controller {
     target: Option<Target>,
     settings: Option<CallSettings>,
     connecting: Option<JoinHandle<ConnectOutcome>>,
-    /// When to try again after losing the connection, and the attempt number.
-    retry: Option<(Instant, u32, String)>,
     relay: Option<natter_relay::RelayHandle>,
     muted: bool,
     deafened: bool,
@@ -473,7 +470,6 @@ impl Controller {
             target: None,
             settings: None,
             connecting: None,
-            retry: None,
             relay: None,
             muted: false,
             deafened: false,
@@ -516,7 +512,7 @@ impl Controller {
                     Some(request) => self.handle(request).await,
                 },
                 outcome = finished(&mut self.connecting) => self.on_connect(outcome).await,
-                _ = ended(&mut self.session) => self.on_ended(),
+                _ = ended(&mut self.session) => self.on_ended().await,
                 result = finished(&mut self.latency) => {
                     let state = match result {
                         Ok(Ok(r)) => LatencyTest::Done(r),
@@ -692,12 +688,8 @@ impl Controller {
     fn start(&mut self, target: Target) {
         let authority = target.invite.authority();
         self.target = Some(target.clone());
-        self.set_phase(if self.retry.is_some() {
-            lock(&self.shared.snapshot).phase.clone()
-        } else {
-            Phase::Connecting {
-                to: authority.clone(),
-            }
+        self.set_phase(Phase::Connecting {
+            to: authority.clone(),
         });
         let known = self.known.get(&authority);
         let session_config = self.session_config(&target);
@@ -719,18 +711,15 @@ impl Controller {
 
     async fn on_connect(&mut self, outcome: Result<ConnectOutcome, tokio::task::JoinError>) {
         let outcome = outcome.unwrap_or_else(|e| ConnectOutcome::Failed(e.into()));
-        let retrying = self.retry.take();
         match outcome {
             ConnectOutcome::Joined(session) => {
                 let session = *session;
-                tracing::info!(room = %session.joined.room, "joined");
+                tracing::info!(room = %session.joined().room, "joined");
                 self.session = Some(session);
                 self.roster_ids = None;
                 self.loss_marks.clear();
-                if retrying.is_none() {
-                    lock(&self.shared.history).clear();
-                    self.history_start = Instant::now();
-                }
+                lock(&self.shared.history).clear();
+                self.history_start = Instant::now();
                 if let Some(s) = self.settings.clone() {
                     self.apply_to_session(&s, None);
                 }
@@ -759,56 +748,35 @@ impl Controller {
                 });
             }
             ConnectOutcome::Failed(e) => {
-                let (message, changed, fatal) = describe_failure(&e, self.target.as_ref());
-                match retrying {
-                    Some((_, attempt, _)) if !fatal && !changed => {
-                        self.schedule_retry(attempt + 1, message);
-                    }
-                    _ => {
-                        self.stop_hosting_quietly().await;
-                        self.fail(message, changed);
-                    }
-                }
+                let text = format!("{e:#}");
+                let (message, changed) =
+                    describe_failure(e.downcast_ref(), text, self.target.as_ref());
+                self.stop_hosting_quietly().await;
+                self.fail(message, changed);
             }
         }
     }
 
-    /// The session ended without us leaving: reconnect.
-    fn on_ended(&mut self) {
+    /// The session gave up rejoining (its policy: the relay refused us for good, or its
+    /// certificate changed): the call is over.
+    async fn on_ended(&mut self) {
         let Some(session) = self.session.take() else {
             return;
         };
-        let reason = session
-            .ended_by_relay()
-            .map(str::to_string)
-            .or_else(|| session.state().ended)
-            .unwrap_or_else(|| "connection lost".into());
-        tracing::warn!("call ended: {reason}; reconnecting");
-        tokio::spawn(async move {
-            session.leave().await;
-        });
+        let (message, changed) = match session.ended() {
+            Some(e) => describe_failure(Some(&e.error), e.reason.clone(), self.target.as_ref()),
+            None => ("connection lost".into(), false),
+        };
+        tracing::warn!("call ended: {message}");
+        tokio::spawn(session.leave());
+        self.target = None;
+        self.roster_ids = None;
+        self.stop_hosting_quietly().await;
         self.update(|s| s.call = None);
-        self.schedule_retry(1, reason);
-    }
-
-    fn schedule_retry(&mut self, attempt: u32, reason: String) {
-        // 0.5, 1, 2, 4, 8, 10, 10, … s.
-        let delay = Duration::from_millis((500u64 << (attempt - 1).min(5)).min(10_000));
-        self.retry = Some((Instant::now() + delay, attempt, reason.clone()));
-        self.set_phase(Phase::Reconnecting { attempt, reason });
+        self.fail(message, changed);
     }
 
     fn on_tick(&mut self) {
-        if let Some((at, _, _)) = &self.retry
-            && Instant::now() >= *at
-            && self.connecting.is_none()
-            && let Some(target) = self.target.clone()
-        {
-            // Keep `retry` set: it marks the attempt as a reconnection.
-            let (_, attempt, reason) = self.retry.clone().expect("checked");
-            self.retry = Some((Instant::now() + Duration::from_secs(3600), attempt, reason));
-            self.start(target);
-        }
         if self.watch_devices
             && self.devices_polling.is_none()
             && Instant::now() >= self.next_device_poll
@@ -825,10 +793,38 @@ impl Controller {
         let Some(session) = &self.session else {
             return;
         };
+        // While the session rejoins there is no room to show; once back, the roster is new
+        // (our arrival is cued again) and loss counts start afresh.
+        match session.status() {
+            LinkStatus::Connected => {
+                if matches!(lock(&self.shared.snapshot).phase, Phase::Reconnecting { .. }) {
+                    self.loss_marks.clear();
+                    self.set_phase(Phase::InCall);
+                }
+            }
+            LinkStatus::Reconnecting { attempt, reason } => {
+                let phase = Phase::Reconnecting { attempt, reason };
+                self.roster_ids = None;
+                let changed = {
+                    let mut s = lock(&self.shared.snapshot);
+                    let changed = s.phase != phase || s.call.is_some();
+                    s.phase = phase;
+                    s.call = None;
+                    changed
+                };
+                if changed {
+                    (self.shared.repaint)();
+                }
+                return;
+            }
+            // The actor loop hears of it and ends the call.
+            LinkStatus::GaveUp { .. } => return,
+        }
         let stats = session.stats();
         let state = session.state();
-        let me = session.joined.participant_id;
-        let room = session.joined.room.clone();
+        let joined = session.joined();
+        let me = joined.participant_id;
+        let room = joined.room;
         let devices = session.device_names();
         let now = Instant::now();
         let ids: BTreeSet<u64> = state.roster.keys().copied().collect();
@@ -1085,7 +1081,6 @@ impl Controller {
         if let Some(c) = self.connecting.take() {
             c.abort();
         }
-        self.retry = None;
         self.target = None;
         if let Some(session) = self.session.take() {
             session.leave().await;
@@ -1213,6 +1208,8 @@ impl SessionTemplate {
             echo: false,
             audio,
             engine,
+            // The app keeps trying until the user leaves; the banner says so.
+            reconnect_for: None,
         }
     }
 }
@@ -1262,10 +1259,15 @@ async fn connect(
     }
 }
 
-/// One line for the user, whether the certificate changed, and whether retrying is pointless.
-fn describe_failure(e: &anyhow::Error, target: Option<&Target>) -> (String, bool, bool) {
+/// One line for the user (`text` unless the error says more) and whether the certificate
+/// changed.
+fn describe_failure(
+    error: Option<&ConnectError>,
+    text: String,
+    target: Option<&Target>,
+) -> (String, bool) {
     let relay = target.map(|t| t.invite.authority()).unwrap_or_default();
-    match e.downcast_ref::<ConnectError>() {
+    match error {
         Some(ConnectError::FingerprintMismatch { expected, actual })
             if target.is_some_and(|t| t.invite.fingerprint.is_none()) =>
         {
@@ -1276,23 +1278,9 @@ fn describe_failure(e: &anyhow::Error, target: Option<&Target>) -> (String, bool
                      If the relay's operator confirms the change, remove {relay} from the trusted relays in Settings and join again."
                 ),
                 true,
-                true,
             )
         }
-        Some(ConnectError::Refused { code, .. }) => {
-            let transient = matches!(
-                code,
-                ErrorCode::ShuttingDown
-                    | ErrorCode::Timeout
-                    | ErrorCode::ServerFull
-                    | ErrorCode::Internal
-            );
-            (format!("{e:#}"), false, !transient)
-        }
-        Some(ConnectError::Invalid(_) | ConnectError::FingerprintMismatch { .. }) => {
-            (format!("{e:#}"), false, true)
-        }
-        _ => (format!("{e:#}"), false, false),
+        _ => (text, false),
     }
 }
 
@@ -1332,9 +1320,11 @@ async fn latency_test(
             record: Record::Memory,
         },
         engine,
+        // A four-second measurement is not worth rejoining for: it fails and can be rerun.
+        reconnect_for: Some(Duration::ZERO),
     })
     .await?;
-    let ssrc = session.joined.ssrc;
+    let ssrc = session.joined().ssrc;
     let mut estimate = None;
     let deadline = Instant::now() + Duration::from_secs_f32(PROBE_SECONDS + 10.0);
     while !session.audio_finished() && Instant::now() < deadline {
