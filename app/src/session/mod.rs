@@ -414,7 +414,7 @@ impl Supervisor {
             *lock(&self.path) = None;
             tokio::spawn(link.close());
             let reason = error.to_string();
-            tracing::warn!("connection to the relay lost: {reason}");
+            tracing::warn!(%reason, "lost the relay; reconnecting");
             let fatal = reconnect::is_fatal(&error);
             let mut last_error = error;
             if self.policy.on_lost(Instant::now(), reason, fatal) == Verdict::GiveUp {
@@ -459,7 +459,7 @@ impl Supervisor {
                 match result {
                     Ok(link) => break link,
                     Err(e) => {
-                        tracing::warn!("reconnecting failed: {e}");
+                        tracing::warn!(error = %e, "rejoining failed");
                         let verdict = self.policy.on_attempt_failed(
                             Instant::now(),
                             e.to_string(),
