@@ -7,6 +7,7 @@
 pub mod apm;
 pub mod audio;
 pub mod call;
+pub mod clock;
 pub mod codec;
 pub mod engine;
 pub mod history;

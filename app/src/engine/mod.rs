@@ -589,7 +589,7 @@ impl Worker {
     fn clock(&self) -> rtcp::Now {
         rtcp::Now {
             ms: self.ms(Instant::now()),
-            unix_us: natter_relay::core::unix_micros(),
+            unix_us: crate::clock::unix_micros(),
         }
     }
 

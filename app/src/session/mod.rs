@@ -177,7 +177,7 @@ impl Session {
                 let backend = Backend::Device {
                     device,
                     until: duration.map(|d| Instant::now() + d),
-                    started_unix_us: natter_relay::core::unix_micros(),
+                    started_unix_us: crate::clock::unix_micros(),
                 };
                 (engine, backend)
             }

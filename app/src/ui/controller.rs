@@ -1058,7 +1058,7 @@ impl Controller {
             "latency-test-{}-{}-{}",
             std::process::id(),
             self.tests_run,
-            natter_relay::core::unix_micros() % 1_000_000
+            crate::clock::unix_micros() % 1_000_000
         );
         let low_latency = self.settings.as_ref().is_some_and(|s| s.low_latency);
         self.update(|s| s.latency_test = LatencyTest::Running);

@@ -143,7 +143,7 @@ pub async fn join(
         send,
         recv,
         conn: conn.clone(),
-        core: ControlCore::new(req.clone(), Instant::now(), unix_micros()),
+        core: ControlCore::new(req.clone(), Instant::now(), crate::clock::unix_micros()),
         buf: vec![0; 4096],
     };
     loop {
@@ -161,10 +161,6 @@ pub async fn join(
         }
         stream.step().await;
     }
-}
-
-fn unix_micros() -> u64 {
-    natter_relay::core::unix_micros()
 }
 
 /// Copies the core's view into the state the session shares.
