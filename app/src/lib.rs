@@ -9,6 +9,7 @@ pub mod audio;
 pub mod call;
 pub mod clock;
 pub mod codec;
+pub mod controller;
 pub mod engine;
 pub mod history;
 pub mod jitter;

@@ -305,13 +305,7 @@ impl RelayProcess {
 
     fn launch(listen: &str, dir: TempDir, extra: Vec<String>) -> Self {
         let mut child = command(&relay_bin())
-            .args([
-                "--listen",
-                listen,
-                "--log-format",
-                "json",
-                "--data-dir",
-            ])
+            .args(["--listen", listen, "--log-format", "json", "--data-dir"])
             .arg(dir.join("data"))
             .args(&extra)
             .env("RUST_LOG", "info")

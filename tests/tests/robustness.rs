@@ -275,7 +275,15 @@ fn headless_calls_rejoin_a_restarted_relay() {
     let mut after = speech.clone();
     after[..first].fill(0.0);
     let heard = read_wav(&dir.join("bob-heard.wav"));
-    let m = find_signal_windows(&after, &alice_stats, &heard, &bob_stats, 500.0, 200.0, 500.0);
+    let m = find_signal_windows(
+        &after,
+        &alice_stats,
+        &heard,
+        &bob_stats,
+        500.0,
+        200.0,
+        500.0,
+    );
     println!("after the restart: {m}");
     assert!(
         m.median_score() >= 0.6,

@@ -76,7 +76,9 @@ pub enum EngineCommand {
     /// The session rejoined the room after losing the relay, as `ssrc`: send under it from
     /// now on, and start the peers' and listeners' state afresh (their streams restart too,
     /// possibly under an SSRC one of them had before).
-    Rejoined { ssrc: u32 },
+    Rejoined {
+        ssrc: u32,
+    },
 }
 
 /// A handle that sends a running engine commands, for whoever else needs to (the session's

@@ -355,10 +355,19 @@ mod tests {
         for seq in 0..50u16 {
             // Every fifth packet lost.
             if seq % 5 != 4 {
-                bob.on_rtp(ALICE, seq, u32::from(seq) * 960, 1000.0 + f64::from(seq) * 20.0);
+                bob.on_rtp(
+                    ALICE,
+                    seq,
+                    u32::from(seq) * 960,
+                    1000.0 + f64::from(seq) * 20.0,
+                );
             }
         }
-        assert_eq!(bob.poll_report(at(1500.0, 1_000_000), None, None), None, "not due");
+        assert_eq!(
+            bob.poll_report(at(1500.0, 1_000_000), None, None),
+            None,
+            "not due"
+        );
         let report = bob.poll_report(at(2000.0, 1_000_000), None, None).unwrap();
         let [RtcpPacket::ReceiverReport { ssrc, reports }] = report.as_slice() else {
             panic!("{report:?}")
@@ -379,7 +388,10 @@ mod tests {
         let report = bob
             .poll_report(now, Some(sender_info(now)), Some(latency))
             .unwrap();
-        assert!(matches!(report[0], RtcpPacket::SenderReport { ssrc: BOB, .. }));
+        assert!(matches!(
+            report[0],
+            RtcpPacket::SenderReport { ssrc: BOB, .. }
+        ));
         assert_eq!(SenderLatency::from_packet(&report[1]), Some((BOB, latency)));
     }
 

@@ -31,7 +31,10 @@ pub fn is_fatal(error: &ConnectError) -> bool {
     match error {
         ConnectError::Refused { code, .. } => !matches!(
             code,
-            ErrorCode::ShuttingDown | ErrorCode::Timeout | ErrorCode::ServerFull | ErrorCode::Internal
+            ErrorCode::ShuttingDown
+                | ErrorCode::Timeout
+                | ErrorCode::ServerFull
+                | ErrorCode::Internal
         ),
         ConnectError::Invalid(_) | ConnectError::FingerprintMismatch { .. } => true,
         ConnectError::Resolve { .. }
@@ -281,7 +284,9 @@ mod tests {
         let mut policy = ReconnectPolicy::new(Some(Duration::ZERO));
         let verdict = policy.on_lost(Instant::now(), "shutting down".into(), false);
         assert_eq!(verdict, Verdict::GiveUp);
-        assert!(matches!(policy.status(), LinkStatus::GaveUp { reason } if reason == "shutting down"));
+        assert!(
+            matches!(policy.status(), LinkStatus::GaveUp { reason } if reason == "shutting down")
+        );
     }
 
     #[test]

@@ -143,7 +143,9 @@ impl ControlCore {
                 Some(Ok(Message::Unknown { .. })) => {}
                 Some(Ok(msg)) => self.on_message(msg, now),
                 Some(Err(e)) => {
-                    self.end(ConnectError::Lost(format!("malformed message from relay: {e}")));
+                    self.end(ConnectError::Lost(format!(
+                        "malformed message from relay: {e}"
+                    )));
                 }
             }
         }
@@ -525,11 +527,20 @@ mod tests {
             panic!("ended by the shutdown")
         };
         assert_eq!(*code, ErrorCode::ShuttingDown);
-        assert!(core.state().ended.as_deref().unwrap().contains("shutting down"));
+        assert!(
+            core.state()
+                .ended
+                .as_deref()
+                .unwrap()
+                .contains("shutting down")
+        );
 
         let mut core = joined(t0);
         core.handle_closed(Some(ConnectError::Lost("timed out".into())));
-        assert!(matches!(&events(&mut core)[..], [Event::Ended(ConnectError::Lost(_))]));
+        assert!(matches!(
+            &events(&mut core)[..],
+            [Event::Ended(ConnectError::Lost(_))]
+        ));
         assert_eq!(core.poll_timeout(), None);
         // Garbage from the relay ends it too.
         let mut core = joined(t0);
