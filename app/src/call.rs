@@ -112,20 +112,13 @@ impl CallReport {
             );
             let st = &p.stages;
             out += &format!(
-                "    latency stages{}: capture {:.1} + processing {:.1} + encode {:.1} + network {:.1} + jitter buffer {:.1} + decode {:.2} + playback {:.1} = {:.1} ms\n",
+                "    latency stages{}: {}\n",
                 if st.complete {
                     ""
                 } else {
                     " (sender's part not yet reported)"
                 },
-                st.capture_ms,
-                st.processing_ms,
-                st.encode_ms,
-                st.network_ms,
-                st.jitter_buffer_ms,
-                st.decode_ms,
-                st.playback_ms,
-                st.total_ms
+                st.breakdown(1)
             );
         }
         if self.engine.peers.is_empty() {

@@ -13,6 +13,7 @@ pub mod controller;
 pub mod engine;
 pub mod history;
 pub mod jitter;
+pub mod latency_stages;
 pub mod measure;
 pub mod rate;
 pub mod session;

@@ -875,19 +875,9 @@ pub struct PeerStats {
     pub stages: Stages,
 }
 
-/// The per-stage latency breakdown of [`PeerStats`].
-#[derive(Debug, Clone, Deserialize)]
-pub struct Stages {
-    pub capture_ms: f64,
-    pub processing_ms: f64,
-    pub encode_ms: f64,
-    pub network_ms: f64,
-    pub jitter_buffer_ms: f64,
-    pub decode_ms: f64,
-    pub playback_ms: f64,
-    pub total_ms: f64,
-    pub complete: bool,
-}
+/// The per-stage latency breakdown of [`PeerStats`]: the app's own definition, which is what
+/// the stats JSON serialises.
+pub use natter::latency_stages::LatencyStages as Stages;
 
 impl CallStats {
     #[track_caller]

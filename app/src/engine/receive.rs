@@ -6,29 +6,7 @@ use super::rtcp::RemoteSender;
 use crate::codec::OpusDecoder;
 use crate::jitter::{JitterBuffer, JitterConfig};
 
-/// Where one peer's mouth-to-ear latency goes, stage by stage (ms). The sender's stages come
-/// from its RTCP APP report; the rest is measured here. `total_ms` is their sum, which the
-/// end-to-end tests compare with the latency measured by cross-correlation.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
-pub struct LatencyStages {
-    /// Sender: microphone to capture callback (device and driver buffering).
-    pub capture_ms: f64,
-    /// Sender: voice processing and waiting for a full frame.
-    pub processing_ms: f64,
-    /// Sender: codec look-ahead plus encoding time.
-    pub encode_ms: f64,
-    /// One-way network and relay.
-    pub network_ms: f64,
-    /// Arrival to playout (measured per frame by the jitter buffer).
-    pub jitter_buffer_ms: f64,
-    /// Decoding (and concealment) time.
-    pub decode_ms: f64,
-    /// Mixed to heard: waiting for the device to take the block, plus its output latency.
-    pub playback_ms: f64,
-    pub total_ms: f64,
-    /// False until the sender's stages have been received.
-    pub complete: bool,
-}
+pub use crate::latency_stages::LatencyStages;
 
 /// Per-peer statistics, as printed by `natter call` and shown by the app.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -119,25 +97,18 @@ impl RemotePeer {
         let reported = rtcp.and_then(|r| r.sender_latency);
         let sender = reported.unwrap_or_default();
         let ms = |us: u32| f64::from(us) / 1000.0;
-        let mut s = LatencyStages {
-            capture_ms: ms(sender.capture_us),
-            processing_ms: ms(sender.processing_us),
-            encode_ms: ms(sender.encode_us),
-            network_ms: rtcp.map_or(0.0, RemoteSender::network_ms),
-            jitter_buffer_ms: self.jitter.stats().delay_ms,
-            decode_ms,
-            playback_ms,
-            total_ms: 0.0,
-            complete: reported.is_some(),
-        };
-        s.total_ms = s.capture_ms
-            + s.processing_ms
-            + s.encode_ms
-            + s.network_ms
-            + s.jitter_buffer_ms
-            + s.decode_ms
-            + s.playback_ms;
-        s
+        LatencyStages::from_values(
+            [
+                ms(sender.capture_us),
+                ms(sender.processing_us),
+                ms(sender.encode_us),
+                rtcp.map_or(0.0, RemoteSender::network_ms),
+                self.jitter.stats().delay_ms,
+                decode_ms,
+                playback_ms,
+            ],
+            reported.is_some(),
+        )
     }
 
     pub fn stats(&self, rtcp: Option<&RemoteSender>) -> PeerStats {
