@@ -70,7 +70,7 @@ fn bot(
         name: name.into(),
         echo: false,
         audio: Audio::Wav {
-            input,
+            input: input.into(),
             total_samples: total,
             record: Record::Nothing,
         },

@@ -10,7 +10,7 @@ use crate::audio::device::DeviceChoice;
 use crate::audio::wav::{WavFile, read_wav};
 use crate::engine::{EngineConfig, EngineStats};
 use crate::history::{History, Sample};
-use crate::session::{Audio, Record, Session, SessionConfig};
+use crate::session::{Audio, Input, Record, Session, SessionConfig};
 use crate::transport::ConnectError;
 use anyhow::Context;
 use natter_proto::invite::Invite;
@@ -148,9 +148,14 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
         10 | 20 | 40 | 60 => opts.frame_ms as usize * SAMPLE_RATE as usize / 1000,
         other => anyhow::bail!("frame length must be 10, 20, 40 or 60 ms, not {other}"),
     };
-    // Read the input before touching the network, so a bad file fails fast.
+    // Read the input before touching the network, so a bad file fails fast. `-` is a live
+    // stream of raw PCM on standard input, paced as it plays.
     let input = match &opts.input {
-        Some(path) => Some(read_wav(path)?),
+        Some(path) if path.as_os_str() == "-" => Some(Input::Stream(
+            crate::audio::stream::pcm_reader(std::io::stdin())
+                .context("cannot read standard input")?,
+        )),
+        Some(path) => Some(Input::Samples(read_wav(path)?)),
         None => None,
     };
     let (longest, why) = match (&opts.devices, &opts.output) {
@@ -167,11 +172,12 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
             anyhow::bail!("--duration: at most {} s{why}", longest.as_secs())
         }
         (Some(d), _) => d,
-        (None, Some(samples)) => {
+        (None, Some(Input::Samples(samples))) => {
             Duration::from_secs_f64(samples.len() as f64 / f64::from(SAMPLE_RATE))
                 + Duration::from_secs(2)
         }
-        (None, None) => longest,
+        // A stream lasts until it ends.
+        (None, Some(Input::Stream(_)) | None) => longest,
     };
     let mut engine = EngineConfig::new(0);
     // 10 and 20 ms name a mode the rate controller adapts within; 40/60 ms are explicit.
@@ -201,7 +207,7 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
             duration: Some(duration),
         },
         None => Audio::Wav {
-            input: input.unwrap_or_default(),
+            input: input.unwrap_or(Input::Samples(Vec::new())),
             total_samples: (duration.as_secs_f64() * f64::from(SAMPLE_RATE)) as usize,
             record,
         },

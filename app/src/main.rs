@@ -115,7 +115,10 @@ struct CallArgs {
     /// Display name.
     #[arg(long)]
     name: String,
-    /// WAV file used as the microphone (any rate and channels). Without it, only listen.
+    /// WAV file used as the microphone (any rate and channels), or `-` for raw PCM on standard
+    /// input (signed 16-bit little-endian, mono, 48 kHz), paced as it plays: a burst is
+    /// buffered, late audio plays as silence; the call ends when the stream does. Without it,
+    /// only listen.
     #[arg(long, conflicts_with_all = ["input_device", "output_device"])]
     input: Option<PathBuf>,
     /// WAV file the speaker is recorded to as it plays (48 kHz mono 16-bit); its sample 0 is

@@ -586,6 +586,7 @@ impl NatterProcess {
         let mut child = command(program)
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -798,6 +799,15 @@ pub struct CallProcess {
 }
 
 impl CallProcess {
+    /// The call's standard input (for `--input -`); closing it ends the stream.
+    pub fn take_stdin(&mut self) -> std::process::ChildStdin {
+        self.process
+            .child
+            .stdin
+            .take()
+            .expect("stdin is piped, and taken once")
+    }
+
     /// Sends a signal (e.g. `libc::SIGINT`).
     pub fn signal(&self, sig: libc::c_int) {
         self.process.signal(sig);

@@ -220,7 +220,7 @@ fn switching_devices_mid_call_keeps_audio_flowing_both_ways() {
             echo: false,
             audio: Audio::Wav {
                 total_samples: speech.len(),
-                input: speech,
+                input: speech.into(),
                 record: Record::Nothing,
             },
             engine: engine_without_processing(),

@@ -91,6 +91,20 @@ impl WavFile {
     }
 }
 
+/// What a WAV device's microphone plays.
+pub enum Input {
+    /// These samples, then silence.
+    Samples(Vec<f32>),
+    /// A live stream (`--input -`), paced; the device stops once it has ended and played out.
+    Stream(super::stream::Pacer),
+}
+
+impl From<Vec<f32>> for Input {
+    fn from(samples: Vec<f32>) -> Self {
+        Self::Samples(samples)
+    }
+}
+
 /// Where a WAV device's speaker goes.
 pub enum Record {
     /// Nowhere (a test signal nobody listens to).
@@ -151,11 +165,11 @@ pub struct WavDevice {
 }
 
 impl WavDevice {
-    /// Starts playing `input` as the microphone (silence after its end) and recording the
-    /// speaker as `record` says, for `total_samples` samples of real time with the given
-    /// device `period`.
+    /// Starts playing `input` as the microphone (silence after its end; a stream until it ends)
+    /// and recording the speaker as `record` says, for `total_samples` samples of real time
+    /// with the given device `period`.
     pub fn start(
-        input: Vec<f32>,
+        mut input: Input,
         total_samples: usize,
         record: Record,
         period: Duration,
@@ -199,6 +213,7 @@ impl WavDevice {
                 let mut recorded = Vec::with_capacity(if in_memory { total_samples } else { 0 });
                 let silence = vec![0.0f32; period_samples];
                 let mut out = vec![0.0f32; period_samples];
+                let mut mic = vec![0.0f32; period_samples];
                 let mut keep = |samples: &[f32]| {
                     if in_memory {
                         recorded.extend_from_slice(samples);
@@ -223,15 +238,21 @@ impl WavDevice {
                     if let Some(wait) = deadline.checked_duration_since(Instant::now()) {
                         std::thread::sleep(wait);
                     }
-                    let from = (k as usize * period_samples).min(input.len());
-                    let to = (from + period_samples).min(input.len());
-                    let mic = &input[from..to];
-                    push_capture(&mut ends.capture, mic, &ends.counters);
-                    push_capture(
-                        &mut ends.capture,
-                        &silence[..period_samples - mic.len()],
-                        &ends.counters,
-                    );
+                    match &mut input {
+                        Input::Samples(samples) => {
+                            let from = (k as usize * period_samples).min(samples.len());
+                            let to = (from + period_samples).min(samples.len());
+                            mic[..to - from].copy_from_slice(&samples[from..to]);
+                            mic[to - from..].fill(0.0);
+                        }
+                        Input::Stream(pacer) => {
+                            if pacer.finished() {
+                                break;
+                            }
+                            pacer.pull(&mut mic);
+                        }
+                    }
+                    push_capture(&mut ends.capture, &mic, &ends.counters);
                     pop_playback(&mut ends.playback, &mut out, &ends.counters, &mut started);
                     let n = period_samples.min(total_samples - elapsed);
                     keep(&out[..n]);
@@ -304,7 +325,7 @@ mod tests {
             .map(|i| ((i / 480) % 2) as f32 * 0.5 + 0.1)
             .collect();
         let device = WavDevice::start(
-            input.clone(),
+            input.clone().into(),
             9_600,
             Record::Memory,
             Duration::from_millis(10),
@@ -339,7 +360,7 @@ mod tests {
         let total = 72_000;
         let file = WavFile::create(&path).unwrap();
         let device = WavDevice::start(
-            input.clone(),
+            input.clone().into(),
             total,
             Record::File(file),
             Duration::from_millis(10),

@@ -162,7 +162,7 @@ impl SessionTemplate {
                     }
                 };
                 Audio::Wav {
-                    input,
+                    input: input.into(),
                     total_samples: (TEST_SIGNAL_SECONDS * f64::from(SAMPLE_RATE)) as usize,
                     // Nobody listens to what a test signal "hears".
                     record: Record::Nothing,

@@ -65,7 +65,7 @@ pub(super) async fn latency_test(
         name: "latency test".into(),
         echo: true,
         audio: Audio::Wav {
-            input: train.samples.clone(),
+            input: train.samples.clone().into(),
             total_samples: total,
             record: Record::Memory,
         },

@@ -10,8 +10,8 @@ pub mod reconnect;
 
 use crate::audio::device::{CpalDevice, DeviceChoice};
 use crate::audio::ring_pair;
-pub use crate::audio::wav::Record;
 use crate::audio::wav::{DEFAULT_PERIOD, WavDevice};
+pub use crate::audio::wav::{Input, Record};
 use crate::engine::{Engine, EngineCommand, EngineConfig, EngineRemote, EngineStats, MediaLink};
 use crate::transport::ConnectError;
 use crate::transport::control::{CallState, Command, JoinRequest, Joined};
@@ -26,10 +26,10 @@ use tokio::task::JoinHandle;
 
 /// Where the call's audio comes from and goes to.
 pub enum Audio {
-    /// A WAV "device": `input` as the microphone (silence after it), for `total_samples`,
-    /// recording the speaker as `record` says.
+    /// A WAV "device": `input` as the microphone (silence after it; a stream until it ends),
+    /// for `total_samples`, recording the speaker as `record` says.
     Wav {
-        input: Vec<f32>,
+        input: Input,
         total_samples: usize,
         record: Record,
     },
