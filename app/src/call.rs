@@ -142,6 +142,11 @@ fn fmt_ms(v: Option<f64>) -> String {
     v.map_or("n/a".into(), |v| format!("{v:.2} ms"))
 }
 
+/// `-` for `--input`/`--output`: standard input or output, as raw PCM.
+pub fn is_stdio(path: &std::path::Path) -> bool {
+    path.as_os_str() == "-"
+}
+
 /// Runs a call to completion. Must be called inside a tokio runtime.
 pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
     let frame_samples = match opts.frame_ms {
@@ -151,7 +156,7 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
     // Read the input before touching the network, so a bad file fails fast. `-` is a live
     // stream of raw PCM on standard input, paced as it plays.
     let input = match &opts.input {
-        Some(path) if path.as_os_str() == "-" => Some(Input::Stream(
+        Some(path) if is_stdio(path) => Some(Input::Stream(
             crate::audio::stream::pcm_reader(std::io::stdin())
                 .context("cannot read standard input")?,
         )),
@@ -160,6 +165,7 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
     };
     let (longest, why) = match (&opts.devices, &opts.output) {
         (Some(_), _) => (MAX_DURATION, ""),
+        (None, Some(path)) if is_stdio(path) => (MAX_DURATION, ""),
         (None, Some(_)) => (
             MAX_FILE_DURATION,
             " with --output (a WAV file holds 12.4 h)",
@@ -197,6 +203,7 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
     // The speaker goes to the file as it plays (created now, so a bad path fails before the
     // call), or to memory for whoever analyses it afterwards.
     let record = match &opts.output {
+        Some(path) if is_stdio(path) => Record::Pcm(Box::new(std::io::stdout())),
         Some(path) => Record::File(WavFile::create(path)?),
         None if opts.keep_recording => Record::Memory,
         None => Record::Nothing,

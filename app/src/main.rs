@@ -122,7 +122,8 @@ struct CallArgs {
     #[arg(long, conflicts_with_all = ["input_device", "output_device"])]
     input: Option<PathBuf>,
     /// WAV file the speaker is recorded to as it plays (48 kHz mono 16-bit); its sample 0 is
-    /// the input's.
+    /// the input's. `-` writes raw PCM (s16le, mono, 48 kHz) to standard output as it plays,
+    /// and the summary to standard error.
     #[arg(long, conflicts_with_all = ["input_device", "output_device"])]
     output: Option<PathBuf>,
     /// Use a sound-card microphone ("default" or a name from `natter devices`) instead of files.
@@ -360,7 +361,7 @@ fn run_call(args: CallArgs) -> anyhow::Result<ExitCode> {
         room,
         name: args.name,
         input: args.input,
-        output: args.output,
+        output: args.output.clone(),
         duration: args.duration,
         reconnect_for: args.reconnect_for,
         echo: args.echo,
@@ -378,7 +379,12 @@ fn run_call(args: CallArgs) -> anyhow::Result<ExitCode> {
         }),
     };
     let report = runtime()?.block_on(call::run(opts))?;
-    print!("{}", report.summary());
+    // With the audio on standard output, the summary goes to standard error.
+    if args.output.as_deref().is_some_and(call::is_stdio) {
+        eprint!("{}", report.summary());
+    } else {
+        print!("{}", report.summary());
+    }
     if let Some(path) = &args.stats_json {
         call::write_stats_json(&report, path)?;
     }
