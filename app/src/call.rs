@@ -10,7 +10,7 @@ use crate::audio::device::DeviceChoice;
 use crate::audio::wav::{WavFile, read_wav};
 use crate::engine::{EngineConfig, EngineStats};
 use crate::history::{History, Sample};
-use crate::session::{Audio, Input, Record, Session, SessionConfig};
+use crate::session::{Audio, Input, Record, Session, SessionConfig, StartError};
 use crate::transport::ConnectError;
 use anyhow::Context;
 use natter_proto::invite::Invite;
@@ -326,4 +326,6 @@ pub fn write_stats_json(report: &CallReport, path: &std::path::Path) -> anyhow::
 /// 2) rather than a local failure.
 pub fn is_connect_error(e: &anyhow::Error) -> bool {
     e.downcast_ref::<ConnectError>().is_some()
+        || e.downcast_ref::<StartError>()
+            .is_some_and(|e| e.connect_error().is_some())
 }

@@ -8,7 +8,7 @@ use super::lock;
 use crate::apm::VoiceConfig;
 use crate::audio::SAMPLE_RATE;
 use crate::engine::{EngineCommand, EngineConfig};
-use crate::session::{Audio, Record, Session, SessionConfig};
+use crate::session::{Audio, Record, Session, SessionConfig, StartError};
 use crate::transport::{ConnectError, probe_fingerprint};
 use natter_proto::invite::Invite;
 use std::time::Instant;
@@ -33,7 +33,7 @@ pub(super) enum ConnectOutcome {
     Joined(Box<Session>),
     /// Unknown self-signed relay: ask the user.
     NeedsTrust([u8; 32]),
-    Failed(anyhow::Error),
+    Failed(StartError),
 }
 
 impl Controller {
@@ -65,7 +65,8 @@ impl Controller {
         &mut self,
         outcome: Result<ConnectOutcome, tokio::task::JoinError>,
     ) {
-        let outcome = outcome.unwrap_or_else(|e| ConnectOutcome::Failed(e.into()));
+        let outcome =
+            outcome.unwrap_or_else(|e| ConnectOutcome::Failed(StartError::Local(e.into())));
         match outcome {
             ConnectOutcome::Joined(session) => {
                 let session = *session;
@@ -105,7 +106,7 @@ impl Controller {
             ConnectOutcome::Failed(e) => {
                 let text = format!("{e:#}");
                 let (message, changed) =
-                    describe_failure(e.downcast_ref(), text, self.target.as_ref());
+                    describe_failure(e.connect_error(), text, self.target.as_ref());
                 self.stop_hosting_quietly().await;
                 self.fail(message, changed);
             }
@@ -216,12 +217,11 @@ pub(super) async fn connect(
     match Session::start(template.build(invite.clone())).await {
         Ok(s) => ConnectOutcome::Joined(Box::new(s)),
         Err(e) => {
-            let cert_rejected =
-                matches!(e.downcast_ref::<ConnectError>(), Some(ConnectError::Tls(_)));
+            let cert_rejected = matches!(e, StartError::Connect(ConnectError::Tls(_)));
             if unpinned && known.is_none() && cert_rejected {
                 match probe_fingerprint(&invite).await {
                     Ok(fp) => ConnectOutcome::NeedsTrust(fp),
-                    Err(probe) => ConnectOutcome::Failed(probe.into()),
+                    Err(probe) => ConnectOutcome::Failed(StartError::Connect(probe)),
                 }
             } else {
                 ConnectOutcome::Failed(e)

@@ -79,6 +79,26 @@ pub struct Finished {
     pub ended_by_relay: Option<String>,
 }
 
+/// Why a call could not start: the relay side (the user's to fix: a bad invite, an unreachable
+/// or refusing relay — `natter call` exits 2) or this machine's (audio devices, the engine).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error(transparent)]
+    Local(#[from] anyhow::Error),
+}
+
+impl StartError {
+    /// The connection error, if that is what it was.
+    pub fn connect_error(&self) -> Option<&ConnectError> {
+        match self {
+            Self::Connect(e) => Some(e),
+            Self::Local(_) => None,
+        }
+    }
+}
+
 /// Why a session ended by itself.
 #[derive(Debug, Clone)]
 pub struct Ended {
@@ -143,7 +163,7 @@ impl Session {
     /// Connects, joins and starts audio. Must be called inside a tokio runtime. A failure to
     /// join the first time is returned as is (no retry: the invite or the relay is wrong, and
     /// the user should hear so at once); losses after that are the supervisor's.
-    pub async fn start(config: SessionConfig) -> anyhow::Result<Self> {
+    pub async fn start(config: SessionConfig) -> Result<Self, StartError> {
         // Names the relay would refuse are refused here, before any network traffic, with the
         // same words.
         check_name("room name", &config.room)?;
