@@ -216,17 +216,36 @@ pub(super) async fn connect(
     }
     match Session::start(template.build(invite.clone())).await {
         Ok(s) => ConnectOutcome::Joined(Box::new(s)),
-        Err(e) => {
-            let cert_rejected = matches!(e, StartError::Connect(ConnectError::Tls(_)));
-            if unpinned && known.is_none() && cert_rejected {
-                match probe_fingerprint(&invite).await {
-                    Ok(fp) => ConnectOutcome::NeedsTrust(fp),
-                    Err(probe) => ConnectOutcome::Failed(StartError::Connect(probe)),
-                }
-            } else {
-                ConnectOutcome::Failed(e)
-            }
-        }
+        Err(e) => match after_failure(unpinned, known.is_some(), e.connect_error()) {
+            AfterFailure::AskAboutCertificate => match probe_fingerprint(&invite).await {
+                Ok(fp) => ConnectOutcome::NeedsTrust(fp),
+                Err(probe) => ConnectOutcome::Failed(StartError::Connect(probe)),
+            },
+            AfterFailure::Fail => ConnectOutcome::Failed(e),
+        },
+    }
+}
+
+/// What trust on first use does after a join failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum AfterFailure {
+    /// Look at the certificate the relay presents and ask the user about its fingerprint.
+    AskAboutCertificate,
+    Fail,
+}
+
+/// Only a relay nobody vouches for — no fingerprint in the invite, none trusted before — whose
+/// certificate WebPKI rejected is worth asking about; a pinned or trusted relay that fails is a
+/// failure (a changed certificate above all: never offer to trust it again in passing).
+pub(super) fn after_failure(
+    unpinned: bool,
+    known: bool,
+    error: Option<&ConnectError>,
+) -> AfterFailure {
+    if unpinned && !known && matches!(error, Some(ConnectError::Tls(_))) {
+        AfterFailure::AskAboutCertificate
+    } else {
+        AfterFailure::Fail
     }
 }
 
@@ -258,6 +277,54 @@ pub(super) fn describe_failure(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_unknown_relay_rejected_by_webpki_is_asked_about() {
+        let tls = ConnectError::Tls("unknown issuer".into());
+        let changed = ConnectError::FingerprintMismatch {
+            expected: "aa".into(),
+            actual: "bb".into(),
+        };
+        use AfterFailure::*;
+        assert_eq!(after_failure(true, false, Some(&tls)), AskAboutCertificate);
+        assert_eq!(
+            after_failure(true, true, Some(&tls)),
+            Fail,
+            "trusted before"
+        );
+        assert_eq!(
+            after_failure(false, false, Some(&tls)),
+            Fail,
+            "pinned invite"
+        );
+        assert_eq!(after_failure(true, true, Some(&changed)), Fail);
+        assert_eq!(after_failure(true, false, None), Fail, "a local failure");
+    }
+
+    #[test]
+    fn a_trusted_relay_with_a_new_certificate_is_called_out() {
+        let target = |fp: Option<[u8; 32]>| Target {
+            invite: Invite::new("relay.example", 4433, fp),
+            room: "r".into(),
+            name: "n".into(),
+        };
+        let changed = ConnectError::FingerprintMismatch {
+            expected: "aa".into(),
+            actual: "bb".into(),
+        };
+        // Trusted on first use (the invite had no fingerprint): the warning and the flag.
+        let (message, flag) = describe_failure(Some(&changed), "x".into(), Some(&target(None)));
+        assert!(
+            flag && message.contains("has changed since you first trusted it"),
+            "{message}"
+        );
+        assert!(message.contains("relay.example:4433"), "{message}");
+        // Pinned by the invite itself: the plain error.
+        let (message, flag) =
+            describe_failure(Some(&changed), "plain".into(), Some(&target(Some([1; 32]))));
+        assert!(!flag);
+        assert_eq!(message, "plain");
+    }
 
     #[test]
     fn fingerprints_read_in_pairs() {
