@@ -458,6 +458,11 @@ impl<H: Clone> RelayCore<H> {
         else {
             return Outcome::none();
         };
+        // Only changes are news: a client repeating its state (or a storm of SetMute) must
+        // not become one message per member of the room each time.
+        if member.participant.muted == muted {
+            return Outcome::none();
+        }
         member.participant.muted = muted;
         let id = member.participant.id;
         let room = member.room.clone();
@@ -771,6 +776,11 @@ mod tests {
                 .iter()
                 .all(|(_, m)| matches!(m, Message::MuteChanged { muted: true, .. }))
         );
+        // Saying it again changes nothing and tells nobody.
+        let out = core.on_message(2, Message::SetMute { muted: true }, 0);
+        assert!(out.sends.is_empty() && out.close.is_none(), "{out:?}");
+        let out = core.on_message(2, Message::SetMute { muted: false }, 0);
+        assert_eq!(out.sends.len(), 2);
         let notices = core.disconnect(2);
         assert!(matches!(
             notices.as_slice(),

@@ -141,6 +141,20 @@ pub fn render(s: &StatsSnapshot, occupancy: Occupancy) -> String {
         "Sessions closed for breaking the protocol (bad or refused control message, no Hello in time, no datagrams).",
         s.control_errors,
     );
+    single(
+        o,
+        "slow_readers_total",
+        "counter",
+        "Connections closed (SlowReader) because their control messages piled up unread.",
+        s.slow_readers,
+    );
+    single(
+        o,
+        "control_throttled_total",
+        "counter",
+        "Times a connection's control messages were held back for exceeding its control rate.",
+        s.control_throttled,
+    );
     family(
         o,
         "forward_delay_seconds",

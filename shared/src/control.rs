@@ -57,12 +57,15 @@ pub enum ErrorCode {
     RateLimited,
     /// A bug or resource failure on the relay.
     Internal,
+    /// The peer did not read its control stream: the messages waiting for it reached the
+    /// relay's per-connection limit, so the relay closed it rather than queue without bound.
+    SlowReader,
     /// A code from a newer peer.
     Unknown(u16),
 }
 
 impl ErrorCode {
-    const TABLE: [(u16, ErrorCode); 17] = [
+    const TABLE: [(u16, ErrorCode); 18] = [
         (1, Self::ProtocolViolation),
         (2, Self::UnsupportedVersion),
         (3, Self::HelloRequired),
@@ -80,6 +83,7 @@ impl ErrorCode {
         (15, Self::Timeout),
         (16, Self::RateLimited),
         (17, Self::Internal),
+        (18, Self::SlowReader),
     ];
 
     pub fn to_u16(self) -> u16 {
@@ -119,6 +123,7 @@ impl ErrorCode {
             Self::Timeout => "timed out",
             Self::RateLimited => "rate limited",
             Self::Internal => "internal relay error",
+            Self::SlowReader => "the connection stopped reading messages from the relay",
             Self::Unknown(_) => "unknown error",
         }
     }

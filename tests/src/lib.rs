@@ -243,6 +243,8 @@ pub struct RelayStats {
     pub dropped_not_joined: u64,
     pub dropped_wrong_ssrc: u64,
     pub control_errors: u64,
+    pub slow_readers: u64,
+    pub control_throttled: u64,
 }
 
 impl RelayStats {
@@ -265,6 +267,8 @@ impl RelayStats {
                 "dropped_not_joined" => stats.dropped_not_joined = value,
                 "dropped_wrong_ssrc" => stats.dropped_wrong_ssrc = value,
                 "control_errors" => stats.control_errors = value,
+                "slow_readers" => stats.slow_readers = value,
+                "control_throttled" => stats.control_throttled = value,
                 _ => {}
             }
         }
