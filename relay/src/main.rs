@@ -82,9 +82,18 @@ struct Args {
     )]
     secret: Option<String>,
 
-    /// Most simultaneous connections.
+    /// Most simultaneous connections, handshakes in progress included (default 10000).
     #[arg(long, env = "NATTER_RELAY_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
+
+    /// Most simultaneous connections from one IPv4 address or IPv6 /64 (default 64; 0 = no
+    /// limit). Clients on this machine count too: raise it for load tests from one host.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "NATTER_RELAY_MAX_CONNECTIONS_PER_ADDRESS"
+    )]
+    max_connections_per_address: Option<usize>,
 
     /// Most rooms.
     #[arg(long, env = "NATTER_RELAY_MAX_ROOMS")]
@@ -200,6 +209,12 @@ fn settings(args: &Args, file: &ConfigFile) -> anyhow::Result<Settings> {
     if let Some(v) = pick(args.max_connections, l.max_connections) {
         relay.max_connections = v;
     }
+    if let Some(v) = pick(
+        args.max_connections_per_address,
+        l.max_connections_per_address,
+    ) {
+        relay.max_per_address = v;
+    }
     if let Some(v) = pick(args.max_rooms, l.max_rooms) {
         relay.limits.max_rooms = v;
     }
@@ -242,6 +257,18 @@ fn settings(args: &Args, file: &ConfigFile) -> anyhow::Result<Settings> {
     }
     if let Some(v) = l.hello_timeout_secs {
         relay.hello_timeout = Duration::from_secs(v.max(1));
+    }
+    if let Some(v) = l.join_timeout_secs {
+        relay.join_timeout = Duration::from_secs(v.max(1));
+    }
+    if let Some(v) = l.control_messages_per_second {
+        if !(1.0..=10_000.0).contains(&v) {
+            bail!(
+                "limits.control-messages-per-second: {v} is not in 1..=10000 (clients need about 1)"
+            );
+        }
+        relay.control_rate = v;
+        relay.control_burst = (v * 4.0).max(10.0);
     }
     if let Some(v) = pick(args.retry_above, l.retry_above) {
         relay.retry_above = v;

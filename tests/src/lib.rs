@@ -448,6 +448,22 @@ impl RelayProcess {
         );
     }
 
+    /// The relay's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The relay's resident memory (VmRSS) in KiB, read from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("the relay's /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc status")
+    }
+
     /// Sends SIGTERM (graceful shutdown).
     pub fn terminate(&self) {
         if self.exit.is_none() {
