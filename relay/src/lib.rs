@@ -13,6 +13,7 @@
 pub mod admission;
 pub mod core;
 pub mod identity;
+pub mod logging;
 pub mod server;
 pub mod stats;
 

@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use natter_relay::config::{ConfigFile, resolve_secret};
 use natter_relay::core::Access;
+use natter_relay::logging::EscapingWriter;
 use natter_relay::server::{Congestion, udp_buffer_warning};
 use natter_relay::{Identity, RelayConfig};
 use std::io::IsTerminal;
@@ -303,13 +304,17 @@ fn init_logging(format: &str) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colours only on a terminal: a log file or journald would keep the escape codes.
+    let ansi = std::io::stderr().is_terminal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_ansi(ansi);
     match format {
-        "text" => builder.init(),
-        "json" => builder.json().init(),
+        // Text lines are escaped: a peer must not be able to forge lines or send terminal
+        // escapes through a logged field (JSON escapes by construction).
+        "text" => builder
+            .with_writer(move || EscapingWriter::new(std::io::stderr(), ansi))
+            .init(),
+        "json" => builder.with_writer(std::io::stderr).json().init(),
         other => bail!("log-format: {other:?} is not \"text\" or \"json\""),
     }
     Ok(())
