@@ -376,8 +376,19 @@ fn mint(
             natter_proto::control::NAME_RULE
         );
     }
+    // A token binding a name the relay would refuse could never be used: say so now.
+    if let Some(name) = &name
+        && !natter_proto::control::valid_name(name)
+    {
+        bail!(
+            "name: {name:?} is not a valid display name ({})",
+            natter_proto::control::NAME_RULE
+        );
+    }
     let ttl = natter_relay::token::parse_ttl(ttl).map_err(|e| anyhow::anyhow!("ttl: {e}"))?;
-    let exp = natter_relay::core::unix_micros() / 1_000_000 + ttl;
+    let exp = (natter_relay::core::unix_micros() / 1_000_000)
+        .checked_add(ttl)
+        .context("ttl: too long")?;
     let token = natter_relay::token::mint(
         &secret,
         &natter_relay::token::Claims {

@@ -51,6 +51,36 @@ fn join(invite: &str, room: Option<&str>) -> natter_e2e::Finished {
     call.spawn().wait(Duration::from_secs(10))
 }
 
+/// `natter-relay token` refuses, with one clear line and no panic, what could never work: a
+/// lifetime that overflows the clock, a bound name the relay would refuse at Join.
+#[test]
+fn token_minting_refuses_what_could_never_work() {
+    let dir = TempDir::new("mint");
+    for (args, expected) in [
+        (
+            ["--ttl", "18446744073709551615s", "--name", "Alice"],
+            "ttl:",
+        ),
+        (["--ttl", "1h", "--name", "bell\u{7}"], "name:"),
+        (["--ttl", "1h", "--name", "   "], "name:"),
+    ] {
+        let out = Command::new(relay_bin())
+            .args(["token", "--room", "r", "--secret", SECRET, "--data-dir"])
+            .arg(dir.join("data"))
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("natter-relay: error: ") && stderr.contains(expected),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(out.stdout.is_empty(), "no token printed for {args:?}");
+    }
+}
+
 /// Tokens: accepted for their room; missing, forged, expired and wrong-room tokens are refused
 /// with distinct codes that the client says in words.
 #[test]
