@@ -927,6 +927,10 @@ async fn read_control(
                 info!(room = %room, name = %name, participant = participant_id, "join");
             }
             dispatch(outcome.sends, &shared.stats);
+            for (evicted, why) in outcome.evict {
+                info!("access token joined again: closing its previous connection");
+                evicted.control.close(why);
+            }
             if let Some(c) = outcome.close {
                 close(c);
                 return;
