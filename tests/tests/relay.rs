@@ -2,7 +2,8 @@
 //! participants, configuration errors.
 
 use natter_e2e::{
-    Call, CallStats, RelayProcess, TempDir, http_get, loadgen, metric, relay_bin, signal_file,
+    Call, CallStats, RelayProcess, TempDir, http_get, loadgen, metric, natter_bin, relay_bin,
+    signal_file,
 };
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -79,6 +80,43 @@ fn token_minting_refuses_what_could_never_work() {
         assert!(!stderr.contains("panicked"), "{stderr}");
         assert!(out.stdout.is_empty(), "no token printed for {args:?}");
     }
+}
+
+/// An invite with a token is a password, and a command line is public (`ps`): `natter call`
+/// takes it from a file or from NATTER_INVITE too, and joins with it the same way.
+#[test]
+fn the_invite_can_stay_off_the_command_line() {
+    let relay = RelayProcess::start_with(&["--access", "token", "--secret", SECRET]);
+    let invite = mint(&relay, "r", "1h", SECRET);
+    let dir = TempDir::new("invite-file");
+    let file = dir.join("invite.txt");
+    std::fs::write(&file, format!("{invite}\n")).unwrap();
+    let args = ["call", "--name", "guest", "--duration", "0.5"];
+    let by_file = Command::new(natter_bin())
+        .args(args)
+        .arg("--invite-file")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let by_env = Command::new(natter_bin())
+        .args(args)
+        .env("NATTER_INVITE", &invite)
+        .output()
+        .unwrap();
+    for (how, out) in [("file", by_file), ("environment", by_env)] {
+        assert!(
+            out.status.success(),
+            "invite from the {how}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let none = Command::new(natter_bin())
+        .args(args)
+        .env_remove("NATTER_INVITE")
+        .output()
+        .unwrap();
+    assert_eq!(none.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no invite"));
 }
 
 /// Tokens: accepted for their room; missing, forged, expired and wrong-room tokens are refused
