@@ -849,26 +849,29 @@ async fn read_control(
         }
         peer.control.close(close);
     };
+    let missed = |stage: Stage| {
+        if stage == Stage::AwaitHello {
+            Close::Error(
+                ErrorCode::HelloRequired,
+                "no Hello within the hello timeout".into(),
+            )
+        } else {
+            Close::Error(
+                ErrorCode::Timeout,
+                format!(
+                    "no Join within {} s of Hello",
+                    config.join_timeout.as_secs_f32()
+                ),
+            )
+        }
+    };
     loop {
         let read = match deadline {
             None => recv.read(&mut buf).await,
             Some(at) => match tokio::time::timeout_at(at, recv.read(&mut buf)).await {
                 Ok(r) => r,
                 Err(_) => {
-                    close(if stage == Stage::AwaitHello {
-                        Close::Error(
-                            ErrorCode::HelloRequired,
-                            "no Hello within the hello timeout".into(),
-                        )
-                    } else {
-                        Close::Error(
-                            ErrorCode::Timeout,
-                            format!(
-                                "no Join within {} s of Hello",
-                                config.join_timeout.as_secs_f32()
-                            ),
-                        )
-                    });
+                    close(missed(stage));
                     return;
                 }
             },
@@ -902,9 +905,10 @@ async fn read_control(
                 shared.stats.control_throttled.fetch_add(1, Relaxed);
                 let until = tokio::time::Instant::now() + Duration::from_secs_f64(wait / 1e3);
                 // The stage deadlines still hold while throttled.
-                if deadline.is_some_and(|d| d < until) {
-                    tokio::time::sleep_until(deadline.unwrap_or(until)).await;
-                    break;
+                if let Some(at) = deadline.filter(|at| *at < until) {
+                    tokio::time::sleep_until(at).await;
+                    close(missed(stage));
+                    return;
                 }
                 tokio::time::sleep_until(until).await;
             }
