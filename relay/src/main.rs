@@ -116,6 +116,10 @@ struct Args {
     #[arg(long, env = "NATTER_RELAY_IDLE_TIMEOUT")]
     idle_timeout: Option<u64>,
 
+    /// Seconds a connection may take from Hello to Join before it is closed (default 10).
+    #[arg(long, value_name = "SECS", env = "NATTER_RELAY_JOIN_TIMEOUT")]
+    join_timeout: Option<u64>,
+
     /// Handshakes in progress above which new clients must first answer a QUIC Retry
     /// (address validation, one extra round trip); 0 = always. Default 64.
     #[arg(long, value_name = "N", env = "NATTER_RELAY_RETRY_ABOVE")]
@@ -259,7 +263,7 @@ fn settings(args: &Args, file: &ConfigFile) -> anyhow::Result<Settings> {
     if let Some(v) = l.hello_timeout_secs {
         relay.hello_timeout = Duration::from_secs(v.max(1));
     }
-    if let Some(v) = l.join_timeout_secs {
+    if let Some(v) = args.join_timeout.or(l.join_timeout_secs) {
         relay.join_timeout = Duration::from_secs(v.max(1));
     }
     if let Some(v) = l.control_messages_per_second {

@@ -338,3 +338,23 @@ async fn only_the_control_stream_can_be_opened() {
     let uni = tokio::time::timeout(Duration::from_millis(500), conn.open_uni()).await;
     assert!(uni.is_err(), "a unidirectional stream was allowed");
 }
+
+/// A client flooding tiny unknown frames after Hello is throttled and still closed at the
+/// join deadline (the throttle's waits must not stretch the deadline or switch it off).
+#[tokio::test]
+async fn a_throttled_flood_still_meets_the_join_deadline() {
+    let relay = relay_with(|c| c.join_timeout = Duration::from_millis(500)).await;
+    let conn = connect(&relay).await;
+    let (mut tx, _rx) = conn.open_bi().await.unwrap();
+    send(&mut tx, &[hello()]).await;
+    let flood = tokio::spawn(async move {
+        let unknown = [0x01u8, 0x30].repeat(4096);
+        while tx.write_all(&unknown).await.is_ok() {}
+    });
+    assert_eq!(
+        close_code(&conn, Duration::from_secs(3)).await,
+        code(ErrorCode::Timeout)
+    );
+    flood.abort();
+    assert!(relay.stats().control_throttled > 0);
+}

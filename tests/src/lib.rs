@@ -60,9 +60,13 @@ pub fn natter_bin() -> PathBuf {
     binary("natter")
 }
 
-/// The `natter-relay` binary.
+/// The `natter-relay` binary: this build's, or the one `NATTER_E2E_RELAY_BIN` names (to run
+/// the same tests against another build, e.g. an older relay for a before/after measurement).
 pub fn relay_bin() -> PathBuf {
-    binary("natter-relay")
+    match std::env::var_os("NATTER_E2E_RELAY_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => binary("natter-relay"),
+    }
 }
 
 /// A command for `program` that cannot outlive the test: on Linux the child gets SIGKILL when
@@ -285,6 +289,11 @@ impl RelayProcess {
     /// Like [`RelayProcess::start`], with extra command-line arguments. With `--metrics`, the
     /// metrics URL line is read first (see [`RelayProcess::metrics_url`]).
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_with_env(extra, &[])
+    }
+
+    /// Like [`RelayProcess::start_with`], with extra environment variables.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = TempDir::new("relay");
         let mut child = command(&relay_bin())
             .args([
@@ -296,6 +305,7 @@ impl RelayProcess {
             ])
             .arg(dir.join("data"))
             .args(extra)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
