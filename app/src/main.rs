@@ -389,7 +389,11 @@ fn run_call(args: CallArgs) -> anyhow::Result<ExitCode> {
         call::write_stats_json(&report, path)?;
     }
     if let Some(reason) = &report.ended_by_relay {
-        eprintln!("natter: call ended by the relay: {reason}");
+        if report.relay_lost {
+            eprintln!("natter: lost the connection to the relay: {reason}");
+        } else {
+            eprintln!("natter: call ended by the relay: {reason}");
+        }
         return Ok(ExitCode::from(3));
     }
     Ok(ExitCode::SUCCESS)

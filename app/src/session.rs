@@ -9,6 +9,7 @@ use crate::audio::wav::{DEFAULT_PERIOD, WavDevice};
 use crate::engine::{Engine, EngineCommand, EngineConfig, EngineStats, Inbound, MediaLink};
 use crate::transport::control::{self, CallState, Command, JoinRequest, Joined};
 use crate::transport::{ConnectError, connect};
+use natter_proto::control::ErrorCode;
 use natter_proto::invite::Invite;
 use quinn::{Connection, Endpoint};
 use std::sync::{Arc, Mutex};
@@ -66,6 +67,9 @@ pub struct Finished {
     pub duration: Duration,
     /// Why the relay ended the call, if it did.
     pub ended_by_relay: Option<String>,
+    /// The call ended because the connection to the relay was lost (it died, or the network
+    /// did), not because the relay closed it.
+    pub relay_lost: bool,
 }
 
 /// A call in progress.
@@ -77,6 +81,11 @@ pub struct Session {
     commands: mpsc::UnboundedSender<Command>,
     control: Option<JoinHandle<Result<(), ConnectError>>>,
     ended: Option<String>,
+    /// How the relay ended the call: the code it closed with, or `None` with `ended` set when
+    /// the connection was lost.
+    ended_code: Option<ErrorCode>,
+    /// The call ended because the connection was lost (no close from the relay).
+    relay_lost: bool,
     reader: JoinHandle<()>,
     conn: Connection,
     endpoint: Endpoint,
@@ -194,6 +203,8 @@ impl Session {
             commands,
             control: Some(control),
             ended: None,
+            ended_code: None,
+            relay_lost: false,
             reader,
             conn,
             endpoint,
@@ -270,6 +281,12 @@ impl Session {
         self.ended.as_deref()
     }
 
+    /// The code the relay closed the call with, if it closed it (rather than the connection
+    /// being lost).
+    pub fn ended_code(&self) -> Option<ErrorCode> {
+        self.ended_code
+    }
+
     /// Waits until the relay ends the call (or the control session fails). Cancel-safe.
     pub async fn wait_ended(&mut self) {
         let Some(control) = self.control.as_mut() else {
@@ -278,6 +295,11 @@ impl Session {
         let result = control.await;
         // The handle is finished: it must not be awaited again.
         self.control = None;
+        match &result {
+            Ok(Err(ConnectError::Refused { code, .. })) => self.ended_code = Some(*code),
+            Ok(Err(ConnectError::Lost(_))) => self.relay_lost = true,
+            _ => {}
+        }
         self.ended = Some(match result {
             Ok(Err(e)) => e.to_string(),
             _ => "the relay closed the control stream".into(),
@@ -319,6 +341,7 @@ impl Session {
         name_from_roster(&state, &mut stats);
         Finished {
             stats,
+            relay_lost: self.relay_lost,
             ended_by_relay: self.ended.or(state.ended.clone()),
             state,
             recording,

@@ -783,6 +783,16 @@ impl Controller {
             .map(str::to_string)
             .or_else(|| session.state().ended)
             .unwrap_or_else(|| "connection lost".into());
+        // Someone else joined with our access token: rejoining would throw them out, and
+        // them us, for ever.
+        if session.ended_code() == Some(ErrorCode::TokenInUse) {
+            tokio::spawn(async move {
+                session.leave().await;
+            });
+            self.update(|s| s.call = None);
+            self.fail(reason, false);
+            return;
+        }
         tracing::warn!("call ended: {reason}; reconnecting");
         tokio::spawn(async move {
             session.leave().await;
