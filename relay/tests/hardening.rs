@@ -215,9 +215,10 @@ async fn a_set_mute_storm_is_not_amplified_to_the_room() {
     });
     let mut notices = 0;
     while start.elapsed() < Duration::from_secs(2) {
-        match next(&mut vrx, &mut vdec, Duration::from_millis(200)).await {
-            Some(Message::MuteChanged { .. }) => notices += 1,
-            Some(_) | None => {}
+        if let Some(Message::MuteChanged { .. }) =
+            next(&mut vrx, &mut vdec, Duration::from_millis(200)).await
+        {
+            notices += 1;
         }
     }
     writer.abort();
@@ -247,9 +248,10 @@ async fn max_connections_holds_for_simultaneous_handshakes() {
                 send(&mut tx, &[hello(), join("crowd", &format!("p{i}"))]).await;
                 let mut decoder = FrameDecoder::new();
                 loop {
-                    match next(&mut rx, &mut decoder, Duration::from_secs(3)).await? {
-                        Message::Welcome { .. } => return Some((conn, tx, rx)),
-                        _ => {}
+                    if let Message::Welcome { .. } =
+                        next(&mut rx, &mut decoder, Duration::from_secs(3)).await?
+                    {
+                        return Some((conn, tx, rx));
                     }
                 }
             })
