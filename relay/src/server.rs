@@ -150,8 +150,45 @@ struct Outbox {
 
 #[derive(Debug, Default)]
 struct OutboxState {
-    messages: std::collections::VecDeque<Message>,
+    messages: ControlQueue,
     close: Option<Close>,
+}
+
+/// The pure part of [`Outbox`]: the messages waiting, at most [`CONTROL_QUEUE_LIMIT`], with a
+/// MuteChanged replacing a pending one about the same participant (the receiver only needs the
+/// latest state, and a flapping member then costs each listener one slot, not one per toggle).
+#[derive(Debug, Default)]
+struct ControlQueue(std::collections::VecDeque<Message>);
+
+/// The queue already holds [`CONTROL_QUEUE_LIMIT`] messages.
+#[derive(Debug, PartialEq, Eq)]
+struct QueueFull;
+
+impl ControlQueue {
+    fn push(&mut self, msg: Message) -> Result<(), QueueFull> {
+        if let Message::MuteChanged { id, .. } = msg
+            && let Some(pending) = self
+                .0
+                .iter_mut()
+                .find(|m| matches!(m, Message::MuteChanged { id: p, .. } if *p == id))
+        {
+            *pending = msg;
+            return Ok(());
+        }
+        if self.0.len() >= CONTROL_QUEUE_LIMIT {
+            return Err(QueueFull);
+        }
+        self.0.push_back(msg);
+        Ok(())
+    }
+
+    fn pop(&mut self) -> Option<Message> {
+        self.0.pop_front()
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
 }
 
 /// What the writer does next.
@@ -174,22 +211,13 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues `msg`; returns false if that overflowed the queue and closed the connection.
-    fn send(&self, msg: Message, stats: &RelayStats) -> bool {
+    /// Queues `msg`; if the queue is full, closes the connection instead (SlowReader).
+    fn send(&self, msg: Message, stats: &RelayStats) {
         let mut state = self.lock();
         if state.close.is_some() {
-            return true;
+            return;
         }
-        if let Message::MuteChanged { id, .. } = msg
-            && let Some(pending) = state
-                .messages
-                .iter_mut()
-                .find(|m| matches!(m, Message::MuteChanged { id: p, .. } if *p == id))
-        {
-            *pending = msg;
-            return true;
-        }
-        if state.messages.len() >= CONTROL_QUEUE_LIMIT {
+        if state.messages.push(msg) == Err(QueueFull) {
             state.messages.clear();
             let reason = format!(
                 "{CONTROL_QUEUE_LIMIT} control messages waiting: the client is not reading them"
@@ -204,12 +232,10 @@ impl Outbox {
             drop(state);
             stats.slow_readers.fetch_add(1, Relaxed);
             self.ready.notify_one();
-            return false;
+            return;
         }
-        state.messages.push_back(msg);
         drop(state);
         self.ready.notify_one();
-        true
     }
 
     /// Asks the writer to close the connection once what is queued has gone (the first
@@ -229,7 +255,7 @@ impl Outbox {
             let notified = self.ready.notified();
             {
                 let mut state = self.lock();
-                if let Some(msg) = state.messages.pop_front() {
+                if let Some(msg) = state.messages.pop() {
                     return Outgoing::Message(msg);
                 }
                 // Left in place: whatever is sent from now on is dropped.
@@ -786,8 +812,12 @@ async fn run_connection(incoming: quinn::Incoming, id: ConnId, shared: Arc<Share
 
     datagrams.abort();
     sender.abort();
-    let notices = shared.core().disconnect(id);
-    dispatch(notices, &shared.stats);
+    {
+        // Queued under the core's lock, like every roster message (see read_control).
+        let mut core = shared.core();
+        let notices = core.disconnect(id);
+        dispatch(notices, &shared.stats);
+    }
     // Let the writer send what is queued (e.g. an Error) before the connection goes.
     drop(peer);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
@@ -914,28 +944,44 @@ async fn read_control(
             }
             let joining = matches!(msg, Message::Join { .. });
             let said_hello = matches!(msg, Message::Hello { .. });
-            let outcome = shared.core().on_message(id, msg, unix_ms());
-            if let Some(Message::Welcome {
-                participant_id,
-                room,
-                roster,
-                ..
-            }) = outcome.sends.first().filter(|_| joining).map(|(_, m)| m)
-            {
-                // Logged only now that the core has checked both names (no control
-                // characters) and the token.
-                let name = roster
-                    .iter()
-                    .find(|p| p.id == *participant_id)
-                    .map_or("", |p| p.name.as_str());
-                info!(room = %room, name = %name, participant = participant_id, "join");
+            let (close_with, joined, evicted) = {
+                let mut core = shared.core();
+                let outcome = core.on_message(id, msg, unix_ms());
+                // Logged only once the core has checked both names (no control characters) and
+                // the token.
+                let joined = outcome
+                    .sends
+                    .first()
+                    .filter(|_| joining)
+                    .and_then(|(_, m)| match m {
+                        Message::Welcome {
+                            participant_id,
+                            room,
+                            roster,
+                            ..
+                        } => roster
+                            .iter()
+                            .find(|p| p.id == *participant_id)
+                            .map(|p| (room.clone(), p.name.clone(), p.id)),
+                        _ => None,
+                    });
+                // Queued while the core is still locked, so every connection gets its messages in
+                // the order the core decided them (a Welcome before the notice that someone in its
+                // roster left, even when that someone's task runs at the same moment).
+                dispatch(outcome.sends, &shared.stats);
+                let evicted = !outcome.evict.is_empty();
+                for (peer, why) in outcome.evict {
+                    peer.control.close(why);
+                }
+                (outcome.close, joined, evicted)
+            };
+            if let Some((room, name, participant)) = joined {
+                info!(room = %room, name = %name, participant, "join");
             }
-            dispatch(outcome.sends, &shared.stats);
-            for (evicted, why) in outcome.evict {
-                info!("access token joined again: closing its previous connection");
-                evicted.control.close(why);
+            if evicted {
+                info!("access token joined again: closed its previous connection");
             }
-            if let Some(c) = outcome.close {
+            if let Some(c) = close_with {
                 close(c);
                 return;
             }
@@ -1036,5 +1082,32 @@ async fn send_datagrams(queue: Arc<SubscriberQueue>, shared: Arc<Shared>) {
                 shared.stats.dropped_stale.fetch_add(1, Relaxed);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_control_queue_is_bounded_and_merges_mute_notices() {
+        let mut q = ControlQueue::default();
+        let mute = |id, muted| Message::MuteChanged { id, muted };
+        // A member flapping its mute takes one slot per listener, holding the latest state.
+        for i in 0..1_000 {
+            assert_eq!(q.push(mute(7, i % 2 == 1)), Ok(()));
+        }
+        assert_eq!(q.push(mute(8, true)), Ok(()));
+        assert_eq!(q.push(Message::ParticipantLeft { id: 9 }), Ok(()));
+        assert_eq!(q.pop(), Some(mute(7, true)));
+        assert_eq!(q.pop(), Some(mute(8, true)));
+        assert_eq!(q.pop(), Some(Message::ParticipantLeft { id: 9 }));
+        assert_eq!(q.pop(), None);
+        // Anything else fills it, and then it refuses.
+        for i in 0..CONTROL_QUEUE_LIMIT as u64 {
+            assert_eq!(q.push(Message::ParticipantLeft { id: i }), Ok(()));
+        }
+        assert_eq!(q.push(Message::ParticipantLeft { id: 0 }), Err(QueueFull));
+        assert_eq!(q.push(mute(1, true)), Err(QueueFull));
     }
 }

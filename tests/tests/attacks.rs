@@ -192,6 +192,59 @@ async fn flood_for(send: &mut SendStream, chunk: &[u8], secs: f64) -> u64 {
     taken
 }
 
+/// A connection that says `opening` (waiting for Welcome if it holds a Join), then writes
+/// `chunk` again and again for 3 s. Documented outcome: the relay takes little of it
+/// (throttled by flow control), well under 256 KiB.
+async fn flood_attack(
+    invite: &Invite,
+    opening: &[Message],
+    chunk: &[u8],
+    what: &str,
+) -> (String, bool) {
+    let Some((_ep, conn)) = attacker(invite, None).await else {
+        return ("could not connect".into(), false);
+    };
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    send.write_all(&frames(opening.iter().cloned()))
+        .await
+        .expect("opening messages");
+    if opening.iter().any(|m| matches!(m, Message::Join { .. })) && !welcomed(&mut recv).await {
+        return ("not welcomed".into(), false);
+    }
+    let taken = flood_for(&mut send, chunk, 3.0).await;
+    conn.close(0u32.into(), b"");
+    (
+        format!("relay took {taken} bytes of {what} in 3 s"),
+        taken < 256 * 1024,
+    )
+}
+
+/// Sends a Ping every `every` on `send` until the relay closes `conn` or `within` passes;
+/// returns the relay's close code.
+async fn ping_until_closed(
+    conn: &Connection,
+    send: &mut SendStream,
+    every: Duration,
+    within: Duration,
+) -> Option<u64> {
+    let pinger = async {
+        for n in 0.. {
+            let ping = frames([Message::Ping {
+                nonce: n,
+                sent_micros: 0,
+            }]);
+            if send.write_all(&ping).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(every).await;
+        }
+    };
+    tokio::select! {
+        code = close_code(conn, within) => code,
+        () = pinger => close_code(conn, Duration::from_secs(1)).await,
+    }
+}
+
 /// The application close code of `conn`, waiting at most `within`.
 async fn close_code(conn: &Connection, within: Duration) -> Option<u64> {
     match tokio::time::timeout(within, conn.closed()).await {
@@ -290,47 +343,19 @@ fn attacks_leave_the_relay_bounded_and_the_call_whole() {
     // and never read. The relay reads them at its control rate, so the attacker is held back
     // by its own flow control.
     run("ping flood, replies unread", &|| {
-        rt.block_on(async {
-            let Some((_ep, conn)) = attacker(&invite, None).await else {
-                return ("could not connect".into(), false);
-            };
-            let (mut send, _unread) = conn.open_bi().await.expect("stream");
-            send.write_all(&frames([hello()])).await.expect("hello");
-            let chunk = frames((0..1_000).map(|n| Message::Ping {
-                nonce: n,
-                sent_micros: 0,
-            }));
-            let taken = flood_for(&mut send, &chunk, 3.0).await;
-            conn.close(0u32.into(), b"");
-            (
-                format!("relay took {taken} bytes of pings in 3 s"),
-                taken < 256 * 1024,
-            )
-        })
+        let pings = frames((0..1_000).map(|n| Message::Ping {
+            nonce: n,
+            sent_micros: 0,
+        }));
+        rt.block_on(flood_attack(&invite, &[hello()], &pings, "pings"))
     });
 
     // 2. A member of the room toggles mute as fast as it can: at most the control rate of
     // it, and only changes, reach Bob and Alice.
     run("SetMute storm from a member", &|| {
-        rt.block_on(async {
-            let Some((_ep, conn)) = attacker(&invite, None).await else {
-                return ("could not connect".into(), false);
-            };
-            let (mut send, mut recv) = conn.open_bi().await.expect("stream");
-            send.write_all(&frames([hello(), join_msg("lobby", "mallory")]))
-                .await
-                .expect("join");
-            if !welcomed(&mut recv).await {
-                return ("not welcomed".into(), false);
-            }
-            let chunk = frames((0..1_000).map(|i| Message::SetMute { muted: i % 2 == 0 }));
-            let taken = flood_for(&mut send, &chunk, 3.0).await;
-            conn.close(0u32.into(), b"");
-            (
-                format!("relay took {taken} bytes of SetMute in 3 s"),
-                taken < 256 * 1024,
-            )
-        })
+        let mutes = frames((0..1_000).map(|i| Message::SetMute { muted: i % 2 == 0 }));
+        let opening = [hello(), join_msg("lobby", "mallory")];
+        rt.block_on(flood_attack(&invite, &opening, &mutes, "SetMute"))
     });
 
     // 3. A member that stops reading (1 KiB windows) and keeps sending Pings: closed with
@@ -347,22 +372,8 @@ fn attacks_leave_the_relay_bounded_and_the_call_whole() {
             if !welcomed(&mut recv).await {
                 return ("not welcomed".into(), false);
             }
-            let pinger = async {
-                for n in 0.. {
-                    let ping = frames([Message::Ping {
-                        nonce: n,
-                        sent_micros: 0,
-                    }]);
-                    if send.write_all(&ping).await.is_err() {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            };
-            let code = tokio::select! {
-                code = close_code(&conn, Duration::from_secs(15)) => code,
-                () = pinger => close_code(&conn, Duration::from_secs(1)).await,
-            };
+            let every = Duration::from_millis(20);
+            let code = ping_until_closed(&conn, &mut send, every, Duration::from_secs(15)).await;
             conn.close(0u32.into(), b"");
             let slow = u64::from(ErrorCode::SlowReader.to_u16());
             (format!("closed with {code:?}"), code == Some(slow))
@@ -438,22 +449,8 @@ fn attacks_leave_the_relay_bounded_and_the_call_whole() {
                     let (_ep, conn) = attacker(&invite, None).await?;
                     let (mut send, _recv) = conn.open_bi().await.ok()?;
                     send.write_all(&frames([hello()])).await.ok()?;
-                    let pinger = async {
-                        for n in 0.. {
-                            let ping = frames([Message::Ping {
-                                nonce: n,
-                                sent_micros: 0,
-                            }]);
-                            if send.write_all(&ping).await.is_err() {
-                                break;
-                            }
-                            tokio::time::sleep(Duration::from_millis(300)).await;
-                        }
-                    };
-                    tokio::select! {
-                        code = close_code(&conn, Duration::from_secs(6)) => code,
-                        () = pinger => close_code(&conn, Duration::from_secs(1)).await,
-                    }
+                    let every = Duration::from_millis(300);
+                    ping_until_closed(&conn, &mut send, every, Duration::from_secs(6)).await
                 })
             });
             let mut codes = Vec::new();
@@ -469,26 +466,10 @@ fn attacks_leave_the_relay_bounded_and_the_call_whole() {
     // 7. Tiny unknown-type frames (skipped by design) as fast as possible from a member of
     // a room: they cost the relay its control rate's worth of work, not a core.
     run("unknown-frame flood from a member", &|| {
-        rt.block_on(async {
-            let Some((_ep, conn)) = attacker(&invite, None).await else {
-                return ("could not connect".into(), false);
-            };
-            let (mut send, mut recv) = conn.open_bi().await.expect("stream");
-            send.write_all(&frames([hello(), join_msg("elsewhere", "noisy")]))
-                .await
-                .expect("join");
-            if !welcomed(&mut recv).await {
-                return ("not welcomed".into(), false);
-            }
-            // Length 1, type 0x30 (unknown).
-            let chunk = [0x01u8, 0x30].repeat(8 * 1024);
-            let taken = flood_for(&mut send, &chunk, 3.0).await;
-            conn.close(0u32.into(), b"");
-            (
-                format!("relay took {taken} bytes of unknown frames in 3 s"),
-                taken < 256 * 1024,
-            )
-        })
+        // Length 1, type 0x30 (unknown).
+        let unknown = [0x01u8, 0x30].repeat(8 * 1024);
+        let opening = [hello(), join_msg("elsewhere", "noisy")];
+        rt.block_on(flood_attack(&invite, &opening, &unknown, "unknown frames"))
     });
 
     let attacks_took = started.elapsed();
