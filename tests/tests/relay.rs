@@ -119,6 +119,27 @@ fn the_invite_can_stay_off_the_command_line() {
     assert!(String::from_utf8_lossy(&none.stderr).contains("no invite"));
 }
 
+/// A bearer token admits one connection at a time, the newest: when a second client joins
+/// with Bob's token, Bob's call is ended by the relay with TokenInUse, and he is told why.
+#[test]
+fn a_token_admits_one_connection_at_a_time() {
+    let relay = RelayProcess::start_with(&["--access", "token", "--secret", SECRET]);
+    let invite = mint(&relay, "r", "1h", SECRET);
+    let bob = Call::new(&invite, "r", "bob").duration(10.0).spawn();
+    relay.wait_for_join("r", "bob");
+    let thief = join(&invite, None);
+    assert_eq!(thief.code(), Some(0), "the newest holder gets in: {thief}");
+    let bob = bob.wait(Duration::from_secs(10));
+    assert_eq!(bob.code(), Some(3), "{bob}");
+    assert!(
+        bob.stderr.contains("call ended by the relay")
+            && bob
+                .stderr
+                .contains("the access token was used to join from somewhere else"),
+        "{bob}"
+    );
+}
+
 /// Tokens: accepted for their room; missing, forged, expired and wrong-room tokens are refused
 /// with distinct codes that the client says in words.
 #[test]

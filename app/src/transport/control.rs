@@ -252,7 +252,11 @@ pub async fn run(
                     }
                     Message::Error { code, message } => {
                         s.ended = Some(super::explain(code, &message));
-                        if code == ErrorCode::ShuttingDown {
+                        // Every code the relay knows is fatal (PROTOCOL.md §6.1): the close
+                        // follows, and the session ends with the relay's code and words rather
+                        // than "the relay closed the control stream". An unknown code is
+                        // informational until a close says otherwise.
+                        if !matches!(code, ErrorCode::Unknown(_)) {
                             return Err(ConnectError::Refused { code, message });
                         }
                     }
