@@ -71,6 +71,9 @@ pub struct CallReport {
     pub relay_rtt_ms: Option<f64>,
     /// Why the call ended early, if it did.
     pub ended_by_relay: Option<String>,
+    /// It ended because the connection to the relay was lost (the relay died or the network
+    /// did), not because the relay ended it.
+    pub relay_lost: bool,
     #[serde(flatten)]
     pub engine: EngineStats,
     #[serde(skip)]
@@ -268,6 +271,7 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
         duration_s: done.duration.as_secs_f64(),
         relay_rtt_ms: done.state.relay_rtt_ms,
         ended_by_relay: done.ended_by_relay,
+        relay_lost: done.relay_lost,
         engine: done.stats,
         recording: done.recording,
     })

@@ -53,7 +53,7 @@ enum TestSignalArg {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Join a call headless: a WAV file is the microphone, another the speaker.
-    Call(CallArgs),
+    Call(Box<CallArgs>),
     /// Start a local relay and two headless clients, and print the measured latency.
     Demo {
         /// Seconds of chirps to send.
@@ -107,8 +107,13 @@ enum SignalKind {
 
 #[derive(Debug, clap::Args)]
 struct CallArgs {
-    /// natter://host:port[/room]?fp=…[&token=…]
-    invite: String,
+    /// natter://host:port[/room]?fp=…[&token=…]. An invite holding a token is a password:
+    /// on a shared machine prefer --invite-file or NATTER_INVITE, which `ps` does not show.
+    #[arg(env = "NATTER_INVITE", hide_env_values = true)]
+    invite: Option<String>,
+    /// Read the invite from this file (first line) instead of the command line.
+    #[arg(long, value_name = "FILE", conflicts_with = "invite")]
+    invite_file: Option<PathBuf>,
     /// Room to join (overrides the invite's room).
     #[arg(long)]
     room: Option<String>,
@@ -230,7 +235,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(command: Cmd) -> anyhow::Result<ExitCode> {
     match command {
-        Cmd::Call(args) => run_call(args),
+        Cmd::Call(args) => run_call(*args),
         Cmd::Demo { seconds, frame_ms } => runtime()?.block_on(demo(seconds, frame_ms)),
         Cmd::Devices => {
             let list = natter::audio::device::list()?;
@@ -347,8 +352,24 @@ fn parse_seconds_or_zero(s: &str) -> Result<Duration, String> {
 
 fn run_call(args: CallArgs) -> anyhow::Result<ExitCode> {
     // A bad invite is the user's "could not connect" (exit 2, README), not a local failure.
-    let mut invite: Invite = args
-        .invite
+    let text = match (&args.invite, &args.invite_file) {
+        (Some(text), _) => text.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| ConnectError::Invalid(format!("invite file {}: {e}", path.display())))?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        (None, None) => {
+            return Err(ConnectError::Invalid(
+                "no invite: give it as an argument, with --invite-file FILE or in NATTER_INVITE"
+                    .into(),
+            )
+            .into());
+        }
+    };
+    let mut invite: Invite = text
         .parse()
         .map_err(|e| ConnectError::Invalid(format!("bad invite: {e}")))?;
     let room = args.room.or_else(|| invite.room.take()).ok_or_else(|| {
@@ -389,7 +410,11 @@ fn run_call(args: CallArgs) -> anyhow::Result<ExitCode> {
         call::write_stats_json(&report, path)?;
     }
     if let Some(reason) = &report.ended_by_relay {
-        eprintln!("natter: call ended by the relay: {reason}");
+        if report.relay_lost {
+            eprintln!("natter: lost the connection to the relay: {reason}");
+        } else {
+            eprintln!("natter: call ended by the relay: {reason}");
+        }
         return Ok(ExitCode::from(3));
     }
     Ok(ExitCode::SUCCESS)

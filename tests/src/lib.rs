@@ -60,9 +60,13 @@ pub fn natter_bin() -> PathBuf {
     binary("natter")
 }
 
-/// The `natter-relay` binary.
+/// The `natter-relay` binary: this build's, or the one `NATTER_E2E_RELAY_BIN` names (to run
+/// the same tests against another build, e.g. an older relay for a before/after measurement).
 pub fn relay_bin() -> PathBuf {
-    binary("natter-relay")
+    match std::env::var_os("NATTER_E2E_RELAY_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => binary("natter-relay"),
+    }
 }
 
 /// A command for `program` that cannot outlive the test: on Linux the child gets SIGKILL when
@@ -191,8 +195,9 @@ pub struct RelayProcess {
     exit: Option<ExitStatus>,
     metrics_url: Option<String>,
     data_dir: PathBuf,
-    /// The arguments after `--data-dir`, for a restart.
+    /// The arguments after `--data-dir` and the extra environment, for a restart.
     extra: Vec<String>,
+    env: Vec<(String, String)>,
     _dir: TempDir,
 }
 
@@ -245,6 +250,8 @@ pub struct RelayStats {
     pub dropped_not_joined: u64,
     pub dropped_wrong_ssrc: u64,
     pub control_errors: u64,
+    pub slow_readers: u64,
+    pub control_throttled: u64,
 }
 
 impl RelayStats {
@@ -267,6 +274,8 @@ impl RelayStats {
                 "dropped_not_joined" => stats.dropped_not_joined = value,
                 "dropped_wrong_ssrc" => stats.dropped_wrong_ssrc = value,
                 "control_errors" => stats.control_errors = value,
+                "slow_readers" => stats.slow_readers = value,
+                "control_throttled" => stats.control_throttled = value,
                 _ => {}
             }
         }
@@ -283,8 +292,17 @@ impl RelayProcess {
     /// Like [`RelayProcess::start`], with extra command-line arguments. With `--metrics`, the
     /// metrics URL line is read first (see [`RelayProcess::metrics_url`]).
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_with_env(extra, &[])
+    }
+
+    /// Like [`RelayProcess::start_with`], with extra environment variables.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
         let extra: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
-        Self::launch("127.0.0.1:0", TempDir::new("relay"), extra)
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self::launch("127.0.0.1:0", TempDir::new("relay"), extra, env)
     }
 
     /// Kills the relay (SIGKILL: a crash) and starts it again on the same port with the same
@@ -297,17 +315,23 @@ impl RelayProcess {
         );
         let listen = format!("127.0.0.1:{}", self.port());
         let dir = std::mem::replace(&mut self._dir, TempDir(None));
-        let restarted = Self::launch(&listen, dir, std::mem::take(&mut self.extra));
+        let restarted = Self::launch(
+            &listen,
+            dir,
+            std::mem::take(&mut self.extra),
+            std::mem::take(&mut self.env),
+        );
         assert_eq!(restarted.invite, self.invite, "same port and certificate");
         // The old process has exited, so dropping its handle does nothing more.
         *self = restarted;
     }
 
-    fn launch(listen: &str, dir: TempDir, extra: Vec<String>) -> Self {
+    fn launch(listen: &str, dir: TempDir, extra: Vec<String>, env: Vec<(String, String)>) -> Self {
         let mut child = command(&relay_bin())
             .args(["--listen", listen, "--log-format", "json", "--data-dir"])
             .arg(dir.join("data"))
             .args(&extra)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -350,6 +374,7 @@ impl RelayProcess {
             metrics_url: None,
             data_dir: dir.join("data"),
             extra,
+            env,
             _dir: dir,
         };
         let mut first = rx.recv_timeout(RELAY_START_TIMEOUT);
@@ -459,6 +484,22 @@ impl RelayProcess {
             "relay never logged {name:?} joining room {room:?}; log:\n{}",
             self.log_text()
         );
+    }
+
+    /// The relay's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The relay's resident memory (VmRSS) in KiB, read from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("the relay's /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc status")
     }
 
     /// Sends SIGTERM (graceful shutdown).

@@ -210,6 +210,12 @@ fn crashed_relay_is_noticed_within_seconds() {
     let (done, ended_after) = end_a_call(&mut relay, &dir, RelayProcess::kill);
     assert!(relay.wait_exit(Duration::from_secs(5)).is_some());
     assert_eq!(done.code(), Some(EXIT_ENDED_BY_RELAY), "{done}");
+    // The relay did not end the call: it is gone, and the exit line says so.
+    assert!(
+        done.stderr.contains("lost the connection to the relay")
+            && !done.stderr.contains("ended by the relay"),
+        "{done}"
+    );
     assert!(
         (Duration::from_secs(5)..Duration::from_secs(10)).contains(&ended_after),
         "the call noticed the crash after {ended_after:?}: {done}"

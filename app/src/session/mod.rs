@@ -77,6 +77,9 @@ pub struct Finished {
     pub duration: Duration,
     /// Why the relay ended the call, if it did.
     pub ended_by_relay: Option<String>,
+    /// The call ended because the connection to the relay was lost (it died, or the network
+    /// did, and rejoining gave up), not because the relay closed it.
+    pub relay_lost: bool,
 }
 
 /// Why a call could not start: the relay side (the user's to fix: a bad invite, an unreachable
@@ -376,8 +379,12 @@ impl Session {
         }
         let state = lock(&self.shared.state).clone();
         name_from_roster(&state, &mut stats);
+        let relay_lost = ended
+            .as_ref()
+            .is_some_and(|e| !matches!(*e.error, ConnectError::Refused { .. }));
         Finished {
             stats,
+            relay_lost,
             ended_by_relay: ended.map(|e| e.reason).or(state.ended.clone()),
             state,
             recording,

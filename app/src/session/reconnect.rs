@@ -29,12 +29,16 @@ pub fn backoff(attempt: u32) -> Duration {
 /// out, failed internally, or simply vanished is worth trying again.
 pub fn is_fatal(error: &ConnectError) -> bool {
     match error {
+        // TokenInUse is fatal too: someone else joined with our access token, and rejoining
+        // would throw them out, and them us, for ever. SlowReader (we stopped reading for a
+        // while) is worth another try.
         ConnectError::Refused { code, .. } => !matches!(
             code,
             ErrorCode::ShuttingDown
                 | ErrorCode::Timeout
                 | ErrorCode::ServerFull
                 | ErrorCode::Internal
+                | ErrorCode::SlowReader
         ),
         ConnectError::Invalid(_) | ConnectError::FingerprintMismatch { .. } => true,
         ConnectError::Resolve { .. }

@@ -243,9 +243,11 @@ impl ControlCore {
             }
             Message::Error { code, message } => {
                 s.ended = Some(explain(code, &message));
-                // Shutting down ends the call now; other errors are followed by the relay's
-                // close (or are warnings it recovers from).
-                if code == ErrorCode::ShuttingDown {
+                // Every code the relay knows is fatal (PROTOCOL.md §6.1): the close follows, and
+                // the session ends with the relay's code and words rather than "the relay
+                // closed the control stream". An unknown code is informational until a close
+                // says otherwise.
+                if !matches!(code, ErrorCode::Unknown(_)) {
                     self.end(ConnectError::Refused { code, message });
                     return;
                 }
