@@ -2,25 +2,16 @@
 //! server, read back with xprop. (The egui_kittest UI tests in app/tests/ui.rs run without any
 //! window system, so they cannot see what the window tells the window manager.)
 
-use natter_e2e::{TempDir, natter_bin};
+use natter_e2e::{Reaped, TempDir, command, natter_bin};
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// A child process killed and reaped when the test ends, however it ends.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A private X server; returns it and its DISPLAY. `-displayfd` lets Xvfb pick a free display
 /// number and tell us, so parallel tests never collide.
 fn xvfb() -> (Reaped, String) {
-    let mut child = Command::new("Xvfb")
+    let mut child = command(Path::new("Xvfb"))
         .args([
             "-displayfd",
             "1",
@@ -58,13 +49,12 @@ fn the_window_carries_the_icon_and_class_of_its_desktop_entry() {
     let (_x, display) = xvfb();
     let dir = TempDir::new("window");
     let _app = Reaped(
-        Command::new(natter_bin())
+        command(&natter_bin())
             .arg("--dir")
             .arg(dir.path())
             .args(["--test-signal", "silence"])
             .env("DISPLAY", &display)
             .env_remove("WAYLAND_DISPLAY")
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

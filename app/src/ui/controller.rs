@@ -665,7 +665,7 @@ impl Controller {
             let addr = SocketAddr::new(self.config.host_bind, port);
             let mut relay_config = natter_relay::RelayConfig::new(vec![addr], identity);
             if addr.ip().is_unspecified() {
-                relay_config.public_host = lan_address().map(|ip| ip.to_string());
+                relay_config.public_host = crate::host::lan_address().map(|ip| ip.to_string());
             }
             let relay = natter_relay::start(relay_config)
                 .await
@@ -1294,15 +1294,6 @@ fn describe_failure(e: &anyhow::Error, target: Option<&Target>) -> (String, bool
         }
         _ => (format!("{e:#}"), false, false),
     }
-}
-
-/// This machine's address on the local network (the source address for a route to a public
-/// address; nothing is sent), for the invites of a hosted call.
-fn lan_address() -> Option<IpAddr> {
-    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
-    socket.connect("192.0.2.1:9").ok()?;
-    let ip = socket.local_addr().ok()?.ip();
-    (!ip.is_unspecified()).then_some(ip)
 }
 
 /// Length of the chirp probe the latency test sends.
