@@ -12,10 +12,10 @@
 
 use natter::audio::SAMPLE_RATE;
 use natter::audio::device::DeviceList;
+use natter::controller::{CallSettings, LatencyTest, Phase, Request, test_speech};
 use natter::engine::EngineConfig;
 use natter::session::{Audio, Record, Session, SessionConfig};
 use natter::settings::{Dirs, RecentRelay, ThemeChoice};
-use natter::ui::controller::{CallSettings, LatencyTest, Phase, Request, test_speech};
 use natter::ui::{AppConfig, AudioSource, ControllerConfig, NatterApp, Screen, TestSignal};
 use natter_proto::invite::Invite;
 use std::net::{IpAddr, Ipv4Addr};
@@ -75,6 +75,7 @@ fn bot(
             record: Record::Nothing,
         },
         engine,
+        reconnect_for: Some(Duration::ZERO),
     }))
     .expect("bot joins")
 }

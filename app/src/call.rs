@@ -2,7 +2,8 @@
 //!
 //! The shell that testers, bots and the end-to-end tests use: a [`Session`] on a
 //! real-time-paced WAV device (or sound-card devices) for the requested duration, then leave
-//! and report.
+//! and report. A lost relay is rejoined for up to `--reconnect-for` seconds (the session's
+//! policy); the call carries on meanwhile, its audio continuing where it was.
 
 use crate::audio::SAMPLE_RATE;
 use crate::audio::device::DeviceChoice;
@@ -35,6 +36,8 @@ pub struct CallOptions {
     pub input: Option<PathBuf>,
     pub output: Option<PathBuf>,
     pub duration: Option<Duration>,
+    /// How long to keep trying to rejoin after losing the relay (zero: the call ends).
+    pub reconnect_for: Duration,
     pub echo: bool,
     /// Opus frame length in ms (10, 20, 40 or 60); 10 selects the low-latency mode.
     pub frame_ms: u32,
@@ -217,6 +220,7 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
         echo: opts.echo,
         audio,
         engine,
+        reconnect_for: Some(opts.reconnect_for),
     })
     .await?;
 
@@ -241,7 +245,7 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
             _ = terminate.recv() => break,
         }
     }
-    let joined = session.joined.clone();
+    let joined = session.joined();
     let done = session.leave().await;
     if let Some(e) = &done.recording_error {
         anyhow::bail!("{e}");

@@ -7,7 +7,9 @@
 pub mod apm;
 pub mod audio;
 pub mod call;
+pub mod clock;
 pub mod codec;
+pub mod controller;
 pub mod engine;
 pub mod history;
 pub mod host;

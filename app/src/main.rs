@@ -155,6 +155,10 @@ struct CallArgs {
     /// SIGTERM). At most 24 h; 12 h with --output (a WAV file holds 4 GiB)
     #[arg(long, value_parser = parse_seconds)]
     duration: Option<Duration>,
+    /// Seconds to keep trying to rejoin after losing the relay (a restart, a network change)
+    /// before the call ends with exit code 3; 0 ends it at once
+    #[arg(long, value_parser = parse_seconds_or_zero, default_value = "30")]
+    reconnect_for: Duration,
     /// Ask the relay to send our own audio back to us instead of to the room (loopback
     /// latency test: nobody else hears it).
     #[arg(long)]
@@ -412,6 +416,13 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+fn parse_seconds_or_zero(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(0.0) => Ok(Duration::ZERO),
+        _ => parse_seconds(s),
+    }
+}
+
 fn run_call(args: CallArgs) -> anyhow::Result<ExitCode> {
     // A bad invite is the user's "could not connect" (exit 2, README), not a local failure.
     let mut invite: Invite = args
@@ -430,6 +441,7 @@ fn run_call(args: CallArgs) -> anyhow::Result<ExitCode> {
         input: args.input,
         output: args.output,
         duration: args.duration,
+        reconnect_for: args.reconnect_for,
         echo: args.echo,
         frame_ms: args.frame_ms,
         pin_frame: args.fixed_frame,
@@ -481,6 +493,7 @@ async fn demo(seconds: f32, frame_ms: u32) -> anyhow::Result<ExitCode> {
         input,
         output: None,
         duration: Some(Duration::from_secs_f64(call_secs)),
+        reconnect_for: Duration::ZERO,
         echo: false,
         frame_ms,
         pin_frame: false,

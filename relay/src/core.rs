@@ -298,7 +298,8 @@ impl<H: Clone> RelayCore<H> {
                     Message::Pong {
                         nonce,
                         ping_sent_micros: sent_micros,
-                        responder_micros: unix_micros(),
+                        // The core owns no clock: the shell's time, at its millisecond grain.
+                        responder_micros: now_ms.saturating_mul(1000),
                     },
                 )],
                 close: None,
@@ -614,13 +615,6 @@ fn message_name(m: &Message) -> &'static str {
         Message::MuteChanged { .. } => "MuteChanged",
         _ => "this message",
     }
-}
-
-/// Wall clock in microseconds since the Unix epoch (for Pong's responder time).
-pub fn unix_micros() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
 
 #[cfg(test)]

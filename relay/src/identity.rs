@@ -7,7 +7,6 @@
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -52,10 +51,7 @@ impl Clone for Identity {
     }
 }
 
-/// SHA-256 of a DER certificate: the value invite links pin.
-pub fn cert_fingerprint(der: &[u8]) -> [u8; 32] {
-    Sha256::digest(der).into()
-}
+pub use natter_proto::invite::cert_fingerprint;
 
 impl Identity {
     /// A fresh self-signed identity held only in memory (embedded relays, tests).

@@ -345,7 +345,7 @@ fn mint(
         );
     }
     let ttl = natter_relay::token::parse_ttl(ttl).map_err(|e| anyhow::anyhow!("ttl: {e}"))?;
-    let exp = natter_relay::core::unix_micros() / 1_000_000 + ttl;
+    let exp = natter_relay::server::unix_micros() / 1_000_000 + ttl;
     let token = natter_relay::token::mint(
         &secret,
         &natter_relay::token::Claims {

@@ -543,7 +543,15 @@ async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
 }
 
 fn unix_ms() -> u64 {
-    crate::core::unix_micros() / 1000
+    unix_micros() / 1000
+}
+
+/// Wall clock in microseconds since the Unix epoch: read here, in the shell, and passed to the
+/// core as its time.
+pub fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 async fn run_connection(incoming: quinn::Incoming, id: ConnId, shared: Arc<Shared>) {

@@ -200,6 +200,8 @@ pub struct RelayProcess {
     exit: Option<ExitStatus>,
     metrics_url: Option<String>,
     data_dir: PathBuf,
+    /// The arguments after `--data-dir`, for a restart.
+    extra: Vec<String>,
     _dir: TempDir,
 }
 
@@ -290,17 +292,31 @@ impl RelayProcess {
     /// Like [`RelayProcess::start`], with extra command-line arguments. With `--metrics`, the
     /// metrics URL line is read first (see [`RelayProcess::metrics_url`]).
     pub fn start_with(extra: &[&str]) -> Self {
-        let dir = TempDir::new("relay");
+        let extra: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
+        Self::launch("127.0.0.1:0", TempDir::new("relay"), extra)
+    }
+
+    /// Kills the relay (SIGKILL: a crash) and starts it again on the same port with the same
+    /// data directory, hence the same certificate and invite — what a service manager does.
+    pub fn kill_and_restart(&mut self) {
+        self.kill();
+        assert!(
+            self.wait_exit(Duration::from_secs(5)).is_some(),
+            "the relay did not die"
+        );
+        let listen = format!("127.0.0.1:{}", self.port());
+        let dir = std::mem::replace(&mut self._dir, TempDir(None));
+        let restarted = Self::launch(&listen, dir, std::mem::take(&mut self.extra));
+        assert_eq!(restarted.invite, self.invite, "same port and certificate");
+        // The old process has exited, so dropping its handle does nothing more.
+        *self = restarted;
+    }
+
+    fn launch(listen: &str, dir: TempDir, extra: Vec<String>) -> Self {
         let mut child = command(&relay_bin())
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-                "--data-dir",
-            ])
+            .args(["--listen", listen, "--log-format", "json", "--data-dir"])
             .arg(dir.join("data"))
-            .args(extra)
+            .args(&extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -342,6 +358,7 @@ impl RelayProcess {
             exit: None,
             metrics_url: None,
             data_dir: dir.join("data"),
+            extra,
             _dir: dir,
         };
         let mut first = rx.recv_timeout(RELAY_START_TIMEOUT);
