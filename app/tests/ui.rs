@@ -299,6 +299,17 @@ fn host_join_see_each_other_speak_mute_and_leave() {
         "nobody is muted at Bob's"
     );
 
+    // Alice, the host, presses Leave while Bob is here: she is asked first, and Stay keeps
+    // the call going for both.
+    click(&mut alice, "Leave");
+    assert!(has_label(
+        &alice,
+        "You are hosting: leaving ends the call for the other person."
+    ));
+    click(&mut alice, "Stay");
+    assert!(!has_label_containing(&alice, "You are hosting: leaving"));
+    assert!(snapshot(&alice).hosting.is_some() && has_label_containing(&alice, "Bob is"));
+
     // Bob leaves: Alice hears the leave cue and Bob disappears from her roster.
     let cues = snapshot(&alice).cues_played;
     click(&mut bob, "Leave");
@@ -307,7 +318,8 @@ fn host_join_see_each_other_speak_mute_and_leave() {
     });
     assert!(snapshot(&alice).cues_played > cues, "a leave cue played");
 
-    // Alice leaves: hosting stops, back to the start screen with the relay remembered... for Bob.
+    // Alice leaves, alone now (no question): hosting stops, back to the start screen with the
+    // relay remembered... for Bob.
     click(&mut alice, "Leave");
     wait_for(&mut alice, "Alice back at the start", 10.0, |a| {
         has_label(a, "Host a call") && snapshot(a).hosting.is_none()
@@ -330,6 +342,42 @@ fn host_join_see_each_other_speak_mute_and_leave() {
 
 /// The controller alone reads the trusted relays; a corrupt file reaches the window through
 /// its snapshot, once, and stays dismissed.
+#[test]
+fn a_host_who_confirms_leaving_ends_the_call_for_everyone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = app(&dir.path().join("alice"), TestSignal::Silence);
+    let mut bob = app(&dir.path().join("bob"), TestSignal::Silence);
+    type_into(&mut alice, "Your name", "Alice");
+    click(&mut alice, "Host a call");
+    wait_for(&mut alice, "the hosted call", 15.0, |h| {
+        has_label_containing(h, "Invite link: natter://")
+    });
+    let invite = shown_invite(&alice);
+    type_into(&mut bob, "Your name", "Bob");
+    type_into(&mut bob, "Invite link", &invite);
+    click(&mut bob, "Join");
+    wait_both(&mut alice, &mut bob, "both in the call", 15.0, |a, b| {
+        has_label_containing(a, "Bob is") && has_label_containing(b, "Alice is")
+    });
+    click(&mut alice, "Leave");
+    assert!(
+        snapshot(&alice).hosting.is_some(),
+        "nothing ends before the answer"
+    );
+    click(&mut alice, "End the call for everyone");
+    wait_both(
+        &mut alice,
+        &mut bob,
+        "the call over for both",
+        10.0,
+        |a, b| {
+            has_label(a, "Host a call")
+                && snapshot(a).hosting.is_none()
+                && !matches!(snapshot(b).phase, Phase::InCall)
+        },
+    );
+}
+
 #[test]
 fn a_corrupt_trusted_relays_file_is_reported_once() {
     let dir = tempfile::tempdir().unwrap();

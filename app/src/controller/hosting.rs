@@ -37,7 +37,11 @@ impl Controller {
             ip if ip.is_unspecified() => "127.0.0.1".to_string(),
             ip => ip.to_string(),
         };
-        Ok(Invite::new(own_host, port, Some(hosted.relay.fingerprint())))
+        Ok(Invite::new(
+            own_host,
+            port,
+            Some(hosted.relay.fingerprint()),
+        ))
     }
 
     pub(super) async fn stop_hosting_quietly(&mut self) {

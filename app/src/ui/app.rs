@@ -73,6 +73,8 @@ pub struct NatterApp {
     pub(super) form: StartForm,
     pub(super) snap: Snapshot,
     pub(super) export_note: Option<String>,
+    /// The host pressed Leave with others in the call: ask before ending it for everyone.
+    pub(super) confirm_end_call: bool,
     ptt_down: bool,
     theme_applied: Option<ThemeChoice>,
     /// Frames drawn since `frames_since` (logged every 30 s, for the CPU benchmark).
@@ -117,6 +119,7 @@ impl NatterApp {
             form,
             snap: Snapshot::default(),
             export_note: None,
+            confirm_end_call: false,
             ptt_down: false,
             theme_applied: None,
             frames: 0,

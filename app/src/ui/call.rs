@@ -29,6 +29,7 @@ impl NatterApp {
                 .show(ui, |ui| {
                     ui.add_space(4.0);
                     self.notices(ui);
+                    self.end_call_prompt(ui);
                     self.hosting_card(ui);
                     if let Phase::Reconnecting { attempt, reason } = &self.snap.phase {
                         style::banner(ui, style::WARN).show(ui, |ui| {
@@ -97,6 +98,50 @@ impl NatterApp {
             if let Some((i, o)) = &call.devices {
                 ui.label(RichText::new(format!("mic {i} · speaker {o}")).weak());
             }
+        });
+    }
+
+    /// How many other people are in a call this app hosts (0 when not hosting).
+    fn others_in_hosted_call(&self) -> usize {
+        match (&self.snap.hosting, &self.snap.call) {
+            (Some(_), Some(call)) => call.participants.len().saturating_sub(1),
+            _ => 0,
+        }
+    }
+
+    /// Asks a host whether to end the call for everyone before leaving.
+    fn end_call_prompt(&mut self, ui: &mut Ui) {
+        if !self.confirm_end_call {
+            return;
+        }
+        let others = self.others_in_hosted_call();
+        if others == 0 {
+            // Everyone else left meanwhile: nothing to ask.
+            self.confirm_end_call = false;
+            return;
+        }
+        style::banner(ui, style::WARN).show(ui, |ui| {
+            ui.set_width(ui.available_width());
+            let people = if others == 1 {
+                "the other person".to_string()
+            } else {
+                format!("the {others} other people")
+            };
+            ui.label(
+                RichText::new(format!(
+                    "You are hosting: leaving ends the call for {people}."
+                ))
+                .strong(),
+            );
+            ui.horizontal(|ui| {
+                if ui.button("End the call for everyone").clicked() {
+                    self.confirm_end_call = false;
+                    self.ctl.send(Request::Leave);
+                }
+                if ui.button("Stay").clicked() {
+                    self.confirm_end_call = false;
+                }
+            });
         });
     }
 
@@ -349,7 +394,12 @@ impl NatterApp {
                         .fill(style::DANGER)
                         .min_size(size);
                 if ui.add(leave).clicked() {
-                    self.ctl.send(Request::Leave);
+                    if self.others_in_hosted_call() > 0 {
+                        // The relay lives in this app: leaving takes everyone's call with it.
+                        self.confirm_end_call = true;
+                    } else {
+                        self.ctl.send(Request::Leave);
+                    }
                 }
             });
         });
