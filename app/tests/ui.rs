@@ -613,6 +613,48 @@ fn trust_on_first_use_then_refuse_a_changed_certificate() {
 }
 
 #[test]
+fn a_roomless_invite_asks_for_the_room_where_the_user_looks_and_enter_joins() {
+    let relay = TestRelay::start_on(0, natter_relay::Identity::generate().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = app(dir.path(), TestSignal::Silence);
+    type_into(&mut h, "Your name", "Ann");
+    assert!(
+        !has_label(&h, "Room"),
+        "no room field until an invite needs one"
+    );
+    // What a relay prints: an invite without a room.
+    type_into(&mut h, "Invite link", &relay.handle().invite().to_string());
+    assert!(
+        has_label(&h, "Room"),
+        "the room is asked for right below the invite"
+    );
+    type_into(&mut h, "Room", "lounge");
+    h.key_press(egui::Key::Enter);
+    h.run();
+    wait_for(&mut h, "the call", 15.0, |h| has_label(h, "Ann (you)"));
+    assert_eq!(snapshot(&h).call.unwrap().room, "lounge");
+    click(&mut h, "Leave");
+    relay.stop();
+}
+
+#[test]
+fn enter_in_the_host_form_starts_hosting() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = app(dir.path(), TestSignal::Silence);
+    type_into(&mut h, "Your name", "Hal");
+    // Typed after the prefilled room name.
+    type_into(&mut h, "Room name", "den");
+    h.key_press(egui::Key::Enter);
+    h.run();
+    wait_for(&mut h, "the hosted call", 15.0, |h| {
+        has_label_containing(h, "Invite link: natter://")
+    });
+    let invite = shown_invite(&h);
+    assert!(invite.contains("den?fp="), "{invite}");
+    click(&mut h, "Leave");
+}
+
+#[test]
 fn reconnects_and_rejoins_after_the_relay_restarts() {
     let identity = natter_relay::Identity::generate().unwrap();
     let relay = TestRelay::start_on(0, identity.clone());

@@ -305,7 +305,7 @@ impl NatterApp {
                 .room
                 .take()
                 .or_else(|| Some(self.form.room.trim().to_string()).filter(|r| !r.is_empty()))
-                .ok_or("The invite has no room: enter one below.")?;
+                .ok_or("This invite names no room: type the room's name in the Room field.")?;
             (invite, room)
         } else {
             let host = self.form.host.trim();

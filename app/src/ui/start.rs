@@ -19,6 +19,12 @@ fn field(ui: &mut Ui, label: &str, value: &mut String, hint: &str) -> egui::Resp
     .labelled_by(l.id)
 }
 
+/// Whether the user pressed Enter in this text field (egui ends the edit on Enter): forms
+/// submit on Enter as people expect.
+fn entered(ui: &Ui, field: &egui::Response) -> bool {
+    field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter))
+}
+
 /// Centres a column of at most `width` in the available space.
 pub(super) fn column(ui: &mut Ui, width: f32, add: impl FnOnce(&mut Ui)) {
     let avail = ui.available_width();
@@ -77,30 +83,49 @@ impl NatterApp {
                 self.settings.display_name = name;
                 self.settings_changed();
             }
-            field(
+            let mut submit = false;
+            let invite = field(
                 ui,
                 "Invite link",
                 &mut self.form.invite,
                 "natter://host:port/room?fp=…",
             );
+            submit |= entered(ui, &invite);
+            // An invite without a room (what a relay prints): ask for the room right here,
+            // where the user is looking, not in the collapsed section below.
+            let roomless = self
+                .form
+                .invite
+                .trim()
+                .parse::<natter_proto::invite::Invite>()
+                .is_ok_and(|i| i.room.is_none());
+            if roomless {
+                let room = field(ui, "Room", &mut self.form.room, "lounge");
+                submit |= entered(ui, &room);
+            }
             egui::CollapsingHeader::new("Or enter the relay's address")
                 .default_open(false)
                 .show(ui, |ui| {
                     ui.columns(2, |cols| {
-                        field(
+                        let host = field(
                             &mut cols[0],
                             "Host",
                             &mut self.form.host,
                             "relay.example.org",
                         );
-                        field(&mut cols[1], "Port", &mut self.form.port, "4433");
+                        submit |= entered(&cols[0], &host);
+                        let port = field(&mut cols[1], "Port", &mut self.form.port, "4433");
+                        submit |= entered(&cols[1], &port);
                     });
-                    field(ui, "Room", &mut self.form.room, "lounge");
+                    if !roomless {
+                        let room = field(ui, "Room", &mut self.form.room, "lounge");
+                        submit |= entered(ui, &room);
+                    }
                 });
             if let Some(e) = &self.form.error {
                 ui.label(RichText::new(e).color(style::DANGER));
             }
-            if style::primary(ui, "Join").clicked() {
+            if style::primary(ui, "Join").clicked() || submit {
                 match self.join_from_form() {
                     Ok(req) => {
                         self.form.error = None;
@@ -158,19 +183,22 @@ impl NatterApp {
                 )
                 .weak(),
             );
+            let mut submit = false;
             ui.columns(2, |cols| {
-                field(
+                let room = field(
                     &mut cols[0],
                     "Room name",
                     &mut self.form.host_room,
                     "lounge",
                 );
-                field(&mut cols[1], "Relay port", &mut self.form.host_port, "4433");
+                submit |= entered(&cols[0], &room);
+                let port = field(&mut cols[1], "Relay port", &mut self.form.host_port, "4433");
+                submit |= entered(&cols[1], &port);
             });
             if let Some(e) = &self.form.host_error {
                 ui.label(RichText::new(e).color(style::DANGER));
             }
-            if style::primary(ui, "Host a call").clicked() {
+            if style::primary(ui, "Host a call").clicked() || submit {
                 match self.host_from_form() {
                     Ok(req) => {
                         self.form.host_error = None;
