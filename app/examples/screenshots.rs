@@ -278,10 +278,12 @@ fn main() -> anyhow::Result<()> {
             RecentRelay {
                 invite: "natter://voice.example.org:4433?fp=5d41402abc4b2a76b9719d911017c5925d41402abc4b2a76b9719d911017c592".into(),
                 room: "standup".into(),
+                label: None,
             },
             RecentRelay {
                 invite: "natter://192.168.1.20:4433".into(),
                 room: "band practice".into(),
+                label: None,
             },
         ],
         ..Default::default()

@@ -638,6 +638,64 @@ fn a_roomless_invite_asks_for_the_room_where_the_user_looks_and_enter_joins() {
 }
 
 #[test]
+fn recent_relays_keep_only_joins_that_worked_once_each_and_can_be_renamed_and_removed() {
+    let relay = TestRelay::start_on(0, natter_relay::Identity::generate().unwrap());
+    let mut invite = relay.handle().invite();
+    invite.room = Some("team".into());
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = app(dir.path(), TestSignal::Silence);
+    type_into(&mut h, "Your name", "Rae");
+
+    // A failed attempt (a certificate that is not the relay's) is not remembered.
+    let mut wrong = invite.clone();
+    wrong.fingerprint = Some([7; 32]);
+    type_into(&mut h, "Invite link", &wrong.to_string());
+    click(&mut h, "Join");
+    wait_for(&mut h, "the failed join", 15.0, |h| {
+        matches!(snapshot(h).phase, Phase::Failed(_))
+    });
+    assert!(
+        !has_label(&h, "Recent relays"),
+        "a failed attempt is not a recent relay"
+    );
+    click(&mut h, "Dismiss");
+
+    // Two successful joins of the same relay, written differently: one entry.
+    let upper = invite.to_string().replace(
+        &natter_proto::invite::fingerprint_hex(&relay.handle().fingerprint()),
+        &natter_proto::invite::fingerprint_hex(&relay.handle().fingerprint()).to_uppercase(),
+    );
+    for link in [invite.to_string(), upper] {
+        h.state_mut().form_mut().invite = link;
+        click(&mut h, "Join");
+        wait_for(&mut h, "the call", 15.0, |h| has_label(h, "Rae (you)"));
+        click(&mut h, "Leave");
+        wait_for(&mut h, "the start screen", 10.0, |h| {
+            has_label(h, "Recent relays")
+        });
+    }
+    let what = format!("team on 127.0.0.1:{}", relay.port());
+    assert_eq!(h.query_all_by_label(&format!("Use {what}")).count(), 1);
+
+    // Renamed: the name shows, and is saved.
+    click(&mut h, &format!("Rename {what}"));
+    type_into(&mut h, &format!("Name for {what}"), "Friday games");
+    h.key_press(egui::Key::Enter);
+    h.run();
+    assert!(has_label(&h, "Friday games"));
+    assert_eq!(
+        h.state().settings().recent[0].label.as_deref(),
+        Some("Friday games")
+    );
+
+    // Removed: the list is gone.
+    click(&mut h, &format!("Remove {what}"));
+    assert!(!has_label(&h, "Recent relays"));
+    assert!(h.state().settings().recent.is_empty());
+    relay.stop();
+}
+
+#[test]
 fn enter_in_the_host_form_starts_hosting() {
     let dir = tempfile::tempdir().unwrap();
     let mut h = app(dir.path(), TestSignal::Silence);

@@ -58,6 +58,8 @@ pub struct StartForm {
     /// Why the last Join or Host click did nothing.
     pub error: Option<String>,
     pub host_error: Option<String>,
+    /// A recent relay being renamed: its index and the name being typed.
+    pub renaming: Option<(usize, String)>,
 }
 
 pub struct NatterApp {
@@ -75,6 +77,9 @@ pub struct NatterApp {
     pub(super) export_note: Option<String>,
     /// The host pressed Leave with others in the call: ask before ending it for everyone.
     pub(super) confirm_end_call: bool,
+    /// The relay of the join in progress, remembered under "Recent relays" once the join
+    /// succeeds (failed attempts are not remembered).
+    pending_recent: Option<RecentRelay>,
     ptt_down: bool,
     theme_applied: Option<ThemeChoice>,
     /// Frames drawn since `frames_since` (logged every 30 s, for the CPU benchmark).
@@ -120,6 +125,7 @@ impl NatterApp {
             snap: Snapshot::default(),
             export_note: None,
             confirm_end_call: false,
+            pending_recent: None,
             ptt_down: false,
             theme_applied: None,
             frames: 0,
@@ -187,6 +193,21 @@ impl NatterApp {
     /// Waits until every settings change so far is on disk (window closing, tests).
     pub fn flush_settings(&self) {
         self.writer.flush();
+    }
+
+    /// Once the pending join is in the call, its relay goes first under "Recent relays"; a
+    /// failed join forgets it.
+    fn remember_joined_relay(&mut self) {
+        match self.snap.phase {
+            Phase::InCall if self.snap.call.is_some() => {
+                if let Some(relay) = self.pending_recent.take() {
+                    self.settings.remember(relay);
+                    self.settings_changed();
+                }
+            }
+            Phase::Failed(_) => self.pending_recent = None,
+            _ => {}
+        }
     }
 
     pub(super) fn in_call(&self) -> bool {
@@ -337,11 +358,11 @@ impl NatterApp {
         };
         let mut remembered = invite.clone();
         remembered.room = None;
-        self.settings.remember(RecentRelay {
+        self.pending_recent = Some(RecentRelay {
             invite: remembered.to_string(),
             room: room.clone(),
+            label: None,
         });
-        self.settings_changed();
         Ok(Request::Join {
             invite,
             room,
@@ -413,6 +434,7 @@ impl NatterApp {
             }
         }
         self.problems_seen += new_problems;
+        self.remember_joined_relay();
         if let Some(e) = self.writer.take_error()
             && !self.notices.contains(&e)
         {

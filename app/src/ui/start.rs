@@ -141,26 +141,80 @@ impl NatterApp {
                 ui.set_width(ui.available_width());
                 ui.label(RichText::new("Recent relays").heading());
                 let mut pick = None;
+                let mut forget = None;
+                let mut rename = None;
+                let mut cancel = false;
                 for (i, r) in self.settings.recent.iter().enumerate() {
                     let host = r
                         .invite
                         .parse::<natter_proto::invite::Invite>()
                         .map(|i| i.authority())
                         .unwrap_or_else(|_| r.invite.clone());
+                    let what = format!("{} on {host}", r.room);
+                    if let Some((at, text)) = &mut self.form.renaming
+                        && *at == i
+                    {
+                        let l = ui.label(format!("Name for {what}"));
+                        let edit = ui.add(
+                            egui::TextEdit::singleline(text)
+                                .hint_text(&r.room)
+                                .desired_width(f32::INFINITY),
+                        );
+                        let edit = edit.labelled_by(l.id);
+                        let save_on_enter = entered(ui, &edit);
+                        ui.horizontal(|ui| {
+                            if ui.button("Save name").clicked() || save_on_enter {
+                                rename = Some((i, text.clone()));
+                            }
+                            if ui.button("Cancel").clicked() {
+                                cancel = true;
+                            }
+                        });
+                        continue;
+                    }
                     ui.horizontal(|ui| {
-                        ui.label(RichText::new(&r.room).strong());
-                        ui.label(RichText::new(format!("on {host}")).weak());
+                        match &r.label {
+                            Some(label) => {
+                                ui.label(RichText::new(label).strong());
+                                ui.label(RichText::new(&what).weak());
+                            }
+                            None => {
+                                ui.label(RichText::new(&r.room).strong());
+                                ui.label(RichText::new(format!("on {host}")).weak());
+                            }
+                        }
                         ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
-                            let label = format!("Use {} on {host}", r.room);
-                            let b = ui.button("Use");
-                            b.widget_info(|| {
-                                egui::WidgetInfo::labeled(egui::Role::Button, true, &label)
-                            });
-                            if b.on_hover_text(&label).clicked() {
+                            let named = |ui: &mut Ui, text: &str, label: String| {
+                                let b = ui.small_button(text);
+                                b.widget_info(|| {
+                                    egui::WidgetInfo::labeled(egui::Role::Button, true, &label)
+                                });
+                                b.on_hover_text(label).clicked()
+                            };
+                            if named(ui, "Remove", format!("Remove {what}")) {
+                                forget = Some(i);
+                            }
+                            if named(ui, "Rename", format!("Rename {what}")) {
+                                self.form.renaming = Some((i, r.label.clone().unwrap_or_default()));
+                            }
+                            if named(ui, "Use", format!("Use {what}")) {
                                 pick = Some(i);
                             }
                         });
                     });
+                }
+                if cancel {
+                    self.form.renaming = None;
+                }
+                if let Some((i, label)) = rename {
+                    self.settings.rename(i, &label);
+                    self.form.renaming = None;
+                    self.settings_changed();
+                }
+                if let Some(i) = forget {
+                    self.settings.forget(i);
+                    self.form.renaming = None;
+                    self.settings_changed();
                 }
                 if let Some(i) = pick {
                     let r = self.settings.recent[i].clone();
