@@ -221,6 +221,9 @@ fn host_join_see_each_other_speak_mute_and_leave() {
     );
     assert!(has_label(&bob, "Bob (you)"));
     assert_eq!(snapshot(&alice).call.unwrap().participants.len(), 2);
+    // Bob, a guest, can pass the invite on too.
+    click(&mut bob, "Invite someone");
+    assert_eq!(shown_invite(&bob), invite, "a guest shares the same invite");
 
     // Bob talks (speech-like signal), Alice is silent.
     wait_both(

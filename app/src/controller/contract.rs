@@ -239,6 +239,11 @@ pub struct CallView {
     pub room: String,
     /// `host:port` of the relay.
     pub relay: String,
+    /// The invite to this room for others to join with, as this participant joined (room
+    /// included, without any access token: tokens are personal).
+    pub share_invite: String,
+    /// The relay wants tokens: people invited need their own.
+    pub needs_token: bool,
     /// Everyone, us first.
     pub participants: Vec<ParticipantView>,
     pub relay_rtt_ms: Option<f64>,

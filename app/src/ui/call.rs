@@ -31,6 +31,7 @@ impl NatterApp {
                     self.notices(ui);
                     self.end_call_prompt(ui);
                     self.hosting_card(ui);
+                    self.invite_card(ui);
                     if let Phase::Reconnecting { attempt, reason } = &self.snap.phase {
                         style::banner(ui, style::WARN).show(ui, |ui| {
                             ui.set_width(ui.available_width());
@@ -143,6 +144,49 @@ impl NatterApp {
                 }
             });
         });
+    }
+
+    /// Everyone in a call can invite others (the host has its own card with the public link).
+    fn invite_card(&mut self, ui: &mut Ui) {
+        if self.snap.hosting.is_some() {
+            return;
+        }
+        let Some(call) = &self.snap.call else {
+            return;
+        };
+        if call.share_invite.is_empty() {
+            return;
+        }
+        let (invite, needs_token) = (call.share_invite.clone(), call.needs_token);
+        egui::CollapsingHeader::new("Invite someone")
+            .default_open(false)
+            .show(ui, |ui| {
+                let l = ui.add(
+                    egui::Label::new(RichText::new(&invite).monospace())
+                        .selectable(true)
+                        .wrap(),
+                );
+                l.widget_info(|| {
+                    egui::WidgetInfo::labeled(
+                        egui::Role::Label,
+                        true,
+                        format!("Invite link: {invite}"),
+                    )
+                });
+                if needs_token {
+                    ui.label(
+                        RichText::new(
+                            "This relay admits people with a token: whoever you invite needs \
+                             their own from the relay's operator.",
+                        )
+                        .weak(),
+                    );
+                }
+                if ui.button("Copy invite").clicked() {
+                    ui.ctx().copy_text(invite.clone());
+                    self.export_note = Some("Invite copied to the clipboard.".into());
+                }
+            });
     }
 
     fn hosting_card(&mut self, ui: &mut Ui) {
