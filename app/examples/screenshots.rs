@@ -319,6 +319,7 @@ fn main() -> anyhow::Result<()> {
             host_bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
         },
         export_dir: work.join("exports"),
+        global_shortcuts: false,
     };
     let handle = rt.handle().clone();
     let native = eframe::NativeOptions {

@@ -49,6 +49,7 @@ fn app_with_devices(dir: &Path, signal: TestSignal, devices: Arc<Mutex<DeviceLis
             host_bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
         },
         export_dir: dir.join("exports"),
+        global_shortcuts: false,
     };
     Harness::builder()
         .with_size([960.0, 1400.0])
@@ -696,6 +697,20 @@ fn recent_relays_keep_only_joins_that_worked_once_each_and_can_be_renamed_and_re
     assert!(!has_label(&h, "Recent relays"));
     assert!(h.state().settings().recent.is_empty());
     relay.stop();
+}
+
+#[test]
+fn any_key_or_mouse_side_button_can_be_the_push_to_talk_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = app(dir.path(), TestSignal::Silence);
+    click(&mut h, "Settings");
+    click(&mut h, "Push to talk");
+    click(&mut h, "Set by pressing it…");
+    assert!(has_label(&h, "Press any key or a mouse side button…"));
+    h.key_press(egui::Key::F7);
+    h.run();
+    assert_eq!(h.state().settings().push_to_talk.as_deref(), Some("F7"));
+    assert!(!has_label(&h, "Press any key or a mouse side button…"));
 }
 
 #[test]

@@ -98,3 +98,68 @@ fn the_window_carries_the_icon_and_class_of_its_desktop_entry() {
         "icon is transparent"
     );
 }
+
+/// Loudness of `samples[from_s..to_s]` (seconds at 48 kHz).
+fn rms_between(samples: &[f32], from_s: f64, to_s: f64) -> f32 {
+    let at = |s: f64| ((s * 48_000.0) as usize).min(samples.len());
+    natter_e2e::rms(&samples[at(from_s)..at(to_s)])
+}
+
+#[test]
+fn push_to_talk_works_while_another_window_has_the_focus() {
+    let (_x, display) = xvfb();
+    let relay = natter_e2e::RelayProcess::start();
+    let invite = relay.invite().replacen('?', "/ptt?", 1);
+    let dir = TempDir::new("ptt");
+    let settings = dir.join("app/config");
+    std::fs::create_dir_all(&settings).unwrap();
+    std::fs::write(
+        settings.join("settings.toml"),
+        "display_name = \"Ann\"\npush_to_talk = \"F9\"\n",
+    )
+    .unwrap();
+    // The listener records what reaches it from the moment it joins.
+    let heard = dir.join("bob-heard.wav");
+    let bob = natter_e2e::Call::new(relay.invite(), "ptt", "bob")
+        .output(&heard)
+        .duration(14.0)
+        .spawn();
+    relay.wait_for_join("ptt", "bob");
+    let bob_start = Instant::now();
+    // Ann: the real desktop app, talking the test speech signal while F9 is held.
+    let _ann = Reaped(
+        command(&natter_bin())
+            .arg(&invite)
+            .arg("--dir")
+            .arg(dir.join("app"))
+            .args(["--test-signal", "speech"])
+            .env("DISPLAY", &display)
+            .env_remove("WAYLAND_DISPLAY")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("natter starts"),
+    );
+    relay.wait_for_join("ptt", "Ann");
+    // Nothing has the focus but the root window (no window manager; the pointer is moved off
+    // the app's window): keys go nowhere unless grabbed.
+    x_tool(&display, "xdotool", &["mousemove", "1270", "1010"]);
+    let at = |t: f64| {
+        let wait = Duration::from_secs_f64(t).saturating_sub(bob_start.elapsed());
+        std::thread::sleep(wait);
+    };
+    at(5.0);
+    x_tool(&display, "xdotool", &["keydown", "F9"]);
+    at(9.0);
+    x_tool(&display, "xdotool", &["keyup", "F9"]);
+    let finished = bob.wait(Duration::from_secs(30));
+    finished.assert_success();
+    let samples = natter_e2e::read_wav(&heard);
+    let before = rms_between(&samples, 3.0, 4.8);
+    let held = rms_between(&samples, 5.8, 8.8);
+    let after = rms_between(&samples, 10.0, 13.0);
+    assert!(
+        held > 0.002 && held > 20.0 * before.max(1e-5) && held > 20.0 * after.max(1e-5),
+        "Ann is heard only while F9 is held: rms before {before}, held {held}, after {after}"
+    );
+}

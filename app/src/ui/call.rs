@@ -429,6 +429,9 @@ impl NatterApp {
                     RichText::new(format!("Hold {key} to talk")).weak()
                 };
                 ui.label(text);
+                if let Some(problem) = &self.ptt_problem {
+                    ui.label(RichText::new(format!("({problem})")).weak().small());
+                }
             } else {
                 ui.label(RichText::new("M mute · D deafen").weak().small());
             }

@@ -14,6 +14,7 @@
 
 pub mod app;
 pub mod call;
+mod global_ptt;
 pub mod meter;
 pub mod settings_view;
 pub mod sounds;
