@@ -3,7 +3,6 @@
 //! headless `natter host` runs on it; the desktop app's "Host a call" is the same job.
 
 use crate::nat::{self, KeptMapping, MapError};
-use anyhow::Context;
 use natter_proto::invite::Invite;
 use natter_relay::{RelayConfig, RelayHandle};
 use std::net::{IpAddr, SocketAddr};
@@ -51,10 +50,14 @@ impl HostedCall {
         if addr.ip().is_unspecified() {
             config.public_host = lan_address().map(|ip| ip.to_string());
         }
-        let relay = natter_relay::start(config)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .context("cannot start the relay")?;
+        let relay = match natter_relay::start(config).await {
+            Ok(relay) => relay,
+            // Keep the OS error in the chain: the app words "port in use" for the host.
+            Err(natter_relay::server::RelayError::Bind(addr, e)) => {
+                return Err(anyhow::Error::new(e).context(format!("cannot listen on {addr}")));
+            }
+            Err(e) => return Err(anyhow::anyhow!("cannot start the relay: {e}")),
+        };
         let port = relay.local_addrs()[0].port();
         let reach = if options.map_port && !options.bind.is_loopback() {
             match tokio::task::spawn_blocking(move || nat::map_udp_port(port)).await? {

@@ -714,6 +714,26 @@ fn any_key_or_mouse_side_button_can_be_the_push_to_talk_key() {
 }
 
 #[test]
+fn hosting_on_a_port_in_use_says_so_in_plain_words() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = app(dir.path(), TestSignal::Silence);
+    type_into(&mut h, "Your name", "Hal");
+    h.state_mut().form_mut().host_port = port.to_string();
+    click(&mut h, "Host a call");
+    wait_for(&mut h, "the hosting failure", 10.0, |h| {
+        has_label(h, "Could not host the call")
+    });
+    assert!(has_label_containing(
+        &h,
+        &format!("UDP port {port} is already used by another program")
+    ));
+    assert!(!has_label_containing(&h, "os error"));
+    assert!(!has_label(&h, "Could not join"));
+}
+
+#[test]
 fn enter_in_the_host_form_starts_hosting() {
     let dir = tempfile::tempdir().unwrap();
     let mut h = app(dir.path(), TestSignal::Silence);

@@ -160,6 +160,8 @@ pub struct Failure {
     pub message: String,
     /// A relay we trusted before presented a different certificate.
     pub certificate_changed: bool,
+    /// Hosting failed (not joining).
+    pub hosting: bool,
 }
 
 /// The relay we host.

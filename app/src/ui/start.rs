@@ -61,6 +61,8 @@ impl NatterApp {
         if let Phase::Failed(f) = &self.snap.phase {
             let (color, title) = if f.certificate_changed {
                 (style::DANGER, "Relay certificate changed — not connecting")
+            } else if f.hosting {
+                (style::DANGER, "Could not host the call")
             } else {
                 (style::DANGER, "Could not join")
             };
