@@ -102,6 +102,9 @@ pub struct Settings {
     pub theme: ThemeChoice,
     /// Play a sound when someone joins or leaves.
     pub sounds: bool,
+    /// The call screen shows the full latency meter and link numbers (else the simple view:
+    /// who is here, a quality dot, how late you hear each person).
+    pub call_details: bool,
 }
 
 impl Default for Settings {
@@ -121,6 +124,7 @@ impl Default for Settings {
             push_to_talk: None,
             theme: ThemeChoice::System,
             sounds: true,
+            call_details: false,
         }
     }
 }

@@ -238,10 +238,17 @@ fn host_join_see_each_other_speak_mute_and_leave() {
         !has_label(&bob, "Alice is speaking"),
         "silence is not speech"
     );
-    // The latency meter fills in for Bob at Alice's.
+    // The simple view says how late Alice hears Bob, with a quality dot...
+    wait_for(&mut alice, "how late Alice hears Bob", 10.0, |h| {
+        has_label_containing(h, "you hear Bob ") && has_label_containing(h, "Connection to Bob: ")
+    });
+    assert!(!has_label_containing(&alice, "Latency from Bob: capture"));
+    // ... and the full latency meter is one click away.
+    click(&mut alice, "Show details");
     wait_for(&mut alice, "Bob's latency breakdown", 10.0, |h| {
         has_label_containing(h, "Latency from Bob: capture")
     });
+    assert!(alice.state().settings().call_details, "the choice is kept");
 
     // Alice mutes with the button: Bob sees it.
     click(&mut alice, "Mute");
@@ -524,6 +531,7 @@ fn latency_test_measures_the_round_trip_through_the_relay() {
     type_into(&mut h, "Invite link", &invite.to_string());
     click(&mut h, "Join");
     wait_for(&mut h, "the call", 15.0, |h| has_label(h, "Tess (you)"));
+    click(&mut h, "Show details");
     click(&mut h, "Run latency test");
     wait_for(&mut h, "the test to start", 5.0, |h| {
         !matches!(snapshot(h).latency_test, LatencyTest::Idle)

@@ -80,6 +80,8 @@ pub struct NatterApp {
     pub(super) form: StartForm,
     pub(super) snap: Snapshot,
     pub(super) export_note: Option<String>,
+    /// "Copy invite" was clicked in this call.
+    pub(super) invite_copied: bool,
     /// The host pressed Leave with others in the call: ask before ending it for everyone.
     pub(super) confirm_end_call: bool,
     /// The relay of the join in progress, remembered under "Recent relays" once the join
@@ -138,6 +140,7 @@ impl NatterApp {
             form,
             snap: Snapshot::default(),
             export_note: None,
+            invite_copied: false,
             confirm_end_call: false,
             pending_recent: None,
             ptt_down: false,
@@ -217,6 +220,9 @@ impl NatterApp {
     /// Once the pending join is in the call, its relay goes first under "Recent relays"; a
     /// failed join forgets it.
     fn remember_joined_relay(&mut self) {
+        if !self.in_call() {
+            self.invite_copied = false;
+        }
         match self.snap.phase {
             Phase::InCall if self.snap.call.is_some() => {
                 if let Some(relay) = self.pending_recent.take() {

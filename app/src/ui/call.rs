@@ -43,6 +43,9 @@ impl NatterApp {
                         });
                     }
                     match &call {
+                        Some(c) if !self.settings.call_details => {
+                            self.roster_card(ui, &c.participants)
+                        }
                         // Wide windows: people on the left, latency on the right.
                         Some(c) if ui.available_width() >= 860.0 => {
                             ui.columns(2, |cols| {
@@ -65,7 +68,7 @@ impl NatterApp {
     }
 
     fn status_line(&mut self, ui: &mut Ui) {
-        let Some(call) = &self.snap.call else {
+        let Some(call) = self.snap.call.clone() else {
             return;
         };
         ui.horizontal_wrapped(|ui| {
@@ -77,6 +80,23 @@ impl NatterApp {
             let (rect, _) = ui.allocate_exact_size(egui::vec2(10.0, 10.0), egui::Sense::hover());
             ui.painter().circle_filled(rect.center(), 4.0, dot);
             ui.label(text);
+            let details = self.settings.call_details;
+            let label = if details {
+                "Simple view"
+            } else {
+                "Show details"
+            };
+            if ui
+                .small_button(label)
+                .on_hover_text("Switch between the simple view and the full latency meter")
+                .clicked()
+            {
+                self.settings.call_details = !details;
+                self.settings_changed();
+            }
+            if !details {
+                return;
+            }
             if let Some(rtt) = call.relay_rtt_ms {
                 let rtt = if rtt < 10.0 {
                     format!("{rtt:.1}")
@@ -182,11 +202,21 @@ impl NatterApp {
                         .weak(),
                     );
                 }
-                if ui.button("Copy invite").clicked() {
-                    ui.ctx().copy_text(invite.clone());
-                    self.export_note = Some("Invite copied to the clipboard.".into());
-                }
+                self.copy_invite_button(ui, &invite);
             });
+    }
+
+    /// "Copy invite", and once clicked, a word that it worked.
+    fn copy_invite_button(&mut self, ui: &mut Ui, invite: &str) {
+        ui.horizontal(|ui| {
+            if ui.button("Copy invite").clicked() {
+                ui.ctx().copy_text(invite.to_string());
+                self.invite_copied = true;
+            }
+            if self.invite_copied {
+                ui.label(RichText::new("Invite copied to the clipboard.").weak());
+            }
+        });
     }
 
     fn hosting_card(&mut self, ui: &mut Ui) {
@@ -214,10 +244,7 @@ impl NatterApp {
                     egui::WidgetInfo::labeled(egui::Role::Label, true, format!("Invite link: {}", h.invite))
                 });
             });
-            if ui.button("Copy invite").clicked() {
-                ui.ctx().copy_text(h.invite.clone());
-                self.export_note = Some("Invite copied to the clipboard.".into());
-            }
+            self.copy_invite_button(ui, &h.invite);
         });
     }
 
@@ -247,11 +274,24 @@ impl NatterApp {
             if p.locally_muted {
                 ui.label(RichText::new("muted for you").small().weak());
             }
-            let detail = match &p.stats {
-                Some(s) => meter::link_numbers(s, p.recent_loss),
-                None => String::new(),
-            };
-            style::quality_bars(ui, &p.name, p.quality, &detail);
+            if self.settings.call_details {
+                let detail = match &p.stats {
+                    Some(s) => meter::link_numbers(s, p.recent_loss),
+                    None => String::new(),
+                };
+                style::quality_bars(ui, &p.name, p.quality, &detail);
+            } else if !p.is_me {
+                style::quality_dot(ui, &p.name, p.quality);
+                if let Some(s) = p.stats.as_ref().filter(|s| s.stages.complete) {
+                    ui.label(
+                        RichText::new(format!(
+                            "you hear {} {:.0} ms after they speak",
+                            p.name, s.stages.total_ms
+                        ))
+                        .weak(),
+                    );
+                }
+            }
             ui.with_layout(Layout::right_to_left(Align::Center), |ui| {
                 if p.is_me {
                     if let Some(c) = &self.snap.call {
@@ -280,7 +320,7 @@ impl NatterApp {
                 }
             });
         });
-        if !p.is_me {
+        if !p.is_me && self.settings.call_details {
             ui.horizontal(|ui| {
                 ui.add_space(32.0);
                 let mut percent = p.volume * 100.0;
