@@ -35,6 +35,23 @@ fn xvfb() -> (Reaped, String) {
     (Reaped(child), format!(":{number}"))
 }
 
+/// The real desktop app on `display`, its settings under `dir`, a test signal as microphone,
+/// joining `invite` when given.
+fn desktop_app(display: &str, dir: &Path, signal: &str, invite: Option<&str>) -> Reaped {
+    let mut cmd = command(&natter_bin());
+    if let Some(invite) = invite {
+        cmd.arg(invite);
+    }
+    cmd.arg("--dir")
+        .arg(dir)
+        .args(["--test-signal", signal])
+        .env("DISPLAY", display)
+        .env_remove("WAYLAND_DISPLAY")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    Reaped(cmd.spawn().expect("natter starts"))
+}
+
 fn x_tool(display: &str, program: &str, args: &[&str]) -> String {
     let out = Command::new(program)
         .args(args)
@@ -48,18 +65,7 @@ fn x_tool(display: &str, program: &str, args: &[&str]) -> String {
 fn the_window_carries_the_icon_and_class_of_its_desktop_entry() {
     let (_x, display) = xvfb();
     let dir = TempDir::new("window");
-    let _app = Reaped(
-        command(&natter_bin())
-            .arg("--dir")
-            .arg(dir.path())
-            .args(["--test-signal", "silence"])
-            .env("DISPLAY", &display)
-            .env_remove("WAYLAND_DISPLAY")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("natter starts"),
-    );
+    let _app = desktop_app(&display, dir.path(), "silence", None);
     let deadline = Instant::now() + Duration::from_secs(30);
     let window = loop {
         let found = x_tool(&display, "xdotool", &["search", "--name", "^Natter$"]);
@@ -127,19 +133,7 @@ fn push_to_talk_works_while_another_window_has_the_focus() {
     relay.wait_for_join("ptt", "bob");
     let bob_start = Instant::now();
     // Ann: the real desktop app, talking the test speech signal while F9 is held.
-    let _ann = Reaped(
-        command(&natter_bin())
-            .arg(&invite)
-            .arg("--dir")
-            .arg(dir.join("app"))
-            .args(["--test-signal", "speech"])
-            .env("DISPLAY", &display)
-            .env_remove("WAYLAND_DISPLAY")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("natter starts"),
-    );
+    let _ann = desktop_app(&display, &dir.join("app"), "speech", Some(&invite));
     relay.wait_for_join("ptt", "Ann");
     // Nothing has the focus but the root window (no window manager; the pointer is moved off
     // the app's window): keys go nowhere unless grabbed.
