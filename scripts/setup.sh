@@ -10,9 +10,10 @@
 set -euo pipefail
 what="${1:-build}"
 
-# Debian packages: a C compiler and pkg-config for the -sys crates, libopus for audiopus,
+# Debian packages: a C compiler and pkg-config for the -sys crates, cmake for libopus 1.6
+# (opusic-sys builds it from source with its neural models),
 # ALSA headers for cpal, cmake in case a -sys crate builds its bundled C source.
-packages=(build-essential pkg-config libopus-dev libasound2-dev cmake)
+packages=(build-essential pkg-config libasound2-dev cmake)
 # The device tests run calls through a private PulseAudio daemon with a null sink.
 [ "$what" = test ] && packages+=(pulseaudio pulseaudio-utils libasound2-plugins)
 # The package install test (scripts/test-package.sh) installs the .debs into a clean Debian
