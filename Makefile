@@ -7,7 +7,7 @@
 CARGO ?= scripts/env.sh cargo
 TEST_CARGO ?= NATTER_SETUP=test scripts/env.sh cargo
 
-.PHONY: run demo test test-ui screenshots bench-app lint build bench-latency fuzz clean
+.PHONY: run demo test test-ui screenshots bench-app lint build bench-latency fuzz package clean
 
 ## The main job: the desktop app. Without a display it says so in one line and fails; the
 ## headless call is `natter call` (and `make demo` shows one).
@@ -27,6 +27,7 @@ test:
 	$(CARGO) clippy --workspace --all-targets --quiet -- -D warnings
 	$(CARGO) build --workspace --all-targets --quiet
 	$(CARGO) nextest run --workspace --no-fail-fast
+	scripts/test-package.sh
 
 ## The desktop app's tests only: egui_kittest drives the real app by its labels, headless
 ## (no display needed), against relays on loopback.
@@ -43,6 +44,11 @@ screenshots:
 ## CPU and memory of the desktop app in a 3-person call with its window open (SECS=60).
 bench-app:
 	scripts/bench-app.sh
+
+## Debian packages of the desktop app and the relay, release build: target/debian/*.deb
+## (or $(CARGO_TARGET_DIR)/debian). Install with `apt install ./natter_*.deb`.
+package:
+	scripts/package.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

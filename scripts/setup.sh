@@ -6,14 +6,20 @@
 #   scripts/setup.sh test    # + cargo-nextest
 #   scripts/setup.sh run     # + what the desktop app loads at run time (`make run`)
 #   scripts/setup.sh ui      # + Xvfb and PulseAudio, for screenshots and the app benchmark
+#   scripts/setup.sh package # + cargo-deb, for `make package`
 set -euo pipefail
 what="${1:-build}"
 
-# Debian packages: a C compiler and pkg-config for the -sys crates, libopus for audiopus,
+# Debian packages: a C compiler and pkg-config for the -sys crates, cmake for libopus 1.6
+# (opusic-sys builds it from source with its neural models),
 # ALSA headers for cpal, cmake in case a -sys crate builds its bundled C source.
-packages=(build-essential pkg-config libopus-dev libasound2-dev cmake)
+packages=(build-essential pkg-config libasound2-dev cmake)
 # The device tests run calls through a private PulseAudio daemon with a null sink.
 [ "$what" = test ] && packages+=(pulseaudio pulseaudio-utils libasound2-plugins)
+# The package install test (scripts/test-package.sh) installs the .debs into a clean Debian
+# root made by debootstrap; dpkg-dev gives cargo-deb dpkg-shlibdeps for the dependencies.
+[ "$what" = test ] && packages+=(debootstrap dpkg-dev)
+[ "$what" = package ] && packages+=(dpkg-dev)
 # The desktop app (`make run`) loads these at run time, not at build time: OpenGL through
 # Mesa, X11 and Wayland windowing and keyboard maps, and ALSA's PulseAudio/PipeWire plugin so
 # cpal's "default" device is the desktop's sound server. A desktop install usually has them;
@@ -24,6 +30,10 @@ run_packages=(libgl1-mesa-dri libegl1 libglx-mesa0 libxkbcommon-x11-0 libxkbcomm
 # A window without a display (screenshots, the app benchmark): the same, plus Xvfb and a
 # PulseAudio daemon to play into. The UI tests (egui_kittest) run without any display.
 [ "$what" = ui ] && packages+=("${run_packages[@]}" xvfb xauth pulseaudio)
+# tests/tests/desktop.rs opens the app's real window on a private Xvfb and reads it back.
+[ "$what" = test ] && packages+=("${run_packages[@]}" xvfb x11-utils xdotool)
+# tests/tests/nat.rs hosts a call behind a real UPnP router (miniupnpd) in network namespaces.
+[ "$what" = test ] && packages+=(iproute2 nftables miniupnpd-nftables)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -35,6 +45,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if [ "$what" = test ] || [ "$what" = package ]; then
+  # cargo-deb builds the .deb packages; pinned, because its options and warnings change.
+  if [ "$(cargo deb --version 2>/dev/null)" != "cargo-deb 3.8.0" ]; then
+    echo "setup: installing cargo-deb 3.8.0 (one time, a few minutes)"
+    cargo install cargo-deb --version 3.8.0 --locked --quiet
+  fi
 fi
 
 if [ "$what" = test ]; then

@@ -31,6 +31,7 @@ enum Scene {
     Start,
     Settings,
     Trust,
+    CallSimple,
     Call,
     CallDark,
     Host,
@@ -122,6 +123,16 @@ impl Director {
             Scene::Start => self.elapsed() > 1.5,
             Scene::Settings => self.elapsed() > 2.5 && snap.devices.is_some(),
             Scene::Trust => snap.trust_prompt.is_some() && self.elapsed() > 1.0,
+            Scene::CallSimple => {
+                self.elapsed() > 8.0
+                    && others_speaking(3)
+                    && snap.call.as_ref().is_some_and(|c| {
+                        c.participants
+                            .iter()
+                            .filter(|p| !p.is_me)
+                            .all(|p| p.stats.as_ref().is_some_and(|s| s.stages.complete))
+                    })
+            }
             Scene::Call => {
                 self.elapsed() > CALL_SECONDS
                     && others_speaking(3)
@@ -158,6 +169,11 @@ impl Director {
             }
             Scene::Trust => {
                 self.app.controller().send(Request::AnswerTrust(true));
+                self.next(Scene::CallSimple);
+            }
+            Scene::CallSimple => {
+                // The full meter, one click away in the app.
+                self.app.change_settings(|s| s.call_details = true);
                 self.next(Scene::Call);
             }
             Scene::Call => {
@@ -232,6 +248,7 @@ impl Director {
                 Scene::Start => "start",
                 Scene::Settings => "settings",
                 Scene::Trust => "trust",
+                Scene::CallSimple => "call-simple",
                 Scene::Call => "call",
                 Scene::CallDark => "call-dark",
                 Scene::Host => "host",
@@ -278,10 +295,12 @@ fn main() -> anyhow::Result<()> {
             RecentRelay {
                 invite: "natter://voice.example.org:4433?fp=5d41402abc4b2a76b9719d911017c5925d41402abc4b2a76b9719d911017c592".into(),
                 room: "standup".into(),
+                label: None,
             },
             RecentRelay {
                 invite: "natter://192.168.1.20:4433".into(),
                 room: "band practice".into(),
+                label: None,
             },
         ],
         ..Default::default()
@@ -317,6 +336,7 @@ fn main() -> anyhow::Result<()> {
             host_bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
         },
         export_dir: work.join("exports"),
+        global_shortcuts: false,
     };
     let handle = rt.handle().clone();
     let native = eframe::NativeOptions {

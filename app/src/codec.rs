@@ -1,9 +1,21 @@
-//! Opus through libopus (audiopus): VOIP application, 48 kHz mono, in-band FEC.
+//! Opus through libopus 1.6 (`opusic-c` over `opusic-sys`, which builds the vendored libopus
+//! with its neural models: deep PLC, DRED, OSCE): VOIP application, 48 kHz mono, in-band FEC.
+//! The decoder runs at complexity [`DECODER_COMPLEXITY`], which turns on deep PLC for every
+//! concealed frame.
 
 use crate::jitter::{Decode, DecodeError};
-use audiopus::coder::{Decoder, Encoder};
-use audiopus::packet::Packet;
-use audiopus::{Application, Bitrate, Channels, MutSignals, SampleRate};
+use opusic_c::{Application, Bitrate, Channels, Decoder, Encoder, InbandFec, SampleRate};
+
+/// libopus's error codes carry no `std::error::Error`; this names them for `anyhow`.
+fn opus_error(e: opusic_c::ErrorCode) -> anyhow::Error {
+    anyhow::anyhow!("libopus: {e:?}")
+}
+
+/// Decoder complexity: 5 turns on deep PLC (a neural concealment, libopus ≥ 1.5), 6 and 7 add
+/// OSCE's LACE and NoLACE enhancement of low-bitrate SILK. Deep PLC runs only while frames are
+/// concealed; OSCE runs on every SILK frame (~150 µs per 20 ms frame here) and helps little at
+/// our bitrates (≥ 24 kbit/s), so 5 it is.
+pub const DECODER_COMPLEXITY: u8 = 5;
 
 /// Largest Opus packet (RFC 6716 §3.4: 1275 bytes per frame).
 pub const MAX_PACKET: usize = 1275;
@@ -49,6 +61,8 @@ impl Default for EncoderConfig {
 pub struct OpusEncoder {
     encoder: Encoder,
     config: EncoderConfig,
+    /// Fixed by the application (VOIP or restricted low delay), read once.
+    lookahead: u32,
 }
 
 impl OpusEncoder {
@@ -58,13 +72,31 @@ impl OpusEncoder {
         } else {
             Application::Voip
         };
-        let mut encoder = Encoder::new(SampleRate::Hz48000, Channels::Mono, application)?;
-        encoder.set_bitrate(Bitrate::BitsPerSecond(config.bitrate_bps))?;
-        encoder.set_inband_fec(config.fec && !config.restricted_low_delay)?;
-        encoder.set_packet_loss_perc(config.expected_loss_pct)?;
-        encoder.set_dtx(config.dtx)?;
-        encoder.set_complexity(config.complexity)?;
-        Ok(Self { encoder, config })
+        let mut encoder =
+            Encoder::new(Channels::Mono, SampleRate::Hz48000, application).map_err(opus_error)?;
+        encoder
+            .set_bitrate(Bitrate::Value(config.bitrate_bps.max(500) as u32))
+            .map_err(opus_error)?;
+        encoder
+            .set_inband_fec(if config.fec && !config.restricted_low_delay {
+                InbandFec::Mode1
+            } else {
+                InbandFec::Off
+            })
+            .map_err(opus_error)?;
+        encoder
+            .set_packet_loss(config.expected_loss_pct)
+            .map_err(opus_error)?;
+        encoder.set_dtx(config.dtx).map_err(opus_error)?;
+        encoder
+            .set_complexity(config.complexity)
+            .map_err(opus_error)?;
+        let lookahead = encoder.get_look_ahead().map_err(opus_error)?;
+        Ok(Self {
+            encoder,
+            config,
+            lookahead,
+        })
     }
 
     pub fn config(&self) -> EncoderConfig {
@@ -75,8 +107,11 @@ impl OpusEncoder {
     /// frame); a change of application needs a new encoder, which the caller makes.
     pub fn retune(&mut self, bitrate_bps: i32, expected_loss_pct: u8) -> anyhow::Result<()> {
         self.encoder
-            .set_bitrate(Bitrate::BitsPerSecond(bitrate_bps))?;
-        self.encoder.set_packet_loss_perc(expected_loss_pct)?;
+            .set_bitrate(Bitrate::Value(bitrate_bps.max(500) as u32))
+            .map_err(opus_error)?;
+        self.encoder
+            .set_packet_loss(expected_loss_pct)
+            .map_err(opus_error)?;
         self.config.bitrate_bps = bitrate_bps;
         self.config.expected_loss_pct = expected_loss_pct;
         Ok(())
@@ -85,14 +120,17 @@ impl OpusEncoder {
     /// Encodes one frame (2.5–60 ms of samples) into `out` (cleared first).
     pub fn encode(&mut self, frame: &[f32], out: &mut Vec<u8>) -> anyhow::Result<()> {
         out.resize(MAX_PACKET, 0);
-        let n = self.encoder.encode_float(frame, out)?;
+        let n = self
+            .encoder
+            .encode_float_to_slice(frame, out)
+            .map_err(opus_error)?;
         out.truncate(n);
         Ok(())
     }
 
     /// Algorithmic delay of the encoder in samples at 48 kHz (look-ahead).
     pub fn lookahead(&self) -> u32 {
-        self.encoder.lookahead().unwrap_or(0)
+        self.lookahead
     }
 }
 
@@ -104,8 +142,12 @@ pub struct OpusDecoder {
 
 impl OpusDecoder {
     pub fn new() -> anyhow::Result<Self> {
+        let mut decoder = Decoder::new(Channels::Mono, SampleRate::Hz48000).map_err(opus_error)?;
+        decoder
+            .set_complexity(DECODER_COMPLEXITY)
+            .map_err(opus_error)?;
         Ok(Self {
-            decoder: Decoder::new(SampleRate::Hz48000, Channels::Mono)?,
+            decoder,
             // 120 ms, the longest Opus packet.
             buf: vec![0.0; 5_760],
         })
@@ -119,14 +161,16 @@ impl OpusDecoder {
         out: &mut Vec<f32>,
     ) -> Result<(), DecodeError> {
         let samples = samples.min(self.buf.len());
+        // An empty packet is libopus's way to ask for concealment. A real packet is never
+        // empty (the jitter buffer drops empty payloads as malformed).
         let packet = match payload {
-            Some(p) => Some(Packet::try_from(p).map_err(|_| DecodeError)?),
-            None => None,
+            Some([]) => return Err(DecodeError),
+            Some(p) => p,
+            None => &[],
         };
-        let signals = MutSignals::try_from(&mut self.buf[..samples]).map_err(|_| DecodeError)?;
         let n = self
             .decoder
-            .decode_float(packet, signals, fec)
+            .decode_float_to_slice(packet, &mut self.buf[..samples], fec)
             .map_err(|_| DecodeError)?;
         out.extend_from_slice(&self.buf[..n]);
         Ok(())

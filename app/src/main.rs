@@ -2,6 +2,7 @@
 //!
 //! - `natter` — the desktop app (needs a display).
 //! - `natter call INVITE …` — a headless call with WAV files as microphone and speaker.
+//! - `natter host` — hosts a call headless: relay, router port mapping, invite.
 //! - `natter demo` — a local relay plus two headless clients; prints the measured latency.
 //! - `natter signal …` — writes the probe signals the latency tools use.
 //! - `natter latency …` — measures mouth-to-ear latency from a recording of the chirp probe.
@@ -63,6 +64,9 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         frame_ms: u32,
     },
+    /// Host a call from this machine, headless: the app's relay, the router asked to forward
+    /// its UDP port (UPnP), and the invite to share printed. Runs until Ctrl-C or SIGTERM.
+    Host(HostArgs),
     /// List the audio devices `--input-device`/`--output-device` accept.
     Devices,
     /// Write a test signal as a 48 kHz mono WAV file.
@@ -103,6 +107,25 @@ enum SignalKind {
     Chirps,
     /// A deterministic speech-like signal.
     Speech,
+}
+
+#[derive(Debug, clap::Args)]
+struct HostArgs {
+    /// Room name put in the invite.
+    #[arg(long, default_value = "call")]
+    room: String,
+    /// UDP port to host on (0: any free one).
+    #[arg(long, default_value_t = 4433)]
+    port: u16,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind: std::net::IpAddr,
+    /// Where the relay's certificate is kept (default: the desktop app's, so its invites work).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Do not ask the router to forward the port (people on this network can still join).
+    #[arg(long)]
+    no_port_mapping: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -225,6 +248,64 @@ fn main() -> ExitCode {
     }
 }
 
+/// `natter host`: prints the invite (stdout, `invite: …`) and who can join (stderr), then
+/// keeps the relay and the router's port mapping until Ctrl-C or SIGTERM.
+async fn host(args: HostArgs) -> anyhow::Result<ExitCode> {
+    let stop = Stop::listen()?;
+    let data_dir = match args.data_dir {
+        Some(dir) => dir,
+        None => natter::settings::Dirs::os()
+            .context("no home directory for the relay's certificate; pass --data-dir")?
+            .data
+            .join("relay"),
+    };
+    let hosted = natter::host::HostedCall::start(natter::host::HostOptions {
+        bind: args.bind,
+        port: args.port,
+        data_dir,
+        map_port: !args.no_port_mapping,
+    })
+    .await?;
+    println!("invite: {}", hosted.invite(&args.room));
+    eprintln!("{}", hosted.reach_notice());
+    stop.wait().await?;
+    let natter::host::HostedCall { relay, reach } = hosted;
+    // Close the port on the router first (the guard waits for its answer), then the relay.
+    tokio::task::spawn_blocking(move || drop(reach)).await?;
+    relay.shutdown(Duration::from_secs(2)).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Ctrl-C or (on Unix) SIGTERM, listened for from creation on: a signal that comes before
+/// [`Stop::wait`] is called is not lost (and does not kill the process).
+struct Stop {
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    fn listen() -> anyhow::Result<Self> {
+        Ok(Self {
+            #[cfg(unix)]
+            terminate: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("cannot listen for SIGTERM")?,
+        })
+    }
+
+    async fn wait(mut self) -> anyhow::Result<()> {
+        #[cfg(unix)]
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("cannot listen for Ctrl-C")?,
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
+        tokio::signal::ctrl_c()
+            .await
+            .context("cannot listen for Ctrl-C")?;
+        Ok(())
+    }
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -237,6 +318,7 @@ fn run(command: Cmd) -> anyhow::Result<ExitCode> {
     match command {
         Cmd::Call(args) => run_call(*args),
         Cmd::Demo { seconds, frame_ms } => runtime()?.block_on(demo(seconds, frame_ms)),
+        Cmd::Host(args) => runtime()?.block_on(host(args)),
         Cmd::Devices => {
             let list = natter::audio::device::list()?;
             let mark = |name: &String, default: &Option<String>| {

@@ -57,6 +57,26 @@ pub struct RecentRelay {
     /// The invite link as joined (without the room).
     pub invite: String,
     pub room: String,
+    /// What the user calls it ("Friday games"); shown instead of room and host when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+impl RecentRelay {
+    /// The same relay and room, however the invite was written (host case, `fp` spelling,
+    /// parameter order): the invite in its canonical form, and the room.
+    fn key(&self) -> (String, &str) {
+        let invite = self
+            .invite
+            .parse::<natter_proto::invite::Invite>()
+            .map(|mut i| {
+                i.room = None;
+                i.host = i.host.to_ascii_lowercase();
+                i.to_string()
+            })
+            .unwrap_or_else(|_| self.invite.clone());
+        (invite, &self.room)
+    }
 }
 
 /// Everything the Settings screen edits, plus what the start screen remembers.
@@ -82,6 +102,9 @@ pub struct Settings {
     pub theme: ThemeChoice,
     /// Play a sound when someone joins or leaves.
     pub sounds: bool,
+    /// The call screen shows the full latency meter and link numbers (else the simple view:
+    /// who is here, a quality dot, how late you hear each person).
+    pub call_details: bool,
 }
 
 impl Default for Settings {
@@ -101,16 +124,36 @@ impl Default for Settings {
             push_to_talk: None,
             theme: ThemeChoice::System,
             sounds: true,
+            call_details: false,
         }
     }
 }
 
 impl Settings {
-    /// Puts `relay` first in the recent list (deduplicated, bounded).
-    pub fn remember(&mut self, relay: RecentRelay) {
-        self.recent.retain(|r| r != &relay);
+    /// Puts `relay` first in the recent list (bounded), replacing any entry for the same relay
+    /// and room, whose name it keeps. Called once a join has succeeded, never for attempts.
+    pub fn remember(&mut self, mut relay: RecentRelay) {
+        if let Some(i) = self.recent.iter().position(|r| r.key() == relay.key()) {
+            let old = self.recent.remove(i);
+            relay.label = relay.label.or(old.label);
+        }
         self.recent.insert(0, relay);
         self.recent.truncate(MAX_RECENT);
+    }
+
+    /// Removes the `i`-th recent relay.
+    pub fn forget(&mut self, i: usize) {
+        if i < self.recent.len() {
+            self.recent.remove(i);
+        }
+    }
+
+    /// Names the `i`-th recent relay (an empty name goes back to room and host).
+    pub fn rename(&mut self, i: usize, label: &str) {
+        if let Some(r) = self.recent.get_mut(i) {
+            let label = label.trim();
+            r.label = (!label.is_empty()).then(|| label.to_string());
+        }
     }
 
     /// The voice-processing stages these settings ask for (the high-pass filter goes with
@@ -363,6 +406,7 @@ mod tests {
         s.remember(RecentRelay {
             invite: "natter://a:1".into(),
             room: "r".into(),
+            label: None,
         });
         store.save(&s).unwrap();
         let (back, problem) = store.load();
@@ -483,17 +527,45 @@ mod tests {
     }
 
     #[test]
+    fn the_same_relay_written_differently_is_one_entry_that_keeps_its_name() {
+        let fp = "ab".repeat(32);
+        let mut s = Settings::default();
+        s.remember(RecentRelay {
+            invite: format!("natter://Relay.Example:4433?fp={fp}"),
+            room: "friday".into(),
+            label: None,
+        });
+        s.rename(0, "  Friday games ");
+        s.remember(RecentRelay {
+            invite: format!("natter://relay.example:4433?fp={}", fp.to_uppercase()),
+            room: "friday".into(),
+            label: None,
+        });
+        assert_eq!(s.recent.len(), 1, "{:?}", s.recent);
+        assert_eq!(s.recent[0].label.as_deref(), Some("Friday games"));
+        s.rename(0, " ");
+        assert_eq!(
+            s.recent[0].label, None,
+            "an empty name goes back to the default"
+        );
+        s.forget(0);
+        assert!(s.recent.is_empty());
+    }
+
+    #[test]
     fn recent_relays_are_deduplicated_and_bounded() {
         let mut s = Settings::default();
         for i in 0..10 {
             s.remember(RecentRelay {
                 invite: format!("natter://h{i}:1"),
                 room: "r".into(),
+                label: None,
             });
         }
         s.remember(RecentRelay {
             invite: "natter://h5:1".into(),
             room: "r".into(),
+            label: None,
         });
         assert_eq!(s.recent.len(), MAX_RECENT);
         assert_eq!(s.recent[0].invite, "natter://h5:1");

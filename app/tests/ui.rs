@@ -49,6 +49,7 @@ fn app_with_devices(dir: &Path, signal: TestSignal, devices: Arc<Mutex<DeviceLis
             host_bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
         },
         export_dir: dir.join("exports"),
+        global_shortcuts: false,
     };
     Harness::builder()
         .with_size([960.0, 1400.0])
@@ -221,6 +222,9 @@ fn host_join_see_each_other_speak_mute_and_leave() {
     );
     assert!(has_label(&bob, "Bob (you)"));
     assert_eq!(snapshot(&alice).call.unwrap().participants.len(), 2);
+    // Bob, a guest, can pass the invite on too.
+    click(&mut bob, "Invite someone");
+    assert_eq!(shown_invite(&bob), invite, "a guest shares the same invite");
 
     // Bob talks (speech-like signal), Alice is silent.
     wait_both(
@@ -234,10 +238,17 @@ fn host_join_see_each_other_speak_mute_and_leave() {
         !has_label(&bob, "Alice is speaking"),
         "silence is not speech"
     );
-    // The latency meter fills in for Bob at Alice's.
+    // The simple view says how late Alice hears Bob, with a quality dot...
+    wait_for(&mut alice, "how late Alice hears Bob", 10.0, |h| {
+        has_label_containing(h, "you hear Bob ") && has_label_containing(h, "Connection to Bob: ")
+    });
+    assert!(!has_label_containing(&alice, "Latency from Bob: capture"));
+    // ... and the full latency meter is one click away.
+    click(&mut alice, "Show details");
     wait_for(&mut alice, "Bob's latency breakdown", 10.0, |h| {
         has_label_containing(h, "Latency from Bob: capture")
     });
+    assert!(alice.state().settings().call_details, "the choice is kept");
 
     // Alice mutes with the button: Bob sees it.
     click(&mut alice, "Mute");
@@ -299,6 +310,17 @@ fn host_join_see_each_other_speak_mute_and_leave() {
         "nobody is muted at Bob's"
     );
 
+    // Alice, the host, presses Leave while Bob is here: she is asked first, and Stay keeps
+    // the call going for both.
+    click(&mut alice, "Leave");
+    assert!(has_label(
+        &alice,
+        "You are hosting: leaving ends the call for the other person."
+    ));
+    click(&mut alice, "Stay");
+    assert!(!has_label_containing(&alice, "You are hosting: leaving"));
+    assert!(snapshot(&alice).hosting.is_some() && has_label_containing(&alice, "Bob is"));
+
     // Bob leaves: Alice hears the leave cue and Bob disappears from her roster.
     let cues = snapshot(&alice).cues_played;
     click(&mut bob, "Leave");
@@ -307,7 +329,8 @@ fn host_join_see_each_other_speak_mute_and_leave() {
     });
     assert!(snapshot(&alice).cues_played > cues, "a leave cue played");
 
-    // Alice leaves: hosting stops, back to the start screen with the relay remembered... for Bob.
+    // Alice leaves, alone now (no question): hosting stops, back to the start screen with the
+    // relay remembered... for Bob.
     click(&mut alice, "Leave");
     wait_for(&mut alice, "Alice back at the start", 10.0, |a| {
         has_label(a, "Host a call") && snapshot(a).hosting.is_none()
@@ -330,6 +353,42 @@ fn host_join_see_each_other_speak_mute_and_leave() {
 
 /// The controller alone reads the trusted relays; a corrupt file reaches the window through
 /// its snapshot, once, and stays dismissed.
+#[test]
+fn a_host_who_confirms_leaving_ends_the_call_for_everyone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = app(&dir.path().join("alice"), TestSignal::Silence);
+    let mut bob = app(&dir.path().join("bob"), TestSignal::Silence);
+    type_into(&mut alice, "Your name", "Alice");
+    click(&mut alice, "Host a call");
+    wait_for(&mut alice, "the hosted call", 15.0, |h| {
+        has_label_containing(h, "Invite link: natter://")
+    });
+    let invite = shown_invite(&alice);
+    type_into(&mut bob, "Your name", "Bob");
+    type_into(&mut bob, "Invite link", &invite);
+    click(&mut bob, "Join");
+    wait_both(&mut alice, &mut bob, "both in the call", 15.0, |a, b| {
+        has_label_containing(a, "Bob is") && has_label_containing(b, "Alice is")
+    });
+    click(&mut alice, "Leave");
+    assert!(
+        snapshot(&alice).hosting.is_some(),
+        "nothing ends before the answer"
+    );
+    click(&mut alice, "End the call for everyone");
+    wait_both(
+        &mut alice,
+        &mut bob,
+        "the call over for both",
+        10.0,
+        |a, b| {
+            has_label(a, "Host a call")
+                && snapshot(a).hosting.is_none()
+                && !matches!(snapshot(b).phase, Phase::InCall)
+        },
+    );
+}
+
 #[test]
 fn a_corrupt_trusted_relays_file_is_reported_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -472,6 +531,7 @@ fn latency_test_measures_the_round_trip_through_the_relay() {
     type_into(&mut h, "Invite link", &invite.to_string());
     click(&mut h, "Join");
     wait_for(&mut h, "the call", 15.0, |h| has_label(h, "Tess (you)"));
+    click(&mut h, "Show details");
     click(&mut h, "Run latency test");
     wait_for(&mut h, "the test to start", 5.0, |h| {
         !matches!(snapshot(h).latency_test, LatencyTest::Idle)
@@ -562,6 +622,140 @@ fn trust_on_first_use_then_refuse_a_changed_certificate() {
         "nobody joined the impostor"
     );
     impostor.stop();
+}
+
+#[test]
+fn a_roomless_invite_asks_for_the_room_where_the_user_looks_and_enter_joins() {
+    let relay = TestRelay::start_on(0, natter_relay::Identity::generate().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = app(dir.path(), TestSignal::Silence);
+    type_into(&mut h, "Your name", "Ann");
+    assert!(
+        !has_label(&h, "Room"),
+        "no room field until an invite needs one"
+    );
+    // What a relay prints: an invite without a room.
+    type_into(&mut h, "Invite link", &relay.handle().invite().to_string());
+    assert!(
+        has_label(&h, "Room"),
+        "the room is asked for right below the invite"
+    );
+    type_into(&mut h, "Room", "lounge");
+    h.key_press(egui::Key::Enter);
+    h.run();
+    wait_for(&mut h, "the call", 15.0, |h| has_label(h, "Ann (you)"));
+    assert_eq!(snapshot(&h).call.unwrap().room, "lounge");
+    click(&mut h, "Leave");
+    relay.stop();
+}
+
+#[test]
+fn recent_relays_keep_only_joins_that_worked_once_each_and_can_be_renamed_and_removed() {
+    let relay = TestRelay::start_on(0, natter_relay::Identity::generate().unwrap());
+    let mut invite = relay.handle().invite();
+    invite.room = Some("team".into());
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = app(dir.path(), TestSignal::Silence);
+    type_into(&mut h, "Your name", "Rae");
+
+    // A failed attempt (a certificate that is not the relay's) is not remembered.
+    let mut wrong = invite.clone();
+    wrong.fingerprint = Some([7; 32]);
+    type_into(&mut h, "Invite link", &wrong.to_string());
+    click(&mut h, "Join");
+    wait_for(&mut h, "the failed join", 15.0, |h| {
+        matches!(snapshot(h).phase, Phase::Failed(_))
+    });
+    assert!(
+        !has_label(&h, "Recent relays"),
+        "a failed attempt is not a recent relay"
+    );
+    click(&mut h, "Dismiss");
+
+    // Two successful joins of the same relay, written differently: one entry.
+    let upper = invite.to_string().replace(
+        &natter_proto::invite::fingerprint_hex(&relay.handle().fingerprint()),
+        &natter_proto::invite::fingerprint_hex(&relay.handle().fingerprint()).to_uppercase(),
+    );
+    for link in [invite.to_string(), upper] {
+        h.state_mut().form_mut().invite = link;
+        click(&mut h, "Join");
+        wait_for(&mut h, "the call", 15.0, |h| has_label(h, "Rae (you)"));
+        click(&mut h, "Leave");
+        wait_for(&mut h, "the start screen", 10.0, |h| {
+            has_label(h, "Recent relays")
+        });
+    }
+    let what = format!("team on 127.0.0.1:{}", relay.port());
+    assert_eq!(h.query_all_by_label(&format!("Use {what}")).count(), 1);
+
+    // Renamed: the name shows, and is saved.
+    click(&mut h, &format!("Rename {what}"));
+    type_into(&mut h, &format!("Name for {what}"), "Friday games");
+    h.key_press(egui::Key::Enter);
+    h.run();
+    assert!(has_label(&h, "Friday games"));
+    assert_eq!(
+        h.state().settings().recent[0].label.as_deref(),
+        Some("Friday games")
+    );
+
+    // Removed: the list is gone.
+    click(&mut h, &format!("Remove {what}"));
+    assert!(!has_label(&h, "Recent relays"));
+    assert!(h.state().settings().recent.is_empty());
+    relay.stop();
+}
+
+#[test]
+fn any_key_or_mouse_side_button_can_be_the_push_to_talk_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = app(dir.path(), TestSignal::Silence);
+    click(&mut h, "Settings");
+    click(&mut h, "Push to talk");
+    click(&mut h, "Set by pressing it…");
+    assert!(has_label(&h, "Press any key or a mouse side button…"));
+    h.key_press(egui::Key::F7);
+    h.run();
+    assert_eq!(h.state().settings().push_to_talk.as_deref(), Some("F7"));
+    assert!(!has_label(&h, "Press any key or a mouse side button…"));
+}
+
+#[test]
+fn hosting_on_a_port_in_use_says_so_in_plain_words() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = app(dir.path(), TestSignal::Silence);
+    type_into(&mut h, "Your name", "Hal");
+    h.state_mut().form_mut().host_port = port.to_string();
+    click(&mut h, "Host a call");
+    wait_for(&mut h, "the hosting failure", 10.0, |h| {
+        has_label(h, "Could not host the call")
+    });
+    assert!(has_label_containing(
+        &h,
+        &format!("UDP port {port} is already used by another program")
+    ));
+    assert!(!has_label_containing(&h, "os error"));
+    assert!(!has_label(&h, "Could not join"));
+}
+
+#[test]
+fn enter_in_the_host_form_starts_hosting() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = app(dir.path(), TestSignal::Silence);
+    type_into(&mut h, "Your name", "Hal");
+    // Typed after the prefilled room name.
+    type_into(&mut h, "Room name", "den");
+    h.key_press(egui::Key::Enter);
+    h.run();
+    wait_for(&mut h, "the hosted call", 15.0, |h| {
+        has_label_containing(h, "Invite link: natter://")
+    });
+    let invite = shown_invite(&h);
+    assert!(invite.contains("den?fp="), "{invite}");
+    click(&mut h, "Leave");
 }
 
 #[test]

@@ -72,7 +72,7 @@ pub fn relay_bin() -> PathBuf {
 /// A command for `program` that cannot outlive the test: on Linux the child gets SIGKILL when
 /// the thread that spawned it ends, so even a test process killed by a harness timeout leaves
 /// no stray relay or call behind. Spawn children from the test's own thread only.
-fn command(program: &Path) -> Command {
+pub fn command(program: &Path) -> Command {
     let mut cmd = Command::new(program);
     cmd.stdin(Stdio::null());
     // Deterministic logging whatever the caller's environment says.
@@ -112,6 +112,15 @@ fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
             return None;
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A child process killed and reaped when dropped, however the test ends.
+pub struct Reaped(pub Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        kill_and_reap(&mut self.0);
     }
 }
 

@@ -25,7 +25,7 @@ pub(super) struct Controller {
     pub(super) target: Option<Target>,
     pub(super) settings: Option<CallSettings>,
     pub(super) connecting: Option<JoinHandle<ConnectOutcome>>,
-    pub(super) relay: Option<natter_relay::RelayHandle>,
+    pub(super) relay: Option<crate::host::HostedCall>,
     pub(super) muted: bool,
     pub(super) deafened: bool,
     pub(super) talking: bool,
@@ -155,7 +155,10 @@ impl Controller {
                 self.settings = Some(settings);
                 match self.host(port, &room).await {
                     Ok(invite) => self.start(Target { invite, room, name }),
-                    Err(e) => self.fail(format!("Cannot host a call: {e:#}"), false),
+                    Err(e) => {
+                        tracing::warn!("cannot host a call: {e:#}");
+                        self.fail_hosting(super::plain::hosting_failure(&e, port));
+                    }
                 }
             }
             Request::AnswerTrust(yes) => {
@@ -249,6 +252,16 @@ impl Controller {
         self.set_phase(Phase::Failed(Failure {
             message,
             certificate_changed,
+            hosting: false,
+        }));
+    }
+
+    /// Hosting could not start (the start screen titles it so, not "Could not join").
+    pub(super) fn fail_hosting(&mut self, message: String) {
+        self.set_phase(Phase::Failed(Failure {
+            message,
+            certificate_changed: false,
+            hosting: true,
         }));
     }
 

@@ -249,28 +249,33 @@ pub(super) fn after_failure(
     }
 }
 
-/// One line for the user (`text` unless the error says more) and whether the certificate
-/// changed.
+/// What the user reads (in plain words when the error is one of the transport's, else `text`)
+/// and whether the certificate of a relay trusted before changed.
 pub(super) fn describe_failure(
     error: Option<&ConnectError>,
     text: String,
     target: Option<&Target>,
 ) -> (String, bool) {
     let relay = target.map(|t| t.invite.authority()).unwrap_or_default();
+    let room = target.map(|t| t.room.as_str()).unwrap_or_default();
     match error {
-        Some(ConnectError::FingerprintMismatch { expected, actual })
+        Some(ConnectError::FingerprintMismatch { actual, .. })
             if target.is_some_and(|t| t.invite.fingerprint.is_none()) =>
         {
+            // The first four byte pairs are enough to compare with what the operator reads out.
+            let short: String = actual.chars().take(8).collect::<String>().to_uppercase();
             (
                 format!(
-                    "The certificate of {relay} has changed since you first trusted it: it now presents {actual}, not {expected}. \
-                     This can mean someone is impersonating the relay, so Natter did not connect. \
-                     If the relay's operator confirms the change, remove {relay} from the trusted relays in Settings and join again."
+                    "The certificate of {relay} has changed since you first trusted it (it now \
+                     begins {short}…). Someone may be impersonating the relay, so Natter did not \
+                     connect. If its operator confirms the change, remove {relay} from the \
+                     trusted relays in Settings and join again."
                 ),
                 true,
             )
         }
-        _ => (text, false),
+        Some(e) => (super::plain::join_failure(e, &relay, room), false),
+        None => (text, false),
     }
 }
 

@@ -160,6 +160,8 @@ pub struct Failure {
     pub message: String,
     /// A relay we trusted before presented a different certificate.
     pub certificate_changed: bool,
+    /// Hosting failed (not joining).
+    pub hosting: bool,
 }
 
 /// The relay we host.
@@ -168,6 +170,9 @@ pub struct Hosting {
     /// The invite to hand out (with room and fingerprint).
     pub invite: String,
     pub port: u16,
+    /// Who can join, in one sentence: through the router's port mapping, or the LAN only and
+    /// what to do about it.
+    pub reach: String,
 }
 
 /// A relay without a pinned fingerprint presented a self-signed certificate.
@@ -236,6 +241,11 @@ pub struct CallView {
     pub room: String,
     /// `host:port` of the relay.
     pub relay: String,
+    /// The invite to this room for others to join with, as this participant joined (room
+    /// included, without any access token: tokens are personal).
+    pub share_invite: String,
+    /// The relay wants tokens: people invited need their own.
+    pub needs_token: bool,
     /// Everyone, us first.
     pub participants: Vec<ParticipantView>,
     pub relay_rtt_ms: Option<f64>,

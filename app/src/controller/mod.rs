@@ -17,6 +17,7 @@ pub mod connect;
 pub mod contract;
 pub mod hosting;
 pub mod latency_test;
+pub mod plain;
 pub mod view;
 
 pub use connect::{fingerprint_pairs, test_speech};

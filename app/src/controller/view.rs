@@ -152,9 +152,21 @@ impl Controller {
             .as_ref()
             .map(|t| t.invite.authority())
             .unwrap_or_default();
+        let (share_invite, needs_token) = self
+            .target
+            .as_ref()
+            .map(|t| {
+                let mut invite = t.invite.clone();
+                invite.room = Some(room.clone());
+                let had_token = invite.token.take().is_some();
+                (invite.to_string(), had_token)
+            })
+            .unwrap_or_default();
         let view = CallView {
             room,
             relay,
+            share_invite,
+            needs_token,
             participants,
             relay_rtt_ms: state.relay_rtt_ms,
             engine: EngineStatsView::from(&stats),

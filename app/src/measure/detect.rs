@@ -721,24 +721,25 @@ mod tests {
 
     #[test]
     fn survives_real_opus() {
-        use audiopus::{
-            Application, Bitrate, Channels, MutSignals, SampleRate, coder::Decoder, coder::Encoder,
-            packet::Packet,
-        };
+        use crate::codec::{EncoderConfig, OpusDecoder, OpusEncoder};
+        use crate::jitter::Decode;
         let train = chirp_train(48_000, 6.0, 200, 6);
-        let mut enc = Encoder::new(SampleRate::Hz48000, Channels::Mono, Application::Voip).unwrap();
-        enc.set_bitrate(Bitrate::BitsPerSecond(24_000)).unwrap();
-        let lookahead = enc.lookahead().unwrap() as f64;
-        let mut dec = Decoder::new(SampleRate::Hz48000, Channels::Mono).unwrap();
+        // Plain libopus defaults at 24 kbit/s: no FEC or DTX taking bits from the chirps.
+        let mut enc = OpusEncoder::new(EncoderConfig {
+            bitrate_bps: 24_000,
+            fec: false,
+            dtx: false,
+            expected_loss_pct: 0,
+            ..EncoderConfig::default()
+        })
+        .unwrap();
+        let lookahead = f64::from(enc.lookahead());
+        let mut dec = OpusDecoder::new().unwrap();
         let mut rec = Vec::new();
-        let mut packet = vec![0u8; 1500];
-        let mut frame_out = vec![0f32; 960];
+        let mut packet = Vec::new();
         for frame in train.samples.chunks_exact(960) {
-            let len = enc.encode_float(frame, &mut packet).unwrap();
-            let p = Packet::try_from(&packet[..len]).unwrap();
-            let out = MutSignals::try_from(&mut frame_out[..]).unwrap();
-            let got = dec.decode_float(Some(p), out, false).unwrap();
-            rec.extend_from_slice(&frame_out[..got]);
+            enc.encode(frame, &mut packet).unwrap();
+            dec.decode(&packet, &mut rec).unwrap();
         }
         let lags = find_lags(&train, &rec, 100.0, 0.5);
         let stats = LatencyStats::from_lags(&lags, train.onsets.len()).unwrap();

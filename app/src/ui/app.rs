@@ -1,6 +1,7 @@
 //! The egui view. It reads the controller's [`Snapshot`] every frame and sends [`Request`]s;
 //! it holds only view state (form fields, which screen) and the settings file.
 
+use super::global_ptt::{self, GlobalPtt};
 use super::style;
 use crate::controller::{
     CallSettings, ControllerConfig, ControllerHandle, LatencyTest, Phase, Repaint, Request,
@@ -24,6 +25,9 @@ pub struct AppConfig {
     pub controller: ControllerConfig,
     /// Where "Export CSV" writes.
     pub export_dir: PathBuf,
+    /// Grab the push-to-talk key for the whole desktop during calls (X11), not only while the
+    /// window has the focus. Off in tests, which must not take a key from the developer.
+    pub global_shortcuts: bool,
 }
 
 impl AppConfig {
@@ -35,6 +39,7 @@ impl AppConfig {
         Self {
             controller: ControllerConfig::desktop(dirs),
             export_dir,
+            global_shortcuts: true,
         }
     }
 }
@@ -58,6 +63,8 @@ pub struct StartForm {
     /// Why the last Join or Host click did nothing.
     pub error: Option<String>,
     pub host_error: Option<String>,
+    /// A recent relay being renamed: its index and the name being typed.
+    pub renaming: Option<(usize, String)>,
 }
 
 pub struct NatterApp {
@@ -73,7 +80,23 @@ pub struct NatterApp {
     pub(super) form: StartForm,
     pub(super) snap: Snapshot,
     pub(super) export_note: Option<String>,
+    /// "Copy invite" was clicked in this call.
+    pub(super) invite_copied: bool,
+    /// The host pressed Leave with others in the call: ask before ending it for everyone.
+    pub(super) confirm_end_call: bool,
+    /// The relay of the join in progress, remembered under "Recent relays" once the join
+    /// succeeds (failed attempts are not remembered).
+    pending_recent: Option<RecentRelay>,
     ptt_down: bool,
+    global_shortcuts: bool,
+    /// The push-to-talk key grabbed for the whole desktop, and for which setting (so a key
+    /// that cannot be grabbed is tried once, not every frame).
+    global_ptt: Option<GlobalPtt>,
+    global_ptt_for: Option<String>,
+    /// Why push to talk works only in this window, if it does.
+    pub(super) ptt_problem: Option<String>,
+    /// Settings is waiting for the key or button to use for push to talk.
+    pub(super) ptt_capture: bool,
     theme_applied: Option<ThemeChoice>,
     /// Frames drawn since `frames_since` (logged every 30 s, for the CPU benchmark).
     frames: u64,
@@ -117,7 +140,15 @@ impl NatterApp {
             form,
             snap: Snapshot::default(),
             export_note: None,
+            invite_copied: false,
+            confirm_end_call: false,
+            pending_recent: None,
             ptt_down: false,
+            global_shortcuts: config.global_shortcuts,
+            global_ptt: None,
+            global_ptt_for: None,
+            ptt_problem: None,
+            ptt_capture: false,
             theme_applied: None,
             frames: 0,
             frames_since: std::time::Instant::now(),
@@ -186,6 +217,24 @@ impl NatterApp {
         self.writer.flush();
     }
 
+    /// Once the pending join is in the call, its relay goes first under "Recent relays"; a
+    /// failed join forgets it.
+    fn remember_joined_relay(&mut self) {
+        if !self.in_call() {
+            self.invite_copied = false;
+        }
+        match self.snap.phase {
+            Phase::InCall if self.snap.call.is_some() => {
+                if let Some(relay) = self.pending_recent.take() {
+                    self.settings.remember(relay);
+                    self.settings_changed();
+                }
+            }
+            Phase::Failed(_) => self.pending_recent = None,
+            _ => {}
+        }
+    }
+
     pub(super) fn in_call(&self) -> bool {
         matches!(
             self.snap.phase,
@@ -205,9 +254,41 @@ impl NatterApp {
         });
     }
 
-    /// M mutes, D deafens (when no text field has focus); the push-to-talk key transmits
-    /// while held and the window is focused.
+    /// During a call, grabs the push-to-talk key for the whole desktop (X11), and lets it go
+    /// when the call ends or the key changes.
+    fn sync_global_ptt(&mut self, ctx: &egui::Context) {
+        let wanted = self
+            .settings
+            .push_to_talk
+            .clone()
+            .filter(|_| self.global_shortcuts && self.in_call());
+        if wanted == self.global_ptt_for {
+            return;
+        }
+        self.global_ptt = None;
+        self.ptt_problem = None;
+        self.global_ptt_for = wanted.clone();
+        let Some(name) = wanted else {
+            return;
+        };
+        let Some(trigger) = global_ptt::trigger(&name) else {
+            self.ptt_problem = Some(format!("{name} works in this window only"));
+            return;
+        };
+        let repaint = ctx.clone();
+        match GlobalPtt::start(trigger, &name, move || repaint.request_repaint()) {
+            Ok(grab) => self.global_ptt = Some(grab),
+            Err(problem) => {
+                tracing::info!("global push-to-talk: {problem}");
+                self.ptt_problem = Some(problem);
+            }
+        }
+    }
+
+    /// M mutes, D deafens (when no text field has focus); the push-to-talk key or mouse
+    /// button transmits while held: in any window while grabbed, else in this one.
     fn shortcuts(&mut self, ctx: &egui::Context) {
+        self.sync_global_ptt(ctx);
         let typing = ctx.egui_wants_keyboard_input();
         if self.in_call() && !typing {
             let (m, d) = ctx.input(|i| {
@@ -223,12 +304,19 @@ impl NatterApp {
                 self.ctl.send(Request::SetDeafened(!self.snap.deafened));
             }
         }
-        let key = self
-            .settings
-            .push_to_talk
-            .as_deref()
-            .and_then(Key::from_name);
-        let down = key.is_some_and(|k| !typing && ctx.input(|i| i.focused && i.key_down(k)));
+        let name = self.settings.push_to_talk.as_deref();
+        let in_window = match name {
+            Some(global_ptt::MOUSE_BACK) => {
+                ctx.input(|i| i.pointer.button_down(egui::PointerButton::Extra1))
+            }
+            Some(global_ptt::MOUSE_FORWARD) => {
+                ctx.input(|i| i.pointer.button_down(egui::PointerButton::Extra2))
+            }
+            Some(name) => Key::from_name(name)
+                .is_some_and(|k| !typing && ctx.input(|i| i.focused && i.key_down(k))),
+            None => false,
+        };
+        let down = in_window || self.global_ptt.as_ref().is_some_and(GlobalPtt::held);
         if down != self.ptt_down {
             self.ptt_down = down;
             self.ctl.send(Request::SetTalking(down));
@@ -302,7 +390,7 @@ impl NatterApp {
                 .room
                 .take()
                 .or_else(|| Some(self.form.room.trim().to_string()).filter(|r| !r.is_empty()))
-                .ok_or("The invite has no room: enter one below.")?;
+                .ok_or("This invite names no room: type the room's name in the Room field.")?;
             (invite, room)
         } else {
             let host = self.form.host.trim();
@@ -334,11 +422,11 @@ impl NatterApp {
         };
         let mut remembered = invite.clone();
         remembered.room = None;
-        self.settings.remember(RecentRelay {
+        self.pending_recent = Some(RecentRelay {
             invite: remembered.to_string(),
             room: room.clone(),
+            label: None,
         });
-        self.settings_changed();
         Ok(Request::Join {
             invite,
             room,
@@ -410,6 +498,7 @@ impl NatterApp {
             }
         }
         self.problems_seen += new_problems;
+        self.remember_joined_relay();
         if let Some(e) = self.writer.take_error()
             && !self.notices.contains(&e)
         {
@@ -568,7 +657,8 @@ pub const QUALITY_CHOICES: [(Option<u32>, &str); 6] = [
     (Some(64), "64 kbit/s (music)"),
 ];
 
-/// Push-to-talk keys offered.
+/// Push-to-talk keys offered in Settings (any other key or a mouse side button can be set by
+/// pressing it there).
 pub const PTT_KEYS: [&str; 5] = ["Space", "V", "T", "B", "F1"];
 
 pub(super) fn quality_label(q: Quality) -> &'static str {

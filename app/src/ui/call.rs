@@ -29,7 +29,9 @@ impl NatterApp {
                 .show(ui, |ui| {
                     ui.add_space(4.0);
                     self.notices(ui);
+                    self.end_call_prompt(ui);
                     self.hosting_card(ui);
+                    self.invite_card(ui);
                     if let Phase::Reconnecting { attempt, reason } = &self.snap.phase {
                         style::banner(ui, style::WARN).show(ui, |ui| {
                             ui.set_width(ui.available_width());
@@ -41,6 +43,9 @@ impl NatterApp {
                         });
                     }
                     match &call {
+                        Some(c) if !self.settings.call_details => {
+                            self.roster_card(ui, &c.participants)
+                        }
                         // Wide windows: people on the left, latency on the right.
                         Some(c) if ui.available_width() >= 860.0 => {
                             ui.columns(2, |cols| {
@@ -63,7 +68,7 @@ impl NatterApp {
     }
 
     fn status_line(&mut self, ui: &mut Ui) {
-        let Some(call) = &self.snap.call else {
+        let Some(call) = self.snap.call.clone() else {
             return;
         };
         ui.horizontal_wrapped(|ui| {
@@ -75,6 +80,23 @@ impl NatterApp {
             let (rect, _) = ui.allocate_exact_size(egui::vec2(10.0, 10.0), egui::Sense::hover());
             ui.painter().circle_filled(rect.center(), 4.0, dot);
             ui.label(text);
+            let details = self.settings.call_details;
+            let label = if details {
+                "Simple view"
+            } else {
+                "Show details"
+            };
+            if ui
+                .small_button(label)
+                .on_hover_text("Switch between the simple view and the full latency meter")
+                .clicked()
+            {
+                self.settings.call_details = !details;
+                self.settings_changed();
+            }
+            if !details {
+                return;
+            }
             if let Some(rtt) = call.relay_rtt_ms {
                 let rtt = if rtt < 10.0 {
                     format!("{rtt:.1}")
@@ -100,6 +122,103 @@ impl NatterApp {
         });
     }
 
+    /// How many other people are in a call this app hosts (0 when not hosting).
+    fn others_in_hosted_call(&self) -> usize {
+        match (&self.snap.hosting, &self.snap.call) {
+            (Some(_), Some(call)) => call.participants.len().saturating_sub(1),
+            _ => 0,
+        }
+    }
+
+    /// Asks a host whether to end the call for everyone before leaving.
+    fn end_call_prompt(&mut self, ui: &mut Ui) {
+        if !self.confirm_end_call {
+            return;
+        }
+        let others = self.others_in_hosted_call();
+        if others == 0 {
+            // Everyone else left meanwhile: nothing to ask.
+            self.confirm_end_call = false;
+            return;
+        }
+        style::banner(ui, style::WARN).show(ui, |ui| {
+            ui.set_width(ui.available_width());
+            let people = if others == 1 {
+                "the other person".to_string()
+            } else {
+                format!("the {others} other people")
+            };
+            ui.label(
+                RichText::new(format!(
+                    "You are hosting: leaving ends the call for {people}."
+                ))
+                .strong(),
+            );
+            ui.horizontal(|ui| {
+                if ui.button("End the call for everyone").clicked() {
+                    self.confirm_end_call = false;
+                    self.ctl.send(Request::Leave);
+                }
+                if ui.button("Stay").clicked() {
+                    self.confirm_end_call = false;
+                }
+            });
+        });
+    }
+
+    /// Everyone in a call can invite others (the host has its own card with the public link).
+    fn invite_card(&mut self, ui: &mut Ui) {
+        if self.snap.hosting.is_some() {
+            return;
+        }
+        let Some(call) = &self.snap.call else {
+            return;
+        };
+        if call.share_invite.is_empty() {
+            return;
+        }
+        let (invite, needs_token) = (call.share_invite.clone(), call.needs_token);
+        egui::CollapsingHeader::new("Invite someone")
+            .default_open(false)
+            .show(ui, |ui| {
+                let l = ui.add(
+                    egui::Label::new(RichText::new(&invite).monospace())
+                        .selectable(true)
+                        .wrap(),
+                );
+                l.widget_info(|| {
+                    egui::WidgetInfo::labeled(
+                        egui::Role::Label,
+                        true,
+                        format!("Invite link: {invite}"),
+                    )
+                });
+                if needs_token {
+                    ui.label(
+                        RichText::new(
+                            "This relay admits people with a token: whoever you invite needs \
+                             their own from the relay's operator.",
+                        )
+                        .weak(),
+                    );
+                }
+                self.copy_invite_button(ui, &invite);
+            });
+    }
+
+    /// "Copy invite", and once clicked, a word that it worked.
+    fn copy_invite_button(&mut self, ui: &mut Ui, invite: &str) {
+        ui.horizontal(|ui| {
+            if ui.button("Copy invite").clicked() {
+                ui.ctx().copy_text(invite.to_string());
+                self.invite_copied = true;
+            }
+            if self.invite_copied {
+                ui.label(RichText::new("Invite copied to the clipboard.").weak());
+            }
+        });
+    }
+
     fn hosting_card(&mut self, ui: &mut Ui) {
         let Some(h) = self.snap.hosting.clone() else {
             return;
@@ -114,6 +233,7 @@ impl NatterApp {
                 ))
                 .weak(),
             );
+            ui.label(&h.reach);
             ui.horizontal(|ui| {
                 let l = ui.add(
                     egui::Label::new(RichText::new(&h.invite).monospace())
@@ -124,10 +244,7 @@ impl NatterApp {
                     egui::WidgetInfo::labeled(egui::Role::Label, true, format!("Invite link: {}", h.invite))
                 });
             });
-            if ui.button("Copy invite").clicked() {
-                ui.ctx().copy_text(h.invite.clone());
-                self.export_note = Some("Invite copied to the clipboard.".into());
-            }
+            self.copy_invite_button(ui, &h.invite);
         });
     }
 
@@ -157,11 +274,24 @@ impl NatterApp {
             if p.locally_muted {
                 ui.label(RichText::new("muted for you").small().weak());
             }
-            let detail = match &p.stats {
-                Some(s) => meter::link_numbers(s, p.recent_loss),
-                None => String::new(),
-            };
-            style::quality_bars(ui, &p.name, p.quality, &detail);
+            if self.settings.call_details {
+                let detail = match &p.stats {
+                    Some(s) => meter::link_numbers(s, p.recent_loss),
+                    None => String::new(),
+                };
+                style::quality_bars(ui, &p.name, p.quality, &detail);
+            } else if !p.is_me {
+                style::quality_dot(ui, &p.name, p.quality);
+                if let Some(s) = p.stats.as_ref().filter(|s| s.stages.complete) {
+                    ui.label(
+                        RichText::new(format!(
+                            "you hear {} {:.0} ms after they speak",
+                            p.name, s.stages.total_ms
+                        ))
+                        .weak(),
+                    );
+                }
+            }
             ui.with_layout(Layout::right_to_left(Align::Center), |ui| {
                 if p.is_me {
                     if let Some(c) = &self.snap.call {
@@ -190,7 +320,7 @@ impl NatterApp {
                 }
             });
         });
-        if !p.is_me {
+        if !p.is_me && self.settings.call_details {
             ui.horizontal(|ui| {
                 ui.add_space(32.0);
                 let mut percent = p.volume * 100.0;
@@ -339,6 +469,9 @@ impl NatterApp {
                     RichText::new(format!("Hold {key} to talk")).weak()
                 };
                 ui.label(text);
+                if let Some(problem) = &self.ptt_problem {
+                    ui.label(RichText::new(format!("({problem})")).weak().small());
+                }
             } else {
                 ui.label(RichText::new("M mute · D deafen").weak().small());
             }
@@ -348,7 +481,12 @@ impl NatterApp {
                         .fill(style::DANGER)
                         .min_size(size);
                 if ui.add(leave).clicked() {
-                    self.ctl.send(Request::Leave);
+                    if self.others_in_hosted_call() > 0 {
+                        // The relay lives in this app: leaving takes everyone's call with it.
+                        self.confirm_end_call = true;
+                    } else {
+                        self.ctl.send(Request::Leave);
+                    }
                 }
             });
         });

@@ -14,11 +14,13 @@
 
 pub mod app;
 pub mod call;
+mod global_ptt;
 pub mod meter;
 pub mod settings_view;
 pub mod sounds;
 pub mod start;
 pub mod style;
+mod window_class;
 
 pub use crate::controller::{AudioSource, ControllerConfig, TestSignal};
 pub use app::{AppConfig, NatterApp, Screen};
@@ -75,6 +77,24 @@ fn init_logging(dirs: &Dirs) -> Option<std::path::PathBuf> {
 }
 
 /// Runs the desktop app until its window closes.
+/// The window icon, the same picture as the installed hicolor icons (`assets/icon/`). 128 px:
+/// a 256 px icon is 256 KiB of `_NET_WM_ICON`, more than one X11 request may carry without the
+/// BIG-REQUESTS extension, and winit then leaves the property empty (seen under Xvfb).
+const ICON_PNG: &[u8] = include_bytes!("../../../assets/icon/natter-128.png");
+
+/// How desktops recognise the window: its icon (`_NET_WM_ICON`) and the app id `natter` that
+/// ties it to `natter.desktop` (Wayland; on X11 see [`window_class`]).
+fn window_identity(viewport: egui::ViewportBuilder) -> egui::ViewportBuilder {
+    let viewport = viewport.with_app_id("natter");
+    match eframe::icon_data::from_png_bytes(ICON_PNG) {
+        Ok(icon) => viewport.with_icon(std::sync::Arc::new(icon)),
+        Err(e) => {
+            tracing::warn!("window icon: {e}");
+            viewport
+        }
+    }
+}
+
 pub fn run(options: LaunchOptions) -> ExitCode {
     if !has_display() {
         eprintln!("{NO_DISPLAY}");
@@ -95,9 +115,8 @@ pub fn run(options: LaunchOptions) -> ExitCode {
     }
     let native = eframe::NativeOptions {
         renderer: eframe::Renderer::Glow,
-        viewport: egui::ViewportBuilder::default()
+        viewport: window_identity(egui::ViewportBuilder::default())
             .with_title("Natter")
-            .with_app_id("natter")
             .with_inner_size([920.0, 700.0])
             .with_min_inner_size([560.0, 460.0]),
         ..Default::default()
@@ -106,6 +125,7 @@ pub fn run(options: LaunchOptions) -> ExitCode {
         "Natter",
         native,
         Box::new(move |cc| {
+            window_class::set_x11_class(cc);
             let mut app = NatterApp::new(&cc.egui_ctx, config)?;
             if let Some(invite) = &options.join {
                 app.join_invite(invite, options.name.as_deref());

@@ -158,20 +158,43 @@ impl NatterApp {
             let mut ptt = s.push_to_talk.is_some();
             if ui
                 .checkbox(&mut ptt, "Push to talk")
-                .on_hover_text("Your microphone is on only while you hold the key (window focused)")
+                .on_hover_text("Your microphone is on only while you hold the key or button")
                 .changed()
             {
                 s.push_to_talk = ptt.then(|| PTT_KEYS[0].to_string());
                 changed = true;
             }
             if let Some(key) = &mut s.push_to_talk {
-                egui::ComboBox::from_label("Push-to-talk key")
-                    .selected_text(key.as_str())
-                    .show_ui(ui, |ui| {
-                        for k in PTT_KEYS {
-                            changed |= ui.selectable_value(key, k.to_string(), k).changed();
+                ui.horizontal(|ui| {
+                    egui::ComboBox::from_label("Push-to-talk key")
+                        .selected_text(key.as_str())
+                        .show_ui(ui, |ui| {
+                            for k in PTT_KEYS {
+                                changed |= ui.selectable_value(key, k.to_string(), k).changed();
+                            }
+                        });
+                    if self.ptt_capture {
+                        ui.label(
+                            RichText::new("Press any key or a mouse side button…")
+                                .color(style::SPEAKING),
+                        );
+                        if let Some(pressed) = pressed_key_or_button(ui.ctx()) {
+                            *key = pressed;
+                            self.ptt_capture = false;
+                            changed = true;
                         }
-                    });
+                    } else if ui.button("Set by pressing it…").clicked() {
+                        self.ptt_capture = true;
+                    }
+                });
+                ui.label(
+                    RichText::new(
+                        "During calls the key works in every window (X11); elsewhere, while \
+                         Natter has the focus.",
+                    )
+                    .weak()
+                    .small(),
+                );
             }
             changed |= ui
                 .checkbox(&mut s.sounds, "Play a sound when someone joins or leaves")
@@ -226,4 +249,27 @@ impl NatterApp {
             self.settings_changed();
         }
     }
+}
+
+/// The key or mouse side button pressed this frame, by the name settings keep (egui key
+/// names). Escape is left out: it closes menus.
+fn pressed_key_or_button(ctx: &egui::Context) -> Option<String> {
+    ctx.input(|i| {
+        i.events.iter().find_map(|e| match e {
+            egui::Event::Key {
+                key, pressed: true, ..
+            } if *key != egui::Key::Escape => Some(key.name().to_string()),
+            egui::Event::PointerButton {
+                button: egui::PointerButton::Extra1,
+                pressed: true,
+                ..
+            } => Some(super::global_ptt::MOUSE_BACK.to_string()),
+            egui::Event::PointerButton {
+                button: egui::PointerButton::Extra2,
+                pressed: true,
+                ..
+            } => Some(super::global_ptt::MOUSE_FORWARD.to_string()),
+            _ => None,
+        })
+    })
 }

@@ -170,6 +170,21 @@ pub fn speaking_dot(ui: &mut Ui, name: &str, speaking: bool, muted: bool) -> Res
 }
 
 /// Four signal bars, filled according to the link quality.
+/// One dot for a person's connection in the simple view: green good, amber fair, red poor.
+pub fn quality_dot(ui: &mut Ui, who: &str, quality: LinkQuality) -> Response {
+    let (rect, response) = ui.allocate_exact_size(Vec2::splat(14.0), Sense::hover());
+    let color = match quality {
+        LinkQuality::Unknown => ui.visuals().weak_text_color(),
+        LinkQuality::Poor => DANGER,
+        LinkQuality::Fair => WARN,
+        LinkQuality::Good => SPEAKING,
+    };
+    ui.painter().circle_filled(rect.center(), 5.0, color);
+    let label = format!("Connection to {who}: {}", quality.describe());
+    response.widget_info(|| WidgetInfo::labeled(Role::Image, true, &label));
+    response.on_hover_text(label)
+}
+
 pub fn quality_bars(ui: &mut Ui, who: &str, quality: LinkQuality, detail: &str) -> Response {
     let (rect, response) = ui.allocate_exact_size(vec2(22.0, 18.0), Sense::hover());
     let (filled, color) = match quality {

@@ -1,0 +1,159 @@
+//! The desktop app's window as a desktop sees it: a real `natter` window on a private Xvfb
+//! server, read back with xprop. (The egui_kittest UI tests in app/tests/ui.rs run without any
+//! window system, so they cannot see what the window tells the window manager.)
+
+use natter_e2e::{Reaped, TempDir, command, natter_bin};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A private X server; returns it and its DISPLAY. `-displayfd` lets Xvfb pick a free display
+/// number and tell us, so parallel tests never collide.
+fn xvfb() -> (Reaped, String) {
+    let mut child = command(Path::new("Xvfb"))
+        .args([
+            "-displayfd",
+            "1",
+            "-screen",
+            "0",
+            "1280x1024x24",
+            "-nolisten",
+            "tcp",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("Xvfb (Debian: xvfb; scripts/setup.sh test installs it)");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped"))
+        .read_line(&mut line)
+        .expect("Xvfb prints its display number");
+    let number = line.trim();
+    assert!(!number.is_empty(), "Xvfb did not start");
+    (Reaped(child), format!(":{number}"))
+}
+
+/// The real desktop app on `display`, its settings under `dir`, a test signal as microphone,
+/// joining `invite` when given.
+fn desktop_app(display: &str, dir: &Path, signal: &str, invite: Option<&str>) -> Reaped {
+    let mut cmd = command(&natter_bin());
+    if let Some(invite) = invite {
+        cmd.arg(invite);
+    }
+    cmd.arg("--dir")
+        .arg(dir)
+        .args(["--test-signal", signal])
+        .env("DISPLAY", display)
+        .env_remove("WAYLAND_DISPLAY")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    Reaped(cmd.spawn().expect("natter starts"))
+}
+
+fn x_tool(display: &str, program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .env("DISPLAY", display)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e} (Debian: x11-utils, xdotool)"));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_window_carries_the_icon_and_class_of_its_desktop_entry() {
+    let (_x, display) = xvfb();
+    let dir = TempDir::new("window");
+    let _app = desktop_app(&display, dir.path(), "silence", None);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let window = loop {
+        let found = x_tool(&display, "xdotool", &["search", "--name", "^Natter$"]);
+        if let Some(id) = found.lines().next() {
+            break id.trim().to_owned();
+        }
+        assert!(Instant::now() < deadline, "no Natter window within 30 s");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // Both halves name the desktop entry (StartupWMClass=natter in assets/natter.desktop).
+    let class = x_tool(&display, "xprop", &["-id", &window, "WM_CLASS"]);
+    assert!(
+        class.contains(r#"= "natter", "natter""#),
+        "WM_CLASS: {class}"
+    );
+    // The icon: width, height, then that many ARGB pixels, not all transparent.
+    let icon = x_tool(
+        &display,
+        "xprop",
+        &["-id", &window, "-notype", "32c", "_NET_WM_ICON"],
+    );
+    let values: Vec<u64> = icon
+        .split_once('=')
+        .map(|(_, list)| {
+            list.split(',')
+                .filter_map(|v| v.trim().parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(values.len() > 2, "no _NET_WM_ICON: {}", icon.trim());
+    let (width, height) = (values[0], values[1]);
+    assert!(width >= 32 && height >= 32, "icon is {width}x{height}");
+    assert_eq!(values.len() as u64, 2 + width * height, "icon size");
+    assert!(
+        values[2..].iter().any(|&argb| argb >> 24 == 0xff),
+        "icon is transparent"
+    );
+}
+
+/// Loudness of `samples[from_s..to_s]` (seconds at 48 kHz).
+fn rms_between(samples: &[f32], from_s: f64, to_s: f64) -> f32 {
+    let at = |s: f64| ((s * 48_000.0) as usize).min(samples.len());
+    natter_e2e::rms(&samples[at(from_s)..at(to_s)])
+}
+
+#[test]
+fn push_to_talk_works_while_another_window_has_the_focus() {
+    let (_x, display) = xvfb();
+    let relay = natter_e2e::RelayProcess::start();
+    let invite = relay.invite().replacen('?', "/ptt?", 1);
+    let dir = TempDir::new("ptt");
+    let settings = dir.join("app/config");
+    std::fs::create_dir_all(&settings).unwrap();
+    std::fs::write(
+        settings.join("settings.toml"),
+        "display_name = \"Ann\"\npush_to_talk = \"F9\"\n",
+    )
+    .unwrap();
+    // The listener records what reaches it from the moment it joins.
+    let heard = dir.join("bob-heard.wav");
+    let bob = natter_e2e::Call::new(relay.invite(), "ptt", "bob")
+        .output(&heard)
+        .duration(14.0)
+        .spawn();
+    relay.wait_for_join("ptt", "bob");
+    let bob_start = Instant::now();
+    // Ann: the real desktop app, talking the test speech signal while F9 is held.
+    let _ann = desktop_app(&display, &dir.join("app"), "speech", Some(&invite));
+    relay.wait_for_join("ptt", "Ann");
+    // Nothing has the focus but the root window (no window manager; the pointer is moved off
+    // the app's window): keys go nowhere unless grabbed.
+    x_tool(&display, "xdotool", &["mousemove", "1270", "1010"]);
+    let at = |t: f64| {
+        let wait = Duration::from_secs_f64(t).saturating_sub(bob_start.elapsed());
+        std::thread::sleep(wait);
+    };
+    at(5.0);
+    x_tool(&display, "xdotool", &["keydown", "F9"]);
+    at(9.0);
+    x_tool(&display, "xdotool", &["keyup", "F9"]);
+    let finished = bob.wait(Duration::from_secs(30));
+    finished.assert_success();
+    let samples = natter_e2e::read_wav(&heard);
+    let before = rms_between(&samples, 3.0, 4.8);
+    let held = rms_between(&samples, 5.8, 8.8);
+    let after = rms_between(&samples, 10.0, 13.0);
+    assert!(
+        held > 0.002 && held > 20.0 * before.max(1e-5) && held > 20.0 * after.max(1e-5),
+        "Ann is heard only while F9 is held: rms before {before}, held {held}, after {after}"
+    );
+}
