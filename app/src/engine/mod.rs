@@ -724,6 +724,12 @@ impl Worker {
             for (ssrc, peer) in self.peers.iter_mut() {
                 pulls += 1;
                 peer.jitter.pull(&mut self.block, now);
+                // Every stretch, concealment and re-buffer with its time, so a bad recording
+                // can be explained (`RUST_LOG=natter::jitter=debug`).
+                peer.jitter.drain_events(|e| {
+                    tracing::debug!(target: "natter::jitter", ssrc = *ssrc, at_ms = e.at_ms,
+                        kind = ?e.kind, ms = e.ms, "jitter buffer event");
+                });
                 let gain = self.peer_gains.get(ssrc).copied().unwrap_or(1.0);
                 if gain == 0.0 {
                     continue;

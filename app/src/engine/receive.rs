@@ -42,6 +42,11 @@ pub struct PeerStats {
     pub duplicates: u64,
     pub concealed: u64,
     pub fec_recovered: u64,
+    /// Times the jitter buffer ran dry, faded out and restarted.
+    pub rebuffers: u64,
+    /// Audio the jitter buffer removed (accelerate) and added (expand) to change its delay, ms.
+    pub accelerated_ms: f64,
+    pub expanded_ms: f64,
     /// RFC 3550 interarrival jitter, ms.
     pub jitter_ms: f64,
     /// Round trip to this peer from RTCP (its reports on our stream), ms.
@@ -168,6 +173,9 @@ impl RemotePeer {
             duplicates: jb.duplicates,
             concealed: jb.concealed,
             fec_recovered: jb.fec_recovered,
+            rebuffers: jb.rebuffers,
+            accelerated_ms: jb.accelerated_ms,
+            expanded_ms: jb.expanded_ms,
             jitter_ms: f64::from(self.reception.jitter()) / 48.0,
             rtt_ms: self.rtt_ms,
             jitter_buffer_ms: jb.delay_ms,
