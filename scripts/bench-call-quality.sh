@@ -12,6 +12,7 @@
 #   RUNS=3 CONDITIONS="clean random" scripts/bench-call-quality.sh
 #   CALL_SPEECH_A=a.wav CALL_SPEECH_B=b.wav ...          # other speech (no download)
 #   NO_BUILD=1 NATTER_BIN_DIR=dir ...                     # binaries built elsewhere (A/B runs)
+#   RUN_OFFSET=2 RUNS=1 ...                               # just run 3 (seed and voice order)
 #
 # The talker sends voice A, B, A (or B, A, B on even runs, so both voices open a call) with
 # 1.5 s pauses. OUT_DIR gets per run the recording, both stats JSONs and the scores
@@ -121,7 +122,7 @@ call() {
 
 echo "load before: $(uptime)" | tee "$out/load.txt"
 for cond in $conditions; do
-  for run in $(seq "$runs"); do
+  for run in $(seq $((${RUN_OFFSET:-0} + 1)) $((${RUN_OFFSET:-0} + runs))); do
     order=ABA
     [ $((run % 2)) -eq 0 ] && order=BAB
     dir="$out/$cond-$run"

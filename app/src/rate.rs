@@ -212,7 +212,8 @@ impl RateController {
         entry.loss = loss;
         entry.rtt_ms = rtt_ms;
         entry.at_ms = now_ms;
-        self.listeners.retain(|_, l| now_ms - l.at_ms < REPORT_TTL_MS);
+        self.listeners
+            .retain(|_, l| now_ms - l.at_ms < REPORT_TTL_MS);
 
         let mut losses: Vec<f64> = self.listeners.values().map(|l| l.loss).collect();
         losses.sort_by(|a, b| b.total_cmp(a));

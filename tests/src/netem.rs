@@ -27,7 +27,10 @@ pub enum Loss {
     Random(f64),
     /// Gilbert-Elliott: a good state that loses nothing and a bad state that loses every
     /// packet; `rate` is the long-run loss fraction and `mean_burst` the mean run length.
-    Bursty { rate: f64, mean_burst: f64 },
+    Bursty {
+        rate: f64,
+        mean_burst: f64,
+    },
 }
 
 /// How each packet's extra delay is drawn.
@@ -35,7 +38,9 @@ pub enum Loss {
 pub enum Jitter {
     None,
     /// Normal with this standard deviation (ms), truncated at zero extra delay below the base.
-    Gaussian { sd_ms: f64 },
+    Gaussian {
+        sd_ms: f64,
+    },
     /// Mostly calm (Gaussian `sd_ms`), with spikes: with probability `spike_prob` per packet a
     /// delay spike of up to `spike_ms` starts and decays linearly over the next `spike_len`
     /// packets (a queue building and draining).
@@ -304,9 +309,7 @@ pub async fn run_proxy(
             let _ = if h.to_upstream {
                 up_sock.send(&h.data).await
             } else {
-                socket
-                    .send_to(&h.data, client.expect("client known"))
-                    .await
+                socket.send_to(&h.data, client.expect("client known")).await
             };
         }
     }

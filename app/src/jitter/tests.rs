@@ -1780,11 +1780,17 @@ fn a_stream_starting_with_speech_converges_in_its_pauses_not_inside_words() {
     // talker speaks for 1.8 s, is quiet for 0.2 s (its codec still sends), pauses 0.5 s (sends
     // nothing) and speaks again.
     let (mut pkts, end) = talk_pause_talk(100, 10, 500.0, 0.0, false);
-    let (jb, probe, events) = play_with_events(&mut pkts, end, JitterConfig::default(), Voice::Tone);
+    let (jb, probe, events) =
+        play_with_events(&mut pkts, end, JitterConfig::default(), Voice::Tone);
     let s = jb.stats();
     let in_sound: Vec<&JitterEvent> = events
         .iter()
-        .filter(|e| matches!(e.kind, EventKind::Accelerate { in_sound: true } | EventKind::Expand { in_sound: true }))
+        .filter(|e| {
+            matches!(
+                e.kind,
+                EventKind::Accelerate { in_sound: true } | EventKind::Expand { in_sound: true }
+            )
+        })
         .collect();
     assert!(in_sound.is_empty(), "stretched inside speech: {in_sound:?}");
     // The excess went in the quiet frames and the pause: every acceleration before the second
@@ -1821,7 +1827,12 @@ fn an_excess_without_any_pause_is_still_removed_inside_sound() {
     let floor = phase_floor(20.0, 5.0, 5.0, 0.3);
     assert!(late.delay_ms <= floor + TONE_STEP_MS + 1e-6, "{late:?}");
     // But not in the first seconds.
-    assert_eq!(probe.stats_at(2).accelerations, 0, "{:?}", probe.stats_at(2));
+    assert_eq!(
+        probe.stats_at(2).accelerations,
+        0,
+        "{:?}",
+        probe.stats_at(2)
+    );
     assert_eq!(jb.stats().concealed, 0);
 }
 
@@ -1861,7 +1872,9 @@ fn a_scheduling_hiccup_of_the_puller_does_not_raise_the_delay() {
     let end = arrivals.last().unwrap().at_ms;
     let mut noise = 0u64;
     let (jb, probe) = play_with_puller(&arrivals, end, |due| {
-        noise = noise.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        noise = noise
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1);
         let jitter = (noise >> 40) as f64 / (1u64 << 24) as f64 * 2.0;
         if (10_000.0..10_035.0).contains(&due) {
             10_035.0 - due + jitter
@@ -1895,7 +1908,11 @@ fn reordered_packets_within_reach_play_in_order_without_concealment() {
     let s = jb.stats();
     println!("after 3 s {warm:?}\nend {s:?}");
     assert_eq!(
-        (s.concealed - warm.concealed, s.fec_recovered - warm.fec_recovered, s.late - warm.late),
+        (
+            s.concealed - warm.concealed,
+            s.fec_recovered - warm.fec_recovered,
+            s.late - warm.late
+        ),
         (0, 0, 0),
         "{s:?}"
     );

@@ -14,7 +14,10 @@ use std::io::Write;
 use std::net::SocketAddr;
 
 #[derive(Parser)]
-#[command(version, about = "Seeded UDP impairment proxy (delay, jitter, loss, reordering)")]
+#[command(
+    version,
+    about = "Seeded UDP impairment proxy (delay, jitter, loss, reordering)"
+)]
 struct Args {
     /// Address the client sends to.
     #[arg(long, default_value = "127.0.0.1:0")]
