@@ -23,7 +23,7 @@ export NATTER_CACHE="${NATTER_CACHE:-$PWD/.cache}"
 bin="${NATTER_BIN_DIR:-${CARGO_TARGET_DIR:-target}/release}"
 out="$(realpath -m "${1:-${CARGO_TARGET_DIR:-target}/bench-call-quality}")"
 runs="${RUNS:-5}"
-conditions="${CONDITIONS:-clean random bursty}"
+conditions="${CONDITIONS:-direct clean random bursty}"
 chirp_seconds="${CHIRP_SECONDS:-12}"
 work="$(mktemp -d)"
 relay_pid=""
@@ -36,9 +36,10 @@ cleanup() {
 trap cleanup EXIT
 
 # Impairment of the listener's path (natter_e2e::netem::parse_profile), down = towards it.
+# "direct" is the clean path without the proxy (the listener talks to the relay itself).
 profile_down() {
   case "$1" in
-    clean) echo "" ;;
+    direct | clean) echo "" ;;
     random) echo "delay=40,jitter=12,loss=5" ;;
     bursty) echo "delay=40,jitter=10,ge-loss=8,burst=3" ;;
     *) echo "unknown condition $1" >&2; exit 1 ;;
@@ -46,7 +47,7 @@ profile_down() {
 }
 profile_up() {
   case "$1" in
-    clean) echo "" ;;
+    direct | clean) echo "" ;;
     random) echo "delay=40,jitter=12,loss=5" ;;
     bursty) echo "delay=40,jitter=10,ge-loss=8,burst=3" ;;
   esac
@@ -99,14 +100,20 @@ relay_addr="$(echo "$invite" | sed -E 's#^natter://([^/?]+).*#\1#')"
 call() {
   local cond="$1" seed="$2" input="$3" secs="$4" dir="$5"
   mkdir -p "$dir"
-  "$bin/natter-netem" --upstream "$relay_addr" --seed "$seed" \
-      --down "$(profile_down "$cond")" --up "$(profile_up "$cond")" \
-      >"$dir/netem.out" 2>"$dir/netem.json" &
-  proxy_pid=$!
-  for _ in $(seq 100); do grep -q '^listening:' "$dir/netem.out" 2>/dev/null && break; sleep 0.05; done
-  local via
-  via="$(sed -n 's/^listening: //p' "$dir/netem.out")"
-  local bob_invite="${invite/$relay_addr/$via}"
+  local bob_invite="$invite"
+  if [ "$cond" = direct ]; then
+    # No proxy at all: what the proxy itself costs (a process hop per packet).
+    echo '{"to_upstream":{"packets":0,"lost":0,"reordered":0},"to_client":{"packets":0,"lost":0,"reordered":0},"overflow":0}' >"$dir/netem.json"
+  else
+    "$bin/natter-netem" --upstream "$relay_addr" --seed "$seed" \
+        --down "$(profile_down "$cond")" --up "$(profile_up "$cond")" \
+        >"$dir/netem.out" 2>"$dir/netem.json" &
+    proxy_pid=$!
+    for _ in $(seq 100); do grep -q '^listening:' "$dir/netem.out" 2>/dev/null && break; sleep 0.05; done
+    local via
+    via="$(sed -n 's/^listening: //p' "$dir/netem.out")"
+    bob_invite="${invite/$relay_addr/$via}"
+  fi
   local room="q$RANDOM$seed"
   "$bin/natter" call "$bob_invite" --room "$room" --name bob --duration "$((secs + 3))" \
       --output "$dir/bob.wav" --stats-json "$dir/bob.json" >"$dir/bob.log" 2>&1 &
@@ -115,9 +122,11 @@ call() {
   "$bin/natter" call "$invite" --room "$room" --name alice --input "$input" \
       --duration "$((secs + 1))" --stats-json "$dir/alice.json" >"$dir/alice.log" 2>&1
   wait "$bob"
-  kill "$proxy_pid"
-  wait "$proxy_pid" || true
-  proxy_pid=""
+  if [ -n "$proxy_pid" ]; then
+    kill "$proxy_pid"
+    wait "$proxy_pid" || true
+    proxy_pid=""
+  fi
 }
 
 echo "load before: $(uptime)" | tee "$out/load.txt"

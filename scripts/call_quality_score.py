@@ -73,6 +73,8 @@ def score(talk: Path, heard: Path, alice: Path, bob: Path) -> None:
         "packets_received", "packets_lost", "late", "duplicates", "concealed", "fec_recovered",
         "jitter_ms", "jitter_buffer_ms", "jitter_buffer_target_ms", "rebuffers", "accelerated_ms",
         "expanded_ms")}
+    # Samples the listener's device found nothing to play (the engine was late): gaps.
+    out["listener"]["playback_underruns"] = b.get("playback_underruns")
     out["talker"] = {k: a.get(k) for k in ("bitrate_bps", "frame_ms", "packets_sent")}
     print(json.dumps(out))
 

@@ -29,9 +29,9 @@ def main() -> None:
         if r["condition"] not in conds:
             conds.append(r["condition"])
     print("| condition | runs | PESQ start (first 10 s) | PESQ mid-call | lowest mid-call seg. "
-          "| realized loss down % | concealed / late / FEC per run | buffer ms | talker kbit/s, frame ms "
+          "| realized loss down % | concealed / late / FEC per run | buffer ms | underrun ms | talker kbit/s, frame ms "
           "| mouth-to-ear ms median (p95) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for c in conds:
         sp = [r for r in rows if r["condition"] == c and r["kind"] == "speech"]
         lat = [r for r in rows if r["condition"] == c and r["kind"] == "latency"]
@@ -46,6 +46,8 @@ def main() -> None:
              f"{statistics.median([x['late'] or 0 for x in li]):.0f} / " \
              f"{statistics.median([x['fec_recovered'] or 0 for x in li]):.0f}"
         buf = mm([x["jitter_buffer_ms"] for x in li], 1)
+        gaps = [x.get("playback_underruns") for x in li]
+        gaps_s = mm([g / 48.0 for g in gaps if g is not None], 0) if any(g is not None for g in gaps) else "–"
         ta = [r["score"]["talker"] for r in sp]
         kb = ", ".join(sorted({f"{(t['bitrate_bps'] or 0) / 1000:.0f}/{t['frame_ms']:.0f}" for t in ta}))
         meds, p95s = [], []
@@ -56,7 +58,7 @@ def main() -> None:
                 p95s.append(float(m.group(2)))
         lat_s = f"{mm(meds, 1)} ({statistics.median(p95s):.1f})" if meds else "–"
         print(f"| {c} | {len(sp)} | {mm(start)} | {mm(mid)} | {mm(lowest)} | {mm(loss, 1)} | {cl} "
-              f"| {buf} | {kb} | {lat_s} |")
+              f"| {buf} | {gaps_s} | {kb} | {lat_s} |")
 
 
 if __name__ == "__main__":
