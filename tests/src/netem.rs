@@ -270,37 +270,44 @@ pub async fn run_proxy(
     tokio::pin!(stop);
     loop {
         let next = held.peek().map(|h| start + h.at);
-        tokio::select! {
+        let got = tokio::select! {
             _ = &mut stop => break,
             r = socket.recv_from(&mut buf_a) => {
                 let (n, from) = r?;
                 if *client.get_or_insert(from) != from {
                     continue;
                 }
-                if let Some(at) = up.on_packet(start.elapsed()) {
-                    if held.len() >= MAX_QUEUED {
-                        overflow += 1;
-                    } else {
-                        seq += 1;
-                        held.push(Held { at, seq, to_upstream: true, data: buf_a[..n].to_vec() });
-                    }
-                }
+                Some((true, n))
             }
             r = up_sock.recv(&mut buf_b) => {
                 let n = r?;
                 if client.is_none() {
                     continue;
                 }
-                if let Some(at) = down.on_packet(start.elapsed()) {
-                    if held.len() >= MAX_QUEUED {
-                        overflow += 1;
+                Some((false, n))
+            }
+            _ = async { tokio::time::sleep_until(next.unwrap_or(start)).await }, if next.is_some() => None,
+        };
+        if let Some((to_upstream, n)) = got {
+            let imp = if to_upstream { &mut up } else { &mut down };
+            if let Some(at) = imp.on_packet(start.elapsed()) {
+                if held.len() >= MAX_QUEUED {
+                    overflow += 1;
+                } else {
+                    seq += 1;
+                    let data = if to_upstream {
+                        &buf_a[..n]
                     } else {
-                        seq += 1;
-                        held.push(Held { at, seq, to_upstream: false, data: buf_b[..n].to_vec() });
-                    }
+                        &buf_b[..n]
+                    };
+                    held.push(Held {
+                        at,
+                        seq,
+                        to_upstream,
+                        data: data.to_vec(),
+                    });
                 }
             }
-            _ = async { tokio::time::sleep_until(next.unwrap_or(start)).await }, if next.is_some() => {}
         }
         let now = start.elapsed();
         while held.peek().is_some_and(|h| h.at <= now) {

@@ -366,22 +366,7 @@ fn play(
     config: JitterConfig,
     voice: Voice,
 ) -> (JitterBuffer<Fake>, Probe) {
-    pkts.sort_by(|a, b| a.at.total_cmp(&b.at));
-    let mut jb = JitterBuffer::new(config, Fake::new(voice));
-    let mut probe = Probe::default();
-    let mut block = [0.0f32; 480];
-    let mut next = 0;
-    let mut now = 0.3;
-    while now < end_ms {
-        while next < pkts.len() && pkts[next].at <= now {
-            let p = &pkts[next];
-            jb.insert(p.seq, p.ts, &p.payload, p.at);
-            next += 1;
-        }
-        jb.pull(&mut block, now);
-        probe.observe(&jb, &block, now);
-        now += 10.0;
-    }
+    let (jb, probe, _) = play_with_events(pkts, end_ms, config, voice);
     (jb, probe)
 }
 
