@@ -67,7 +67,16 @@
 //!
 //! Only by time-scale modification (`stretch.rs`): accelerate (remove one pitch period, WSOLA)
 //! above the band, pre-emptive expand (repeat one) below it, at most one operation per 50 ms; in
-//! low-energy audio and in pauses larger chunks go for free. Before the pull phase is learned, an
+//! low-energy audio and in pauses larger chunks go for free.
+//!
+//! *Where* an excess is accelerated matters as much: shortening inside a word is what listeners
+//! hear as warble (real calls used to accelerate the start-up target's excess away during the
+//! first 2–3 s of speech). So an excess waits for a quiet moment — audio below −15 dB of the
+//! recent speech level, i.e. the gaps between words, unvoiced tails and pauses — and is removed
+//! there; sound is shortened only when the excess is urgent (> 80 ms), has found no gap for
+//! [`JitterConfig::in_sound_wait_ms`] (continuous sound must not keep delay) or right after a
+//! re-buffer (an audible break already). Expansion (the buffer running low) does not wait: a
+//! late packet would cost a concealment, which is worse than a repeated pitch period. Before the pull phase is learned, an
 //! acceleration never takes the *actually buffered* audio (the low point of its saw-tooth over
 //! the last frame) below the setpoint: right after the path has become slower, the offset —
 //! measured against the fastest packet of a 2 s window that still remembers the faster path —
