@@ -56,9 +56,11 @@ build:
 bench-latency: build
 	scripts/bench-latency.sh
 
-## Runs every cargo-fuzz target of the protocol parsers for SECS seconds each.
+## Runs every cargo-fuzz target of the protocol parsers for SECS seconds each, then fuzzes a
+## live relay's control stream for SECS seconds (scripts/fuzz-relay.sh).
 fuzz:
 	shared/fuzz/run.sh $(or $(SECS),30)
+	scripts/env.sh scripts/fuzz-relay.sh $(or $(SECS),30)
 
 clean:
 	$(CARGO) clean

@@ -27,7 +27,7 @@ for n in "${sizes[@]}"; do
   for _ in $(seq "${REPS:-1}"); do
     # shellcheck disable=SC2086
     taskset -c "${RELAY_CPUS:-0}" "$bin/natter-relay" --listen 127.0.0.1:0 --data-dir "$work/relay" \
-        --max-room-size 5 --max-connections 100000 ${RELAY_ARGS:-} >"$work/relay.out" 2>"$work/relay.log" &
+        --max-room-size 5 --max-connections 100000 --max-connections-per-address 0 ${RELAY_ARGS:-} >"$work/relay.out" 2>"$work/relay.log" &
     relay_pid=$!
     for _ in $(seq 100); do grep -q '^invite:' "$work/relay.out" 2>/dev/null && break; sleep 0.05; done
     invite="$(sed -n 's/^invite: //p' "$work/relay.out")"

@@ -12,10 +12,10 @@
 
 use natter::audio::SAMPLE_RATE;
 use natter::audio::device::DeviceList;
+use natter::controller::{CallSettings, LatencyTest, Phase, Request, test_speech};
 use natter::engine::EngineConfig;
 use natter::session::{Audio, Record, Session, SessionConfig};
 use natter::settings::{Dirs, RecentRelay, ThemeChoice};
-use natter::ui::controller::{CallSettings, LatencyTest, Phase, Request, test_speech};
 use natter::ui::{AppConfig, AudioSource, ControllerConfig, NatterApp, Screen, TestSignal};
 use natter_proto::invite::Invite;
 use std::net::{IpAddr, Ipv4Addr};
@@ -70,11 +70,12 @@ fn bot(
         name: name.into(),
         echo: false,
         audio: Audio::Wav {
-            input,
+            input: input.into(),
             total_samples: total,
             record: Record::Nothing,
         },
         engine,
+        reconnect_for: Some(Duration::ZERO),
     }))
     .expect("bot joins")
 }

@@ -2,14 +2,15 @@
 //!
 //! The shell that testers, bots and the end-to-end tests use: a [`Session`] on a
 //! real-time-paced WAV device (or sound-card devices) for the requested duration, then leave
-//! and report.
+//! and report. A lost relay is rejoined for up to `--reconnect-for` seconds (the session's
+//! policy); the call carries on meanwhile, its audio continuing where it was.
 
 use crate::audio::SAMPLE_RATE;
 use crate::audio::device::DeviceChoice;
 use crate::audio::wav::{WavFile, read_wav};
 use crate::engine::{EngineConfig, EngineStats};
 use crate::history::{History, Sample};
-use crate::session::{Audio, Record, Session, SessionConfig};
+use crate::session::{Audio, Input, Record, Session, SessionConfig, StartError};
 use crate::transport::ConnectError;
 use anyhow::Context;
 use natter_proto::invite::Invite;
@@ -35,6 +36,8 @@ pub struct CallOptions {
     pub input: Option<PathBuf>,
     pub output: Option<PathBuf>,
     pub duration: Option<Duration>,
+    /// How long to keep trying to rejoin after losing the relay (zero: the call ends).
+    pub reconnect_for: Duration,
     pub echo: bool,
     /// Opus frame length in ms (10, 20, 40 or 60); 10 selects the low-latency mode.
     pub frame_ms: u32,
@@ -68,6 +71,9 @@ pub struct CallReport {
     pub relay_rtt_ms: Option<f64>,
     /// Why the call ended early, if it did.
     pub ended_by_relay: Option<String>,
+    /// It ended because the connection to the relay was lost (the relay died or the network
+    /// did), not because the relay ended it.
+    pub relay_lost: bool,
     #[serde(flatten)]
     pub engine: EngineStats,
     #[serde(skip)]
@@ -109,20 +115,13 @@ impl CallReport {
             );
             let st = &p.stages;
             out += &format!(
-                "    latency stages{}: capture {:.1} + processing {:.1} + encode {:.1} + network {:.1} + jitter buffer {:.1} + decode {:.2} + playback {:.1} = {:.1} ms\n",
+                "    latency stages{}: {}\n",
                 if st.complete {
                     ""
                 } else {
                     " (sender's part not yet reported)"
                 },
-                st.capture_ms,
-                st.processing_ms,
-                st.encode_ms,
-                st.network_ms,
-                st.jitter_buffer_ms,
-                st.decode_ms,
-                st.playback_ms,
-                st.total_ms
+                st.breakdown(1)
             );
         }
         if self.engine.peers.is_empty() {
@@ -146,19 +145,30 @@ fn fmt_ms(v: Option<f64>) -> String {
     v.map_or("n/a".into(), |v| format!("{v:.2} ms"))
 }
 
+/// `-` for `--input`/`--output`: standard input or output, as raw PCM.
+pub fn is_stdio(path: &std::path::Path) -> bool {
+    path.as_os_str() == "-"
+}
+
 /// Runs a call to completion. Must be called inside a tokio runtime.
 pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
     let frame_samples = match opts.frame_ms {
         10 | 20 | 40 | 60 => opts.frame_ms as usize * SAMPLE_RATE as usize / 1000,
         other => anyhow::bail!("frame length must be 10, 20, 40 or 60 ms, not {other}"),
     };
-    // Read the input before touching the network, so a bad file fails fast.
+    // Read the input before touching the network, so a bad file fails fast. `-` is a live
+    // stream of raw PCM on standard input, paced as it plays.
     let input = match &opts.input {
-        Some(path) => Some(read_wav(path)?),
+        Some(path) if is_stdio(path) => Some(Input::Stream(
+            crate::audio::stream::pcm_reader(std::io::stdin())
+                .context("cannot read standard input")?,
+        )),
+        Some(path) => Some(Input::Samples(read_wav(path)?)),
         None => None,
     };
     let (longest, why) = match (&opts.devices, &opts.output) {
         (Some(_), _) => (MAX_DURATION, ""),
+        (None, Some(path)) if is_stdio(path) => (MAX_DURATION, ""),
         (None, Some(_)) => (
             MAX_FILE_DURATION,
             " with --output (a WAV file holds 12.4 h)",
@@ -171,11 +181,12 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
             anyhow::bail!("--duration: at most {} s{why}", longest.as_secs())
         }
         (Some(d), _) => d,
-        (None, Some(samples)) => {
+        (None, Some(Input::Samples(samples))) => {
             Duration::from_secs_f64(samples.len() as f64 / f64::from(SAMPLE_RATE))
                 + Duration::from_secs(2)
         }
-        (None, None) => longest,
+        // A stream lasts until it ends.
+        (None, Some(Input::Stream(_)) | None) => longest,
     };
     let mut engine = EngineConfig::new(0);
     // 10 and 20 ms name a mode the rate controller adapts within; 40/60 ms are explicit.
@@ -195,6 +206,7 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
     // The speaker goes to the file as it plays (created now, so a bad path fails before the
     // call), or to memory for whoever analyses it afterwards.
     let record = match &opts.output {
+        Some(path) if is_stdio(path) => Record::Pcm(Box::new(std::io::stdout())),
         Some(path) => Record::File(WavFile::create(path)?),
         None if opts.keep_recording => Record::Memory,
         None => Record::Nothing,
@@ -205,7 +217,7 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
             duration: Some(duration),
         },
         None => Audio::Wav {
-            input: input.unwrap_or_default(),
+            input: input.unwrap_or(Input::Samples(Vec::new())),
             total_samples: (duration.as_secs_f64() * f64::from(SAMPLE_RATE)) as usize,
             record,
         },
@@ -217,6 +229,7 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
         echo: opts.echo,
         audio,
         engine,
+        reconnect_for: Some(opts.reconnect_for),
     })
     .await?;
 
@@ -241,7 +254,7 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
             _ = terminate.recv() => break,
         }
     }
-    let joined = session.joined.clone();
+    let joined = session.joined();
     let done = session.leave().await;
     if let Some(e) = &done.recording_error {
         anyhow::bail!("{e}");
@@ -258,6 +271,7 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
         duration_s: done.duration.as_secs_f64(),
         relay_rtt_ms: done.state.relay_rtt_ms,
         ended_by_relay: done.ended_by_relay,
+        relay_lost: done.relay_lost,
         engine: done.stats,
         recording: done.recording,
     })
@@ -316,4 +330,6 @@ pub fn write_stats_json(report: &CallReport, path: &std::path::Path) -> anyhow::
 /// 2) rather than a local failure.
 pub fn is_connect_error(e: &anyhow::Error) -> bool {
     e.downcast_ref::<ConnectError>().is_some()
+        || e.downcast_ref::<StartError>()
+            .is_some_and(|e| e.connect_error().is_some())
 }

@@ -3,6 +3,7 @@
 //! by both shells so that what a tester exports headless is what the meter shows.
 
 use crate::engine::receive::PeerStats;
+use crate::latency_stages::{LatencyStages, Stage};
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 
@@ -14,15 +15,8 @@ pub const KEEP_SECONDS: f64 = 600.0;
 pub struct Sample {
     /// Seconds since the history started.
     pub t: f64,
-    pub capture_ms: f64,
-    pub processing_ms: f64,
-    pub encode_ms: f64,
-    pub network_ms: f64,
-    pub jitter_buffer_ms: f64,
-    pub decode_ms: f64,
-    pub playback_ms: f64,
-    /// Mouth-to-ear: the sum of the stages.
-    pub total_ms: f64,
+    /// Where the mouth-to-ear latency went; `total_ms` is the sum.
+    pub stages: LatencyStages,
     pub rtt_ms: Option<f64>,
     pub jitter_ms: f64,
     pub packets_lost: i64,
@@ -32,17 +26,9 @@ pub struct Sample {
 
 impl Sample {
     pub fn from_peer(t: f64, p: &PeerStats) -> Self {
-        let s = &p.stages;
         Self {
             t,
-            capture_ms: s.capture_ms,
-            processing_ms: s.processing_ms,
-            encode_ms: s.encode_ms,
-            network_ms: s.network_ms,
-            jitter_buffer_ms: s.jitter_buffer_ms,
-            decode_ms: s.decode_ms,
-            playback_ms: s.playback_ms,
-            total_ms: s.total_ms,
+            stages: p.stages,
             rtt_ms: p.rtt_ms,
             jitter_ms: p.jitter_ms,
             packets_lost: p.packets_lost,
@@ -97,24 +83,28 @@ impl History {
 
     /// Every sample as CSV, one row per participant and time, with a header.
     pub fn to_csv(&self) -> String {
-        let mut out = String::from(
-            "time_s,participant,mouth_to_ear_ms,capture_ms,processing_ms,encode_ms,network_ms,jitter_buffer_ms,decode_ms,playback_ms,rtt_ms,jitter_ms,packets_lost,fec_recovered,concealed\n",
-        );
+        let mut out = String::from("time_s,participant,mouth_to_ear_ms");
+        for stage in Stage::ALL {
+            let _ = write!(out, ",{}", stage.key());
+        }
+        out.push_str(",rtt_ms,jitter_ms,packets_lost,fec_recovered,concealed\n");
         for (name, series) in &self.series {
             for s in series {
-                let _ = writeln!(
+                let _ = write!(
                     out,
-                    "{:.2},{},{:.2},{:.2},{:.2},{:.2},{:.2},{:.2},{:.3},{:.2},{},{:.2},{},{},{}",
+                    "{:.2},{},{:.2}",
                     s.t,
                     csv_field(name),
-                    s.total_ms,
-                    s.capture_ms,
-                    s.processing_ms,
-                    s.encode_ms,
-                    s.network_ms,
-                    s.jitter_buffer_ms,
-                    s.decode_ms,
-                    s.playback_ms,
+                    s.stages.total_ms
+                );
+                for stage in Stage::ALL {
+                    // Decoding takes microseconds: one more decimal for it.
+                    let decimals = if stage == Stage::Decode { 3 } else { 2 };
+                    let _ = write!(out, ",{:.*}", decimals, s.stages.get(stage));
+                }
+                let _ = writeln!(
+                    out,
+                    ",{},{:.2},{},{},{}",
                     s.rtt_ms.map(|r| format!("{r:.2}")).unwrap_or_default(),
                     s.jitter_ms,
                     s.packets_lost,
@@ -143,14 +133,10 @@ mod tests {
     fn sample(t: f64, total: f64) -> Sample {
         Sample {
             t,
-            capture_ms: 10.0,
-            processing_ms: 10.5,
-            encode_ms: 6.8,
-            network_ms: 0.3,
-            jitter_buffer_ms: total - 30.0,
-            decode_ms: 0.05,
-            playback_ms: 2.35,
-            total_ms: total,
+            stages: LatencyStages::from_values(
+                [10.0, 10.5, 6.8, 0.3, total - 30.0, 0.05, 2.35],
+                true,
+            ),
             rtt_ms: Some(0.6),
             jitter_ms: 0.4,
             packets_lost: 0,

@@ -7,10 +7,13 @@
 pub mod apm;
 pub mod audio;
 pub mod call;
+pub mod clock;
 pub mod codec;
+pub mod controller;
 pub mod engine;
 pub mod history;
 pub mod jitter;
+pub mod latency_stages;
 pub mod measure;
 pub mod rate;
 pub mod session;

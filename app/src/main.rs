@@ -53,7 +53,7 @@ enum TestSignalArg {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Join a call headless: a WAV file is the microphone, another the speaker.
-    Call(CallArgs),
+    Call(Box<CallArgs>),
     /// Start a local relay and two headless clients, and print the measured latency.
     Demo {
         /// Seconds of chirps to send.
@@ -107,19 +107,28 @@ enum SignalKind {
 
 #[derive(Debug, clap::Args)]
 struct CallArgs {
-    /// natter://host:port[/room]?fp=…[&token=…]
-    invite: String,
+    /// natter://host:port[/room]?fp=…[&token=…]. An invite holding a token is a password:
+    /// on a shared machine prefer --invite-file or NATTER_INVITE, which `ps` does not show.
+    #[arg(env = "NATTER_INVITE", hide_env_values = true)]
+    invite: Option<String>,
+    /// Read the invite from this file (first line) instead of the command line.
+    #[arg(long, value_name = "FILE", conflicts_with = "invite")]
+    invite_file: Option<PathBuf>,
     /// Room to join (overrides the invite's room).
     #[arg(long)]
     room: Option<String>,
     /// Display name.
     #[arg(long)]
     name: String,
-    /// WAV file used as the microphone (any rate and channels). Without it, only listen.
+    /// WAV file used as the microphone (any rate and channels), or `-` for raw PCM on standard
+    /// input (signed 16-bit little-endian, mono, 48 kHz), paced as it plays: a burst is
+    /// buffered, late audio plays as silence; the call ends when the stream does. Without it,
+    /// only listen.
     #[arg(long, conflicts_with_all = ["input_device", "output_device"])]
     input: Option<PathBuf>,
     /// WAV file the speaker is recorded to as it plays (48 kHz mono 16-bit); its sample 0 is
-    /// the input's.
+    /// the input's. `-` writes raw PCM (s16le, mono, 48 kHz) to standard output as it plays,
+    /// and the summary to standard error.
     #[arg(long, conflicts_with_all = ["input_device", "output_device"])]
     output: Option<PathBuf>,
     /// Use a sound-card microphone ("default" or a name from `natter devices`) instead of files.
@@ -132,6 +141,10 @@ struct CallArgs {
     /// SIGTERM). At most 24 h; 12 h with --output (a WAV file holds 4 GiB)
     #[arg(long, value_parser = parse_seconds)]
     duration: Option<Duration>,
+    /// Seconds to keep trying to rejoin after losing the relay (a restart, a network change)
+    /// before the call ends with exit code 3; 0 ends it at once
+    #[arg(long, value_parser = parse_seconds_or_zero, default_value = "30")]
+    reconnect_for: Duration,
     /// Ask the relay to send our own audio back to us instead of to the room (loopback
     /// latency test: nobody else hears it).
     #[arg(long)]
@@ -222,7 +235,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(command: Cmd) -> anyhow::Result<ExitCode> {
     match command {
-        Cmd::Call(args) => run_call(args),
+        Cmd::Call(args) => run_call(*args),
         Cmd::Demo { seconds, frame_ms } => runtime()?.block_on(demo(seconds, frame_ms)),
         Cmd::Devices => {
             let list = natter::audio::device::list()?;
@@ -330,10 +343,33 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+fn parse_seconds_or_zero(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(0.0) => Ok(Duration::ZERO),
+        _ => parse_seconds(s),
+    }
+}
+
 fn run_call(args: CallArgs) -> anyhow::Result<ExitCode> {
     // A bad invite is the user's "could not connect" (exit 2, README), not a local failure.
-    let mut invite: Invite = args
-        .invite
+    let text = match (&args.invite, &args.invite_file) {
+        (Some(text), _) => text.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| ConnectError::Invalid(format!("invite file {}: {e}", path.display())))?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        (None, None) => {
+            return Err(ConnectError::Invalid(
+                "no invite: give it as an argument, with --invite-file FILE or in NATTER_INVITE"
+                    .into(),
+            )
+            .into());
+        }
+    };
+    let mut invite: Invite = text
         .parse()
         .map_err(|e| ConnectError::Invalid(format!("bad invite: {e}")))?;
     let room = args.room.or_else(|| invite.room.take()).ok_or_else(|| {
@@ -346,8 +382,9 @@ fn run_call(args: CallArgs) -> anyhow::Result<ExitCode> {
         room,
         name: args.name,
         input: args.input,
-        output: args.output,
+        output: args.output.clone(),
         duration: args.duration,
+        reconnect_for: args.reconnect_for,
         echo: args.echo,
         frame_ms: args.frame_ms,
         pin_frame: args.fixed_frame,
@@ -363,12 +400,21 @@ fn run_call(args: CallArgs) -> anyhow::Result<ExitCode> {
         }),
     };
     let report = runtime()?.block_on(call::run(opts))?;
-    print!("{}", report.summary());
+    // With the audio on standard output, the summary goes to standard error.
+    if args.output.as_deref().is_some_and(call::is_stdio) {
+        eprint!("{}", report.summary());
+    } else {
+        print!("{}", report.summary());
+    }
     if let Some(path) = &args.stats_json {
         call::write_stats_json(&report, path)?;
     }
     if let Some(reason) = &report.ended_by_relay {
-        eprintln!("natter: call ended by the relay: {reason}");
+        if report.relay_lost {
+            eprintln!("natter: lost the connection to the relay: {reason}");
+        } else {
+            eprintln!("natter: call ended by the relay: {reason}");
+        }
         return Ok(ExitCode::from(3));
     }
     Ok(ExitCode::SUCCESS)
@@ -399,6 +445,7 @@ async fn demo(seconds: f32, frame_ms: u32) -> anyhow::Result<ExitCode> {
         input,
         output: None,
         duration: Some(Duration::from_secs_f64(call_secs)),
+        reconnect_for: Duration::ZERO,
         echo: false,
         frame_ms,
         pin_frame: false,

@@ -10,8 +10,8 @@
 use egui_kittest::Harness;
 use egui_kittest::kittest::{NodeT, Queryable};
 use natter::audio::device::DeviceList;
+use natter::controller::{LatencyTest, Phase, Snapshot};
 use natter::settings::Dirs;
-use natter::ui::controller::{LatencyTest, Phase, Snapshot};
 use natter::ui::{AppConfig, AudioSource, ControllerConfig, NatterApp, TestSignal};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -328,6 +328,29 @@ fn host_join_see_each_other_speak_mute_and_leave() {
     );
 }
 
+/// The controller alone reads the trusted relays; a corrupt file reaches the window through
+/// its snapshot, once, and stays dismissed.
+#[test]
+fn a_corrupt_trusted_relays_file_is_reported_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let dirs = Dirs::under(dir.path());
+    std::fs::create_dir_all(&dirs.config).unwrap();
+    std::fs::write(dirs.known_relays_file(), "relays = [[[\n").unwrap();
+    let mut h = app(dir.path(), TestSignal::Silence);
+    wait_for(&mut h, "the notice", 5.0, |h| {
+        has_label_containing(h, "The list of trusted relays could not be read")
+    });
+    assert_eq!(snapshot(&h).problems.len(), 1);
+    click(&mut h, "Dismiss");
+    for _ in 0..5 {
+        h.run();
+    }
+    assert!(!has_label_containing(
+        &h,
+        "The list of trusted relays could not be read"
+    ));
+}
+
 #[test]
 fn settings_are_saved_applied_and_survive_a_corrupt_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -491,7 +514,7 @@ fn latency_test_measures_the_round_trip_through_the_relay() {
 #[test]
 fn trust_on_first_use_then_refuse_a_changed_certificate() {
     let first = natter_relay::Identity::generate().unwrap();
-    let fp = natter::ui::controller::fingerprint_pairs(&first.fingerprint);
+    let fp = natter::controller::fingerprint_pairs(&first.fingerprint);
     let relay = TestRelay::start_on(0, first);
     let port = relay.port();
     // An invite without a fingerprint.

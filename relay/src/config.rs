@@ -23,6 +23,7 @@ pub struct AccessFile {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct LimitsFile {
     pub max_connections: Option<usize>,
+    pub max_connections_per_address: Option<usize>,
     pub max_rooms: Option<usize>,
     pub max_room_size: Option<usize>,
     pub max_datagram_bytes: Option<usize>,
@@ -30,6 +31,8 @@ pub struct LimitsFile {
     pub bytes_per_second: Option<f64>,
     pub idle_timeout_secs: Option<u64>,
     pub hello_timeout_secs: Option<u64>,
+    pub join_timeout_secs: Option<u64>,
+    pub control_messages_per_second: Option<f64>,
     pub forward_loudest: Option<usize>,
     pub retry_above: Option<usize>,
 }
@@ -137,6 +140,9 @@ mod tests {
             packets-per-second = 120.0
             forward-loudest = 3
             retry-above = 8
+            max-connections-per-address = 16
+            join-timeout-secs = 5
+            control-messages-per-second = 20.0
             "#,
             Path::new("relay.toml"),
         )
@@ -144,6 +150,9 @@ mod tests {
         assert_eq!(c.listen.unwrap().len(), 2);
         assert_eq!(c.limits.max_room_size, Some(12));
         assert_eq!(c.limits.retry_above, Some(8));
+        assert_eq!(c.limits.max_connections_per_address, Some(16));
+        assert_eq!(c.limits.join_timeout_secs, Some(5));
+        assert_eq!(c.limits.control_messages_per_second, Some(20.0));
         assert_eq!(c.access.mode.as_deref(), Some("token"));
         assert_eq!(resolve_secret(&c.access).unwrap().unwrap().len(), 20);
     }

@@ -74,6 +74,9 @@ pub struct Outcome<H> {
     pub sends: Vec<(H, Message)>,
     /// Close the connection that sent the message.
     pub close: Option<Close>,
+    /// Close these other connections (already out of their rooms): a token's previous holder
+    /// when the token joins again.
+    pub evict: Vec<(H, Close)>,
 }
 
 /// Why the core wants a connection closed.
@@ -100,6 +103,7 @@ impl<H> Outcome<H> {
         Self {
             sends: Vec::new(),
             close: None,
+            evict: Vec::new(),
         }
     }
 
@@ -107,6 +111,7 @@ impl<H> Outcome<H> {
         Self {
             sends: Vec::new(),
             close: Some(Close::Error(code, reason.into())),
+            evict: Vec::new(),
         }
     }
 }
@@ -133,6 +138,9 @@ struct Member {
     participant: Participant,
     room: String,
     echo: bool,
+    /// The access token it joined with (token relays), so the token's next Join can
+    /// replace it.
+    token: Option<String>,
 }
 
 /// One room: its members' connection ids, in join order.
@@ -195,6 +203,9 @@ pub struct RelayCore<H> {
     limits: Limits,
     connections: HashMap<ConnId, Connection<H>>,
     rooms: HashMap<String, Room<H>>,
+    /// Which connection each access token in use belongs to: a bearer token admits one
+    /// connection at a time.
+    token_holders: HashMap<String, ConnId>,
     next_participant: u64,
 }
 
@@ -216,6 +227,7 @@ impl<H: Clone> RelayCore<H> {
             limits,
             connections: HashMap::new(),
             rooms: HashMap::new(),
+            token_holders: HashMap::new(),
             next_participant: 1,
         }
     }
@@ -275,6 +287,7 @@ impl<H: Clone> RelayCore<H> {
                             },
                         )],
                         close: None,
+                        evict: Vec::new(),
                     }
                 } else {
                     Outcome::fatal(
@@ -298,10 +311,12 @@ impl<H: Clone> RelayCore<H> {
                     Message::Pong {
                         nonce,
                         ping_sent_micros: sent_micros,
-                        responder_micros: unix_micros(),
+                        // The core owns no clock: the shell's time, at its millisecond grain.
+                        responder_micros: now_ms.saturating_mul(1000),
                     },
                 )],
                 close: None,
+                evict: Vec::new(),
             },
             (_, Message::Pong { .. }) => Outcome::none(),
             (
@@ -323,6 +338,7 @@ impl<H: Clone> RelayCore<H> {
             (_, Message::Leave) => Outcome {
                 sends: Vec::new(),
                 close: Some(Close::Left),
+                evict: Vec::new(),
             },
             (_, Message::Error { .. }) => Outcome::none(),
             (
@@ -354,6 +370,7 @@ impl<H: Clone> RelayCore<H> {
                 format!("room name must be {NAME_RULE}"),
             );
         }
+        let mut used_token = None;
         if let Access::Tokens { secret } = &self.limits.access {
             let Some(token) = token else {
                 return Outcome::fatal(
@@ -366,6 +383,7 @@ impl<H: Clone> RelayCore<H> {
                     if let Some(bound) = claims.name {
                         name = bound;
                     }
+                    used_token = Some(token);
                 }
                 Err(e) => {
                     return Outcome::fatal(
@@ -381,18 +399,49 @@ impl<H: Clone> RelayCore<H> {
                 format!("display name must be {NAME_RULE}"),
             );
         }
-        let existing = self.rooms.get(&room).map_or(0, |r| r.members.len());
-        if existing == 0 && self.rooms.len() >= self.limits.max_rooms {
-            return Outcome::fatal(
-                ErrorCode::ServerFull,
-                "the relay has no room for another room",
-            );
+        // One connection per token at a time, the newest: a reconnecting client replaces its
+        // own stale connection at once, and a leaked token cannot sit in the room unnoticed
+        // next to its owner. Done before the capacity checks, which the old holder's place
+        // counts in.
+        let mut evict = Vec::new();
+        let mut notices = Vec::new();
+        if let Some(old) = used_token
+            .as_ref()
+            .and_then(|t| self.token_holders.get(t))
+            .copied()
+            .filter(|old| *old != conn)
+            && let Some(handle) = self.connections.get(&old).map(|c| c.handle.clone())
+        {
+            notices = self.disconnect(old);
+            evict.push((
+                handle,
+                Close::Error(
+                    ErrorCode::TokenInUse,
+                    "the access token joined again from another connection".into(),
+                ),
+            ));
         }
-        if existing >= self.limits.max_participants_per_room {
-            return Outcome::fatal(
+        let existing = self.rooms.get(&room).map_or(0, |r| r.members.len());
+        let refusal = if existing == 0 && self.rooms.len() >= self.limits.max_rooms {
+            Some((
+                ErrorCode::ServerFull,
+                "the relay has no room for another room".to_string(),
+            ))
+        } else if existing >= self.limits.max_participants_per_room {
+            Some((
                 ErrorCode::RoomFull,
                 format!("room {room:?} is full ({existing} participants)"),
-            );
+            ))
+        } else {
+            None
+        };
+        if let Some((code, reason)) = refusal {
+            // The token's previous holder is gone either way.
+            return Outcome {
+                sends: notices,
+                close: Some(Close::Error(code, reason)),
+                evict,
+            };
         }
         let id = self.next_participant;
         self.next_participant += 1;
@@ -404,25 +453,26 @@ impl<H: Clone> RelayCore<H> {
         };
         let c = self.connections.get_mut(&conn).expect("checked by caller");
         c.phase = Phase::Joined;
+        if let Some(token) = &used_token {
+            self.token_holders.insert(token.clone(), conn);
+        }
         c.member = Some(Member {
             participant: participant.clone(),
             room: room.clone(),
             echo,
+            token: used_token,
         });
         let handle = c.handle.clone();
         let r = self.rooms.entry(room.clone()).or_insert_with(|| Room {
             members: Vec::new(),
         });
-        let mut sends: Vec<(H, Message)> = r
-            .members
-            .iter()
-            .map(|m| {
-                (
-                    m.handle.clone(),
-                    Message::ParticipantJoined(participant.clone()),
-                )
-            })
-            .collect();
+        let mut sends: Vec<(H, Message)> = notices;
+        sends.extend(r.members.iter().map(|m| {
+            (
+                m.handle.clone(),
+                Message::ParticipantJoined(participant.clone()),
+            )
+        }));
         r.members.push(RoomMember {
             conn,
             handle: handle.clone(),
@@ -447,7 +497,11 @@ impl<H: Clone> RelayCore<H> {
                 },
             ),
         );
-        Outcome { sends, close: None }
+        Outcome {
+            sends,
+            close: None,
+            evict,
+        }
     }
 
     fn set_mute(&mut self, conn: ConnId, muted: bool) -> Outcome<H> {
@@ -458,12 +512,18 @@ impl<H: Clone> RelayCore<H> {
         else {
             return Outcome::none();
         };
+        // Only changes are news: a client repeating its state (or a storm of SetMute) must
+        // not become one message per member of the room each time.
+        if member.participant.muted == muted {
+            return Outcome::none();
+        }
         member.participant.muted = muted;
         let id = member.participant.id;
         let room = member.room.clone();
         Outcome {
             sends: self.broadcast(&room, None, &Message::MuteChanged { id, muted }),
             close: None,
+            evict: Vec::new(),
         }
     }
 
@@ -484,6 +544,11 @@ impl<H: Clone> RelayCore<H> {
         let Some(member) = self.connections.remove(&conn).and_then(|c| c.member) else {
             return Vec::new();
         };
+        if let Some(token) = &member.token
+            && self.token_holders.get(token) == Some(&conn)
+        {
+            self.token_holders.remove(token);
+        }
         if let Some(r) = self.rooms.get_mut(&member.room) {
             r.members.retain(|m| m.conn != conn);
             if r.members.is_empty() {
@@ -614,13 +679,6 @@ fn message_name(m: &Message) -> &'static str {
         Message::MuteChanged { .. } => "MuteChanged",
         _ => "this message",
     }
-}
-
-/// Wall clock in microseconds since the Unix epoch (for Pong's responder time).
-pub fn unix_micros() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
 
 #[cfg(test)]
@@ -771,6 +829,11 @@ mod tests {
                 .iter()
                 .all(|(_, m)| matches!(m, Message::MuteChanged { muted: true, .. }))
         );
+        // Saying it again changes nothing and tells nobody.
+        let out = core.on_message(2, Message::SetMute { muted: true }, 0);
+        assert!(out.sends.is_empty() && out.close.is_none(), "{out:?}");
+        let out = core.on_message(2, Message::SetMute { muted: false }, 0);
+        assert_eq!(out.sends.len(), 2);
         let notices = core.disconnect(2);
         assert!(matches!(
             notices.as_slice(),
@@ -988,6 +1051,42 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // A token admits one connection at a time: the newest replaces the holder, who
+        // leaves the room (the others are told) and is to be closed with TokenInUse.
+        let alice = mint("team", 100, Some("Alice"));
+        let again = join_with_token(&mut core, 7, "team", Some(alice.clone()), 0);
+        assert!(again.close.is_none(), "{again:?}");
+        assert!(
+            matches!(
+                again.evict.as_slice(),
+                [(6, Close::Error(ErrorCode::TokenInUse, _))]
+            ),
+            "{again:?}"
+        );
+        match &again.sends[0] {
+            (7, Message::Welcome { roster, .. }) => assert_eq!(roster.len(), 1, "{roster:?}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(core.participant_count(), 1);
+        // Once its holder is gone, the token is free; another token is not affected.
+        core.disconnect(7);
+        let third = join_with_token(&mut core, 8, "team", Some(alice), 0);
+        assert!(third.close.is_none() && third.evict.is_empty(), "{third:?}");
+        let bob = join_with_token(
+            &mut core,
+            9,
+            "team",
+            Some(mint("team", 100, Some("Bob"))),
+            0,
+        );
+        assert!(bob.evict.is_empty(), "{bob:?}");
+        assert!(matches!(
+            bob.sends.as_slice(),
+            [
+                (9, Message::Welcome { .. }),
+                (8, Message::ParticipantJoined(_))
+            ]
+        ));
         // An open relay ignores tokens.
         let mut open = core_with(Limits::default());
         assert!(

@@ -7,7 +7,6 @@
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -52,10 +51,7 @@ impl Clone for Identity {
     }
 }
 
-/// SHA-256 of a DER certificate: the value invite links pin.
-pub fn cert_fingerprint(der: &[u8]) -> [u8; 32] {
-    Sha256::digest(der).into()
-}
+pub use natter_proto::invite::cert_fingerprint;
 
 impl Identity {
     /// A fresh self-signed identity held only in memory (embedded relays, tests).
@@ -75,13 +71,16 @@ impl Identity {
         let cert_path = data_dir.join(CERT_FILE);
         let key_path = data_dir.join(KEY_FILE);
         if !cert_path.exists() || !key_path.exists() {
-            std::fs::create_dir_all(data_dir)
-                .map_err(|e| IdentityError::DataDir(data_dir.into(), e))?;
+            create_private_dir(data_dir)?;
             let (cert_pem, key_pem) = generate_pem()?;
             write_private(&key_path, key_pem.as_bytes())?;
             std::fs::write(&cert_path, cert_pem)
                 .map_err(|e| IdentityError::Write(cert_path.clone(), e))?;
         }
+        // Whatever the umask was when the files were made, or whoever made them: the key is
+        // the relay's identity, readable by its owner only (a key file left 0644 by an older
+        // version or a careless copy is tightened, not trusted as is).
+        restrict(&key_path, 0o600)?;
         let mut id = Self::from_pem_files(&cert_path, &key_path)?;
         id.self_signed = true;
         Ok(id)
@@ -135,7 +134,32 @@ fn generate_pem() -> Result<(String, String), IdentityError> {
     Ok((ck.cert.pem(), ck.key_pair.serialize_pem()))
 }
 
-/// Writes a private key readable by the owner only.
+/// Creates the data directory (and its parents) and makes it the owner's only: mode 0700 set
+/// explicitly, since the mode `create_dir_all` gives depends on the umask (0777 under umask
+/// 000).
+fn create_private_dir(dir: &Path) -> Result<(), IdentityError> {
+    std::fs::create_dir_all(dir).map_err(|e| IdentityError::DataDir(dir.into(), e))?;
+    restrict(dir, 0o700).map_err(|_| {
+        IdentityError::DataDir(dir.into(), std::io::Error::other("cannot set mode 0700"))
+    })
+}
+
+/// Sets `path`'s permission bits to `mode` (Unix; elsewhere the OS defaults stand).
+fn restrict(path: &Path, mode: u32) -> Result<(), IdentityError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| IdentityError::Write(path.into(), e))?;
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
+    Ok(())
+}
+
+/// Writes a private key readable by the owner only: created with mode 0600 (so it is never
+/// readable by others, not even for a moment), then set to 0600 in case the umask took bits
+/// away or the file was already there.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
     use std::io::Write;
     let mut opts = std::fs::OpenOptions::new();
@@ -145,6 +169,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
     let mut f = opts
         .open(path)
         .map_err(|e| IdentityError::Write(path.into(), e))?;
+    restrict(path, 0o600)?;
     f.write_all(bytes)
         .map_err(|e| IdentityError::Write(path.into(), e))
 }
@@ -163,6 +188,34 @@ mod tests {
         assert!(first.self_signed);
         assert_ne!(Identity::generate().unwrap().fingerprint, first.fingerprint);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[cfg(unix)]
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    /// The data directory is 0700 and the key 0600 whatever the umask, and a key file someone
+    /// left readable (0644) is tightened on the next start.
+    #[cfg(unix)]
+    #[test]
+    fn the_key_and_its_directory_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = std::env::temp_dir().join(format!("natter-perm-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let dir = root.join("data");
+        // A permissive parent and umask stand-in: the directory exists already with 0777.
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        Identity::load_or_generate(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join(KEY_FILE)), 0o600);
+        std::fs::set_permissions(dir.join(KEY_FILE), std::fs::Permissions::from_mode(0o644))
+            .unwrap();
+        Identity::load_or_generate(&dir).unwrap();
+        assert_eq!(mode(&dir.join(KEY_FILE)), 0o600);
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]

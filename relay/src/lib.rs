@@ -7,10 +7,13 @@
 //! - [`server`]: the quinn I/O shell that drives it.
 //! - [`identity`]: the TLS certificate — a self-signed one generated once and kept in the data
 //!   directory (pinned by fingerprint in invites), or PEM files from a real CA.
+//! - [`admission`]: connection slots, relay-wide and per address, taken at the handshake.
 //! - [`stats`]: counters the shell keeps (datagrams forwarded and dropped by reason, …).
 
+pub mod admission;
 pub mod core;
 pub mod identity;
+pub mod logging;
 pub mod server;
 pub mod stats;
 

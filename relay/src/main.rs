@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use natter_relay::config::{ConfigFile, resolve_secret};
 use natter_relay::core::Access;
+use natter_relay::logging::EscapingWriter;
 use natter_relay::server::{Congestion, udp_buffer_warning};
 use natter_relay::{Identity, RelayConfig};
 use std::io::IsTerminal;
@@ -82,9 +83,18 @@ struct Args {
     )]
     secret: Option<String>,
 
-    /// Most simultaneous connections.
+    /// Most simultaneous connections, handshakes in progress included (default 10000).
     #[arg(long, env = "NATTER_RELAY_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
+
+    /// Most simultaneous connections from one IPv4 address or IPv6 /64 (default 64; 0 = no
+    /// limit). Clients on this machine count too: raise it for load tests from one host.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "NATTER_RELAY_MAX_CONNECTIONS_PER_ADDRESS"
+    )]
+    max_connections_per_address: Option<usize>,
 
     /// Most rooms.
     #[arg(long, env = "NATTER_RELAY_MAX_ROOMS")]
@@ -105,6 +115,10 @@ struct Args {
     /// Seconds without any packet before a participant is dropped from the room.
     #[arg(long, env = "NATTER_RELAY_IDLE_TIMEOUT")]
     idle_timeout: Option<u64>,
+
+    /// Seconds a connection may take from Hello to Join before it is closed (default 10).
+    #[arg(long, value_name = "SECS", env = "NATTER_RELAY_JOIN_TIMEOUT")]
+    join_timeout: Option<u64>,
 
     /// Handshakes in progress above which new clients must first answer a QUIC Retry
     /// (address validation, one extra round trip); 0 = always. Default 64.
@@ -200,6 +214,12 @@ fn settings(args: &Args, file: &ConfigFile) -> anyhow::Result<Settings> {
     if let Some(v) = pick(args.max_connections, l.max_connections) {
         relay.max_connections = v;
     }
+    if let Some(v) = pick(
+        args.max_connections_per_address,
+        l.max_connections_per_address,
+    ) {
+        relay.max_per_address = v;
+    }
     if let Some(v) = pick(args.max_rooms, l.max_rooms) {
         relay.limits.max_rooms = v;
     }
@@ -243,6 +263,18 @@ fn settings(args: &Args, file: &ConfigFile) -> anyhow::Result<Settings> {
     if let Some(v) = l.hello_timeout_secs {
         relay.hello_timeout = Duration::from_secs(v.max(1));
     }
+    if let Some(v) = args.join_timeout.or(l.join_timeout_secs) {
+        relay.join_timeout = Duration::from_secs(v.max(1));
+    }
+    if let Some(v) = l.control_messages_per_second {
+        if !(1.0..=10_000.0).contains(&v) {
+            bail!(
+                "limits.control-messages-per-second: {v} is not in 1..=10000 (clients need about 1)"
+            );
+        }
+        relay.control_rate = v;
+        relay.control_burst = (v * 4.0).max(10.0);
+    }
     if let Some(v) = pick(args.retry_above, l.retry_above) {
         relay.retry_above = v;
     }
@@ -276,13 +308,17 @@ fn init_logging(format: &str) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colours only on a terminal: a log file or journald would keep the escape codes.
+    let ansi = std::io::stderr().is_terminal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_ansi(ansi);
     match format {
-        "text" => builder.init(),
-        "json" => builder.json().init(),
+        // Text lines are escaped: a peer must not be able to forge lines or send terminal
+        // escapes through a logged field (JSON escapes by construction).
+        "text" => builder
+            .with_writer(move || EscapingWriter::new(std::io::stderr(), ansi))
+            .init(),
+        "json" => builder.with_writer(std::io::stderr).json().init(),
         other => bail!("log-format: {other:?} is not \"text\" or \"json\""),
     }
     Ok(())
@@ -344,8 +380,19 @@ fn mint(
             natter_proto::control::NAME_RULE
         );
     }
+    // A token binding a name the relay would refuse could never be used: say so now.
+    if let Some(name) = &name
+        && !natter_proto::control::valid_name(name)
+    {
+        bail!(
+            "name: {name:?} is not a valid display name ({})",
+            natter_proto::control::NAME_RULE
+        );
+    }
     let ttl = natter_relay::token::parse_ttl(ttl).map_err(|e| anyhow::anyhow!("ttl: {e}"))?;
-    let exp = natter_relay::core::unix_micros() / 1_000_000 + ttl;
+    let exp = (natter_relay::server::unix_micros() / 1_000_000)
+        .checked_add(ttl)
+        .context("ttl: too long")?;
     let token = natter_relay::token::mint(
         &secret,
         &natter_relay::token::Claims {

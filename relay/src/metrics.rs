@@ -7,6 +7,7 @@ use crate::stats::{HandshakeFailure, StatsSnapshot};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -141,6 +142,20 @@ pub fn render(s: &StatsSnapshot, occupancy: Occupancy) -> String {
         "Sessions closed for breaking the protocol (bad or refused control message, no Hello in time, no datagrams).",
         s.control_errors,
     );
+    single(
+        o,
+        "slow_readers_total",
+        "counter",
+        "Connections closed (SlowReader) because their control messages piled up unread.",
+        s.slow_readers,
+    );
+    single(
+        o,
+        "control_throttled_total",
+        "counter",
+        "Times a connection's control messages were held back for exceeding its control rate.",
+        s.control_throttled,
+    );
     family(
         o,
         "forward_delay_seconds",
@@ -163,18 +178,42 @@ pub fn render(s: &StatsSnapshot, occupancy: Occupancy) -> String {
     out
 }
 
+/// First and longest pause after a failed `accept()`.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
+
 /// Serves `/metrics` and `/healthz` on `addr` until the runtime stops. Returns the bound address.
+///
+/// A failed `accept()` (file descriptors exhausted, most likely) is logged and retried after a
+/// growing pause, never the end of the server: a health checker that lost `/healthz` would
+/// restart a relay that is fine and drop every call on it.
 pub async fn serve(addr: SocketAddr, source: Arc<dyn Source>) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
+        let mut backoff = ACCEPT_BACKOFF.0;
+        loop {
+            let mut stream = match listener.accept().await {
+                Ok((stream, _)) => {
+                    backoff = ACCEPT_BACKOFF.0;
+                    stream
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        error = %e,
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "metrics: accept failed; still serving"
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
+                    continue;
+                }
+            };
             let source = source.clone();
             tokio::spawn(async move {
                 let mut buf = [0u8; 2048];
                 let mut len = 0;
                 // Read the request head (bounded; slow clients get 5 s).
-                let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                let read = tokio::time::timeout(Duration::from_secs(5), async {
                     while len < buf.len() {
                         let n = stream.read(&mut buf[len..]).await.ok()?;
                         if n == 0 {

@@ -5,6 +5,8 @@
 //! datagrams per connection and drops the *oldest* when the queue is full; its default queue
 //! is 1 MiB (minutes of voice), so we size it to a few frames instead.
 
+use crate::admission::{Admission, Admissions};
+use crate::bucket::TokenBucket;
 use crate::core::{Close, ConnId, Limits, RelayCore};
 use crate::identity::Identity;
 use crate::stats::{HandshakeFailure, RelayStats, StatsSnapshot};
@@ -17,8 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use thiserror::Error;
-use tokio::sync::mpsc;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span};
 
 /// How the relay runs.
 #[derive(Debug, Clone)]
@@ -33,12 +34,21 @@ pub struct RelayConfig {
     pub limits: Limits,
     /// A connection must open its control stream and say Hello within this time.
     pub hello_timeout: Duration,
+    /// …and Join within this time of its Hello.
+    pub join_timeout: Duration,
+    /// Control messages handled per second per connection, and the burst allowed (clients
+    /// send a Ping every 2 s and a SetMute per click); faster senders are made to wait.
+    pub control_rate: f64,
+    pub control_burst: f64,
     /// A connection silent this long is closed (clients keep alive every second).
     pub idle_timeout: Duration,
     /// Bytes of outgoing datagrams quinn may queue per connection before dropping the oldest.
     pub datagram_send_buffer: usize,
-    /// Most simultaneous connections; more are told ServerFull.
+    /// Most simultaneous connections, handshakes in progress included; more are refused.
     pub max_connections: usize,
+    /// Most simultaneous connections (handshakes included) from one IPv4 address or IPv6
+    /// /64; 0 = no limit.
+    pub max_per_address: usize,
     /// Handshakes in progress above which new clients must prove their address with a QUIC
     /// Retry first (0: always). Cheap insurance against spoofed-source Initial floods.
     pub retry_above: usize,
@@ -71,12 +81,18 @@ impl RelayConfig {
             public_host: None,
             limits: Limits::default(),
             hello_timeout: Duration::from_secs(10),
+            join_timeout: Duration::from_secs(10),
+            control_rate: 10.0,
+            control_burst: 40.0,
             idle_timeout: Duration::from_secs(30),
             // About one packet (the largest datagram must fit): a burst to one subscriber
             // goes out together, and anything more waits in the subscriber queue, where the
             // stale limit applies, instead of in quinn, where it cannot.
             datagram_send_buffer: 1536,
             max_connections: 10_000,
+            // A full room's worth behind one NAT (an office, a campus); loopback clients count
+            // too, so a load test from one machine raises it.
+            max_per_address: 64,
             retry_above: 64,
             stale_after: Duration::from_millis(60),
             congestion: Congestion::Bbr,
@@ -99,8 +115,157 @@ pub enum RelayError {
 /// A connection as the core sees it: where to send its datagrams and control messages.
 #[derive(Debug, Clone)]
 pub struct Peer {
-    control: mpsc::UnboundedSender<Outgoing>,
+    control: Arc<Outbox>,
     queue: Arc<SubscriberQueue>,
+}
+
+/// Most control messages that may wait for one connection's writer. Replies and room notices
+/// are a few a second for a client that reads; a client that stops reading (its stream's flow
+/// control closed) would otherwise make the relay hold every reply and notice for it, without
+/// bound. Past this the relay closes it with [`ErrorCode::SlowReader`].
+pub const CONTROL_QUEUE_LIMIT: usize = 64;
+
+/// Bytes of unacknowledged control-stream data quinn may hold per connection (quinn's default
+/// is 10 MB). The largest message the relay sends is a Welcome with a full room's roster,
+/// about 6 KB for 64 members.
+const CONTROL_SEND_WINDOW: u64 = 64 * 1024;
+
+/// Receive windows. The control stream carries a few small messages a second (the largest a
+/// client sends is a Join of about 1.2 KB); media travels as datagrams, which flow control
+/// does not cover. quinn's defaults (1.25 MB per stream, more per connection) would let every
+/// connection park megabytes in the relay.
+const STREAM_RECEIVE_WINDOW: u32 = 16 * 1024;
+const CONNECTION_RECEIVE_WINDOW: u32 = 32 * 1024;
+
+/// A connection's control messages waiting for its writer: bounded, with mute notices about
+/// the same participant coalesced (the latest state replaces a pending one), in order
+/// otherwise. Closing goes through it too, so an Error message goes out after what was queued
+/// before it and nothing is queued after it.
+#[derive(Debug)]
+struct Outbox {
+    conn: Connection,
+    state: Mutex<OutboxState>,
+    ready: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct OutboxState {
+    messages: ControlQueue,
+    close: Option<Close>,
+}
+
+/// The pure part of [`Outbox`]: the messages waiting, at most [`CONTROL_QUEUE_LIMIT`], with a
+/// MuteChanged replacing a pending one about the same participant (the receiver only needs the
+/// latest state, and a flapping member then costs each listener one slot, not one per toggle).
+#[derive(Debug, Default)]
+struct ControlQueue(std::collections::VecDeque<Message>);
+
+/// The queue already holds [`CONTROL_QUEUE_LIMIT`] messages.
+#[derive(Debug, PartialEq, Eq)]
+struct QueueFull;
+
+impl ControlQueue {
+    fn push(&mut self, msg: Message) -> Result<(), QueueFull> {
+        if let Message::MuteChanged { id, .. } = msg
+            && let Some(pending) = self
+                .0
+                .iter_mut()
+                .find(|m| matches!(m, Message::MuteChanged { id: p, .. } if *p == id))
+        {
+            *pending = msg;
+            return Ok(());
+        }
+        if self.0.len() >= CONTROL_QUEUE_LIMIT {
+            return Err(QueueFull);
+        }
+        self.0.push_back(msg);
+        Ok(())
+    }
+
+    fn pop(&mut self) -> Option<Message> {
+        self.0.pop_front()
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// What the writer does next.
+#[derive(Debug)]
+enum Outgoing {
+    Message(Message),
+    Close(Close),
+}
+
+impl Outbox {
+    fn new(conn: Connection) -> Self {
+        Self {
+            conn,
+            state: Mutex::default(),
+            ready: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutboxState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `msg`; if the queue is full, closes the connection instead (SlowReader).
+    fn send(&self, msg: Message, stats: &RelayStats) {
+        let mut state = self.lock();
+        if state.close.is_some() {
+            return;
+        }
+        if state.messages.push(msg) == Err(QueueFull) {
+            state.messages.clear();
+            let reason = format!(
+                "{CONTROL_QUEUE_LIMIT} control messages waiting: the client is not reading them"
+            );
+            // The writer is stuck behind flow control the peer will not open, so the close
+            // cannot wait for it: close now (quinn discards what the stream still holds).
+            self.conn.close(
+                VarInt::from(ErrorCode::SlowReader.to_u16()),
+                reason.as_bytes(),
+            );
+            state.close = Some(Close::Error(ErrorCode::SlowReader, reason));
+            drop(state);
+            stats.slow_readers.fetch_add(1, Relaxed);
+            self.ready.notify_one();
+            return;
+        }
+        drop(state);
+        self.ready.notify_one();
+    }
+
+    /// Asks the writer to close the connection once what is queued has gone (the first
+    /// close asked for wins).
+    fn close(&self, close: Close) {
+        let mut state = self.lock();
+        if state.close.is_none() {
+            state.close = Some(close);
+        }
+        drop(state);
+        self.ready.notify_one();
+    }
+
+    /// The writer's next job: queued messages first, then the close.
+    async fn next(&self) -> Outgoing {
+        loop {
+            let notified = self.ready.notified();
+            {
+                let mut state = self.lock();
+                if let Some(msg) = state.messages.pop() {
+                    return Outgoing::Message(msg);
+                }
+                // Left in place: whatever is sent from now on is dropped.
+                if let Some(close) = &state.close {
+                    return Outgoing::Close(close.clone());
+                }
+            }
+            notified.await;
+        }
+    }
 }
 
 /// Datagrams waiting to go to one subscriber, with when they arrived. A single sender task per
@@ -191,20 +356,13 @@ fn count_sent(
     }
 }
 
-/// Work for a connection's control-stream writer, kept in order so an Error message goes out
-/// before the close.
-#[derive(Debug)]
-enum Outgoing {
-    Message(Message),
-    Close(Close),
-}
-
 struct Shared {
     core: Mutex<RelayCore<Peer>>,
     stats: RelayStats,
     next_conn: AtomicU64,
     shutting_down: AtomicBool,
     handshaking: AtomicU64,
+    admissions: Mutex<Admissions>,
     config: RelayConfig,
 }
 
@@ -226,6 +384,10 @@ impl Shared {
     fn core(&self) -> std::sync::MutexGuard<'_, RelayCore<Peer>> {
         // A panic elsewhere must not take forwarding down with a poisoned lock.
         self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn admissions(&self) -> std::sync::MutexGuard<'_, Admissions> {
+        self.admissions.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -249,9 +411,13 @@ fn transport_config(config: &RelayConfig) -> TransportConfig {
     ack.ack_eliciting_threshold(VarInt::from_u32(9))
         .max_ack_delay(Some(Duration::from_millis(25)));
     t.ack_frequency_config(Some(ack));
-    // One control stream per connection; leave a little headroom for future use.
-    t.max_concurrent_bidi_streams(VarInt::from_u32(4));
+    // One control stream per connection and nothing else: a stream the relay allowed but never
+    // read would sit in its receive buffer for the connection's lifetime.
+    t.max_concurrent_bidi_streams(VarInt::from_u32(1));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    t.stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW));
+    t.receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW));
+    t.send_window(CONTROL_SEND_WINDOW);
     match config.congestion {
         Congestion::Bbr => {
             t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
@@ -359,6 +525,7 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
         next_conn: AtomicU64::new(1),
         shutting_down: AtomicBool::new(false),
         handshaking: AtomicU64::new(0),
+        admissions: Mutex::default(),
         config,
     });
     let mut endpoints = Vec::new();
@@ -493,10 +660,10 @@ impl RelayHandle {
         let peers: Vec<Peer> = self.shared.core().handles().cloned().collect();
         info!(clients = peers.len(), "shutting down");
         for peer in &peers {
-            let _ = peer.control.send(Outgoing::Close(Close::Error(
+            peer.control.close(Close::Error(
                 ErrorCode::ShuttingDown,
                 "the relay is shutting down".into(),
-            )));
+            ));
         }
         // Let the writers flush the Error messages before the endpoint-wide close.
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -527,26 +694,77 @@ async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
             continue;
         }
         // Under a handshake flood, make unvalidated clients prove their address first.
+        let validated = incoming.remote_address_validated();
         let busy = shared.handshaking.load(Relaxed) >= shared.config.retry_above as u64;
-        if busy && !incoming.remote_address_validated() {
+        if busy && !validated {
             shared.stats.retries.fetch_add(1, Relaxed);
             let _ = incoming.retry();
             continue;
         }
-        // Counted here, not in the connection's task: a burst of Initials is accepted faster
-        // than the tasks start, and each must see the ones before it.
+        // The slot is taken here, at the first packet, not once the handshake is done: a burst
+        // of Initials is accepted faster than the tasks start, and each must see the ones
+        // before it, or sixty simultaneous handshakes would all fit under a limit of twenty.
+        let ip = incoming.remote_address().ip();
+        let admission = shared.admissions().admit(
+            ip,
+            validated,
+            shared.config.max_connections,
+            shared.config.max_per_address,
+        );
+        match admission {
+            Admission::Admit => {}
+            Admission::Retry => {
+                shared.stats.retries.fetch_add(1, Relaxed);
+                let _ = incoming.retry();
+                continue;
+            }
+            Admission::Full | Admission::AddressFull => {
+                // Refused before any crypto: a QUIC CONNECTION_REFUSED, nothing held.
+                shared
+                    .stats
+                    .count_handshake_failure(HandshakeFailure::Refused);
+                debug!(remote = %incoming.remote_address(), ?admission, "refused");
+                incoming.refuse();
+                continue;
+            }
+        }
+        let slot = Slot {
+            shared: shared.clone(),
+            ip,
+        };
         shared.handshaking.fetch_add(1, Relaxed);
         let id = shared.next_conn.fetch_add(1, Relaxed);
         let span = info_span!("conn", id, remote = %incoming.remote_address());
-        tokio::spawn(run_connection(incoming, id, shared.clone()).instrument(span));
+        tokio::spawn(run_connection(incoming, id, shared.clone(), slot).instrument(span));
     }
 }
 
 fn unix_ms() -> u64 {
-    crate::core::unix_micros() / 1000
+    unix_micros() / 1000
 }
 
-async fn run_connection(incoming: quinn::Incoming, id: ConnId, shared: Arc<Shared>) {
+/// Wall clock in microseconds since the Unix epoch: read here, in the shell, and passed to the
+/// core as its time.
+pub fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// A connection slot taken by [`Admissions::admit`]; given back when dropped, i.e. when the
+/// connection's task ends however it ends.
+struct Slot {
+    shared: Arc<Shared>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.shared.admissions().release(self.ip);
+    }
+}
+
+async fn run_connection(incoming: quinn::Incoming, id: ConnId, shared: Arc<Shared>, _slot: Slot) {
     let connecting = incoming.await;
     shared.handshaking.fetch_sub(1, Relaxed);
     let conn = match connecting {
@@ -560,14 +778,6 @@ async fn run_connection(incoming: quinn::Incoming, id: ConnId, shared: Arc<Share
         }
     };
     shared.stats.connections_accepted.fetch_add(1, Relaxed);
-    if shared.core().connection_count() >= shared.config.max_connections {
-        close_with(
-            &conn,
-            ErrorCode::ServerFull,
-            "the relay has no room for more connections",
-        );
-        return;
-    }
     // Media only travels as datagrams (RFC 9221): a client that did not enable them could
     // join but would never hear or be heard, so it is told at once instead.
     if conn.max_datagram_size().is_none() {
@@ -597,13 +807,12 @@ async fn run_connection(incoming: quinn::Incoming, id: ConnId, shared: Arc<Share
             return;
         }
     };
-    let (tx, rx) = mpsc::unbounded_channel();
     let peer = Peer {
-        control: tx,
+        control: Arc::new(Outbox::new(conn.clone())),
         queue: Arc::new(SubscriberQueue::new(conn.clone())),
     };
     shared.core().connect(id, peer.clone(), unix_ms());
-    let writer = tokio::spawn(write_control(send, rx, conn.clone()));
+    let writer = tokio::spawn(write_control(send, peer.control.clone(), conn.clone()));
     let datagrams = tokio::spawn(forward_datagrams(conn.clone(), id, shared.clone()));
     let sender = tokio::spawn(send_datagrams(peer.queue.clone(), shared.clone()));
 
@@ -611,8 +820,12 @@ async fn run_connection(incoming: quinn::Incoming, id: ConnId, shared: Arc<Share
 
     datagrams.abort();
     sender.abort();
-    let notices = shared.core().disconnect(id);
-    dispatch(notices);
+    {
+        // Queued under the core's lock, like every roster message (see read_control).
+        let mut core = shared.core();
+        let notices = core.disconnect(id);
+        dispatch(notices, &shared.stats);
+    }
     // Let the writer send what is queued (e.g. an Error) before the connection goes.
     drop(peer);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
@@ -631,13 +844,27 @@ fn close_violation(conn: &Connection, shared: &Shared, code: ErrorCode, reason: 
     close_with(conn, code, reason);
 }
 
-fn dispatch(sends: Vec<(Peer, Message)>) {
+fn dispatch(sends: Vec<(Peer, Message)>, stats: &RelayStats) {
     for (peer, msg) in sends {
-        let _ = peer.control.send(Outgoing::Message(msg));
+        peer.control.send(msg, stats);
     }
 }
 
+/// Where a connection's control session is, for the deadline its next read has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    AwaitHello,
+    AwaitJoin,
+    Joined,
+}
+
 /// Reads control messages until the stream or connection ends or the core closes it.
+///
+/// Messages are handled at most `control_rate` a second (bursts of `control_burst`): past
+/// that the reader waits instead of reading, so a flooding client is held back by its own
+/// stream's flow control at no cost to the relay. Before Hello the hello deadline applies,
+/// between Hello and Join the join deadline: a connection cannot hold a slot by saying
+/// nothing.
 async fn read_control(
     mut recv: quinn::RecvStream,
     id: ConnId,
@@ -645,32 +872,54 @@ async fn read_control(
     shared: &Shared,
     hello_deadline: tokio::time::Instant,
 ) {
+    let config = &shared.config;
     let mut decoder = FrameDecoder::new();
     let mut buf = vec![0u8; 4096];
-    let mut said_hello = false;
-    loop {
-        let read = if said_hello {
-            recv.read(&mut buf).await
+    let mut stage = Stage::AwaitHello;
+    let mut deadline = Some(hello_deadline);
+    let epoch = tokio::time::Instant::now();
+    let ms_since = |t: tokio::time::Instant| t.duration_since(epoch).as_secs_f64() * 1e3;
+    let mut bucket = TokenBucket::new(config.control_rate, config.control_burst, 0.0);
+    let close = |close: Close| {
+        if let Close::Error(code, reason) = &close {
+            shared.stats.control_errors.fetch_add(1, Relaxed);
+            info!(code = ?code, reason = %reason, "closing connection");
+        }
+        peer.control.close(close);
+    };
+    let missed = |stage: Stage| {
+        if stage == Stage::AwaitHello {
+            Close::Error(
+                ErrorCode::HelloRequired,
+                "no Hello within the hello timeout".into(),
+            )
         } else {
-            match tokio::time::timeout_at(hello_deadline, recv.read(&mut buf)).await {
+            Close::Error(
+                ErrorCode::Timeout,
+                format!(
+                    "no Join within {} s of Hello",
+                    config.join_timeout.as_secs_f32()
+                ),
+            )
+        }
+    };
+    loop {
+        let read = match deadline {
+            None => recv.read(&mut buf).await,
+            Some(at) => match tokio::time::timeout_at(at, recv.read(&mut buf)).await {
                 Ok(r) => r,
                 Err(_) => {
-                    shared.stats.control_errors.fetch_add(1, Relaxed);
-                    let close = Close::Error(
-                        ErrorCode::HelloRequired,
-                        "no Hello within the hello timeout".into(),
-                    );
-                    let _ = peer.control.send(Outgoing::Close(close));
+                    close(missed(stage));
                     return;
                 }
-            }
+            },
         };
         let n = match read {
             Ok(Some(n)) => n,
             Ok(None) | Err(_) => {
                 // The client finished or reset its side: that ends the session like Leave.
                 // (If the connection itself is gone, the close below is a no-op.)
-                let _ = peer.control.send(Outgoing::Close(Close::Left));
+                peer.control.close(Close::Left);
                 return;
             }
         };
@@ -679,43 +928,87 @@ async fn read_control(
             let msg = match next {
                 Ok(msg) => msg,
                 Err(e) => {
-                    shared.stats.control_errors.fetch_add(1, Relaxed);
-                    warn!(error = %e, "malformed control message");
-                    let close = Close::Error(
+                    close(Close::Error(
                         ErrorCode::ProtocolViolation,
                         format!("malformed control message: {e}"),
-                    );
-                    let _ = peer.control.send(Outgoing::Close(close));
+                    ));
                     return;
                 }
             };
-            said_hello |= matches!(msg, Message::Hello { .. });
-            if let Message::Join { room, name, .. } = &msg {
-                info!(room = %room, name = %name, "join");
-            }
-            let outcome = shared.core().on_message(id, msg, unix_ms());
-            dispatch(outcome.sends);
-            if let Some(close) = outcome.close {
-                if let Close::Error(code, reason) = &close {
-                    shared.stats.control_errors.fetch_add(1, Relaxed);
-                    info!(code = ?code, reason = %reason, "closing connection");
+            loop {
+                let wait = bucket.take_or_wait(1.0, ms_since(tokio::time::Instant::now()));
+                if wait <= 0.0 {
+                    break;
                 }
-                let _ = peer.control.send(Outgoing::Close(close));
+                shared.stats.control_throttled.fetch_add(1, Relaxed);
+                let until = tokio::time::Instant::now() + Duration::from_secs_f64(wait / 1e3);
+                // The stage deadlines still hold while throttled.
+                if let Some(at) = deadline.filter(|at| *at < until) {
+                    tokio::time::sleep_until(at).await;
+                    close(missed(stage));
+                    return;
+                }
+                tokio::time::sleep_until(until).await;
+            }
+            let joining = matches!(msg, Message::Join { .. });
+            let said_hello = matches!(msg, Message::Hello { .. });
+            let (close_with, joined, evicted) = {
+                let mut core = shared.core();
+                let outcome = core.on_message(id, msg, unix_ms());
+                // Logged only once the core has checked both names (no control characters) and
+                // the token.
+                let joined = outcome
+                    .sends
+                    .first()
+                    .filter(|_| joining)
+                    .and_then(|(_, m)| match m {
+                        Message::Welcome {
+                            participant_id,
+                            room,
+                            roster,
+                            ..
+                        } => roster
+                            .iter()
+                            .find(|p| p.id == *participant_id)
+                            .map(|p| (room.clone(), p.name.clone(), p.id)),
+                        _ => None,
+                    });
+                // Queued while the core is still locked, so every connection gets its messages in
+                // the order the core decided them (a Welcome before the notice that someone in its
+                // roster left, even when that someone's task runs at the same moment).
+                dispatch(outcome.sends, &shared.stats);
+                let evicted = !outcome.evict.is_empty();
+                for (peer, why) in outcome.evict {
+                    peer.control.close(why);
+                }
+                (outcome.close, joined, evicted)
+            };
+            if let Some((room, name, participant)) = joined {
+                info!(room = %room, name = %name, participant, "join");
+            }
+            if evicted {
+                info!("access token joined again: closed its previous connection");
+            }
+            if let Some(c) = close_with {
+                close(c);
                 return;
+            }
+            if said_hello && stage == Stage::AwaitHello {
+                stage = Stage::AwaitJoin;
+                deadline = Some(tokio::time::Instant::now() + config.join_timeout);
+            } else if joining && stage == Stage::AwaitJoin {
+                stage = Stage::Joined;
+                deadline = None;
             }
         }
     }
 }
 
-/// Writes queued control messages to the stream; carries out closes in order.
-async fn write_control(
-    mut send: quinn::SendStream,
-    mut rx: mpsc::UnboundedReceiver<Outgoing>,
-    conn: Connection,
-) {
+/// Writes queued control messages to the stream; carries out the close in order.
+async fn write_control(mut send: quinn::SendStream, outbox: Arc<Outbox>, conn: Connection) {
     let mut frame = Vec::new();
-    while let Some(out) = rx.recv().await {
-        match out {
+    loop {
+        match outbox.next().await {
             Outgoing::Message(msg) => {
                 frame.clear();
                 msg.encode(&mut frame);
@@ -797,5 +1090,32 @@ async fn send_datagrams(queue: Arc<SubscriberQueue>, shared: Arc<Shared>) {
                 shared.stats.dropped_stale.fetch_add(1, Relaxed);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_control_queue_is_bounded_and_merges_mute_notices() {
+        let mut q = ControlQueue::default();
+        let mute = |id, muted| Message::MuteChanged { id, muted };
+        // A member flapping its mute takes one slot per listener, holding the latest state.
+        for i in 0..1_000 {
+            assert_eq!(q.push(mute(7, i % 2 == 1)), Ok(()));
+        }
+        assert_eq!(q.push(mute(8, true)), Ok(()));
+        assert_eq!(q.push(Message::ParticipantLeft { id: 9 }), Ok(()));
+        assert_eq!(q.pop(), Some(mute(7, true)));
+        assert_eq!(q.pop(), Some(mute(8, true)));
+        assert_eq!(q.pop(), Some(Message::ParticipantLeft { id: 9 }));
+        assert_eq!(q.pop(), None);
+        // Anything else fills it, and then it refuses.
+        for i in 0..CONTROL_QUEUE_LIMIT as u64 {
+            assert_eq!(q.push(Message::ParticipantLeft { id: i }), Ok(()));
+        }
+        assert_eq!(q.push(Message::ParticipantLeft { id: 0 }), Err(QueueFull));
+        assert_eq!(q.push(mute(1, true)), Err(QueueFull));
     }
 }

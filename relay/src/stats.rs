@@ -64,6 +64,11 @@ pub struct RelayStats {
     /// Sessions closed for breaking the protocol: a control message that failed to parse or
     /// was refused, no Hello within the hello timeout, no QUIC datagrams.
     pub control_errors: AtomicU64,
+    /// Connections closed because they did not read their control stream (SlowReader).
+    pub slow_readers: AtomicU64,
+    /// Times a connection's control reader waited because it sent messages faster than its
+    /// control rate.
+    pub control_throttled: AtomicU64,
     delay_buckets: [AtomicU64; DELAY_BUCKETS_US.len() + 1],
     delay_sum_us: AtomicU64,
 }
@@ -103,6 +108,8 @@ impl RelayStats {
             dropped_stale: self.dropped_stale.load(Relaxed),
             datagrams_send_failed: self.datagrams_send_failed.load(Relaxed),
             control_errors: self.control_errors.load(Relaxed),
+            slow_readers: self.slow_readers.load(Relaxed),
+            control_throttled: self.control_throttled.load(Relaxed),
             delay_buckets: load(&self.delay_buckets),
             delay_sum_us: self.delay_sum_us.load(Relaxed),
         }
@@ -123,6 +130,8 @@ pub struct StatsSnapshot {
     pub dropped_stale: u64,
     pub datagrams_send_failed: u64,
     pub control_errors: u64,
+    pub slow_readers: u64,
+    pub control_throttled: u64,
     /// Counts per [`DELAY_BUCKETS_US`] bucket, then the overflow bucket.
     pub delay_buckets: Vec<u64>,
     pub delay_sum_us: u64,
@@ -149,8 +158,12 @@ impl fmt::Display for StatsSnapshot {
         }
         write!(
             f,
-            " dropped_stale={} send_failed={} control_errors={}",
-            self.dropped_stale, self.datagrams_send_failed, self.control_errors
+            " dropped_stale={} send_failed={} control_errors={} slow_readers={} control_throttled={}",
+            self.dropped_stale,
+            self.datagrams_send_failed,
+            self.control_errors,
+            self.slow_readers,
+            self.control_throttled
         )
     }
 }

@@ -104,10 +104,21 @@ pub fn parse_ttl(s: &str) -> Result<u64, String> {
             ));
         }
     };
-    n.checked_mul(scale)
-        .filter(|v| *v > 0)
-        .ok_or_else(|| format!("{s:?} is not a positive duration"))
+    let secs = n
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{s:?} is longer than {MAX_TTL_DAYS} days"))?;
+    if secs == 0 {
+        return Err(format!("{s:?} is not a positive duration"));
+    }
+    if secs > MAX_TTL_DAYS * 86_400 {
+        return Err(format!("{s:?} is longer than {MAX_TTL_DAYS} days"));
+    }
+    Ok(secs)
 }
+
+/// Longest token lifetime `parse_ttl` accepts: ten years, far beyond any sensible invite and
+/// far below where `now + ttl` could overflow.
+pub const MAX_TTL_DAYS: u64 = 3_650;
 
 #[cfg(test)]
 mod tests {
@@ -172,5 +183,13 @@ mod tests {
         assert!(parse_ttl("1w").unwrap_err().contains("unknown unit"));
         assert!(parse_ttl("0s").is_err());
         assert!(parse_ttl("h").is_err());
+        // Overflowing or absurd lifetimes are refused, not wrapped or panicked on.
+        for absurd in ["18446744073709551615s", "18446744073709551615d", "3651d"] {
+            assert!(
+                parse_ttl(absurd).unwrap_err().contains("longer than"),
+                "{absurd}"
+            );
+        }
+        assert_eq!(parse_ttl("3650d"), Ok(3_650 * 86_400));
     }
 }

@@ -57,12 +57,18 @@ pub enum ErrorCode {
     RateLimited,
     /// A bug or resource failure on the relay.
     Internal,
+    /// The peer did not read its control stream: the messages waiting for it reached the
+    /// relay's per-connection limit, so the relay closed it rather than queue without bound.
+    SlowReader,
+    /// The access token this connection joined with joined again from another connection
+    /// (a token admits one connection at a time, the newest).
+    TokenInUse,
     /// A code from a newer peer.
     Unknown(u16),
 }
 
 impl ErrorCode {
-    const TABLE: [(u16, ErrorCode); 17] = [
+    const TABLE: [(u16, ErrorCode); 19] = [
         (1, Self::ProtocolViolation),
         (2, Self::UnsupportedVersion),
         (3, Self::HelloRequired),
@@ -80,6 +86,8 @@ impl ErrorCode {
         (15, Self::Timeout),
         (16, Self::RateLimited),
         (17, Self::Internal),
+        (18, Self::SlowReader),
+        (19, Self::TokenInUse),
     ];
 
     pub fn to_u16(self) -> u16 {
@@ -119,6 +127,8 @@ impl ErrorCode {
             Self::Timeout => "timed out",
             Self::RateLimited => "rate limited",
             Self::Internal => "internal relay error",
+            Self::SlowReader => "the connection stopped reading messages from the relay",
+            Self::TokenInUse => "the access token was used to join from somewhere else",
             Self::Unknown(_) => "unknown error",
         }
     }

@@ -70,6 +70,13 @@ impl Invite {
     }
 }
 
+/// SHA-256 of a DER certificate: the value invite links pin. The relay computes it for its
+/// invite, clients and the load generator for the certificate a relay presents.
+pub fn cert_fingerprint(der: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(der).into()
+}
+
 /// Formats a fingerprint as lowercase hex.
 pub fn fingerprint_hex(fp: &[u8; 32]) -> String {
     fp.iter().map(|b| format!("{b:02x}")).collect()

@@ -61,9 +61,13 @@ pub fn natter_bin() -> PathBuf {
     binary("natter")
 }
 
-/// The `natter-relay` binary.
+/// The `natter-relay` binary: this build's, or the one `NATTER_E2E_RELAY_BIN` names (to run
+/// the same tests against another build, e.g. an older relay for a before/after measurement).
 pub fn relay_bin() -> PathBuf {
-    binary("natter-relay")
+    match std::env::var_os("NATTER_E2E_RELAY_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => binary("natter-relay"),
+    }
 }
 
 /// A command for `program` that cannot outlive the test: on Linux the child gets SIGKILL when
@@ -192,6 +196,9 @@ pub struct RelayProcess {
     exit: Option<ExitStatus>,
     metrics_url: Option<String>,
     data_dir: PathBuf,
+    /// The arguments after `--data-dir` and the extra environment, for a restart.
+    extra: Vec<String>,
+    env: Vec<(String, String)>,
     _dir: TempDir,
 }
 
@@ -244,6 +251,8 @@ pub struct RelayStats {
     pub dropped_not_joined: u64,
     pub dropped_wrong_ssrc: u64,
     pub control_errors: u64,
+    pub slow_readers: u64,
+    pub control_throttled: u64,
 }
 
 impl RelayStats {
@@ -266,6 +275,8 @@ impl RelayStats {
                 "dropped_not_joined" => stats.dropped_not_joined = value,
                 "dropped_wrong_ssrc" => stats.dropped_wrong_ssrc = value,
                 "control_errors" => stats.control_errors = value,
+                "slow_readers" => stats.slow_readers = value,
+                "control_throttled" => stats.control_throttled = value,
                 _ => {}
             }
         }
@@ -282,17 +293,46 @@ impl RelayProcess {
     /// Like [`RelayProcess::start`], with extra command-line arguments. With `--metrics`, the
     /// metrics URL line is read first (see [`RelayProcess::metrics_url`]).
     pub fn start_with(extra: &[&str]) -> Self {
-        let dir = TempDir::new("relay");
+        Self::start_with_env(extra, &[])
+    }
+
+    /// Like [`RelayProcess::start_with`], with extra environment variables.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let extra: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self::launch("127.0.0.1:0", TempDir::new("relay"), extra, env)
+    }
+
+    /// Kills the relay (SIGKILL: a crash) and starts it again on the same port with the same
+    /// data directory, hence the same certificate and invite — what a service manager does.
+    pub fn kill_and_restart(&mut self) {
+        self.kill();
+        assert!(
+            self.wait_exit(Duration::from_secs(5)).is_some(),
+            "the relay did not die"
+        );
+        let listen = format!("127.0.0.1:{}", self.port());
+        let dir = std::mem::replace(&mut self._dir, TempDir(None));
+        let restarted = Self::launch(
+            &listen,
+            dir,
+            std::mem::take(&mut self.extra),
+            std::mem::take(&mut self.env),
+        );
+        assert_eq!(restarted.invite, self.invite, "same port and certificate");
+        // The old process has exited, so dropping its handle does nothing more.
+        *self = restarted;
+    }
+
+    fn launch(listen: &str, dir: TempDir, extra: Vec<String>, env: Vec<(String, String)>) -> Self {
         let mut child = command(&relay_bin())
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-                "--data-dir",
-            ])
+            .args(["--listen", listen, "--log-format", "json", "--data-dir"])
             .arg(dir.join("data"))
-            .args(extra)
+            .args(&extra)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -334,6 +374,8 @@ impl RelayProcess {
             exit: None,
             metrics_url: None,
             data_dir: dir.join("data"),
+            extra,
+            env,
             _dir: dir,
         };
         let mut first = rx.recv_timeout(RELAY_START_TIMEOUT);
@@ -443,6 +485,22 @@ impl RelayProcess {
             "relay never logged {name:?} joining room {room:?}; log:\n{}",
             self.log_text()
         );
+    }
+
+    /// The relay's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The relay's resident memory (VmRSS) in KiB, read from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("the relay's /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc status")
     }
 
     /// Sends SIGTERM (graceful shutdown).
@@ -570,6 +628,7 @@ impl NatterProcess {
         let mut child = command(program)
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -782,6 +841,15 @@ pub struct CallProcess {
 }
 
 impl CallProcess {
+    /// The call's standard input (for `--input -`); closing it ends the stream.
+    pub fn take_stdin(&mut self) -> std::process::ChildStdin {
+        self.process
+            .child
+            .stdin
+            .take()
+            .expect("stdin is piped, and taken once")
+    }
+
     /// Sends a signal (e.g. `libc::SIGINT`).
     pub fn signal(&self, sig: libc::c_int) {
         self.process.signal(sig);
@@ -859,19 +927,9 @@ pub struct PeerStats {
     pub stages: Stages,
 }
 
-/// The per-stage latency breakdown of [`PeerStats`].
-#[derive(Debug, Clone, Deserialize)]
-pub struct Stages {
-    pub capture_ms: f64,
-    pub processing_ms: f64,
-    pub encode_ms: f64,
-    pub network_ms: f64,
-    pub jitter_buffer_ms: f64,
-    pub decode_ms: f64,
-    pub playback_ms: f64,
-    pub total_ms: f64,
-    pub complete: bool,
-}
+/// The per-stage latency breakdown of [`PeerStats`]: the app's own definition, which is what
+/// the stats JSON serialises.
+pub use natter::latency_stages::LatencyStages as Stages;
 
 impl CallStats {
     #[track_caller]

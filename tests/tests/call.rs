@@ -570,3 +570,58 @@ fn latency_stages_add_up_to_the_measured_latency() {
         "the meter is off by {median:.1} ms (median over chirps): {errors:?}"
     );
 }
+
+/// A bot streams raw PCM on standard input (`--input -`) in 2 s bursts written at once, ahead of
+/// time as a speech synthesizer does: the session buffers and paces them, so Bob hears the
+/// speech at the usual latency, and Alice's call ends when her stream has played out — six
+/// seconds of audio take six seconds, not the three it took to write them.
+#[test]
+fn streamed_input_in_bursts_is_paced() {
+    use std::io::Write;
+    let dir = TempDir::new("stream");
+    let relay = RelayProcess::start();
+    let speech = natter::measure::speech_like(48_000, 6.0, 9);
+    let bob = Call::new(relay.invite(), "lobby", "bob")
+        .recording_in(&dir)
+        .duration(10.0)
+        .spawn();
+    relay.wait_for_join("lobby", "bob");
+    let mut alice = Call::new(relay.invite(), "lobby", "alice")
+        .arg("--input")
+        .arg("-")
+        .stats_json(&dir.join("alice.json"))
+        .spawn();
+    let mut stdin = alice.take_stdin();
+    let pcm: Vec<u8> = speech
+        .iter()
+        .flat_map(|s| ((s * 32767.0).round() as i16).to_le_bytes())
+        .collect();
+    let written = std::time::Instant::now();
+    for chunk in pcm.chunks(2 * 2 * 48_000) {
+        stdin.write_all(chunk).expect("natter reads its input");
+        std::thread::sleep(Duration::from_millis(1_000));
+    }
+    drop(stdin);
+    let wrote_in = written.elapsed();
+    let a = alice.wait(Duration::from_secs(20));
+    a.assert_success();
+    bob.finish();
+    let alice_stats = CallStats::read(&dir.join("alice.json"));
+    let bob_stats = CallStats::read(&dir.join("bob.json"));
+    assert!(
+        alice_stats.duration_s > 5.8 && wrote_in < Duration::from_secs(4),
+        "6 s of audio written in {wrote_in:?} lasted {:.1} s",
+        alice_stats.duration_s
+    );
+    let heard = read_wav(&dir.join("bob-heard.wav"));
+    let m = find_signal_windows(
+        &speech,
+        &alice_stats,
+        &heard,
+        &bob_stats,
+        MAX_LAG_MS,
+        JOIN_MARGIN_MS,
+        WINDOW_MS,
+    );
+    assert_heard("alice's streamed speech at bob", &m, MIN_SPEECH_NCC);
+}

@@ -220,10 +220,11 @@ fn switching_devices_mid_call_keeps_audio_flowing_both_ways() {
             echo: false,
             audio: Audio::Wav {
                 total_samples: speech.len(),
-                input: speech,
+                input: speech.into(),
                 record: Record::Nothing,
             },
             engine: engine_without_processing(),
+            reconnect_for: Some(Duration::ZERO),
         }))
         .unwrap();
     let mut me = rt
@@ -237,6 +238,7 @@ fn switching_devices_mid_call_keeps_audio_flowing_both_ways() {
                 duration: None,
             },
             engine: engine_without_processing(),
+            reconnect_for: Some(Duration::ZERO),
         }))
         .unwrap();
     let (input, output) = me.device_names().expect("sound-card devices");

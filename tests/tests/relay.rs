@@ -2,7 +2,8 @@
 //! participants, configuration errors.
 
 use natter_e2e::{
-    Call, CallStats, RelayProcess, TempDir, http_get, loadgen, metric, relay_bin, signal_file,
+    Call, CallStats, RelayProcess, TempDir, http_get, loadgen, metric, natter_bin, relay_bin,
+    signal_file,
 };
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -49,6 +50,94 @@ fn join(invite: &str, room: Option<&str>) -> natter_e2e::Finished {
         call = Call::new(invite, "r", "guest").duration(0.5);
     }
     call.spawn().wait(Duration::from_secs(10))
+}
+
+/// `natter-relay token` refuses, with one clear line and no panic, what could never work: a
+/// lifetime that overflows the clock, a bound name the relay would refuse at Join.
+#[test]
+fn token_minting_refuses_what_could_never_work() {
+    let dir = TempDir::new("mint");
+    for (args, expected) in [
+        (
+            ["--ttl", "18446744073709551615s", "--name", "Alice"],
+            "ttl:",
+        ),
+        (["--ttl", "1h", "--name", "bell\u{7}"], "name:"),
+        (["--ttl", "1h", "--name", "   "], "name:"),
+    ] {
+        let out = Command::new(relay_bin())
+            .args(["token", "--room", "r", "--secret", SECRET, "--data-dir"])
+            .arg(dir.join("data"))
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("natter-relay: error: ") && stderr.contains(expected),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(out.stdout.is_empty(), "no token printed for {args:?}");
+    }
+}
+
+/// An invite with a token is a password, and a command line is public (`ps`): `natter call`
+/// takes it from a file or from NATTER_INVITE too, and joins with it the same way.
+#[test]
+fn the_invite_can_stay_off_the_command_line() {
+    let relay = RelayProcess::start_with(&["--access", "token", "--secret", SECRET]);
+    let invite = mint(&relay, "r", "1h", SECRET);
+    let dir = TempDir::new("invite-file");
+    let file = dir.join("invite.txt");
+    std::fs::write(&file, format!("{invite}\n")).unwrap();
+    let args = ["call", "--name", "guest", "--duration", "0.5"];
+    let by_file = Command::new(natter_bin())
+        .args(args)
+        .arg("--invite-file")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let by_env = Command::new(natter_bin())
+        .args(args)
+        .env("NATTER_INVITE", &invite)
+        .output()
+        .unwrap();
+    for (how, out) in [("file", by_file), ("environment", by_env)] {
+        assert!(
+            out.status.success(),
+            "invite from the {how}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let none = Command::new(natter_bin())
+        .args(args)
+        .env_remove("NATTER_INVITE")
+        .output()
+        .unwrap();
+    assert_eq!(none.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no invite"));
+}
+
+/// A bearer token admits one connection at a time, the newest: when a second client joins
+/// with Bob's token, Bob's call is ended by the relay with TokenInUse, and he is told why.
+#[test]
+fn a_token_admits_one_connection_at_a_time() {
+    let relay = RelayProcess::start_with(&["--access", "token", "--secret", SECRET]);
+    let invite = mint(&relay, "r", "1h", SECRET);
+    let bob = Call::new(&invite, "r", "bob").duration(10.0).spawn();
+    relay.wait_for_join("r", "bob");
+    let thief = join(&invite, None);
+    assert_eq!(thief.code(), Some(0), "the newest holder gets in: {thief}");
+    let bob = bob.wait(Duration::from_secs(10));
+    assert_eq!(bob.code(), Some(3), "{bob}");
+    assert!(
+        bob.stderr.contains("call ended by the relay")
+            && bob
+                .stderr
+                .contains("the access token was used to join from somewhere else"),
+        "{bob}"
+    );
 }
 
 /// Tokens: accepted for their room; missing, forged, expired and wrong-room tokens are refused

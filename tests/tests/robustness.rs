@@ -147,8 +147,9 @@ fn overlong_room_is_reported_as_invalid_room() {
     assert!(error_line(&done).contains("invalid room"), "{done}");
 }
 
-/// Bob joins and his call settles (welcome, engine running); then `end` is done to the relay.
-/// Returns how Bob's call ended (stats in DIR/bob.json) and how long after `end` it did.
+/// Bob joins, not reconnecting (`--reconnect-for 0`), and his call settles (welcome, engine
+/// running); then `end` is done to the relay. Returns how Bob's call ended (stats in
+/// DIR/bob.json) and how long after `end` it did.
 fn end_a_call(
     relay: &mut RelayProcess,
     dir: &TempDir,
@@ -157,6 +158,8 @@ fn end_a_call(
     let call = Call::new(relay.invite(), "lobby", "bob")
         .stats_json(&dir.join("bob.json"))
         .duration(30.0)
+        .arg("--reconnect-for")
+        .arg("0")
         .spawn();
     relay.wait_for_join("lobby", "bob");
     std::thread::sleep(Duration::from_millis(300));
@@ -166,8 +169,8 @@ fn end_a_call(
     (done, at.elapsed())
 }
 
-/// SIGTERM to the relay ends a call in progress promptly: exit code 3, "shutting down", and
-/// the relay itself exits 0.
+/// SIGTERM to the relay ends a call that does not reconnect promptly: exit code 3, "shutting
+/// down", and the relay itself exits 0.
 #[test]
 fn relay_shutdown_ends_calls() {
     let dir = TempDir::new("shutdown");
@@ -207,6 +210,12 @@ fn crashed_relay_is_noticed_within_seconds() {
     let (done, ended_after) = end_a_call(&mut relay, &dir, RelayProcess::kill);
     assert!(relay.wait_exit(Duration::from_secs(5)).is_some());
     assert_eq!(done.code(), Some(EXIT_ENDED_BY_RELAY), "{done}");
+    // The relay did not end the call: it is gone, and the exit line says so.
+    assert!(
+        done.stderr.contains("lost the connection to the relay")
+            && !done.stderr.contains("ended by the relay"),
+        "{done}"
+    );
     assert!(
         (Duration::from_secs(5)..Duration::from_secs(10)).contains(&ended_after),
         "the call noticed the crash after {ended_after:?}: {done}"
@@ -214,6 +223,80 @@ fn crashed_relay_is_noticed_within_seconds() {
     let stats = CallStats::read(&dir.join("bob.json"));
     let reason = stats.ended_by_relay.as_deref().unwrap_or_default();
     assert!(reason.contains("timed out"), "{stats:#?}");
+}
+
+/// A relay that crashes and comes straight back on the same port with the same data directory
+/// (a service manager restarting it): both headless calls notice within the idle timeout,
+/// rejoin by themselves, Alice is heard again by Bob, and both calls exit 0.
+#[test]
+fn headless_calls_rejoin_a_restarted_relay() {
+    const SPEECH_SECS: f32 = 20.0;
+    let dir = TempDir::new("restart");
+    let mut relay = RelayProcess::start();
+    let speech = signal_file("speech", &dir.join("alice.wav"), SPEECH_SECS, 5);
+    let bob = Call::new(relay.invite(), "lobby", "bob")
+        .recording_in(&dir)
+        .duration(f64::from(SPEECH_SECS) + 2.0)
+        .spawn();
+    relay.wait_for_join("lobby", "bob");
+    let alice = Call::new(relay.invite(), "lobby", "alice")
+        .input(&dir.join("alice.wav"))
+        .stats_json(&dir.join("alice.json"))
+        .spawn();
+    relay.wait_for_join("lobby", "alice");
+    std::thread::sleep(Duration::from_secs(2));
+    let crashed = Instant::now();
+    relay.kill_and_restart();
+    // The clients see the crash after their idle timeout (6 s), then retry within 0.5 s.
+    for name in ["alice", "bob"] {
+        let rejoined = relay.wait_for_log(Duration::from_secs(20), |v| {
+            v["fields"]["message"] == "join" && v["fields"]["name"] == name
+        });
+        assert!(
+            rejoined.is_some(),
+            "{name} did not rejoin; relay log:\n{}",
+            relay.log_text()
+        );
+    }
+    println!("both rejoined {:?} after the crash", crashed.elapsed());
+    let rejoined_unix_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    let a = alice.finish();
+    let b = bob.finish();
+    for done in [&a, &b] {
+        assert!(done.stderr.contains("reconnecting"), "{done}");
+        assert!(!done.stderr.contains("error"), "{done}");
+    }
+    let alice_stats = CallStats::read(&dir.join("alice.json"));
+    let bob_stats = CallStats::read(&dir.join("bob.json"));
+    assert!(alice_stats.ended_by_relay.is_none(), "{alice_stats:#?}");
+    // Only what Alice said a second after both were back counts.
+    let settled = rejoined_unix_us + 1_000_000 - alice_stats.audio_start_unix_us;
+    let first = (settled as f64 * 48e-3) as usize;
+    assert!(
+        first + 48_000 * 5 < speech.len(),
+        "too little speech left after the rejoin ({first} of {} samples)",
+        speech.len()
+    );
+    let mut after = speech.clone();
+    after[..first].fill(0.0);
+    let heard = read_wav(&dir.join("bob-heard.wav"));
+    let m = find_signal_windows(
+        &after,
+        &alice_stats,
+        &heard,
+        &bob_stats,
+        500.0,
+        200.0,
+        500.0,
+    );
+    println!("after the restart: {m}");
+    assert!(
+        m.median_score() >= 0.6,
+        "Bob did not hear Alice after the restart: {m}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@
 
 pub mod device;
 pub mod resample;
+pub mod stream;
 pub mod wav;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};

@@ -91,6 +91,20 @@ impl WavFile {
     }
 }
 
+/// What a WAV device's microphone plays.
+pub enum Input {
+    /// These samples, then silence.
+    Samples(Vec<f32>),
+    /// A live stream (`--input -`), paced; the device stops once it has ended and played out.
+    Stream(super::stream::Pacer),
+}
+
+impl From<Vec<f32>> for Input {
+    fn from(samples: Vec<f32>) -> Self {
+        Self::Samples(samples)
+    }
+}
+
 /// Where a WAV device's speaker goes.
 pub enum Record {
     /// Nowhere (a test signal nobody listens to).
@@ -101,15 +115,66 @@ pub enum Record {
     /// and rewrites the header every second, so memory stays flat however long the call and
     /// a killed process still leaves a playable file.
     File(WavFile),
+    /// As raw PCM (signed 16-bit little-endian, mono, 48 kHz) into a stream as it plays
+    /// (`--output -`: standard output, for a recognizer or an agent), through the same writer
+    /// thread; a stream that stops taking it (a closed pipe) stops the recording, not the call.
+    Pcm(Box<dyn std::io::Write + Send>),
+}
+
+/// What the writer thread writes to.
+enum Sink {
+    Wav(WavFile),
+    Pcm(Box<dyn std::io::Write + Send>),
+}
+
+impl Sink {
+    fn write(&mut self, samples: &[f32]) -> anyhow::Result<()> {
+        match self {
+            Sink::Wav(file) => {
+                for s in samples {
+                    file.writer.write_sample(to_i16(*s))?;
+                }
+            }
+            Sink::Pcm(out) => {
+                let bytes: Vec<u8> = samples
+                    .iter()
+                    .flat_map(|s| to_i16(*s).to_le_bytes())
+                    .collect();
+                out.write_all(&bytes)
+                    .context("cannot write the audio output")?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> anyhow::Result<()> {
+        match self {
+            Sink::Wav(file) => file.writer.flush()?,
+            Sink::Pcm(out) => out.flush().context("cannot write the audio output")?,
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> anyhow::Result<()> {
+        match self {
+            Sink::Wav(file) => {
+                let path = file.path;
+                file.writer
+                    .finalize()
+                    .with_context(|| format!("cannot write {}", path.display()))
+            }
+            Sink::Pcm(mut out) => out.flush().context("cannot write the audio output"),
+        }
+    }
 }
 
 /// Room in the ring between the device thread and the file writer: 2 s of audio.
 const WRITER_RING: usize = 2 * SAMPLE_RATE as usize;
 
-/// Drains `ring` into `file` until `device_done` is set and the ring is empty.
+/// Drains `ring` into `sink` until `device_done` is set and the ring is empty.
 fn write_file(
     mut ring: rtrb::Consumer<f32>,
-    mut file: WavFile,
+    mut sink: Sink,
     device_done: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
     let mut flushed = Instant::now();
@@ -120,24 +185,20 @@ fn write_file(
         if n > 0 {
             let chunk = ring.read_chunk(n).expect("n slots are readable");
             let (a, b) = chunk.as_slices();
-            for s in a.iter().chain(b) {
-                file.writer.write_sample(to_i16(*s))?;
-            }
+            sink.write(a)?;
+            sink.write(b)?;
             chunk.commit_all();
         }
         if last {
             break;
         }
         if flushed.elapsed() >= Duration::from_secs(1) {
-            file.writer.flush()?;
+            sink.flush()?;
             flushed = Instant::now();
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let path = file.path;
-    file.writer
-        .finalize()
-        .with_context(|| format!("cannot write {}", path.display()))
+    sink.finish()
 }
 
 /// A running WAV "device".
@@ -151,11 +212,11 @@ pub struct WavDevice {
 }
 
 impl WavDevice {
-    /// Starts playing `input` as the microphone (silence after its end) and recording the
-    /// speaker as `record` says, for `total_samples` samples of real time with the given
-    /// device `period`.
+    /// Starts playing `input` as the microphone (silence after its end; a stream until it ends)
+    /// and recording the speaker as `record` says, for `total_samples` samples of real time
+    /// with the given device `period`.
     pub fn start(
-        input: Vec<f32>,
+        mut input: Input,
         total_samples: usize,
         record: Record,
         period: Duration,
@@ -176,8 +237,13 @@ impl WavDevice {
             .input_latency_us
             .store(period.as_micros() as u64, Relaxed);
         let in_memory = matches!(record, Record::Memory);
-        let (mut to_file, writer) = match record {
-            Record::File(file) => {
+        let sink = match record {
+            Record::File(file) => Some(Sink::Wav(file)),
+            Record::Pcm(out) => Some(Sink::Pcm(out)),
+            Record::Nothing | Record::Memory => None,
+        };
+        let (mut to_file, writer) = match sink {
+            Some(file) => {
                 let (producer, consumer) = rtrb::RingBuffer::new(WRITER_RING);
                 let done = done.clone();
                 let writer = std::thread::Builder::new()
@@ -186,7 +252,7 @@ impl WavDevice {
                     .expect("spawning the WAV writer thread");
                 (Some(producer), Some(writer))
             }
-            Record::Nothing | Record::Memory => (None, None),
+            None => (None, None),
         };
         let t0 = Instant::now();
         let started_unix_us = std::time::SystemTime::now()
@@ -199,6 +265,7 @@ impl WavDevice {
                 let mut recorded = Vec::with_capacity(if in_memory { total_samples } else { 0 });
                 let silence = vec![0.0f32; period_samples];
                 let mut out = vec![0.0f32; period_samples];
+                let mut mic = vec![0.0f32; period_samples];
                 let mut keep = |samples: &[f32]| {
                     if in_memory {
                         recorded.extend_from_slice(samples);
@@ -223,15 +290,21 @@ impl WavDevice {
                     if let Some(wait) = deadline.checked_duration_since(Instant::now()) {
                         std::thread::sleep(wait);
                     }
-                    let from = (k as usize * period_samples).min(input.len());
-                    let to = (from + period_samples).min(input.len());
-                    let mic = &input[from..to];
-                    push_capture(&mut ends.capture, mic, &ends.counters);
-                    push_capture(
-                        &mut ends.capture,
-                        &silence[..period_samples - mic.len()],
-                        &ends.counters,
-                    );
+                    match &mut input {
+                        Input::Samples(samples) => {
+                            let from = (k as usize * period_samples).min(samples.len());
+                            let to = (from + period_samples).min(samples.len());
+                            mic[..to - from].copy_from_slice(&samples[from..to]);
+                            mic[to - from..].fill(0.0);
+                        }
+                        Input::Stream(pacer) => {
+                            if pacer.finished() {
+                                break;
+                            }
+                            pacer.pull(&mut mic);
+                        }
+                    }
+                    push_capture(&mut ends.capture, &mic, &ends.counters);
                     pop_playback(&mut ends.playback, &mut out, &ends.counters, &mut started);
                     let n = period_samples.min(total_samples - elapsed);
                     keep(&out[..n]);
@@ -304,7 +377,7 @@ mod tests {
             .map(|i| ((i / 480) % 2) as f32 * 0.5 + 0.1)
             .collect();
         let device = WavDevice::start(
-            input.clone(),
+            input.clone().into(),
             9_600,
             Record::Memory,
             Duration::from_millis(10),
@@ -327,6 +400,52 @@ mod tests {
         }
     }
 
+    /// `--output -`: what the speaker plays goes out as raw little-endian PCM as it plays.
+    #[test]
+    fn records_raw_pcm_to_a_stream() {
+        #[derive(Clone, Default)]
+        struct Shared(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Shared {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let out = Shared::default();
+        let (dev, mut eng) = ring_pair();
+        let input: Vec<f32> = (0..4_800).map(|i| ((i % 7) as f32 - 3.0) / 4.0).collect();
+        let device = WavDevice::start(
+            input.clone().into(),
+            9_600,
+            Record::Pcm(Box::new(out.clone())),
+            Duration::from_millis(10),
+            dev,
+        );
+        while !device.finished() {
+            while let Ok(s) = eng.capture.pop() {
+                let _ = eng.playback.push(s);
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        device.finish().unwrap();
+        let bytes = out.0.lock().unwrap().clone();
+        assert_eq!(bytes.len(), 9_600 * 2, "every sample, two bytes each");
+        let pcm: Vec<i16> = bytes
+            .chunks_exact(2)
+            .map(|b| i16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        let played: Vec<i16> = pcm.into_iter().filter(|s| *s != 0).collect();
+        let expected: Vec<i16> = input
+            .iter()
+            .map(|s| to_i16(*s))
+            .filter(|s| *s != 0)
+            .collect();
+        assert_eq!(played, expected);
+    }
+
     /// A recording to a file is written while the call runs — readable (a valid header)
     /// before it ends — and ends up holding exactly what a recording in memory would.
     #[test]
@@ -339,7 +458,7 @@ mod tests {
         let total = 72_000;
         let file = WavFile::create(&path).unwrap();
         let device = WavDevice::start(
-            input.clone(),
+            input.clone().into(),
             total,
             Record::File(file),
             Duration::from_millis(10),

@@ -6,7 +6,9 @@
 //! leave through a closure and arrive on a channel, audio moves through [`crate::audio`] rings,
 //! so the headless call, the desktop app and tests all drive this same engine.
 
+pub mod aec_delay;
 pub mod receive;
+pub mod rtcp;
 pub mod send;
 
 use crate::apm::{VoiceConfig, VoiceProcessor};
@@ -17,8 +19,9 @@ use crate::jitter::JitterConfig;
 use crate::rate::{FrameMode, RateController};
 use crate::vad::{Vad, VadConfig};
 use natter_proto::media::{Datagram, PacketKind, write_rtcp};
-use natter_proto::rtcp::{self, RtcpPacket, SenderLatency, ntp};
+use natter_proto::rtcp::{SenderLatency, ntp};
 use receive::{ListenerStats, PeerStats, RemotePeer};
+use rtcp::RtcpSession;
 use send::{Gate, Sender};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -70,6 +73,30 @@ pub enum EngineCommand {
     SetJitterTarget(Option<f64>),
     /// Mixes a 48 kHz mono sound into the playback once (join/leave cues).
     PlaySound(&'static [f32]),
+    /// The session rejoined the room after losing the relay, as `ssrc`: send under it from
+    /// now on, and start the peers' and listeners' state afresh (their streams restart too,
+    /// possibly under an SSRC one of them had before).
+    Rejoined {
+        ssrc: u32,
+    },
+}
+
+/// A handle that sends a running engine commands, for whoever else needs to (the session's
+/// supervisor). Cloning it is cheap.
+#[derive(Clone)]
+pub struct EngineRemote {
+    commands: mpsc::Sender<EngineCommand>,
+    thread: Option<std::thread::Thread>,
+}
+
+impl EngineRemote {
+    /// Applies a command at once (wakes the engine thread).
+    pub fn command(&self, command: EngineCommand) {
+        let _ = self.commands.send(command);
+        if let Some(t) = &self.thread {
+            t.unpark();
+        }
+    }
 }
 
 impl EngineConfig {
@@ -183,6 +210,13 @@ impl Engine {
         self.wake();
     }
 
+    pub fn remote(&self) -> EngineRemote {
+        EngineRemote {
+            commands: self.commands.clone(),
+            thread: self.thread.as_ref().map(|t| t.thread().clone()),
+        }
+    }
+
     fn wake(&self) {
         if let Some(t) = &self.thread {
             t.thread().unpark();
@@ -214,9 +248,6 @@ impl Drop for Engine {
 
 /// Processing block: 10 ms.
 const BLOCK: usize = 480;
-/// Forget a peer silent this long (it left, or changed SSRC).
-const PEER_TIMEOUT_MS: f64 = 30_000.0;
-const REPORT_INTERVAL_MS: f64 = 1_000.0;
 /// Longest the engine sleeps when nothing is scheduled sooner (a device that stopped calling
 /// back; stats and reports are due every 100 ms anyway).
 const MAX_SLEEP_MS: f64 = 20.0;
@@ -341,8 +372,8 @@ struct Worker {
     vad: Vad,
     commands: Option<mpsc::Receiver<EngineCommand>>,
     peers: HashMap<u32, RemotePeer>,
-    /// What each listener last reported about our stream, by its SSRC.
-    listeners: HashMap<u32, ListenerStats>,
+    /// Reports in and out, round trips, what listeners say about our stream.
+    rtcp: RtcpSession,
     stats: Arc<Mutex<EngineStats>>,
     muted: Arc<AtomicBool>,
     epoch: Instant,
@@ -364,7 +395,6 @@ struct Worker {
     fixed_bitrate: Option<i32>,
     /// The jitter configuration the engine was started with (adaptive).
     base_jitter: JitterConfig,
-    next_report_ms: f64,
     next_stats_ms: f64,
     rtcp_buf: Vec<u8>,
 }
@@ -505,8 +535,27 @@ impl Default for PlayoutClock {
     }
 }
 
-fn wall_ntp() -> u64 {
-    ntp::from_unix_micros(natter_relay::core::unix_micros())
+/// The RTP sender for `config` (none for a listen-only client), at the rate controller's
+/// current settings.
+fn new_sender(config: &EngineConfig, rate: &RateController) -> anyhow::Result<Option<Sender>> {
+    if !config.send_audio {
+        return Ok(None);
+    }
+    let initial = rate.settings();
+    let encoder = EncoderConfig {
+        bitrate_bps: initial.bitrate_bps,
+        expected_loss_pct: initial.expected_loss_pct,
+        restricted_low_delay: initial.restricted_low_delay,
+        ..config.encoder
+    };
+    let frame = config
+        .pinned_frame_samples
+        .unwrap_or(initial.frame_ms as usize * 48);
+    let mut sender = Sender::new(config.ssrc, frame, encoder)?;
+    if config.pinned_frame_samples.is_some() {
+        sender.pin_frame_size();
+    }
+    Ok(Some(sender))
 }
 
 impl Worker {
@@ -523,25 +572,8 @@ impl Worker {
         } else {
             None
         };
-        let sender = if config.send_audio {
-            let initial = rate.settings();
-            let encoder = EncoderConfig {
-                bitrate_bps: initial.bitrate_bps,
-                expected_loss_pct: initial.expected_loss_pct,
-                restricted_low_delay: initial.restricted_low_delay,
-                ..config.encoder
-            };
-            let frame = config
-                .pinned_frame_samples
-                .unwrap_or(initial.frame_ms as usize * 48);
-            let mut sender = Sender::new(config.ssrc, frame, encoder)?;
-            if config.pinned_frame_samples.is_some() {
-                sender.pin_frame_size();
-            }
-            Some(sender)
-        } else {
-            None
-        };
+        let sender = new_sender(&config, &rate)?;
+        let ssrc = config.ssrc;
         Ok(Self {
             base_jitter: config.jitter.clone(),
             config,
@@ -553,7 +585,7 @@ impl Worker {
             vad: Vad::new(VadConfig::default()),
             commands: None,
             peers: HashMap::new(),
-            listeners: HashMap::new(),
+            rtcp: RtcpSession::new(ssrc, 0.0),
             stats,
             muted,
             epoch: Instant::now(),
@@ -568,7 +600,6 @@ impl Worker {
             deafened: false,
             sound: None,
             fixed_bitrate: None,
-            next_report_ms: REPORT_INTERVAL_MS,
             next_stats_ms: 0.0,
             rtcp_buf: Vec::with_capacity(1200),
         })
@@ -576,6 +607,14 @@ impl Worker {
 
     fn ms(&self, at: Instant) -> f64 {
         at.saturating_duration_since(self.epoch).as_secs_f64() * 1000.0
+    }
+
+    /// This moment on the engine's clock and the wall clock, for the RTCP session.
+    fn clock(&self) -> rtcp::Now {
+        rtcp::Now {
+            ms: self.ms(Instant::now()),
+            unix_us: crate::clock::unix_micros(),
+        }
     }
 
     /// The engine loop. It sleeps until the next thing is due — the next mix (just before the
@@ -600,13 +639,10 @@ impl Worker {
             }
             self.process_capture(now);
             self.fill_playback(now);
-            if now >= self.next_report_ms {
-                self.next_report_ms = now + REPORT_INTERVAL_MS;
-                self.send_reports(now);
+            if now >= self.rtcp.poll_timeout() {
+                self.send_report();
                 self.peers
-                    .retain(|_, p| now - p.last_packet_ms < PEER_TIMEOUT_MS);
-                self.listeners
-                    .retain(|_, l| now - l.reported_ms < PEER_TIMEOUT_MS);
+                    .retain(|_, p| now - p.last_packet_ms < rtcp::FORGET_AFTER_MS);
             }
             if now >= self.next_stats_ms {
                 self.next_stats_ms = now + 100.0;
@@ -627,7 +663,7 @@ impl Worker {
             .playout
             .next_mix_ms(now, self.port.period_ms())
             .unwrap_or(now + UNKNOWN_RHYTHM_POLL_MS);
-        mix.min(self.next_stats_ms).min(self.next_report_ms)
+        mix.min(self.next_stats_ms).min(self.rtcp.poll_timeout())
     }
 
     fn poll_commands(&mut self) {
@@ -659,11 +695,29 @@ impl Worker {
                 }
                 EngineCommand::SetJitterTarget(target) => self.set_jitter_target(target),
                 EngineCommand::PlaySound(samples) => self.sound = Some((samples, 0)),
+                EngineCommand::Rejoined { ssrc } => self.rejoined(ssrc),
             }
             if let EngineCommand::SetVoice(v) = command {
                 self.config.voice = v;
             }
         }
+    }
+
+    /// A new membership of the room: a new sender (SSRC, sequence numbers, timestamps) at the
+    /// rate controller's starting point, since the path may have changed, and no peers or
+    /// listeners until they are heard again.
+    fn rejoined(&mut self, ssrc: u32) {
+        self.config.ssrc = ssrc;
+        self.rtcp.rejoined(ssrc);
+        self.rate = RateController::new(self.config.mode);
+        match new_sender(&self.config, &self.rate) {
+            Ok(sender) => self.sender = sender,
+            // Cannot happen with settings that built a sender before; keep the old one
+            // rather than fall silent.
+            Err(e) => tracing::warn!("cannot rebuild the sender after rejoining: {e:#}"),
+        }
+        self.apply_rate_settings();
+        self.peers.clear();
     }
 
     /// Hands the encoder the rate controller's settings, with the user's fixed bitrate if any.
@@ -816,115 +870,52 @@ impl Worker {
                         peer.last_voice_ms = Some(at);
                     }
                 }
-                peer.reception
-                    .on_packet(h.sequence, h.timestamp, (at * 48.0) as u64);
+                self.rtcp.on_rtp(h.ssrc, h.sequence, h.timestamp, at);
                 peer.jitter
                     .insert(h.sequence, h.timestamp, packet.payload, at);
             }
-            PacketKind::Rtcp => match rtcp::parse_compound(datagram.packet) {
-                Ok(packets) => packets.iter().for_each(|p| self.on_rtcp(p, at)),
+            PacketKind::Rtcp => match natter_proto::rtcp::parse_compound(datagram.packet) {
+                Ok(packets) => {
+                    let now = self.clock();
+                    for packet in &packets {
+                        if let Some(report) = self.rtcp.on_rtcp(packet, at, now) {
+                            self.on_listener_report(report);
+                        }
+                    }
+                }
                 Err(_) => self.malformed += 1,
             },
         }
     }
 
-    fn on_rtcp(&mut self, packet: &RtcpPacket, at: f64) {
-        let (from, reports) = match packet {
-            RtcpPacket::SenderReport {
-                ssrc,
-                info,
-                reports,
-            } => {
-                if let Some(peer) = self.peers.get_mut(ssrc) {
-                    peer.last_sr = Some((ntp::middle32(info.ntp_timestamp), at));
-                }
-                (*ssrc, reports)
-            }
-            RtcpPacket::ReceiverReport { ssrc, reports } => (*ssrc, reports),
-            app @ RtcpPacket::App { .. } => {
-                if let Some((ssrc, latency)) = SenderLatency::from_packet(app)
-                    && let Some(peer) = self.peers.get_mut(&ssrc)
-                {
-                    peer.sender_latency = Some(latency);
-                }
-                return;
-            }
-            RtcpPacket::Other { .. } => return,
-        };
-        // RFC 3550 §6.4.1: RTT = arrival − LSR − DLSR, from the block about our stream.
-        let Some(block) = reports.iter().find(|b| b.ssrc == self.config.ssrc) else {
-            return;
-        };
-        let mut rtt_ms = None;
-        if block.last_sr != 0 {
-            // The report's arrival, not this moment: the datagram may have waited for the
-            // engine to wake (up to a period), which is no part of the round trip.
-            let waited_us = ((self.ms(Instant::now()) - at).max(0.0) * 1000.0) as u64;
-            let arrived_mid = ntp::middle32(ntp::from_unix_micros(
-                natter_relay::core::unix_micros().saturating_sub(waited_us),
-            ));
-            let rtt = arrived_mid
-                .wrapping_sub(block.last_sr)
-                .wrapping_sub(block.delay_since_last_sr);
-            if rtt < 0x8000_0000 {
-                rtt_ms = Some(ntp::short_to_micros(rtt) as f64 / 1000.0);
-                if let Some(peer) = self.peers.get_mut(&from) {
-                    peer.rtt_ms = rtt_ms;
-                }
-            }
-        }
-        let listener = self.listeners.entry(from).or_default();
-        listener.ssrc = from;
-        listener.rtt_ms = rtt_ms.or(listener.rtt_ms);
-        listener.loss_pct = f64::from(block.fraction_lost) / 2.56;
-        listener.jitter_ms = f64::from(block.jitter) / 48.0;
-        listener.reported_ms = at;
-        // What this receiver lost of our stream drives bitrate, FEC and frame size.
+    /// What a receiver lost of our stream drives bitrate, FEC and frame size.
+    fn on_listener_report(&mut self, report: rtcp::ListenerReport) {
         if self.config.adaptive
             && let Some(sender) = self.sender.as_mut()
-            && let Some(settings) =
-                self.rate
-                    .on_report(from, f64::from(block.fraction_lost) / 256.0, rtt_ms, at)
+            && let Some(settings) = self.rate.on_report(
+                report.from,
+                report.fraction_lost,
+                report.rtt_ms,
+                report.at_ms,
+            )
         {
             sender.apply(settings);
         }
     }
 
-    fn send_reports(&mut self, now: f64) {
-        let blocks = self
-            .peers
-            .values_mut()
-            .map(|p| {
-                let (lsr, dlsr) = p.last_sr.map_or((0, 0), |(lsr, at)| {
-                    (lsr, ntp::micros_to_short(((now - at) * 1000.0) as u64))
-                });
-                p.reception.report(lsr, dlsr)
-            })
-            .collect::<Vec<_>>();
-        let ntp_now = wall_ntp();
-        let packet = match self
+    /// Sends the RTCP session's report, with our sender info and latency stages.
+    fn send_report(&mut self) {
+        let now = self.clock();
+        let info = self
             .sender
             .as_ref()
-            .and_then(|s| s.sender_info(now, ntp_now))
-        {
-            Some(info) => RtcpPacket::SenderReport {
-                ssrc: self.config.ssrc,
-                info,
-                reports: blocks,
-            },
-            None if !blocks.is_empty() => RtcpPacket::ReceiverReport {
-                ssrc: self.config.ssrc,
-                reports: blocks,
-            },
-            None => return,
-        };
-        let mut packets = vec![packet];
-        if let Some(latency) = self.sender_latency() {
-            packets.push(latency.to_packet(self.config.ssrc));
+            .and_then(|s| s.sender_info(now.ms, ntp::from_unix_micros(now.unix_us)));
+        let latency = self.sender_latency();
+        if let Some(packets) = self.rtcp.poll_report(now, info, latency) {
+            self.rtcp_buf.clear();
+            write_rtcp(&packets, &mut self.rtcp_buf);
+            (self.link.send)(&self.rtcp_buf);
         }
-        self.rtcp_buf.clear();
-        write_rtcp(&packets, &mut self.rtcp_buf);
-        (self.link.send)(&self.rtcp_buf);
     }
 
     /// Our own sending stages, for the APP report: device capture latency, then waiting for
@@ -952,19 +943,21 @@ impl Worker {
     }
 
     fn publish_stats(&mut self) {
-        let playback_ms = self.playout.lead_ms()
-            + self.port.ends.counters.output_latency_us.load(Relaxed) as f64 / 1000.0
-            + self
+        let counters = &self.port.ends.counters;
+        let path = aec_delay::LocalPath {
+            mix_lead_ms: self.playout.lead_ms(),
+            output_latency_ms: counters.output_latency_us.load(Relaxed) as f64 / 1000.0,
+            playback_resampler_ms: self
                 .port
                 .playback_rs
                 .as_ref()
-                .map_or(0.0, |r| r.delay() as f64 / 48.0);
+                .map_or(0.0, |r| r.delay() as f64 / 48.0),
+            input_latency_ms: counters.input_latency_us.load(Relaxed) as f64 / 1000.0,
+        };
+        let playback_ms = path.playback_ms();
         let decode_ms = self.pull_time_ms;
         let now = self.ms(Instant::now());
-        // Echo path: from handing the mix over to the speaker, through the room, back to the
-        // microphone's samples reaching us.
-        let echo_hint =
-            playback_ms + self.port.ends.counters.input_latency_us.load(Relaxed) as f64 / 1000.0;
+        let echo_hint = path.echo_delay_ms();
         if let Some(vp) = self.voice.as_mut() {
             vp.set_stream_delay_ms(echo_hint);
         }
@@ -972,16 +965,18 @@ impl Worker {
         let mut peers: Vec<PeerStats> = self
             .peers
             .values()
-            .map(|p| PeerStats {
-                stages: p.stages(decode_ms, playback_ms),
-                speaking: p.speaking(now),
-                gain: self.peer_gains.get(&p.ssrc).copied().unwrap_or(1.0),
-                ..p.stats()
+            .map(|p| {
+                let rtcp = self.rtcp.sender(p.ssrc);
+                PeerStats {
+                    stages: p.stages(rtcp, decode_ms, playback_ms),
+                    speaking: p.speaking(now),
+                    gain: self.peer_gains.get(&p.ssrc).copied().unwrap_or(1.0),
+                    ..p.stats(rtcp)
+                }
             })
             .collect();
         peers.sort_by_key(|p| p.ssrc);
-        let mut listeners: Vec<ListenerStats> = self.listeners.values().cloned().collect();
-        listeners.sort_by_key(|l| l.ssrc);
+        let listeners: Vec<ListenerStats> = self.rtcp.listeners();
         let stats = EngineStats {
             packets_sent: self
                 .sender

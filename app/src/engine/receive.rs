@@ -1,33 +1,12 @@
-//! The receiving half: one [`RemotePeer`] per remote SSRC, holding its RFC 3550 statistics,
-//! jitter buffer and Opus decoder, plus what RTCP taught us about the path to it.
+//! The receiving half: one [`RemotePeer`] per remote SSRC, holding its jitter buffer and Opus
+//! decoder; its RTCP side (RFC 3550 statistics, round trip, the sender's own latency stages)
+//! lives in the RTCP session ([`super::rtcp::RemoteSender`]).
 
+use super::rtcp::RemoteSender;
 use crate::codec::OpusDecoder;
 use crate::jitter::{JitterBuffer, JitterConfig};
-use natter_proto::reception::ReceptionStats;
 
-/// Where one peer's mouth-to-ear latency goes, stage by stage (ms). The sender's stages come
-/// from its RTCP APP report; the rest is measured here. `total_ms` is their sum, which the
-/// end-to-end tests compare with the latency measured by cross-correlation.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
-pub struct LatencyStages {
-    /// Sender: microphone to capture callback (device and driver buffering).
-    pub capture_ms: f64,
-    /// Sender: voice processing and waiting for a full frame.
-    pub processing_ms: f64,
-    /// Sender: codec look-ahead plus encoding time.
-    pub encode_ms: f64,
-    /// One-way network and relay.
-    pub network_ms: f64,
-    /// Arrival to playout (measured per frame by the jitter buffer).
-    pub jitter_buffer_ms: f64,
-    /// Decoding (and concealment) time.
-    pub decode_ms: f64,
-    /// Mixed to heard: waiting for the device to take the block, plus its output latency.
-    pub playback_ms: f64,
-    pub total_ms: f64,
-    /// False until the sender's stages have been received.
-    pub complete: bool,
-}
+pub use crate::latency_stages::LatencyStages;
 
 /// Per-peer statistics, as printed by `natter call` and shown by the app.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -88,18 +67,8 @@ pub const SPEAKING_HOLD_MS: f64 = 400.0;
 
 pub struct RemotePeer {
     pub ssrc: u32,
-    pub reception: ReceptionStats,
     pub jitter: JitterBuffer<OpusDecoder>,
-    /// Middle 32 bits of the NTP time in this peer's last sender report, and the engine time
-    /// (ms) it arrived: echoed as LSR/DLSR so the peer can compute its RTT.
-    pub last_sr: Option<(u32, f64)>,
-    pub rtt_ms: Option<f64>,
     pub last_packet_ms: f64,
-    /// The sender's own stages, from its latest APP report.
-    pub sender_latency: Option<natter_proto::rtcp::SenderLatency>,
-    /// One-way delay from the wall clock in its sender reports (valid when both clocks are
-    /// synchronised, e.g. NTP or the same machine), ms.
-    pub sr_one_way_ms: Option<f64>,
     /// Audio level extension of the last packet, and when one last said "voice" (ms).
     pub audio_level: Option<natter_proto::rtp::AudioLevel>,
     pub last_voice_ms: Option<f64>,
@@ -109,26 +78,11 @@ impl RemotePeer {
     pub fn new(ssrc: u32, config: JitterConfig, now_ms: f64) -> anyhow::Result<Self> {
         Ok(Self {
             ssrc,
-            reception: ReceptionStats::new(ssrc),
             jitter: JitterBuffer::new(config, OpusDecoder::new()?),
-            last_sr: None,
-            rtt_ms: None,
             last_packet_ms: now_ms,
-            sender_latency: None,
-            sr_one_way_ms: None,
             audio_level: None,
             last_voice_ms: None,
         })
-    }
-
-    /// One-way network delay: half the RTCP round trip when we have it (no clock assumptions),
-    /// else the sender-report wall-clock difference.
-    pub fn network_ms(&self) -> f64 {
-        self.rtt_ms
-            .map(|r| r / 2.0)
-            .or(self.sr_one_way_ms)
-            .unwrap_or(0.0)
-            .max(0.0)
     }
 
     /// Whether the sender flagged voice within [`SPEAKING_HOLD_MS`] of `now_ms`.
@@ -137,38 +91,38 @@ impl RemotePeer {
             .is_some_and(|at| now_ms - at <= SPEAKING_HOLD_MS)
     }
 
-    /// Stage breakdown given this receiver's decode and playback delays.
-    pub fn stages(&self, decode_ms: f64, playback_ms: f64) -> LatencyStages {
-        let sender = self.sender_latency.unwrap_or_default();
+    /// Stage breakdown given what RTCP knows of this sender and this receiver's decode and
+    /// playback delays.
+    pub fn stages(
+        &self,
+        rtcp: Option<&RemoteSender>,
+        decode_ms: f64,
+        playback_ms: f64,
+    ) -> LatencyStages {
+        let reported = rtcp.and_then(|r| r.sender_latency);
+        let sender = reported.unwrap_or_default();
         let ms = |us: u32| f64::from(us) / 1000.0;
-        let mut s = LatencyStages {
-            capture_ms: ms(sender.capture_us),
-            processing_ms: ms(sender.processing_us),
-            encode_ms: ms(sender.encode_us),
-            network_ms: self.network_ms(),
-            jitter_buffer_ms: self.jitter.stats().delay_ms,
-            decode_ms,
-            playback_ms,
-            total_ms: 0.0,
-            complete: self.sender_latency.is_some(),
-        };
-        s.total_ms = s.capture_ms
-            + s.processing_ms
-            + s.encode_ms
-            + s.network_ms
-            + s.jitter_buffer_ms
-            + s.decode_ms
-            + s.playback_ms;
-        s
+        LatencyStages::from_values(
+            [
+                ms(sender.capture_us),
+                ms(sender.processing_us),
+                ms(sender.encode_us),
+                rtcp.map_or(0.0, RemoteSender::network_ms),
+                self.jitter.stats().delay_ms,
+                decode_ms,
+                playback_ms,
+            ],
+            reported.is_some(),
+        )
     }
 
-    pub fn stats(&self) -> PeerStats {
+    pub fn stats(&self, rtcp: Option<&RemoteSender>) -> PeerStats {
         let jb = self.jitter.stats();
         PeerStats {
             ssrc: self.ssrc,
             name: None,
-            packets_received: self.reception.received(),
-            packets_lost: self.reception.cumulative_lost(),
+            packets_received: rtcp.map_or(0, |r| r.reception.received()),
+            packets_lost: rtcp.map_or(0, |r| r.reception.cumulative_lost()),
             late: jb.late,
             duplicates: jb.duplicates,
             concealed: jb.concealed,
@@ -176,8 +130,8 @@ impl RemotePeer {
             rebuffers: jb.rebuffers,
             accelerated_ms: jb.accelerated_ms,
             expanded_ms: jb.expanded_ms,
-            jitter_ms: f64::from(self.reception.jitter()) / 48.0,
-            rtt_ms: self.rtt_ms,
+            jitter_ms: rtcp.map_or(0.0, |r| f64::from(r.reception.jitter()) / 48.0),
+            rtt_ms: rtcp.and_then(|r| r.rtt_ms),
             jitter_buffer_ms: jb.delay_ms,
             jitter_buffer_target_ms: jb.target_ms,
             stages: LatencyStages::default(),

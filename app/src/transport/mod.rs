@@ -172,6 +172,18 @@ pub async fn connect(invite: &Invite) -> Result<(Endpoint, quinn::Connection), C
             }
             return Err(match e {
                 ConnectionError::TimedOut => ConnectError::Unreachable(invite.authority()),
+                // A relay at its connection limit (or this address's share of it) refuses
+                // the handshake before any application code can be sent (PROTOCOL.md §1).
+                ConnectionError::ConnectionClosed(c)
+                    if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+                {
+                    ConnectError::Refused {
+                        code: ErrorCode::ServerFull,
+                        message: "the relay refused the connection: it is full, or has too many \
+                                  connections from this address"
+                            .into(),
+                    }
+                }
                 ConnectionError::TransportError(t) => ConnectError::Tls(t.to_string()),
                 other => ConnectError::from_connection(&other),
             });

@@ -4,7 +4,7 @@
 //! chain-of-trust question ("who vouches for this key?") is answered by the invite instead of
 //! a CA.
 
-use natter_relay::identity::cert_fingerprint;
+use natter_proto::invite::cert_fingerprint;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};

@@ -1,11 +1,11 @@
 //! The egui view. It reads the controller's [`Snapshot`] every frame and sends [`Request`]s;
 //! it holds only view state (form fields, which screen) and the settings file.
 
-use super::controller::{
+use super::style;
+use crate::controller::{
     CallSettings, ControllerConfig, ControllerHandle, LatencyTest, Phase, Repaint, Request,
     Snapshot,
 };
-use super::style;
 use crate::settings::{
     Dirs, JitterMode, Quality, RecentRelay, Settings, SettingsStore, ThemeChoice,
 };
@@ -67,6 +67,8 @@ pub struct NatterApp {
     pub(super) export_dir: PathBuf,
     /// Problems to show until dismissed (a corrupt settings file, a failed save).
     pub(super) notices: Vec<String>,
+    /// How many of the controller's [`Snapshot::problems`] are already among the notices.
+    problems_seen: usize,
     pub(super) screen: Screen,
     pub(super) form: StartForm,
     pub(super) snap: Snapshot,
@@ -90,13 +92,6 @@ impl NatterApp {
             tracing::warn!("{p}");
             notices.push(format!("Your settings could not be read: {p}."));
         }
-        let (_, trust_problem) = crate::settings::KnownRelays::load(&dirs.known_relays_file());
-        if let Some(p) = trust_problem {
-            tracing::warn!("{p}");
-            notices.push(format!(
-                "The list of trusted relays could not be read: {p}. You will be asked again before connecting to them."
-            ));
-        }
         let repaint_ctx = ctx.clone();
         // "After 1 ms" rather than "now": egui answers an immediate request with two frames
         // (to let frame-delayed responses settle), a delayed one with one.
@@ -117,6 +112,7 @@ impl NatterApp {
             settings,
             export_dir: config.export_dir,
             notices,
+            problems_seen: 0,
             screen: Screen::Main,
             form,
             snap: Snapshot::default(),
@@ -406,6 +402,14 @@ impl NatterApp {
             self.frames_since = std::time::Instant::now();
         }
         self.snap = self.ctl.snapshot();
+        // The controller's problems are shown once each, like the settings writer's.
+        let new_problems = self.snap.problems.len().saturating_sub(self.problems_seen);
+        for p in self.snap.problems.iter().skip(self.problems_seen) {
+            if !self.notices.contains(p) {
+                self.notices.push(p.clone());
+            }
+        }
+        self.problems_seen += new_problems;
         if let Some(e) = self.writer.take_error()
             && !self.notices.contains(&e)
         {

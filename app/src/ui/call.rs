@@ -2,8 +2,8 @@
 //! connection quality, and the latency meter.
 
 use super::app::NatterApp;
-use super::controller::{LatencyTest, ParticipantView, Phase, Request};
 use super::{meter, style};
+use crate::controller::{LatencyTest, ParticipantView, Phase, Request};
 use egui::{Align, Layout, RichText, ScrollArea, Ui, vec2};
 
 impl NatterApp {

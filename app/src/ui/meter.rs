@@ -4,41 +4,13 @@
 use super::style::STAGE_COLORS;
 use crate::engine::receive::PeerStats;
 use crate::history::History;
+use crate::latency_stages::Stage;
 use egui::{Rect, Role, Sense, Ui, WidgetInfo, pos2, vec2};
 use egui_plot::{Line, LineStyle, Plot, PlotPoints, uniform_grid_spacer};
 
-/// Stage names, in the order of [`STAGE_COLORS`].
-pub const STAGE_NAMES: [&str; 7] = [
-    "capture",
-    "processing",
-    "encode",
-    "network",
-    "jitter buffer",
-    "decode",
-    "playback",
-];
-
-fn stage_values(p: &PeerStats) -> [f64; 7] {
-    let s = &p.stages;
-    [
-        s.capture_ms,
-        s.processing_ms,
-        s.encode_ms,
-        s.network_ms,
-        s.jitter_buffer_ms,
-        s.decode_ms,
-        s.playback_ms,
-    ]
-}
-
 /// One line saying what a stage breakdown adds up to.
 pub fn breakdown_text(p: &PeerStats) -> String {
-    let parts: Vec<String> = STAGE_NAMES
-        .iter()
-        .zip(stage_values(p))
-        .map(|(n, v)| format!("{n} {v:.1}"))
-        .collect();
-    format!("{} = {:.1} ms", parts.join(" + "), p.stages.total_ms)
+    p.stages.breakdown(1)
 }
 
 /// The stacked bar for one participant, scaled so `scale_ms` fills the width.
@@ -49,7 +21,7 @@ pub fn stage_bar(ui: &mut Ui, name: &str, p: &PeerStats, scale_ms: f64) {
     painter.rect_filled(rect, 4.0, ui.visuals().faint_bg_color);
     let mut x = rect.left();
     let px_per_ms = (f64::from(rect.width()) / scale_ms.max(1.0)) as f32;
-    for (value, color) in stage_values(p).iter().zip(STAGE_COLORS) {
+    for (value, color) in p.stages.values().iter().zip(STAGE_COLORS) {
         let w = (*value as f32 * px_per_ms).max(0.0);
         if w <= 0.0 {
             continue;
@@ -72,7 +44,7 @@ pub fn legend(ui: &mut Ui) {
     ui.horizontal_wrapped(|ui| {
         ui.spacing_mut().item_spacing = vec2(4.0, 2.0);
         ui.spacing_mut().interact_size.y = 14.0;
-        for (name, color) in STAGE_NAMES.iter().zip(STAGE_COLORS) {
+        for (name, color) in Stage::ALL.map(Stage::name).iter().zip(STAGE_COLORS) {
             let (rect, _) = ui.allocate_exact_size(vec2(10.0, 10.0), Sense::hover());
             ui.painter().rect_filled(rect, 2.0, color);
             ui.label(egui::RichText::new(*name).small());
@@ -117,7 +89,7 @@ pub fn history_plot(ui: &mut Ui, history: &History) {
         .series
         .values()
         .flat_map(|s| s.iter().filter(|x| newest - x.t <= PLOT_SECONDS))
-        .map(|x| x.total_ms)
+        .map(|x| x.stages.total_ms)
         .fold(0.0, f64::max);
     // Round the y range up to a multiple of 50 ms so it does not jump with every sample.
     let top = ((highest * 1.15 / 50.0).ceil() * 50.0).max(100.0);
@@ -147,9 +119,11 @@ pub fn history_plot(ui: &mut Ui, history: &History) {
             for (i, (name, series)) in history.series.iter().enumerate() {
                 let color = PALETTE[i % PALETTE.len()];
                 let recent = || series.iter().filter(|s| newest - s.t <= PLOT_SECONDS + 1.0);
-                let total: PlotPoints = recent().map(|s| [s.t - newest, s.total_ms]).collect();
+                let total: PlotPoints = recent()
+                    .map(|s| [s.t - newest, s.stages.total_ms])
+                    .collect();
                 let jb: PlotPoints = recent()
-                    .map(|s| [s.t - newest, s.jitter_buffer_ms])
+                    .map(|s| [s.t - newest, s.stages.jitter_buffer_ms])
                     .collect();
                 plot.line(
                     Line::new(format!("{name}: mouth-to-ear"), total)

@@ -1,8 +1,9 @@
 //! The desktop app: an egui/eframe window (OpenGL through glow) over the same engine as the
 //! headless shell.
 //!
-//! - [`controller`]: the call logic on its own tokio runtime thread — sessions, hosting the
-//!   embedded relay, trust on first use, reconnection, the loopback latency test. No egui.
+//! - [`crate::controller`] (not here: it has no egui in it): the call logic on its own tokio
+//!   runtime thread — the session, hosting the embedded relay, trust on first use, the
+//!   loopback latency test.
 //! - [`app`] and the screens ([`start`], [`call`], [`settings_view`]): the egui view. It reads
 //!   the controller's snapshot every frame and sends it requests; it owns no call logic.
 //! - [`meter`]: the latency meter and history plot over [`crate::history`].
@@ -13,15 +14,14 @@
 
 pub mod app;
 pub mod call;
-pub mod controller;
 pub mod meter;
 pub mod settings_view;
 pub mod sounds;
 pub mod start;
 pub mod style;
 
+pub use crate::controller::{AudioSource, ControllerConfig, TestSignal};
 pub use app::{AppConfig, NatterApp, Screen};
-pub use controller::{AudioSource, ControllerConfig, TestSignal};
 
 use crate::settings::Dirs;
 use std::process::ExitCode;

@@ -1,9 +1,9 @@
 //! The settings screen. Every change is saved at once (atomically) and applied to the call.
 
 use super::app::{NatterApp, PTT_KEYS, QUALITY_CHOICES, jitter_is_fixed, quality_label};
-use super::controller::Request;
 use super::start::column;
 use super::style;
+use crate::controller::Request;
 use crate::settings::{JitterMode, Quality, ThemeChoice};
 use egui::{RichText, ScrollArea, Ui};
 

@@ -1,8 +1,8 @@
 //! The start screen: join by invite or address, recent relays, host a call.
 
 use super::app::NatterApp;
-use super::controller::{Phase, Request};
 use super::style;
+use crate::controller::{Phase, Request};
 use egui::{RichText, ScrollArea, Ui};
 
 /// Width of the centred column.

@@ -2,7 +2,7 @@
 //! indicators (speaking ring, connection bars, level meter). Every custom-drawn widget reports
 //! an AccessKit label so screen readers and tests can find it.
 
-use super::controller::LinkQuality;
+use crate::controller::LinkQuality;
 use egui::{
     Color32, CornerRadius, FontFamily, FontId, Margin, Rect, Response, Role, Sense, Stroke,
     TextStyle, Theme, Ui, Vec2, WidgetInfo, vec2,

@@ -1,0 +1,380 @@
+//! The controller's actor: one task on the controller's runtime that takes the UI's requests
+//! and the session's, latency test's and device lister's results one at a time, and keeps the
+//! snapshot current.
+
+use super::connect::{ConnectOutcome, Target};
+use super::contract::*;
+use super::{Shared, known_list, lock};
+use crate::audio::device::DeviceList;
+use crate::engine::EngineCommand;
+use crate::engine::receive::PeerStats;
+use crate::rate::FrameMode;
+use crate::session::Session;
+use crate::settings::KnownRelays;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+pub(super) struct Controller {
+    pub(super) config: ControllerConfig,
+    pub(super) shared: Arc<Shared>,
+    pub(super) known: KnownRelays,
+    pub(super) session: Option<Session>,
+    pub(super) target: Option<Target>,
+    pub(super) settings: Option<CallSettings>,
+    pub(super) connecting: Option<JoinHandle<ConnectOutcome>>,
+    pub(super) relay: Option<natter_relay::RelayHandle>,
+    pub(super) muted: bool,
+    pub(super) deafened: bool,
+    pub(super) talking: bool,
+    pub(super) volumes: HashMap<String, f32>,
+    pub(super) local_mutes: HashSet<String>,
+    pub(super) roster_ids: Option<BTreeSet<u64>>,
+    pub(super) latency: Option<JoinHandle<Result<LatencyResult, String>>>,
+    pub(super) watch_devices: bool,
+    pub(super) next_device_poll: Instant,
+    pub(super) devices_polling: Option<JoinHandle<anyhow::Result<DeviceList>>>,
+    pub(super) history_start: Instant,
+    pub(super) next_history: Instant,
+    /// Per SSRC: (received, lost) a few seconds ago, for recent loss.
+    pub(super) loss_marks: HashMap<u32, (Instant, u64, i64, f64)>,
+    pub(super) tests_run: u32,
+    /// Peer statistics as last published, when, and how many times.
+    pub(super) published_stats: HashMap<u32, PeerStats>,
+    pub(super) next_stats: Instant,
+    pub(super) stats_generation: u64,
+    /// Hash of what the call screen shows, to wake the UI only when it changes.
+    pub(super) last_digest: u64,
+}
+
+impl Controller {
+    pub(super) fn new(config: ControllerConfig, shared: Arc<Shared>, known: KnownRelays) -> Self {
+        Self {
+            config,
+            shared,
+            known,
+            session: None,
+            target: None,
+            settings: None,
+            connecting: None,
+            relay: None,
+            muted: false,
+            deafened: false,
+            talking: false,
+            volumes: HashMap::new(),
+            local_mutes: HashSet::new(),
+            roster_ids: None,
+            latency: None,
+            watch_devices: false,
+            next_device_poll: Instant::now(),
+            devices_polling: None,
+            history_start: Instant::now(),
+            next_history: Instant::now(),
+            loss_marks: HashMap::new(),
+            tests_run: 0,
+            published_stats: HashMap::new(),
+            next_stats: Instant::now(),
+            stats_generation: 0,
+            last_digest: 0,
+        }
+    }
+
+    pub(super) fn update(&self, f: impl FnOnce(&mut Snapshot)) {
+        f(&mut lock(&self.shared.snapshot));
+        (self.shared.repaint)();
+    }
+
+    pub(super) fn set_phase(&self, phase: Phase) {
+        self.update(|s| s.phase = phase);
+    }
+
+    pub(super) async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Request>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                request = rx.recv() => match request {
+                    None => break,
+                    Some(Request::Shutdown) => break,
+                    Some(request) => self.handle(request).await,
+                },
+                outcome = finished(&mut self.connecting) => self.on_connect(outcome).await,
+                _ = ended(&mut self.session) => self.on_ended().await,
+                result = finished(&mut self.latency) => {
+                    let state = match result {
+                        Ok(Ok(r)) => LatencyTest::Done(r),
+                        Ok(Err(e)) => LatencyTest::Failed(e),
+                        Err(e) => LatencyTest::Failed(e.to_string()),
+                    };
+                    self.update(|s| s.latency_test = state);
+                }
+                list = finished(&mut self.devices_polling) => {
+                    let (devices, error) = match list {
+                        Ok(Ok(l)) => (Some(l), None),
+                        Ok(Err(e)) => (None, Some(format!("{e:#}"))),
+                        Err(e) => (None, Some(e.to_string())),
+                    };
+                    let mut s = lock(&self.shared.snapshot);
+                    let key = |d: &Option<DeviceList>| {
+                        d.as_ref().map(|d| (d.inputs.clone(), d.outputs.clone()))
+                    };
+                    if key(&s.devices) != key(&devices) || s.device_error != error {
+                        s.devices = devices;
+                        s.device_error = error;
+                        drop(s);
+                        (self.shared.repaint)();
+                    }
+                }
+                _ = tick.tick() => self.on_tick(),
+            }
+        }
+        self.leave().await;
+    }
+
+    pub(super) async fn handle(&mut self, request: Request) {
+        match request {
+            Request::Join {
+                invite,
+                room,
+                name,
+                settings,
+            } => {
+                self.leave().await;
+                self.settings = Some(settings);
+                self.start(Target { invite, room, name });
+            }
+            Request::Host {
+                port,
+                room,
+                name,
+                settings,
+            } => {
+                self.leave().await;
+                self.settings = Some(settings);
+                match self.host(port, &room).await {
+                    Ok(invite) => self.start(Target { invite, room, name }),
+                    Err(e) => self.fail(format!("Cannot host a call: {e:#}"), false),
+                }
+            }
+            Request::AnswerTrust(yes) => {
+                let prompt = lock(&self.shared.snapshot).trust_prompt.take();
+                match (yes, prompt, self.target.clone()) {
+                    (true, Some(p), Some(mut target)) => {
+                        if let Ok(fp) = natter_proto::invite::parse_fingerprint(&p.fingerprint) {
+                            self.known.trust(&p.authority, &fp);
+                            self.save_known();
+                            target.invite.fingerprint = Some(fp);
+                            self.start(target);
+                        }
+                    }
+                    _ => {
+                        self.target = None;
+                        self.set_phase(Phase::Idle);
+                    }
+                }
+            }
+            Request::Leave => self.leave().await,
+            Request::Dismiss => {
+                if matches!(lock(&self.shared.snapshot).phase, Phase::Failed(_)) {
+                    self.set_phase(Phase::Idle);
+                }
+            }
+            Request::SetMuted(m) => {
+                self.muted = m;
+                self.apply_mute();
+            }
+            Request::SetDeafened(d) => {
+                self.deafened = d;
+                if let Some(s) = &self.session {
+                    s.command(EngineCommand::SetDeafened(d));
+                }
+                self.apply_mute();
+            }
+            Request::SetTalking(t) => {
+                self.talking = t;
+                self.apply_mute();
+            }
+            Request::SetVolume { name, volume } => {
+                self.volumes.insert(name, volume.clamp(0.0, 2.0));
+                self.apply_gains();
+            }
+            Request::SetLocalMute { name, muted } => {
+                if muted {
+                    self.local_mutes.insert(name);
+                } else {
+                    self.local_mutes.remove(&name);
+                }
+                self.apply_gains();
+            }
+            Request::Apply(settings) => self.apply_settings(settings),
+            Request::RunLatencyTest => self.start_latency_test(),
+            Request::WatchDevices(on) => {
+                self.watch_devices = on;
+                self.next_device_poll = Instant::now();
+            }
+            Request::ForgetRelay(authority) => {
+                if self.known.forget(&authority) {
+                    self.save_known();
+                }
+            }
+            Request::Shutdown => {}
+        }
+    }
+
+    pub(super) fn save_known(&self) {
+        let problem = match self.known.save(&self.config.dirs.known_relays_file()) {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::warn!("cannot save trusted relays: {e}");
+                Some(format!(
+                    "The list of trusted relays could not be saved: {e}. You will be asked again next time."
+                ))
+            }
+        };
+        let list = known_list(&self.known);
+        self.update(|s| {
+            s.known_relays = list;
+            if let Some(p) = problem
+                && !s.problems.contains(&p)
+            {
+                s.problems.push(p);
+            }
+        });
+    }
+
+    pub(super) fn fail(&mut self, message: String, certificate_changed: bool) {
+        tracing::warn!("{message}");
+        self.set_phase(Phase::Failed(Failure {
+            message,
+            certificate_changed,
+        }));
+    }
+
+    pub(super) fn on_tick(&mut self) {
+        if self.watch_devices
+            && self.devices_polling.is_none()
+            && Instant::now() >= self.next_device_poll
+        {
+            self.next_device_poll = Instant::now() + Duration::from_secs(2);
+            let lister = self.config.devices.clone();
+            self.devices_polling = Some(tokio::task::spawn_blocking(move || lister()));
+        }
+        self.refresh();
+    }
+
+    pub(super) fn effective_mute(&self) -> bool {
+        let ptt = self.settings.as_ref().is_some_and(|s| s.push_to_talk);
+        self.muted || self.deafened || (ptt && !self.talking)
+    }
+
+    pub(super) fn apply_mute(&self) {
+        if let Some(s) = &self.session {
+            s.set_muted(self.effective_mute());
+        }
+        self.update(|s| {
+            s.muted = self.muted;
+            s.deafened = self.deafened;
+            s.talking = self.talking;
+        });
+    }
+
+    pub(super) fn apply_gains(&self) {
+        let Some(session) = &self.session else {
+            return;
+        };
+        let state = session.state();
+        for p in state.roster.values() {
+            let gain = if self.local_mutes.contains(&p.name) {
+                0.0
+            } else {
+                self.volumes.get(&p.name).copied().unwrap_or(1.0)
+            };
+            session.command(EngineCommand::SetPeerGain { ssrc: p.ssrc, gain });
+        }
+    }
+
+    pub(super) fn apply_settings(&mut self, new: CallSettings) {
+        let old = self.settings.replace(new.clone());
+        self.apply_to_session(&new, old.as_ref());
+        self.apply_mute();
+    }
+
+    /// Sends the engine what changed (everything when `old` is `None`).
+    pub(super) fn apply_to_session(&mut self, new: &CallSettings, old: Option<&CallSettings>) {
+        if let Some(session) = self.session.as_mut() {
+            if old.is_some_and(|o| o.voice != new.voice) {
+                session.command(EngineCommand::SetVoice(new.voice));
+            }
+            if old.is_none_or(|o| o.bitrate_bps != new.bitrate_bps) {
+                session.command(EngineCommand::SetBitrate(new.bitrate_bps));
+            }
+            if old.is_some_and(|o| o.low_latency != new.low_latency) {
+                session.command(EngineCommand::SetFrameMode(frame_mode(new.low_latency)));
+            }
+            if old.is_none_or(|o| o.jitter_ms != new.jitter_ms) {
+                session.command(EngineCommand::SetJitterTarget(new.jitter_ms));
+            }
+            if old.is_some_and(|o| o.devices != new.devices)
+                && self.config.audio == AudioSource::Devices
+            {
+                let choice = new.devices.clone();
+                let result = tokio::task::block_in_place(|| session.switch_devices(choice));
+                let error = result.err().map(|e| format!("{e:#}"));
+                self.update(|s| s.device_error = error);
+            }
+        }
+        let applied = new.clone();
+        self.update(|s| s.applied = Some(applied));
+    }
+
+    /// Leaves the call, stops reconnecting and hosting; idle afterwards.
+    pub(super) async fn leave(&mut self) {
+        if let Some(c) = self.connecting.take() {
+            c.abort();
+        }
+        self.target = None;
+        if let Some(session) = self.session.take() {
+            session.leave().await;
+        }
+        self.stop_hosting_quietly().await;
+        self.roster_ids = None;
+        self.update(|s| {
+            s.call = None;
+            s.trust_prompt = None;
+            if !matches!(s.phase, Phase::Failed(_)) {
+                s.phase = Phase::Idle;
+            }
+            s.latency_test = LatencyTest::Idle;
+        });
+    }
+}
+
+pub(super) fn frame_mode(low_latency: bool) -> FrameMode {
+    if low_latency {
+        FrameMode::LowLatency
+    } else {
+        FrameMode::Standard
+    }
+}
+
+pub(super) async fn finished<T>(
+    handle: &mut Option<JoinHandle<T>>,
+) -> Result<T, tokio::task::JoinError> {
+    match handle {
+        Some(h) => {
+            let r = h.await;
+            *handle = None;
+            r
+        }
+        None => std::future::pending().await,
+    }
+}
+
+pub(super) async fn ended(session: &mut Option<Session>) {
+    match session {
+        Some(s) => s.wait_ended().await,
+        None => std::future::pending().await,
+    }
+}

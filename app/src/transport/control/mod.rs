@@ -1,0 +1,208 @@
+//! The control session: Hello/Join handshake, then roster updates, mute state and pings on
+//! the connection's one bidirectional stream. The logic is the pure [`core::ControlCore`];
+//! this module is its async shell over a quinn stream.
+
+pub mod core;
+
+use self::core::{ControlCore, Event};
+use super::ConnectError;
+use natter_proto::control::Participant;
+use quinn::{Connection, RecvStream, SendStream};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+pub use self::core::JOIN_TIMEOUT;
+
+/// What to join.
+#[derive(Debug, Clone)]
+pub struct JoinRequest {
+    pub room: String,
+    pub name: String,
+    pub token: Option<String>,
+    /// Ask the relay to send our own audio back (loopback latency tests).
+    pub echo: bool,
+}
+
+/// The relay's welcome.
+#[derive(Debug, Clone)]
+pub struct Joined {
+    pub participant_id: u64,
+    pub ssrc: u32,
+    pub room: String,
+}
+
+/// Live call state the session keeps up to date for the UI and stats.
+#[derive(Debug, Default, Clone)]
+pub struct CallState {
+    /// Everyone in the room, us included, by participant id.
+    pub roster: BTreeMap<u64, Participant>,
+    /// Every name seen in this call by SSRC, kept after people leave so statistics about
+    /// them can still be labelled.
+    pub names: std::collections::HashMap<u32, String>,
+    /// Round-trip time to the relay from the last Ping/Pong, ms.
+    pub relay_rtt_ms: Option<f64>,
+    /// Set when the relay ended the session (code and reason).
+    pub ended: Option<String>,
+}
+
+impl CallState {
+    /// Display name of the participant sending with `ssrc`.
+    pub fn name_of(&self, ssrc: u32) -> Option<&str> {
+        self.names.get(&ssrc).map(String::as_str)
+    }
+
+    /// Adds or updates a roster entry.
+    pub fn upsert(&mut self, p: Participant) {
+        self.names.insert(p.ssrc, p.name.clone());
+        self.roster.insert(p.id, p);
+    }
+}
+
+/// Commands the app sends to a running session.
+#[derive(Debug)]
+pub enum Command {
+    SetMute(bool),
+    Leave,
+}
+
+/// The control stream with its session core.
+pub struct ControlStream {
+    send: SendStream,
+    recv: RecvStream,
+    conn: Connection,
+    core: ControlCore,
+    buf: Vec<u8>,
+}
+
+impl ControlStream {
+    fn closed_error(&self) -> ConnectError {
+        match self.conn.close_reason() {
+            Some(reason) => ConnectError::from_connection(&reason),
+            None => ConnectError::Lost("control stream closed".into()),
+        }
+    }
+
+    /// Writes whatever the core has queued.
+    async fn flush(&mut self) -> Result<(), ConnectError> {
+        while let Some(frame) = self.core.poll_transmit() {
+            if self.send.write_all(&frame).await.is_err() {
+                return Err(self.closed_error());
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for bytes from the stream or the core's next timer, whichever comes first, and
+    /// hands the core what happened. Cancel-safe (quinn's `read` is).
+    async fn step(&mut self) {
+        let wake = self.core.poll_timeout();
+        let timer = async {
+            match wake {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let read = tokio::select! {
+            read = self.recv.read(&mut self.buf) => read,
+            _ = timer => {
+                self.core.handle_timeout(Instant::now());
+                return;
+            }
+        };
+        match read {
+            Ok(Some(n)) => self.core.handle_input(&self.buf[..n], Instant::now()),
+            Ok(None) => self.core.handle_closed(None),
+            Err(_) => {
+                let e = self.closed_error();
+                self.core.handle_closed(Some(e));
+            }
+        }
+    }
+
+    /// Closes the connection with the core's complaint, if it broke off on one.
+    fn close_if_violated(&self) {
+        if let Some((code, reason)) = self.core.close_reason() {
+            self.conn
+                .close(u32::from(code.to_u16()).into(), reason.as_bytes());
+        }
+    }
+}
+
+/// Says hello and joins a room.
+pub async fn join(
+    conn: &Connection,
+    req: &JoinRequest,
+) -> Result<(ControlStream, Joined, Vec<Participant>), ConnectError> {
+    let (send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| ConnectError::from_connection(&e))?;
+    let mut stream = ControlStream {
+        send,
+        recv,
+        conn: conn.clone(),
+        core: ControlCore::new(req.clone(), Instant::now(), crate::clock::unix_micros()),
+        buf: vec![0; 4096],
+    };
+    loop {
+        stream.flush().await?;
+        match stream.core.poll_event() {
+            Some(Event::Joined { joined, roster }) => return Ok((stream, joined, roster)),
+            Some(Event::Ended(e)) => {
+                // Let the complaint reach the relay before closing.
+                let _ = stream.flush().await;
+                stream.close_if_violated();
+                return Err(e);
+            }
+            Some(Event::Changed) => continue,
+            None => {}
+        }
+        stream.step().await;
+    }
+}
+
+/// Copies the core's view into the state the session shares.
+fn publish(core: &ControlCore, state: &Mutex<CallState>) {
+    let from = core.state();
+    let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+    s.roster = from.roster.clone();
+    for (ssrc, name) in &from.names {
+        s.names.insert(*ssrc, name.clone());
+    }
+    s.relay_rtt_ms = from.relay_rtt_ms.or(s.relay_rtt_ms);
+    if from.ended.is_some() {
+        s.ended = from.ended.clone();
+    }
+}
+
+/// Runs the session until the relay ends it or the app leaves: applies roster changes to
+/// `state`, pings every two seconds for RTT, and carries out `commands`.
+pub async fn run(
+    mut stream: ControlStream,
+    state: Arc<Mutex<CallState>>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) -> Result<(), ConnectError> {
+    loop {
+        stream.flush().await?;
+        while let Some(event) = stream.core.poll_event() {
+            publish(&stream.core, &state);
+            if let Event::Ended(e) = event {
+                return Err(e);
+            }
+        }
+        tokio::select! {
+            _ = stream.step() => {}
+            cmd = commands.recv() => match cmd {
+                Some(Command::SetMute(muted)) => stream.core.set_muted(muted),
+                Some(Command::Leave) | None => {
+                    stream.core.leave();
+                    let _ = stream.flush().await;
+                    let _ = stream.send.finish();
+                    return Ok(());
+                }
+            },
+        }
+    }
+}
