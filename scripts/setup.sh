@@ -20,6 +20,8 @@ packages=(build-essential pkg-config libasound2-dev cmake)
 # root made by debootstrap; dpkg-dev gives cargo-deb dpkg-shlibdeps for the dependencies.
 [ "$what" = test ] && packages+=(debootstrap dpkg-dev)
 [ "$what" = package ] && packages+=(dpkg-dev)
+# The call-quality test scores speech with PESQ (PyPI `pesq`) in a venv.
+[ "$what" = test ] && packages+=(python3-venv)
 # The desktop app (`make run`) loads these at run time, not at build time: OpenGL through
 # Mesa, X11 and Wayland windowing and keyboard maps, and ALSA's PulseAudio/PipeWire plugin so
 # cpal's "default" device is the desktop's sound server. A desktop install usually has them;
@@ -67,5 +69,14 @@ if [ "$what" = test ]; then
   if ! cargo nextest --version >/dev/null 2>&1; then
     echo "setup: installing cargo-nextest (one time, a few minutes)"
     cargo install cargo-nextest --locked --quiet
+  fi
+  # PESQ for tests/tests/quality.rs (and the benches): a venv under $NATTER_CACHE, marked
+  # complete only once every package imports, so the check on later runs is one `test -f`.
+  venv="${NATTER_CACHE:-$(dirname "$0")/../.cache}/bench-venv"
+  if [ ! -f "$venv/.natter-ok" ]; then
+    echo "setup: installing pesq, numpy, scipy from PyPI into $venv (one time)"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet pesq numpy scipy
+    "$venv/bin/python" -c 'import pesq, numpy, scipy' && touch "$venv/.natter-ok"
   fi
 fi

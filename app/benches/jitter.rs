@@ -50,12 +50,17 @@
 //! enough that a bursty model can otherwise realize half its nominal loss. It depends only on the
 //! loss models, never on a buffer's result, and the realized rate is in the table.
 //!
+//! The engine's timing: by default the buffer is pulled perfectly (one block every 10 ms).
+//! `JITTER_PULL=PERIOD,WAKE,STALL_P,STALL_MS` pulls like a live engine instead
+//! (`sim::PullTiming`: a device period's blocks at once, wake-ups up to WAKE ms late, with
+//! probability STALL_P per wake-up up to STALL_MS more), e.g. `JITTER_PULL=10,2,0.01,20`.
+//!
 //!   scripts/bench-jitter.sh
 //!   cargo bench -p natter --bench jitter -- SPEECH.wav OUT_DIR   (or JITTER_SPEECH, JITTER_OUT)
 
 use natter::audio::wav::{read_wav, write_wav};
 use natter::codec::{EncoderConfig, OpusDecoder, OpusEncoder};
-use natter::jitter::sim::{self, Arrival, FrameDelays, Loss, NetworkProfile};
+use natter::jitter::sim::{self, Arrival, FrameDelays, Loss, NetworkProfile, PullTiming};
 use natter::jitter::{JitterBuffer, JitterConfig, JitterStats};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -127,6 +132,27 @@ struct Outcome {
     merged: usize,
 }
 
+/// The puller's timing from `JITTER_PULL` (see the module docs); perfect without it.
+fn pull_timing() -> PullTiming {
+    let Ok(spec) = std::env::var("JITTER_PULL") else {
+        return PullTiming::PERFECT;
+    };
+    let v: Vec<f64> = spec
+        .split(',')
+        .map(|x| x.trim().parse().expect("JITTER_PULL: numbers"))
+        .collect();
+    assert!(
+        v.len() == 4 && v.iter().all(|x| x.is_finite() && *x >= 0.0),
+        "JITTER_PULL=PERIOD,WAKE,STALL_P,STALL_MS"
+    );
+    PullTiming {
+        period_ms: v[0].max(10.0),
+        wake_ms: v[1],
+        stall_p: v[2].min(1.0),
+        stall_ms: v[3],
+    }
+}
+
 fn adaptive(sc: &Scenario, packets: &[Vec<u8>], arrivals: &[Arrival]) -> Outcome {
     let decoder = OpusDecoder::new().expect("opus decoder");
     let mut jb = JitterBuffer::new(JitterConfig::default(), decoder);
@@ -136,7 +162,7 @@ fn adaptive(sc: &Scenario, packets: &[Vec<u8>], arrivals: &[Arrival]) -> Outcome
     let last = arrivals.last().map_or(0.0, |a| a.at_ms);
     let end = last.max(sc.frames() as f64 * FRAME_MS) + 1_000.0;
     let mut at_t0 = JitterStats::default();
-    sim::run(
+    sim::run_timed(
         &mut jb,
         arrivals,
         |f, p| {
@@ -145,6 +171,8 @@ fn adaptive(sc: &Scenario, packets: &[Vec<u8>], arrivals: &[Arrival]) -> Outcome
         },
         0.0,
         end,
+        pull_timing(),
+        1,
         |jb, block, now| {
             if now < t0 {
                 at_t0 = jb.stats();

@@ -9,6 +9,7 @@
 //! The binaries are looked up next to the test executable (`target/<profile>/`), so build
 //! them first: `cargo build --bins && cargo nextest run -p natter-e2e`.
 
+pub mod netem;
 pub mod pulse;
 
 use serde::Deserialize;

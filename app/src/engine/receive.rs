@@ -21,6 +21,11 @@ pub struct PeerStats {
     pub duplicates: u64,
     pub concealed: u64,
     pub fec_recovered: u64,
+    /// Times the jitter buffer ran dry, faded out and restarted.
+    pub rebuffers: u64,
+    /// Audio the jitter buffer removed (accelerate) and added (expand) to change its delay, ms.
+    pub accelerated_ms: f64,
+    pub expanded_ms: f64,
     /// RFC 3550 interarrival jitter, ms.
     pub jitter_ms: f64,
     /// Round trip to this peer from RTCP (its reports on our stream), ms.
@@ -122,6 +127,9 @@ impl RemotePeer {
             duplicates: jb.duplicates,
             concealed: jb.concealed,
             fec_recovered: jb.fec_recovered,
+            rebuffers: jb.rebuffers,
+            accelerated_ms: jb.accelerated_ms,
+            expanded_ms: jb.expanded_ms,
             jitter_ms: rtcp.map_or(0.0, |r| f64::from(r.reception.jitter()) / 48.0),
             rtt_ms: rtcp.and_then(|r| r.rtt_ms),
             jitter_buffer_ms: jb.delay_ms,

@@ -67,7 +67,16 @@
 //!
 //! Only by time-scale modification (`stretch.rs`): accelerate (remove one pitch period, WSOLA)
 //! above the band, pre-emptive expand (repeat one) below it, at most one operation per 50 ms; in
-//! low-energy audio and in pauses larger chunks go for free. Before the pull phase is learned, an
+//! low-energy audio and in pauses larger chunks go for free.
+//!
+//! *Where* an excess is accelerated matters as much: shortening inside a word is what listeners
+//! hear as warble (real calls used to accelerate the start-up target's excess away during the
+//! first 2–3 s of speech). So an excess waits for a quiet moment — audio below −15 dB of the
+//! recent speech level, i.e. the gaps between words, unvoiced tails and pauses — and is removed
+//! there; sound is shortened only when the excess is urgent (> 80 ms), has found no gap for
+//! [`JitterConfig::in_sound_wait_ms`] (continuous sound must not keep delay) or right after a
+//! re-buffer (an audible break already). Expansion (the buffer running low) does not wait: a
+//! late packet would cost a concealment, which is worse than a repeated pitch period. Before the pull phase is learned, an
 //! acceleration never takes the *actually buffered* audio (the low point of its saw-tooth over
 //! the last frame) below the setpoint: right after the path has become slower, the offset —
 //! measured against the fastest packet of a 2 s window that still remembers the faster path —
@@ -195,6 +204,25 @@ const DTX_POWER: f32 = 3e-5;
 /// spell is soft speech, and a gap after it a loss (taking it for a pause played silence instead
 /// of concealment in the bench's speech, which dips to −45 dBFS between syllables).
 const QUIET_BEFORE_PAUSE: usize = 7_200;
+/// Accelerating inside speech is what listeners hear as warble, so an excess is removed where
+/// the audio is quiet: the audio about to be shortened must be below this share of the recent
+/// speech level (−15 dB: the gaps between words and syllables, unvoiced tails) — unless it is
+/// urgent or has waited [`JitterConfig::in_sound_wait_ms`] for a quiet moment.
+const QUIET_SHARE: f32 = 0.03;
+/// Time constant of the decay of the recent speech level (its peak frame power), ms: a sentence
+/// spoken more softly than the last still has its own gaps found within a few seconds.
+const SPEECH_LEVEL_TAU_MS: f32 = 1_000.0;
+/// An excess this large (ms above the band) is accelerated in sound at once: waiting for a gap
+/// would cost more than the stretch. Above the start-up excess on a clean path (the initial
+/// target's 40 ms less what the path needs, plus the band), so a stream that starts with speech
+/// converges in its first pause.
+const IN_SOUND_URGENT_MS: f64 = 80.0;
+/// After a re-buffer, how long the restarted playout may be stretched in sound freely, ms: the
+/// restart is an audible break already, and a fine correction right after it is masked by it.
+const AFTER_REBUFFER_MS: f64 = 1_000.0;
+/// Most stretch, concealment and re-buffer events kept for [`JitterBuffer::drain_events`]
+/// between two drains; older ones are dropped (and counted).
+const MAX_EVENTS: usize = 64;
 /// A packet whose transit differs from the window's fastest by more than this belongs to a new
 /// timeline (the sender restarted its clock): start over.
 const DISCONTINUITY_MS: f64 = 10_000.0;
@@ -258,6 +286,11 @@ pub struct JitterConfig {
     pub phase_guard_max_ms: f64,
     /// At most one accelerate or expand per this interval, ms.
     pub min_stretch_interval_ms: f64,
+    /// How long an excess above the band waits for a quiet moment (a gap between words) before
+    /// it is accelerated inside sound anyway, ms: a long run of continuous sound (music, a
+    /// talker who never pauses) must not keep extra delay. Shortening inside a word is what
+    /// listeners hear as warble; real speech has a gap every second or two.
+    pub in_sound_wait_ms: f64,
     /// Consecutive concealment before fading to silence (and re-buffering when dry), ms.
     /// Concealment longer than a few pitch periods sounds synthetic; NetEq fades out over a
     /// similar span.
@@ -299,6 +332,7 @@ impl Default for JitterConfig {
             phase_guard_from_ms: 10.0,
             phase_guard_max_ms: 5.0,
             min_stretch_interval_ms: 50.0,
+            in_sound_wait_ms: 3_000.0,
             max_expand_ms: 100.0,
             fec_lookahead: true,
             fec_quantile: 0.95,
@@ -378,6 +412,31 @@ enum Tail {
     Plc,
 }
 
+/// Something the buffer did to the timeline, for logs that explain a bad recording.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct JitterEvent {
+    /// Pull time at which it happened, ms (the time passed to [`JitterBuffer::pull`]).
+    pub at_ms: f64,
+    pub kind: EventKind,
+    /// Audio removed, added or concealed, ms.
+    pub ms: f64,
+}
+
+/// Kinds of [`JitterEvent`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum EventKind {
+    /// Audio removed: a pitch period (or more, when urgent) of sound, or silence.
+    Accelerate { in_sound: bool },
+    /// Audio added.
+    Expand { in_sound: bool },
+    /// A missing packet's slot played from concealment.
+    Conceal,
+    /// A missing packet recovered from the next packet's FEC.
+    FecRecovered,
+    /// Ran dry for too long: faded out, playout restarts at the setpoint.
+    Rebuffer,
+}
+
 /// The jitter buffer for one sender.
 #[derive(Debug)]
 pub struct JitterBuffer<D> {
@@ -434,6 +493,20 @@ pub struct JitterBuffer<D> {
     next_level: usize,
     delay_avg: Option<f64>,
     last_mark_ms: f64,
+    /// Peak power of recently decoded frames, decaying with [`SPEECH_LEVEL_TAU_MS`].
+    speech_power: f32,
+    /// Since when the playout has been above its band (waiting for a quiet moment).
+    excess_since_ms: Option<f64>,
+    /// A re-buffer happened and playout has not restarted yet.
+    restarting: bool,
+    /// Until when stretching in sound is free after a restart ([`AFTER_REBUFFER_MS`]).
+    free_stretch_until_ms: f64,
+    /// Pull time of the current pull, for event stamps.
+    now_ms: f64,
+    /// Events since the last drain (preallocated, at most [`MAX_EVENTS`]).
+    events: Vec<JitterEvent>,
+    /// Events dropped because nobody drained them in time.
+    pub events_dropped: u64,
     stats: JitterStats,
 }
 
@@ -472,6 +545,13 @@ impl<D: Decode> JitterBuffer<D> {
             next_level: 0,
             delay_avg: None,
             last_mark_ms: 0.0,
+            speech_power: 0.0,
+            excess_since_ms: None,
+            restarting: false,
+            free_stretch_until_ms: f64::NEG_INFINITY,
+            now_ms: 0.0,
+            events: Vec::with_capacity(MAX_EVENTS),
+            events_dropped: 0,
             stats: JitterStats::default(),
             config,
             decoder,
@@ -480,6 +560,27 @@ impl<D: Decode> JitterBuffer<D> {
 
     pub fn stats(&self) -> JitterStats {
         self.stats
+    }
+
+    /// Hands out (and forgets) what the buffer did since the last call: every stretch,
+    /// concealment, FEC recovery and re-buffer with its time, so that a recording can be
+    /// explained afterwards (the engine logs them at debug level).
+    pub fn drain_events(&mut self, mut f: impl FnMut(JitterEvent)) {
+        for e in self.events.drain(..) {
+            f(e);
+        }
+    }
+
+    fn event(&mut self, kind: EventKind, samples: usize) {
+        if self.events.len() >= MAX_EVENTS {
+            self.events_dropped += 1;
+            return;
+        }
+        self.events.push(JitterEvent {
+            at_ms: self.now_ms,
+            kind,
+            ms: samples as f64 / SAMPLES_PER_MS,
+        });
     }
 
     /// Changes the target's limits live, e.g. when the user switches between an automatic
@@ -569,6 +670,7 @@ impl<D: Decode> JitterBuffer<D> {
             return;
         }
         self.block = n;
+        self.now_ms = now_ms;
         self.phase.on_pull(now_ms, self.played_total, n);
         let played_ms = self.played_total as f64 / SAMPLES_PER_MS;
         let c = now_ms - played_ms;
@@ -774,6 +876,9 @@ impl<D: Decode> JitterBuffer<D> {
         self.playout_ts = Some(p.ts);
         self.last_seq = Some(p.seq.saturating_sub(1));
         self.mode = Mode::Playing;
+        if std::mem::take(&mut self.restarting) {
+            self.free_stretch_until_ms = now_ms + AFTER_REBUFFER_MS;
+        }
         self.tail = Tail::Silence;
         self.credit = 0;
         self.plc_run = 0;
@@ -806,6 +911,8 @@ impl<D: Decode> JitterBuffer<D> {
 
     fn rebuffer(&mut self) {
         self.stats.rebuffers += 1;
+        self.restarting = true;
+        self.event(EventKind::Rebuffer, 0);
         self.mode = Mode::Buffering;
         self.tail = Tail::Silence;
         self.credit = 0;
@@ -888,6 +995,8 @@ impl<D: Decode> JitterBuffer<D> {
         };
         if ok {
             let power = self.scratch.iter().map(|s| s * s).sum::<f32>() / len as f32;
+            let decay = (-(len as f32) / (SAMPLES_PER_MS as f32 * SPEECH_LEVEL_TAU_MS)).exp();
+            self.speech_power = power.max(self.speech_power * decay);
             self.quiet_run = if power < DTX_POWER {
                 self.quiet_run + len
             } else {
@@ -966,6 +1075,7 @@ impl<D: Decode> JitterBuffer<D> {
             }) && self.scratch.len() == gap;
             if fec_ok {
                 self.stats.fec_recovered += 1;
+                self.event(EventKind::FecRecovered, gap);
                 self.plc_run = 0;
                 self.append(Tail::Audio);
                 self.advance(gap);
@@ -1025,6 +1135,7 @@ impl<D: Decode> JitterBuffer<D> {
                     self.advance(skip);
                     self.stats.accelerations += 1;
                     self.stats.accelerated_ms += skip as f64 / SAMPLES_PER_MS;
+                    self.event(EventKind::Accelerate { in_sound: false }, skip);
                     gap -= skip;
                     if gap == 0 {
                         return;
@@ -1033,6 +1144,10 @@ impl<D: Decode> JitterBuffer<D> {
             } else if m < 0.0 {
                 let extra = ((land - m) * SAMPLES_PER_MS).round() as usize;
                 self.fade_to_silence(extra.min(MAX_SILENCE_STRETCH));
+                self.event(
+                    EventKind::Expand { in_sound: false },
+                    extra.min(MAX_SILENCE_STRETCH),
+                );
                 self.stats.expansions += 1;
                 self.stats.expanded_ms += extra.min(MAX_SILENCE_STRETCH) as f64 / SAMPLES_PER_MS;
             }
@@ -1078,6 +1193,7 @@ impl<D: Decode> JitterBuffer<D> {
         self.plc_run += samples;
         self.stats.concealed += (self.plc_run.div_ceil(frame) - before) as u64;
         self.stats.concealed_ms += samples as f64 / SAMPLES_PER_MS;
+        self.event(EventKind::Conceal, samples);
         if self.plc_run >= max {
             stretch::fade(&mut self.scratch, false);
         }
@@ -1133,6 +1249,9 @@ impl<D: Decode> JitterBuffer<D> {
             return;
         };
         let (h, _) = self.band_ms(now_ms);
+        if m <= h {
+            self.excess_since_ms = None;
+        }
         if (0.0..=h).contains(&m) {
             return;
         }
@@ -1155,7 +1274,12 @@ impl<D: Decode> JitterBuffer<D> {
         let done = if m > h {
             // Never below the lower edge: accelerate removes at most the excess.
             let excess = ((m * SAMPLES_PER_MS) as usize).min(self.removable(now_ms));
-            excess >= MIN_LAG && self.accelerate(excess, m > URGENT_MS)
+            // Inside a word only when urgent or after waiting long enough for a gap.
+            let since = *self.excess_since_ms.get_or_insert(now_ms);
+            let in_sound_ok = m > IN_SOUND_URGENT_MS
+                || now_ms - since >= self.config.in_sound_wait_ms
+                || now_ms < self.free_stretch_until_ms;
+            excess >= MIN_LAG && self.accelerate(excess, m > URGENT_MS, in_sound_ok)
         } else {
             // May overshoot by up to the hysteresis (a pitch period is what it is).
             let max_insert = ((self.config.hysteresis_ms - m) * SAMPLES_PER_MS) as usize;
@@ -1166,22 +1290,41 @@ impl<D: Decode> JitterBuffer<D> {
         }
     }
 
-    /// Removes at most `max_remove` samples; true if it did.
-    fn accelerate(&mut self, max_remove: usize, urgent: bool) -> bool {
+    /// Whether the decoded audio about to play is quiet against the recent speech level: a gap
+    /// between words or an unvoiced tail, where shortening is not heard.
+    fn quiet_ahead(&self) -> bool {
+        let x = self.sync.future();
+        let x = &x[..x.len().min(LOOKAHEAD)];
+        if x.is_empty() {
+            return false;
+        }
+        let power = x.iter().map(|s| s * s).sum::<f32>() / x.len() as f32;
+        power < DTX_POWER || power < QUIET_SHARE * self.speech_power
+    }
+
+    /// Removes at most `max_remove` samples; true if it did. Sound that is not quiet is only
+    /// shortened with `in_sound_ok`.
+    fn accelerate(&mut self, max_remove: usize, urgent: bool, in_sound_ok: bool) -> bool {
         let x = self.sync.future();
         let silent = stretch::silent_prefix(x);
         if silent >= 2 * FADE {
             let k = max_remove.min(silent - FADE).min(MAX_SILENCE_STRETCH);
             if k >= FADE {
                 self.sync.accelerate(k, FADE);
-                self.count_acceleration(k);
+                self.count_acceleration(k, false);
                 return true;
             }
         }
+        let quiet = self.quiet_ahead();
+        if !quiet && !in_sound_ok {
+            return false;
+        }
+        let x = self.sync.future();
         let Some(p) = self.pitch.find(x, MIN_LAG, max_remove.min(MAX_LAG)) else {
             return false;
         };
-        if p.correlation < MIN_CORRELATION && !urgent {
+        // Quiet audio may be shortened even where it is not periodic: nothing to hear there.
+        if p.correlation < MIN_CORRELATION && !urgent && !quiet {
             return false;
         }
         let periods = if urgent {
@@ -1190,13 +1333,14 @@ impl<D: Decode> JitterBuffer<D> {
             1
         };
         self.sync.accelerate(periods * p.lag, p.lag);
-        self.count_acceleration(periods * p.lag);
+        self.count_acceleration(periods * p.lag, !quiet);
         true
     }
 
-    fn count_acceleration(&mut self, samples: usize) {
+    fn count_acceleration(&mut self, samples: usize, in_sound: bool) {
         self.stats.accelerations += 1;
         self.stats.accelerated_ms += samples as f64 / SAMPLES_PER_MS;
+        self.event(EventKind::Accelerate { in_sound }, samples);
     }
 
     /// Inserts at most `max_insert` samples; true if it did.
@@ -1207,6 +1351,7 @@ impl<D: Decode> JitterBuffer<D> {
             .min(MAX_SILENCE_STRETCH);
         let k = if silent >= 2 * FADE && silence_chunk >= FADE {
             self.sync.expand(silence_chunk, FADE);
+            self.event(EventKind::Expand { in_sound: false }, silence_chunk);
             silence_chunk
         } else {
             let x = self.sync.future();
@@ -1217,6 +1362,7 @@ impl<D: Decode> JitterBuffer<D> {
                 return false;
             }
             self.sync.expand(p.lag, p.lag);
+            self.event(EventKind::Expand { in_sound: true }, p.lag);
             p.lag
         };
         self.stats.expansions += 1;

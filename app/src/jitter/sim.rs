@@ -333,28 +333,92 @@ pub fn arrivals(profile: &NetworkProfile, frames: usize, seed: u64) -> Vec<Arriv
 pub fn run<D: Decode>(
     jb: &mut JitterBuffer<D>,
     arrivals: &[Arrival],
+    packet: impl FnMut(usize, &mut Vec<u8>) -> (u16, u32),
+    first_pull_ms: f64,
+    end_ms: f64,
+    on_block: impl FnMut(&JitterBuffer<D>, &[f32], f64),
+) {
+    run_timed(
+        jb,
+        arrivals,
+        packet,
+        first_pull_ms,
+        end_ms,
+        PullTiming::PERFECT,
+        0,
+        on_block,
+    );
+}
+
+/// When a live engine pulls, unlike the perfect 10 ms puller of [`run`]: the engine mixes a
+/// whole device period at one instant, just before the device needs it; its thread wakes up a
+/// little late every time (scheduling), and on a busy machine now and then much later — the
+/// pulls it owes are then made at once. Packets are handed to the buffer only at wake-ups, with
+/// their true arrival times (the transport stamps them). Simulators that pull perfectly flatter
+/// the buffer (design guide §3); this puts the engine's timing noise back.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PullTiming {
+    /// Device period, ms: `period_ms / 10` blocks are pulled per wake-up.
+    pub period_ms: f64,
+    /// Every wake-up is late by a uniform 0–`wake_ms`, ms.
+    pub wake_ms: f64,
+    /// Per wake-up, the probability of a stall …
+    pub stall_p: f64,
+    /// … of a uniform 0–`stall_ms` on top, ms.
+    pub stall_ms: f64,
+}
+
+impl PullTiming {
+    /// One block every 10 ms, exactly on time (what [`run`] does).
+    pub const PERFECT: PullTiming = PullTiming {
+        period_ms: 10.0,
+        wake_ms: 0.0,
+        stall_p: 0.0,
+        stall_ms: 0.0,
+    };
+}
+
+/// [`run`] with the pulls of a live engine ([`PullTiming`]); `seed` draws the wake-up delays.
+#[allow(clippy::too_many_arguments)]
+pub fn run_timed<D: Decode>(
+    jb: &mut JitterBuffer<D>,
+    arrivals: &[Arrival],
     mut packet: impl FnMut(usize, &mut Vec<u8>) -> (u16, u32),
     first_pull_ms: f64,
     end_ms: f64,
+    timing: PullTiming,
+    seed: u64,
     mut on_block: impl FnMut(&JitterBuffer<D>, &[f32], f64),
 ) {
+    let mut rng = Rng::new(seed ^ 0x5EED_0F90);
+    let blocks = (timing.period_ms / 10.0).round().max(1.0) as u64;
     let mut block = [0.0f32; 480];
     let mut payload = Vec::with_capacity(1_500);
     let mut next = 0;
     let mut k = 0u64;
+    let mut last = f64::NEG_INFINITY;
     loop {
-        let now = first_pull_ms + k as f64 * 10.0;
-        if now >= end_ms {
+        let due = first_pull_ms + (k * blocks) as f64 * 10.0;
+        if due >= end_ms {
             break;
         }
+        let mut late = timing.wake_ms * rng.uniform();
+        if timing.stall_p > 0.0 && rng.chance(timing.stall_p) {
+            late += timing.stall_ms * rng.uniform();
+        }
+        // A late wake-up never comes before the previous one.
+        let now = (due + late).max(last);
+        last = now;
         while let Some(a) = arrivals.get(next).filter(|a| a.at_ms <= now) {
             payload.clear();
             let (seq, ts) = packet(a.frame, &mut payload);
             jb.insert(seq, ts, &payload, a.at_ms);
             next += 1;
         }
-        jb.pull(&mut block, now);
-        on_block(jb, &block, now);
+        for _ in 0..blocks {
+            jb.pull(&mut block, now);
+            on_block(jb, &block, now);
+        }
         k += 1;
     }
 }
@@ -477,6 +541,46 @@ mod tests {
             out.extend((self.0..self.0 + samples).map(|i| 0.3 * (w * i as f32).sin()));
             self.0 += samples;
         }
+    }
+
+    #[test]
+    fn engine_timing_bunches_pulls_late_and_in_order() {
+        let timing = PullTiming {
+            period_ms: 20.0,
+            wake_ms: 2.0,
+            stall_p: 0.01,
+            stall_ms: 40.0,
+        };
+        let a = arrivals(&NetworkProfile::constant(5.0), 500, 0);
+        let mut jb = JitterBuffer::new(JitterConfig::default(), Tone(0));
+        let mut nows = Vec::new();
+        run_timed(
+            &mut jb,
+            &a,
+            |f, _| (f as u16, f as u32 * 960),
+            0.3,
+            10_000.0,
+            timing,
+            3,
+            |_, _, now| nows.push(now),
+        );
+        // Two blocks per 20 ms period, at the same instant, never earlier than due.
+        assert_eq!(nows.len(), 1_000);
+        for (k, pair) in nows.chunks(2).enumerate() {
+            assert_eq!(pair[0], pair[1]);
+            assert!(pair[0] >= 0.3 + 20.0 * k as f64, "{k}: {pair:?}");
+        }
+        assert!(nows.windows(2).all(|w| w[0] <= w[1]));
+        // Some stalls happened (up to 40 ms late), most wake-ups are within 2 ms.
+        let lateness: Vec<f64> = nows
+            .chunks(2)
+            .enumerate()
+            .map(|(k, p)| p[0] - 0.3 - 20.0 * k as f64)
+            .collect();
+        assert!(lateness.iter().any(|&l| l > 5.0));
+        assert!(lateness.iter().filter(|&&l| l <= 2.0).count() > 450);
+        // The buffer copes: everything played, nothing concealed on this clean path.
+        assert_eq!(jb.stats().concealed, 0, "{:?}", jb.stats());
     }
 
     #[test]

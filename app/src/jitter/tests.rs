@@ -366,22 +366,7 @@ fn play(
     config: JitterConfig,
     voice: Voice,
 ) -> (JitterBuffer<Fake>, Probe) {
-    pkts.sort_by(|a, b| a.at.total_cmp(&b.at));
-    let mut jb = JitterBuffer::new(config, Fake::new(voice));
-    let mut probe = Probe::default();
-    let mut block = [0.0f32; 480];
-    let mut next = 0;
-    let mut now = 0.3;
-    while now < end_ms {
-        while next < pkts.len() && pkts[next].at <= now {
-            let p = &pkts[next];
-            jb.insert(p.seq, p.ts, &p.payload, p.at);
-            next += 1;
-        }
-        jb.pull(&mut block, now);
-        probe.observe(&jb, &block, now);
-        now += 10.0;
-    }
+    let (jb, probe, _) = play_with_events(pkts, end_ms, config, voice);
     (jb, probe)
 }
 
@@ -458,6 +443,16 @@ fn simulate_frames(
         |jb, block, now| probe.observe(jb, block, now),
     );
     (jb, probe)
+}
+
+/// Stretches inside sound at once instead of waiting for a quiet moment, as the buffer did
+/// before it learned to wait: for tests of other mechanics (FEC, merges, stalls) that need the
+/// start-up excess gone within the first second — [`Voice::Tone`] never has a quiet moment.
+fn eager_config() -> JitterConfig {
+    JitterConfig {
+        in_sound_wait_ms: 0.0,
+        ..JitterConfig::default()
+    }
 }
 
 /// The old behaviour: a whole pull block on top of the margin, no phase learning.
@@ -574,7 +569,7 @@ fn lost_packet_is_recovered_by_fec_when_the_next_is_already_here() {
     // whole pull block on top of the margin.)
     let config = JitterConfig {
         min_target_ms: 30.0,
-        ..JitterConfig::default()
+        ..eager_config()
     };
     let (jb, probe) = simulate_arrivals(&arrivals, end, config, Voice::Tone);
     let log = &jb.decoder().log;
@@ -585,7 +580,7 @@ fn lost_packet_is_recovered_by_fec_when_the_next_is_already_here() {
     // With the default (5 ms) margin it is not: the first loss is concealed (partly while
     // waiting for 61) — and from then on the target holds one frame of look-ahead.
     // (At 1.2 s the buffer still keeps the block setpoint: its histogram has not seen enough.)
-    let (jb, _) = simulate_arrivals(&arrivals, end, JitterConfig::default(), Voice::Tone);
+    let (jb, _) = simulate_arrivals(&arrivals, end, eager_config(), Voice::Tone);
     assert_eq!((jb.stats().fec_recovered, jb.stats().concealed), (0, 1));
     assert!(jb.decoder().log.iter().any(|e| matches!(e, Event::Plc(_))));
     assert!(
@@ -790,7 +785,7 @@ fn a_300_ms_stall_does_not_build_up_delay_or_raise_the_target() {
 fn a_short_stall_is_waited_out_then_accelerated_away() {
     // 80 ms: the buffer conceals while waiting, plays the late packets, then has ~70 ms too much.
     let profile = NetworkProfile::spike(30_000.0, 80.0);
-    let (jb, probe) = simulate(&profile, 2_000, 1, JitterConfig::default(), Voice::Tone);
+    let (jb, probe) = simulate(&profile, 2_000, 1, eager_config(), Voice::Tone);
     let s = jb.stats();
     let before = probe.mean_delay(20, 29);
     println!("before {before:.1}, {s:?}");
@@ -1078,7 +1073,7 @@ fn concealment_merges_into_the_late_packet() {
     let (jb, probe) = simulate_arrivals(
         &arrivals,
         arrivals.last().unwrap().at_ms,
-        JitterConfig::default(),
+        eager_config(),
         Voice::Level,
     );
     let s = jb.stats();
@@ -1204,7 +1199,7 @@ fn timestamp_discontinuity_restarts_and_overflow_discards_the_oldest() {
             payload: payload(i, 960).to_vec(),
         });
     }
-    let (jb, probe) = play(&mut pkts, 4_005.0, JitterConfig::default(), Voice::Tone);
+    let (jb, probe) = play(&mut pkts, 4_005.0, eager_config(), Voice::Tone);
     let s = jb.stats();
     println!("{s:?}");
     let decoded = jb.decoder().decoded();
@@ -1467,7 +1462,7 @@ fn no_concealment_past_the_loss_when_the_codec_continues_smoothly() {
     let (jb, probe) = decode_arrivals(
         &arrivals,
         end,
-        JitterConfig::default(),
+        eager_config(),
         Fake::smooth(Voice::Tone),
         Probe::default(),
     );
@@ -1481,7 +1476,7 @@ fn no_concealment_past_the_loss_when_the_codec_continues_smoothly() {
     );
     assert_eq!(probe.clicks, 0);
     // A codec that does not say so still gets its crossfade (one quantum past the loss).
-    let (jb, probe) = simulate_arrivals(&arrivals, end, JitterConfig::default(), Voice::Level);
+    let (jb, probe) = simulate_arrivals(&arrivals, end, eager_config(), Voice::Level);
     assert!(jb.decoder().plc_runs().iter().any(|&n| n % 960 == QUANTUM));
     assert!(probe.clicks <= 3, "{}", probe.clicks);
 }
@@ -1733,4 +1728,180 @@ fn packets_longer_than_their_spacing_do_not_build_up_delay() {
     assert!(s.delay_ms < 20.0, "delay back to normal: {s:?}");
     assert!(s.late <= 50, "only the overlapped packets are late: {s:?}");
     assert_eq!((s.rebuffers, s.concealed), (0, 0), "{s:?}");
+}
+
+/// Plays hand-made packets like [`play`], pulling every 10 ms from 0.3 ms, and collects the
+/// buffer's events with the output sample index at which each happened.
+fn play_with_events(
+    pkts: &mut [Pkt],
+    end_ms: f64,
+    config: JitterConfig,
+    voice: Voice,
+) -> (JitterBuffer<Fake>, Probe, Vec<JitterEvent>) {
+    pkts.sort_by(|a, b| a.at.total_cmp(&b.at));
+    let mut jb = JitterBuffer::new(config, Fake::new(voice));
+    let mut probe = Probe::default();
+    let mut events = Vec::new();
+    let mut block = [0.0f32; 480];
+    let mut next = 0;
+    let mut now = 0.3;
+    while now < end_ms {
+        while next < pkts.len() && pkts[next].at <= now {
+            let p = &pkts[next];
+            jb.insert(p.seq, p.ts, &p.payload, p.at);
+            next += 1;
+        }
+        jb.pull(&mut block, now);
+        jb.drain_events(|e| events.push(e));
+        probe.observe(&jb, &block, now);
+        now += 10.0;
+    }
+    (jb, probe, events)
+}
+
+#[test]
+fn a_stream_starting_with_speech_converges_in_its_pauses_not_inside_words() {
+    // A clean 5 ms path: the start-up target (40 ms) is far above what the path needs. The
+    // talker speaks for 1.8 s, is quiet for 0.2 s (its codec still sends), pauses 0.5 s (sends
+    // nothing) and speaks again.
+    let (mut pkts, end) = talk_pause_talk(100, 10, 500.0, 0.0, false);
+    let (jb, probe, events) =
+        play_with_events(&mut pkts, end, JitterConfig::default(), Voice::Tone);
+    let s = jb.stats();
+    let in_sound: Vec<&JitterEvent> = events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.kind,
+                EventKind::Accelerate { in_sound: true } | EventKind::Expand { in_sound: true }
+            )
+        })
+        .collect();
+    assert!(in_sound.is_empty(), "stretched inside speech: {in_sound:?}");
+    // The excess went in the quiet frames and the pause: every acceleration before the second
+    // talk spurt, and afterwards the delay is where the pull phase puts a clean path.
+    assert!(s.accelerations > 0 && s.accelerated_ms >= 20.0, "{s:?}");
+    assert!(
+        events
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::Accelerate { .. }))
+            .all(|e| e.at_ms < 2_600.0),
+        "{events:?}"
+    );
+    let floor = phase_floor(20.0, 5.0, 5.0, 0.3);
+    assert!(
+        s.delay_ms <= floor + TONE_STEP_MS + 1e-6,
+        "not converged: {s:?} (floor {floor})"
+    );
+    assert_eq!((s.concealed, s.late, s.rebuffers), (0, 0, 0), "{s:?}");
+    assert_eq!(probe.clicks, 0);
+}
+
+#[test]
+fn an_excess_without_any_pause_is_still_removed_inside_sound() {
+    // Continuous sound (music, or a talker who never pauses) must not keep the start-up delay:
+    // after waiting for a quiet moment it is accelerated in sound after all.
+    let (jb, probe) = simulate(
+        &NetworkProfile::constant(5.0),
+        500,
+        1,
+        JitterConfig::default(),
+        Voice::Tone,
+    );
+    let late = probe.stats_at(9);
+    let floor = phase_floor(20.0, 5.0, 5.0, 0.3);
+    assert!(late.delay_ms <= floor + TONE_STEP_MS + 1e-6, "{late:?}");
+    // But not in the first seconds.
+    assert_eq!(
+        probe.stats_at(2).accelerations,
+        0,
+        "{:?}",
+        probe.stats_at(2)
+    );
+    assert_eq!(jb.stats().concealed, 0);
+}
+
+/// Runs 20 ms frames arriving per `arrivals` against a puller that pulls a 10 ms block every
+/// 10 ms from 0.3 ms, except that `hiccup(now)` may hold a pull back: the pulls it skips are
+/// made later in one go at the time it returns (an engine thread woken late catching up).
+fn play_with_puller(
+    arrivals: &[Arrival],
+    end_ms: f64,
+    mut late_by: impl FnMut(f64) -> f64,
+) -> (JitterBuffer<Fake>, Probe) {
+    let mut jb = JitterBuffer::new(JitterConfig::default(), Fake::new(Voice::Tone));
+    let mut probe = Probe::default();
+    let mut block = [0.0f32; 480];
+    let mut next = 0;
+    let mut due = 0.3;
+    while due < end_ms {
+        let now = due + late_by(due);
+        while next < arrivals.len() && arrivals[next].at_ms <= now {
+            let a = arrivals[next];
+            let (seq, ts) = numbering(a.frame);
+            jb.insert(seq, ts, &payload(a.frame as u32, 960), a.at_ms);
+            next += 1;
+        }
+        jb.pull(&mut block, now);
+        probe.observe(&jb, &block, now);
+        due += 10.0;
+    }
+    (jb, probe)
+}
+
+#[test]
+fn a_scheduling_hiccup_of_the_puller_does_not_raise_the_delay() {
+    // A clean 5 ms path; the engine's wake-ups are late by up to 2 ms all the time (scheduling
+    // noise), and at 10 s one wake-up comes 35 ms late: the pulls due meanwhile come at once.
+    let arrivals = sim::arrivals(&NetworkProfile::constant(5.0), 1_000, 1);
+    let end = arrivals.last().unwrap().at_ms;
+    let mut noise = 0u64;
+    let (jb, probe) = play_with_puller(&arrivals, end, |due| {
+        noise = noise
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1);
+        let jitter = (noise >> 40) as f64 / (1u64 << 24) as f64 * 2.0;
+        if (10_000.0..10_035.0).contains(&due) {
+            10_035.0 - due + jitter
+        } else {
+            jitter
+        }
+    });
+    let before = probe.stats_at(9);
+    let after = probe.stats_at(19);
+    println!("before {before:?}\nafter {after:?}");
+    assert!(
+        after.target_ms <= before.target_ms,
+        "the hiccup raised the target: {before:?} → {after:?}"
+    );
+    assert!(
+        after.delay_ms <= before.delay_ms + 2.5,
+        "the hiccup raised the delay: {before:?} → {after:?}"
+    );
+    assert_eq!(jb.stats().concealed, 0);
+}
+
+#[test]
+fn reordered_packets_within_reach_play_in_order_without_concealment() {
+    // Every tenth packet is overtaken by the next one (30 ms instead of 5 ms of delay): once
+    // the buffer has seen that (its target covers it), they are all played, in order, from the
+    // real packet — no concealment and no FEC.
+    let arrivals = schedule(1_500, |i| Some(if i % 10 == 5 { 30.0 } else { 5.0 }));
+    let end = arrivals.last().unwrap().at_ms;
+    let (jb, probe) = simulate_arrivals(&arrivals, end, JitterConfig::default(), Voice::Tone);
+    let warm = probe.stats_at(3);
+    let s = jb.stats();
+    println!("after 3 s {warm:?}\nend {s:?}");
+    assert_eq!(
+        (
+            s.concealed - warm.concealed,
+            s.fec_recovered - warm.fec_recovered,
+            s.late - warm.late
+        ),
+        (0, 0, 0),
+        "{s:?}"
+    );
+    let decoded = jb.decoder().decoded();
+    assert!(decoded.windows(2).all(|w| w[0] < w[1]), "played in order");
+    assert!(s.delay_ms < 45.0, "{s:?}");
 }

@@ -1,0 +1,545 @@
+//! A seeded network impairment model (sans-IO) and the UDP proxy shell around it.
+//!
+//! The kernel here has no `sch_netem`, so delay, jitter, loss and reordering are applied in
+//! user space: [`Impairment`] decides, per packet and from the time passed in, whether the
+//! packet is lost and when it is delivered; [`run_proxy`] moves real datagrams between one
+//! client and one upstream address on loopback and holds each until its delivery time.
+//! The same seed and the same arrival times give the same decisions, so a bad run can be
+//! replayed, and the model is tested without sockets or clocks.
+//!
+//! Everything is bounded: delays are clamped to [`MAX_DELAY`], and the proxy drops (and
+//! counts) packets once [`MAX_QUEUED`] are waiting.
+
+use std::collections::BinaryHeap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Longest a packet is ever held, whatever the jitter draws.
+pub const MAX_DELAY: Duration = Duration::from_secs(2);
+/// Packets waiting in the proxy (both directions) before new ones are dropped.
+pub const MAX_QUEUED: usize = 4096;
+
+/// How packets are lost.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Loss {
+    None,
+    /// Each packet independently with this probability.
+    Random(f64),
+    /// Gilbert-Elliott: a good state that loses nothing and a bad state that loses every
+    /// packet; `rate` is the long-run loss fraction and `mean_burst` the mean run length.
+    Bursty {
+        rate: f64,
+        mean_burst: f64,
+    },
+}
+
+/// How each packet's extra delay is drawn.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Jitter {
+    None,
+    /// Normal with this standard deviation (ms), truncated at zero extra delay below the base.
+    Gaussian {
+        sd_ms: f64,
+    },
+    /// Mostly calm (Gaussian `sd_ms`), with spikes: with probability `spike_prob` per packet a
+    /// delay spike of up to `spike_ms` starts and decays linearly over the next `spike_len`
+    /// packets (a queue building and draining).
+    Bursty {
+        sd_ms: f64,
+        spike_prob: f64,
+        spike_ms: f64,
+        spike_len: u32,
+    },
+}
+
+/// One direction's impairment settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Profile {
+    /// Fixed one-way delay added to every packet.
+    pub delay_ms: f64,
+    pub jitter: Jitter,
+    pub loss: Loss,
+    /// Let jitter reorder packets (each packet's delay is independent). Without it a packet
+    /// never overtakes the one before it (it waits for it, as behind a FIFO queue).
+    pub reorder: bool,
+}
+
+impl Profile {
+    pub const CLEAN: Profile = Profile {
+        delay_ms: 0.0,
+        jitter: Jitter::None,
+        loss: Loss::None,
+        reorder: false,
+    };
+}
+
+/// Small deterministic PRNG (SplitMix64): reproducible without a crate, good enough for
+/// drawing losses and delays.
+#[derive(Debug, Clone)]
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Standard normal (Box-Muller).
+    fn normal(&mut self) -> f64 {
+        let u1 = self.uniform().max(f64::MIN_POSITIVE);
+        let u2 = self.uniform();
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+}
+
+/// What happened to the packets of one direction so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Counters {
+    pub packets: u64,
+    pub lost: u64,
+    /// Delivered before a packet that arrived earlier.
+    pub reordered: u64,
+}
+
+/// The impairment of one direction: packet arrival times in, delivery times (or loss) out.
+#[derive(Debug, Clone)]
+pub struct Impairment {
+    profile: Profile,
+    rng: Rng,
+    bad_state: bool,
+    /// Remaining packets of the current delay spike and its height at the start.
+    spike_left: u32,
+    spike_height_ms: f64,
+    last_delivery: Duration,
+    counters: Counters,
+}
+
+impl Impairment {
+    pub fn new(profile: Profile, seed: u64) -> Self {
+        Self {
+            profile,
+            rng: Rng(seed),
+            bad_state: false,
+            spike_left: 0,
+            spike_height_ms: 0.0,
+            last_delivery: Duration::ZERO,
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// A packet arrived at `now`: `None` if it is lost, else when to deliver it.
+    pub fn on_packet(&mut self, now: Duration) -> Option<Duration> {
+        self.counters.packets += 1;
+        if self.lose() {
+            self.counters.lost += 1;
+            return None;
+        }
+        let extra_ms = self.profile.delay_ms + self.jitter_ms();
+        let delay = Duration::from_secs_f64((extra_ms / 1000.0).max(0.0)).min(MAX_DELAY);
+        let mut at = now + delay;
+        if at < self.last_delivery {
+            if self.profile.reorder {
+                self.counters.reordered += 1;
+            } else {
+                at = self.last_delivery;
+            }
+        }
+        self.last_delivery = self.last_delivery.max(at);
+        Some(at)
+    }
+
+    fn lose(&mut self) -> bool {
+        match self.profile.loss {
+            Loss::None => false,
+            Loss::Random(p) => self.rng.uniform() < p,
+            Loss::Bursty { rate, mean_burst } => {
+                // Leave the bad state after a geometric run of mean `mean_burst`; enter it so
+                // that the stationary share of bad packets is `rate`.
+                let p_leave = 1.0 / mean_burst.max(1.0);
+                let rate = rate.clamp(0.0, 0.99);
+                let p_enter = rate * p_leave / (1.0 - rate);
+                let u = self.rng.uniform();
+                self.bad_state = if self.bad_state {
+                    u >= p_leave
+                } else {
+                    u < p_enter
+                };
+                self.bad_state
+            }
+        }
+    }
+
+    fn jitter_ms(&mut self) -> f64 {
+        match self.profile.jitter {
+            Jitter::None => 0.0,
+            Jitter::Gaussian { sd_ms } => (sd_ms * self.rng.normal()).max(-self.profile.delay_ms),
+            Jitter::Bursty {
+                sd_ms,
+                spike_prob,
+                spike_ms,
+                spike_len,
+            } => {
+                let base = (sd_ms * self.rng.normal()).max(-self.profile.delay_ms);
+                if self.spike_left == 0 && self.rng.uniform() < spike_prob {
+                    self.spike_left = spike_len.max(1);
+                    self.spike_height_ms = spike_ms * (0.5 + 0.5 * self.rng.uniform());
+                }
+                let spike = if self.spike_left > 0 {
+                    let share = self.spike_left as f64 / spike_len.max(1) as f64;
+                    self.spike_left -= 1;
+                    self.spike_height_ms * share
+                } else {
+                    0.0
+                };
+                base + spike
+            }
+        }
+    }
+}
+
+/// A packet held by the proxy until `at`.
+#[derive(Debug, PartialEq, Eq)]
+struct Held {
+    at: Duration,
+    /// Arrival order, so equal times keep their order.
+    seq: u64,
+    to_upstream: bool,
+    data: Vec<u8>,
+}
+
+impl Ord for Held {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        // BinaryHeap is a max-heap: the earliest delivery must compare greatest.
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+impl PartialOrd for Held {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Final counts of a proxy run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProxyReport {
+    pub to_upstream: Counters,
+    pub to_client: Counters,
+    /// Dropped because [`MAX_QUEUED`] packets were already waiting.
+    pub overflow: u64,
+}
+
+/// Forwards datagrams between the first client that sends to `socket` and `upstream`, each
+/// direction through its own [`Impairment`], until `stop` resolves. Packets from any other
+/// address than the client's and upstream's are ignored.
+pub async fn run_proxy(
+    socket: tokio::net::UdpSocket,
+    upstream: SocketAddr,
+    up: Impairment,
+    down: Impairment,
+    stop: impl std::future::Future<Output = ()>,
+) -> std::io::Result<ProxyReport> {
+    // A second socket faces upstream, so upstream sees one peer address for the client.
+    let up_sock = tokio::net::UdpSocket::bind(match upstream {
+        SocketAddr::V4(_) => "127.0.0.1:0",
+        SocketAddr::V6(_) => "[::1]:0",
+    })
+    .await?;
+    up_sock.connect(upstream).await?;
+    let start = tokio::time::Instant::now();
+    let mut up = up;
+    let mut down = down;
+    let mut client: Option<SocketAddr> = None;
+    let mut held = BinaryHeap::<Held>::new();
+    let mut seq = 0u64;
+    let mut overflow = 0u64;
+    let mut buf_a = vec![0u8; 65_536];
+    let mut buf_b = vec![0u8; 65_536];
+    tokio::pin!(stop);
+    loop {
+        let next = held.peek().map(|h| start + h.at);
+        let got = tokio::select! {
+            _ = &mut stop => break,
+            r = socket.recv_from(&mut buf_a) => {
+                let (n, from) = r?;
+                if *client.get_or_insert(from) != from {
+                    continue;
+                }
+                Some((true, n))
+            }
+            r = up_sock.recv(&mut buf_b) => {
+                let n = r?;
+                if client.is_none() {
+                    continue;
+                }
+                Some((false, n))
+            }
+            _ = async { tokio::time::sleep_until(next.unwrap_or(start)).await }, if next.is_some() => None,
+        };
+        if let Some((to_upstream, n)) = got {
+            let imp = if to_upstream { &mut up } else { &mut down };
+            if let Some(at) = imp.on_packet(start.elapsed()) {
+                if held.len() >= MAX_QUEUED {
+                    overflow += 1;
+                } else {
+                    seq += 1;
+                    let data = if to_upstream {
+                        &buf_a[..n]
+                    } else {
+                        &buf_b[..n]
+                    };
+                    held.push(Held {
+                        at,
+                        seq,
+                        to_upstream,
+                        data: data.to_vec(),
+                    });
+                }
+            }
+        }
+        let now = start.elapsed();
+        while held.peek().is_some_and(|h| h.at <= now) {
+            let h = held.pop().expect("peeked");
+            // A send error (e.g. the peer's port closed) loses that packet, as a network would.
+            let _ = if h.to_upstream {
+                up_sock.send(&h.data).await
+            } else {
+                socket.send_to(&h.data, client.expect("client known")).await
+            };
+        }
+    }
+    Ok(ProxyReport {
+        to_upstream: up.counters(),
+        to_client: down.counters(),
+        overflow,
+    })
+}
+
+/// Parses a profile from `key=value` pairs separated by commas, e.g.
+/// `delay=40,jitter=12,loss=5` or `delay=40,burst-jitter=10,ge-loss=8,burst=3,reorder`.
+/// Keys: `delay` (ms), `jitter` (Gaussian sd, ms), `burst-jitter` (sd ms, with 5 % of packets
+/// starting a spike of up to `spike` ms, default 60, over `spike-len` packets, default 10),
+/// `loss` (random, %), `ge-loss` (Gilbert-Elliott, %) with `burst` (mean run, default 3),
+/// `reorder` (let jitter reorder packets).
+pub fn parse_profile(s: &str) -> Result<Profile, String> {
+    let mut p = Profile::CLEAN;
+    let (mut sd, mut burst_jitter, mut spike, mut spike_len) = (0.0, false, 60.0, 10u32);
+    let (mut random, mut ge, mut burst) = (None, None, 3.0);
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = part.split_once('=').unwrap_or((part, ""));
+        let num = || -> Result<f64, String> {
+            let v: f64 = value
+                .parse()
+                .map_err(|_| format!("{key}: not a number: {value:?}"))?;
+            if v.is_finite() && v >= 0.0 {
+                Ok(v)
+            } else {
+                Err(format!("{key}: must be ≥ 0: {value:?}"))
+            }
+        };
+        match key {
+            "delay" => p.delay_ms = num()?.min(MAX_DELAY.as_millis() as f64),
+            "jitter" => sd = num()?,
+            "burst-jitter" => {
+                sd = num()?;
+                burst_jitter = true;
+            }
+            "spike" => spike = num()?,
+            "spike-len" => spike_len = num()?.clamp(1.0, 1000.0) as u32,
+            "loss" => random = Some(num()?.min(100.0) / 100.0),
+            "ge-loss" => ge = Some(num()?.min(99.0) / 100.0),
+            "burst" => burst = num()?.max(1.0),
+            "reorder" => p.reorder = true,
+            _ => return Err(format!("unknown key {key:?}")),
+        }
+    }
+    p.jitter = match (burst_jitter, sd > 0.0) {
+        (true, _) => Jitter::Bursty {
+            sd_ms: sd,
+            spike_prob: 0.05,
+            spike_ms: spike,
+            spike_len,
+        },
+        (false, true) => Jitter::Gaussian { sd_ms: sd },
+        (false, false) => Jitter::None,
+    };
+    p.loss = match (random, ge) {
+        (Some(_), Some(_)) => return Err("use either loss or ge-loss".into()),
+        (Some(r), None) => Loss::Random(r),
+        (None, Some(rate)) => Loss::Bursty {
+            rate,
+            mean_burst: burst,
+        },
+        (None, None) => Loss::None,
+    };
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PERIOD: Duration = Duration::from_millis(20);
+
+    /// Runs `n` packets 20 ms apart; returns each one's delivery (None = lost).
+    fn run(p: Profile, seed: u64, n: u32) -> (Vec<Option<Duration>>, Counters) {
+        let mut imp = Impairment::new(p, seed);
+        let out = (0..n).map(|i| imp.on_packet(PERIOD * i)).collect();
+        (out, imp.counters())
+    }
+
+    #[test]
+    fn clean_profile_delivers_everything_at_once() {
+        let (out, c) = run(Profile::CLEAN, 1, 100);
+        assert!(
+            out.iter()
+                .enumerate()
+                .all(|(i, d)| *d == Some(PERIOD * i as u32))
+        );
+        assert_eq!(c.lost, 0);
+    }
+
+    #[test]
+    fn same_seed_same_decisions_other_seed_others() {
+        let p = parse_profile("delay=40,jitter=12,loss=5,reorder").unwrap();
+        assert_eq!(run(p, 7, 2000).0, run(p, 7, 2000).0);
+        assert_ne!(run(p, 7, 2000).0, run(p, 8, 2000).0);
+    }
+
+    #[test]
+    fn random_loss_rate_and_gaussian_delay_statistics() {
+        let p = parse_profile("delay=40,jitter=12,loss=5").unwrap();
+        let (out, c) = run(p, 3, 50_000);
+        let rate = c.lost as f64 / c.packets as f64;
+        assert!((0.045..0.055).contains(&rate), "loss {rate}");
+        // FIFO: never out of order, and the delay averages at least the base delay.
+        let got: Vec<Duration> = out.iter().flatten().copied().collect();
+        assert!(got.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(c.reordered, 0);
+        let delays: Vec<f64> = out
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| d.map(|d| (d - PERIOD * i as u32).as_secs_f64() * 1e3))
+            .collect();
+        let mean = delays.iter().sum::<f64>() / delays.len() as f64;
+        assert!((40.0..50.0).contains(&mean), "mean delay {mean}");
+    }
+
+    #[test]
+    fn reorder_lets_jitter_overtake_and_counts_it() {
+        let p = parse_profile("delay=40,jitter=12,reorder").unwrap();
+        let (out, c) = run(p, 5, 10_000);
+        let got: Vec<Duration> = out.iter().flatten().copied().collect();
+        let inversions = got.windows(2).filter(|w| w[1] < w[0]).count();
+        assert!(inversions > 100, "{inversions}");
+        assert!(c.reordered > 100);
+        // Standard deviation of the delay is the configured one (give or take).
+        let d: Vec<f64> = out
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.unwrap() - PERIOD * i as u32).as_secs_f64() * 1e3)
+            .collect();
+        let mean = d.iter().sum::<f64>() / d.len() as f64;
+        let sd = (d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / d.len() as f64).sqrt();
+        assert!((11.0..13.0).contains(&sd), "sd {sd}");
+    }
+
+    #[test]
+    fn gilbert_elliott_loss_comes_in_runs_of_the_mean_length() {
+        let p = parse_profile("ge-loss=8,burst=3").unwrap();
+        let (out, c) = run(p, 11, 100_000);
+        let rate = c.lost as f64 / c.packets as f64;
+        assert!((0.07..0.09).contains(&rate), "loss {rate}");
+        let mut runs = vec![];
+        let mut cur = 0;
+        for d in &out {
+            if d.is_none() {
+                cur += 1;
+            } else if cur > 0 {
+                runs.push(cur);
+                cur = 0;
+            }
+        }
+        let mean = runs.iter().sum::<u32>() as f64 / runs.len() as f64;
+        assert!((2.7..3.3).contains(&mean), "mean burst {mean}");
+    }
+
+    #[test]
+    fn bursty_jitter_has_spikes_and_delays_stay_bounded() {
+        let p = parse_profile("delay=2000,burst-jitter=5,spike=80").unwrap();
+        let (out, _) = run(p, 2, 5_000);
+        let d: Vec<f64> = out
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.unwrap() - PERIOD * i as u32).as_secs_f64() * 1e3)
+            .collect();
+        assert!(d.iter().all(|&x| x <= MAX_DELAY.as_secs_f64() * 1e3 + 20.0));
+        let p = parse_profile("delay=40,burst-jitter=3,spike=80").unwrap();
+        let (out, _) = run(p, 2, 5_000);
+        let spikes = out
+            .iter()
+            .enumerate()
+            .filter(|(i, d)| (d.unwrap() - PERIOD * *i as u32) > Duration::from_millis(80))
+            .count();
+        assert!(spikes > 50, "{spikes}");
+    }
+
+    #[test]
+    fn bad_profiles_are_refused_with_the_reason() {
+        assert!(parse_profile("delay=-1").unwrap_err().contains("≥ 0"));
+        assert!(parse_profile("loss=5,ge-loss=5").is_err());
+        assert!(parse_profile("warp=9").unwrap_err().contains("warp"));
+        assert!(parse_profile("jitter=x").unwrap_err().contains("number"));
+    }
+
+    #[test]
+    fn proxy_forwards_both_ways_with_the_delay() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let upstream = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let proxy_sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let proxy_addr = proxy_sock.local_addr().unwrap();
+            let p = parse_profile("delay=30").unwrap();
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let proxy = tokio::spawn(run_proxy(
+                proxy_sock,
+                upstream.local_addr().unwrap(),
+                Impairment::new(p, 1),
+                Impairment::new(p, 2),
+                async {
+                    let _ = rx.await;
+                },
+            ));
+            let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let t0 = tokio::time::Instant::now();
+            client.send_to(b"ping", proxy_addr).await.unwrap();
+            let mut buf = [0u8; 16];
+            let (n, from) = upstream.recv_from(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], b"ping");
+            assert!(t0.elapsed() >= Duration::from_millis(30));
+            upstream.send_to(b"pong", from).await.unwrap();
+            let (n, _) = client.recv_from(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], b"pong");
+            assert!(t0.elapsed() >= Duration::from_millis(60));
+            tx.send(()).unwrap();
+            let report = proxy.await.unwrap().unwrap();
+            assert_eq!(report.to_upstream.packets, 1);
+            assert_eq!(report.to_client.packets, 1);
+        });
+    }
+}
