@@ -18,7 +18,8 @@ if [ "${1:-}" = --test ]; then
   NATTER_SETUP=test "$here/env.sh" cargo build -p natter -p natter-relay --bins --quiet
 else
   out="$(realpath -m "${1:-${CARGO_TARGET_DIR:-target}/debian}")"
-  build=(--locked)
+  # Stripped: the release profile keeps debug info for profiling, which users do not need.
+  build=(--locked --strip)
 fi
 mkdir -p "$out"
 for package in natter-relay natter; do
