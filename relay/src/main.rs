@@ -455,6 +455,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[cfg(unix)]
 async fn wait_for_signal() -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
@@ -463,5 +464,13 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         _ = term.recv() => tracing::info!("SIGTERM"),
         _ = int.recv() => tracing::info!("SIGINT"),
     }
+    Ok(())
+}
+
+/// Elsewhere (Windows): Ctrl-C, which is also what a service stop sends a console program.
+#[cfg(not(unix))]
+async fn wait_for_signal() -> anyhow::Result<()> {
+    tokio::signal::ctrl_c().await?;
+    tracing::info!("Ctrl-C");
     Ok(())
 }

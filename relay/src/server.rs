@@ -456,7 +456,15 @@ fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::UdpSock
     if reuse_port {
         // Several endpoints share the port; the kernel hashes each client's 4-tuple to one of
         // them, so a connection always lands on the same thread.
+        #[cfg(unix)]
         socket.set_reuse_port(true)?;
+        // Windows has no SO_REUSEPORT (its SO_REUSEADDR lets a second socket steal the port):
+        // one endpoint per address there.
+        #[cfg(not(unix))]
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "--threads above 1 needs SO_REUSEPORT, which this system lacks",
+        ));
     }
     // Ask for deep buffers (the kernel caps them at net.core.rmem_max / wmem_max, see
     // udp_buffer_warning): the default ~208 KiB overflows when a busy relay's receive task is
