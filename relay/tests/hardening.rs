@@ -3,6 +3,8 @@
 //! silent connections time out, and a connection gets one stream with a small window.
 //! In-process relays on loopback, each attack bounded in count and time.
 
+mod common;
+
 use natter_proto::control::{ErrorCode, FrameDecoder, Message};
 use natter_relay::{Identity, RelayConfig, RelayHandle};
 use quinn::{Connection, ConnectionError, RecvStream, SendStream};
@@ -24,19 +26,15 @@ async fn connect_with(
     relay: &RelayHandle,
     stream_window: Option<u32>,
 ) -> Result<Connection, ConnectionError> {
-    let mut config = natter_loadgen::client_config(relay.fingerprint()).unwrap();
-    if let Some(window) = stream_window {
+    let transport = stream_window.map(|window| {
         let mut transport = quinn::TransportConfig::default();
         transport.stream_receive_window(window.into());
         transport.receive_window(window.into());
-        config.transport_config(Arc::new(transport));
-    }
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(config);
-    endpoint
-        .connect(relay.local_addrs()[0], "natter-relay")
-        .unwrap()
+        transport
+    });
+    common::connect_raw(relay.local_addrs()[0], relay.fingerprint(), transport)
         .await
+        .1
 }
 
 async fn connect(relay: &RelayHandle) -> Connection {

@@ -2,9 +2,10 @@
 //! that file alone: Leave or the end of the control stream finish the relay's side of the
 //! stream and close with code 0, reason `left`; a client without QUIC datagrams is told why.
 
+mod common;
+
 use natter_proto::control::{ErrorCode, FrameDecoder, Message};
 use natter_relay::{Identity, RelayConfig};
-use std::sync::Arc;
 use std::time::Duration;
 
 const WITHIN: Duration = Duration::from_secs(5);
@@ -18,18 +19,14 @@ async fn relay() -> natter_relay::RelayHandle {
 }
 
 async fn connect(relay: &natter_relay::RelayHandle, datagrams: bool) -> quinn::Connection {
-    let mut config = natter_loadgen::client_config(relay.fingerprint()).unwrap();
-    if !datagrams {
+    let transport = (!datagrams).then(|| {
         let mut transport = quinn::TransportConfig::default();
         transport.datagram_receive_buffer_size(None);
-        config.transport_config(Arc::new(transport));
-    }
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(config);
-    endpoint
-        .connect(relay.local_addrs()[0], "natter-relay")
-        .unwrap()
+        transport
+    });
+    common::connect_raw(relay.local_addrs()[0], relay.fingerprint(), transport)
         .await
+        .1
         .unwrap()
 }
 

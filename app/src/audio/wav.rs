@@ -363,6 +363,17 @@ impl Drop for WavDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Plays what the device captures straight back to it (the engine as a wire) until its
+    /// input has run out.
+    fn loop_back_until_finished(device: &WavDevice, eng: &mut crate::audio::EngineEnds) {
+        while !device.finished() {
+            while let Ok(s) = eng.capture.pop() {
+                let _ = eng.playback.push(s);
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
     use crate::audio::ring_pair;
 
     #[test]
@@ -383,12 +394,7 @@ mod tests {
             Duration::from_millis(10),
             dev,
         );
-        while !device.finished() {
-            while let Ok(s) = eng.capture.pop() {
-                let _ = eng.playback.push(s);
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        }
+        loop_back_until_finished(&device, &mut eng);
         let rec = device.finish().unwrap();
         assert_eq!(rec.len(), 9_600);
         let played: Vec<f32> = rec.iter().copied().filter(|s| *s != 0.0).collect();
@@ -424,12 +430,7 @@ mod tests {
             Duration::from_millis(10),
             dev,
         );
-        while !device.finished() {
-            while let Ok(s) = eng.capture.pop() {
-                let _ = eng.playback.push(s);
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        }
+        loop_back_until_finished(&device, &mut eng);
         device.finish().unwrap();
         let bytes = out.0.lock().unwrap().clone();
         assert_eq!(bytes.len(), 9_600 * 2, "every sample, two bytes each");

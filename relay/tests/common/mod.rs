@@ -73,15 +73,31 @@ pub async fn client(
     room: &str,
     name: &str,
 ) -> (quinn::Endpoint, quinn::Connection, u32) {
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(natter_loadgen::client_config(fp).unwrap());
-    let conn = endpoint
-        .connect(relay, "natter-relay")
-        .unwrap()
-        .await
-        .unwrap();
+    let (endpoint, conn) = connect_raw(relay, fp, None).await;
+    let conn = conn.unwrap();
     let ssrc = natter_loadgen::join(&conn, room, name).await.unwrap();
     (endpoint, conn, ssrc)
+}
+
+/// A QUIC connection to the relay at `relay` (certificate fingerprint `fp`), pinned, with the
+/// client's `transport` settings if given; nothing said yet. The handshake's result is returned
+/// as is, for tests of refused handshakes.
+pub async fn connect_raw(
+    relay: SocketAddr,
+    fp: [u8; 32],
+    transport: Option<quinn::TransportConfig>,
+) -> (
+    quinn::Endpoint,
+    Result<quinn::Connection, quinn::ConnectionError>,
+) {
+    let mut config = natter_loadgen::client_config(fp).unwrap();
+    if let Some(transport) = transport {
+        config.transport_config(std::sync::Arc::new(transport));
+    }
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(config);
+    let conn = endpoint.connect(relay, "natter-relay").unwrap().await;
+    (endpoint, conn)
 }
 
 /// A UDP proxy in front of the relay for one client.
