@@ -87,6 +87,8 @@ pub struct NatterApp {
     /// The relay of the join in progress, remembered under "Recent relays" once the join
     /// succeeds (failed attempts are not remembered).
     pending_recent: Option<RecentRelay>,
+    /// The controller has moved past the previous failure since the pending join was asked.
+    pending_started: bool,
     ptt_down: bool,
     global_shortcuts: bool,
     /// The push-to-talk key grabbed for the whole desktop, and for which setting (so a key
@@ -143,6 +145,7 @@ impl NatterApp {
             invite_copied: false,
             confirm_end_call: false,
             pending_recent: None,
+            pending_started: false,
             ptt_down: false,
             global_shortcuts: config.global_shortcuts,
             global_ptt: None,
@@ -230,8 +233,11 @@ impl NatterApp {
                     self.settings_changed();
                 }
             }
-            Phase::Failed(_) => self.pending_recent = None,
-            _ => {}
+            // Only a failure of this join counts: the previous one's may still be showing
+            // until the controller has taken the request.
+            Phase::Failed(_) if self.pending_started => self.pending_recent = None,
+            Phase::Failed(_) => {}
+            _ => self.pending_started = true,
         }
     }
 
@@ -422,6 +428,7 @@ impl NatterApp {
         };
         let mut remembered = invite.clone();
         remembered.room = None;
+        self.pending_started = false;
         self.pending_recent = Some(RecentRelay {
             invite: remembered.to_string(),
             room: room.clone(),
