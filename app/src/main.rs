@@ -144,8 +144,9 @@ struct CallArgs {
     /// Display name.
     #[arg(long)]
     name: String,
-    /// WAV file used as the microphone (any rate and channels), or `-` for raw PCM on standard
-    /// input (signed 16-bit little-endian, mono, 48 kHz), paced as it plays: a burst is
+    /// WAV file used as the microphone (any rate and channels), or `-` for standard input:
+    /// raw PCM (signed 16-bit little-endian, mono, 48 kHz) or a WAV stream (PCM or float, any
+    /// rate and channels, length fields may say "unknown"), paced as it plays: a burst is
     /// buffered, late audio plays as silence; the call ends when the stream does. Without it,
     /// only listen.
     #[arg(long, conflicts_with_all = ["input_device", "output_device"])]
