@@ -884,7 +884,10 @@ mod tests {
         core.connect(5, 5, 0);
         core.on_message(5, hello(), 0);
         let out = core.on_message(5, chat("early"), 0);
-        assert!(matches!(out.close, Some(Close::Error(ErrorCode::NotJoined, _))));
+        assert!(matches!(
+            out.close,
+            Some(Close::Error(ErrorCode::NotJoined, _))
+        ));
         let forged = Message::ChatMessage {
             id: 2,
             text: "x".into(),
