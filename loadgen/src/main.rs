@@ -232,7 +232,10 @@ async fn join_udp(
             }
         }
         if !pending.is_empty() {
-            bail!("the UDP fan-out did not acknowledge {} joins", pending.len());
+            bail!(
+                "the UDP fan-out did not acknowledge {} joins",
+                pending.len()
+            );
         }
         joined.extend(
             members

@@ -126,7 +126,8 @@ where
         // Arrival times only grow along the queue in practice, but a caller's clock may not
         // be monotonic across threads: check every item, not just the front.
         let stale_after = self.stale_after;
-        self.items.retain(|(_, arrived)| now < *arrived + stale_after);
+        self.items
+            .retain(|(_, arrived)| now < *arrived + stale_after);
         before - self.items.len()
     }
 
@@ -160,7 +161,13 @@ mod tests {
         assert_eq!(next.ready.map(|r| r.datagram), Some(1));
         // Being handed over: a newer datagram must not overtake it.
         assert!(!q.idle());
-        assert_eq!(q.next(ms(2)), Next { ready: None, stale: 0 });
+        assert_eq!(
+            q.next(ms(2)),
+            Next {
+                ready: None,
+                stale: 0
+            }
+        );
         assert!(q.idle());
     }
 
@@ -184,7 +191,13 @@ mod tests {
         assert!(q.fresh(ms(20), ms(79)));
         assert!(!q.fresh(ms(20), ms(80)));
         assert_eq!(q.next(ms(71)).ready.map(|r| r.datagram), Some(4));
-        assert_eq!(q.next(ms(200)), Next { ready: None, stale: 0 });
+        assert_eq!(
+            q.next(ms(200)),
+            Next {
+                ready: None,
+                stale: 0
+            }
+        );
     }
 
     #[test]
@@ -195,8 +208,8 @@ mod tests {
         }
         assert_eq!(q.push(3, ms(3)), Some(0));
         assert_eq!(q.len(), 3);
-        let got: Vec<u32> = std::iter::from_fn(|| q.next(ms(5)).ready.map(|r| r.datagram))
-            .collect();
+        let got: Vec<u32> =
+            std::iter::from_fn(|| q.next(ms(5)).ready.map(|r| r.datagram)).collect();
         assert_eq!(got, vec![1, 2, 3]);
     }
 

@@ -204,7 +204,11 @@ fn wait(socket: &UdpSocket, what: Readiness, timeout: Option<Duration>) -> io::R
 fn wait(socket: &UdpSocket, what: Readiness, timeout: Option<Duration>) -> io::Result<bool> {
     // No poll(2): sleep a little and let the caller try again.
     let _ = (socket, what);
-    std::thread::sleep(timeout.unwrap_or(Duration::from_millis(1)).min(Duration::from_millis(1)));
+    std::thread::sleep(
+        timeout
+            .unwrap_or(Duration::from_millis(1))
+            .min(Duration::from_millis(1)),
+    );
     Ok(true)
 }
 
@@ -324,7 +328,10 @@ mod tests {
         for i in 600..1200u32 {
             batch.push(addrs[i as usize % 5], &i.to_be_bytes());
         }
-        assert_eq!(sender.send_one_by_one(&mut batch, Duration::from_secs(1)), 0);
+        assert_eq!(
+            sender.send_one_by_one(&mut batch, Duration::from_secs(1)),
+            0
+        );
         for (r, receiver) in receivers.iter_mut().enumerate() {
             let mut got = Vec::new();
             while got.len() < 240 {
@@ -344,7 +351,9 @@ mod tests {
     fn receiving_with_nothing_waiting_times_out() {
         let mut s = socket();
         let n = s
-            .recv(Some(Duration::from_millis(20)), |_| panic!("nothing was sent"))
+            .recv(Some(Duration::from_millis(20)), |_| {
+                panic!("nothing was sent")
+            })
             .unwrap();
         assert_eq!(n, 0);
     }

@@ -342,7 +342,10 @@ fn loadgen_drives_the_udp_baseline() {
     std::io::BufReader::new(fanout.stdout.take().expect("piped"))
         .read_line(&mut line)
         .expect("its address");
-    let addr = line.trim().strip_prefix("listening: ").expect("listening: ADDR");
+    let addr = line
+        .trim()
+        .strip_prefix("listening: ")
+        .expect("listening: ADDR");
     let report = loadgen(
         addr,
         &[

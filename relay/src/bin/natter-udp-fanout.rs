@@ -5,9 +5,9 @@
 //! members of its sender's room. What the relay achieves as a fraction of what this achieves
 //! on the same machine is the number that means something on any machine.
 //!
-//! Protocol (for `natter-loadgen --udp` only): a participant first sends `NJ` + room (u32 BE)
-//! + SSRC (u32 BE), which is echoed back as the acknowledgement; afterwards every datagram it
-//! sends with that SSRC is forwarded. Prints `listening: ADDR` once bound, runs until killed.
+//! Protocol (for `natter-loadgen --udp` only): a participant first sends `NJ`, the room and its
+//! SSRC (each a big-endian u32), which is echoed back as the acknowledgement; afterwards every
+//! datagram it sends with that SSRC is forwarded. Prints `listening: ADDR` once bound, runs until killed.
 
 use clap::Parser;
 use natter_proto::media::Datagram;
@@ -17,7 +17,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Plain UDP fan-out: the baseline of scripts/bench-relay.sh")]
+#[command(
+    version,
+    about = "Plain UDP fan-out: the baseline of scripts/bench-relay.sh"
+)]
 struct Args {
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
@@ -82,10 +85,7 @@ fn main() -> anyhow::Result<()> {
                 }
                 return;
             }
-            let Some(ssrc) = Datagram::parse(d.data)
-                .ok()
-                .and_then(|dg| dg.sender_ssrc())
-            else {
+            let Some(ssrc) = Datagram::parse(d.data).ok().and_then(|dg| dg.sender_ssrc()) else {
                 return;
             };
             for to in rooms.others(ssrc) {
