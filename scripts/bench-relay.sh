@@ -57,7 +57,7 @@ for n in "${sizes[@]}"; do
       target="$(sed -n 's/^invite: //p' "$work/relay.out")"
       loadgen_args=()
     fi
-    [ -n "$target" ] || { echo "mode=$mode did not start:" >&2; cat "$work/relay.log" >&2; exit 1; }
+    [ -n "$target" ] || { echo "mode=$mode did not start:" >&2; cat "$work/relay.out" "$work/relay.log" >&2; exit 1; }
     nice -n "${NICE:-0}" taskset -c "${LOADGEN_CPUS:-1}" "$bin/natter-loadgen" "$target" "${loadgen_args[@]}" --participants "$n" --room-size 5 \
         --duration "${DURATION:-10}" --relay-pid "$relay_pid" >"$work/loadgen.out" &
     loadgen_pid=$!
