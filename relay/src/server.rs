@@ -420,7 +420,10 @@ fn transport_config(config: &RelayConfig) -> TransportConfig {
     t
 }
 
-fn server_config(config: &RelayConfig) -> Result<quinn::ServerConfig, RelayError> {
+/// The QUIC server configuration the relay's endpoints use (TLS 1.3 with the relay's
+/// certificate, the ALPN, and the transport limits above); public for the in-memory QUIC
+/// benchmark, which drives quinn-proto with exactly this.
+pub fn server_config(config: &RelayConfig) -> Result<quinn::ServerConfig, RelayError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
