@@ -13,6 +13,7 @@ use natter::audio::SAMPLE_RATE;
 use natter::audio::wav::{read_wav, write_wav};
 use natter::call::{self, CallOptions};
 use natter::measure::{self, LatencyStats};
+use natter::session::StartError;
 use natter::transport::ConnectError;
 use natter_proto::invite::Invite;
 use std::io::IsTerminal;
@@ -143,8 +144,9 @@ struct CallArgs {
     /// Display name.
     #[arg(long)]
     name: String,
-    /// WAV file used as the microphone (any rate and channels), or `-` for raw PCM on standard
-    /// input (signed 16-bit little-endian, mono, 48 kHz), paced as it plays: a burst is
+    /// WAV file used as the microphone (any rate and channels), or `-` for standard input:
+    /// raw PCM (signed 16-bit little-endian, mono, 48 kHz) or a WAV stream (PCM or float, any
+    /// rate and channels, length fields may say "unknown"), paced as it plays: a burst is
     /// buffered, late audio plays as silence; the call ends when the stream does. Without it,
     /// only listen.
     #[arg(long, conflicts_with_all = ["input_device", "output_device"])]
@@ -243,7 +245,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("natter: error: {e:#}");
-            ExitCode::from(if call::is_connect_error(&e) { 2 } else { 1 })
+            ExitCode::from(1)
         }
     }
 }
@@ -432,7 +434,22 @@ fn parse_seconds_or_zero(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// `natter call`: exit 2 when the invite or the relay is at fault (the user's to fix: README),
+/// 1 for a local failure, 3 when the relay ended the call.
 fn run_call(args: CallArgs) -> anyhow::Result<ExitCode> {
+    match call_with(args) {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            eprintln!("natter: error: {e:#}");
+            Ok(ExitCode::from(match e {
+                StartError::Connect(_) => 2,
+                StartError::Local(_) => 1,
+            }))
+        }
+    }
+}
+
+fn call_with(args: CallArgs) -> Result<ExitCode, StartError> {
     // A bad invite is the user's "could not connect" (exit 2, README), not a local failure.
     let text = match (&args.invite, &args.invite_file) {
         (Some(text), _) => text.clone(),
