@@ -112,32 +112,6 @@ where
         self.sending = false;
         Next { ready: None, stale }
     }
-
-    /// Whether a datagram that arrived at `arrived` may still be handed over at `now`.
-    pub fn fresh(&self, arrived: T, now: T) -> bool {
-        now < arrived + self.stale_after
-    }
-
-    /// Drops everything that is stale at `now` without ending a hand-over in progress; returns
-    /// how many. For a caller that drains on its own schedule and must not hold old datagrams
-    /// (memory) while the connection stays blocked.
-    pub fn expire(&mut self, now: T) -> usize {
-        let before = self.items.len();
-        // Arrival times only grow along the queue in practice, but a caller's clock may not
-        // be monotonic across threads: check every item, not just the front.
-        let stale_after = self.stale_after;
-        self.items
-            .retain(|(_, arrived)| now < *arrived + stale_after);
-        before - self.items.len()
-    }
-
-    /// The earliest instant at which something waiting goes stale.
-    pub fn next_expiry(&self) -> Option<T> {
-        self.items
-            .iter()
-            .map(|(_, arrived)| *arrived + self.stale_after)
-            .min()
-    }
 }
 
 #[cfg(test)]
@@ -188,8 +162,6 @@ mod tests {
                 stale_at: ms(80),
             })
         );
-        assert!(q.fresh(ms(20), ms(79)));
-        assert!(!q.fresh(ms(20), ms(80)));
         assert_eq!(q.next(ms(71)).ready.map(|r| r.datagram), Some(4));
         assert_eq!(
             q.next(ms(200)),
@@ -211,20 +183,6 @@ mod tests {
         let got: Vec<u32> =
             std::iter::from_fn(|| q.next(ms(5)).ready.map(|r| r.datagram)).collect();
         assert_eq!(got, vec![1, 2, 3]);
-    }
-
-    #[test]
-    fn expiry_frees_what_went_stale_while_a_hand_over_waits() {
-        let mut q = FreshQueue::<u32, Duration>::new(STALE, 16);
-        q.push(1, ms(0));
-        q.push(2, ms(30));
-        q.push(3, ms(50));
-        assert_eq!(q.next(ms(1)).ready.map(|r| r.datagram), Some(1));
-        assert_eq!(q.next_expiry(), Some(ms(90)));
-        assert_eq!(q.expire(ms(95)), 1);
-        assert!(!q.idle(), "the hand-over of 1 is still in progress");
-        assert_eq!(q.next_expiry(), Some(ms(110)));
-        assert_eq!(q.next(ms(100)).ready.map(|r| r.datagram), Some(3));
     }
 
     #[test]
@@ -280,7 +238,6 @@ mod tests {
                     }
                     Step::Room { after, n } => {
                         now += ms(u64::from(after));
-                        dropped += q.expire(now);
                         for _ in 0..n {
                             let next = q.next(now);
                             dropped += next.stale;
