@@ -659,3 +659,46 @@ fn stream_to_bob(name: &str, speech: &[f32], bytes: &[u8], burst: usize) {
         MIN_SPEECH_NCC,
     );
 }
+
+/// Text chat between two headless calls: Alice's messages reach Bob, printed on his standard
+/// error with control characters escaped (a member must not drive his terminal) and kept in
+/// his stats as written; Alice's stats keep them as her own.
+#[test]
+fn chat_reaches_the_room_and_cannot_drive_a_terminal() {
+    let dir = TempDir::new("chat");
+    let relay = RelayProcess::start();
+    let bob = Call::new(relay.invite(), "lobby", "bob")
+        .stats_json(&dir.join("bob.json"))
+        .duration(4.0)
+        .spawn();
+    relay.wait_for_join("lobby", "bob");
+    let alice = Call::new(relay.invite(), "lobby", "alice")
+        .arg("--chat")
+        .arg("hello bob")
+        .arg("--chat")
+        .arg("\u{1b}[2Jred\nline")
+        .stats_json(&dir.join("alice.json"))
+        .duration(3.0)
+        .spawn();
+    let b = bob.finish();
+    alice.finish();
+    assert!(b.stderr.contains("chat alice: hello bob"), "{b}");
+    assert!(b.stderr.contains("chat alice: \\u{1b}[2Jred\\nline"), "{b}");
+    assert!(!b.stderr.contains('\u{1b}'), "{b}");
+    let bob_stats = CallStats::read(&dir.join("bob.json"));
+    let texts: Vec<(&str, &str, bool)> = bob_stats
+        .chat
+        .iter()
+        .map(|l| (l.from.as_str(), l.text.as_str(), l.own))
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            ("alice", "hello bob", false),
+            ("alice", "\u{1b}[2Jred\nline", false)
+        ]
+    );
+    let alice_stats = CallStats::read(&dir.join("alice.json"));
+    assert_eq!(alice_stats.chat.len(), 2, "{:?}", alice_stats.chat);
+    assert!(alice_stats.chat.iter().all(|l| l.own && l.from == "alice"));
+}
