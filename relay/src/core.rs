@@ -258,6 +258,11 @@ impl<H: Clone> RelayCore<H> {
         self.rooms.len()
     }
 
+    /// Names of the rooms with at least one member (for the cluster directory).
+    pub fn room_names(&self) -> impl Iterator<Item = &str> {
+        self.rooms.keys().map(String::as_str)
+    }
+
     /// Number of participants in rooms.
     pub fn participant_count(&self) -> usize {
         self.rooms.values().map(|r| r.members.len()).sum()

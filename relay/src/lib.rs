@@ -7,17 +7,23 @@
 //! - [`server`]: the quinn I/O shell that drives it.
 //! - [`identity`]: the TLS certificate — a self-signed one generated once and kept in the data
 //!   directory (pinned by fingerprint in invites), or PEM files from a real CA.
+//! - [`reset_key`]: the QUIC stateless-reset key, kept in the data directory so a restarted
+//!   relay resets its old connections at once.
+//! - [`cluster`]: the cluster directory on Redis (only with a directory configured).
 //! - [`admission`]: connection slots, relay-wide and per address, taken at the handshake.
 //! - [`stats`]: counters the shell keeps (datagrams forwarded and dropped by reason, …).
 
 pub mod admission;
+pub mod cluster;
 pub mod core;
 pub mod identity;
 pub mod logging;
+pub mod reset_key;
 pub mod server;
 pub mod stats;
 
 pub use identity::Identity;
+pub use reset_key::ResetKey;
 pub use server::{RelayConfig, RelayHandle, start};
 pub mod bucket;
 pub mod config;

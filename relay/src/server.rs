@@ -7,13 +7,17 @@
 
 use crate::admission::{Admission, Admissions};
 use crate::bucket::TokenBucket;
+use crate::cluster::DirectoryConfig;
+use crate::cluster::directory::{Health, RelayRecord};
+use crate::cluster::store::{DirectoryHandle, Store, StoreError};
 use crate::core::{Close, ConnId, Limits, RelayCore};
 use crate::identity::Identity;
+use crate::reset_key::ResetKey;
 use crate::stats::{HandshakeFailure, RelayStats, StatsSnapshot};
 use natter_proto::control::{ErrorCode, FrameDecoder, Message};
 use natter_proto::invite::Invite;
 use quinn::crypto::rustls::QuicServerConfig;
-use quinn::{Connection, Endpoint, EndpointConfig, TransportConfig, VarInt};
+use quinn::{Connection, Endpoint, TransportConfig, VarInt};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -28,6 +32,10 @@ pub struct RelayConfig {
     /// share a port.
     pub listen: Vec<SocketAddr>,
     pub identity: Identity,
+    /// Key of the QUIC stateless-reset tokens. The binary keeps it in its data directory so a
+    /// restarted relay resets the connections of its previous life at once; the default is a
+    /// fresh one per start.
+    pub reset_key: ResetKey,
     /// Host name or address put in invite links; defaults to the first listen address, or the
     /// machine's host name when that is a wildcard.
     pub public_host: Option<String>,
@@ -60,6 +68,8 @@ pub struct RelayConfig {
     /// Endpoints (each with its own thread and single-threaded runtime) per listen address,
     /// sharing the port with SO_REUSEPORT; 1 = run on the caller's runtime.
     pub threads: usize,
+    /// The cluster directory to keep this relay in (`None`: a lone relay).
+    pub directory: Option<DirectoryConfig>,
 }
 
 /// Which congestion controller connections use.
@@ -78,6 +88,7 @@ impl RelayConfig {
         Self {
             listen,
             identity,
+            reset_key: ResetKey::generate(),
             public_host: None,
             limits: Limits::default(),
             hello_timeout: Duration::from_secs(10),
@@ -97,6 +108,7 @@ impl RelayConfig {
             stale_after: Duration::from_millis(60),
             congestion: Congestion::Bbr,
             threads: 1,
+            directory: None,
         }
     }
 }
@@ -110,6 +122,8 @@ pub enum RelayError {
     Tls(String),
     #[error("no address to listen on")]
     NoListenAddress,
+    #[error(transparent)]
+    Directory(#[from] StoreError),
 }
 
 /// A connection as the core sees it: where to send its datagrams and control messages.
@@ -364,6 +378,8 @@ struct Shared {
     handshaking: AtomicU64,
     admissions: Mutex<Admissions>,
     config: RelayConfig,
+    /// Poked when a room gains its first or loses its last member, for the directory.
+    rooms_changed: Arc<tokio::sync::Notify>,
 }
 
 impl crate::metrics::Source for Shared {
@@ -396,6 +412,7 @@ pub struct RelayHandle {
     shared: Arc<Shared>,
     endpoints: Vec<Endpoint>,
     addrs: Vec<SocketAddr>,
+    directory: Option<DirectoryHandle>,
 }
 
 fn transport_config(config: &RelayConfig) -> TransportConfig {
@@ -535,12 +552,13 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
         handshaking: AtomicU64::new(0),
         admissions: Mutex::default(),
         config,
+        rooms_changed: Arc::default(),
     });
     let mut endpoints = Vec::new();
     for socket in sockets {
         let endpoint = if threads == 1 {
             let endpoint = Endpoint::new(
-                EndpointConfig::default(),
+                shared.config.reset_key.endpoint_config(),
                 Some(server.clone()),
                 socket,
                 Arc::new(quinn::TokioRuntime),
@@ -554,11 +572,16 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
         endpoints.push(endpoint);
     }
     info!(addrs = ?addrs, threads, "relay listening");
-    Ok(RelayHandle {
+    let mut relay = RelayHandle {
         shared,
         endpoints,
         addrs,
-    })
+        directory: None,
+    };
+    if let Some(config) = relay.shared.config.directory.clone() {
+        relay.directory = Some(relay.join_directory(&config)?);
+    }
+    Ok(relay)
 }
 
 /// One endpoint on its own thread with a current-thread runtime: a quinn endpoint's I/O is a
@@ -588,7 +611,7 @@ fn spawn_endpoint_thread(
             };
             runtime.block_on(async move {
                 match Endpoint::new(
-                    EndpointConfig::default(),
+                    shared.config.reset_key.endpoint_config(),
                     Some(server),
                     socket,
                     Arc::new(quinn::TokioRuntime),
@@ -642,6 +665,41 @@ impl RelayHandle {
         self.shared.config.identity.fingerprint
     }
 
+    /// Starts the directory task: this relay's record (the invite's address and
+    /// fingerprint), and its rooms and load read from the core whenever the task writes.
+    fn join_directory(&self, config: &DirectoryConfig) -> Result<DirectoryHandle, RelayError> {
+        let invite = self.invite();
+        let fingerprint = natter_proto::invite::fingerprint_hex(&self.fingerprint());
+        let record = RelayRecord {
+            id: config
+                .id
+                .clone()
+                .unwrap_or_else(|| fingerprint[..16].to_string()),
+            addr: invite.authority(),
+            fingerprint,
+            region: config.region.clone(),
+            load: 0,
+        };
+        let shared = self.shared.clone();
+        let local = Box::new(move || {
+            let core = shared.core();
+            let rooms = core.room_names().map(str::to_string).collect();
+            (rooms, core.participant_count() as u32)
+        });
+        Ok(DirectoryHandle::spawn(
+            Store::open(&config.url)?,
+            record,
+            config.ttl,
+            local,
+            self.shared.rooms_changed.clone(),
+        ))
+    }
+
+    /// Where this relay stands with the cluster directory (`None`: no directory).
+    pub fn directory_health(&self) -> Option<Health> {
+        self.directory.as_ref().map(DirectoryHandle::health)
+    }
+
     pub fn stats(&self) -> StatsSnapshot {
         self.shared.stats.snapshot()
     }
@@ -663,8 +721,17 @@ impl RelayHandle {
 
     /// Tells every client the relay is going away (Error ShuttingDown, then a close with that
     /// code), stops accepting, and waits up to `grace` for the goodbyes to be delivered.
-    pub async fn shutdown(self, grace: Duration) {
+    pub async fn shutdown(mut self, grace: Duration) {
         self.shared.shutting_down.store(true, Relaxed);
+        if let Some(directory) = self.directory.take() {
+            let rooms = self
+                .shared
+                .core()
+                .room_names()
+                .map(str::to_string)
+                .collect();
+            directory.withdraw(&rooms).await;
+        }
         let peers: Vec<Peer> = self.shared.core().handles().cloned().collect();
         info!(clients = peers.len(), "shutting down");
         for peer in &peers {
@@ -747,7 +814,7 @@ async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
     }
 }
 
-fn unix_ms() -> u64 {
+pub(crate) fn unix_ms() -> u64 {
     unix_micros() / 1000
 }
 
@@ -834,6 +901,7 @@ async fn run_connection(incoming: quinn::Incoming, id: ConnId, shared: Arc<Share
         let notices = core.disconnect(id);
         dispatch(notices, &shared.stats);
     }
+    shared.rooms_changed.notify_one();
     // Let the writer send what is queued (e.g. an Error) before the connection goes.
     drop(peer);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
@@ -993,6 +1061,7 @@ async fn read_control(
             };
             if let Some((room, name, participant)) = joined {
                 info!(room = %room, name = %name, participant, "join");
+                shared.rooms_changed.notify_one();
             }
             if evicted {
                 info!("access token joined again: closed its previous connection");

@@ -440,11 +440,10 @@ impl Supervisor {
             // Lost: the engine's datagrams go nowhere until we are back.
             *lock(&self.path) = None;
             tokio::spawn(link.close());
-            let reason = error.to_string();
-            tracing::warn!(%reason, "lost the relay; reconnecting");
-            let fatal = reconnect::is_fatal(&error);
+            tracing::warn!(reason = %error, "lost the relay; reconnecting");
+            let verdict = self.policy.on_error(Instant::now(), &error);
             let mut last_error = error;
-            if self.policy.on_lost(Instant::now(), reason, fatal) == Verdict::GiveUp {
+            if verdict == Verdict::GiveUp {
                 return Some(self.give_up(last_error));
             }
             link = loop {

@@ -1,0 +1,228 @@
+//! Relays in a cluster: the directory on a private Redis (unix socket, no TCP port), relays
+//! as real processes.
+
+use natter_e2e::redis::RedisServer;
+use natter_e2e::{Call, CallStats, RelayProcess, TempDir, read_wav, rms, tone_file, unix_now_us};
+use natter_relay::cluster::directory::RelayRecord;
+use natter_relay::cluster::store::Store;
+use std::time::{Duration, Instant};
+
+/// Reads the directory the way another relay would.
+struct Reader {
+    runtime: tokio::runtime::Runtime,
+    store: Store,
+}
+
+impl Reader {
+    fn new(redis: &RedisServer) -> Self {
+        Self {
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+            store: Store::open(&redis.url()).unwrap(),
+        }
+    }
+
+    /// Live relays by id (empty while Redis is unreachable).
+    fn relays(&mut self) -> Vec<RelayRecord> {
+        let now = unix_now_us() / 1000;
+        let mut relays = self
+            .runtime
+            .block_on(self.store.relays(now))
+            .unwrap_or_default();
+        relays.sort_by(|a, b| a.id.cmp(&b.id));
+        relays
+    }
+
+    fn ids(&mut self) -> Vec<String> {
+        self.relays().into_iter().map(|r| r.id).collect()
+    }
+
+    fn room(&mut self, room: &str) -> Vec<String> {
+        let now = unix_now_us() / 1000;
+        let mut ids = self
+            .runtime
+            .block_on(self.store.room_relays(room, now))
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    }
+
+    /// Polls `read` until it returns `want`; how long that took, or a panic after `within`.
+    #[track_caller]
+    fn wait_for<T: PartialEq + std::fmt::Debug>(
+        &mut self,
+        within: Duration,
+        want: T,
+        mut read: impl FnMut(&mut Self) -> T,
+    ) -> Duration {
+        let start = Instant::now();
+        loop {
+            let got = read(self);
+            if got == want {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < within,
+                "after {within:?} the directory says {got:?}, not {want:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn ids(names: &[&str]) -> Vec<String> {
+    names.iter().map(|n| n.to_string()).collect()
+}
+
+fn edge(redis: &RedisServer, id: &str, region: &str, ttl_secs: u32) -> RelayProcess {
+    RelayProcess::start_with(&[
+        "--directory",
+        &redis.url(),
+        "--relay-id",
+        id,
+        "--region",
+        region,
+        "--directory-ttl",
+        &ttl_secs.to_string(),
+    ])
+}
+
+/// Three edges register (address, fingerprint, region, load); the rooms they host members of
+/// are listed while they do; an edge killed outright disappears within its TTL without
+/// anyone deleting it, and one stopped gracefully withdraws at once.
+#[test]
+fn edges_register_their_rooms_and_a_dead_edge_expires() {
+    const TTL: u32 = 3;
+    let redis = RedisServer::start();
+    let mut reader = Reader::new(&redis);
+    let mut edges: Vec<RelayProcess> = ["eu", "us", "asia"]
+        .iter()
+        .enumerate()
+        .map(|(i, region)| edge(&redis, &format!("edge-{i}"), region, TTL))
+        .collect();
+    reader.wait_for(
+        Duration::from_secs(5),
+        ids(&["edge-0", "edge-1", "edge-2"]),
+        |r| r.ids(),
+    );
+    for (record, relay) in reader.relays().iter().zip(&edges) {
+        assert_eq!(record.addr, format!("127.0.0.1:{}", relay.port()));
+        assert_eq!(record.fingerprint, relay.fingerprint_hex());
+        assert_eq!(record.load, 0);
+    }
+    assert_eq!(reader.relays()[2].region, "asia");
+
+    // A member on edge-1: the room is listed there within a moment (not at the next beat).
+    let dir = TempDir::new("directory");
+    tone_file(&dir.join("tone.wav"), 440.0, 0.3, 4.0);
+    let call = Call::new(edges[1].invite(), "friday", "alice")
+        .input(&dir.join("tone.wav"))
+        .spawn();
+    edges[1].wait_for_join("friday", "alice");
+    let listed = reader.wait_for(Duration::from_secs(2), ids(&["edge-1"]), |r| {
+        r.room("friday")
+    });
+    println!("room listed {listed:?} after the join");
+    reader.wait_for(Duration::from_secs(3), 1, |r| {
+        r.relays()
+            .iter()
+            .find(|x| x.id == "edge-1")
+            .map_or(0, |x| x.load)
+    });
+    call.finish();
+    reader.wait_for(Duration::from_secs(2), Vec::<String>::new(), |r| {
+        r.room("friday")
+    });
+
+    // SIGKILL: nobody deletes edge-2's entries; they expire.
+    let killed = Instant::now();
+    edges[2].kill();
+    let gone = reader.wait_for(
+        Duration::from_secs(u64::from(TTL) + 2),
+        ids(&["edge-0", "edge-1"]),
+        |r| r.ids(),
+    );
+    assert!(killed.elapsed() <= Duration::from_secs(u64::from(TTL) + 2));
+    println!("a killed edge left the directory {gone:?} after the kill (TTL {TTL} s)");
+    assert_eq!(redis.cli(&["EXISTS", "natter:relay:edge-2"]), "0");
+
+    // SIGTERM: a drained edge withdraws itself at once.
+    edges[0].stop();
+    let withdrawn = reader.wait_for(Duration::from_secs(1), ids(&["edge-1"]), |r| r.ids());
+    println!("a stopped edge left the directory {withdrawn:?} after its exit");
+}
+
+/// Redis stopped mid-call: the call goes on without a gap (media never waits on the
+/// directory); Redis back, empty: the relay registers itself and its room again, and a new
+/// member joins.
+#[test]
+fn a_call_goes_on_while_redis_is_down() {
+    const TONE_SECS: f32 = 9.0;
+    let mut redis = RedisServer::start();
+    let mut reader = Reader::new(&redis);
+    let relay = edge(&redis, "edge-0", "eu", 3);
+    reader.wait_for(Duration::from_secs(5), ids(&["edge-0"]), |r| r.ids());
+    let dir = TempDir::new("redis-down");
+    tone_file(&dir.join("alice.wav"), 440.0, 0.3, TONE_SECS);
+    let bob = Call::new(relay.invite(), "lobby", "bob")
+        .recording_in(&dir)
+        .duration(f64::from(TONE_SECS) + 2.0)
+        .spawn();
+    relay.wait_for_join("lobby", "bob");
+    let alice = Call::new(relay.invite(), "lobby", "alice")
+        .input(&dir.join("alice.wav"))
+        .stats_json(&dir.join("alice.json"))
+        .spawn();
+    relay.wait_for_join("lobby", "alice");
+    let alice_joined_us = unix_now_us();
+    std::thread::sleep(Duration::from_secs(2));
+
+    redis.kill();
+    assert!(
+        relay
+            .wait_for_log(Duration::from_secs(5), |v| {
+                v["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("directory unreachable"))
+            })
+            .is_some(),
+        "the relay did not notice; log:\n{}",
+        relay.log_text()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    redis.restart();
+    let back = reader.wait_for(Duration::from_secs(5), ids(&["edge-0"]), |r| r.ids());
+    println!("re-registered {back:?} after Redis came back");
+    reader.wait_for(Duration::from_secs(2), ids(&["edge-0"]), |r| {
+        r.room("lobby")
+    });
+    // A new member joins after the outage.
+    let carol = Call::new(relay.invite(), "lobby", "carol")
+        .duration(1.0)
+        .spawn();
+    relay.wait_for_join("lobby", "carol");
+    carol.finish();
+    alice.finish();
+    bob.finish();
+
+    // Bob heard Alice's tone in every 100 ms from half a second after she joined until it
+    // ended, the outage included.
+    let bob_stats = CallStats::read(&dir.join("bob.json"));
+    let alice_stats = CallStats::read(&dir.join("alice.json"));
+    let heard = read_wav(&dir.join("bob-heard.wav"));
+    let at = |us: u64| ((us - bob_stats.audio_start_unix_us) as f64 * 48e-3) as usize;
+    let from = at(alice_joined_us + 500_000);
+    let to = at(alice_stats.audio_start_unix_us + (f64::from(TONE_SECS) * 1e6) as u64 - 300_000);
+    let quiet: Vec<usize> = (from..to.min(heard.len()))
+        .step_by(4_800)
+        .filter(|&i| rms(&heard[i..(i + 4_800).min(heard.len())]) < 0.1)
+        .map(|i| (i - from) / 48)
+        .collect();
+    assert!(
+        quiet.is_empty(),
+        "Bob's audio had holes at {quiet:?} ms (of {} ms)",
+        (to - from) / 48
+    );
+}
