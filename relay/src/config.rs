@@ -46,6 +46,12 @@ pub struct ClusterFile {
     pub id: Option<String>,
     pub region: Option<String>,
     pub ttl_secs: Option<u64>,
+    /// Cluster secret for trunks (at least 16 bytes), or…
+    pub secret: Option<String>,
+    /// …a file holding it.
+    pub secret_file: Option<PathBuf>,
+    /// This relay's number in the cluster, 1–255.
+    pub node: Option<u8>,
 }
 
 /// The whole file.

@@ -7,6 +7,7 @@
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use natter_relay::cluster::DirectoryConfig;
+use natter_relay::cluster::trunk::TrunkConfig;
 use natter_relay::config::{ConfigFile, resolve_secret};
 use natter_relay::core::Access;
 use natter_relay::logging::EscapingWriter;
@@ -162,6 +163,22 @@ struct Args {
     /// heartbeats every third of it).
     #[arg(long, value_name = "SECS", env = "NATTER_RELAY_DIRECTORY_TTL")]
     directory_ttl: Option<u64>,
+
+    /// Cluster secret (≥ 16 bytes, the same on every relay of the cluster): relays that share
+    /// a room connect to each other with trunks, authenticated by it. Needs --directory and
+    /// --node. Prefer the config file or the environment.
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "NATTER_RELAY_CLUSTER_SECRET",
+        hide_env_values = true
+    )]
+    cluster_secret: Option<String>,
+
+    /// This relay's number in the cluster, 1-255, unique (the high bits of its participant
+    /// ids and SSRCs).
+    #[arg(long, value_name = "N", env = "NATTER_RELAY_NODE")]
+    node: Option<u8>,
 
     /// Log format: "text" or "json".
     #[arg(long, env = "NATTER_RELAY_LOG_FORMAT")]
@@ -348,6 +365,33 @@ fn settings(args: &Args, file: &ConfigFile) -> anyhow::Result<Settings> {
             directory.ttl = Duration::from_secs(secs);
         }
         relay.directory = Some(directory);
+    }
+    let cluster_secret = match (&args.cluster_secret, &cluster.secret_file) {
+        (Some(s), _) => Some(s.as_bytes().to_vec()),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cluster.secret-file: cannot read {}", path.display()))?
+                .trim()
+                .as_bytes()
+                .to_vec(),
+        ),
+        (None, None) => cluster.secret.as_ref().map(|s| s.as_bytes().to_vec()),
+    };
+    if let Some(secret) = cluster_secret {
+        if secret.len() < 16 {
+            bail!("cluster.secret: use at least 16 bytes (e.g. `openssl rand -hex 32`)");
+        }
+        if relay.directory.is_none() {
+            bail!(
+                "cluster.secret: trunks find each other through the directory; set cluster.directory too"
+            );
+        }
+        let node = args
+            .node
+            .or(cluster.node)
+            .filter(|n| *n > 0)
+            .context("cluster.node: a relay with trunks needs its own number, 1-255")?;
+        relay.trunks = Some(TrunkConfig { secret, node });
     }
     relay.limits.access = match args.access.as_deref().or(file.access.mode.as_deref()).unwrap_or("open") {
         "open" => Access::Open,

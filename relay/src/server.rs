@@ -10,6 +10,7 @@ use crate::bucket::TokenBucket;
 use crate::cluster::DirectoryConfig;
 use crate::cluster::directory::{Health, RelayRecord};
 use crate::cluster::store::{DirectoryHandle, Store, StoreError};
+use crate::cluster::trunk::{Mesh, TRUNK_ALPN, TrunkConfig};
 use crate::core::{Close, ConnId, Limits, RelayCore};
 use crate::identity::Identity;
 use crate::reset_key::ResetKey;
@@ -70,6 +71,8 @@ pub struct RelayConfig {
     pub threads: usize,
     /// The cluster directory to keep this relay in (`None`: a lone relay).
     pub directory: Option<DirectoryConfig>,
+    /// Trunks to the other relays of the cluster (needs the directory to find them).
+    pub trunks: Option<TrunkConfig>,
 }
 
 /// Which congestion controller connections use.
@@ -109,6 +112,7 @@ impl RelayConfig {
             congestion: Congestion::Bbr,
             threads: 1,
             directory: None,
+            trunks: None,
         }
     }
 }
@@ -131,6 +135,48 @@ pub enum RelayError {
 pub struct Peer {
     control: Arc<Outbox>,
     queue: Arc<SubscriberQueue>,
+}
+
+impl Peer {
+    /// A handle on `conn`: control messages and datagrams both go to it.
+    pub(crate) fn new(conn: Connection) -> Self {
+        Self {
+            control: Arc::new(Outbox::new(conn.clone())),
+            queue: Arc::new(SubscriberQueue::new(conn)),
+        }
+    }
+
+    /// The same datagram queue with its own control outbox (a trunk's room subscription:
+    /// one stream per room, one datagram queue per trunk).
+    pub(crate) fn with_control(&self, conn: Connection) -> Self {
+        Self {
+            control: Arc::new(Outbox::new(conn)),
+            queue: self.queue.clone(),
+        }
+    }
+
+    pub(crate) fn queue(&self) -> Arc<SubscriberQueue> {
+        self.queue.clone()
+    }
+
+    pub(crate) fn send(&self, msg: Message, stats: &RelayStats) {
+        self.control.send(msg, stats);
+    }
+
+    pub(crate) fn forward(
+        &self,
+        datagram: bytes::Bytes,
+        at: tokio::time::Instant,
+        stats: &RelayStats,
+    ) {
+        self.queue.push(datagram, at, stats);
+    }
+}
+
+/// Writes `peer`'s control messages to `send` until its outbox closes.
+pub(crate) async fn write_to(send: quinn::SendStream, peer: Peer) {
+    let conn = peer.control.conn.clone();
+    write_control(send, peer.control, conn).await;
 }
 
 /// Most control messages that may wait for one connection's writer. Replies and room notices
@@ -289,7 +335,7 @@ impl Outbox {
 /// has room (the usual case), the forwarding task hands the datagram to quinn itself, sparing
 /// the sender task a wake-up per datagram.
 #[derive(Debug)]
-struct SubscriberQueue {
+pub(crate) struct SubscriberQueue {
     conn: Connection,
     state: Mutex<QueueState>,
     ready: tokio::sync::Notify,
@@ -370,9 +416,9 @@ fn count_sent(
     }
 }
 
-struct Shared {
+pub(crate) struct Shared {
     core: Mutex<RelayCore<Peer>>,
-    stats: RelayStats,
+    pub(crate) stats: RelayStats,
     next_conn: AtomicU64,
     shutting_down: AtomicBool,
     handshaking: AtomicU64,
@@ -380,6 +426,10 @@ struct Shared {
     config: RelayConfig,
     /// Poked when a room gains its first or loses its last member, for the directory.
     rooms_changed: Arc<tokio::sync::Notify>,
+    /// Trunks to other relays (`None`: no cluster secret, no mesh).
+    mesh: Option<Mesh>,
+    /// The relay's endpoints, which also dial trunks.
+    endpoints: std::sync::OnceLock<Vec<Endpoint>>,
 }
 
 impl crate::metrics::Source for Shared {
@@ -397,7 +447,25 @@ impl crate::metrics::Source for Shared {
 }
 
 impl Shared {
-    fn core(&self) -> std::sync::MutexGuard<'_, RelayCore<Peer>> {
+    pub(crate) fn mesh(&self) -> Option<&Mesh> {
+        self.mesh.as_ref()
+    }
+
+    /// A fresh id for the core (connections, trunks, trunk subscriptions).
+    pub(crate) fn new_conn_id(&self) -> ConnId {
+        self.next_conn.fetch_add(1, Relaxed)
+    }
+
+    /// An endpoint that can reach `addr` (same address family).
+    pub(crate) fn endpoint_for(&self, addr: SocketAddr) -> Option<Endpoint> {
+        self.endpoints
+            .get()?
+            .iter()
+            .find(|e| e.local_addr().is_ok_and(|l| l.is_ipv6() == addr.is_ipv6()))
+            .cloned()
+    }
+
+    pub(crate) fn core(&self) -> std::sync::MutexGuard<'_, RelayCore<Peer>> {
         // A panic elsewhere must not take forwarding down with a poisoned lock.
         self.core.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -405,6 +473,18 @@ impl Shared {
     fn admissions(&self) -> std::sync::MutexGuard<'_, Admissions> {
         self.admissions.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// This relay's id in its cluster: the configured one, or the first 16 hex digits of its
+/// certificate's fingerprint (unique, and stable across restarts).
+fn relay_id(config: &RelayConfig) -> String {
+    config
+        .directory
+        .as_ref()
+        .and_then(|d| d.id.clone())
+        .unwrap_or_else(|| {
+            natter_proto::invite::fingerprint_hex(&config.identity.fingerprint)[..16].to_string()
+        })
 }
 
 /// A running relay.
@@ -458,6 +538,9 @@ fn server_config(config: &RelayConfig) -> Result<quinn::ServerConfig, RelayError
         )
         .map_err(|e| RelayError::Tls(e.to_string()))?;
     tls.alpn_protocols = vec![natter_proto::ALPN.to_vec()];
+    if config.trunks.is_some() {
+        tls.alpn_protocols.push(TRUNK_ALPN.to_vec());
+    }
     let quic = QuicServerConfig::try_from(tls).map_err(|e| RelayError::Tls(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
     server.transport_config(Arc::new(transport_config(config)));
@@ -541,11 +624,16 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
             sockets.push(bind(bound, true).map_err(|e| RelayError::Bind(bound, e))?);
         }
     }
+    let mut core = RelayCore::new(
+        format!("natter-relay/{}", env!("CARGO_PKG_VERSION")),
+        config.limits.clone(),
+    );
+    let mesh = config.trunks.clone().map(|trunks| {
+        core.set_node(trunks.node);
+        Mesh::new(trunks, relay_id(&config))
+    });
     let shared = Arc::new(Shared {
-        core: Mutex::new(RelayCore::new(
-            format!("natter-relay/{}", env!("CARGO_PKG_VERSION")),
-            config.limits.clone(),
-        )),
+        core: Mutex::new(core),
         stats: RelayStats::default(),
         next_conn: AtomicU64::new(1),
         shutting_down: AtomicBool::new(false),
@@ -553,6 +641,8 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
         admissions: Mutex::default(),
         config,
         rooms_changed: Arc::default(),
+        mesh,
+        endpoints: std::sync::OnceLock::new(),
     });
     let mut endpoints = Vec::new();
     for socket in sockets {
@@ -571,6 +661,7 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
         };
         endpoints.push(endpoint);
     }
+    let _ = shared.endpoints.set(endpoints.clone());
     info!(addrs = ?addrs, threads, "relay listening");
     let mut relay = RelayHandle {
         shared,
@@ -671,10 +762,7 @@ impl RelayHandle {
         let invite = self.invite();
         let fingerprint = natter_proto::invite::fingerprint_hex(&self.fingerprint());
         let record = RelayRecord {
-            id: config
-                .id
-                .clone()
-                .unwrap_or_else(|| fingerprint[..16].to_string()),
+            id: relay_id(&self.shared.config),
             addr: invite.authority(),
             fingerprint,
             region: config.region.clone(),
@@ -686,12 +774,22 @@ impl RelayHandle {
             let rooms = core.room_names().map(str::to_string).collect();
             (rooms, core.participant_count() as u32)
         });
+        // With trunks, what the directory says about our rooms' other relays goes to the mesh.
+        let feed = self.shared.mesh.is_some().then(|| {
+            let shared = self.shared.clone();
+            Box::new(move |rooms| {
+                if let Some(mesh) = shared.mesh() {
+                    mesh.update(&shared, rooms);
+                }
+            }) as crate::cluster::store::PeersFeed
+        });
         Ok(DirectoryHandle::spawn(
             Store::open(&config.url)?,
             record,
             config.ttl,
             local,
             self.shared.rooms_changed.clone(),
+            feed,
         ))
     }
 
@@ -853,6 +951,14 @@ async fn run_connection(incoming: quinn::Incoming, id: ConnId, shared: Arc<Share
         }
     };
     shared.stats.connections_accepted.fetch_add(1, Relaxed);
+    let alpn = conn
+        .handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol);
+    if alpn.as_deref() == Some(TRUNK_ALPN) {
+        crate::cluster::trunk::accepted(shared, conn).await;
+        return;
+    }
     // Media only travels as datagrams (RFC 9221): a client that did not enable them could
     // join but would never hear or be heard, so it is told at once instead.
     if conn.max_datagram_size().is_none() {
@@ -920,7 +1026,7 @@ fn close_violation(conn: &Connection, shared: &Shared, code: ErrorCode, reason: 
     close_with(conn, code, reason);
 }
 
-fn dispatch(sends: Vec<(Peer, Message)>, stats: &RelayStats) {
+pub(crate) fn dispatch(sends: Vec<(Peer, Message)>, stats: &RelayStats) {
     for (peer, msg) in sends {
         peer.control.send(msg, stats);
     }
@@ -1141,7 +1247,7 @@ async fn forward_datagrams(conn: Connection, id: ConnId, shared: Arc<Shared>) {
 
 /// Drains one subscriber's queue into its connection, waiting for congestion-window space and
 /// dropping what has gone stale meanwhile.
-async fn send_datagrams(queue: Arc<SubscriberQueue>, shared: Arc<Shared>) {
+pub(crate) async fn send_datagrams(queue: Arc<SubscriberQueue>, shared: Arc<Shared>) {
     let stale_after = shared.config.stale_after;
     loop {
         let Some((datagram, arrived)) = queue.pop() else {

@@ -263,6 +263,7 @@ pub struct RelayStats {
     pub control_errors: u64,
     pub slow_readers: u64,
     pub control_throttled: u64,
+    pub trunk_in: u64,
 }
 
 impl RelayStats {
@@ -287,6 +288,7 @@ impl RelayStats {
                 "control_errors" => stats.control_errors = value,
                 "slow_readers" => stats.slow_readers = value,
                 "control_throttled" => stats.control_throttled = value,
+                "trunk_in" => stats.trunk_in = value,
                 _ => {}
             }
         }

@@ -2,7 +2,10 @@
 //! as real processes.
 
 use natter_e2e::redis::RedisServer;
-use natter_e2e::{Call, CallStats, RelayProcess, TempDir, read_wav, rms, tone_file, unix_now_us};
+use natter_e2e::{
+    Call, CallStats, RelayProcess, TempDir, find_signal_windows, read_wav, rms, signal_file,
+    tone_file, unix_now_us,
+};
 use natter_relay::cluster::directory::RelayRecord;
 use natter_relay::cluster::store::Store;
 use std::time::{Duration, Instant};
@@ -225,4 +228,162 @@ fn a_call_goes_on_while_redis_is_down() {
         "Bob's audio had holes at {quiet:?} ms (of {} ms)",
         (to - from) / 48
     );
+}
+
+const SECRET: &str = "cluster-secret-for-the-tests-0123";
+
+/// An edge with trunks: `--cluster-secret`, node `node`.
+fn mesh_edge(redis: &RedisServer, node: u8, secret: &str) -> RelayProcess {
+    RelayProcess::start_with(&[
+        "--directory",
+        &redis.url(),
+        "--relay-id",
+        &format!("edge-{node}"),
+        "--directory-ttl",
+        "3",
+        "--cluster-secret",
+        secret,
+        "--node",
+        &node.to_string(),
+    ])
+}
+
+/// One room over three edges: Alice speaks on edge 1; Bob and Bea listen on edge 2, Carol on
+/// edge 3. Everyone hears her (cross-correlation), everyone's roster names everyone (Alice
+/// names her listeners from the RTCP reports that came back over the trunks), each of Alice's
+/// datagrams crosses the trunk to edge 2 once although two listen there, and a second room on
+/// the same edges hears nothing of the first.
+#[test]
+fn a_room_spans_three_edges() {
+    const SPEECH_SECS: f32 = 8.0;
+    let redis = RedisServer::start();
+    let mut edges: Vec<RelayProcess> = (1..=3).map(|n| mesh_edge(&redis, n, SECRET)).collect();
+    let mut reader = Reader::new(&redis);
+    reader.wait_for(
+        Duration::from_secs(5),
+        ids(&["edge-1", "edge-2", "edge-3"]),
+        |r| r.ids(),
+    );
+    let dir = TempDir::new("mesh");
+    let speech = signal_file("speech", &dir.join("alice.wav"), SPEECH_SECS, 11);
+    let listen = |edge: &RelayProcess, room: &str, name: &str| {
+        let call = Call::new(edge.invite(), room, name)
+            .recording_in(&dir)
+            .duration(f64::from(SPEECH_SECS) + 4.0)
+            .spawn();
+        edge.wait_for_join(room, name);
+        call
+    };
+    let bob = listen(&edges[1], "mesh", "bob");
+    let bea = listen(&edges[1], "mesh", "bea");
+    let carol = listen(&edges[2], "mesh", "carol");
+    let erin = listen(&edges[1], "other", "erin");
+    let dave = listen(&edges[0], "other", "dave");
+    // Every edge with a member of "mesh" is in the directory before Alice starts.
+    reader.wait_for(Duration::from_secs(3), ids(&["edge-2", "edge-3"]), |r| {
+        r.room("mesh")
+    });
+    let alice = Call::new(edges[0].invite(), "mesh", "alice")
+        .input(&dir.join("alice.wav"))
+        .stats_json(&dir.join("alice.json"))
+        .spawn();
+    edges[0].wait_for_join("mesh", "alice");
+    let joined = Instant::now();
+    alice.finish();
+    println!("Alice's call took {:?} after her join", joined.elapsed());
+    for call in [bob, bea, carol, erin, dave] {
+        call.finish();
+    }
+    let alice_stats = CallStats::read(&dir.join("alice.json"));
+    for name in ["bob", "bea", "carol"] {
+        let stats = CallStats::read(&dir.join(&format!("{name}.json")));
+        let heard = read_wav(&dir.join(&format!("{name}-heard.wav")));
+        let m = find_signal_windows(&speech, &alice_stats, &heard, &stats, 500.0, 300.0, 500.0);
+        println!("{name} hears Alice across the trunk: {m}");
+        assert!(m.median_score() >= 0.6, "{name} did not hear Alice: {m}");
+        assert!(
+            stats
+                .peers
+                .iter()
+                .any(|p| p.name.as_deref() == Some("alice")),
+            "{name}'s roster lacks Alice: {stats:#?}"
+        );
+    }
+    let mut listeners: Vec<&str> = alice_stats
+        .listeners
+        .iter()
+        .filter_map(|l| l.name.as_deref())
+        .collect();
+    listeners.sort_unstable();
+    assert_eq!(listeners, ["bea", "bob", "carol"], "{alice_stats:#?}");
+    for name in ["erin", "dave"] {
+        let stats = CallStats::read(&dir.join(&format!("{name}.json")));
+        let heard: Vec<&str> = stats
+            .peers
+            .iter()
+            .filter_map(|p| p.name.as_deref())
+            .collect();
+        assert!(
+            !heard.contains(&"alice"),
+            "{name}, in another room, heard Alice"
+        );
+    }
+    // Edge 2 got Alice's stream once over the trunk (plus Carol's and Alice's RTCP), and gave
+    // it to both of its listeners.
+    let edge2 = edges[1].stop();
+    let sent = alice_stats.packets_sent;
+    println!(
+        "edge 2: {} datagrams in over trunks, {} forwarded to its members; Alice sent {sent}",
+        edge2.trunk_in, edge2.forwarded
+    );
+    assert!(
+        edge2.trunk_in >= sent * 9 / 10 && edge2.trunk_in < sent * 13 / 10,
+        "{edge2:?}"
+    );
+    assert!(edge2.forwarded >= 2 * sent * 9 / 10, "{edge2:?}");
+    for edge in &mut edges {
+        edge.terminate();
+    }
+}
+
+/// A relay with another cluster secret is refused by the mesh: its member in the same room
+/// hears nobody, and the others never hear of it.
+#[test]
+fn a_relay_without_the_secret_is_refused() {
+    let redis = RedisServer::start();
+    let good = mesh_edge(&redis, 1, SECRET);
+    let intruder = mesh_edge(&redis, 2, "some-other-secret-0123456789");
+    let dir = TempDir::new("intruder");
+    tone_file(&dir.join("tone.wav"), 440.0, 0.3, 4.0);
+    let eve = Call::new(intruder.invite(), "mesh", "eve")
+        .recording_in(&dir)
+        .duration(6.0)
+        .spawn();
+    intruder.wait_for_join("mesh", "eve");
+    let alice = Call::new(good.invite(), "mesh", "alice")
+        .input(&dir.join("tone.wav"))
+        .stats_json(&dir.join("alice.json"))
+        .spawn();
+    good.wait_for_join("mesh", "alice");
+    let refused = |relay: &RelayProcess, what: &str| {
+        relay.wait_for_log(Duration::from_secs(5), |v| {
+            v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(what))
+        })
+    };
+    assert!(
+        refused(&good, "refused a trunk").is_some()
+            || refused(&intruder, "refused a trunk").is_some(),
+        "nobody refused; logs:\n{}\n{}",
+        good.log_text(),
+        intruder.log_text()
+    );
+    alice.finish();
+    eve.finish();
+    let eve_stats = CallStats::read(&dir.join("eve.json"));
+    assert!(eve_stats.peers.is_empty(), "{eve_stats:#?}");
+    let alice_stats = CallStats::read(&dir.join("alice.json"));
+    assert!(alice_stats.listeners.is_empty(), "{alice_stats:#?}");
+    assert!(rms(&read_wav(&dir.join("eve-heard.wav"))) < 0.01);
 }

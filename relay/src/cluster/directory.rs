@@ -172,6 +172,11 @@ impl DirectoryCore {
         self.health
     }
 
+    /// The rooms with local members, as last set.
+    pub fn hosted_rooms(&self) -> &BTreeSet<String> {
+        &self.wanted
+    }
+
     pub fn record(&self) -> &RelayRecord {
         &self.record
     }

@@ -6,11 +6,14 @@
 //! - [`store`]: the Redis shell that carries it out on a task of its own, and reads the
 //!   directory back.
 //!
+//! - [`trunk`]: trunks between relays sharing a room (with a cluster secret).
+//!
 //! With no directory configured a relay runs exactly as a lone relay always has: nothing
 //! here starts.
 
 pub mod directory;
 pub mod store;
+pub mod trunk;
 
 use std::time::Duration;
 

@@ -7,11 +7,11 @@
 
 use super::directory::{DirectoryCore, Health, Op, RELAYS_KEY, RelayRecord, relay_key, room_key};
 use redis::aio::MultiplexedConnection;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Longest wait for Redis to accept a connection or answer a batch.
 const REDIS_DEADLINE: Duration = Duration::from_secs(1);
@@ -182,6 +182,29 @@ impl Store {
             .collect())
     }
 
+    /// For each of `rooms`, the live relays hosting members of it at `now_ms`.
+    pub async fn peers(
+        &mut self,
+        rooms: &BTreeSet<String>,
+        now_ms: u64,
+    ) -> Result<BTreeMap<String, Vec<RelayRecord>>, StoreError> {
+        if rooms.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let relays = self.relays(now_ms).await?;
+        let mut found = BTreeMap::new();
+        for room in rooms {
+            let ids = self.room_relays(room, now_ms).await?;
+            let hosting = relays
+                .iter()
+                .filter(|r| ids.contains(&r.id))
+                .cloned()
+                .collect();
+            found.insert(room.clone(), hosting);
+        }
+        Ok(found)
+    }
+
     /// Ids of the live relays hosting members of `room` at `now_ms`.
     pub async fn room_relays(
         &mut self,
@@ -191,6 +214,10 @@ impl Store {
         self.live_ids(&room_key(room), now_ms).await
     }
 }
+
+/// Where the directory task reports, after each write, the relays hosting each of this
+/// relay's rooms (the mesh opens trunks from it).
+pub type PeersFeed = Box<dyn Fn(BTreeMap<String, Vec<RelayRecord>>) + Send + Sync>;
 
 /// What the relay's shell gives the directory task: its rooms with members and its load, read
 /// from the relay's core when the task asks.
@@ -214,6 +241,7 @@ impl DirectoryHandle {
         ttl: Duration,
         local: LocalState,
         changed: Arc<Notify>,
+        peers: Option<PeersFeed>,
     ) -> Self {
         let stop = Arc::new(Notify::new());
         let health = Arc::new(Mutex::new(Health::Starting));
@@ -223,6 +251,7 @@ impl DirectoryHandle {
             store,
             core,
             local,
+            peers,
             changed,
             stop.clone(),
             health.clone(),
@@ -255,6 +284,7 @@ async fn run(
     mut store: Store,
     mut core: DirectoryCore,
     local: LocalState,
+    peers: Option<PeersFeed>,
     changed: Arc<Notify>,
     stop: Arc<Notify>,
     health: Arc<Mutex<Health>>,
@@ -266,6 +296,15 @@ async fn run(
         if let Some(ops) = core.poll_write(now) {
             let id = core.record().id.clone();
             let result = store.write(&id, &ops).await;
+            if result.is_ok()
+                && let Some(feed) = &peers
+            {
+                let rooms = core.hosted_rooms().clone();
+                match store.peers(&rooms, crate::server::unix_ms()).await {
+                    Ok(found) => feed(found),
+                    Err(e) => debug!(error = %e, "could not read the rooms' relays"),
+                }
+            }
             let before = core.health();
             core.on_written(result.is_ok(), crate::server::unix_ms());
             match (before, core.health(), result) {
