@@ -11,7 +11,6 @@ use crate::audio::wav::{WavFile, read_wav};
 use crate::engine::{EngineConfig, EngineStats};
 use crate::history::{History, Sample};
 use crate::session::{Audio, Input, Record, Session, SessionConfig, StartError};
-use crate::transport::ConnectError;
 use anyhow::Context;
 use natter_proto::invite::Invite;
 use std::path::PathBuf;
@@ -150,11 +149,17 @@ pub fn is_stdio(path: &std::path::Path) -> bool {
     path.as_os_str() == "-"
 }
 
-/// Runs a call to completion. Must be called inside a tokio runtime.
-pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
+/// Runs a call to completion. Must be called inside a tokio runtime. The error says whose it
+/// is: the invite's or the relay's ([`StartError::Connect`]: `natter call` exits 2) or a
+/// local one (files, devices, options: exit 1).
+pub async fn run(opts: CallOptions) -> Result<CallReport, StartError> {
     let frame_samples = match opts.frame_ms {
         10 | 20 | 40 | 60 => opts.frame_ms as usize * SAMPLE_RATE as usize / 1000,
-        other => anyhow::bail!("frame length must be 10, 20, 40 or 60 ms, not {other}"),
+        other => {
+            return Err(
+                anyhow::anyhow!("frame length must be 10, 20, 40 or 60 ms, not {other}").into(),
+            );
+        }
     };
     // Read the input before touching the network, so a bad file fails fast. `-` is a live
     // stream of raw PCM on standard input, paced as it plays.
@@ -178,7 +183,7 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
     };
     let duration = match (opts.duration, &input) {
         (Some(d), _) if d > longest => {
-            anyhow::bail!("--duration: at most {} s{why}", longest.as_secs())
+            return Err(anyhow::anyhow!("--duration: at most {} s{why}", longest.as_secs()).into());
         }
         (Some(d), _) => d,
         (None, Some(Input::Samples(samples))) => {
@@ -257,7 +262,7 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
     let joined = session.joined();
     let done = session.leave().await;
     if let Some(e) = &done.recording_error {
-        anyhow::bail!("{e}");
+        return Err(anyhow::anyhow!("{e}").into());
     }
     if let Some(path) = &opts.latency_csv {
         std::fs::write(path, history.to_csv())
@@ -324,12 +329,4 @@ fn sample_history(session: &Session, history: &mut History) {
 pub fn write_stats_json(report: &CallReport, path: &std::path::Path) -> anyhow::Result<()> {
     let json = serde_json::to_string_pretty(report)?;
     std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))
-}
-
-/// True when the error is one the user caused by the invite or the relay's answer (exit code
-/// 2) rather than a local failure.
-pub fn is_connect_error(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<ConnectError>().is_some()
-        || e.downcast_ref::<StartError>()
-            .is_some_and(|e| e.connect_error().is_some())
 }

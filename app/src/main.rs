@@ -13,6 +13,7 @@ use natter::audio::SAMPLE_RATE;
 use natter::audio::wav::{read_wav, write_wav};
 use natter::call::{self, CallOptions};
 use natter::measure::{self, LatencyStats};
+use natter::session::StartError;
 use natter::transport::ConnectError;
 use natter_proto::invite::Invite;
 use std::io::IsTerminal;
@@ -243,7 +244,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("natter: error: {e:#}");
-            ExitCode::from(if call::is_connect_error(&e) { 2 } else { 1 })
+            ExitCode::from(1)
         }
     }
 }
@@ -432,7 +433,22 @@ fn parse_seconds_or_zero(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// `natter call`: exit 2 when the invite or the relay is at fault (the user's to fix: README),
+/// 1 for a local failure, 3 when the relay ended the call.
 fn run_call(args: CallArgs) -> anyhow::Result<ExitCode> {
+    match call_with(args) {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            eprintln!("natter: error: {e:#}");
+            Ok(ExitCode::from(match e {
+                StartError::Connect(_) => 2,
+                StartError::Local(_) => 1,
+            }))
+        }
+    }
+}
+
+fn call_with(args: CallArgs) -> Result<ExitCode, StartError> {
     // A bad invite is the user's "could not connect" (exit 2, README), not a local failure.
     let text = match (&args.invite, &args.invite_file) {
         (Some(text), _) => text.clone(),

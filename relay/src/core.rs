@@ -240,6 +240,8 @@ pub struct RelayCore<H> {
     /// connection at a time.
     token_holders: HashMap<String, ConnId>,
     next_participant: u64,
+    /// Mixed into every SSRC; see [`RelayCore::with_ssrc_salt`].
+    ssrc_salt: u32,
     /// This relay's number in its cluster (0 alone): the high bits of its participant ids and
     /// SSRCs, so no two relays of a cluster hand out the same.
     node: u8,
@@ -247,20 +249,26 @@ pub struct RelayCore<H> {
     remote_senders: HashMap<(ConnId, u32), String>,
 }
 
-/// Participant id and SSRC of the `n`th participant of relay `node`: the id carries the node
-/// in bits 32–39, the SSRC is a bijection of node (top 8 bits) and `n` (low 24 bits), so they
-/// are unique across up to 255 relays for the first 16.7 million joins of each relay's life
-/// (after that SSRCs repeat; a remote clash is refused, [`RelayCore::remote_joined`]). A lone
-/// relay (node 0) numbers exactly as it always has.
-fn participant_ids(node: u8, n: u64) -> (u64, u32) {
+/// Participant id and SSRC of the `n`th participant of relay `node` whose SSRC salt is
+/// `salt`: the id carries the node in bits 32–39; the SSRC is a bijection of node (top 8 bits)
+/// and `n` XOR the salt (low 24 bits), so they are unique across up to 255 relays for the
+/// first 16.7 million joins of each relay's life (after that SSRCs repeat; a remote clash is
+/// refused, [`RelayCore::remote_joined`]), and differ between two lives of one relay. A lone
+/// relay (node 0) numbers its ids as it always has.
+fn participant_ids(node: u8, n: u64, salt: u32) -> (u64, u32) {
     let id = (u64::from(node) << 32) | (n & 0xffff_ffff);
-    (id, ssrc_for((u64::from(node) << 24) | (n & 0x00ff_ffff)))
+    let ssrc = ssrc_for(
+        (u64::from(node) << 24) | (n & 0x00ff_ffff),
+        salt & 0x00ff_ffff,
+    );
+    (id, ssrc)
 }
 
-/// MurmurHash3's 32-bit finaliser: a bijection on u32, so sequential participant ids become
-/// SSRCs that look random (RFC 3550 asks for random SSRCs) yet can never collide.
-fn ssrc_for(id: u64) -> u32 {
-    let mut x = id as u32;
+/// MurmurHash3's 32-bit finaliser over the participant id XOR `salt`: a bijection on u32, so
+/// sequential participant ids become SSRCs that look random (RFC 3550 asks for random SSRCs)
+/// yet can never collide within one relay process.
+fn ssrc_for(id: u64, salt: u32) -> u32 {
+    let mut x = id as u32 ^ salt;
     x ^= x >> 16;
     x = x.wrapping_mul(0x85eb_ca6b);
     x ^= x >> 13;
@@ -277,9 +285,20 @@ impl<H: Clone> RelayCore<H> {
             rooms: HashMap::new(),
             token_holders: HashMap::new(),
             next_participant: 1,
+            ssrc_salt: 0,
             node: 0,
             remote_senders: HashMap::new(),
         }
+    }
+
+    /// SSRCs made with `salt` (the shell passes a random one per process). Without it a
+    /// restarted relay would hand out the same SSRCs again in a new order: the client who
+    /// rejoins first gets the SSRC someone else had before the crash, and listeners, who
+    /// remember who sent under which SSRC, would put one person's statistics under
+    /// another's name.
+    pub fn with_ssrc_salt(mut self, salt: u32) -> Self {
+        self.ssrc_salt = salt;
+        self
     }
 
     /// A new QUIC connection completed its handshake at `now_ms` (Unix ms).
@@ -501,7 +520,7 @@ impl<H: Clone> RelayCore<H> {
                 evict,
             };
         }
-        let (id, ssrc) = participant_ids(self.node, self.next_participant);
+        let (id, ssrc) = participant_ids(self.node, self.next_participant, self.ssrc_salt);
         self.next_participant += 1;
         let participant = Participant {
             id,
@@ -1123,7 +1142,7 @@ mod tests {
         enter(&mut core, 1, "r", false);
         let (id, ssrc) = enter_id(&core, 1);
         assert_eq!(id >> 32, 7);
-        assert_eq!(participant_ids(7, 1), (id, ssrc));
+        assert_eq!(participant_ids(7, 1, core.ssrc_salt), (id, ssrc));
         let clash = Participant {
             id: 99,
             ssrc,
@@ -1135,13 +1154,19 @@ mod tests {
             Err(RemoteRefused::Clash(99, "r".into()))
         );
         // A lone relay numbers as before: node 0, ids 1, 2, …
-        assert_eq!(participant_ids(0, 5).0, 5);
-        assert_eq!(participant_ids(0, 5).1, ssrc_for(5));
-        // Distinct nodes never share an SSRC for the same join count.
+        assert_eq!(participant_ids(0, 5, 0).0, 5);
+        assert_eq!(participant_ids(0, 5, 0).1, ssrc_for(5, 0));
+        // A restart (another salt) hands out other SSRCs, on the same node.
+        assert_ne!(
+            participant_ids(3, 1, 0x9e37_79b9).1,
+            participant_ids(3, 1, 0).1
+        );
+        // Distinct nodes never share an SSRC, whatever their salts.
         let mut seen = std::collections::HashSet::new();
         for node in 0..=255u8 {
+            let salt = u32::from(node).wrapping_mul(0x9e37_79b9);
             for n in 1..50 {
-                assert!(seen.insert(participant_ids(node, n).1));
+                assert!(seen.insert(participant_ids(node, n, salt).1));
             }
         }
     }
@@ -1568,7 +1593,12 @@ mod tests {
 
     #[test]
     fn ssrcs_are_unique() {
-        let set: std::collections::HashSet<u32> = (1..100_000).map(ssrc_for).collect();
-        assert_eq!(set.len(), 99_999);
+        for salt in [0, 0x9e37_79b9] {
+            let set: std::collections::HashSet<u32> =
+                (1..100_000).map(|id| ssrc_for(id, salt)).collect();
+            assert_eq!(set.len(), 99_999);
+        }
+        // Two relay processes (a restart) with different salts hand out different SSRCs.
+        assert_ne!(ssrc_for(1, 0), ssrc_for(1, 0x9e37_79b9));
     }
 }
