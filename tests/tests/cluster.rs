@@ -157,16 +157,20 @@ fn edges_register_their_rooms_and_a_dead_edge_expires() {
     println!("a stopped edge left the directory {withdrawn:?} after its exit");
 }
 
-/// Redis stopped mid-call: the call goes on without a gap (media never waits on the
-/// directory); Redis back, empty: the relay registers itself and its room again, and a new
-/// member joins.
+/// Redis stopped mid-call: a call across two edges goes on without a gap (media and the
+/// trunk never wait on the directory); Redis back, empty: the edges register themselves and
+/// their room again, and a new member on a third edge, which needs the directory to find the
+/// others, joins and hears the call.
 #[test]
 fn a_call_goes_on_while_redis_is_down() {
     const TONE_SECS: f32 = 9.0;
     let mut redis = RedisServer::start();
     let mut reader = Reader::new(&redis);
-    let relay = edge(&redis, "edge-0", "eu", 3);
-    reader.wait_for(Duration::from_secs(5), ids(&["edge-0"]), |r| r.ids());
+    let edge_a = mesh_edge(&redis, 1, SECRET);
+    let relay = mesh_edge(&redis, 2, SECRET);
+    reader.wait_for(Duration::from_secs(5), ids(&["edge-1", "edge-2"]), |r| {
+        r.ids()
+    });
     let dir = TempDir::new("redis-down");
     tone_file(&dir.join("alice.wav"), 440.0, 0.3, TONE_SECS);
     let bob = Call::new(relay.invite(), "lobby", "bob")
@@ -174,11 +178,12 @@ fn a_call_goes_on_while_redis_is_down() {
         .duration(f64::from(TONE_SECS) + 2.0)
         .spawn();
     relay.wait_for_join("lobby", "bob");
-    let alice = Call::new(relay.invite(), "lobby", "alice")
+    // Alice on the other edge: Bob hears her over the trunk.
+    let alice = Call::new(edge_a.invite(), "lobby", "alice")
         .input(&dir.join("alice.wav"))
         .stats_json(&dir.join("alice.json"))
         .spawn();
-    relay.wait_for_join("lobby", "alice");
+    edge_a.wait_for_join("lobby", "alice");
     let alice_joined_us = unix_now_us();
     std::thread::sleep(Duration::from_secs(2));
 
@@ -196,19 +201,30 @@ fn a_call_goes_on_while_redis_is_down() {
     );
     std::thread::sleep(Duration::from_secs(2));
     redis.restart();
-    let back = reader.wait_for(Duration::from_secs(5), ids(&["edge-0"]), |r| r.ids());
+    let back = reader.wait_for(Duration::from_secs(5), ids(&["edge-1", "edge-2"]), |r| {
+        r.ids()
+    });
     println!("re-registered {back:?} after Redis came back");
-    reader.wait_for(Duration::from_secs(2), ids(&["edge-0"]), |r| {
+    reader.wait_for(Duration::from_secs(2), ids(&["edge-1", "edge-2"]), |r| {
         r.room("lobby")
     });
-    // A new member joins after the outage.
-    let carol = Call::new(relay.invite(), "lobby", "carol")
-        .duration(1.0)
+    let edge_c = mesh_edge(&redis, 3, SECRET);
+    let carol = Call::new(edge_c.invite(), "lobby", "carol")
+        .stats_json(&dir.join("carol.json"))
+        .duration(2.0)
         .spawn();
-    relay.wait_for_join("lobby", "carol");
+    edge_c.wait_for_join("lobby", "carol");
     carol.finish();
     alice.finish();
     bob.finish();
+    let carol_stats = CallStats::read(&dir.join("carol.json"));
+    assert!(
+        carol_stats
+            .peers
+            .iter()
+            .any(|p| p.name.as_deref() == Some("alice") && p.packets_received > 20),
+        "Carol, joining after the outage, did not hear Alice: {carol_stats:#?}"
+    );
 
     // Bob heard Alice's tone in every 100 ms from half a second after she joined until it
     // ended, the outage included.
