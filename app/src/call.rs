@@ -11,6 +11,7 @@ use crate::audio::wav::{WavFile, read_wav};
 use crate::engine::{EngineConfig, EngineStats};
 use crate::history::{History, Sample};
 use crate::session::{Audio, Input, Record, Session, SessionConfig, StartError};
+use crate::transport::control::{CallState, ChatLine};
 use anyhow::Context;
 use natter_proto::invite::Invite;
 use std::path::PathBuf;
@@ -52,6 +53,8 @@ pub struct CallOptions {
     pub latency_csv: Option<PathBuf>,
     /// Keep what the speaker played in [`CallReport::recording`] (implied by `output`).
     pub keep_recording: bool,
+    /// Chat messages to send once in the room, in order.
+    pub chat: Vec<String>,
 }
 
 /// How often `--latency-csv` samples the meter: fine enough to line each sample up with a
@@ -73,6 +76,8 @@ pub struct CallReport {
     /// It ended because the connection to the relay was lost (the relay died or the network
     /// did), not because the relay ended it.
     pub relay_lost: bool,
+    /// The room's chat as this call saw it (the last 200 lines).
+    pub chat: Vec<ChatLine>,
     #[serde(flatten)]
     pub engine: EngineStats,
     #[serde(skip)]
@@ -238,6 +243,10 @@ pub async fn run(opts: CallOptions) -> Result<CallReport, StartError> {
     })
     .await?;
 
+    for text in &opts.chat {
+        session.send_chat(text.clone());
+    }
+    let mut chat_printed = 0;
     let mut history = History::keeping(f64::INFINITY);
     let mut next_sample = Instant::now();
     // SIGTERM (`kill`, `timeout`, a service manager) ends the call as cleanly as Ctrl-C: the
@@ -249,6 +258,7 @@ pub async fn run(opts: CallOptions) -> Result<CallReport, StartError> {
                 if session.audio_finished() {
                     break;
                 }
+                chat_printed = print_chat(&session.state(), chat_printed);
                 if opts.latency_csv.is_some() && Instant::now() >= next_sample {
                     next_sample += HISTORY_PERIOD;
                     sample_history(&session, &mut history);
@@ -261,6 +271,7 @@ pub async fn run(opts: CallOptions) -> Result<CallReport, StartError> {
     }
     let joined = session.joined();
     let done = session.leave().await;
+    print_chat(&done.state, chat_printed);
     if let Some(e) = &done.recording_error {
         return Err(anyhow::anyhow!("{e}").into());
     }
@@ -277,6 +288,7 @@ pub async fn run(opts: CallOptions) -> Result<CallReport, StartError> {
         relay_rtt_ms: done.state.relay_rtt_ms,
         ended_by_relay: done.ended_by_relay,
         relay_lost: done.relay_lost,
+        chat: done.state.chat.iter().cloned().collect(),
         engine: done.stats,
         recording: done.recording,
     })
@@ -302,6 +314,32 @@ impl NoSignal {
     async fn recv(&mut self) -> Option<()> {
         std::future::pending().await
     }
+}
+
+/// Prints the room's chat lines that arrived since `printed` (a count of lines ever added) to
+/// standard error, where they do not mix with audio on standard output; returns the new
+/// count. Control characters are escaped: a member must not be able to drive our terminal.
+fn print_chat(state: &CallState, printed: u64) -> u64 {
+    let new = state.chat_count.saturating_sub(printed) as usize;
+    let skip = state.chat.len().saturating_sub(new);
+    for line in state.chat.iter().skip(skip).filter(|l| !l.own) {
+        eprintln!("chat {}: {}", printable(&line.from), printable(&line.text));
+    }
+    state.chat_count
+}
+
+/// `text` with control characters (newlines included) escaped.
+fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
 }
 
 /// Adds one sample per peer whose stages are complete, timed in seconds since sample 0 of the

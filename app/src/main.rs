@@ -144,8 +144,9 @@ struct CallArgs {
     /// Display name.
     #[arg(long)]
     name: String,
-    /// WAV file used as the microphone (any rate and channels), or `-` for raw PCM on standard
-    /// input (signed 16-bit little-endian, mono, 48 kHz), paced as it plays: a burst is
+    /// WAV file used as the microphone (any rate and channels), or `-` for standard input:
+    /// raw PCM (signed 16-bit little-endian, mono, 48 kHz) or a WAV stream (PCM or float, any
+    /// rate and channels, length fields may say "unknown"), paced as it plays: a burst is
     /// buffered, late audio plays as silence; the call ends when the stream does. Without it,
     /// only listen.
     #[arg(long, conflicts_with_all = ["input_device", "output_device"])]
@@ -180,6 +181,10 @@ struct CallArgs {
     /// seconds since sample 0 of --output), the same columns as the desktop app's export.
     #[arg(long)]
     latency_csv: Option<PathBuf>,
+    /// Send this chat message to the room once joined (repeat for several). Messages from
+    /// others are printed to standard error as `chat NAME: TEXT`, and kept in --stats-json.
+    #[arg(long, value_name = "TEXT")]
+    chat: Vec<String>,
     /// Opus frame length in ms: 10 (low-latency mode), 20, 40 or 60. Adapted to the network
     /// (e.g. 40 ms on a lossy one) unless --fixed-frame.
     #[arg(long, default_value_t = 20)]
@@ -490,6 +495,7 @@ fn call_with(args: CallArgs) -> Result<ExitCode, StartError> {
         voice_activation: args.voice_activation,
         latency_csv: args.latency_csv.clone(),
         keep_recording: false,
+        chat: args.chat.clone(),
         devices: (args.input_device.is_some() || args.output_device.is_some()).then(|| {
             natter::audio::device::DeviceChoice {
                 input: args.input_device.clone(),
@@ -552,6 +558,7 @@ async fn demo(seconds: f32, frame_ms: u32) -> anyhow::Result<ExitCode> {
         voice_activation: false,
         latency_csv: None,
         keep_recording: true,
+        chat: Vec::new(),
     };
     println!(
         "bob listens; alice sends {seconds} s of chirps ({frame_ms} ms Opus frames) through the relay…"

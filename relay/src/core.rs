@@ -141,7 +141,15 @@ struct Member {
     /// The access token it joined with (token relays), so the token's next Join can
     /// replace it.
     token: Option<String>,
+    /// Chat messages it may still send ([`CHAT_RATE`], [`CHAT_BURST`]).
+    chat: TokenBucket,
 }
+
+/// Chat messages a member may send per second, and in a burst. Each one becomes a message in
+/// every other member's control queue, so a member typing fast (or a script) must not fill
+/// the queues of the room: more are dropped, not forwarded.
+pub const CHAT_RATE: f64 = 1.0;
+pub const CHAT_BURST: f64 = 3.0;
 
 /// One room: its members' connection ids, in join order.
 #[derive(Debug)]
@@ -412,6 +420,10 @@ impl<H: Clone> RelayCore<H> {
             (Phase::AwaitJoin, Message::SetMute { .. }) => {
                 Outcome::fatal(ErrorCode::NotJoined, "SetMute before Join")
             }
+            (Phase::Joined, Message::Chat { text }) => self.chat(conn, text, now_ms),
+            (Phase::AwaitJoin, Message::Chat { .. }) => {
+                Outcome::fatal(ErrorCode::NotJoined, "Chat before Join")
+            }
             (_, Message::Leave) => Outcome {
                 sends: Vec::new(),
                 close: Some(Close::Left),
@@ -424,7 +436,8 @@ impl<H: Clone> RelayCore<H> {
                 | Message::Welcome { .. }
                 | Message::ParticipantJoined(_)
                 | Message::ParticipantLeft { .. }
-                | Message::MuteChanged { .. }),
+                | Message::MuteChanged { .. }
+                | Message::ChatMessage { .. }),
             ) => Outcome::fatal(
                 ErrorCode::ProtocolViolation,
                 format!("clients may not send {}", message_name(&m)),
@@ -538,6 +551,7 @@ impl<H: Clone> RelayCore<H> {
             room: room.clone(),
             echo,
             token: used_token,
+            chat: TokenBucket::new(CHAT_RATE, CHAT_BURST, now_ms as f64),
         });
         let handle = c.handle.clone();
         let r = self.rooms.entry(room.clone()).or_insert_with(Room::new);
@@ -600,6 +614,28 @@ impl<H: Clone> RelayCore<H> {
         let room = member.room.clone();
         Outcome {
             sends: self.broadcast(&room, None, &Message::MuteChanged { id, muted }),
+            close: None,
+            evict: Vec::new(),
+        }
+    }
+
+    /// Forwards a chat message to everyone else in the room, within the member's chat rate;
+    /// empty or blank text and messages over the rate are dropped. Nothing is kept or logged.
+    fn chat(&mut self, conn: ConnId, text: String, now_ms: u64) -> Outcome<H> {
+        let Some(member) = self
+            .connections
+            .get_mut(&conn)
+            .and_then(|c| c.member.as_mut())
+        else {
+            return Outcome::none();
+        };
+        if text.trim().is_empty() || !member.chat.take(1.0, now_ms as f64) {
+            return Outcome::none();
+        }
+        let id = member.participant.id;
+        let room = member.room.clone();
+        Outcome {
+            sends: self.broadcast(&room, Some(conn), &Message::ChatMessage { id, text }),
             close: None,
             evict: Vec::new(),
         }
@@ -848,6 +884,25 @@ impl<H: Clone> RelayCore<H> {
         notices
     }
 
+    /// Trunk `trunk` passes on a chat line of its participant `id` in `room` (the origin
+    /// relay applied the sender's chat rate).
+    pub fn remote_chat(
+        &self,
+        trunk: ConnId,
+        room: &str,
+        id: u64,
+        text: String,
+    ) -> Vec<(H, Message)> {
+        let announced = self
+            .rooms
+            .get(room)
+            .is_some_and(|r| r.remote.iter().any(|(t, p)| *t == trunk && p.id == id));
+        if !announced {
+            return Vec::new();
+        }
+        self.tell_locals(room, &Message::ChatMessage { id, text })
+    }
+
     /// Trunk `trunk` says participant `id` in `room` (un)muted.
     pub fn remote_muted(
         &mut self,
@@ -975,6 +1030,7 @@ fn message_name(m: &Message) -> &'static str {
         Message::ParticipantJoined(_) => "ParticipantJoined",
         Message::ParticipantLeft { .. } => "ParticipantLeft",
         Message::MuteChanged { .. } => "MuteChanged",
+        Message::ChatMessage { .. } => "ChatMessage",
         _ => "this message",
     }
 }
@@ -1120,6 +1176,13 @@ mod tests {
             left.iter()
                 .any(|(to, m)| *to == 101 && matches!(m, Message::ParticipantLeft { .. }))
         );
+        // Chat crosses the trunk like the roster: A's member 1 says hello, B's members read it.
+        let said = a.on_message(1, Message::Chat { text: "hi".into() }, 0);
+        assert!(said.sends.iter().any(|(to, _)| *to == 101));
+        let (id1, _) = enter_id(&a, 1);
+        let read = b.remote_chat(100, "r", id1, "hi".into());
+        assert_eq!(read.iter().map(|(to, _)| *to).collect::<Vec<_>>(), [3, 4]);
+        assert!(b.remote_chat(100, "r", 12345, "forged".into()).is_empty());
         // The trunk goes: B's members see A's remaining member leave, and the room stays.
         let gone = b.trunk_closed(100);
         assert_eq!(
@@ -1221,6 +1284,50 @@ mod tests {
             Err(DropReason::Malformed)
         );
         assert_eq!(targets(&mut core, 1, &[]), Err(DropReason::Malformed));
+    }
+
+    /// Chat goes to everyone else in the room (not the sender, not other rooms), within the
+    /// member's rate: a burst of three, then one a second; blank text is dropped; before Join
+    /// it is a protocol error; clients may not forge a ChatMessage.
+    #[test]
+    fn chat_reaches_the_rest_of_the_room_within_its_rate() {
+        let mut core = Core::new("relay", Limits::default());
+        for (conn, room) in [(1, "r"), (2, "r"), (3, "r"), (4, "other")] {
+            enter(&mut core, conn, room, false);
+        }
+        let chat = |text: &str| Message::Chat { text: text.into() };
+        let out = core.on_message(1, chat("hello"), 0);
+        let mut to: Vec<ConnId> = out.sends.iter().map(|(h, _)| *h).collect();
+        to.sort_unstable();
+        assert_eq!(to, [2, 3]);
+        assert!(
+            out.sends
+                .iter()
+                .all(|(_, m)| matches!(m, Message::ChatMessage { text, .. } if text == "hello"))
+        );
+        assert!(core.on_message(1, chat("  \n "), 0).sends.is_empty());
+        // Two more fit the burst of three; the fourth at the same moment is dropped.
+        assert_eq!(core.on_message(1, chat("2"), 0).sends.len(), 2);
+        assert_eq!(core.on_message(1, chat("3"), 0).sends.len(), 2);
+        assert!(core.on_message(1, chat("4"), 0).sends.is_empty());
+        assert_eq!(core.on_message(1, chat("5"), 1_000).sends.len(), 2);
+        // Not in a room yet: refused.
+        core.connect(5, 5, 0);
+        core.on_message(5, hello(), 0);
+        let out = core.on_message(5, chat("early"), 0);
+        assert!(matches!(
+            out.close,
+            Some(Close::Error(ErrorCode::NotJoined, _))
+        ));
+        let forged = Message::ChatMessage {
+            id: 2,
+            text: "x".into(),
+        };
+        let out = core.on_message(1, forged, 0);
+        assert!(matches!(
+            out.close,
+            Some(Close::Error(ErrorCode::ProtocolViolation, _))
+        ));
     }
 
     #[test]

@@ -496,6 +496,9 @@ async fn read_room(shared: Arc<Shared>, trunk: Trunk, mut recv: quinn::RecvStrea
                     members.remove(&id);
                     core.remote_left(trunk.id, r, id)
                 }
+                (Some(r), Message::ChatMessage { id, text }) => {
+                    core.remote_chat(trunk.id, r, id, text)
+                }
                 (Some(r), Message::MuteChanged { id, muted }) => {
                     core.remote_muted(trunk.id, r, id, muted)
                 }
