@@ -8,7 +8,7 @@
 
 use crate::bucket::TokenBucket;
 use natter_proto::control::{
-    ErrorCode, JOIN_FLAG_ECHO, Message, NAME_RULE, Participant, valid_name,
+    ErrorCode, JOIN_FLAG_ECHO, MAX_NAME_LEN, Message, NAME_RULE, Participant, valid_name,
 };
 use natter_proto::media::{Datagram, PacketKind};
 use natter_proto::rtcp;
@@ -535,6 +535,7 @@ impl<H: Clone> RelayCore<H> {
         }
         let (id, ssrc) = participant_ids(self.node, self.next_participant, self.ssrc_salt);
         self.next_participant += 1;
+        let name = self.distinct_name(&room, name);
         let participant = Participant {
             id,
             ssrc,
@@ -617,6 +618,40 @@ impl<H: Clone> RelayCore<H> {
             close: None,
             evict: Vec::new(),
         }
+    }
+
+    /// `name`, or when someone in `room` already has it (ignoring case and surrounding
+    /// space) `name (2)`, `name (3)`, …: everyone in a room has a name of their own, so the
+    /// roster, the chat and per-person volumes can tell people apart. Renaming rather than
+    /// refusing matters for rejoins: a client whose network changed joins again while the
+    /// relay still holds its old connection (until the idle timeout), and must not be shut out
+    /// by its own ghost. The Welcome's roster tells the client the name it got.
+    fn distinct_name(&self, room: &str, name: String) -> String {
+        let taken = |candidate: &str| {
+            let key = candidate.trim().to_lowercase();
+            self.rooms.get(room).is_some_and(|r| {
+                r.members.iter().any(|m| {
+                    self.connections
+                        .get(&m.conn)
+                        .and_then(|c| c.member.as_ref())
+                        .is_some_and(|member| member.participant.name.trim().to_lowercase() == key)
+                })
+            })
+        };
+        if !taken(&name) {
+            return name;
+        }
+        (2..)
+            .map(|n| {
+                let suffix = format!(" ({n})");
+                let mut base = name.trim_end().to_string();
+                while base.len() + suffix.len() > MAX_NAME_LEN {
+                    base.pop();
+                }
+                format!("{base}{suffix}")
+            })
+            .find(|candidate| !taken(candidate))
+            .expect("a room holds fewer members than there are numbers")
     }
 
     /// Forwards a chat message to everyone else in the room, within the member's chat rate;
@@ -1284,6 +1319,46 @@ mod tests {
             Err(DropReason::Malformed)
         );
         assert_eq!(targets(&mut core, 1, &[]), Err(DropReason::Malformed));
+    }
+
+    /// A second "Alice" in a room becomes "Alice (2)" (names compare without case and
+    /// surrounding space), a third "Alice (3)"; the same name in another room stays; a long
+    /// name is shortened to fit its number; once the first Alice left, her name is free.
+    #[test]
+    fn names_in_a_room_are_distinct() {
+        let mut core = Core::new("relay", Limits::default());
+        let join_as = |core: &mut Core, conn: ConnId, room: &str, name: &str| -> String {
+            core.connect(conn, conn, 0);
+            core.on_message(conn, hello(), 0);
+            let out = core.on_message(conn, join(room, name, false), 0);
+            match &out.sends[0] {
+                (
+                    _,
+                    Message::Welcome {
+                        roster,
+                        participant_id,
+                        ..
+                    },
+                ) => roster
+                    .iter()
+                    .find(|p| p.id == *participant_id)
+                    .expect("we are in our roster")
+                    .name
+                    .clone(),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(join_as(&mut core, 1, "r", "Alice"), "Alice");
+        assert_eq!(join_as(&mut core, 2, "r", "alice "), "alice (2)");
+        assert_eq!(join_as(&mut core, 3, "r", "ALICE"), "ALICE (3)");
+        assert_eq!(join_as(&mut core, 4, "other", "Alice"), "Alice");
+        let long = "x".repeat(64);
+        assert_eq!(join_as(&mut core, 5, "r", &long), long);
+        let second = join_as(&mut core, 6, "r", &long);
+        assert_eq!(second, format!("{} (2)", "x".repeat(60)));
+        core.on_message(1, Message::Leave, 0);
+        core.disconnect(1);
+        assert_eq!(join_as(&mut core, 7, "r", "Alice"), "Alice");
     }
 
     /// Chat goes to everyone else in the room (not the sender, not other rooms), within the

@@ -10,12 +10,15 @@
 //! - [`reset_key`]: the QUIC stateless-reset key, kept in the data directory so a restarted
 //!   relay resets its old connections at once.
 //! - [`cluster`]: the cluster directory on Redis (only with a directory configured).
+//! - [`fresh_queue`]: the stale/queue rule for forwarded datagrams (late audio is dropped).
+//! - [`udp_batch`]: batched UDP I/O (recvmmsg/GRO in, sendmmsg across destinations out).
 //! - [`admission`]: connection slots, relay-wide and per address, taken at the handshake.
 //! - [`stats`]: counters the shell keeps (datagrams forwarded and dropped by reason, …).
 
 pub mod admission;
 pub mod cluster;
 pub mod core;
+pub mod fresh_queue;
 pub mod identity;
 pub mod logging;
 pub mod reset_key;
@@ -29,3 +32,4 @@ pub mod bucket;
 pub mod config;
 pub mod metrics;
 pub mod token;
+pub mod udp_batch;

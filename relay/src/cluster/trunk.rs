@@ -350,7 +350,7 @@ async fn run(
         conn: conn.clone(),
         id,
         dialer: dialer.clone(),
-        peer: Peer::new(conn.clone()),
+        peer: Peer::new(conn.clone(), shared.config.stale_after),
     };
     {
         let mut state = mesh.state();

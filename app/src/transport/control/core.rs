@@ -68,6 +68,8 @@ pub struct ControlCore {
     start: Instant,
     start_unix_us: u64,
     state: CallState,
+    /// Our participant id, once welcomed.
+    me: Option<u64>,
     /// Set when we broke off for something the relay did: close the connection with it.
     close: Option<(ErrorCode, String)>,
 }
@@ -87,6 +89,7 @@ impl ControlCore {
             start: now,
             start_unix_us: unix_us,
             state: CallState::default(),
+            me: None,
             close: None,
         };
         core.send(&Message::Hello {
@@ -204,6 +207,7 @@ impl ControlCore {
                 },
             ) => {
                 self.phase = Phase::InCall;
+                self.me = Some(participant_id);
                 self.deadline = None;
                 // The first ping at once: the round trip is known within a moment of joining.
                 self.next_ping = Some(now);
@@ -295,8 +299,13 @@ impl ControlCore {
         }
         let text = text[..end].to_string();
         self.send(&Message::Chat { text: text.clone() });
+        // Our name as the room knows it: the relay renames a second "Alice" to "Alice (2)".
+        let from = self
+            .me
+            .and_then(|me| self.state.roster.get(&me))
+            .map_or_else(|| self.request.name.clone(), |p| p.name.clone());
         self.events.push_back(Event::Chat(ChatLine {
-            from: self.request.name.clone(),
+            from,
             text,
             own: true,
         }));
