@@ -34,6 +34,8 @@ run_packages=(libgl1-mesa-dri libegl1 libglx-mesa0 libxkbcommon-x11-0 libxkbcomm
 [ "$what" = ui ] && packages+=("${run_packages[@]}" xvfb xauth pulseaudio)
 # tests/tests/desktop.rs opens the app's real window on a private Xvfb and reads it back.
 [ "$what" = test ] && packages+=("${run_packages[@]}" xvfb x11-utils xdotool)
+# tests/tests/cluster.rs keeps the relays' directory in a private redis-server (unix socket).
+[ "$what" = test ] && packages+=(redis-server)
 # tests/tests/nat.rs hosts a call behind a real UPnP router (miniupnpd) in network namespaces.
 [ "$what" = test ] && packages+=(iproute2 nftables miniupnpd-nftables)
 

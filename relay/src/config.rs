@@ -37,6 +37,23 @@ pub struct LimitsFile {
     pub retry_above: Option<usize>,
 }
 
+/// The `[cluster]` table: the directory this relay keeps itself in.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ClusterFile {
+    /// Redis URL (`redis://:PASSWORD@127.0.0.1:6379`, `redis+unix:///run/redis/redis.sock`).
+    pub directory: Option<String>,
+    pub id: Option<String>,
+    pub region: Option<String>,
+    pub ttl_secs: Option<u64>,
+    /// Cluster secret for trunks (at least 16 bytes), or…
+    pub secret: Option<String>,
+    /// …a file holding it.
+    pub secret_file: Option<PathBuf>,
+    /// This relay's number in the cluster, 1–255.
+    pub node: Option<u8>,
+}
+
 /// The whole file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -54,6 +71,8 @@ pub struct ConfigFile {
     pub access: AccessFile,
     #[serde(default)]
     pub limits: LimitsFile,
+    #[serde(default)]
+    pub cluster: ClusterFile,
 }
 
 /// A configuration problem, naming the file and key.
@@ -143,6 +162,11 @@ mod tests {
             max-connections-per-address = 16
             join-timeout-secs = 5
             control-messages-per-second = 20.0
+            [cluster]
+            directory = "redis+unix:///run/redis/redis.sock"
+            id = "edge-1"
+            region = "eu-west"
+            ttl-secs = 15
             "#,
             Path::new("relay.toml"),
         )
@@ -154,6 +178,8 @@ mod tests {
         assert_eq!(c.limits.join_timeout_secs, Some(5));
         assert_eq!(c.limits.control_messages_per_second, Some(20.0));
         assert_eq!(c.access.mode.as_deref(), Some("token"));
+        assert_eq!(c.cluster.region.as_deref(), Some("eu-west"));
+        assert_eq!(c.cluster.ttl_secs, Some(15));
         assert_eq!(resolve_secret(&c.access).unwrap().unwrap().len(), 20);
     }
 

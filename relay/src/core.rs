@@ -157,6 +157,39 @@ struct Room<H> {
     /// Everything forwarding needs, in one contiguous list so the hot path touches no map but
     /// the room lookup.
     members: Vec<RoomMember<H>>,
+    /// Trunks to other relays interested in this room: each gets every local sender's
+    /// datagrams once, and the local members' joins, leaves and mutes.
+    trunks: Vec<TrunkSub<H>>,
+    /// Members on other relays, by the trunk that told us of them.
+    remote: Vec<(ConnId, Participant)>,
+}
+
+/// A trunk's subscription to a room (see [`RelayCore::trunk_subscribe`]).
+#[derive(Debug)]
+struct TrunkSub<H> {
+    trunk: ConnId,
+    handle: H,
+}
+
+impl<H> Room<H> {
+    fn new() -> Self {
+        Self {
+            members: Vec::new(),
+            trunks: Vec::new(),
+            remote: Vec::new(),
+        }
+    }
+
+    /// True when a participant id or SSRC is taken in this room, here or on another relay.
+    fn taken(&self, local: &HashMap<ConnId, Connection<H>>, p: &Participant) -> bool {
+        let clash = |q: &Participant| q.id == p.id || q.ssrc == p.ssrc;
+        self.remote.iter().any(|(_, q)| clash(q))
+            || self
+                .members
+                .iter()
+                .filter_map(|m| local.get(&m.conn)?.member.as_ref())
+                .any(|m| clash(&m.participant))
+    }
 }
 
 #[derive(Debug)]
@@ -217,6 +250,26 @@ pub struct RelayCore<H> {
     next_participant: u64,
     /// Mixed into every SSRC; see [`RelayCore::with_ssrc_salt`].
     ssrc_salt: u32,
+    /// This relay's number in its cluster (0 alone): the high bits of its participant ids and
+    /// SSRCs, so no two relays of a cluster hand out the same.
+    node: u8,
+    /// Which room each remote sender (trunk, SSRC) speaks in.
+    remote_senders: HashMap<(ConnId, u32), String>,
+}
+
+/// Participant id and SSRC of the `n`th participant of relay `node` whose SSRC salt is
+/// `salt`: the id carries the node in bits 32–39; the SSRC is a bijection of node (top 8 bits)
+/// and `n` XOR the salt (low 24 bits), so they are unique across up to 255 relays for the
+/// first 16.7 million joins of each relay's life (after that SSRCs repeat; a remote clash is
+/// refused, [`RelayCore::remote_joined`]), and differ between two lives of one relay. A lone
+/// relay (node 0) numbers its ids as it always has.
+fn participant_ids(node: u8, n: u64, salt: u32) -> (u64, u32) {
+    let id = (u64::from(node) << 32) | (n & 0xffff_ffff);
+    let ssrc = ssrc_for(
+        (u64::from(node) << 24) | (n & 0x00ff_ffff),
+        salt & 0x00ff_ffff,
+    );
+    (id, ssrc)
 }
 
 /// MurmurHash3's 32-bit finaliser over the participant id XOR `salt`: a bijection on u32, so
@@ -241,6 +294,8 @@ impl<H: Clone> RelayCore<H> {
             token_holders: HashMap::new(),
             next_participant: 1,
             ssrc_salt: 0,
+            node: 0,
+            remote_senders: HashMap::new(),
         }
     }
 
@@ -278,6 +333,14 @@ impl<H: Clone> RelayCore<H> {
     /// Number of rooms with at least one member.
     pub fn room_count(&self) -> usize {
         self.rooms.len()
+    }
+
+    /// Names of the rooms with at least one member (for the cluster directory).
+    pub fn room_names(&self) -> impl Iterator<Item = &str> {
+        self.rooms
+            .iter()
+            .filter(|(_, r)| !r.members.is_empty())
+            .map(|(name, _)| name.as_str())
     }
 
     /// Number of participants in rooms.
@@ -470,12 +533,12 @@ impl<H: Clone> RelayCore<H> {
                 evict,
             };
         }
-        let id = self.next_participant;
+        let (id, ssrc) = participant_ids(self.node, self.next_participant, self.ssrc_salt);
         self.next_participant += 1;
         let name = self.distinct_name(&room, name);
         let participant = Participant {
             id,
-            ssrc: ssrc_for(id, self.ssrc_salt),
+            ssrc,
             name,
             muted: false,
         };
@@ -492,16 +555,16 @@ impl<H: Clone> RelayCore<H> {
             chat: TokenBucket::new(CHAT_RATE, CHAT_BURST, now_ms as f64),
         });
         let handle = c.handle.clone();
-        let r = self.rooms.entry(room.clone()).or_insert_with(|| Room {
-            members: Vec::new(),
-        });
+        let r = self.rooms.entry(room.clone()).or_insert_with(Room::new);
         let mut sends: Vec<(H, Message)> = notices;
-        sends.extend(r.members.iter().map(|m| {
-            (
-                m.handle.clone(),
-                Message::ParticipantJoined(participant.clone()),
-            )
-        }));
+        let trunks = r.trunks.iter().map(|t| &t.handle);
+        sends.extend(
+            r.members
+                .iter()
+                .map(|m| &m.handle)
+                .chain(trunks)
+                .map(|h| (h.clone(), Message::ParticipantJoined(participant.clone()))),
+        );
         r.members.push(RoomMember {
             conn,
             handle: handle.clone(),
@@ -513,6 +576,7 @@ impl<H: Clone> RelayCore<H> {
             .iter()
             .filter_map(|m| self.connections.get(&m.conn)?.member.as_ref())
             .map(|m| m.participant.clone())
+            .chain(r.remote.iter().map(|(_, p)| p.clone()))
             .collect();
         sends.insert(
             0,
@@ -612,15 +676,37 @@ impl<H: Clone> RelayCore<H> {
         }
     }
 
-    /// Messages `msg` to every member of `room` except `except`.
+    /// Messages `msg` (news about a local member) to every member of `room` except `except`,
+    /// and to every trunk subscribed to it.
     fn broadcast(&self, room: &str, except: Option<ConnId>, msg: &Message) -> Vec<(H, Message)> {
         self.rooms.get(room).map_or_else(Vec::new, |r| {
             r.members
                 .iter()
                 .filter(|m| Some(m.conn) != except)
+                .map(|m| &m.handle)
+                .chain(r.trunks.iter().map(|t| &t.handle))
+                .map(|h| (h.clone(), msg.clone()))
+                .collect()
+        })
+    }
+
+    /// Messages `msg` (news from another relay) to the local members of `room` only: in a
+    /// full mesh every relay hears its peers directly, so nothing is passed on to a trunk.
+    fn tell_locals(&self, room: &str, msg: &Message) -> Vec<(H, Message)> {
+        self.rooms.get(room).map_or_else(Vec::new, |r| {
+            r.members
+                .iter()
                 .map(|m| (m.handle.clone(), msg.clone()))
                 .collect()
         })
+    }
+
+    fn drop_room(&mut self, room: &str) {
+        if let Some(r) = self.rooms.remove(room) {
+            for (trunk, p) in r.remote {
+                self.remote_senders.remove(&(trunk, p.ssrc));
+            }
+        }
     }
 
     /// The connection is gone (closed, timed out, or the shell closed it). Returns the roster
@@ -637,8 +723,21 @@ impl<H: Clone> RelayCore<H> {
         if let Some(r) = self.rooms.get_mut(&member.room) {
             r.members.retain(|m| m.conn != conn);
             if r.members.is_empty() {
-                self.rooms.remove(&member.room);
-                return Vec::new();
+                // The trunks hear of the last local member's leave too; then the room goes,
+                // with what other relays told us about it (they stop sending when they read
+                // the leave and see the room gone from the directory).
+                let left = Message::ParticipantLeft {
+                    id: member.participant.id,
+                };
+                let notices = r
+                    .trunks
+                    .iter()
+                    .map(|t| (t.handle.clone(), left.clone()))
+                    .collect();
+                if r.remote.is_empty() {
+                    self.drop_room(&member.room);
+                }
+                return notices;
             }
         }
         self.broadcast(
@@ -706,11 +805,215 @@ impl<H: Clone> RelayCore<H> {
         {
             return Err(DropReason::NotLoudest);
         }
+        // Each trunk gets the datagram once, whoever listens behind it; an echo member's
+        // audio stays here.
+        let trunks = room.trunks.iter().filter(move |_| !echo);
         Ok(room
             .members
             .iter()
             .filter(move |m| (m.conn == conn) == echo)
-            .map(|m| &m.handle))
+            .map(|m| &m.handle)
+            .chain(trunks.map(|t| &t.handle)))
+    }
+}
+
+/// A member another relay announced cannot be added here.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RemoteRefused {
+    #[error("participant id {0} or its SSRC is already in room {1:?}")]
+    Clash(u64, String),
+    #[error("room {0:?} is full")]
+    RoomFull(String),
+}
+
+/// Rooms over several relays: trunks subscribe to rooms, and what other relays say about their
+/// members becomes part of each room's roster. The shell (`cluster::trunk`) speaks the
+/// trunks' protocol; everything here is state and decisions.
+impl<H: Clone> RelayCore<H> {
+    /// This relay's number in its cluster (1–255; see [`participant_ids`]).
+    pub fn set_node(&mut self, node: u8) {
+        self.node = node;
+    }
+
+    /// Trunk `trunk` wants room `room`'s local traffic, through `handle` (one subscription
+    /// per trunk and room). Returns the first message for it: a Welcome whose roster is
+    /// the room's local members (participant id and SSRC 0: it names nobody), or `None` when
+    /// the room has no local member to tell of (the trunk will hear of the first one when
+    /// it subscribes again).
+    pub fn trunk_subscribe(
+        &mut self,
+        trunk: ConnId,
+        handle: H,
+        room: &str,
+    ) -> Option<(H, Message)> {
+        let r = self.rooms.get_mut(room).filter(|r| !r.members.is_empty())?;
+        if r.trunks.iter().any(|t| t.trunk == trunk) {
+            return None;
+        }
+        r.trunks.push(TrunkSub {
+            trunk,
+            handle: handle.clone(),
+        });
+        let roster = r
+            .members
+            .iter()
+            .filter_map(|m| self.connections.get(&m.conn)?.member.as_ref())
+            .map(|m| m.participant.clone())
+            .collect();
+        Some((
+            handle,
+            Message::Welcome {
+                participant_id: 0,
+                ssrc: 0,
+                room: room.to_string(),
+                roster,
+            },
+        ))
+    }
+
+    /// True when `room` has local members.
+    pub fn hosts(&self, room: &str) -> bool {
+        self.rooms.get(room).is_some_and(|r| !r.members.is_empty())
+    }
+
+    /// True when trunk `trunk` is subscribed to `room`.
+    pub fn trunk_subscribed(&self, trunk: ConnId, room: &str) -> bool {
+        self.rooms
+            .get(room)
+            .is_some_and(|r| r.trunks.iter().any(|t| t.trunk == trunk))
+    }
+
+    /// Trunk `trunk` says `participant` is in `room` on its relay: added to the roster, and the
+    /// local members are told.
+    pub fn remote_joined(
+        &mut self,
+        trunk: ConnId,
+        room: &str,
+        participant: Participant,
+    ) -> Result<Vec<(H, Message)>, RemoteRefused> {
+        let r = self.rooms.entry(room.to_string()).or_insert_with(Room::new);
+        if r.taken(&self.connections, &participant) {
+            return Err(RemoteRefused::Clash(participant.id, room.to_string()));
+        }
+        if r.members.len() + r.remote.len() >= self.limits.max_participants_per_room {
+            return Err(RemoteRefused::RoomFull(room.to_string()));
+        }
+        r.remote.push((trunk, participant.clone()));
+        self.remote_senders
+            .insert((trunk, participant.ssrc), room.to_string());
+        Ok(self.tell_locals(room, &Message::ParticipantJoined(participant)))
+    }
+
+    /// Trunk `trunk` says participant `id` left `room`.
+    pub fn remote_left(&mut self, trunk: ConnId, room: &str, id: u64) -> Vec<(H, Message)> {
+        let Some(r) = self.rooms.get_mut(room) else {
+            return Vec::new();
+        };
+        let Some(at) = r.remote.iter().position(|(t, p)| *t == trunk && p.id == id) else {
+            return Vec::new();
+        };
+        let (_, p) = r.remote.remove(at);
+        self.remote_senders.remove(&(trunk, p.ssrc));
+        let notices = self.tell_locals(room, &Message::ParticipantLeft { id });
+        self.drop_if_empty(room);
+        notices
+    }
+
+    /// Trunk `trunk` passes on a chat line of its participant `id` in `room` (the origin
+    /// relay applied the sender's chat rate).
+    pub fn remote_chat(
+        &self,
+        trunk: ConnId,
+        room: &str,
+        id: u64,
+        text: String,
+    ) -> Vec<(H, Message)> {
+        let announced = self
+            .rooms
+            .get(room)
+            .is_some_and(|r| r.remote.iter().any(|(t, p)| *t == trunk && p.id == id));
+        if !announced {
+            return Vec::new();
+        }
+        self.tell_locals(room, &Message::ChatMessage { id, text })
+    }
+
+    /// Trunk `trunk` says participant `id` in `room` (un)muted.
+    pub fn remote_muted(
+        &mut self,
+        trunk: ConnId,
+        room: &str,
+        id: u64,
+        muted: bool,
+    ) -> Vec<(H, Message)> {
+        let Some(p) = self
+            .rooms
+            .get_mut(room)
+            .and_then(|r| r.remote.iter_mut().find(|(t, p)| *t == trunk && p.id == id))
+        else {
+            return Vec::new();
+        };
+        if p.1.muted == muted {
+            return Vec::new();
+        }
+        p.1.muted = muted;
+        self.tell_locals(room, &Message::MuteChanged { id, muted })
+    }
+
+    /// Trunk `trunk` is gone: its subscriptions end and everyone it told of leaves every
+    /// room. Returns the leave notices for the local members.
+    pub fn trunk_closed(&mut self, trunk: ConnId) -> Vec<(H, Message)> {
+        let rooms: Vec<String> = self.rooms.keys().cloned().collect();
+        let mut notices = Vec::new();
+        for room in rooms {
+            let Some(r) = self.rooms.get_mut(&room) else {
+                continue;
+            };
+            r.trunks.retain(|t| t.trunk != trunk);
+            let gone: Vec<u64> = r
+                .remote
+                .iter()
+                .filter(|(t, _)| *t == trunk)
+                .map(|(_, p)| p.id)
+                .collect();
+            for id in gone {
+                notices.extend(self.remote_left(trunk, &room, id));
+            }
+            self.drop_if_empty(&room);
+        }
+        notices
+    }
+
+    fn drop_if_empty(&mut self, room: &str) {
+        if self
+            .rooms
+            .get(room)
+            .is_some_and(|r| r.members.is_empty() && r.remote.is_empty())
+        {
+            self.drop_room(room);
+        }
+    }
+
+    /// Decides where a media datagram that arrived on trunk `trunk` goes: the local members of
+    /// its sender's room, never another trunk. The origin relay has checked the sender and
+    /// applied the rate limits and loudest-speaker rule; this checks the form and that the
+    /// trunk announced that sender.
+    pub fn route_from_trunk(
+        &self,
+        trunk: ConnId,
+        datagram: &[u8],
+    ) -> Result<impl Iterator<Item = &H>, DropReason> {
+        if datagram.len() > self.limits.max_datagram_bytes {
+            return Err(DropReason::Oversize);
+        }
+        let parsed = Datagram::parse(datagram).map_err(|_| DropReason::Malformed)?;
+        let ssrc = parsed.sender_ssrc().ok_or(DropReason::Malformed)?;
+        let room = self
+            .remote_senders
+            .get(&(trunk, ssrc))
+            .and_then(|room| self.rooms.get(room))
+            .ok_or(DropReason::WrongSsrc)?;
+        Ok(room.members.iter().map(|m| &m.handle))
     }
 }
 
@@ -836,6 +1139,134 @@ mod tests {
             v.sort();
             v
         })
+    }
+
+    /// Two relays' cores joined by a trunk, as their shells would drive them: what each
+    /// subscription is told goes to the other core.
+    #[test]
+    fn a_room_over_two_relays_has_one_roster_and_each_datagram_crosses_once() {
+        // Relay A (node 1): members 1 and 2; relay B (node 2): member 3. Trunk id 100 on
+        // both sides, subscriptions 101 (A's to B) and 201 (B's to A).
+        let (mut a, mut b) = (
+            Core::new("a", Limits::default()),
+            Core::new("b", Limits::default()),
+        );
+        a.set_node(1);
+        b.set_node(2);
+        let s1 = enter(&mut a, 1, "r", false);
+        enter(&mut a, 2, "r", false);
+        let s3 = enter(&mut b, 3, "r", false);
+        assert_ne!(s1, s3, "SSRCs differ across relays");
+        // Each side subscribes the trunk and hands the Welcome's roster to the other.
+        let tell = |to: &mut Core, from_welcome: Message| {
+            let Message::Welcome { room, roster, .. } = from_welcome else {
+                panic!("a subscription starts with a Welcome")
+            };
+            roster
+                .into_iter()
+                .flat_map(|p| to.remote_joined(100, &room, p).unwrap())
+                .collect::<Vec<_>>()
+        };
+        let (_, wa) = a.trunk_subscribe(100, 101, "r").unwrap();
+        let (_, wb) = b.trunk_subscribe(100, 201, "r").unwrap();
+        assert!(a.trunk_subscribe(100, 102, "r").is_none(), "once per trunk");
+        let told_b = tell(&mut b, wa);
+        let told_a = tell(&mut a, wb);
+        // B's member hears of both of A's; A's members of B's one.
+        assert_eq!(told_b.len(), 2);
+        assert!(told_b.iter().all(|(to, _)| *to == 3));
+        assert_eq!(told_a.iter().map(|(to, _)| *to).collect::<Vec<_>>(), [1, 2]);
+        // A datagram from member 1: member 2 and the trunk, once, on A; member 3 on B.
+        assert_eq!(targets(&mut a, 1, &rtp(s1)), Ok(vec![2, 101]));
+        let far: Vec<ConnId> = b
+            .route_from_trunk(100, &rtp(s1))
+            .unwrap()
+            .copied()
+            .collect();
+        assert_eq!(far, [3]);
+        // Nobody can speak for a sender the trunk did not announce.
+        assert_eq!(
+            b.route_from_trunk(100, &rtp(s3)).err(),
+            Some(DropReason::WrongSsrc)
+        );
+        // A newcomer on B gets everyone in its Welcome, and A hears of it via the trunk.
+        b.connect(4, 4, 0);
+        b.on_message(4, hello(), 0);
+        let out = b.on_message(4, join("r", "p4", false), 0);
+        match &out.sends[0] {
+            (4, Message::Welcome { roster, .. }) => assert_eq!(roster.len(), 4),
+            other => panic!("{other:?}"),
+        }
+        let to_trunk: Vec<&Message> = out
+            .sends
+            .iter()
+            .filter(|(to, _)| *to == 201)
+            .map(|(_, m)| m)
+            .collect();
+        assert!(matches!(to_trunk[..], [Message::ParticipantJoined(_)]));
+        // A's member 2 leaves: B's members are told by the trunk's message, never by B passing
+        // on anything to another trunk.
+        let left = a.disconnect(2);
+        assert!(
+            left.iter()
+                .any(|(to, m)| *to == 101 && matches!(m, Message::ParticipantLeft { .. }))
+        );
+        // Chat crosses the trunk like the roster: A's member 1 says hello, B's members read it.
+        let said = a.on_message(1, Message::Chat { text: "hi".into() }, 0);
+        assert!(said.sends.iter().any(|(to, _)| *to == 101));
+        let (id1, _) = enter_id(&a, 1);
+        let read = b.remote_chat(100, "r", id1, "hi".into());
+        assert_eq!(read.iter().map(|(to, _)| *to).collect::<Vec<_>>(), [3, 4]);
+        assert!(b.remote_chat(100, "r", 12345, "forged".into()).is_empty());
+        // The trunk goes: B's members see A's remaining member leave, and the room stays.
+        let gone = b.trunk_closed(100);
+        assert_eq!(
+            gone.len(),
+            2 * 2,
+            "two remote members, told to two local members"
+        );
+        assert_eq!(b.participant_count(), 2);
+    }
+
+    fn enter_id(core: &Core, conn: ConnId) -> (u64, u32) {
+        let m = core.connections[&conn].member.as_ref().unwrap();
+        (m.participant.id, m.participant.ssrc)
+    }
+
+    #[test]
+    fn remote_members_that_clash_are_refused_and_ids_carry_the_node() {
+        let mut core = Core::new("a", Limits::default());
+        core.set_node(7);
+        enter(&mut core, 1, "r", false);
+        let (id, ssrc) = enter_id(&core, 1);
+        assert_eq!(id >> 32, 7);
+        assert_eq!(participant_ids(7, 1, core.ssrc_salt), (id, ssrc));
+        let clash = Participant {
+            id: 99,
+            ssrc,
+            name: "x".into(),
+            muted: false,
+        };
+        assert_eq!(
+            core.remote_joined(100, "r", clash),
+            Err(RemoteRefused::Clash(99, "r".into()))
+        );
+        // A lone relay numbers as before: node 0, ids 1, 2, …
+        assert_eq!(participant_ids(0, 5, 0).0, 5);
+        assert_eq!(participant_ids(0, 5, 0).1, ssrc_for(5, 0));
+        // A restart (another salt) hands out other SSRCs, on the same node.
+        assert_ne!(
+            participant_ids(3, 1, 0x9e37_79b9).1,
+            participant_ids(3, 1, 0).1
+        );
+        // Distinct nodes never share an SSRC, whatever their salts.
+        let mut seen = std::collections::HashSet::new();
+        for node in 0..=255u8 {
+            let salt = u32::from(node).wrapping_mul(0x9e37_79b9);
+            for n in 1..50 {
+                assert!(seen.insert(participant_ids(node, n, salt).1));
+            }
+        }
     }
 
     #[test]

@@ -137,7 +137,7 @@ fn generate_pem() -> Result<(String, String), IdentityError> {
 /// Creates the data directory (and its parents) and makes it the owner's only: mode 0700 set
 /// explicitly, since the mode `create_dir_all` gives depends on the umask (0777 under umask
 /// 000).
-fn create_private_dir(dir: &Path) -> Result<(), IdentityError> {
+pub(crate) fn create_private_dir(dir: &Path) -> Result<(), IdentityError> {
     std::fs::create_dir_all(dir).map_err(|e| IdentityError::DataDir(dir.into(), e))?;
     restrict(dir, 0o700).map_err(|_| {
         IdentityError::DataDir(dir.into(), std::io::Error::other("cannot set mode 0700"))
@@ -145,7 +145,7 @@ fn create_private_dir(dir: &Path) -> Result<(), IdentityError> {
 }
 
 /// Sets `path`'s permission bits to `mode` (Unix; elsewhere the OS defaults stand).
-fn restrict(path: &Path, mode: u32) -> Result<(), IdentityError> {
+pub(crate) fn restrict(path: &Path, mode: u32) -> Result<(), IdentityError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -160,7 +160,7 @@ fn restrict(path: &Path, mode: u32) -> Result<(), IdentityError> {
 /// Writes a private key readable by the owner only: created with mode 0600 (so it is never
 /// readable by others, not even for a moment), then set to 0600 in case the umask took bits
 /// away or the file was already there.
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
     use std::io::Write;
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);

@@ -5,12 +5,17 @@
 //!
 //! The public surface is chosen, not every module: [`start`] a relay from a [`RelayConfig`]
 //! and hold its [`RelayHandle`]; its [`Identity`]; the config file ([`ConfigFile`]); the
-//! sans-IO [`core`] for those who drive it themselves; [`token`]s; [`udp_batch`]. Inside:
+//! sans-IO [`core`] for those who drive it themselves; the [`cluster`] of edges; [`token`]s;
+//! [`udp_batch`]. Inside:
 //!
 //! - `core`: the sans-IO state machine (connection phases, rooms, forwarding decisions).
 //! - `server`: the quinn I/O shell that drives it.
 //! - `identity`: the TLS certificate — a self-signed one generated once and kept in the data
 //!   directory (pinned by fingerprint in invites), or PEM files from a real CA.
+//! - `reset_key`: the QUIC stateless-reset key, kept in the data directory so a restarted
+//!   relay resets its old connections at once.
+//! - `cluster`: edges sharing rooms: the directory on Redis and the trunks between relays
+//!   (only with a directory configured).
 //! - `fresh_queue`: the stale/queue rule for forwarded datagrams (late audio is dropped).
 //! - `udp_batch`: batched UDP I/O (recvmmsg/GRO in, sendmmsg across destinations out).
 //! - `admission`: connection slots, relay-wide and per address, taken at the handshake.
@@ -23,9 +28,13 @@ mod fresh_queue;
 mod identity;
 mod logging;
 mod metrics;
+mod reset_key;
 mod server;
 mod stats;
 
+/// Edges sharing rooms: the directory on Redis and the trunks between relays (the binary's
+/// `[cluster]` settings, and the tests that read the directory).
+pub mod cluster;
 /// The sans-IO core: connection phases, rooms, forwarding decisions and limits, driven with
 /// time passed in (the relay's shell drives it; so does the app's in-memory test harness).
 pub mod core;
@@ -37,8 +46,9 @@ pub mod udp_batch;
 pub use config::{ConfigFile, resolve_secret};
 pub use identity::{Identity, IdentityError};
 pub use logging::EscapingWriter;
+pub use reset_key::ResetKey;
 pub use server::{
-    Congestion, RECOMMENDED_UDP_BUFFER, RelayConfig, RelayError, RelayHandle, server_config,
-    start, udp_buffer_warning, unix_micros,
+    Congestion, RECOMMENDED_UDP_BUFFER, RelayConfig, RelayError, RelayHandle, server_config, start,
+    udp_buffer_warning, unix_micros,
 };
 pub use stats::{DELAY_BUCKETS_US, RelayStats, StatsSnapshot};

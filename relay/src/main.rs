@@ -6,11 +6,11 @@
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use natter_relay::{ConfigFile, resolve_secret};
+use natter_relay::cluster::DirectoryConfig;
+use natter_relay::cluster::trunk::TrunkConfig;
 use natter_relay::core::Access;
-use natter_relay::EscapingWriter;
-use natter_relay::{Congestion, udp_buffer_warning};
-use natter_relay::{Identity, RelayConfig};
+use natter_relay::{ConfigFile, Identity, RelayConfig, ResetKey, resolve_secret};
+use natter_relay::{Congestion, EscapingWriter, udp_buffer_warning};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -137,6 +137,47 @@ struct Args {
     #[arg(long, env = "NATTER_RELAY_CONGESTION")]
     congestion: Option<String>,
 
+    /// Cluster directory (Redis URL, e.g. redis+unix:///run/redis/redis.sock or
+    /// redis://:PASSWORD@127.0.0.1:6379): this relay registers itself and its rooms there.
+    /// Without it the relay runs alone. Prefer the config file or the environment for a URL
+    /// with a password.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "NATTER_RELAY_DIRECTORY",
+        hide_env_values = true
+    )]
+    directory: Option<String>,
+
+    /// This relay's id in the directory (default: from its certificate fingerprint).
+    #[arg(long, value_name = "ID", env = "NATTER_RELAY_ID")]
+    relay_id: Option<String>,
+
+    /// Region label in the directory (default "default").
+    #[arg(long, value_name = "LABEL", env = "NATTER_RELAY_REGION")]
+    region: Option<String>,
+
+    /// Seconds the directory keeps this relay's entries after its last heartbeat (default 10;
+    /// heartbeats every third of it).
+    #[arg(long, value_name = "SECS", env = "NATTER_RELAY_DIRECTORY_TTL")]
+    directory_ttl: Option<u64>,
+
+    /// Cluster secret (≥ 16 bytes, the same on every relay of the cluster): relays that share
+    /// a room connect to each other with trunks, authenticated by it. Needs --directory and
+    /// --node. Prefer the config file or the environment.
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "NATTER_RELAY_CLUSTER_SECRET",
+        hide_env_values = true
+    )]
+    cluster_secret: Option<String>,
+
+    /// This relay's number in the cluster, 1-255, unique (the high bits of its participant
+    /// ids and SSRCs).
+    #[arg(long, value_name = "N", env = "NATTER_RELAY_NODE")]
+    node: Option<u8>,
+
     /// Log format: "text" or "json".
     #[arg(long, env = "NATTER_RELAY_LOG_FORMAT")]
     log_format: Option<String>,
@@ -208,6 +249,16 @@ fn settings(args: &Args, file: &ConfigFile) -> anyhow::Result<Settings> {
         listen = vec!["0.0.0.0:4433".parse()?, "[::]:4433".parse()?];
     }
     let mut relay = RelayConfig::new(listen, identity);
+    // The stateless-reset key lives beside the certificate. A relay run with a CA certificate
+    // and no home directory has nowhere to keep it: it then resets nobody after a restart
+    // (clients notice by their idle timeout instead), which it says.
+    match data_dir(args, file) {
+        Ok(dir) => relay.reset_key = ResetKey::load_or_create(&dir)?,
+        Err(e) => tracing::warn!(
+            "{e:#}: the stateless-reset key is not kept, so after a restart clients notice by \
+             their idle timeout (6 s) instead of at once"
+        ),
+    }
     relay.public_host = args.public_host.clone().or(file.public_host.clone());
     let l = &file.limits;
     let pick = |flag: Option<usize>, file: Option<usize>| flag.or(file);
@@ -290,6 +341,56 @@ fn settings(args: &Args, file: &ConfigFile) -> anyhow::Result<Settings> {
         "cubic" => Congestion::Cubic,
         other => bail!("congestion: {other:?} is not \"bbr\" or \"cubic\""),
     };
+    let cluster = &file.cluster;
+    if let Some(url) = args.directory.clone().or(cluster.directory.clone()) {
+        let mut directory = DirectoryConfig::new(url);
+        directory.id = args.relay_id.clone().or(cluster.id.clone());
+        if let Some(id) = &directory.id
+            && !natter_proto::control::valid_name(id)
+        {
+            bail!(
+                "cluster.id: {id:?} is not a valid id ({})",
+                natter_proto::control::NAME_RULE
+            );
+        }
+        if let Some(region) = args.region.clone().or(cluster.region.clone()) {
+            directory.region = region;
+        }
+        if let Some(secs) = args.directory_ttl.or(cluster.ttl_secs) {
+            if !(3..=3600).contains(&secs) {
+                bail!("cluster.ttl-secs: {secs} is not in 3..=3600");
+            }
+            directory.ttl = Duration::from_secs(secs);
+        }
+        relay.directory = Some(directory);
+    }
+    let cluster_secret = match (&args.cluster_secret, &cluster.secret_file) {
+        (Some(s), _) => Some(s.as_bytes().to_vec()),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cluster.secret-file: cannot read {}", path.display()))?
+                .trim()
+                .as_bytes()
+                .to_vec(),
+        ),
+        (None, None) => cluster.secret.as_ref().map(|s| s.as_bytes().to_vec()),
+    };
+    if let Some(secret) = cluster_secret {
+        if secret.len() < 16 {
+            bail!("cluster.secret: use at least 16 bytes (e.g. `openssl rand -hex 32`)");
+        }
+        if relay.directory.is_none() {
+            bail!(
+                "cluster.secret: trunks find each other through the directory; set cluster.directory too"
+            );
+        }
+        let node = args
+            .node
+            .or(cluster.node)
+            .filter(|n| *n > 0)
+            .context("cluster.node: a relay with trunks needs its own number, 1-255")?;
+        relay.trunks = Some(TrunkConfig { secret, node });
+    }
     relay.limits.access = match args.access.as_deref().or(file.access.mode.as_deref()).unwrap_or("open") {
         "open" => Access::Open,
         "token" => Access::Tokens {

@@ -156,6 +156,13 @@ pub fn render(s: &StatsSnapshot, occupancy: Occupancy) -> String {
         "Times a connection's control messages were held back for exceeding its control rate.",
         s.control_throttled,
     );
+    single(
+        o,
+        "trunk_datagrams_in_total",
+        "counter",
+        "Media datagrams received over trunks from other relays (once per trunk, however many listen here).",
+        s.trunk_datagrams_in,
+    );
     family(
         o,
         "forward_delay_seconds",

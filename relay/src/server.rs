@@ -7,14 +7,19 @@
 
 use crate::admission::{Admission, Admissions};
 use crate::bucket::TokenBucket;
+use crate::cluster::DirectoryConfig;
+use crate::cluster::directory::{Health, RelayRecord};
+use crate::cluster::store::{DirectoryHandle, Store, StoreError};
+use crate::cluster::trunk::{Mesh, TRUNK_ALPN, TrunkConfig};
 use crate::core::{Close, ConnId, Limits, RelayCore};
 use crate::fresh_queue::{FreshQueue, Ready};
 use crate::identity::Identity;
+use crate::reset_key::ResetKey;
 use crate::stats::{HandshakeFailure, RelayStats, StatsSnapshot};
 use natter_proto::control::{ErrorCode, FrameDecoder, Message};
 use natter_proto::invite::Invite;
 use quinn::crypto::rustls::QuicServerConfig;
-use quinn::{Connection, Endpoint, EndpointConfig, TransportConfig, VarInt};
+use quinn::{Connection, Endpoint, TransportConfig, VarInt};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -29,6 +34,10 @@ pub struct RelayConfig {
     /// share a port.
     pub listen: Vec<SocketAddr>,
     pub identity: Identity,
+    /// Key of the QUIC stateless-reset tokens. The binary keeps it in its data directory so a
+    /// restarted relay resets the connections of its previous life at once; the default is a
+    /// fresh one per start.
+    pub reset_key: ResetKey,
     /// Host name or address put in invite links; defaults to the first listen address, or the
     /// machine's host name when that is a wildcard.
     pub public_host: Option<String>,
@@ -61,6 +70,10 @@ pub struct RelayConfig {
     /// Endpoints (each with its own thread and single-threaded runtime) per listen address,
     /// sharing the port with SO_REUSEPORT; 1 = run on the caller's runtime.
     pub threads: usize,
+    /// The cluster directory to keep this relay in (`None`: a lone relay).
+    pub directory: Option<DirectoryConfig>,
+    /// Trunks to the other relays of the cluster (needs the directory to find them).
+    pub trunks: Option<TrunkConfig>,
 }
 
 /// Which congestion controller connections use.
@@ -79,6 +92,7 @@ impl RelayConfig {
         Self {
             listen,
             identity,
+            reset_key: ResetKey::generate(),
             public_host: None,
             limits: Limits::default(),
             hello_timeout: Duration::from_secs(10),
@@ -98,6 +112,8 @@ impl RelayConfig {
             stale_after: Duration::from_millis(60),
             congestion: Congestion::Bbr,
             threads: 1,
+            directory: None,
+            trunks: None,
         }
     }
 }
@@ -111,6 +127,8 @@ pub enum RelayError {
     Tls(String),
     #[error("no address to listen on")]
     NoListenAddress,
+    #[error(transparent)]
+    Directory(#[from] StoreError),
 }
 
 /// A connection as the core sees it: where to send its datagrams and control messages.
@@ -118,6 +136,49 @@ pub enum RelayError {
 pub struct Peer {
     control: Arc<Outbox>,
     queue: Arc<SubscriberQueue>,
+}
+
+impl Peer {
+    /// A handle on `conn`: control messages and datagrams (dropped once `stale_after` old)
+    /// both go to it.
+    pub(crate) fn new(conn: Connection, stale_after: Duration) -> Self {
+        Self {
+            control: Arc::new(Outbox::new(conn.clone())),
+            queue: Arc::new(SubscriberQueue::new(conn, stale_after)),
+        }
+    }
+
+    /// The same datagram queue with its own control outbox (a trunk's room subscription:
+    /// one stream per room, one datagram queue per trunk).
+    pub(crate) fn with_control(&self, conn: Connection) -> Self {
+        Self {
+            control: Arc::new(Outbox::new(conn)),
+            queue: self.queue.clone(),
+        }
+    }
+
+    pub(crate) fn queue(&self) -> Arc<SubscriberQueue> {
+        self.queue.clone()
+    }
+
+    pub(crate) fn send(&self, msg: Message, stats: &RelayStats) {
+        self.control.send(msg, stats);
+    }
+
+    pub(crate) fn forward(
+        &self,
+        datagram: bytes::Bytes,
+        at: tokio::time::Instant,
+        stats: &RelayStats,
+    ) {
+        self.queue.push(datagram, at, stats);
+    }
+}
+
+/// Writes `peer`'s control messages to `send` until its outbox closes.
+pub(crate) async fn write_to(send: quinn::SendStream, peer: Peer) {
+    let conn = peer.control.conn.clone();
+    write_control(send, peer.control, conn).await;
 }
 
 /// Most control messages that may wait for one connection's writer. Replies and room notices
@@ -276,7 +337,7 @@ impl Outbox {
 /// and quinn has room (the usual case), the forwarding task hands the datagram to quinn itself,
 /// sparing the sender task a wake-up per datagram.
 #[derive(Debug)]
-struct SubscriberQueue {
+pub(crate) struct SubscriberQueue {
     conn: Connection,
     state: Mutex<FreshQueue<bytes::Bytes, tokio::time::Instant>>,
     ready: tokio::sync::Notify,
@@ -347,14 +408,20 @@ fn count_sent(
     }
 }
 
-struct Shared {
+pub(crate) struct Shared {
     core: Mutex<RelayCore<Peer>>,
-    stats: RelayStats,
+    pub(crate) stats: RelayStats,
     next_conn: AtomicU64,
     shutting_down: AtomicBool,
     handshaking: AtomicU64,
     admissions: Mutex<Admissions>,
-    config: RelayConfig,
+    pub(crate) config: RelayConfig,
+    /// Poked when a room gains its first or loses its last member, for the directory.
+    rooms_changed: Arc<tokio::sync::Notify>,
+    /// Trunks to other relays (`None`: no cluster secret, no mesh).
+    mesh: Option<Mesh>,
+    /// The relay's endpoints, which also dial trunks.
+    endpoints: std::sync::OnceLock<Vec<Endpoint>>,
 }
 
 impl crate::metrics::Source for Shared {
@@ -372,7 +439,25 @@ impl crate::metrics::Source for Shared {
 }
 
 impl Shared {
-    fn core(&self) -> std::sync::MutexGuard<'_, RelayCore<Peer>> {
+    pub(crate) fn mesh(&self) -> Option<&Mesh> {
+        self.mesh.as_ref()
+    }
+
+    /// A fresh id for the core (connections, trunks, trunk subscriptions).
+    pub(crate) fn new_conn_id(&self) -> ConnId {
+        self.next_conn.fetch_add(1, Relaxed)
+    }
+
+    /// An endpoint that can reach `addr` (same address family).
+    pub(crate) fn endpoint_for(&self, addr: SocketAddr) -> Option<Endpoint> {
+        self.endpoints
+            .get()?
+            .iter()
+            .find(|e| e.local_addr().is_ok_and(|l| l.is_ipv6() == addr.is_ipv6()))
+            .cloned()
+    }
+
+    pub(crate) fn core(&self) -> std::sync::MutexGuard<'_, RelayCore<Peer>> {
         // A panic elsewhere must not take forwarding down with a poisoned lock.
         self.core.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -382,11 +467,24 @@ impl Shared {
     }
 }
 
+/// This relay's id in its cluster: the configured one, or the first 16 hex digits of its
+/// certificate's fingerprint (unique, and stable across restarts).
+fn relay_id(config: &RelayConfig) -> String {
+    config
+        .directory
+        .as_ref()
+        .and_then(|d| d.id.clone())
+        .unwrap_or_else(|| {
+            natter_proto::invite::fingerprint_hex(&config.identity.fingerprint)[..16].to_string()
+        })
+}
+
 /// A running relay.
 pub struct RelayHandle {
     shared: Arc<Shared>,
     endpoints: Vec<Endpoint>,
     addrs: Vec<SocketAddr>,
+    directory: Option<DirectoryHandle>,
 }
 
 fn transport_config(config: &RelayConfig) -> TransportConfig {
@@ -435,6 +533,9 @@ pub fn server_config(config: &RelayConfig) -> Result<quinn::ServerConfig, RelayE
         )
         .map_err(|e| RelayError::Tls(e.to_string()))?;
     tls.alpn_protocols = vec![natter_proto::ALPN.to_vec()];
+    if config.trunks.is_some() {
+        tls.alpn_protocols.push(TRUNK_ALPN.to_vec());
+    }
     let quic = QuicServerConfig::try_from(tls).map_err(|e| RelayError::Tls(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
     server.transport_config(Arc::new(transport_config(config)));
@@ -518,26 +619,32 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
             sockets.push(bind(bound, true).map_err(|e| RelayError::Bind(bound, e))?);
         }
     }
+    let mut core = RelayCore::new(
+        format!("natter-relay/{}", env!("CARGO_PKG_VERSION")),
+        config.limits.clone(),
+    )
+    .with_ssrc_salt(random_u32());
+    let mesh = config.trunks.clone().map(|trunks| {
+        core.set_node(trunks.node);
+        Mesh::new(trunks, relay_id(&config))
+    });
     let shared = Arc::new(Shared {
-        core: Mutex::new(
-            RelayCore::new(
-                format!("natter-relay/{}", env!("CARGO_PKG_VERSION")),
-                config.limits.clone(),
-            )
-            .with_ssrc_salt(random_u32()),
-        ),
+        core: Mutex::new(core),
         stats: RelayStats::default(),
         next_conn: AtomicU64::new(1),
         shutting_down: AtomicBool::new(false),
         handshaking: AtomicU64::new(0),
         admissions: Mutex::default(),
         config,
+        rooms_changed: Arc::default(),
+        mesh,
+        endpoints: std::sync::OnceLock::new(),
     });
     let mut endpoints = Vec::new();
     for socket in sockets {
         let endpoint = if threads == 1 {
             let endpoint = Endpoint::new(
-                EndpointConfig::default(),
+                shared.config.reset_key.endpoint_config(),
                 Some(server.clone()),
                 socket,
                 Arc::new(quinn::TokioRuntime),
@@ -550,12 +657,18 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
         };
         endpoints.push(endpoint);
     }
+    let _ = shared.endpoints.set(endpoints.clone());
     info!(addrs = ?addrs, threads, "relay listening");
-    Ok(RelayHandle {
+    let mut relay = RelayHandle {
         shared,
         endpoints,
         addrs,
-    })
+        directory: None,
+    };
+    if let Some(config) = relay.shared.config.directory.clone() {
+        relay.directory = Some(relay.join_directory(&config)?);
+    }
+    Ok(relay)
 }
 
 /// One endpoint on its own thread with a current-thread runtime: a quinn endpoint's I/O is a
@@ -585,7 +698,7 @@ fn spawn_endpoint_thread(
             };
             runtime.block_on(async move {
                 match Endpoint::new(
-                    EndpointConfig::default(),
+                    shared.config.reset_key.endpoint_config(),
                     Some(server),
                     socket,
                     Arc::new(quinn::TokioRuntime),
@@ -639,6 +752,48 @@ impl RelayHandle {
         self.shared.config.identity.fingerprint
     }
 
+    /// Starts the directory task: this relay's record (the invite's address and
+    /// fingerprint), and its rooms and load read from the core whenever the task writes.
+    fn join_directory(&self, config: &DirectoryConfig) -> Result<DirectoryHandle, RelayError> {
+        let invite = self.invite();
+        let fingerprint = natter_proto::invite::fingerprint_hex(&self.fingerprint());
+        let record = RelayRecord {
+            id: relay_id(&self.shared.config),
+            addr: invite.authority(),
+            fingerprint,
+            region: config.region.clone(),
+            load: 0,
+        };
+        let shared = self.shared.clone();
+        let local = Box::new(move || {
+            let core = shared.core();
+            let rooms = core.room_names().map(str::to_string).collect();
+            (rooms, core.participant_count() as u32)
+        });
+        // With trunks, what the directory says about our rooms' other relays goes to the mesh.
+        let feed = self.shared.mesh.is_some().then(|| {
+            let shared = self.shared.clone();
+            Box::new(move |rooms| {
+                if let Some(mesh) = shared.mesh() {
+                    mesh.update(&shared, rooms);
+                }
+            }) as crate::cluster::store::PeersFeed
+        });
+        Ok(DirectoryHandle::spawn(
+            Store::open(&config.url)?,
+            record,
+            config.ttl,
+            local,
+            self.shared.rooms_changed.clone(),
+            feed,
+        ))
+    }
+
+    /// Where this relay stands with the cluster directory (`None`: no directory).
+    pub fn directory_health(&self) -> Option<Health> {
+        self.directory.as_ref().map(DirectoryHandle::health)
+    }
+
     pub fn stats(&self) -> StatsSnapshot {
         self.shared.stats.snapshot()
     }
@@ -660,8 +815,17 @@ impl RelayHandle {
 
     /// Tells every client the relay is going away (Error ShuttingDown, then a close with that
     /// code), stops accepting, and waits up to `grace` for the goodbyes to be delivered.
-    pub async fn shutdown(self, grace: Duration) {
+    pub async fn shutdown(mut self, grace: Duration) {
         self.shared.shutting_down.store(true, Relaxed);
+        if let Some(directory) = self.directory.take() {
+            let rooms = self
+                .shared
+                .core()
+                .room_names()
+                .map(str::to_string)
+                .collect();
+            directory.withdraw(&rooms).await;
+        }
         let peers: Vec<Peer> = self.shared.core().handles().cloned().collect();
         info!(clients = peers.len(), "shutting down");
         for peer in &peers {
@@ -753,7 +917,7 @@ fn random_u32() -> u32 {
     h.finish() as u32
 }
 
-fn unix_ms() -> u64 {
+pub(crate) fn unix_ms() -> u64 {
     unix_micros() / 1000
 }
 
@@ -792,6 +956,14 @@ async fn run_connection(incoming: quinn::Incoming, id: ConnId, shared: Arc<Share
         }
     };
     shared.stats.connections_accepted.fetch_add(1, Relaxed);
+    let alpn = conn
+        .handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol);
+    if alpn.as_deref() == Some(TRUNK_ALPN) {
+        crate::cluster::trunk::accepted(shared, conn).await;
+        return;
+    }
     // Media only travels as datagrams (RFC 9221): a client that did not enable them could
     // join but would never hear or be heard, so it is told at once instead.
     if conn.max_datagram_size().is_none() {
@@ -843,6 +1015,7 @@ async fn run_connection(incoming: quinn::Incoming, id: ConnId, shared: Arc<Share
         let notices = core.disconnect(id);
         dispatch(notices, &shared.stats);
     }
+    shared.rooms_changed.notify_one();
     // Let the writer send what is queued (e.g. an Error) before the connection goes.
     drop(peer);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
@@ -861,7 +1034,7 @@ fn close_violation(conn: &Connection, shared: &Shared, code: ErrorCode, reason: 
     close_with(conn, code, reason);
 }
 
-fn dispatch(sends: Vec<(Peer, Message)>, stats: &RelayStats) {
+pub(crate) fn dispatch(sends: Vec<(Peer, Message)>, stats: &RelayStats) {
     for (peer, msg) in sends {
         peer.control.send(msg, stats);
     }
@@ -1002,6 +1175,7 @@ async fn read_control(
             };
             if let Some((room, name, participant)) = joined {
                 info!(room = %room, name = %name, participant, "join");
+                shared.rooms_changed.notify_one();
             }
             if evicted {
                 info!("access token joined again: closed its previous connection");
@@ -1081,7 +1255,7 @@ async fn forward_datagrams(conn: Connection, id: ConnId, shared: Arc<Shared>) {
 
 /// Drains one subscriber's queue into its connection, waiting for congestion-window space and
 /// dropping what has gone stale meanwhile.
-async fn send_datagrams(queue: Arc<SubscriberQueue>, shared: Arc<Shared>) {
+pub(crate) async fn send_datagrams(queue: Arc<SubscriberQueue>, shared: Arc<Shared>) {
     loop {
         let Some(ready) = queue.pop(&shared.stats) else {
             queue.ready.notified().await;

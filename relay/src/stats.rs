@@ -69,6 +69,9 @@ pub struct RelayStats {
     /// Times a connection's control reader waited because it sent messages faster than its
     /// control rate.
     pub control_throttled: AtomicU64,
+    /// Media datagrams that arrived over trunks from other relays (each once per trunk,
+    /// however many listen behind this relay).
+    pub trunk_datagrams_in: AtomicU64,
     delay_buckets: [AtomicU64; DELAY_BUCKETS_US.len() + 1],
     delay_sum_us: AtomicU64,
 }
@@ -110,6 +113,7 @@ impl RelayStats {
             control_errors: self.control_errors.load(Relaxed),
             slow_readers: self.slow_readers.load(Relaxed),
             control_throttled: self.control_throttled.load(Relaxed),
+            trunk_datagrams_in: self.trunk_datagrams_in.load(Relaxed),
             delay_buckets: load(&self.delay_buckets),
             delay_sum_us: self.delay_sum_us.load(Relaxed),
         }
@@ -132,6 +136,7 @@ pub struct StatsSnapshot {
     pub control_errors: u64,
     pub slow_readers: u64,
     pub control_throttled: u64,
+    pub trunk_datagrams_in: u64,
     /// Counts per [`DELAY_BUCKETS_US`] bucket, then the overflow bucket.
     pub delay_buckets: Vec<u64>,
     pub delay_sum_us: u64,
@@ -158,12 +163,13 @@ impl fmt::Display for StatsSnapshot {
         }
         write!(
             f,
-            " dropped_stale={} send_failed={} control_errors={} slow_readers={} control_throttled={}",
+            " dropped_stale={} send_failed={} control_errors={} slow_readers={} control_throttled={} trunk_in={}",
             self.dropped_stale,
             self.datagrams_send_failed,
             self.control_errors,
             self.slow_readers,
-            self.control_throttled
+            self.control_throttled,
+            self.trunk_datagrams_in
         )
     }
 }

@@ -11,6 +11,7 @@
 
 pub mod netem;
 pub mod pulse;
+pub mod redis;
 
 use serde::Deserialize;
 use std::io::{BufRead, BufReader, Read};
@@ -262,6 +263,7 @@ pub struct RelayStats {
     pub control_errors: u64,
     pub slow_readers: u64,
     pub control_throttled: u64,
+    pub trunk_in: u64,
 }
 
 impl RelayStats {
@@ -286,6 +288,7 @@ impl RelayStats {
                 "control_errors" => stats.control_errors = value,
                 "slow_readers" => stats.slow_readers = value,
                 "control_throttled" => stats.control_throttled = value,
+                "trunk_in" => stats.trunk_in = value,
                 _ => {}
             }
         }
@@ -322,6 +325,16 @@ impl RelayProcess {
         assert!(
             self.wait_exit(Duration::from_secs(5)).is_some(),
             "the relay did not die"
+        );
+        self.restart();
+    }
+
+    /// Starts a relay that has exited (see [`RelayProcess::wait_exit`]) again on the same port
+    /// with the same data directory and arguments; returns once it listens.
+    pub fn restart(&mut self) {
+        assert!(
+            self.exit.is_some(),
+            "restart() needs the relay to have exited"
         );
         let listen = format!("127.0.0.1:{}", self.port());
         let dir = std::mem::replace(&mut self._dir, TempDir(None));
@@ -841,6 +854,40 @@ impl Call {
             expected: Duration::from_secs_f64(expected),
         }
     }
+}
+
+/// Wall clock in microseconds since the Unix epoch (the time base of `audio_start_unix_us`).
+pub fn unix_now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_micros() as u64
+}
+
+/// The first moment at or after `from_unix_us` when `recording` (whose sample 0 was at
+/// `start_unix_us`) is loud again: the start of the first 10 ms block with an RMS of at least
+/// `level`, in µs since the Unix epoch; `None` if it never is.
+pub fn loud_again_unix_us(
+    recording: &[f32],
+    start_unix_us: u64,
+    from_unix_us: u64,
+    level: f32,
+) -> Option<u64> {
+    let block = ms_to_samples(10.0);
+    let first = (from_unix_us.saturating_sub(start_unix_us) as f64 * 48e-3) as usize;
+    (first..recording.len().saturating_sub(block))
+        .step_by(block)
+        .find(|&i| rms(&recording[i..i + block]) >= level)
+        .map(|i| start_unix_us + (i as f64 / 48e-3) as u64)
+}
+
+/// A steady sine at `hz` and `amplitude` for `seconds`, written to `path` as the microphone: a
+/// signal whose every gap in a recording is the network's, never a pause of its own.
+pub fn tone_file(path: &Path, hz: f32, amplitude: f32, seconds: f32) {
+    let samples: Vec<f32> = (0..(seconds * 48_000.0) as usize)
+        .map(|i| amplitude * (std::f32::consts::TAU * hz * i as f32 / 48_000.0).sin())
+        .collect();
+    write_wav(path, &samples);
 }
 
 /// A running `natter call`; killed on drop unless waited for.

@@ -243,21 +243,21 @@ pub struct ProxyReport {
 
 /// Forwards datagrams between the first client that sends to `socket` and `upstream`, each
 /// direction through its own [`Impairment`], until `stop` resolves. Packets from any other
-/// address than the client's and upstream's are ignored.
+/// address than the client's and upstream's are ignored. With `rebind_at`, the socket facing
+/// upstream is replaced by one on a new port at that time, as a NAT does when its mapping
+/// expires: upstream sees the client come from another address, and what it still sends to
+/// the old one is lost.
 pub async fn run_proxy(
     socket: tokio::net::UdpSocket,
     upstream: SocketAddr,
     up: Impairment,
     down: Impairment,
+    rebind_at: Option<Duration>,
     stop: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<ProxyReport> {
     // A second socket faces upstream, so upstream sees one peer address for the client.
-    let up_sock = tokio::net::UdpSocket::bind(match upstream {
-        SocketAddr::V4(_) => "127.0.0.1:0",
-        SocketAddr::V6(_) => "[::1]:0",
-    })
-    .await?;
-    up_sock.connect(upstream).await?;
+    let mut up_sock = upstream_socket(upstream).await?;
+    let mut rebind_at = rebind_at;
     let start = tokio::time::Instant::now();
     let mut up = up;
     let mut down = down;
@@ -287,6 +287,11 @@ pub async fn run_proxy(
                 Some((false, n))
             }
             _ = async { tokio::time::sleep_until(next.unwrap_or(start)).await }, if next.is_some() => None,
+            _ = async { tokio::time::sleep_until(start + rebind_at.unwrap_or_default()).await }, if rebind_at.is_some() => {
+                rebind_at = None;
+                up_sock = upstream_socket(upstream).await?;
+                None
+            }
         };
         if let Some((to_upstream, n)) = got {
             let imp = if to_upstream { &mut up } else { &mut down };
@@ -325,6 +330,17 @@ pub async fn run_proxy(
         to_client: down.counters(),
         overflow,
     })
+}
+
+/// A socket on a fresh loopback port, connected to `upstream`.
+async fn upstream_socket(upstream: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
+    let sock = tokio::net::UdpSocket::bind(match upstream {
+        SocketAddr::V4(_) => "127.0.0.1:0",
+        SocketAddr::V6(_) => "[::1]:0",
+    })
+    .await?;
+    sock.connect(upstream).await?;
+    Ok(sock)
 }
 
 /// Parses a profile from `key=value` pairs separated by commas, e.g.
@@ -505,7 +521,7 @@ mod tests {
     }
 
     #[test]
-    fn proxy_forwards_both_ways_with_the_delay() {
+    fn proxy_forwards_both_ways_with_the_delay_and_rebinds() {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -521,6 +537,7 @@ mod tests {
                 upstream.local_addr().unwrap(),
                 Impairment::new(p, 1),
                 Impairment::new(p, 2),
+                Some(Duration::from_millis(200)),
                 async {
                     let _ = rx.await;
                 },
@@ -536,10 +553,20 @@ mod tests {
             let (n, _) = client.recv_from(&mut buf).await.unwrap();
             assert_eq!(&buf[..n], b"pong");
             assert!(t0.elapsed() >= Duration::from_millis(60));
+            // After the rebinding, upstream sees the client on another port, and answers to
+            // it still reach the client.
+            tokio::time::sleep_until(t0 + Duration::from_millis(250)).await;
+            client.send_to(b"moved", proxy_addr).await.unwrap();
+            let (n, moved_from) = upstream.recv_from(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], b"moved");
+            assert_ne!(moved_from, from);
+            upstream.send_to(b"ok", moved_from).await.unwrap();
+            let (n, _) = client.recv_from(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], b"ok");
             tx.send(()).unwrap();
             let report = proxy.await.unwrap().unwrap();
-            assert_eq!(report.to_upstream.packets, 1);
-            assert_eq!(report.to_client.packets, 1);
+            assert_eq!(report.to_upstream.packets, 2);
+            assert_eq!(report.to_client.packets, 2);
         });
     }
 }

@@ -88,6 +88,11 @@ impl Link {
         &self.conn
     }
 
+    /// The QUIC endpoint the connection runs on (to move it to another socket).
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
     pub fn send(&self, command: Command) {
         let _ = self.commands.send(command);
     }

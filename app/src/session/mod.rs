@@ -116,6 +116,8 @@ struct Shared {
     state: Arc<Mutex<CallState>>,
     joined: Mutex<Joined>,
     status: Mutex<LinkStatus>,
+    /// The current link's QUIC endpoint, for [`Session::rebind`].
+    endpoint: Mutex<quinn::Endpoint>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -220,6 +222,7 @@ impl Session {
             state,
             joined: Mutex::new(link.joined.clone()),
             status: Mutex::new(LinkStatus::Connected),
+            endpoint: Mutex::new(link.endpoint().clone()),
         });
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let supervisor = Supervisor {
@@ -248,6 +251,22 @@ impl Session {
     /// participant id and SSRC.
     pub fn joined(&self) -> Joined {
         lock(&self.shared.joined).clone()
+    }
+
+    /// Moves the call to a new local UDP socket without leaving the room: QUIC connection
+    /// migration. The relay validates the new path and carries on with the same connection,
+    /// so nobody sees a leave or a rejoin. For a network change the OS reports (Wi-Fi to
+    /// cellular, a new address) — a NAT that changes our port needs nothing at all, the relay
+    /// follows by itself. Returns the new local address.
+    pub fn rebind(&self) -> std::io::Result<std::net::SocketAddr> {
+        let endpoint = lock(&self.shared.endpoint).clone();
+        let bind: std::net::SocketAddr = if endpoint.local_addr()?.is_ipv6() {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        };
+        endpoint.rebind(std::net::UdpSocket::bind(bind)?)?;
+        endpoint.local_addr()
     }
 
     /// Connected, reconnecting (which attempt, and why), or given up.
@@ -451,11 +470,10 @@ impl Supervisor {
             // Lost: the engine's datagrams go nowhere until we are back.
             *lock(&self.path) = None;
             tokio::spawn(link.close());
-            let reason = error.to_string();
-            tracing::warn!(%reason, "lost the relay; reconnecting");
-            let fatal = reconnect::is_fatal(&error);
+            tracing::warn!(reason = %error, "lost the relay; reconnecting");
+            let verdict = self.policy.on_error(Instant::now(), &error);
             let mut last_error = error;
-            if self.policy.on_lost(Instant::now(), reason, fatal) == Verdict::GiveUp {
+            if verdict == Verdict::GiveUp {
                 return Some(self.give_up(last_error));
             }
             link = loop {
@@ -522,6 +540,7 @@ impl Supervisor {
         tracing::info!(room = %link.joined.room, ssrc = link.joined.ssrc, "rejoined");
         self.policy.on_connected();
         *lock(&self.shared.joined) = link.joined.clone();
+        *lock(&self.shared.endpoint) = link.endpoint().clone();
         self.engine.command(EngineCommand::Rejoined {
             ssrc: link.joined.ssrc,
         });

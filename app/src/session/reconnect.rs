@@ -45,6 +45,7 @@ pub fn is_fatal(error: &ConnectError) -> bool {
         | ConnectError::Unreachable(_)
         | ConnectError::Tls(_)
         | ConnectError::Lost(_)
+        | ConnectError::Reset
         | ConnectError::Local(_) => false,
     }
 }
@@ -110,6 +111,32 @@ impl ReconnectPolicy {
     /// The connection was lost at `now` (`fatal`: see [`is_fatal`]).
     pub fn on_lost(&mut self, now: Instant, reason: String, fatal: bool) -> Verdict {
         self.schedule(now, now, 1, reason, fatal)
+    }
+
+    /// The relay reset the connection at `now` ([`ConnectError::Reset`]): it restarted and is
+    /// answering, so the first attempt starts at once instead of after [`FIRST_BACKOFF`];
+    /// should it fail, the backoff goes on as after any loss.
+    pub fn on_reset(&mut self, now: Instant, reason: String) -> Verdict {
+        if self.give_up_after == Some(Duration::ZERO) {
+            self.state = State::GaveUp(reason);
+            return Verdict::GiveUp;
+        }
+        self.state = State::Waiting {
+            attempt: 1,
+            retry_at: now,
+            lost_at: now,
+            reason,
+        };
+        Verdict::RetryAt(now)
+    }
+
+    /// Reacts to losing the connection with `error` at `now`: [`Self::on_reset`] for a reset,
+    /// [`Self::on_lost`] otherwise.
+    pub fn on_error(&mut self, now: Instant, error: &ConnectError) -> Verdict {
+        match error {
+            ConnectError::Reset => self.on_reset(now, error.to_string()),
+            _ => self.on_lost(now, error.to_string(), is_fatal(error)),
+        }
     }
 
     /// The attempt in progress failed at `now`.
@@ -329,6 +356,30 @@ mod tests {
             policy.on_lost(later, "timed out".into(), false),
             Verdict::RetryAt(later + secs(0.5))
         );
+    }
+
+    #[test]
+    fn a_reset_is_retried_at_once_then_backs_off() {
+        let t0 = Instant::now();
+        let mut policy = ReconnectPolicy::new(Some(secs(30.0)));
+        assert_eq!(
+            policy.on_error(t0, &ConnectError::Reset),
+            Verdict::RetryAt(t0)
+        );
+        assert!(policy.handle_timeout(t0));
+        // The restarted relay was not ready after all: the usual backoff from the second try.
+        assert_eq!(
+            policy.on_attempt_failed(t0 + secs(0.1), "unreachable".into(), false),
+            Verdict::RetryAt(t0 + secs(1.1))
+        );
+        // Any other loss waits the first backoff, and `--reconnect-for 0` still means never.
+        let mut policy = ReconnectPolicy::new(None);
+        assert_eq!(
+            policy.on_error(t0, &ConnectError::Lost("timed out".into())),
+            Verdict::RetryAt(t0 + FIRST_BACKOFF)
+        );
+        let mut never = ReconnectPolicy::new(Some(Duration::ZERO));
+        assert_eq!(never.on_error(t0, &ConnectError::Reset), Verdict::GiveUp);
     }
 
     #[test]

@@ -33,6 +33,11 @@ pub enum ConnectError {
     Refused { code: ErrorCode, message: String },
     #[error("connection to the relay lost: {0}")]
     Lost(String),
+    /// The relay answered with a QUIC stateless reset: it no longer knows the connection
+    /// because it restarted (or it is a new relay holding the old one's reset key), so it is
+    /// up right now and a rejoin can start at once.
+    #[error("connection to the relay lost: the relay restarted and reset it")]
+    Reset,
     #[error("local network error: {0}")]
     Local(String),
     #[error("{0}")]
@@ -70,6 +75,7 @@ impl ConnectError {
                 ),
                 message: String::from_utf8_lossy(&close.reason).into_owned(),
             },
+            ConnectionError::Reset => Self::Reset,
             other => Self::Lost(other.to_string()),
         }
     }

@@ -34,6 +34,9 @@ struct Args {
     /// Seed of both directions' draws (the directions use different streams).
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// After this many seconds, move to a new source port towards upstream (a NAT rebinding).
+    #[arg(long, value_name = "SECS")]
+    rebind_after: Option<f64>,
 }
 
 fn main() -> Result<()> {
@@ -62,6 +65,7 @@ fn main() -> Result<()> {
             args.upstream,
             Impairment::new(up, seed),
             Impairment::new(down, seed + 1),
+            args.rebind_after.map(std::time::Duration::from_secs_f64),
             stop,
         )
         .await?;
