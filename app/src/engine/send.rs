@@ -112,7 +112,12 @@ impl Sender {
                 self.encoder = encoder;
             }
         } else {
-            let _ = self.encoder.retune(s.bitrate_bps, s.expected_loss_pct);
+            let _ = self.encoder.retune(
+                s.bitrate_bps,
+                s.expected_loss_pct,
+                current.fec,
+                current.dred_10ms,
+            );
         }
     }
 
