@@ -337,6 +337,7 @@ fn encode(input: &[f32], expected_loss_pct: u8, complexity: u8) -> Vec<Vec<u8>> 
         dtx: false,
         restricted_low_delay: false,
         complexity,
+        dred_10ms: 0,
     })
     .expect("opus encoder");
     input
