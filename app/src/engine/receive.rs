@@ -19,8 +19,11 @@ pub struct PeerStats {
     /// Arrived after their playout time.
     pub late: u64,
     pub duplicates: u64,
+    /// Frames concealed (deep PLC), recovered from the next packet's in-band FEC, and recovered
+    /// from a later packet's deep redundancy (DRED), separately.
     pub concealed: u64,
     pub fec_recovered: u64,
+    pub dred_recovered: u64,
     /// Times the jitter buffer ran dry, faded out and restarted.
     pub rebuffers: u64,
     /// Audio the jitter buffer removed (accelerate) and added (expand) to change its delay, ms.
@@ -127,6 +130,7 @@ impl RemotePeer {
             duplicates: jb.duplicates,
             concealed: jb.concealed,
             fec_recovered: jb.fec_recovered,
+            dred_recovered: jb.dred_recovered,
             rebuffers: jb.rebuffers,
             accelerated_ms: jb.accelerated_ms,
             expanded_ms: jb.expanded_ms,
