@@ -188,8 +188,13 @@ pub struct OpusDecoder {
 
 impl OpusDecoder {
     pub fn new() -> anyhow::Result<Self> {
+        Self::with_complexity(DECODER_COMPLEXITY)
+    }
+
+    /// A decoder at another complexity than [`DECODER_COMPLEXITY`], for measurements.
+    pub fn with_complexity(complexity: u8) -> anyhow::Result<Self> {
         Ok(Self {
-            decoder: RawDecoder::new(i32::from(DECODER_COMPLEXITY))?,
+            decoder: RawDecoder::new(i32::from(complexity))?,
             // 120 ms, the longest Opus packet.
             buf: vec![0.0; 5_760],
             dred_packet: Vec::with_capacity(MAX_PACKET),
