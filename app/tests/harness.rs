@@ -176,10 +176,12 @@ impl World {
     }
 
     /// The relay crashes and comes back at once with nothing: every connection and room is
-    /// gone, and what was in flight is lost. Clients notice only by hearing nothing.
+    /// gone, and what was in flight is lost. Clients notice only by hearing nothing. Like a
+    /// real relay process, the new one salts its SSRCs differently.
     fn restart_relay(&mut self) {
-        self.relay = RelayCore::new("natter-relay/harness", Limits::default());
         self.relay_epoch += 1;
+        self.relay = RelayCore::new("natter-relay/harness", Limits::default())
+            .with_ssrc_salt(self.relay_epoch);
         self.decoders.clear();
     }
 

@@ -207,12 +207,15 @@ pub struct RelayCore<H> {
     /// connection at a time.
     token_holders: HashMap<String, ConnId>,
     next_participant: u64,
+    /// Mixed into every SSRC; see [`RelayCore::with_ssrc_salt`].
+    ssrc_salt: u32,
 }
 
-/// MurmurHash3's 32-bit finaliser: a bijection on u32, so sequential participant ids become
-/// SSRCs that look random (RFC 3550 asks for random SSRCs) yet can never collide.
-fn ssrc_for(id: u64) -> u32 {
-    let mut x = id as u32;
+/// MurmurHash3's 32-bit finaliser over the participant id XOR `salt`: a bijection on u32, so
+/// sequential participant ids become SSRCs that look random (RFC 3550 asks for random SSRCs)
+/// yet can never collide within one relay process.
+fn ssrc_for(id: u64, salt: u32) -> u32 {
+    let mut x = id as u32 ^ salt;
     x ^= x >> 16;
     x = x.wrapping_mul(0x85eb_ca6b);
     x ^= x >> 13;
@@ -229,7 +232,18 @@ impl<H: Clone> RelayCore<H> {
             rooms: HashMap::new(),
             token_holders: HashMap::new(),
             next_participant: 1,
+            ssrc_salt: 0,
         }
+    }
+
+    /// SSRCs made with `salt` (the shell passes a random one per process). Without it a
+    /// restarted relay would hand out the same SSRCs again in a new order: the client who
+    /// rejoins first gets the SSRC someone else had before the crash, and listeners, who
+    /// remember who sent under which SSRC, would put one person's statistics under
+    /// another's name.
+    pub fn with_ssrc_salt(mut self, salt: u32) -> Self {
+        self.ssrc_salt = salt;
+        self
     }
 
     /// A new QUIC connection completed its handshake at `now_ms` (Unix ms).
@@ -447,7 +461,7 @@ impl<H: Clone> RelayCore<H> {
         self.next_participant += 1;
         let participant = Participant {
             id,
-            ssrc: ssrc_for(id),
+            ssrc: ssrc_for(id, self.ssrc_salt),
             name,
             muted: false,
         };
@@ -1174,7 +1188,12 @@ mod tests {
 
     #[test]
     fn ssrcs_are_unique() {
-        let set: std::collections::HashSet<u32> = (1..100_000).map(ssrc_for).collect();
-        assert_eq!(set.len(), 99_999);
+        for salt in [0, 0x9e37_79b9] {
+            let set: std::collections::HashSet<u32> =
+                (1..100_000).map(|id| ssrc_for(id, salt)).collect();
+            assert_eq!(set.len(), 99_999);
+        }
+        // Two relay processes (a restart) with different salts hand out different SSRCs.
+        assert_ne!(ssrc_for(1, 0), ssrc_for(1, 0x9e37_79b9));
     }
 }

@@ -525,10 +525,13 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
         }
     }
     let shared = Arc::new(Shared {
-        core: Mutex::new(RelayCore::new(
-            format!("natter-relay/{}", env!("CARGO_PKG_VERSION")),
-            config.limits.clone(),
-        )),
+        core: Mutex::new(
+            RelayCore::new(
+                format!("natter-relay/{}", env!("CARGO_PKG_VERSION")),
+                config.limits.clone(),
+            )
+            .with_ssrc_salt(random_u32()),
+        ),
         stats: RelayStats::default(),
         next_conn: AtomicU64::new(1),
         shutting_down: AtomicBool::new(false),
@@ -745,6 +748,15 @@ async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
         let span = info_span!("conn", id, remote = %incoming.remote_address());
         tokio::spawn(run_connection(incoming, id, shared.clone(), slot).instrument(span));
     }
+}
+
+/// A random number from the standard library's per-process random hasher keys (seeded from
+/// the OS's random source): enough for a salt that only has to differ between relay processes.
+fn random_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.finish() as u32
 }
 
 fn unix_ms() -> u64 {

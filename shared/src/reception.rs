@@ -63,6 +63,11 @@ impl ReceptionStats {
         self.last_transit = Some(transit);
     }
 
+    /// The first and the highest sequence number seen, once a packet arrived.
+    pub fn sequence_range(&self) -> Option<(u16, u16)> {
+        self.started.then_some((self.base_seq as u16, self.max_seq))
+    }
+
     pub fn extended_highest(&self) -> u32 {
         self.cycles.wrapping_add(u32::from(self.max_seq))
     }

@@ -297,6 +297,22 @@ fn headless_calls_rejoin_a_restarted_relay() {
         m.median_score() >= 0.6,
         "Bob did not hear Alice after the restart: {m}"
     );
+    // Bob's statistics about Alice span both of her memberships (SSRCs) and count what the
+    // outage swallowed as lost, not `lost 0`: she numbered every frame she sent into the dead
+    // connection, and her new SSRC carries the numbering on. Between the crash and the rejoin
+    // lie the 6 s idle timeout: at 50 packets a second, far more than 100 packets (speech
+    // with pauses sends fewer: DTX), all counted.
+    let from_alice = bob_stats.peer(alice_stats.ssrc);
+    println!("bob's statistics about alice across the restart: {from_alice:?}");
+    assert_eq!(from_alice.name.as_deref(), Some("alice"));
+    assert!(from_alice.packets_lost > 100, "{from_alice:#?}");
+    let accounted = from_alice.packets_received as i64 + from_alice.packets_lost;
+    let sent = alice_stats.packets_sent as i64;
+    assert!(
+        (sent * 8 / 10..=sent).contains(&accounted),
+        "received + lost = {accounted}, alice sent {sent} (she may go on a little after Bob \
+         stops listening): {from_alice:#?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -130,6 +130,10 @@ pub struct MediaLink {
     pub recv: mpsc::Receiver<Inbound>,
 }
 
+/// How many retired SSRCs' statistics the engine keeps (a bound on what rejoins and people
+/// coming and going can make it hold).
+pub const MAX_RETIRED_PEERS: usize = 64;
+
 /// Engine-wide statistics.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct EngineStats {
@@ -158,6 +162,11 @@ pub struct EngineStats {
     /// Echo return loss enhancement the canceller reports, dB.
     pub erle_db: Option<f64>,
     pub peers: Vec<PeerStats>,
+    /// Final statistics of SSRCs no longer heard (we or they rejoined, or they went silent),
+    /// oldest first, at most [`MAX_RETIRED_PEERS`]: the session adds them to the same
+    /// person's current statistics.
+    #[serde(skip)]
+    pub retired_peers: Vec<PeerStats>,
     /// Everyone who reports hearing us, as they report it.
     pub listeners: Vec<ListenerStats>,
 }
@@ -372,6 +381,8 @@ struct Worker {
     vad: Vad,
     commands: Option<mpsc::Receiver<EngineCommand>>,
     peers: HashMap<u32, RemotePeer>,
+    /// See [`EngineStats::retired_peers`].
+    retired: Vec<PeerStats>,
     /// Reports in and out, round trips, what listeners say about our stream.
     rtcp: RtcpSession,
     stats: Arc<Mutex<EngineStats>>,
@@ -587,6 +598,7 @@ impl Worker {
             vad: Vad::new(VadConfig::default()),
             commands: None,
             peers: HashMap::new(),
+            retired: Vec::new(),
             rtcp: RtcpSession::new(ssrc, 0.0),
             stats,
             muted,
@@ -642,9 +654,8 @@ impl Worker {
             self.process_capture(now);
             self.fill_playback(now);
             if now >= self.rtcp.poll_timeout() {
+                self.retire_peers(|p| now - p.last_packet_ms >= rtcp::FORGET_AFTER_MS);
                 self.send_report();
-                self.peers
-                    .retain(|_, p| now - p.last_packet_ms < rtcp::FORGET_AFTER_MS);
             }
             if now >= self.next_stats_ms {
                 self.next_stats_ms = now + 100.0;
@@ -705,21 +716,47 @@ impl Worker {
         }
     }
 
-    /// A new membership of the room: a new sender (SSRC, sequence numbers, timestamps) at the
-    /// rate controller's starting point, since the path may have changed, and no peers or
-    /// listeners until they are heard again.
+    /// A new membership of the room: a new SSRC whose packets carry on the old numbering (so
+    /// listeners can count what the outage swallowed), at the rate controller's starting
+    /// point, since the path may have changed, and no peers or listeners until they are heard
+    /// again.
     fn rejoined(&mut self, ssrc: u32) {
+        self.retire_peers(|_| true);
         self.config.ssrc = ssrc;
         self.rtcp.rejoined(ssrc);
         self.rate = RateController::new(self.config.mode);
         match new_sender(&self.config, &self.rate) {
-            Ok(sender) => self.sender = sender,
+            Ok(sender) => {
+                self.sender = match (sender, self.sender.take()) {
+                    (Some(fresh), Some(old)) => Some(Sender::continue_from(fresh, &old)),
+                    (sender, _) => sender,
+                }
+            }
             // Cannot happen with settings that built a sender before; keep the old one
             // rather than fall silent.
             Err(e) => tracing::warn!("cannot rebuild the sender after rejoining: {e:#}"),
         }
         self.apply_rate_settings();
-        self.peers.clear();
+    }
+
+    /// Removes the peers `gone` selects (silent too long, or all of them when we rejoin),
+    /// keeping their final statistics so the session can add them to the same person's
+    /// statistics under a later SSRC.
+    fn retire_peers(&mut self, gone: impl Fn(&RemotePeer) -> bool) {
+        let retired: Vec<u32> = self
+            .peers
+            .values()
+            .filter(|p| gone(p))
+            .map(|p| p.ssrc)
+            .collect();
+        for ssrc in retired {
+            if let Some(peer) = self.peers.remove(&ssrc) {
+                if self.retired.len() == MAX_RETIRED_PEERS {
+                    self.retired.remove(0);
+                }
+                self.retired.push(peer.stats(self.rtcp.sender(ssrc)));
+            }
+        }
     }
 
     /// Hands the encoder the rate controller's settings, with the user's fixed bitrate if any.
@@ -993,11 +1030,8 @@ impl Worker {
         peers.sort_by_key(|p| p.ssrc);
         let listeners: Vec<ListenerStats> = self.rtcp.listeners();
         let stats = EngineStats {
-            packets_sent: self
-                .sender
-                .as_ref()
-                .map_or(0, |s| u64::from(s.packets_sent)),
-            bytes_sent: self.sender.as_ref().map_or(0, |s| u64::from(s.octets_sent)),
+            packets_sent: self.sender.as_ref().map_or(0, |s| s.total_packets_sent),
+            bytes_sent: self.sender.as_ref().map_or(0, |s| s.total_octets_sent),
             malformed_datagrams: self.malformed,
             capture_overruns: self.port.ends.counters.overruns(),
             playback_underruns: self.port.ends.counters.underruns(),
@@ -1019,6 +1053,7 @@ impl Worker {
             echo_delay_hint_ms: echo_hint,
             erle_db,
             peers,
+            retired_peers: self.retired.clone(),
             listeners,
         };
         *self.stats.lock().unwrap_or_else(|p| p.into_inner()) = stats;

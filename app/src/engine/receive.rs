@@ -44,6 +44,45 @@ pub struct PeerStats {
     pub audio_level_dbov: Option<f32>,
     /// Local playback gain for this sender (0: muted locally).
     pub gain: f32,
+    /// First and highest RTP sequence number received from this SSRC: where a person's
+    /// numbering left off before a rejoin and where it picked up after.
+    #[serde(skip)]
+    pub sequence_range: Option<(u16, u16)>,
+}
+
+/// Largest jump in sequence numbers between two memberships of one person that still counts
+/// as packets lost in between (RFC 3550's MAX_DROPOUT: about a minute of 20 ms frames); a
+/// larger or backward jump means the sender did not carry its numbering on (an older client,
+/// or a restarted app), so nothing is known about the gap.
+const MAX_REJOIN_GAP: u16 = 3000;
+
+impl PeerStats {
+    /// Adds the statistics of the same person's `earlier` memberships (oldest first; each had
+    /// its own SSRC) to these, so a rejoin neither resets the counts nor hides the outage:
+    /// the packets numbered between where one membership's sequence left off and where the
+    /// next picked up were sent and never arrived, and count as lost. Rates, delays and the
+    /// latency breakdown stay the current membership's.
+    pub fn carry_over(&mut self, earlier: &[&PeerStats]) {
+        let mut next_first = self.sequence_range.map(|(first, _)| first);
+        for e in earlier.iter().rev() {
+            if let (Some((_, highest)), Some(first)) = (e.sequence_range, next_first) {
+                let jump = first.wrapping_sub(highest);
+                if (1..=MAX_REJOIN_GAP).contains(&jump) {
+                    self.packets_lost += i64::from(jump - 1);
+                }
+            }
+            next_first = e.sequence_range.map(|(first, _)| first);
+            self.packets_received += e.packets_received;
+            self.packets_lost += e.packets_lost;
+            self.late += e.late;
+            self.duplicates += e.duplicates;
+            self.concealed += e.concealed;
+            self.fec_recovered += e.fec_recovered;
+            self.rebuffers += e.rebuffers;
+            self.accelerated_ms += e.accelerated_ms;
+            self.expanded_ms += e.expanded_ms;
+        }
+    }
 }
 
 /// What one listener reports about our own stream (the RTCP report blocks it sends about our
@@ -142,6 +181,49 @@ impl RemotePeer {
             speaking: false,
             audio_level_dbov: self.audio_level.map(|l| -f32::from(l.level)),
             gain: 1.0,
+            sequence_range: rtcp.and_then(|r| r.reception.sequence_range()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn membership(range: (u16, u16), received: u64, lost: i64) -> PeerStats {
+        PeerStats {
+            packets_received: received,
+            packets_lost: lost,
+            concealed: 1,
+            sequence_range: Some(range),
+            ..PeerStats::default()
+        }
+    }
+
+    /// Two outages, each ended by a rejoin under a new SSRC whose numbering carries on (the
+    /// second across the 16-bit wrap): what arrived, what was lost inside each membership and
+    /// the packets numbered during each outage all add up.
+    #[test]
+    fn a_rejoin_carries_the_counts_over_and_counts_the_outage_as_lost() {
+        let first = membership((100, 399), 295, 5);
+        let second = membership((650, 65_500), 64_850, 1);
+        let mut current = membership((64, 200), 137, 0);
+        current.carry_over(&[&first, &second]);
+        // Outages: 400..=649 (250 packets) and 65_501..=63 after the wrap (35 + 64 = 99).
+        assert_eq!(current.packets_lost, 5 + 1 + 250 + 99);
+        assert_eq!(current.packets_received, 295 + 64_850 + 137);
+        assert_eq!(current.concealed, 3);
+    }
+
+    /// A sender that starts its numbering afresh (an older client) or from before where it
+    /// left off: the gap is unknown, not counted as loss.
+    #[test]
+    fn unrelated_numbering_is_not_counted_as_an_outage() {
+        for restart in [(60_000, 60_100), (300, 400), (399, 500)] {
+            let mut current = membership(restart, 101, 0);
+            current.carry_over(&[&membership((100, 399), 300, 0)]);
+            assert_eq!(current.packets_lost, 0, "{restart:?}");
+            assert_eq!(current.packets_received, 401);
         }
     }
 }

@@ -34,8 +34,12 @@ pub struct Sender {
     datagram: Vec<u8>,
     /// Next packet starts a talkspurt (first packet, or first after mute).
     marker: bool,
+    /// Packets and payload octets under the current SSRC (the sender report's counts).
     pub packets_sent: u32,
     pub octets_sent: u32,
+    /// Packets and payload octets sent in the whole call, across rejoins.
+    pub total_packets_sent: u64,
+    pub total_octets_sent: u64,
     /// Frames not sent because DTX found them silent.
     pub dtx_frames: u64,
     /// Mean time one frame takes to encode, ms (EWMA).
@@ -66,6 +70,8 @@ impl Sender {
             marker: true,
             packets_sent: 0,
             octets_sent: 0,
+            total_packets_sent: 0,
+            total_octets_sent: 0,
             dtx_frames: 0,
             encode_time_ms: 0.0,
             origin: None,
@@ -74,6 +80,24 @@ impl Sender {
             frame_transmit: false,
             frame_voice: false,
         })
+    }
+
+    /// Carries on as `ssrc` after a rejoin, with `fresh`'s encoder and frame settings: the RTP
+    /// sequence numbers and the capture clock keep running, so the first packet of the new
+    /// membership tells each listener how many packets never reached it during the outage
+    /// (frames encoded while the link was down were numbered and dropped). The per-SSRC
+    /// counts of the sender reports start again, as RFC 3550 wants for a new SSRC.
+    pub fn continue_from(mut fresh: Self, old: &Self) -> Self {
+        fresh.sequence = old.sequence;
+        // A partly filled frame of the old membership is dropped; its samples still passed.
+        fresh.timestamp = old.timestamp.wrapping_add(old.frame.len() as u32);
+        fresh.origin = old.origin;
+        fresh.pinned_frame = old.pinned_frame;
+        fresh.total_packets_sent = old.total_packets_sent;
+        fresh.total_octets_sent = old.total_octets_sent;
+        fresh.dtx_frames = old.dtx_frames;
+        fresh.encode_time_ms = old.encode_time_ms;
+        fresh
     }
 
     /// Keeps the frame size the user chose whatever the rate controller says.
@@ -191,6 +215,8 @@ impl Sender {
         self.marker = false;
         self.sequence = self.sequence.wrapping_add(1);
         self.packets_sent = self.packets_sent.wrapping_add(1);
+        self.total_packets_sent += 1;
+        self.total_octets_sent += self.payload.len() as u64;
         self.octets_sent = self.octets_sent.wrapping_add(self.payload.len() as u32);
     }
 
@@ -253,5 +279,39 @@ mod tests {
             "VAD verdict carried as the V flag"
         );
         assert!(s.sender_info(100.0, 1).is_some());
+    }
+
+    /// After a rejoin the new SSRC's packets carry on the old numbering and capture clock, so
+    /// a listener sees frames sent into the outage as a gap; the sender report's counts start
+    /// again for the new SSRC while the call's total keeps counting.
+    #[test]
+    fn a_rejoined_sender_continues_numbering_under_its_new_ssrc() {
+        let tone: Vec<f32> = (0..480).map(|i| (i as f32 * 0.1).sin() * 0.3).collect();
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        let mut old = Sender::new(0x1111_0000, 960, EncoderConfig::default()).unwrap();
+        for k in 0..9 {
+            old.push(&tone, f64::from(k) * 10.0, Gate::OPEN, &mut |d| {
+                out.push(d.to_vec())
+            });
+        }
+        let fresh = Sender::new(0x2222_0000, 960, EncoderConfig::default()).unwrap();
+        let mut new = Sender::continue_from(fresh, &old);
+        for k in 9..13 {
+            new.push(&tone, f64::from(k) * 10.0, Gate::OPEN, &mut |d| {
+                out.push(d.to_vec())
+            });
+        }
+        let pkts: Vec<_> = out
+            .iter()
+            .map(|d| Datagram::parse(d).unwrap().rtp().unwrap().header)
+            .collect();
+        assert_eq!(pkts.len(), 6);
+        assert_eq!(pkts[3].ssrc, 0x1111_0000);
+        assert_eq!(pkts[4].ssrc, 0x2222_0000);
+        assert!(pkts[4].marker, "the new membership starts a talkspurt");
+        assert_eq!(pkts[4].sequence, pkts[3].sequence.wrapping_add(1));
+        // The half frame the old sender held when it was replaced still took its time.
+        assert_eq!(pkts[4].timestamp.wrapping_sub(pkts[3].timestamp), 960 + 480);
+        assert_eq!((new.packets_sent, new.total_packets_sent), (2, 6));
     }
 }

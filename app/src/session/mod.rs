@@ -535,12 +535,30 @@ impl Supervisor {
 }
 
 /// Names the peers and listeners in engine `stats` from the roster (the engine only knows
-/// SSRCs; the transport knows who they are).
+/// SSRCs; the transport knows who they are, and remembers every name of the call), and adds
+/// to each person's statistics those of their earlier SSRCs (before a rejoin: theirs or
+/// ours), so an outage shows as packets lost instead of a fresh start. A name two current
+/// peers share is ambiguous and gets nothing carried over.
 fn name_from_roster(state: &CallState, stats: &mut EngineStats) {
-    for peer in &mut stats.peers {
+    for peer in stats.peers.iter_mut().chain(&mut stats.retired_peers) {
         peer.name = state.name_of(peer.ssrc).map(str::to_string);
     }
     for listener in &mut stats.listeners {
         listener.name = state.name_of(listener.ssrc).map(str::to_string);
+    }
+    let names: Vec<Option<String>> = stats.peers.iter().map(|p| p.name.clone()).collect();
+    for peer in &mut stats.peers {
+        let Some(name) = peer.name.as_deref() else {
+            continue;
+        };
+        if names.iter().filter(|n| n.as_deref() == Some(name)).count() > 1 {
+            continue;
+        }
+        let earlier: Vec<&crate::engine::receive::PeerStats> = stats
+            .retired_peers
+            .iter()
+            .filter(|r| r.name.as_deref() == Some(name) && r.ssrc != peer.ssrc)
+            .collect();
+        peer.carry_over(&earlier);
     }
 }
