@@ -4,14 +4,14 @@
 
 use super::connect::{ConnectOutcome, Target};
 use super::contract::*;
+use super::view_model::{Controls, ViewModel};
 use super::{Shared, known_list, lock};
 use crate::audio::device::DeviceList;
 use crate::engine::EngineCommand;
-use crate::engine::receive::PeerStats;
 use crate::rate::FrameMode;
 use crate::session::Session;
 use crate::settings::KnownRelays;
-use std::collections::{BTreeSet, HashMap, HashSet};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -26,27 +26,15 @@ pub(super) struct Controller {
     pub(super) settings: Option<CallSettings>,
     pub(super) connecting: Option<JoinHandle<ConnectOutcome>>,
     pub(super) relay: Option<crate::host::HostedCall>,
-    pub(super) muted: bool,
-    pub(super) deafened: bool,
-    pub(super) talking: bool,
-    pub(super) volumes: HashMap<String, f32>,
-    pub(super) local_mutes: HashSet<String>,
-    pub(super) roster_ids: Option<BTreeSet<u64>>,
+    /// Mute, deafen, push to talk, per-person volumes (pure policy).
+    pub(super) controls: Controls,
+    /// The call screen's view-model (pure, time passed in).
+    pub(super) view: ViewModel,
     pub(super) latency: Option<JoinHandle<Result<LatencyResult, String>>>,
     pub(super) watch_devices: bool,
     pub(super) next_device_poll: Instant,
     pub(super) devices_polling: Option<JoinHandle<anyhow::Result<DeviceList>>>,
-    pub(super) history_start: Instant,
-    pub(super) next_history: Instant,
-    /// Per SSRC: (received, lost) a few seconds ago, for recent loss.
-    pub(super) loss_marks: HashMap<u32, (Instant, u64, i64, f64)>,
     pub(super) tests_run: u32,
-    /// Peer statistics as last published, when, and how many times.
-    pub(super) published_stats: HashMap<u32, PeerStats>,
-    pub(super) next_stats: Instant,
-    pub(super) stats_generation: u64,
-    /// Hash of what the call screen shows, to wake the UI only when it changes.
-    pub(super) last_digest: u64,
 }
 
 impl Controller {
@@ -60,24 +48,13 @@ impl Controller {
             settings: None,
             connecting: None,
             relay: None,
-            muted: false,
-            deafened: false,
-            talking: false,
-            volumes: HashMap::new(),
-            local_mutes: HashSet::new(),
-            roster_ids: None,
+            controls: Controls::default(),
+            view: ViewModel::new(Instant::now()),
             latency: None,
             watch_devices: false,
             next_device_poll: Instant::now(),
             devices_polling: None,
-            history_start: Instant::now(),
-            next_history: Instant::now(),
-            loss_marks: HashMap::new(),
             tests_run: 0,
-            published_stats: HashMap::new(),
-            next_stats: Instant::now(),
-            stats_generation: 0,
-            last_digest: 0,
         }
     }
 
@@ -185,30 +162,26 @@ impl Controller {
                 }
             }
             Request::SetMuted(m) => {
-                self.muted = m;
+                self.controls.muted = m;
                 self.apply_mute();
             }
             Request::SetDeafened(d) => {
-                self.deafened = d;
+                self.controls.deafened = d;
                 if let Some(s) = &self.session {
                     s.command(EngineCommand::SetDeafened(d));
                 }
                 self.apply_mute();
             }
             Request::SetTalking(t) => {
-                self.talking = t;
+                self.controls.talking = t;
                 self.apply_mute();
             }
             Request::SetVolume { name, volume } => {
-                self.volumes.insert(name, volume.clamp(0.0, 2.0));
+                self.controls.set_volume(name, volume);
                 self.apply_gains();
             }
             Request::SetLocalMute { name, muted } => {
-                if muted {
-                    self.local_mutes.insert(name);
-                } else {
-                    self.local_mutes.remove(&name);
-                }
+                self.controls.set_local_mute(name, muted);
                 self.apply_gains();
             }
             Request::Apply(settings) => self.apply_settings(settings),
@@ -277,19 +250,19 @@ impl Controller {
         self.refresh();
     }
 
-    pub(super) fn effective_mute(&self) -> bool {
-        let ptt = self.settings.as_ref().is_some_and(|s| s.push_to_talk);
-        self.muted || self.deafened || (ptt && !self.talking)
+    pub(super) fn push_to_talk(&self) -> bool {
+        self.settings.as_ref().is_some_and(|s| s.push_to_talk)
     }
 
     pub(super) fn apply_mute(&self) {
         if let Some(s) = &self.session {
-            s.set_muted(self.effective_mute());
+            s.set_muted(self.controls.effective_mute(self.push_to_talk()));
         }
+        let c = &self.controls;
         self.update(|s| {
-            s.muted = self.muted;
-            s.deafened = self.deafened;
-            s.talking = self.talking;
+            s.muted = c.muted;
+            s.deafened = c.deafened;
+            s.talking = c.talking;
         });
     }
 
@@ -297,14 +270,8 @@ impl Controller {
         let Some(session) = &self.session else {
             return;
         };
-        let state = session.state();
-        for p in state.roster.values() {
-            let gain = if self.local_mutes.contains(&p.name) {
-                0.0
-            } else {
-                self.volumes.get(&p.name).copied().unwrap_or(1.0)
-            };
-            session.command(EngineCommand::SetPeerGain { ssrc: p.ssrc, gain });
+        for (ssrc, gain) in self.controls.gains(&session.state()) {
+            session.command(EngineCommand::SetPeerGain { ssrc, gain });
         }
     }
 
@@ -352,7 +319,7 @@ impl Controller {
             session.leave().await;
         }
         self.stop_hosting_quietly().await;
-        self.roster_ids = None;
+        self.view.left();
         self.update(|s| {
             s.call = None;
             s.trust_prompt = None;

@@ -72,17 +72,15 @@ impl Controller {
                 let session = *session;
                 tracing::info!(room = %session.joined().room, "joined");
                 self.session = Some(session);
-                self.roster_ids = None;
-                self.loss_marks.clear();
+                self.view.joined(Instant::now());
                 lock(&self.shared.history).clear();
-                self.history_start = Instant::now();
                 if let Some(s) = self.settings.clone() {
                     self.apply_to_session(&s, None);
                 }
                 self.apply_mute();
                 self.apply_gains();
                 if let Some(s) = &self.session
-                    && self.deafened
+                    && self.controls.deafened
                 {
                     s.command(EngineCommand::SetDeafened(true));
                 }
@@ -126,7 +124,7 @@ impl Controller {
         tracing::warn!("call ended: {message}");
         tokio::spawn(session.leave());
         self.target = None;
-        self.roster_ids = None;
+        self.view.left();
         self.stop_hosting_quietly().await;
         self.update(|s| s.call = None);
         self.fail(message, changed);

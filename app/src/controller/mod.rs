@@ -9,7 +9,9 @@
 //! audio. No egui type appears here; `repaint` is how it wakes the UI after an event.
 //!
 //! Split by job: [`contract`] (what the UI sends and reads), [`actor`] (the loop and its
-//! requests), [`view`] (the call's view-model), [`connect`] (joining with trust on first use),
+//! requests), [`view_model`] (the pure policy: call controls and the call's view-model, time
+//! passed in, tested with simulated time) under [`view`] (its shell), [`connect`] (joining
+//! with trust on first use; the verdict is the pure `after_failure`),
 //! [`hosting`] (the embedded relay), [`latency_test`] (the loopback measurement).
 
 pub mod actor;
@@ -19,6 +21,7 @@ pub mod hosting;
 pub mod latency_test;
 pub mod plain;
 pub mod view;
+pub mod view_model;
 
 pub use connect::{fingerprint_pairs, test_speech};
 pub use contract::*;

@@ -78,6 +78,7 @@ impl PeerStats {
             self.duplicates += e.duplicates;
             self.concealed += e.concealed;
             self.fec_recovered += e.fec_recovered;
+            self.dred_recovered += e.dred_recovered;
             self.rebuffers += e.rebuffers;
             self.accelerated_ms += e.accelerated_ms;
             self.expanded_ms += e.expanded_ms;
