@@ -104,10 +104,11 @@
 //! cannot be taken back: only what has not been played yet is recovered, including the rest of
 //! a slot that waiting concealment had begun (DRED decodes at any offset, FEC only whole
 //! frames). The buffer does not add delay to wait for redundancy: what is recovered is what its
-//! jitter margin (with the FEC look-ahead while losses are recent) lets arrive in time. A timestamp gap with consecutive
-//! sequence numbers is a pause (DTX, mute): silence, not PLC. Our sender does not transmit DTX
-//! frames at all (nor anything while muted), so a pause is only *known* once speech resumes; until
-//! then the buffer runs dry. If the last frame was a DTX frame (≤ 2 bytes) or the last 150 ms
+//! jitter margin (with the FEC look-ahead while losses are recent) lets arrive in time.
+//!
+//! A timestamp gap with consecutive sequence numbers is a pause (DTX, mute): silence, not PLC.
+//! Our sender does not transmit DTX frames at all (nor anything while muted), so a pause is
+//! only *known* once speech resumes; until then the buffer runs dry. If the last frame was a DTX frame (≤ 2 bytes) or the last 150 ms
 //! were quiet (below −45 dBFS — libopus stops sending only after its VAD saw 200 ms of
 //! inactivity; a shorter quiet spell is soft speech), running dry is
 //! taken for a pause: silence, the timeline keeps moving, and a first packet that turns up later
