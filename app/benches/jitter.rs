@@ -53,7 +53,8 @@
 //! The engine's timing: by default the buffer is pulled perfectly (one block every 10 ms).
 //! `JITTER_DRED=N:BPS` encodes with DRED of N × 10 ms and in-band FEC off at BPS bit/s instead of
 //! 32 kbit/s with FEC; `JITTER_MEAN_BURST=B` sets the bursty model's mean burst (default 2.5);
-//! `JITTER_DECODER_COMPLEXITY=C` decodes at libopus complexity C instead of natter's.
+//! `JITTER_DECODER_COMPLEXITY=C` decodes at libopus complexity C instead of natter's;
+//! `JITTER_NO_COMPLEXITY=1` leaves out the encoder-complexity rows.
 //!
 //! `JITTER_PULL=PERIOD,WAKE,STALL_P,STALL_MS` pulls like a live engine instead
 //! (`sim::PullTiming`: a device period's blocks at once, wake-ups up to WAKE ms late, with
@@ -627,7 +628,7 @@ fn main() -> anyhow::Result<()> {
             // Encoder complexity: both scenarios, clean and 5 % random loss (over
             // COMPLEXITY_SEEDS loss patterns: one file and one pattern are too few to tell
             // small differences), our buffer.
-            if *nominal <= 5 {
+            if *nominal <= 5 && std::env::var_os("JITTER_NO_COMPLEXITY").is_none() {
                 for c in COMPLEXITIES {
                     let packets = encode(&sc.input, *nominal, c);
                     let seeds = if *nominal == 0 { 1 } else { COMPLEXITY_SEEDS };
