@@ -104,15 +104,16 @@ fn mean_burst() -> f64 {
 
 /// The encoder's protection: in-band FEC at [`BITRATE_BPS`] (the default), or with
 /// `JITTER_DRED=N:BPS` DRED of N × 10 ms with FEC off at BPS (the policy of `rate::protection`
-/// for bursty loss). Returns (bitrate, FEC, DRED 10 ms units).
+/// for bursty loss), or with `JITTER_DRED=N:BPS:fec` both. Returns (bitrate, FEC, DRED 10 ms units).
 fn protection() -> (i32, bool, u8) {
     match std::env::var("JITTER_DRED") {
         Ok(spec) => {
-            let (n, bps) = spec.split_once(':').expect("JITTER_DRED=N:BPS");
+            let v: Vec<&str> = spec.split(':').collect();
+            assert!(v.len() >= 2, "JITTER_DRED=N:BPS[:fec]");
             (
-                bps.parse().expect("JITTER_DRED bitrate"),
-                false,
-                n.parse().expect("JITTER_DRED duration"),
+                v[1].parse().expect("JITTER_DRED bitrate"),
+                v.get(2) == Some(&"fec"),
+                v[0].parse().expect("JITTER_DRED duration"),
             )
         }
         Err(_) => (BITRATE_BPS, true, 0),
