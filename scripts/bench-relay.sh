@@ -10,11 +10,22 @@
 #
 # Environment: REPS (runs per N, default 1, each with a fresh relay), RELAY_CPUS / LOADGEN_CPUS
 # (taskset lists, default 0 and 1), RELAY_ARGS (extra relay flags, e.g. "--threads 2"),
-# DURATION (seconds of sending, default 10).
+# DURATION (seconds of sending, default 10), MODES (default "relay"): what to measure, in
+# alternation for each N and repetition —
+#   relay       natter-relay from this build
+#   udp         the baseline: natter-udp-fanout (plain UDP fan-out with the same batched I/O,
+#               no QUIC), driven by natter-loadgen --udp with the same participants and packets
+#   udp1        the same baseline sending one datagram per system call (what batching saves)
+#   relay:DIR   natter-relay from DIR (another build's release directory: old against new)
+# e.g. MODES="udp relay relay:/tmp/old/release" scripts/bench-relay.sh 200 400.
+# Each line starts with mode=…. NICE (default 0) runs the measured server and the load generator
+# at that nice value (negative needs root): on a machine others are using, -10 keeps their
+# builds from deciding the latency numbers (others_cpu_pct still shows what else ran).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin="${CARGO_TARGET_DIR:-target}/release"
-[ -x "$bin/natter-loadgen" ] || cargo build --release -p natter-relay -p natter-loadgen
+[ -x "$bin/natter-loadgen" ] && [ -x "$bin/natter-udp-fanout" ] ||
+  cargo build --release -p natter-relay -p natter-loadgen
 work="$(mktemp -d)"
 relay_pid=
 trap 'kill $relay_pid 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -23,15 +34,31 @@ busy() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
 proc_busy() { awk '{sub(/.*\) /,""); split($0,f," "); print f[12]+f[13]}' "/proc/$1/stat"; }
 sizes=("$@")
 [ ${#sizes[@]} -gt 0 ] || sizes=(100 200 400 600 800 1000 1200)
+read -r -a modes <<<"${MODES:-relay}"
 for n in "${sizes[@]}"; do
   for _ in $(seq "${REPS:-1}"); do
-    # shellcheck disable=SC2086
-    taskset -c "${RELAY_CPUS:-0}" "$bin/natter-relay" --listen 127.0.0.1:0 --data-dir "$work/relay" \
-        --max-room-size 5 --max-connections 100000 --max-connections-per-address 0 ${RELAY_ARGS:-} >"$work/relay.out" 2>"$work/relay.log" &
-    relay_pid=$!
-    for _ in $(seq 100); do grep -q '^invite:' "$work/relay.out" 2>/dev/null && break; sleep 0.05; done
-    invite="$(sed -n 's/^invite: //p' "$work/relay.out")"
-    taskset -c "${LOADGEN_CPUS:-1}" "$bin/natter-loadgen" "$invite" --participants "$n" --room-size 5 \
+   for mode in "${modes[@]}"; do
+    if [ "$mode" = udp ] || [ "$mode" = udp1 ]; then
+      fanout_args=()
+      [ "$mode" = udp ] || fanout_args=(--unbatched)
+      nice -n "${NICE:-0}" taskset -c "${RELAY_CPUS:-0}" "$bin/natter-udp-fanout" "${fanout_args[@]}" >"$work/relay.out" 2>"$work/relay.log" &
+      relay_pid=$!
+      for _ in $(seq 400); do grep -q '^listening:' "$work/relay.out" 2>/dev/null && break; sleep 0.05; done
+      target="$(sed -n 's/^listening: //p' "$work/relay.out")"
+      loadgen_args=(--udp)
+    else
+      relay_bin="$bin"
+      [ "$mode" = relay ] || relay_bin="${mode#relay:}"
+      # shellcheck disable=SC2086
+      nice -n "${NICE:-0}" taskset -c "${RELAY_CPUS:-0}" "$relay_bin/natter-relay" --listen 127.0.0.1:0 --data-dir "$work/relay" \
+          --max-room-size 5 --max-connections 100000 --max-connections-per-address 0 ${RELAY_ARGS:-} >"$work/relay.out" 2>"$work/relay.log" &
+      relay_pid=$!
+      for _ in $(seq 400); do grep -q '^invite:' "$work/relay.out" 2>/dev/null && break; sleep 0.05; done
+      target="$(sed -n 's/^invite: //p' "$work/relay.out")"
+      loadgen_args=()
+    fi
+    [ -n "$target" ] || { echo "mode=$mode did not start:" >&2; cat "$work/relay.out" "$work/relay.log" >&2; exit 1; }
+    nice -n "${NICE:-0}" taskset -c "${LOADGEN_CPUS:-1}" "$bin/natter-loadgen" "$target" "${loadgen_args[@]}" --participants "$n" --room-size 5 \
         --duration "${DURATION:-10}" --relay-pid "$relay_pid" >"$work/loadgen.out" &
     loadgen_pid=$!
     # Sample the middle of the sending phase (joining takes a moment first).
@@ -42,7 +69,8 @@ for n in "${sizes[@]}"; do
     wait "$loadgen_pid"
     others=$(echo "$t0 $t1 $r0 $r1 $l0 $l1 $s0 $s1" |
       awk '{printf "%.1f", (($2-$1)-($4-$3)-($6-$5)) / ($8-$7)}')
-    echo "$(cat "$work/loadgen.out") others_cpu_pct=$others"
+    echo "mode=$mode $(cat "$work/loadgen.out") others_cpu_pct=$others"
     kill "$relay_pid"; wait "$relay_pid" 2>/dev/null || true
+   done
   done
 done

@@ -11,7 +11,7 @@ use crate::audio::wav::{WavFile, read_wav};
 use crate::engine::{EngineConfig, EngineStats};
 use crate::history::{History, Sample};
 use crate::session::{Audio, Input, Record, Session, SessionConfig, StartError};
-use crate::transport::ConnectError;
+use crate::transport::control::{CallState, ChatLine};
 use anyhow::Context;
 use natter_proto::invite::Invite;
 use std::path::PathBuf;
@@ -53,6 +53,8 @@ pub struct CallOptions {
     pub latency_csv: Option<PathBuf>,
     /// Keep what the speaker played in [`CallReport::recording`] (implied by `output`).
     pub keep_recording: bool,
+    /// Chat messages to send once in the room, in order.
+    pub chat: Vec<String>,
 }
 
 /// How often `--latency-csv` samples the meter: fine enough to line each sample up with a
@@ -74,6 +76,8 @@ pub struct CallReport {
     /// It ended because the connection to the relay was lost (the relay died or the network
     /// did), not because the relay ended it.
     pub relay_lost: bool,
+    /// The room's chat as this call saw it (the last 200 lines).
+    pub chat: Vec<ChatLine>,
     #[serde(flatten)]
     pub engine: EngineStats,
     #[serde(skip)]
@@ -151,11 +155,17 @@ pub fn is_stdio(path: &std::path::Path) -> bool {
     path.as_os_str() == "-"
 }
 
-/// Runs a call to completion. Must be called inside a tokio runtime.
-pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
+/// Runs a call to completion. Must be called inside a tokio runtime. The error says whose it
+/// is: the invite's or the relay's ([`StartError::Connect`]: `natter call` exits 2) or a
+/// local one (files, devices, options: exit 1).
+pub async fn run(opts: CallOptions) -> Result<CallReport, StartError> {
     let frame_samples = match opts.frame_ms {
         10 | 20 | 40 | 60 => opts.frame_ms as usize * SAMPLE_RATE as usize / 1000,
-        other => anyhow::bail!("frame length must be 10, 20, 40 or 60 ms, not {other}"),
+        other => {
+            return Err(
+                anyhow::anyhow!("frame length must be 10, 20, 40 or 60 ms, not {other}").into(),
+            );
+        }
     };
     // Read the input before touching the network, so a bad file fails fast. `-` is a live
     // stream of raw PCM on standard input, paced as it plays.
@@ -179,7 +189,7 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
     };
     let duration = match (opts.duration, &input) {
         (Some(d), _) if d > longest => {
-            anyhow::bail!("--duration: at most {} s{why}", longest.as_secs())
+            return Err(anyhow::anyhow!("--duration: at most {} s{why}", longest.as_secs()).into());
         }
         (Some(d), _) => d,
         (None, Some(Input::Samples(samples))) => {
@@ -234,6 +244,10 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
     })
     .await?;
 
+    for text in &opts.chat {
+        session.send_chat(text.clone());
+    }
+    let mut chat_printed = 0;
     let mut history = History::keeping(f64::INFINITY);
     let mut next_sample = Instant::now();
     // SIGTERM (`kill`, `timeout`, a service manager) ends the call as cleanly as Ctrl-C: the
@@ -245,6 +259,7 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
                 if session.audio_finished() {
                     break;
                 }
+                chat_printed = print_chat(&session.state(), chat_printed);
                 if opts.latency_csv.is_some() && Instant::now() >= next_sample {
                     next_sample += HISTORY_PERIOD;
                     sample_history(&session, &mut history);
@@ -257,8 +272,9 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
     }
     let joined = session.joined();
     let done = session.leave().await;
+    print_chat(&done.state, chat_printed);
     if let Some(e) = &done.recording_error {
-        anyhow::bail!("{e}");
+        return Err(anyhow::anyhow!("{e}").into());
     }
     if let Some(path) = &opts.latency_csv {
         std::fs::write(path, history.to_csv())
@@ -273,6 +289,7 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallReport> {
         relay_rtt_ms: done.state.relay_rtt_ms,
         ended_by_relay: done.ended_by_relay,
         relay_lost: done.relay_lost,
+        chat: done.state.chat.iter().cloned().collect(),
         engine: done.stats,
         recording: done.recording,
     })
@@ -300,6 +317,32 @@ impl NoSignal {
     }
 }
 
+/// Prints the room's chat lines that arrived since `printed` (a count of lines ever added) to
+/// standard error, where they do not mix with audio on standard output; returns the new
+/// count. Control characters are escaped: a member must not be able to drive our terminal.
+fn print_chat(state: &CallState, printed: u64) -> u64 {
+    let new = state.chat_count.saturating_sub(printed) as usize;
+    let skip = state.chat.len().saturating_sub(new);
+    for line in state.chat.iter().skip(skip).filter(|l| !l.own) {
+        eprintln!("chat {}: {}", printable(&line.from), printable(&line.text));
+    }
+    state.chat_count
+}
+
+/// `text` with control characters (newlines included) escaped.
+fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
+}
+
 /// Adds one sample per peer whose stages are complete, timed in seconds since sample 0 of the
 /// audio (the recording's time axis).
 fn sample_history(session: &Session, history: &mut History) {
@@ -325,12 +368,4 @@ fn sample_history(session: &Session, history: &mut History) {
 pub fn write_stats_json(report: &CallReport, path: &std::path::Path) -> anyhow::Result<()> {
     let json = serde_json::to_string_pretty(report)?;
     std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))
-}
-
-/// True when the error is one the user caused by the invite or the relay's answer (exit code
-/// 2) rather than a local failure.
-pub fn is_connect_error(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<ConnectError>().is_some()
-        || e.downcast_ref::<StartError>()
-            .is_some_and(|e| e.connect_error().is_some())
 }

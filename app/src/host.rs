@@ -22,6 +22,23 @@ pub struct HostOptions {
     pub map_port: bool,
 }
 
+/// Why hosting could not start. Typed, so the app can put each case in the user's words
+/// (`controller::plain::hosting_failure`) without digging through an error chain.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The relay's certificate could not be read or created in the data directory.
+    #[error(transparent)]
+    Identity(#[from] natter_relay::identity::IdentityError),
+    /// The UDP port could not be opened (in use, not allowed).
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    #[error("cannot start the relay: {0}")]
+    Relay(natter_relay::server::RelayError),
+    /// A blocking step (certificate, router) panicked or was cancelled.
+    #[error("hosting was interrupted: {0}")]
+    Interrupted(#[from] tokio::task::JoinError),
+}
+
 /// Who can reach a hosted call.
 #[derive(Debug)]
 pub enum Reach {
@@ -40,7 +57,7 @@ pub struct HostedCall {
 impl HostedCall {
     /// Starts the relay, then asks the router for its port (a few seconds at most; hosting
     /// goes on without it).
-    pub async fn start(options: HostOptions) -> anyhow::Result<Self> {
+    pub async fn start(options: HostOptions) -> Result<Self, HostError> {
         let dir = options.data_dir.clone();
         let identity =
             tokio::task::spawn_blocking(move || natter_relay::Identity::load_or_generate(&dir))
@@ -52,11 +69,10 @@ impl HostedCall {
         }
         let relay = match natter_relay::start(config).await {
             Ok(relay) => relay,
-            // Keep the OS error in the chain: the app words "port in use" for the host.
             Err(natter_relay::server::RelayError::Bind(addr, e)) => {
-                return Err(anyhow::Error::new(e).context(format!("cannot listen on {addr}")));
+                return Err(HostError::Bind(addr, e));
             }
-            Err(e) => return Err(anyhow::anyhow!("cannot start the relay: {e}")),
+            Err(e) => return Err(HostError::Relay(e)),
         };
         let port = relay.local_addrs()[0].port();
         let reach = if options.map_port && !options.bind.is_loopback() {

@@ -13,6 +13,7 @@ use natter::audio::SAMPLE_RATE;
 use natter::audio::wav::{read_wav, write_wav};
 use natter::call::{self, CallOptions};
 use natter::measure::{self, LatencyStats};
+use natter::session::StartError;
 use natter::transport::ConnectError;
 use natter_proto::invite::Invite;
 use std::io::IsTerminal;
@@ -143,8 +144,9 @@ struct CallArgs {
     /// Display name.
     #[arg(long)]
     name: String,
-    /// WAV file used as the microphone (any rate and channels), or `-` for raw PCM on standard
-    /// input (signed 16-bit little-endian, mono, 48 kHz), paced as it plays: a burst is
+    /// WAV file used as the microphone (any rate and channels), or `-` for standard input:
+    /// raw PCM (signed 16-bit little-endian, mono, 48 kHz) or a WAV stream (PCM or float, any
+    /// rate and channels, length fields may say "unknown"), paced as it plays: a burst is
     /// buffered, late audio plays as silence; the call ends when the stream does. Without it,
     /// only listen.
     #[arg(long, conflicts_with_all = ["input_device", "output_device"])]
@@ -179,6 +181,10 @@ struct CallArgs {
     /// seconds since sample 0 of --output), the same columns as the desktop app's export.
     #[arg(long)]
     latency_csv: Option<PathBuf>,
+    /// Send this chat message to the room once joined (repeat for several). Messages from
+    /// others are printed to standard error as `chat NAME: TEXT`, and kept in --stats-json.
+    #[arg(long, value_name = "TEXT")]
+    chat: Vec<String>,
     /// Opus frame length in ms: 10 (low-latency mode), 20, 40 or 60. Adapted to the network
     /// (e.g. 40 ms on a lossy one) unless --fixed-frame.
     #[arg(long, default_value_t = 20)]
@@ -243,7 +249,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("natter: error: {e:#}");
-            ExitCode::from(if call::is_connect_error(&e) { 2 } else { 1 })
+            ExitCode::from(1)
         }
     }
 }
@@ -432,7 +438,22 @@ fn parse_seconds_or_zero(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// `natter call`: exit 2 when the invite or the relay is at fault (the user's to fix: README),
+/// 1 for a local failure, 3 when the relay ended the call.
 fn run_call(args: CallArgs) -> anyhow::Result<ExitCode> {
+    match call_with(args) {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            eprintln!("natter: error: {e:#}");
+            Ok(ExitCode::from(match e {
+                StartError::Connect(_) => 2,
+                StartError::Local(_) => 1,
+            }))
+        }
+    }
+}
+
+fn call_with(args: CallArgs) -> Result<ExitCode, StartError> {
     // A bad invite is the user's "could not connect" (exit 2, README), not a local failure.
     let text = match (&args.invite, &args.invite_file) {
         (Some(text), _) => text.clone(),
@@ -474,6 +495,7 @@ fn run_call(args: CallArgs) -> anyhow::Result<ExitCode> {
         voice_activation: args.voice_activation,
         latency_csv: args.latency_csv.clone(),
         keep_recording: false,
+        chat: args.chat.clone(),
         devices: (args.input_device.is_some() || args.output_device.is_some()).then(|| {
             natter::audio::device::DeviceChoice {
                 input: args.input_device.clone(),
@@ -536,6 +558,7 @@ async fn demo(seconds: f32, frame_ms: u32) -> anyhow::Result<ExitCode> {
         voice_activation: false,
         latency_csv: None,
         keep_recording: true,
+        chat: Vec::new(),
     };
     println!(
         "bob listens; alice sends {seconds} s of chirps ({frame_ms} ms Opus frames) through the relay…"

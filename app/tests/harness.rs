@@ -9,7 +9,7 @@ use natter::rate::{FrameMode, RateController};
 use natter::session::reconnect::{ReconnectPolicy, Verdict, is_fatal};
 use natter::transport::ConnectError;
 use natter::transport::control::core::{ControlCore, Event, Phase};
-use natter::transport::control::{JoinRequest, Joined};
+use natter::transport::control::{ChatLine, JoinRequest, Joined};
 use natter_proto::control::{FrameDecoder, Message};
 use natter_proto::media::{Datagram, PacketKind, write_rtcp, write_rtp};
 use natter_proto::rtcp::{SenderInfo, ntp, parse_compound};
@@ -77,6 +77,8 @@ struct Client {
     /// RTP packets received, by sender SSRC.
     received: HashMap<u32, u64>,
     listener_reports: Vec<ListenerReport>,
+    /// Chat lines as its control core reported them (sent and received).
+    chat: Vec<ChatLine>,
     joins: u32,
 }
 
@@ -130,6 +132,7 @@ impl World {
             seq: 0,
             received: HashMap::new(),
             listener_reports: Vec::new(),
+            chat: Vec::new(),
             joins: 0,
         });
         self.open(i);
@@ -327,6 +330,7 @@ impl World {
                 c.joins += 1;
             }
             Event::Changed => {}
+            Event::Chat(line) => c.chat.push(line),
             Event::Ended(error) => {
                 let fatal = is_fatal(&error);
                 // Lost while in the call, or an attempt to rejoin that failed.
@@ -453,6 +457,31 @@ fn join_roster_and_relay_round_trip() {
         assert!((rtt - 2.0 * one_way).abs() < 1.5, "{name}: relay RTT {rtt}");
     }
     assert_eq!(w.relay.participant_count(), 2);
+}
+
+/// A chat message goes from one control core through the relay core to the others in the
+/// room, named by the roster, and comes back to its writer as its own line.
+#[test]
+fn chat_reaches_everyone_else_in_the_room() {
+    let mut w = World::new(3);
+    let alice = w.add("alice", path(10), false);
+    w.add("bob", path(25), false);
+    w.add("carol", path(40), false);
+    w.run(2_000);
+    w.clients[alice]
+        .control
+        .as_mut()
+        .expect("alice is connected")
+        .send_chat("  hello, room  ");
+    w.run(500);
+    let line = |from: &str, own| ChatLine {
+        from: from.into(),
+        text: "hello, room".into(),
+        own,
+    };
+    assert_eq!(w.client("alice").chat, [line("alice", true)]);
+    assert_eq!(w.client("bob").chat, [line("alice", false)]);
+    assert_eq!(w.client("carol").chat, [line("alice", false)]);
 }
 
 #[test]

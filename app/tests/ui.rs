@@ -226,6 +226,19 @@ fn host_join_see_each_other_speak_mute_and_leave() {
     click(&mut bob, "Invite someone");
     assert_eq!(shown_invite(&bob), invite, "a guest shares the same invite");
 
+    // Bob writes in the chat (Enter sends); Alice reads it, and Bob sees his own line.
+    type_into(&mut bob, "Message", "hello from Bob");
+    bob.key_press(egui::Key::Enter);
+    bob.run();
+    wait_both(
+        &mut alice,
+        &mut bob,
+        "Bob's chat message at Alice",
+        10.0,
+        |a, b| has_label(a, "hello from Bob") && has_label(a, "Bob:") && has_label(b, "You:"),
+    );
+    assert_eq!(snapshot(&alice).call.unwrap().chat_count, 1);
+
     // Bob talks (speech-like signal), Alice is silent.
     wait_both(
         &mut alice,

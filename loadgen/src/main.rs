@@ -3,10 +3,13 @@
 //! the other K−1 streams of its room, so the time from send to receive is what the relay (plus
 //! loopback) adds; it is measured in this one process, on one clock. Ends with one summary line:
 //!
-//! `participants=N rooms=R streams=S p50_ms=… p99_ms=… loss_pct=… relay_cpu_pct=… loadgen_cpu_pct=…`
+//! `participants=N rooms=R streams=S p50_ms=… p99_ms=… loss_pct=… relay_cpu_pct=… relay_us_per_datagram=… loadgen_cpu_pct=…`
 //!
 //! (CPU: percent of one core during the sending phase; the load generator's own share shows
 //! when it, not the relay, is the limit.)
+//!
+//! With `--udp` the target is `natter-udp-fanout` (the benchmark's baseline) instead of a relay:
+//! the same participants, sockets, rooms and datagrams over plain UDP.
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -23,8 +26,12 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Parser)]
 #[command(version, about = "Load generator for natter-relay")]
 struct Args {
-    /// natter://host:port?fp=… (the room part is ignored; rooms are load-0, load-1, …).
+    /// natter://host:port?fp=… (the room part is ignored; rooms are load-0, load-1, …); with
+    /// `--udp`, the fan-out's host:port.
     invite: String,
+    /// Drive a plain UDP fan-out (`natter-udp-fanout`) instead of a relay.
+    #[arg(long)]
+    udp: bool,
     /// Participants in total.
     #[arg(long, default_value_t = 100)]
     participants: usize,
@@ -40,7 +47,7 @@ struct Args {
     /// The relay's process id, to report its CPU use (from /proc).
     #[arg(long)]
     relay_pid: Option<u32>,
-    /// Connections per client UDP socket (quinn endpoint).
+    /// Participants per client UDP socket (a quinn endpoint, or a plain socket with `--udp`).
     #[arg(long, default_value_t = 64)]
     per_endpoint: usize,
 }
@@ -54,11 +61,78 @@ struct Totals {
     samples: Mutex<Vec<u32>>,
 }
 
-/// One participant: sends a stamped datagram every 20 ms until `until`, and measures what
-/// arrives from the others. Datagrams from SSRCs not in `ours` (someone else in the room, such
-/// as a test's flooding client) are not counted.
+/// Where a participant's datagrams go: its QUIC connection, or its plain UDP socket (shared
+/// with other participants) and the fan-out's address.
+#[derive(Clone)]
+enum Link {
+    Quic(quinn::Connection),
+    Udp(Arc<tokio::net::UdpSocket>, std::net::SocketAddr),
+}
+
+impl Link {
+    fn send(&self, datagram: &[u8]) -> bool {
+        match self {
+            Link::Quic(conn) => conn.send_datagram(Bytes::copy_from_slice(datagram)).is_ok(),
+            Link::Udp(socket, to) => socket.try_send_to(datagram, *to).is_ok(),
+        }
+    }
+}
+
+/// Measures what one receiver gets: datagrams from SSRCs not in `ours` (someone else in the
+/// room, such as a test's flooding client) are not counted; the age of the others is sampled
+/// (a bounded reservoir per receiver, merged at the end).
+struct Measure {
+    ours: Arc<HashSet<u32>>,
+    epoch: Instant,
+    totals: Arc<Totals>,
+    local: Vec<u32>,
+}
+
+impl Measure {
+    fn new(ours: Arc<HashSet<u32>>, epoch: Instant, totals: Arc<Totals>) -> Self {
+        Self {
+            ours,
+            epoch,
+            totals,
+            local: Vec::with_capacity(4096),
+        }
+    }
+
+    fn record(&mut self, d: &[u8]) {
+        if !d
+            .get(1..)
+            .and_then(natter_proto::rtp::peek_ssrc)
+            .is_some_and(|s| self.ours.contains(&s))
+        {
+            return;
+        }
+        // Stamp: the first 8 payload bytes after the 20-byte header (flow + RTP + ext).
+        if let Some(stamp) = d.get(21..29) {
+            let sent = u64::from_be_bytes(stamp.try_into().expect("8 bytes"));
+            let now = self.epoch.elapsed().as_micros() as u64;
+            if self.local.len() < 4096 {
+                self.local.push(now.saturating_sub(sent) as u32);
+            }
+            self.totals.received.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+impl Drop for Measure {
+    fn drop(&mut self) {
+        let local = std::mem::take(&mut self.local);
+        self.totals
+            .samples
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(local);
+    }
+}
+
+/// One participant: sends a stamped datagram every 20 ms until `until`; over QUIC it also
+/// measures what arrives on its connection (over UDP its socket's receiver does that).
 async fn participant(
-    conn: quinn::Connection,
+    link: Link,
     ssrc: u32,
     ours: Arc<HashSet<u32>>,
     epoch: Instant,
@@ -66,31 +140,17 @@ async fn participant(
     payload: usize,
     totals: Arc<Totals>,
 ) {
-    let receiver = {
-        let conn = conn.clone();
-        let totals = totals.clone();
-        tokio::spawn(async move {
-            let mut local = Vec::with_capacity(4096);
-            while let Ok(d) = conn.read_datagram().await {
-                if !d
-                    .get(1..)
-                    .and_then(natter_proto::rtp::peek_ssrc)
-                    .is_some_and(|s| ours.contains(&s))
-                {
-                    continue;
+    let receiver = match &link {
+        Link::Quic(conn) => {
+            let conn = conn.clone();
+            let mut measure = Measure::new(ours, epoch, totals.clone());
+            Some(tokio::spawn(async move {
+                while let Ok(d) = conn.read_datagram().await {
+                    measure.record(&d);
                 }
-                // Stamp: the first 8 payload bytes after the 20-byte header (flow + RTP + ext).
-                if let Some(stamp) = d.get(21..29) {
-                    let sent = u64::from_be_bytes(stamp.try_into().expect("8 bytes"));
-                    let now = epoch.elapsed().as_micros() as u64;
-                    if local.len() < 4096 {
-                        local.push(now.saturating_sub(sent) as u32);
-                    }
-                    totals.received.fetch_add(1, Relaxed);
-                }
-            }
-            totals.samples.lock().expect("not poisoned").extend(local);
-        })
+            }))
+        }
+        Link::Udp(..) => None,
     };
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -113,15 +173,77 @@ async fn participant(
         };
         buf.clear();
         write_rtp(&header, &body, &mut buf);
-        if conn.send_datagram(Bytes::copy_from_slice(&buf)).is_ok() {
+        if link.send(&buf) {
             totals.sent.fetch_add(1, Relaxed);
         }
         seq = seq.wrapping_add(1);
     }
     // Let the last datagrams arrive.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    conn.close(0u32.into(), b"done");
-    let _ = receiver.await;
+    if let (Link::Quic(conn), Some(receiver)) = (&link, receiver) {
+        conn.close(0u32.into(), b"done");
+        let _ = receiver.await;
+    }
+}
+
+/// Joins `count` participants to the UDP fan-out at `to`, `per_socket` to a socket, in rooms
+/// of `room_size`: each sends `NJ` + room + SSRC until it is echoed (loopback rarely loses
+/// one, but a lost join must not become a phantom loss). Returns each participant's link and
+/// SSRC, and the sockets.
+async fn join_udp(
+    to: std::net::SocketAddr,
+    count: usize,
+    per_socket: usize,
+    room_size: usize,
+) -> anyhow::Result<(Vec<(Link, u32)>, Vec<Arc<tokio::net::UdpSocket>>)> {
+    let mut sockets = Vec::new();
+    for _ in 0..count.div_ceil(per_socket) {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+        socket2::SockRef::from(&socket).set_recv_buffer_size(4 << 20)?;
+        sockets.push(Arc::new(socket));
+    }
+    let mut joined = Vec::with_capacity(count);
+    for (s, socket) in sockets.iter().enumerate() {
+        let members: Vec<usize> = (s * per_socket..count.min((s + 1) * per_socket)).collect();
+        let mut pending: HashSet<u32> = members.iter().map(|i| *i as u32 + 1).collect();
+        for _ in 0..20 {
+            for &i in &members {
+                let ssrc = i as u32 + 1;
+                if pending.contains(&ssrc) {
+                    let mut join = b"NJ".to_vec();
+                    join.extend_from_slice(&((i / room_size) as u32).to_be_bytes());
+                    join.extend_from_slice(&ssrc.to_be_bytes());
+                    socket.send_to(&join, to).await?;
+                }
+            }
+            let mut buf = [0u8; 64];
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
+            while !pending.is_empty() {
+                match tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await {
+                    Ok(Ok((10, _))) if buf.starts_with(b"NJ") => {
+                        pending.remove(&u32::from_be_bytes(buf[6..10].try_into()?));
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            if pending.is_empty() {
+                break;
+            }
+        }
+        if !pending.is_empty() {
+            bail!(
+                "the UDP fan-out did not acknowledge {} joins",
+                pending.len()
+            );
+        }
+        joined.extend(
+            members
+                .iter()
+                .map(|&i| (Link::Udp(socket.clone(), to), i as u32 + 1)),
+        );
+    }
+    Ok((joined, sockets))
 }
 
 /// CPU seconds (user + system) a process has used so far.
@@ -139,28 +261,19 @@ fn percentile(sorted: &[u32], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let invite: Invite = args.invite.parse().context("bad invite")?;
-    let fp = invite
-        .fingerprint
-        .context("the invite must pin the relay's certificate (fp=…)")?;
-    if args.room_size < 2 || args.participants < args.room_size {
-        bail!("need --room-size ≥ 2 and --participants ≥ --room-size");
-    }
-    let addr = tokio::net::lookup_host(invite.authority())
-        .await?
-        .next()
-        .context("relay address")?;
-    let config = client_config(fp)?;
+/// Connects and joins every participant to the relay at `addr`, a bounded number at a time.
+async fn join_quic(
+    args: &Args,
+    addr: std::net::SocketAddr,
+    fp: Option<[u8; 32]>,
+) -> anyhow::Result<Vec<(Link, u32)>> {
+    let config = client_config(fp.context("a pinned certificate")?)?;
     let mut endpoints = Vec::new();
     for _ in 0..args.participants.div_ceil(args.per_endpoint) {
         let mut e = quinn::Endpoint::client("0.0.0.0:0".parse()?)?;
         e.set_default_client_config(config.clone());
         endpoints.push(e);
     }
-    // Connect and join, a bounded number at a time.
     let mut joined = Vec::with_capacity(args.participants);
     for chunk in (0..args.participants).collect::<Vec<_>>().chunks(50) {
         let mut tasks = Vec::new();
@@ -170,13 +283,44 @@ async fn main() -> anyhow::Result<()> {
             tasks.push(tokio::spawn(async move {
                 let conn = endpoint.connect(addr, "natter-relay")?.await?;
                 let ssrc = join(&conn, &room, &format!("p{i}")).await?;
-                anyhow::Ok((conn, ssrc))
+                anyhow::Ok((Link::Quic(conn), ssrc))
             }));
         }
         for t in tasks {
             joined.push(t.await??);
         }
     }
+    Ok(joined)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let (authority, fp) = if args.udp {
+        (args.invite.clone(), None)
+    } else {
+        let invite: Invite = args.invite.parse().context("bad invite")?;
+        let fp = invite
+            .fingerprint
+            .context("the invite must pin the relay's certificate (fp=…)")?;
+        (invite.authority(), Some(fp))
+    };
+    if args.room_size < 2 || args.participants < args.room_size {
+        bail!("need --room-size ≥ 2 and --participants ≥ --room-size");
+    }
+    let addr = tokio::net::lookup_host(authority.as_str())
+        .await?
+        .next()
+        .context("relay address")?;
+    let mut udp_sockets = Vec::new();
+    let joined = if args.udp {
+        let (joined, sockets) =
+            join_udp(addr, args.participants, args.per_endpoint, args.room_size).await?;
+        udp_sockets = sockets;
+        joined
+    } else {
+        join_quic(&args, addr, fp).await?
+    };
     let rooms = args.participants.div_ceil(args.room_size);
     let full_room_members = (args.participants / args.room_size) * args.room_size;
     let remainder = args.participants - full_room_members;
@@ -190,10 +334,27 @@ async fn main() -> anyhow::Result<()> {
     let own_start = cpu_seconds(std::process::id());
     let wall_start = Instant::now();
     let ours: Arc<HashSet<u32>> = Arc::new(joined.iter().map(|(_, ssrc)| *ssrc).collect());
+    // Over UDP one receiver per socket measures for all its participants.
+    let udp_receivers: Vec<_> = udp_sockets
+        .iter()
+        .map(|socket| {
+            let socket = socket.clone();
+            let mut measure = Measure::new(ours.clone(), epoch, totals.clone());
+            let end = until + Duration::from_millis(300);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 2048];
+                while let Ok(Ok((n, _))) =
+                    tokio::time::timeout_at(end.into(), socket.recv_from(&mut buf)).await
+                {
+                    measure.record(&buf[..n]);
+                }
+            })
+        })
+        .collect();
     let mut tasks = Vec::new();
-    for (conn, ssrc) in joined {
+    for (link, ssrc) in joined {
         tasks.push(tokio::spawn(participant(
-            conn,
+            link,
             ssrc,
             ours.clone(),
             epoch,
@@ -211,7 +372,7 @@ async fn main() -> anyhow::Result<()> {
     let cpu_end = args.relay_pid.and_then(cpu_seconds);
     let own_end = cpu_seconds(std::process::id());
     let wall = wall_start.elapsed().as_secs_f64();
-    for t in tasks {
+    for t in tasks.into_iter().chain(udp_receivers) {
         let _ = t.await;
     }
     let sent = totals.sent.load(Relaxed) as f64;
@@ -235,8 +396,14 @@ async fn main() -> anyhow::Result<()> {
         _ => "n/a".into(),
     };
     let (cpu, own) = (percent(cpu_start, cpu_end), percent(own_start, own_end));
+    // The relay's CPU per datagram it delivered (received here), the capacity measure that
+    // does not depend on where the latency criterion happens to fall.
+    let per_datagram = match (cpu_start, cpu_end) {
+        (Some(a), Some(b)) if received > 0.0 => format!("{:.2}", (b - a) * 1e6 / received),
+        _ => "n/a".into(),
+    };
     println!(
-        "participants={} rooms={rooms} streams={streams} p50_ms={:.3} p99_ms={:.3} loss_pct={loss:.3} relay_cpu_pct={cpu} loadgen_cpu_pct={own}",
+        "participants={} rooms={rooms} streams={streams} p50_ms={:.3} p99_ms={:.3} loss_pct={loss:.3} relay_cpu_pct={cpu} relay_us_per_datagram={per_datagram} loadgen_cpu_pct={own}",
         args.participants,
         percentile(&samples, 0.5),
         percentile(&samples, 0.99),

@@ -8,7 +8,7 @@
 
 use crate::bucket::TokenBucket;
 use natter_proto::control::{
-    ErrorCode, JOIN_FLAG_ECHO, Message, NAME_RULE, Participant, valid_name,
+    ErrorCode, JOIN_FLAG_ECHO, MAX_NAME_LEN, Message, NAME_RULE, Participant, valid_name,
 };
 use natter_proto::media::{Datagram, PacketKind};
 use natter_proto::rtcp;
@@ -141,7 +141,15 @@ struct Member {
     /// The access token it joined with (token relays), so the token's next Join can
     /// replace it.
     token: Option<String>,
+    /// Chat messages it may still send ([`CHAT_RATE`], [`CHAT_BURST`]).
+    chat: TokenBucket,
 }
+
+/// Chat messages a member may send per second, and in a burst. Each one becomes a message in
+/// every other member's control queue, so a member typing fast (or a script) must not fill
+/// the queues of the room: more are dropped, not forwarded.
+pub const CHAT_RATE: f64 = 1.0;
+pub const CHAT_BURST: f64 = 3.0;
 
 /// One room: its members' connection ids, in join order.
 #[derive(Debug)]
@@ -349,6 +357,10 @@ impl<H: Clone> RelayCore<H> {
             (Phase::AwaitJoin, Message::SetMute { .. }) => {
                 Outcome::fatal(ErrorCode::NotJoined, "SetMute before Join")
             }
+            (Phase::Joined, Message::Chat { text }) => self.chat(conn, text, now_ms),
+            (Phase::AwaitJoin, Message::Chat { .. }) => {
+                Outcome::fatal(ErrorCode::NotJoined, "Chat before Join")
+            }
             (_, Message::Leave) => Outcome {
                 sends: Vec::new(),
                 close: Some(Close::Left),
@@ -361,7 +373,8 @@ impl<H: Clone> RelayCore<H> {
                 | Message::Welcome { .. }
                 | Message::ParticipantJoined(_)
                 | Message::ParticipantLeft { .. }
-                | Message::MuteChanged { .. }),
+                | Message::MuteChanged { .. }
+                | Message::ChatMessage { .. }),
             ) => Outcome::fatal(
                 ErrorCode::ProtocolViolation,
                 format!("clients may not send {}", message_name(&m)),
@@ -459,6 +472,7 @@ impl<H: Clone> RelayCore<H> {
         }
         let id = self.next_participant;
         self.next_participant += 1;
+        let name = self.distinct_name(&room, name);
         let participant = Participant {
             id,
             ssrc: ssrc_for(id, self.ssrc_salt),
@@ -475,6 +489,7 @@ impl<H: Clone> RelayCore<H> {
             room: room.clone(),
             echo,
             token: used_token,
+            chat: TokenBucket::new(CHAT_RATE, CHAT_BURST, now_ms as f64),
         });
         let handle = c.handle.clone();
         let r = self.rooms.entry(room.clone()).or_insert_with(|| Room {
@@ -536,6 +551,62 @@ impl<H: Clone> RelayCore<H> {
         let room = member.room.clone();
         Outcome {
             sends: self.broadcast(&room, None, &Message::MuteChanged { id, muted }),
+            close: None,
+            evict: Vec::new(),
+        }
+    }
+
+    /// `name`, or when someone in `room` already has it (ignoring case and surrounding
+    /// space) `name (2)`, `name (3)`, …: everyone in a room has a name of their own, so the
+    /// roster, the chat and per-person volumes can tell people apart. Renaming rather than
+    /// refusing matters for rejoins: a client whose network changed joins again while the
+    /// relay still holds its old connection (until the idle timeout), and must not be shut out
+    /// by its own ghost. The Welcome's roster tells the client the name it got.
+    fn distinct_name(&self, room: &str, name: String) -> String {
+        let taken = |candidate: &str| {
+            let key = candidate.trim().to_lowercase();
+            self.rooms.get(room).is_some_and(|r| {
+                r.members.iter().any(|m| {
+                    self.connections
+                        .get(&m.conn)
+                        .and_then(|c| c.member.as_ref())
+                        .is_some_and(|member| member.participant.name.trim().to_lowercase() == key)
+                })
+            })
+        };
+        if !taken(&name) {
+            return name;
+        }
+        (2..)
+            .map(|n| {
+                let suffix = format!(" ({n})");
+                let mut base = name.trim_end().to_string();
+                while base.len() + suffix.len() > MAX_NAME_LEN {
+                    base.pop();
+                }
+                format!("{base}{suffix}")
+            })
+            .find(|candidate| !taken(candidate))
+            .expect("a room holds fewer members than there are numbers")
+    }
+
+    /// Forwards a chat message to everyone else in the room, within the member's chat rate;
+    /// empty or blank text and messages over the rate are dropped. Nothing is kept or logged.
+    fn chat(&mut self, conn: ConnId, text: String, now_ms: u64) -> Outcome<H> {
+        let Some(member) = self
+            .connections
+            .get_mut(&conn)
+            .and_then(|c| c.member.as_mut())
+        else {
+            return Outcome::none();
+        };
+        if text.trim().is_empty() || !member.chat.take(1.0, now_ms as f64) {
+            return Outcome::none();
+        }
+        let id = member.participant.id;
+        let room = member.room.clone();
+        Outcome {
+            sends: self.broadcast(&room, Some(conn), &Message::ChatMessage { id, text }),
             close: None,
             evict: Vec::new(),
         }
@@ -691,6 +762,7 @@ fn message_name(m: &Message) -> &'static str {
         Message::ParticipantJoined(_) => "ParticipantJoined",
         Message::ParticipantLeft { .. } => "ParticipantLeft",
         Message::MuteChanged { .. } => "MuteChanged",
+        Message::ChatMessage { .. } => "ChatMessage",
         _ => "this message",
     }
 }
@@ -816,6 +888,90 @@ mod tests {
             Err(DropReason::Malformed)
         );
         assert_eq!(targets(&mut core, 1, &[]), Err(DropReason::Malformed));
+    }
+
+    /// A second "Alice" in a room becomes "Alice (2)" (names compare without case and
+    /// surrounding space), a third "Alice (3)"; the same name in another room stays; a long
+    /// name is shortened to fit its number; once the first Alice left, her name is free.
+    #[test]
+    fn names_in_a_room_are_distinct() {
+        let mut core = Core::new("relay", Limits::default());
+        let join_as = |core: &mut Core, conn: ConnId, room: &str, name: &str| -> String {
+            core.connect(conn, conn, 0);
+            core.on_message(conn, hello(), 0);
+            let out = core.on_message(conn, join(room, name, false), 0);
+            match &out.sends[0] {
+                (
+                    _,
+                    Message::Welcome {
+                        roster,
+                        participant_id,
+                        ..
+                    },
+                ) => roster
+                    .iter()
+                    .find(|p| p.id == *participant_id)
+                    .expect("we are in our roster")
+                    .name
+                    .clone(),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(join_as(&mut core, 1, "r", "Alice"), "Alice");
+        assert_eq!(join_as(&mut core, 2, "r", "alice "), "alice (2)");
+        assert_eq!(join_as(&mut core, 3, "r", "ALICE"), "ALICE (3)");
+        assert_eq!(join_as(&mut core, 4, "other", "Alice"), "Alice");
+        let long = "x".repeat(64);
+        assert_eq!(join_as(&mut core, 5, "r", &long), long);
+        let second = join_as(&mut core, 6, "r", &long);
+        assert_eq!(second, format!("{} (2)", "x".repeat(60)));
+        core.on_message(1, Message::Leave, 0);
+        core.disconnect(1);
+        assert_eq!(join_as(&mut core, 7, "r", "Alice"), "Alice");
+    }
+
+    /// Chat goes to everyone else in the room (not the sender, not other rooms), within the
+    /// member's rate: a burst of three, then one a second; blank text is dropped; before Join
+    /// it is a protocol error; clients may not forge a ChatMessage.
+    #[test]
+    fn chat_reaches_the_rest_of_the_room_within_its_rate() {
+        let mut core = Core::new("relay", Limits::default());
+        for (conn, room) in [(1, "r"), (2, "r"), (3, "r"), (4, "other")] {
+            enter(&mut core, conn, room, false);
+        }
+        let chat = |text: &str| Message::Chat { text: text.into() };
+        let out = core.on_message(1, chat("hello"), 0);
+        let mut to: Vec<ConnId> = out.sends.iter().map(|(h, _)| *h).collect();
+        to.sort_unstable();
+        assert_eq!(to, [2, 3]);
+        assert!(
+            out.sends
+                .iter()
+                .all(|(_, m)| matches!(m, Message::ChatMessage { text, .. } if text == "hello"))
+        );
+        assert!(core.on_message(1, chat("  \n "), 0).sends.is_empty());
+        // Two more fit the burst of three; the fourth at the same moment is dropped.
+        assert_eq!(core.on_message(1, chat("2"), 0).sends.len(), 2);
+        assert_eq!(core.on_message(1, chat("3"), 0).sends.len(), 2);
+        assert!(core.on_message(1, chat("4"), 0).sends.is_empty());
+        assert_eq!(core.on_message(1, chat("5"), 1_000).sends.len(), 2);
+        // Not in a room yet: refused.
+        core.connect(5, 5, 0);
+        core.on_message(5, hello(), 0);
+        let out = core.on_message(5, chat("early"), 0);
+        assert!(matches!(
+            out.close,
+            Some(Close::Error(ErrorCode::NotJoined, _))
+        ));
+        let forged = Message::ChatMessage {
+            id: 2,
+            text: "x".into(),
+        };
+        let out = core.on_message(1, forged, 0);
+        assert!(matches!(
+            out.close,
+            Some(Close::Error(ErrorCode::ProtocolViolation, _))
+        ));
     }
 
     #[test]

@@ -7,11 +7,14 @@
 //! - [`server`]: the quinn I/O shell that drives it.
 //! - [`identity`]: the TLS certificate — a self-signed one generated once and kept in the data
 //!   directory (pinned by fingerprint in invites), or PEM files from a real CA.
+//! - [`fresh_queue`]: the stale/queue rule for forwarded datagrams (late audio is dropped).
+//! - [`udp_batch`]: batched UDP I/O (recvmmsg/GRO in, sendmmsg across destinations out).
 //! - [`admission`]: connection slots, relay-wide and per address, taken at the handshake.
 //! - [`stats`]: counters the shell keeps (datagrams forwarded and dropped by reason, …).
 
 pub mod admission;
 pub mod core;
+pub mod fresh_queue;
 pub mod identity;
 pub mod logging;
 pub mod server;
@@ -23,3 +26,4 @@ pub mod bucket;
 pub mod config;
 pub mod metrics;
 pub mod token;
+pub mod udp_batch;

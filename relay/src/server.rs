@@ -8,6 +8,7 @@
 use crate::admission::{Admission, Admissions};
 use crate::bucket::TokenBucket;
 use crate::core::{Close, ConnId, Limits, RelayCore};
+use crate::fresh_queue::{FreshQueue, Ready};
 use crate::identity::Identity;
 use crate::stats::{HandshakeFailure, RelayStats, StatsSnapshot};
 use natter_proto::control::{ErrorCode, FrameDecoder, Message};
@@ -268,46 +269,38 @@ impl Outbox {
     }
 }
 
-/// Datagrams waiting to go to one subscriber, with when they arrived. A single sender task per
-/// subscriber drains it into quinn as the connection's congestion window allows, dropping
-/// anything that has become stale — so a congested subscriber gets fresh audio late rather
-/// than old audio later, and never slows anyone else down. When nothing is waiting and quinn
-/// has room (the usual case), the forwarding task hands the datagram to quinn itself, sparing
-/// the sender task a wake-up per datagram.
+/// Datagrams waiting to go to one subscriber, under the stale/queue rule of [`FreshQueue`]. A
+/// single sender task per subscriber drains it into quinn as the connection's congestion window
+/// allows, dropping anything that has become stale — so a congested subscriber gets fresh audio
+/// late rather than old audio later, and never slows anyone else down. When the queue is idle
+/// and quinn has room (the usual case), the forwarding task hands the datagram to quinn itself,
+/// sparing the sender task a wake-up per datagram.
 #[derive(Debug)]
 struct SubscriberQueue {
     conn: Connection,
-    state: Mutex<QueueState>,
+    state: Mutex<FreshQueue<bytes::Bytes, tokio::time::Instant>>,
     ready: tokio::sync::Notify,
-}
-
-#[derive(Debug, Default)]
-struct QueueState {
-    items: std::collections::VecDeque<(bytes::Bytes, tokio::time::Instant)>,
-    /// The sender task holds a datagram it is waiting to hand over: later ones queue behind it
-    /// so a sender's packets stay in order.
-    sending: bool,
 }
 
 /// Upper bound on a subscriber queue's length: beyond it the oldest entry is dropped at once.
 const QUEUE_LIMIT: usize = 256;
 
 impl SubscriberQueue {
-    fn new(conn: Connection) -> Self {
+    fn new(conn: Connection, stale_after: Duration) -> Self {
         Self {
             conn,
-            state: Mutex::default(),
+            state: Mutex::new(FreshQueue::new(stale_after, QUEUE_LIMIT)),
             ready: tokio::sync::Notify::new(),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FreshQueue<bytes::Bytes, tokio::time::Instant>> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn push(&self, datagram: bytes::Bytes, at: tokio::time::Instant, stats: &RelayStats) {
         let mut state = self.lock();
-        if state.items.is_empty() && !state.sending {
+        if state.idle() {
             // Polled once: quinn takes it now, or the attempt (and its copy) is dropped.
             let mut send = std::pin::pin!(self.conn.send_datagram_wait(datagram.clone()));
             let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
@@ -317,21 +310,19 @@ impl SubscriberQueue {
                 return;
             }
         }
-        if state.items.len() >= QUEUE_LIMIT {
-            state.items.pop_front();
+        if state.push(datagram, at).is_some() {
             stats.dropped_stale.fetch_add(1, Relaxed);
         }
-        state.items.push_back((datagram, at));
         drop(state);
         self.ready.notify_one();
     }
 
-    /// The next datagram for the sender task, which then counts as sending until it asks again.
-    fn pop(&self) -> Option<(bytes::Bytes, tokio::time::Instant)> {
-        let mut state = self.lock();
-        let next = state.items.pop_front();
-        state.sending = next.is_some();
-        next
+    /// The next fresh datagram for the sender task, which then counts as sending until it asks
+    /// again; stale ones on the way are counted.
+    fn pop(&self, stats: &RelayStats) -> Option<Ready<bytes::Bytes, tokio::time::Instant>> {
+        let next = self.lock().next(tokio::time::Instant::now());
+        stats.dropped_stale.fetch_add(next.stale as u64, Relaxed);
+        next.ready
     }
 }
 
@@ -429,7 +420,10 @@ fn transport_config(config: &RelayConfig) -> TransportConfig {
     t
 }
 
-fn server_config(config: &RelayConfig) -> Result<quinn::ServerConfig, RelayError> {
+/// The QUIC server configuration the relay's endpoints use (TLS 1.3 with the relay's
+/// certificate, the ALPN, and the transport limits above); public for the in-memory QUIC
+/// benchmark, which drives quinn-proto with exactly this.
+pub fn server_config(config: &RelayConfig) -> Result<quinn::ServerConfig, RelayError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -829,7 +823,10 @@ async fn run_connection(incoming: quinn::Incoming, id: ConnId, shared: Arc<Share
     };
     let peer = Peer {
         control: Arc::new(Outbox::new(conn.clone())),
-        queue: Arc::new(SubscriberQueue::new(conn.clone())),
+        queue: Arc::new(SubscriberQueue::new(
+            conn.clone(),
+            shared.config.stale_after,
+        )),
     };
     shared.core().connect(id, peer.clone(), unix_ms());
     let writer = tokio::spawn(write_control(send, peer.control.clone(), conn.clone()));
@@ -1085,24 +1082,18 @@ async fn forward_datagrams(conn: Connection, id: ConnId, shared: Arc<Shared>) {
 /// Drains one subscriber's queue into its connection, waiting for congestion-window space and
 /// dropping what has gone stale meanwhile.
 async fn send_datagrams(queue: Arc<SubscriberQueue>, shared: Arc<Shared>) {
-    let stale_after = shared.config.stale_after;
     loop {
-        let Some((datagram, arrived)) = queue.pop() else {
+        let Some(ready) = queue.pop(&shared.stats) else {
             queue.ready.notified().await;
             continue;
         };
         // The limit holds until quinn takes the datagram: waiting for window space past it
         // drops the datagram (dropping the future takes it back), and quinn's own buffer holds
         // only about a packet, sent at the next opportunity.
-        let stale_at = arrived + stale_after;
-        if tokio::time::Instant::now() >= stale_at {
-            shared.stats.dropped_stale.fetch_add(1, Relaxed);
-            continue;
-        }
-        let send = queue.conn.send_datagram_wait(datagram);
-        match tokio::time::timeout_at(stale_at, send).await {
+        let send = queue.conn.send_datagram_wait(ready.datagram);
+        match tokio::time::timeout_at(ready.stale_at, send).await {
             Ok(sent) => {
-                if !count_sent(sent, arrived, &shared.stats) {
+                if !count_sent(sent, ready.arrived, &shared.stats) {
                     return;
                 }
             }

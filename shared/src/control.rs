@@ -23,6 +23,9 @@ pub const MAX_TOKEN_LEN: usize = 1024;
 /// Bit in [`Message::Join`] flags: send my own audio back to me (loopback latency tests).
 pub const JOIN_FLAG_ECHO: u8 = 0x01;
 
+/// Longest chat message, bytes of UTF-8 (a long paragraph; a chat is not a file transfer).
+pub const MAX_CHAT_LEN: usize = 2000;
+
 /// Machine-readable reason carried by [`Message::Error`] and used as the QUIC close code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
@@ -179,6 +182,11 @@ pub enum Message {
     MuteChanged { id: u64, muted: bool },
     /// Client → relay: I am leaving; the relay closes the connection.
     Leave,
+    /// Client → relay: a text message for everyone else in the room (at most
+    /// [`MAX_CHAT_LEN`] bytes). The relay forwards it and keeps nothing.
+    Chat { text: String },
+    /// Relay → clients: participant `id` wrote `text`.
+    ChatMessage { id: u64, text: String },
     /// Either direction: measure RTT and clock offset. Times are the sender's wall clock in
     /// microseconds since the Unix epoch.
     Ping { nonce: u64, sent_micros: u64 },
@@ -220,6 +228,8 @@ mod kind {
     pub const PING: u64 = 0x0a;
     pub const PONG: u64 = 0x0b;
     pub const ERROR: u64 = 0x0c;
+    pub const CHAT: u64 = 0x0d;
+    pub const CHAT_MESSAGE: u64 = 0x0e;
 }
 
 /// Cursor over a message body.
@@ -361,6 +371,13 @@ impl Message {
                 code: ErrorCode::from_u16(r.u16()?),
                 message: r.string("message", 1024)?,
             },
+            kind::CHAT => Self::Chat {
+                text: r.string("chat text", MAX_CHAT_LEN)?,
+            },
+            kind::CHAT_MESSAGE => Self::ChatMessage {
+                id: r.varint()?,
+                text: r.string("chat text", MAX_CHAT_LEN)?,
+            },
             other => Self::Unknown { kind: other },
         })
     }
@@ -445,6 +462,15 @@ impl Message {
                 varint::encode(kind::ERROR, out);
                 out.extend_from_slice(&code.to_u16().to_be_bytes());
                 put_string(message, out);
+            }
+            Self::Chat { text } => {
+                varint::encode(kind::CHAT, out);
+                put_string(text, out);
+            }
+            Self::ChatMessage { id, text } => {
+                varint::encode(kind::CHAT_MESSAGE, out);
+                varint::encode(*id, out);
+                put_string(text, out);
             }
             Self::Unknown { kind } => varint::encode(*kind, out),
         }
@@ -566,6 +592,13 @@ pub(crate) mod tests {
             Message::Error {
                 code: ErrorCode::RoomFull,
                 message: "room lobby is full".into(),
+            },
+            Message::Chat {
+                text: "hello, 世界\nsecond line".into(),
+            },
+            Message::ChatMessage {
+                id: 3,
+                text: "hi".into(),
             },
             Message::Unknown { kind: 0x3f },
         ]
@@ -760,7 +793,7 @@ pub(crate) mod tests {
             participants().prop_map(Message::ParticipantJoined),
             id.clone().prop_map(|id| Message::ParticipantLeft { id }),
             any::<bool>().prop_map(|muted| Message::SetMute { muted }),
-            (id, any::<bool>()).prop_map(|(id, muted)| Message::MuteChanged { id, muted }),
+            (id.clone(), any::<bool>()).prop_map(|(id, muted)| Message::MuteChanged { id, muted }),
             Just(Message::Leave),
             (any::<u64>(), any::<u64>())
                 .prop_map(|(nonce, sent_micros)| Message::Ping { nonce, sent_micros }),
@@ -777,7 +810,10 @@ pub(crate) mod tests {
                     message
                 }
             ),
-            (kind::ERROR + 1..=varint::MAX).prop_map(|kind| Message::Unknown { kind }),
+            string_within(MAX_CHAT_LEN).prop_map(|text| Message::Chat { text }),
+            (id, string_within(MAX_CHAT_LEN))
+                .prop_map(|(id, text)| Message::ChatMessage { id, text }),
+            (kind::CHAT_MESSAGE + 1..=varint::MAX).prop_map(|kind| Message::Unknown { kind }),
         ]
     }
 

@@ -906,6 +906,15 @@ pub struct CallStats {
     pub playback_underruns: u64,
     pub peers: Vec<PeerStats>,
     pub listeners: Vec<ListenerStats>,
+    pub chat: Vec<ChatLine>,
+}
+
+/// One entry of [`CallStats::chat`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ChatLine {
+    pub from: String,
+    pub text: String,
+    pub own: bool,
 }
 
 /// One entry of [`CallStats::listeners`]: what someone hearing us reports.

@@ -577,10 +577,44 @@ fn latency_stages_add_up_to_the_measured_latency() {
 /// seconds of audio take six seconds, not the three it took to write them.
 #[test]
 fn streamed_input_in_bursts_is_paced() {
-    use std::io::Write;
-    let dir = TempDir::new("stream");
-    let relay = RelayProcess::start();
     let speech = natter::measure::speech_like(48_000, 6.0, 9);
+    let pcm: Vec<u8> = speech
+        .iter()
+        .flat_map(|s| ((s * 32767.0).round() as i16).to_le_bytes())
+        .collect();
+    let bytes_per_second = 2 * 48_000;
+    stream_to_bob("stream", &speech, &pcm, 2 * bytes_per_second);
+}
+
+/// The same with what many synthesizers write instead: a WAV stream whose length fields say
+/// "unknown", here 32-bit float stereo at 24 kHz. It is recognised by its header, mixed down
+/// and resampled to 48 kHz as it streams.
+#[test]
+fn a_streamed_wav_at_another_rate_is_heard() {
+    let speech = natter::measure::speech_like(48_000, 6.0, 9);
+    let rate = 24_000u32;
+    let low = natter::audio::resample::resample(&speech, 48_000, rate).expect("resampled");
+    let mut wav = b"RIFF\xff\xff\xff\xffWAVEfmt \x10\0\0\0\x03\0\x02\0".to_vec();
+    wav.extend_from_slice(&rate.to_le_bytes());
+    wav.extend_from_slice(&(rate * 8).to_le_bytes());
+    wav.extend_from_slice(b"\x08\0\x20\0data\xff\xff\xff\xff");
+    for s in &low {
+        wav.extend_from_slice(&s.to_le_bytes());
+        wav.extend_from_slice(&s.to_le_bytes());
+    }
+    // 3 s bursts: the debug build's decoding and resampling take a while for 1.2 MB of
+    // float stereo, and writing must still be clearly faster than playing.
+    let bytes_per_second = 8 * rate as usize;
+    stream_to_bob("stream-wav", &speech, &wav, 3 * bytes_per_second);
+}
+
+/// Alice streams `bytes` (six seconds of `speech`) on standard input in bursts of `burst`
+/// bytes a second apart; Bob must hear the speech, and Alice's call must last as long as the
+/// audio, not as long as writing it took.
+fn stream_to_bob(name: &str, speech: &[f32], bytes: &[u8], burst: usize) {
+    use std::io::Write;
+    let dir = TempDir::new(name);
+    let relay = RelayProcess::start();
     let bob = Call::new(relay.invite(), "lobby", "bob")
         .recording_in(&dir)
         .duration(10.0)
@@ -592,12 +626,8 @@ fn streamed_input_in_bursts_is_paced() {
         .stats_json(&dir.join("alice.json"))
         .spawn();
     let mut stdin = alice.take_stdin();
-    let pcm: Vec<u8> = speech
-        .iter()
-        .flat_map(|s| ((s * 32767.0).round() as i16).to_le_bytes())
-        .collect();
     let written = std::time::Instant::now();
-    for chunk in pcm.chunks(2 * 2 * 48_000) {
+    for chunk in bytes.chunks(burst) {
         stdin.write_all(chunk).expect("natter reads its input");
         std::thread::sleep(Duration::from_millis(1_000));
     }
@@ -615,7 +645,7 @@ fn streamed_input_in_bursts_is_paced() {
     );
     let heard = read_wav(&dir.join("bob-heard.wav"));
     let m = find_signal_windows(
-        &speech,
+        speech,
         &alice_stats,
         &heard,
         &bob_stats,
@@ -623,5 +653,52 @@ fn streamed_input_in_bursts_is_paced() {
         JOIN_MARGIN_MS,
         WINDOW_MS,
     );
-    assert_heard("alice's streamed speech at bob", &m, MIN_SPEECH_NCC);
+    assert_heard(
+        &format!("alice's streamed speech at bob ({name})"),
+        &m,
+        MIN_SPEECH_NCC,
+    );
+}
+
+/// Text chat between two headless calls: Alice's messages reach Bob, printed on his standard
+/// error with control characters escaped (a member must not drive his terminal) and kept in
+/// his stats as written; Alice's stats keep them as her own.
+#[test]
+fn chat_reaches_the_room_and_cannot_drive_a_terminal() {
+    let dir = TempDir::new("chat");
+    let relay = RelayProcess::start();
+    let bob = Call::new(relay.invite(), "lobby", "bob")
+        .stats_json(&dir.join("bob.json"))
+        .duration(4.0)
+        .spawn();
+    relay.wait_for_join("lobby", "bob");
+    let alice = Call::new(relay.invite(), "lobby", "alice")
+        .arg("--chat")
+        .arg("hello bob")
+        .arg("--chat")
+        .arg("\u{1b}[2Jred\nline")
+        .stats_json(&dir.join("alice.json"))
+        .duration(3.0)
+        .spawn();
+    let b = bob.finish();
+    alice.finish();
+    assert!(b.stderr.contains("chat alice: hello bob"), "{b}");
+    assert!(b.stderr.contains("chat alice: \\u{1b}[2Jred\\nline"), "{b}");
+    assert!(!b.stderr.contains('\u{1b}'), "{b}");
+    let bob_stats = CallStats::read(&dir.join("bob.json"));
+    let texts: Vec<(&str, &str, bool)> = bob_stats
+        .chat
+        .iter()
+        .map(|l| (l.from.as_str(), l.text.as_str(), l.own))
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            ("alice", "hello bob", false),
+            ("alice", "\u{1b}[2Jred\nline", false)
+        ]
+    );
+    let alice_stats = CallStats::read(&dir.join("alice.json"));
+    assert_eq!(alice_stats.chat.len(), 2, "{:?}", alice_stats.chat);
+    assert!(alice_stats.chat.iter().all(|l| l.own && l.from == "alice"));
 }

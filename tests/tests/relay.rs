@@ -328,3 +328,45 @@ fn loadgen_smoke() {
     assert!(report.field("p50_ms") < 50.0, "{line}");
     assert!(report.field("loss_pct") < 10.0, "{line}");
 }
+
+/// The benchmark's baseline: the load generator drives `natter-udp-fanout` over plain UDP with
+/// the same participants and rooms, and everything sent arrives.
+#[test]
+fn loadgen_drives_the_udp_baseline() {
+    use std::io::BufRead;
+    let mut fanout = Command::new(natter_e2e::binary("natter-udp-fanout"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("natter-udp-fanout starts");
+    let mut line = String::new();
+    std::io::BufReader::new(fanout.stdout.take().expect("piped"))
+        .read_line(&mut line)
+        .expect("its address");
+    let addr = line
+        .trim()
+        .strip_prefix("listening: ")
+        .expect("listening: ADDR");
+    let report = loadgen(
+        addr,
+        &[
+            "--udp",
+            "--participants",
+            "10",
+            "--room-size",
+            "5",
+            "--per-endpoint",
+            "4",
+            "--duration",
+            "1",
+        ],
+        Duration::from_secs(30),
+    );
+    let _ = fanout.kill();
+    let _ = fanout.wait();
+    let line = &report.line;
+    assert_eq!(report.field("streams"), 40.0, "{line}");
+    // Loopback without QUIC loses nothing (the bound leaves room for a loaded machine's
+    // late receiver at the end of the run).
+    assert!(report.field("loss_pct") < 5.0, "{line}");
+    assert!(report.field("p50_ms") < 50.0, "{line}");
+}

@@ -9,6 +9,7 @@
 //! makes the backends interchangeable: the engine cannot tell a file from a device.
 
 pub mod device;
+pub mod pcm_format;
 pub mod resample;
 pub mod stream;
 pub mod wav;

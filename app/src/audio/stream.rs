@@ -1,5 +1,5 @@
-//! A live microphone from a pipe: raw PCM (signed 16-bit little-endian, mono, 48 kHz) read
-//! from standard input, for bots and agents (`natter call --input -`: a speech synthesizer or
+//! A live microphone from a pipe: raw PCM (signed 16-bit little-endian, mono, 48 kHz) or a WAV
+//! stream (any PCM format, channels and rate) read from standard input, for bots and agents (`natter call --input -`: a speech synthesizer or
 //! a voice agent joins a room through a pipe).
 //!
 //! Producers rarely write in real time: a synthesizer often produces seconds in one burst, and
@@ -11,6 +11,8 @@
 //! is later than [`MAX_DEBT`]: then the producer paused (between utterances) rather than fell
 //! behind, and what it writes next plays at once.
 
+use super::pcm_format::{Decoder, StreamFormat, is_wav, parse_wav_header};
+use super::resample::StreamResampler;
 use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Acquire, Ordering::Release};
@@ -81,30 +83,44 @@ impl Pacer {
     }
 }
 
-/// Reads raw PCM from `source` on its own thread into a [`Pacer`]; the thread ends at the end
-/// of the stream (or a read error, which ends the stream the same way).
+/// Reads a PCM stream from `source` on its own thread into a [`Pacer`]: raw PCM, or a WAV
+/// stream in any PCM format, channel count and rate ([`pcm_format`](super::pcm_format);
+/// resampled to 48 kHz here). The header is read before this returns, so a WAV that cannot be
+/// streamed is refused at once with what is wrong. The thread ends at the end of the stream
+/// (or a read error, which ends the stream the same way).
 pub fn pcm_reader(mut source: impl Read + Send + 'static) -> std::io::Result<Pacer> {
+    let (format, leftover) = read_header(&mut source)?;
+    let mut resampler = match format.rate {
+        48_000 => None,
+        rate => Some(
+            StreamResampler::new(rate, 48_000)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?,
+        ),
+    };
     let (mut producer, consumer) = rtrb::RingBuffer::new(BUFFER_SECONDS * 48_000);
     let ended = Arc::new(AtomicBool::new(false));
     let done = ended.clone();
     std::thread::Builder::new()
         .name("natter-pcm-in".into())
         .spawn(move || {
+            let mut decoder = Decoder::new(format);
             let mut buf = vec![0u8; 4096];
-            // An odd byte left over from one read is the first half of the next sample.
-            let mut carry: Option<u8> = None;
+            let mut samples = Vec::with_capacity(4096);
+            let mut resampled = Vec::new();
+            let mut bytes = leftover;
             loop {
-                let n = match source.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
+                samples.clear();
+                decoder.decode(&bytes, &mut samples);
+                let out = match resampler.as_mut() {
+                    Some(r) => {
+                        r.push(&samples);
+                        resampled.resize(r.available(), 0.0);
+                        r.pop(&mut resampled);
+                        &resampled
+                    }
+                    None => &samples,
                 };
-                let mut bytes: Vec<u8> = carry.take().into_iter().collect();
-                bytes.extend_from_slice(&buf[..n]);
-                if bytes.len() % 2 == 1 {
-                    carry = bytes.pop();
-                }
-                for pair in bytes.chunks_exact(2) {
-                    let sample = f32::from(i16::from_le_bytes([pair[0], pair[1]])) / 32768.0;
+                for &sample in out {
                     // A full buffer: wait for the device to play some (the pipe then fills and
                     // the producer waits too).
                     while producer.push(sample).is_err() {
@@ -114,10 +130,69 @@ pub fn pcm_reader(mut source: impl Read + Send + 'static) -> std::io::Result<Pac
                         std::thread::sleep(std::time::Duration::from_millis(5));
                     }
                 }
+                let n = match source.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                bytes.clear();
+                bytes.extend_from_slice(&buf[..n]);
+            }
+            // The resampler holds the stream's last few milliseconds: push them out with
+            // silence, so the end of the last word is heard.
+            if let Some(r) = resampler.as_mut() {
+                r.push(&vec![0.0; format.rate as usize / 25]);
+                resampled.resize(r.available(), 0.0);
+                r.pop(&mut resampled);
+                for &sample in &resampled {
+                    if producer.push(sample).is_err() {
+                        break;
+                    }
+                }
             }
             done.store(true, Release);
         })?;
     Ok(Pacer::new(consumer, ended))
+}
+
+/// Reads the start of the stream: a WAV header (its format, and the bytes read past it), or
+/// raw PCM (the bytes read so far are audio).
+fn read_header(source: &mut impl Read) -> std::io::Result<(StreamFormat, Vec<u8>)> {
+    let mut start = Vec::with_capacity(64);
+    read_up_to(source, &mut start, 12)?;
+    if !is_wav(&start) {
+        return Ok((StreamFormat::RAW, start));
+    }
+    loop {
+        match parse_wav_header(&start) {
+            Ok(Some((format, data))) => return Ok((format, start.split_off(data))),
+            Ok(None) => {
+                let had = start.len();
+                if read_up_to(source, &mut start, had + 256)? == had {
+                    return Err(invalid("the WAV stream ended inside its header".into()));
+                }
+            }
+            Err(e) => return Err(invalid(e.to_string())),
+        }
+    }
+}
+
+fn invalid(message: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, message)
+}
+
+/// Reads until `buf` holds `len` bytes or the stream ends; returns the length reached.
+fn read_up_to(source: &mut impl Read, buf: &mut Vec<u8>, len: usize) -> std::io::Result<usize> {
+    let mut chunk = [0u8; 256];
+    while buf.len() < len {
+        let want = (len - buf.len()).min(chunk.len());
+        match source.read(&mut chunk[..want]) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(buf.len())
 }
 
 #[cfg(test)]
@@ -214,6 +289,60 @@ mod tests {
         assert!(pacer.finished());
     }
 
+    /// Waits until the reader has read the whole stream.
+    fn read_all(pacer: &Pacer) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !pacer.ended.load(Acquire) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// What a synthesizer pipes: a streamed WAV (lengths unknown) of 16-bit stereo at 24 kHz.
+    /// It plays at 48 kHz, mono, as long as it was, the tone intact.
+    #[test]
+    fn a_wav_stream_at_another_rate_plays_resampled_to_48k() {
+        let rate = 24_000u32;
+        let mut bytes = b"RIFF\xff\xff\xff\xffWAVEfmt \x10\0\0\0\x01\0\x02\0".to_vec();
+        bytes.extend_from_slice(&rate.to_le_bytes());
+        bytes.extend_from_slice(&(rate * 4).to_le_bytes());
+        bytes.extend_from_slice(b"\x04\0\x10\0data\xff\xff\xff\xff");
+        let tone = |i: usize| (i as f32 * 2.0 * std::f32::consts::PI * 440.0 / 24_000.0).sin();
+        for i in 0..rate as usize {
+            let s = (tone(i) * 16_384.0) as i16;
+            // Left carries the tone, right is silent: mono is half of it.
+            bytes.extend_from_slice(&s.to_le_bytes());
+            bytes.extend_from_slice(&0i16.to_le_bytes());
+        }
+        let mut pacer = pcm_reader(std::io::Cursor::new(bytes)).unwrap();
+        read_all(&pacer);
+        let mut played = vec![0.0f32; 48_000];
+        pacer.pull(&mut played);
+        let peak = played[10_000..40_000]
+            .iter()
+            .fold(0.0f32, |m, s| m.max(s.abs()));
+        assert!((peak - 0.25).abs() < 0.01, "peak {peak}");
+        // 440 Hz at 48 kHz: 880 zero crossings a second, 550 in these 30 000 samples.
+        let crossings = played[10_000..40_000]
+            .windows(2)
+            .filter(|w| (w[0] < 0.0) != (w[1] < 0.0))
+            .count();
+        assert!((545..=555).contains(&crossings), "{crossings} crossings");
+    }
+
+    #[test]
+    fn a_wav_stream_that_cannot_be_streamed_is_refused_with_the_reason() {
+        let mut bytes = b"RIFF\0\0\0\0WAVEfmt \x10\0\0\0\x11\0\x01\0".to_vec();
+        bytes.extend_from_slice(&[0; 12]);
+        let Err(e) = pcm_reader(std::io::Cursor::new(bytes)) else {
+            panic!("an ADPCM stream was accepted");
+        };
+        assert!(e.to_string().contains("compressed WAV"), "{e}");
+        let Err(e) = pcm_reader(std::io::Cursor::new(b"RIFF\0\0\0\0WAVEfmt ".to_vec())) else {
+            panic!("a cut header was accepted");
+        };
+        assert!(e.to_string().contains("ended inside its header"), "{e}");
+    }
+
     #[test]
     fn the_reader_turns_little_endian_pcm_into_samples_and_ends_with_the_stream() {
         // 1.5 samples in the first read would split one; a cursor reads it all at once, so
@@ -230,10 +359,7 @@ mod tests {
         let samples: [i16; 4] = [0, 16384, -32768, 32767];
         let bytes: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
         let mut pacer = pcm_reader(Trickle(bytes, 0)).unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while !pacer.ended.load(Acquire) && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
+        read_all(&pacer);
         let mut out = [1.0f32; 6];
         pacer.pull(&mut out);
         assert_eq!(out, [0.0, 0.5, -1.0, 32767.0 / 32768.0, 0.0, 0.0]);

@@ -190,6 +190,11 @@ impl Controller {
                 self.watch_devices = on;
                 self.next_device_poll = Instant::now();
             }
+            Request::SendChat(text) => {
+                if let Some(session) = &self.session {
+                    session.send_chat(text);
+                }
+            }
             Request::ForgetRelay(authority) => {
                 if self.known.forget(&authority) {
                     self.save_known();

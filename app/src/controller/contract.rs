@@ -6,6 +6,7 @@ use crate::audio::device::{DeviceChoice, DeviceList};
 use crate::engine::EngineStats;
 use crate::engine::receive::PeerStats;
 use crate::settings::Dirs;
+pub use crate::transport::control::ChatLine;
 use natter_proto::invite::Invite;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -134,6 +135,8 @@ pub enum Request {
     /// Poll the device list (while the settings screen is open).
     WatchDevices(bool),
     ForgetRelay(String),
+    /// Send a chat message to the room.
+    SendChat(String),
     /// Leave and stop the controller (the window is closing).
     Shutdown,
 }
@@ -252,6 +255,10 @@ pub struct CallView {
     pub engine: EngineStatsView,
     /// Sound-card devices in use (`None` with a test signal).
     pub devices: Option<(String, String)>,
+    /// The room's chat as we saw it, oldest first (the last 200 lines).
+    pub chat: Vec<ChatLine>,
+    /// Lines ever added to the chat: what is new since the user last looked.
+    pub chat_count: u64,
 }
 
 /// The engine-wide numbers the UI shows.

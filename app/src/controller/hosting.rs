@@ -4,14 +4,14 @@
 
 use super::actor::Controller;
 use super::contract::*;
-use crate::host::{HostOptions, HostedCall};
+use crate::host::{HostError, HostOptions, HostedCall};
 use natter_proto::invite::Invite;
 use std::time::Duration;
 
 impl Controller {
     /// Starts the embedded relay (if not already running) and returns the invite the host
     /// itself joins with (loopback, pinned).
-    pub(super) async fn host(&mut self, port: u16, room: &str) -> anyhow::Result<Invite> {
+    pub(super) async fn host(&mut self, port: u16, room: &str) -> Result<Invite, HostError> {
         if self.relay.is_none() {
             let hosted = HostedCall::start(HostOptions {
                 bind: self.config.host_bind,

@@ -3,6 +3,7 @@
 //! names or 64-digit fingerprints. (`natter call` keeps its precise one-line errors: scripts
 //! and operators read those.)
 
+use crate::host::HostError;
 use crate::transport::ConnectError;
 use natter_proto::control::ErrorCode;
 
@@ -90,24 +91,20 @@ fn refused(code: ErrorCode, relay: &str, room: &str) -> String {
 }
 
 /// The sentence for hosting that failed with `error` on UDP `port`.
-pub fn hosting_failure(error: &anyhow::Error, port: u16) -> String {
-    let io = error
-        .chain()
-        .find_map(|e| e.downcast_ref::<std::io::Error>())
-        .map(std::io::Error::kind);
-    match io {
-        Some(std::io::ErrorKind::AddrInUse) => format!(
+pub fn hosting_failure(error: &HostError, port: u16) -> String {
+    match error {
+        HostError::Bind(_, e) if e.kind() == std::io::ErrorKind::AddrInUse => format!(
             "UDP port {port} is already used by another program on this computer (another \
              Natter or relay?). Choose another relay port."
         ),
-        Some(std::io::ErrorKind::PermissionDenied) => format!(
+        HostError::Bind(_, e) if e.kind() == std::io::ErrorKind::PermissionDenied => format!(
             "This computer does not allow Natter to use UDP port {port}. Choose a relay port \
              above 1024."
         ),
-        _ => format!(
-            "Natter could not start the relay on this computer ({}).",
-            error.root_cause()
-        ),
+        HostError::Bind(_, e) => {
+            format!("Natter could not start the relay on this computer ({e}).")
+        }
+        e => format!("Natter could not start the relay on this computer ({e})."),
     }
 }
 
@@ -213,8 +210,10 @@ mod tests {
 
     #[test]
     fn a_port_in_use_says_which_and_what_to_do() {
-        let e = anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::AddrInUse))
-            .context("cannot start the relay");
+        let e = HostError::Bind(
+            "0.0.0.0:4433".parse().unwrap(),
+            std::io::Error::from(std::io::ErrorKind::AddrInUse),
+        );
         let m = hosting_failure(&e, 4433);
         assert!(m.starts_with("UDP port 4433 is already used"), "{m}");
         plain(&m);

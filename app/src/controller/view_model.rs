@@ -237,6 +237,8 @@ impl ViewModel {
             relay_rtt_ms: state.relay_rtt_ms,
             engine: EngineStatsView::from(*stats),
             devices: input.devices.clone(),
+            chat: state.chat.iter().cloned().collect(),
+            chat_count: state.chat_count,
         };
         let digest = visible_digest(&view, self.stats_generation);
         let changed = digest != self.last_digest;
@@ -358,7 +360,7 @@ fn visible_digest(view: &CallView, stats_generation: u64) -> u64 {
     view.relay_rtt_ms
         .map(|r| (r * 10.0).round() as i64)
         .hash(&mut h);
-    (&view.devices, &view.room, &view.relay).hash(&mut h);
+    (&view.devices, &view.room, &view.relay, view.chat_count).hash(&mut h);
     h.finish()
 }
 

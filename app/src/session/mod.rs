@@ -305,6 +305,13 @@ impl Session {
         let _ = self.commands.send(Command::SetMute(muted));
     }
 
+    /// Sends a chat message to the room. While the session is rejoining there is no room to
+    /// send to: the message is dropped, and the call screen (which shows no call then) offers
+    /// nothing to type into.
+    pub fn send_chat(&self, text: String) {
+        let _ = self.commands.send(Command::Chat(text));
+    }
+
     /// Changes engine settings (voice processing, voice activation) live.
     pub fn command(&self, command: EngineCommand) {
         self.engine.command(command);
@@ -431,6 +438,10 @@ impl Supervisor {
                         link.send(Command::SetMute(muted));
                         continue;
                     }
+                    Some(chat @ Command::Chat(_)) => {
+                        link.send(chat);
+                        continue;
+                    }
                     Some(Command::Leave) | None => {
                         link.close().await;
                         return None;
@@ -460,6 +471,7 @@ impl Supervisor {
                             self.muted = muted;
                             continue;
                         }
+                        Some(Command::Chat(_)) => continue,
                         Some(Command::Leave) | None => return None,
                     },
                 }
@@ -478,6 +490,7 @@ impl Supervisor {
                         result = &mut open => break result,
                         command = commands.recv() => match command {
                             Some(Command::SetMute(muted)) => self.muted = muted,
+                            Some(Command::Chat(_)) => {}
                             // The attempt is dropped (and with it its endpoint) when we leave.
                             Some(Command::Leave) | None => return None,
                         },

@@ -84,6 +84,13 @@ pub struct NatterApp {
     pub(super) invite_copied: bool,
     /// The host pressed Leave with others in the call: ask before ending it for everyone.
     pub(super) confirm_end_call: bool,
+    /// The chat message being typed.
+    pub(super) chat_draft: String,
+    /// The window's title as last set (a title command makes egui repaint: send changes only).
+    window_title: String,
+    /// Chat lines (of [`CallView::chat_count`](crate::controller::CallView)) the user has seen:
+    /// the rest are new, counted in the chat's title and the window's.
+    pub(super) chat_seen: u64,
     /// The relay of the join in progress, remembered under "Recent relays" once the join
     /// succeeds (failed attempts are not remembered).
     pending_recent: Option<RecentRelay>,
@@ -143,6 +150,9 @@ impl NatterApp {
             snap: Snapshot::default(),
             export_note: None,
             invite_copied: false,
+            chat_draft: String::new(),
+            window_title: "Natter".into(),
+            chat_seen: 0,
             confirm_end_call: false,
             pending_recent: None,
             pending_started: false,
@@ -518,9 +528,20 @@ impl NatterApp {
             Screen::Main if self.in_call() => self.call_screen(ui),
             Screen::Main => self.start_screen(ui),
         }
+        if !self.in_call() {
+            self.set_window_title(&ctx, "Natter".into());
+        }
         self.trust_prompt(&ctx);
         if self.in_call() || matches!(self.snap.latency_test, LatencyTest::Running) {
             ctx.request_repaint_after(CALL_REPAINT);
+        }
+    }
+
+    /// Sets the window's title (the room and unread chat in a call), when it changed.
+    pub(super) fn set_window_title(&mut self, ctx: &egui::Context, title: String) {
+        if title != self.window_title {
+            ctx.send_viewport_cmd(egui::ViewportCommand::Title(title.clone()));
+            self.window_title = title;
         }
     }
 

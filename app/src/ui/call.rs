@@ -3,7 +3,7 @@
 
 use super::app::NatterApp;
 use super::{meter, style};
-use crate::controller::{LatencyTest, ParticipantView, Phase, Request};
+use crate::controller::{CallView, LatencyTest, ParticipantView, Phase, Request};
 use egui::{Align, Layout, RichText, ScrollArea, Ui, vec2};
 
 impl NatterApp {
@@ -41,6 +41,9 @@ impl NatterApp {
                             );
                             ui.label(format!("The connection to the relay was lost: {reason}"));
                         });
+                    }
+                    if let Some(c) = &call {
+                        self.chat_card(ui, c);
                     }
                     match &call {
                         Some(c) if !self.settings.call_details => {
@@ -245,6 +248,64 @@ impl NatterApp {
                 });
             });
             self.copy_invite_button(ui, &h.invite);
+        });
+    }
+
+    /// The room's chat: the lines so far, a field to write in (Enter sends), and how many are
+    /// new while the window is not in front (also in the window's title, which the taskbar
+    /// shows).
+    fn chat_card(&mut self, ui: &mut Ui, call: &CallView) {
+        let focused = ui.input(|i| i.focused);
+        if focused {
+            self.chat_seen = call.chat_count;
+        }
+        let new = call.chat_count.saturating_sub(self.chat_seen);
+        self.set_window_title(
+            ui.ctx(),
+            match new {
+                0 => format!("{} · Natter", call.room),
+                n => format!("({n}) {} · Natter", call.room),
+            },
+        );
+        style::card(ui).show(ui, |ui| {
+            ui.set_width(ui.available_width());
+            let heading = match new {
+                0 => "Chat".to_string(),
+                n => format!("Chat · {n} new"),
+            };
+            ui.label(RichText::new(heading).heading());
+            ScrollArea::vertical()
+                .max_height(160.0)
+                .stick_to_bottom(true)
+                .show(ui, |ui| {
+                    if call.chat.is_empty() {
+                        ui.label(RichText::new("No messages yet.").weak());
+                    }
+                    for line in &call.chat {
+                        ui.horizontal_wrapped(|ui| {
+                            let who = if line.own { "You" } else { &line.from };
+                            ui.label(RichText::new(format!("{who}:")).strong());
+                            ui.label(&line.text);
+                        });
+                    }
+                });
+            ui.horizontal(|ui| {
+                let label = ui.label("Message");
+                let field = ui
+                    .add(
+                        egui::TextEdit::singleline(&mut self.chat_draft)
+                            .hint_text("to everyone in the room")
+                            .desired_width(ui.available_width() - 70.0),
+                    )
+                    .labelled_by(label.id);
+                let enter = field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+                let send = ui.button("Send").clicked() || enter;
+                if send && !self.chat_draft.trim().is_empty() {
+                    let text = std::mem::take(&mut self.chat_draft);
+                    self.ctl.send(Request::SendChat(text));
+                    field.request_focus();
+                }
+            });
         });
     }
 

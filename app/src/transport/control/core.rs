@@ -6,9 +6,11 @@
 //! join deadline, the next ping). The async shell in [`super`] only moves bytes between it and
 //! a quinn stream.
 
-use super::{CallState, JoinRequest, Joined};
+use super::{CallState, ChatLine, JoinRequest, Joined};
 use crate::transport::{ConnectError, explain};
-use natter_proto::control::{ErrorCode, FrameDecoder, JOIN_FLAG_ECHO, Message, Participant};
+use natter_proto::control::{
+    ErrorCode, FrameDecoder, JOIN_FLAG_ECHO, MAX_CHAT_LEN, Message, Participant,
+};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -42,6 +44,8 @@ pub enum Event {
     },
     /// The roster, a mute flag or the round trip changed: see [`ControlCore::state`].
     Changed,
+    /// A chat message, someone else's or one we sent.
+    Chat(ChatLine),
     /// The session is over, and why. After a refusal or a protocol error the shell closes
     /// the connection with the error's code.
     Ended(ConnectError),
@@ -64,6 +68,8 @@ pub struct ControlCore {
     start: Instant,
     start_unix_us: u64,
     state: CallState,
+    /// Our participant id, once welcomed.
+    me: Option<u64>,
     /// Set when we broke off for something the relay did: close the connection with it.
     close: Option<(ErrorCode, String)>,
 }
@@ -83,6 +89,7 @@ impl ControlCore {
             start: now,
             start_unix_us: unix_us,
             state: CallState::default(),
+            me: None,
             close: None,
         };
         core.send(&Message::Hello {
@@ -200,6 +207,7 @@ impl ControlCore {
                 },
             ) => {
                 self.phase = Phase::InCall;
+                self.me = Some(participant_id);
                 self.deadline = None;
                 // The first ping at once: the round trip is known within a moment of joining.
                 self.next_ping = Some(now);
@@ -241,6 +249,18 @@ impl ControlCore {
                 let rtt_us = self.unix_us(now).saturating_sub(ping_sent_micros);
                 self.state.relay_rtt_ms = Some(rtt_us as f64 / 1000.0);
             }
+            Message::ChatMessage { id, text } => {
+                let from = s
+                    .roster
+                    .get(&id)
+                    .map_or_else(|| format!("participant {id}"), |p| p.name.clone());
+                self.events.push_back(Event::Chat(ChatLine {
+                    from,
+                    text,
+                    own: false,
+                }));
+                return;
+            }
             Message::Error { code, message } => {
                 s.ended = Some(explain(code, &message));
                 // Every code the relay knows is fatal (PROTOCOL.md §6.1): the close follows, and
@@ -262,6 +282,33 @@ impl ControlCore {
         if self.phase == Phase::InCall {
             self.send(&Message::SetMute { muted });
         }
+    }
+
+    /// Sends a chat message to the room (only in a call; blank text is not sent, and text
+    /// over [`MAX_CHAT_LEN`] bytes is cut at a character boundary). It comes back as an
+    /// [`Event::Chat`] of our own, so the shell shows it where it stands in the room's order
+    /// as we see it.
+    pub fn send_chat(&mut self, text: &str) {
+        let text = text.trim();
+        if self.phase != Phase::InCall || text.is_empty() {
+            return;
+        }
+        let mut end = text.len().min(MAX_CHAT_LEN);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let text = text[..end].to_string();
+        self.send(&Message::Chat { text: text.clone() });
+        // Our name as the room knows it: the relay renames a second "Alice" to "Alice (2)".
+        let from = self
+            .me
+            .and_then(|me| self.state.roster.get(&me))
+            .map_or_else(|| self.request.name.clone(), |p| p.name.clone());
+        self.events.push_back(Event::Chat(ChatLine {
+            from,
+            text,
+            own: true,
+        }));
     }
 
     /// Leaves: Leave is queued, and nothing more happens.

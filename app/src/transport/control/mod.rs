@@ -45,12 +45,39 @@ pub struct CallState {
     pub relay_rtt_ms: Option<f64>,
     /// Set when the relay ended the session (code and reason).
     pub ended: Option<String>,
+    /// The room's chat as we saw it, oldest first: the last [`CHAT_KEPT`] lines, kept across
+    /// rejoins (the relay keeps nothing).
+    pub chat: std::collections::VecDeque<ChatLine>,
+    /// Lines ever added to `chat` (for "new since I last looked").
+    pub chat_count: u64,
+}
+
+/// Chat lines a call keeps for display.
+pub const CHAT_KEPT: usize = 200;
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ChatLine {
+    /// Who wrote it (their name when it arrived).
+    pub from: String,
+    pub text: String,
+    /// We wrote it.
+    pub own: bool,
 }
 
 impl CallState {
     /// Display name of the participant sending with `ssrc`.
     pub fn name_of(&self, ssrc: u32) -> Option<&str> {
         self.names.get(&ssrc).map(String::as_str)
+    }
+
+    /// Adds a chat line, forgetting the oldest beyond [`CHAT_KEPT`].
+    pub fn add_chat(&mut self, line: ChatLine) {
+        if self.chat.len() == CHAT_KEPT {
+            self.chat.pop_front();
+        }
+        self.chat.push_back(line);
+        self.chat_count += 1;
     }
 
     /// Adds or updates a roster entry.
@@ -64,6 +91,8 @@ impl CallState {
 #[derive(Debug)]
 pub enum Command {
     SetMute(bool),
+    /// Send a chat message to the room.
+    Chat(String),
     Leave,
 }
 
@@ -156,7 +185,7 @@ pub async fn join(
                 stream.close_if_violated();
                 return Err(e);
             }
-            Some(Event::Changed) => continue,
+            Some(Event::Changed | Event::Chat(_)) => continue,
             None => {}
         }
         stream.step().await;
@@ -188,14 +217,20 @@ pub async fn run(
         stream.flush().await?;
         while let Some(event) = stream.core.poll_event() {
             publish(&stream.core, &state);
-            if let Event::Ended(e) = event {
-                return Err(e);
+            match event {
+                Event::Ended(e) => return Err(e),
+                Event::Chat(line) => state
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .add_chat(line),
+                Event::Joined { .. } | Event::Changed => {}
             }
         }
         tokio::select! {
             _ = stream.step() => {}
             cmd = commands.recv() => match cmd {
                 Some(Command::SetMute(muted)) => stream.core.set_muted(muted),
+                Some(Command::Chat(text)) => stream.core.send_chat(&text),
                 Some(Command::Leave) | None => {
                     stream.core.leave();
                     let _ = stream.flush().await;
