@@ -28,12 +28,12 @@ pub struct HostOptions {
 pub enum HostError {
     /// The relay's certificate could not be read or created in the data directory.
     #[error(transparent)]
-    Identity(#[from] natter_relay::identity::IdentityError),
+    Identity(#[from] natter_relay::IdentityError),
     /// The UDP port could not be opened (in use, not allowed).
     #[error("cannot listen on {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
     #[error("cannot start the relay: {0}")]
-    Relay(natter_relay::server::RelayError),
+    Relay(natter_relay::RelayError),
     /// A blocking step (certificate, router) panicked or was cancelled.
     #[error("hosting was interrupted: {0}")]
     Interrupted(#[from] tokio::task::JoinError),
@@ -69,7 +69,7 @@ impl HostedCall {
         }
         let relay = match natter_relay::start(config).await {
             Ok(relay) => relay,
-            Err(natter_relay::server::RelayError::Bind(addr, e)) => {
+            Err(natter_relay::RelayError::Bind(addr, e)) => {
                 return Err(HostError::Bind(addr, e));
             }
             Err(e) => return Err(HostError::Relay(e)),

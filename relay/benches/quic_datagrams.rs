@@ -154,7 +154,7 @@ fn main() {
     let relay_addr: SocketAddr = "127.0.0.1:4433".parse().expect("literal");
     let client_addr: SocketAddr = "127.0.0.1:5000".parse().expect("literal");
     let config = RelayConfig::new(vec![relay_addr], identity);
-    let server = natter_relay::server::server_config(&config).expect("server config");
+    let server = natter_relay::server_config(&config).expect("server config");
     let mut relay = Side::new(Some(Arc::new(server)), relay_addr);
     let mut clients = Side::new(None, client_addr);
     let client_config: ClientConfig =

@@ -66,13 +66,10 @@ where
         self.items.is_empty() && !self.sending
     }
 
-    /// Datagrams waiting (not counting one being handed over).
-    pub fn len(&self) -> usize {
+    /// Datagrams waiting (not counting one being handed over); the tests' view of the bound.
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.items.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
     }
 
     /// Queues `datagram`, which arrived at `arrived`. Returns the oldest datagram if the queue

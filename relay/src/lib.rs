@@ -3,27 +3,42 @@
 //! The Natter relay as a library, so that the desktop app can host a call on an embedded relay
 //! and tests can start one in-process; `main.rs` is a thin command-line shell around it.
 //!
-//! - [`core`]: the sans-IO state machine (connection phases, rooms, forwarding decisions).
-//! - [`server`]: the quinn I/O shell that drives it.
-//! - [`identity`]: the TLS certificate — a self-signed one generated once and kept in the data
+//! The public surface is chosen, not every module: [`start`] a relay from a [`RelayConfig`]
+//! and hold its [`RelayHandle`]; its [`Identity`]; the config file ([`ConfigFile`]); the
+//! sans-IO [`core`] for those who drive it themselves; [`token`]s; [`udp_batch`]. Inside:
+//!
+//! - `core`: the sans-IO state machine (connection phases, rooms, forwarding decisions).
+//! - `server`: the quinn I/O shell that drives it.
+//! - `identity`: the TLS certificate — a self-signed one generated once and kept in the data
 //!   directory (pinned by fingerprint in invites), or PEM files from a real CA.
-//! - [`fresh_queue`]: the stale/queue rule for forwarded datagrams (late audio is dropped).
-//! - [`udp_batch`]: batched UDP I/O (recvmmsg/GRO in, sendmmsg across destinations out).
-//! - [`admission`]: connection slots, relay-wide and per address, taken at the handshake.
-//! - [`stats`]: counters the shell keeps (datagrams forwarded and dropped by reason, …).
+//! - `fresh_queue`: the stale/queue rule for forwarded datagrams (late audio is dropped).
+//! - `udp_batch`: batched UDP I/O (recvmmsg/GRO in, sendmmsg across destinations out).
+//! - `admission`: connection slots, relay-wide and per address, taken at the handshake.
+//! - `stats`: counters the shell keeps (datagrams forwarded and dropped by reason, …).
 
-pub mod admission;
+mod admission;
+mod bucket;
+mod config;
+mod fresh_queue;
+mod identity;
+mod logging;
+mod metrics;
+mod server;
+mod stats;
+
+/// The sans-IO core: connection phases, rooms, forwarding decisions and limits, driven with
+/// time passed in (the relay's shell drives it; so does the app's in-memory test harness).
 pub mod core;
-pub mod fresh_queue;
-pub mod identity;
-pub mod logging;
-pub mod server;
-pub mod stats;
-
-pub use identity::Identity;
-pub use server::{RelayConfig, RelayHandle, start};
-pub mod bucket;
-pub mod config;
-pub mod metrics;
+/// Access tokens: minting (the `token` subcommand) and verifying.
 pub mod token;
+/// Batched UDP I/O, for the plain fan-out baseline and the coming batched data plane.
 pub mod udp_batch;
+
+pub use config::{ConfigFile, resolve_secret};
+pub use identity::{Identity, IdentityError};
+pub use logging::EscapingWriter;
+pub use server::{
+    Congestion, RECOMMENDED_UDP_BUFFER, RelayConfig, RelayError, RelayHandle, server_config,
+    start, udp_buffer_warning, unix_micros,
+};
+pub use stats::{DELAY_BUCKETS_US, RelayStats, StatsSnapshot};

@@ -6,10 +6,10 @@
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use natter_relay::config::{ConfigFile, resolve_secret};
+use natter_relay::{ConfigFile, resolve_secret};
 use natter_relay::core::Access;
-use natter_relay::logging::EscapingWriter;
-use natter_relay::server::{Congestion, udp_buffer_warning};
+use natter_relay::EscapingWriter;
+use natter_relay::{Congestion, udp_buffer_warning};
 use natter_relay::{Identity, RelayConfig};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -390,7 +390,7 @@ fn mint(
         );
     }
     let ttl = natter_relay::token::parse_ttl(ttl).map_err(|e| anyhow::anyhow!("ttl: {e}"))?;
-    let exp = (natter_relay::server::unix_micros() / 1_000_000)
+    let exp = (natter_relay::unix_micros() / 1_000_000)
         .checked_add(ttl)
         .context("ttl: too long")?;
     let token = natter_relay::token::mint(

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{busy_room_config, client, impairment_proxy, send_stream};
-use natter_relay::server::Congestion;
+use natter_relay::Congestion;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! it, and the text log escapes control characters whatever a call site writes.
 
 use natter_proto::control::{FrameDecoder, Message};
-use natter_relay::logging::EscapingWriter;
+use natter_relay::EscapingWriter;
 use natter_relay::{Identity, RelayConfig};
 use std::io::Write;
 use std::sync::{Arc, Mutex};

@@ -9,7 +9,7 @@
 mod common;
 
 use common::{age, busy_room_config, client, impairment_proxy, send_stream};
-use natter_relay::server::Congestion;
+use natter_relay::Congestion;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -81,7 +81,7 @@ async fn a_subscriber_that_cannot_drain_gets_fresh_audio_not_late_audio() {
     // The relay held nothing much longer than the stale limit: every forwarded datagram went
     // to quinn within it, give or take a timer tick and a task wake-up (40 ms of slack for a
     // loaded machine). The relay's own delay histogram tells.
-    let buckets = natter_relay::stats::DELAY_BUCKETS_US;
+    let buckets = natter_relay::DELAY_BUCKETS_US;
     let within = buckets
         .iter()
         .position(|b| *b >= (stale_after + Duration::from_millis(40)).as_micros() as u64)

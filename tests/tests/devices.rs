@@ -164,6 +164,11 @@ fn unplugged_device_is_rebuilt_without_ending_the_call() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("bob.json")).unwrap()).unwrap();
     let rebuilds = bob_json["device_rebuilds"].as_u64().unwrap_or(0);
     assert!(rebuilds >= 1, "streams rebuilt: {bob_json:#}");
+    // While there was no device the backend said so (once per outage, not every retry; the
+    // app shows it as a notice) and the flag cleared when the replacement came.
+    let said = bob_done.stderr.matches("audio device unavailable").count();
+    assert!((1..=2).contains(&said), "said {said} times: {bob_done}");
+    assert_eq!(bob_json["device_missing"], false, "{bob_json:#}");
     let a = CallStats::read(&dir.join("alice.json"));
     let b = CallStats::read(&dir.join("bob.json"));
     assert!(

@@ -371,6 +371,7 @@ fn supervise(
         match build(&choice, &counters, &failed) {
             Ok((new_streams, ends)) => {
                 failed.store(false, Relaxed);
+                counters.missing.store(false, Relaxed);
                 streams = new_streams;
                 counters.rebuilds.fetch_add(1, Relaxed);
                 if replace.send(ends).is_err() {
@@ -379,7 +380,9 @@ fn supervise(
             }
             // The device may come back (replugged): keep trying, a little slower.
             Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "audio device unavailable");
+                if !counters.missing.swap(true, Relaxed) {
+                    tracing::warn!(error = %format!("{e:#}"), "audio device unavailable");
+                }
                 std::thread::sleep(Duration::from_millis(750));
             }
         }

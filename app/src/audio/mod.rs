@@ -95,6 +95,9 @@ pub struct DeviceCounters {
     pub output_latency_us: AtomicU64,
     /// Times the backend rebuilt its streams (device unplugged, default device changed).
     pub rebuilds: AtomicU64,
+    /// The device failed and cannot be opened again yet (unplugged): the backend keeps
+    /// trying, and the app says so on screen.
+    pub missing: std::sync::atomic::AtomicBool,
     /// When the backend last pushed capture samples / took playback samples, in ns since
     /// `epoch` (0: never). The engine schedules its work from these instead of polling.
     last_capture_ns: AtomicU64,
@@ -113,6 +116,7 @@ impl Default for DeviceCounters {
             input_latency_us: AtomicU64::new(0),
             output_latency_us: AtomicU64::new(0),
             rebuilds: AtomicU64::new(0),
+            missing: std::sync::atomic::AtomicBool::new(false),
             last_capture_ns: AtomicU64::new(0),
             last_playback_ns: AtomicU64::new(0),
             epoch: Instant::now(),

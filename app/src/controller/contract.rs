@@ -268,6 +268,8 @@ pub struct EngineStatsView {
     pub voice_active: bool,
     pub bitrate_bps: i32,
     pub frame_ms: f64,
+    /// The microphone or speaker is gone (unplugged) and has not come back yet.
+    pub device_missing: bool,
 }
 
 impl From<&EngineStats> for EngineStatsView {
@@ -277,6 +279,7 @@ impl From<&EngineStats> for EngineStatsView {
             voice_active: s.voice_active,
             bitrate_bps: s.bitrate_bps,
             frame_ms: s.frame_ms,
+            device_missing: s.device_missing,
         }
     }
 }

@@ -350,6 +350,7 @@ fn visible_digest(view: &CallView, stats_generation: u64) -> u64 {
     }
     let e = &view.engine;
     (e.bitrate_bps, e.frame_ms.round() as i64, e.voice_active).hash(&mut h);
+    e.device_missing.hash(&mut h);
     // The level meter moves while we speak; below that, 6 dB steps are all it shows.
     let level = if e.voice_active {
         (e.input_level_db / 3.0).round() as i32

@@ -144,6 +144,8 @@ pub struct EngineStats {
     pub playback_underruns: u64,
     /// Times the audio backend rebuilt its streams (device unplugged, default device changed).
     pub device_rebuilds: u64,
+    /// The audio device is gone (unplugged) and has not come back yet.
+    pub device_missing: bool,
     /// Microphone level after voice processing, dBFS (for the input meter).
     pub input_level_db: f32,
     /// The VAD's noise floor, dBFS (where voice activation's threshold sits).
@@ -1036,6 +1038,7 @@ impl Worker {
             capture_overruns: self.port.ends.counters.overruns(),
             playback_underruns: self.port.ends.counters.underruns(),
             device_rebuilds: self.port.ends.counters.rebuilds.load(Relaxed),
+            device_missing: self.port.ends.counters.missing.load(Relaxed),
             input_level_db: self.vad.level_db,
             noise_floor_db: self.vad.noise_floor_db(),
             voice_active: self.vad.is_active(),

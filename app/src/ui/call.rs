@@ -42,6 +42,16 @@ impl NatterApp {
                             ui.label(format!("The connection to the relay was lost: {reason}"));
                         });
                     }
+                    if call.as_ref().is_some_and(|c| c.engine.device_missing) {
+                        style::banner(ui, style::WARN).show(ui, |ui| {
+                            ui.set_width(ui.available_width());
+                            ui.label(RichText::new("Your microphone or speaker is gone").strong());
+                            ui.label(
+                                "It was unplugged or stopped working. Natter keeps trying: plug \
+                                 it back in, or choose another device in Settings.",
+                            );
+                        });
+                    }
                     if let Some(c) = &call {
                         self.chat_card(ui, c);
                     }

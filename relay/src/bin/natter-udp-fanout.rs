@@ -65,8 +65,8 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let socket = std::net::UdpSocket::bind(args.listen)?;
     let sock = socket2::SockRef::from(&socket);
-    let _ = sock.set_recv_buffer_size(natter_relay::server::RECOMMENDED_UDP_BUFFER as usize);
-    let _ = sock.set_send_buffer_size(natter_relay::server::RECOMMENDED_UDP_BUFFER as usize);
+    let _ = sock.set_recv_buffer_size(natter_relay::RECOMMENDED_UDP_BUFFER as usize);
+    let _ = sock.set_send_buffer_size(natter_relay::RECOMMENDED_UDP_BUFFER as usize);
     let mut socket = BatchSocket::new(socket)?;
     println!("listening: {}", socket.local_addr()?);
     let mut rooms = Rooms::default();

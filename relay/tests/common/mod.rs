@@ -5,7 +5,7 @@
 
 use natter_proto::media::{Datagram, write_rtp};
 use natter_proto::rtp::RtpHeader;
-use natter_relay::server::Congestion;
+use natter_relay::Congestion;
 use natter_relay::{Identity, RelayConfig};
 use std::net::SocketAddr;
 use std::sync::Arc;
