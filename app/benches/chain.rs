@@ -14,9 +14,11 @@
 //!
 //! Environment: CHAIN_RUNS (default 7), CHAIN_ITERATIONS per run (default 1000 = 20 s of audio).
 //!
-//! Afterwards, for the record: voice processing with one stage at a time, and the encoder alone
-//! at other libopus complexities (natter's `OpusEncoder` leaves libopus at its default, 10);
-//! same settings, same input, CPU time per 20 ms.
+//! Afterwards, for the record: voice processing with one stage at a time, the encoder alone
+//! at other libopus complexities (natter's `OpusEncoder` leaves libopus at its default, 10) and
+//! with DRED, and the decoder at complexities 4–7 (5 turns on deep PLC, 6 LACE, 7 NoLACE):
+//! decoding a packet, concealing a lost 20 ms frame, recovering one from DRED; same settings,
+//! same input, CPU time per 20 ms.
 //!
 //! Two clocks per iteration: the thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`: what the chain
 //! costs, not counting time the thread spent descheduled; this is the "% of one core") and wall
@@ -192,6 +194,74 @@ fn encode_cost(signal: &[f32], c: u8) -> anyhow::Result<(f64, f64)> {
     }
     let s = sorted(&times[SIGNAL_FRAMES / 2..]);
     Ok((percentile(&s, 50.0), percentile(&s, 95.0)))
+}
+
+/// Packets of `signal` (20 ms, 40 kbit/s) with in-band FEC or, with `dred_10ms` > 0, with
+/// DRED and FEC off.
+fn packets(signal: &[f32], dred_10ms: u8) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut enc = natter::codec::OpusEncoder::new(EncoderConfig {
+        fec: dred_10ms == 0,
+        dred_10ms,
+        expected_loss_pct: 10,
+        dtx: false,
+        ..EncoderConfig::default()
+    })?;
+    signal
+        .chunks_exact(FRAME)
+        .map(|frame| {
+            let mut p = Vec::new();
+            enc.encode(frame, &mut p)?;
+            Ok(p)
+        })
+        .collect()
+}
+
+/// CPU time of one 20 ms frame at decoder complexity `c`: decoding a packet, concealing a lost
+/// frame (after decoded audio, as a loss does), and recovering one from DRED (the frame before a
+/// DRED packet, parse included); medians, µs.
+fn decode_costs(plain: &[Vec<u8>], dred: &[Vec<u8>], c: u8) -> anyhow::Result<[f64; 3]> {
+    use natter::jitter::Decode;
+    let mut dec = OpusDecoder::with_complexity(c)?;
+    let mut out = Vec::with_capacity(5_760);
+    let (mut decode, mut conceal, mut redundancy) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, p) in plain.iter().enumerate() {
+        out.clear();
+        let c0 = thread_cpu_ns();
+        if i % 4 == 3 {
+            dec.conceal(FRAME, &mut out);
+            conceal.push((thread_cpu_ns() - c0) as f64 / 1e3);
+        } else {
+            let _ = dec.decode(p, &mut out);
+            decode.push((thread_cpu_ns() - c0) as f64 / 1e3);
+        }
+        black_box(out.len());
+    }
+    let mut dec = OpusDecoder::with_complexity(c)?;
+    for (i, p) in dred.iter().enumerate() {
+        out.clear();
+        if i % 4 == 3 && i + 1 < dred.len() {
+            let c0 = thread_cpu_ns();
+            if dec
+                .decode_redundancy(&dred[i + 1], FRAME, FRAME, &mut out)
+                .is_ok()
+            {
+                redundancy.push((thread_cpu_ns() - c0) as f64 / 1e3);
+            } else {
+                dec.conceal(FRAME, &mut out);
+            }
+        } else {
+            let _ = dec.decode(p, &mut out);
+        }
+        black_box(out.len());
+    }
+    let median = |v: Vec<f64>| {
+        if v.is_empty() {
+            f64::NAN
+        } else {
+            percentile(&sorted(&v), 50.0)
+        }
+    };
+    Ok([median(decode), median(conceal), median(redundancy)])
 }
 
 /// CPU time of 20 ms (2 render + 2 capture blocks) of voice processing with `config`.
@@ -393,6 +463,50 @@ fn main() -> anyhow::Result<()> {
             "| complexity {c}{default} | {m:.1} | {p:.1} | {:.2} |",
             m / 200.0
         );
+    }
+    for (c, dred_10ms) in [(10u8, 50u8), (7, 50)] {
+        let mut enc = natter::codec::OpusEncoder::new(EncoderConfig {
+            complexity: c,
+            fec: false,
+            dred_10ms,
+            expected_loss_pct: 10,
+            ..EncoderConfig::default()
+        })?;
+        let mut out = Vec::with_capacity(natter::codec::MAX_PACKET);
+        let mut times = Vec::new();
+        for frame in chain
+            .mic
+            .chunks_exact(FRAME)
+            .cycle()
+            .take(3 * SIGNAL_FRAMES / 2)
+        {
+            let c0 = thread_cpu_ns();
+            enc.encode(frame, &mut out)?;
+            times.push((thread_cpu_ns() - c0) as f64 / 1e3);
+        }
+        let s = sorted(&times[SIGNAL_FRAMES / 2..]);
+        let (m, p) = (percentile(&s, 50.0), percentile(&s, 95.0));
+        println!(
+            "| complexity {c}, DRED {} ms, FEC off | {m:.1} | {p:.1} | {:.2} |",
+            u32::from(dred_10ms) * 10,
+            m / 200.0
+        );
+    }
+    println!();
+    println!(
+        "| Opus decoder, 40 kbit/s | decode µs / 20 ms | deep PLC or PLC µs / concealed 20 ms | DRED µs / recovered 20 ms |"
+    );
+    println!("|---|---:|---:|---:|");
+    let plain = packets(&chain.mic, 0)?;
+    let dred = packets(&chain.mic, 50)?;
+    for c in [4u8, 5, 6, 7] {
+        let [d, plc, r] = decode_costs(&plain, &dred, c)?;
+        let ours = if c == natter::codec::DECODER_COMPLEXITY {
+            " (ours)"
+        } else {
+            ""
+        };
+        println!("| complexity {c}{ours} | {d:.1} | {plc:.1} | {r:.1} |");
     }
     Ok(())
 }

@@ -51,6 +51,11 @@
 //! loss models, never on a buffer's result, and the realized rate is in the table.
 //!
 //! The engine's timing: by default the buffer is pulled perfectly (one block every 10 ms).
+//! `JITTER_DRED=N:BPS` encodes with DRED of N × 10 ms and in-band FEC off at BPS bit/s instead of
+//! 32 kbit/s with FEC; `JITTER_MEAN_BURST=B` sets the bursty model's mean burst (default 2.5);
+//! `JITTER_DECODER_COMPLEXITY=C` decodes at libopus complexity C instead of natter's;
+//! `JITTER_NO_COMPLEXITY=1` leaves out the encoder-complexity rows.
+//!
 //! `JITTER_PULL=PERIOD,WAKE,STALL_P,STALL_MS` pulls like a live engine instead
 //! (`sim::PullTiming`: a device period's blocks at once, wake-ups up to WAKE ms late, with
 //! probability STALL_P per wake-up up to STALL_MS more), e.g. `JITTER_PULL=10,2,0.01,20`.
@@ -76,8 +81,44 @@ const COMPLEXITY_SEEDS: u64 = 6;
 const FIXED_MS: f64 = 60.0;
 /// Start of the 300 ms stall, ms after the scored speech's first sample (sender time).
 const SPIKE_AT_MS: f64 = 7_200.0;
-/// Mean loss-burst length of the bursty model, packets (`1 / p_good`).
+/// Mean loss-burst length of the bursty model, packets (`1 / p_good`); `JITTER_MEAN_BURST`
+/// changes it.
 const MEAN_BURST: f64 = 2.5;
+
+/// The decoder, at `JITTER_DECODER_COMPLEXITY` (default: natter's, 5 = deep PLC).
+fn decoder() -> OpusDecoder {
+    let c = std::env::var("JITTER_DECODER_COMPLEXITY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(natter::codec::DECODER_COMPLEXITY);
+    OpusDecoder::with_complexity(c).expect("opus decoder")
+}
+
+fn mean_burst() -> f64 {
+    std::env::var("JITTER_MEAN_BURST")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|b| *b >= 1.0)
+        .unwrap_or(MEAN_BURST)
+}
+
+/// The encoder's protection: in-band FEC at [`BITRATE_BPS`] (the default), or with
+/// `JITTER_DRED=N:BPS` DRED of N × 10 ms with FEC off at BPS (the policy of `rate::protection`
+/// for bursty loss), or with `JITTER_DRED=N:BPS:fec` both. Returns (bitrate, FEC, DRED 10 ms units).
+fn protection() -> (i32, bool, u8) {
+    match std::env::var("JITTER_DRED") {
+        Ok(spec) => {
+            let v: Vec<&str> = spec.split(':').collect();
+            assert!(v.len() >= 2, "JITTER_DRED=N:BPS[:fec]");
+            (
+                v[1].parse().expect("JITTER_DRED bitrate"),
+                v.get(2) == Some(&"fec"),
+                v[0].parse().expect("JITTER_DRED duration"),
+            )
+        }
+        Err(_) => (BITRATE_BPS, true, 0),
+    }
+}
 /// Warm-up of the steady scenario, s, and the silence between it and the scored speech.
 const WARMUP_S: f64 = 60.0;
 const GAP_S: f64 = 1.0;
@@ -154,7 +195,7 @@ fn pull_timing() -> PullTiming {
 }
 
 fn adaptive(sc: &Scenario, packets: &[Vec<u8>], arrivals: &[Arrival]) -> Outcome {
-    let decoder = OpusDecoder::new().expect("opus decoder");
+    let decoder = decoder();
     let mut jb = JitterBuffer::new(JitterConfig::default(), decoder);
     let mut fd = FrameDelays::default();
     let mut audio = Vec::new();
@@ -243,7 +284,7 @@ fn fixed(
 ) -> Outcome {
     let frames = packets.len();
     let first = first_arrivals(arrivals, frames);
-    let mut dec = OpusDecoder::new().expect("opus decoder");
+    let mut dec = decoder();
     let mut o = Outcome::default();
     let Some(a0) = arrivals.first() else {
         o.audio = vec![0.0; (frames - sc.lead_frames) * FRAME];
@@ -330,13 +371,20 @@ impl FrameDecoder for OpusDecoder {
 }
 
 fn encode(input: &[f32], expected_loss_pct: u8, complexity: u8) -> Vec<Vec<u8>> {
+    let (bitrate_bps, fec, dred_10ms) = protection();
     let mut enc = OpusEncoder::new(EncoderConfig {
-        bitrate_bps: BITRATE_BPS,
-        expected_loss_pct,
-        fec: true,
+        bitrate_bps,
+        // DRED is sent only when the planned loss is above 0.
+        expected_loss_pct: if dred_10ms > 0 {
+            expected_loss_pct.max(5)
+        } else {
+            expected_loss_pct
+        },
+        fec,
         dtx: false,
         restricted_low_delay: false,
         complexity,
+        dred_10ms,
     })
     .expect("opus encoder");
     input
@@ -370,7 +418,7 @@ fn loss_models() -> Vec<(String, Loss, u8)> {
     }
     for pct in [5u8, 10, 20] {
         let l = f64::from(pct) / 100.0;
-        let p_good = 1.0 / MEAN_BURST;
+        let p_good = 1.0 / mean_burst();
         // Long-run share of the bad (all-lost) state: p_bad / (p_bad + p_good) = l.
         let p_bad = p_good * l / (1.0 - l);
         v.push((
@@ -510,10 +558,14 @@ fn main() -> anyhow::Result<()> {
     ];
     let seed = choose_seed(&scenarios);
     println!(
-        "# speech {speech_path}: {:.2} s = {scored_frames} frames of 20 ms; Opus {} kbit/s FEC; \
+        "# speech {speech_path}: {:.2} s = {scored_frames} frames of 20 ms; Opus {} kbit/s, \
+         FEC {}, DRED {} ms; bursty loss: mean burst {}; \
          steady: {WARMUP_S} s warm-up + {GAP_S} s silence; seed {seed}",
         speech.len() as f64 / 48_000.0,
-        BITRATE_BPS / 1000
+        protection().0 / 1000,
+        protection().1,
+        u32::from(protection().2) * 10,
+        mean_burst(),
     );
     let mut table = Table {
         dir,
@@ -577,7 +629,7 @@ fn main() -> anyhow::Result<()> {
             // Encoder complexity: both scenarios, clean and 5 % random loss (over
             // COMPLEXITY_SEEDS loss patterns: one file and one pattern are too few to tell
             // small differences), our buffer.
-            if *nominal <= 5 {
+            if *nominal <= 5 && std::env::var_os("JITTER_NO_COMPLEXITY").is_none() {
                 for c in COMPLEXITIES {
                     let packets = encode(&sc.input, *nominal, c);
                     let seeds = if *nominal == 0 { 1 } else { COMPLEXITY_SEEDS };

@@ -99,7 +99,7 @@ impl CallReport {
         );
         for p in &self.engine.peers {
             out += &format!(
-                "  peer {:?} (ssrc {:08x}): received {}, lost {}, late {}, concealed {}, fec-recovered {}, jitter {:.2} ms, RTT {}, jitter buffer {:.1} ms (target {:.1} ms)\n",
+                "  peer {:?} (ssrc {:08x}): received {}, lost {}, late {}, concealed {}, fec-recovered {}, dred-recovered {}, jitter {:.2} ms, RTT {}, jitter buffer {:.1} ms (target {:.1} ms)\n",
                 p.name.as_deref().unwrap_or("?"),
                 p.ssrc,
                 p.packets_received,
@@ -107,6 +107,7 @@ impl CallReport {
                 p.late,
                 p.concealed,
                 p.fec_recovered,
+                p.dred_recovered,
                 p.jitter_ms,
                 match p.rtt_ms {
                     // RTT comes from their reports on our stream (RFC 3550 §6.4.1).

@@ -1,10 +1,16 @@
 //! Opus through libopus 1.6 (`opusic-c` over `opusic-sys`, which builds the vendored libopus
-//! with its neural models: deep PLC, DRED, OSCE): VOIP application, 48 kHz mono, in-band FEC.
+//! with its neural models: deep PLC, DRED, OSCE): VOIP application, 48 kHz mono, in-band FEC
+//! and/or Deep REDundancy (DRED) as the encoder policy says (`crate::rate`).
 //! The decoder runs at complexity [`DECODER_COMPLEXITY`], which turns on deep PLC for every
-//! concealed frame.
+//! concealed frame, and recovers lost frames from a later packet's FEC or DRED
+//! ([`Decode::decode_fec`], [`Decode::decode_redundancy`]); the unsafe calls this needs are in
+//! `libopus.rs`.
+
+mod libopus;
 
 use crate::jitter::{Decode, DecodeError};
-use opusic_c::{Application, Bitrate, Channels, Decoder, Encoder, InbandFec, SampleRate};
+use libopus::RawDecoder;
+use opusic_c::{Application, Bitrate, Channels, Encoder, InbandFec, SampleRate};
 
 /// libopus's error codes carry no `std::error::Error`; this names them for `anyhow`.
 fn opus_error(e: opusic_c::ErrorCode) -> anyhow::Error {
@@ -19,6 +25,9 @@ pub const DECODER_COMPLEXITY: u8 = 5;
 
 /// Largest Opus packet (RFC 6716 §3.4: 1275 bytes per frame).
 pub const MAX_PACKET: usize = 1275;
+
+/// Longest DRED libopus encodes, 10 ms units (`OPUS_SET_DRED_DURATION`).
+pub const MAX_DRED_10MS: u8 = 104;
 
 /// Encoder settings.
 #[derive(Debug, Clone, Copy)]
@@ -40,6 +49,10 @@ pub struct EncoderConfig {
     /// worse, by up to 0.40); 8 costs 0.17 there and saves nothing. At 6 and below the scores
     /// with loss fall to the PLC-only level (~2.9), as if the packets carried no usable FEC.
     pub complexity: u8,
+    /// Deep REDundancy: how much past audio every packet carries at a low bitrate, in 10 ms
+    /// units (0 off, at most 104). Its bits come out of `bitrate_bps`, and libopus sends it only
+    /// when `expected_loss_pct` > 0.
+    pub dred_10ms: u8,
 }
 
 impl Default for EncoderConfig {
@@ -53,6 +66,7 @@ impl Default for EncoderConfig {
             dtx: true,
             restricted_low_delay: false,
             complexity: 10,
+            dred_10ms: 0,
         }
     }
 }
@@ -87,6 +101,9 @@ impl OpusEncoder {
         encoder
             .set_packet_loss(config.expected_loss_pct)
             .map_err(opus_error)?;
+        encoder
+            .set_dred_duration(config.dred_10ms.min(MAX_DRED_10MS))
+            .map_err(opus_error)?;
         encoder.set_dtx(config.dtx).map_err(opus_error)?;
         encoder
             .set_complexity(config.complexity)
@@ -103,17 +120,41 @@ impl OpusEncoder {
         self.config
     }
 
-    /// Changes bitrate and expected loss in place (smooth: libopus adapts from the next
-    /// frame); a change of application needs a new encoder, which the caller makes.
-    pub fn retune(&mut self, bitrate_bps: i32, expected_loss_pct: u8) -> anyhow::Result<()> {
+    /// Changes bitrate, expected loss, in-band FEC and DRED in place (smooth: libopus adapts
+    /// from the next frame); a change of application needs a new encoder, which the caller
+    /// makes.
+    pub fn retune(
+        &mut self,
+        bitrate_bps: i32,
+        expected_loss_pct: u8,
+        fec: bool,
+        dred_10ms: u8,
+    ) -> anyhow::Result<()> {
         self.encoder
             .set_bitrate(Bitrate::Value(bitrate_bps.max(500) as u32))
             .map_err(opus_error)?;
         self.encoder
             .set_packet_loss(expected_loss_pct)
             .map_err(opus_error)?;
+        if fec != self.config.fec && !self.config.restricted_low_delay {
+            self.encoder
+                .set_inband_fec(if fec {
+                    InbandFec::Mode1
+                } else {
+                    InbandFec::Off
+                })
+                .map_err(opus_error)?;
+        }
+        let dred_10ms = dred_10ms.min(MAX_DRED_10MS);
+        if dred_10ms != self.config.dred_10ms {
+            self.encoder
+                .set_dred_duration(dred_10ms)
+                .map_err(opus_error)?;
+        }
         self.config.bitrate_bps = bitrate_bps;
         self.config.expected_loss_pct = expected_loss_pct;
+        self.config.fec = fec;
+        self.config.dred_10ms = dred_10ms;
         Ok(())
     }
 
@@ -136,64 +177,111 @@ impl OpusEncoder {
 
 /// A mono 48 kHz Opus decoder.
 pub struct OpusDecoder {
-    decoder: Decoder,
+    decoder: RawDecoder,
     buf: Vec<f32>,
+    /// The packet whose DRED the decoder holds parsed (capacity [`MAX_PACKET`], reused), how
+    /// far back the parse was asked to decode, and how far back the redundancy reaches.
+    dred_packet: Vec<u8>,
+    dred_asked: usize,
+    dred_reach: usize,
 }
 
 impl OpusDecoder {
     pub fn new() -> anyhow::Result<Self> {
-        let mut decoder = Decoder::new(Channels::Mono, SampleRate::Hz48000).map_err(opus_error)?;
-        decoder
-            .set_complexity(DECODER_COMPLEXITY)
-            .map_err(opus_error)?;
+        Self::with_complexity(DECODER_COMPLEXITY)
+    }
+
+    /// A decoder at another complexity than [`DECODER_COMPLEXITY`], for measurements.
+    pub fn with_complexity(complexity: u8) -> anyhow::Result<Self> {
         Ok(Self {
-            decoder,
+            decoder: RawDecoder::new(i32::from(complexity))?,
             // 120 ms, the longest Opus packet.
             buf: vec![0.0; 5_760],
+            dred_packet: Vec::with_capacity(MAX_PACKET),
+            dred_asked: 0,
+            dred_reach: 0,
         })
     }
 
-    fn run(
+    /// Appends what libopus wrote into `buf[..n]`.
+    fn take(
         &mut self,
-        payload: Option<&[u8]>,
-        samples: usize,
-        fec: bool,
+        n: Result<usize, libopus::LibopusError>,
         out: &mut Vec<f32>,
     ) -> Result<(), DecodeError> {
-        let samples = samples.min(self.buf.len());
-        // An empty packet is libopus's way to ask for concealment. A real packet is never
-        // empty (the jitter buffer drops empty payloads as malformed).
-        let packet = match payload {
-            Some([]) => return Err(DecodeError),
-            Some(p) => p,
-            None => &[],
-        };
-        let n = self
-            .decoder
-            .decode_float_to_slice(packet, &mut self.buf[..samples], fec)
-            .map_err(|_| DecodeError)?;
-        out.extend_from_slice(&self.buf[..n]);
+        let n = n.map_err(|_| DecodeError)?;
+        out.extend_from_slice(&self.buf[..n.min(self.buf.len())]);
         Ok(())
+    }
+
+    /// How far back `packet`'s DRED reaches, parsing it (once per packet, and only as far back
+    /// as `offset` needs: the parse runs DRED's neural decoder) if it is not the one held.
+    fn dred_reach(&mut self, packet: &[u8], offset: usize) -> usize {
+        if self.dred_packet != packet || self.dred_asked < offset {
+            self.dred_packet.clear();
+            if packet.len() <= MAX_PACKET {
+                self.dred_packet.extend_from_slice(packet);
+            }
+            self.dred_asked = offset;
+            self.dred_reach = self.decoder.parse_dred(packet, offset).unwrap_or(0);
+        }
+        self.dred_reach
     }
 }
 
 impl Decode for OpusDecoder {
     fn decode(&mut self, payload: &[u8], out: &mut Vec<f32>) -> Result<(), DecodeError> {
-        let len = self.buf.len();
-        self.run(Some(payload), len, false, out)
+        // An empty packet is libopus's way to ask for concealment. A real packet is never
+        // empty (the jitter buffer drops empty payloads as malformed).
+        if payload.is_empty() {
+            return Err(DecodeError);
+        }
+        let n = self.decoder.decode(payload, &mut self.buf, false);
+        self.take(n, out)
     }
 
+    /// Only from a packet that carries FEC: libopus asked for FEC that is not there conceals
+    /// silently, which would be counted as a recovery.
     fn decode_fec(
         &mut self,
         next_payload: &[u8],
         samples: usize,
         out: &mut Vec<f32>,
     ) -> Result<(), DecodeError> {
-        self.run(Some(next_payload), samples, true, out)
+        if next_payload.is_empty() || !RawDecoder::has_lbrr(next_payload) {
+            return Err(DecodeError);
+        }
+        let samples = samples.min(self.buf.len());
+        let n = self
+            .decoder
+            .decode(next_payload, &mut self.buf[..samples], true);
+        self.take(n, out)
+    }
+
+    /// From DRED, when the redundancy reaches back over at least half of the requested audio
+    /// (libopus continues the rest of it with deep PLC; its reach is counted in 2.5–10 ms
+    /// steps that need not meet our frame starts).
+    fn decode_redundancy(
+        &mut self,
+        next_payload: &[u8],
+        offset: usize,
+        samples: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<(), DecodeError> {
+        if next_payload.is_empty() || samples == 0 || samples > self.buf.len() {
+            return Err(DecodeError);
+        }
+        if self.dred_reach(next_payload, offset) + samples / 2 < offset {
+            return Err(DecodeError);
+        }
+        let n = self.decoder.dred_decode(offset, &mut self.buf[..samples]);
+        self.take(n, out)
     }
 
     fn conceal(&mut self, samples: usize, out: &mut Vec<f32>) {
-        if self.run(None, samples, false, out).is_err() {
+        let samples = samples.min(self.buf.len());
+        let n = self.decoder.conceal(&mut self.buf[..samples]);
+        if self.take(n, out).is_err() {
             out.extend(std::iter::repeat_n(0.0, samples));
         }
     }
@@ -233,9 +321,11 @@ mod tests {
             (energy - 0.125).abs() < 0.03,
             "decoded tone energy {energy}"
         );
+        // FEC comes only from a packet that carries it (a steady tone may be coded without).
         let mut fec = Vec::new();
-        dec.decode_fec(&packets[41], 960, &mut fec).unwrap();
-        assert_eq!(fec.len(), 960);
+        let recovered = dec.decode_fec(&packets[41], 960, &mut fec).is_ok();
+        assert_eq!(recovered, RawDecoder::has_lbrr(&packets[41]));
+        assert_eq!(fec.len(), if recovered { 960 } else { 0 });
         let mut plc = Vec::new();
         dec.conceal(960, &mut plc);
         assert_eq!(plc.len(), 960);
@@ -292,5 +382,70 @@ mod tests {
             assert!(at_join <= 1.5 * clean, "{lost} lost: {at_join} vs {clean}");
             assert!(out[before..].iter().all(|s| s.is_finite()));
         }
+    }
+
+    /// DRED through the decoder: a packet sent with 500 ms of redundancy reaches back at least
+    /// a 20-frame gap, decodes any 2.5 ms multiple at any offset inside it, and the packet's
+    /// FEC is declined when the encoder sends none (so it is not counted as a recovery); a
+    /// packet without DRED declines redundancy.
+    #[test]
+    fn dred_reaches_back_over_a_gap_and_fec_is_declined_when_absent() {
+        let speech = crate::measure::speech_like(48_000, 3.0, 5);
+        let encode = |dred_10ms: u8, fec: bool| {
+            let mut enc = OpusEncoder::new(EncoderConfig {
+                bitrate_bps: 32_000,
+                expected_loss_pct: 20,
+                fec,
+                dtx: false,
+                dred_10ms,
+                ..EncoderConfig::default()
+            })
+            .unwrap();
+            speech
+                .chunks_exact(960)
+                .map(|f| {
+                    let mut p = Vec::new();
+                    enc.encode(f, &mut p).unwrap();
+                    p
+                })
+                .collect::<Vec<_>>()
+        };
+        let with = encode(50, false);
+        let mut dec = OpusDecoder::new().unwrap();
+        let mut out = Vec::new();
+        for p in &with[..100] {
+            dec.decode(p, &mut out).unwrap();
+        }
+        // Frames 100..120 lost; 120 is here.
+        let before = out.len();
+        for k in (1..=20).rev() {
+            dec.decode_redundancy(&with[120], k * 960, 960, &mut out)
+                .unwrap_or_else(|_| panic!("DRED reaches {k} frames back"));
+        }
+        assert_eq!(out.len(), before + 20 * 960);
+        let power = out[before..].iter().map(|s| s * s).sum::<f32>() / (20.0 * 960.0);
+        assert!(power > 1e-4, "recovered audio is not silence: {power}");
+        // A 2.5 ms piece works too, and beyond 1 s nothing reaches.
+        dec.decode_redundancy(&with[125], 600, 120, &mut out)
+            .unwrap();
+        assert!(
+            dec.decode_redundancy(&with[125], 60_000, 960, &mut out)
+                .is_err()
+        );
+        // Without DRED: declined. FEC only where the encoder sent it.
+        let plain = encode(0, true);
+        assert!(
+            dec.decode_redundancy(&plain[120], 960, 960, &mut out)
+                .is_err()
+        );
+        let mut scratch = Vec::new();
+        let mut fec = |packets: &[Vec<u8>]| {
+            packets
+                .iter()
+                .filter(|p| dec.decode_fec(p, 960, &mut scratch).is_ok())
+                .count()
+        };
+        assert_eq!(fec(&with), 0);
+        assert!(fec(&plain) > plain.len() / 2);
     }
 }

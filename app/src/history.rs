@@ -21,6 +21,7 @@ pub struct Sample {
     pub jitter_ms: f64,
     pub packets_lost: i64,
     pub fec_recovered: u64,
+    pub dred_recovered: u64,
     pub concealed: u64,
 }
 
@@ -33,6 +34,7 @@ impl Sample {
             jitter_ms: p.jitter_ms,
             packets_lost: p.packets_lost,
             fec_recovered: p.fec_recovered,
+            dred_recovered: p.dred_recovered,
             concealed: p.concealed,
         }
     }
@@ -87,7 +89,7 @@ impl History {
         for stage in Stage::ALL {
             let _ = write!(out, ",{}", stage.key());
         }
-        out.push_str(",rtt_ms,jitter_ms,packets_lost,fec_recovered,concealed\n");
+        out.push_str(",rtt_ms,jitter_ms,packets_lost,fec_recovered,dred_recovered,concealed\n");
         for (name, series) in &self.series {
             for s in series {
                 let _ = write!(
@@ -104,11 +106,12 @@ impl History {
                 }
                 let _ = writeln!(
                     out,
-                    ",{},{:.2},{},{},{}",
+                    ",{},{:.2},{},{},{},{}",
                     s.rtt_ms.map(|r| format!("{r:.2}")).unwrap_or_default(),
                     s.jitter_ms,
                     s.packets_lost,
                     s.fec_recovered,
+                    s.dred_recovered,
                     s.concealed
                 );
             }
@@ -141,6 +144,7 @@ mod tests {
             jitter_ms: 0.4,
             packets_lost: 0,
             fec_recovered: 0,
+            dred_recovered: 0,
             concealed: 1,
         }
     }
@@ -166,10 +170,11 @@ mod tests {
         let lines: Vec<&str> = csv.lines().collect();
         assert_eq!(lines.len(), 4);
         assert!(lines[0].starts_with("time_s,participant,mouth_to_ear_ms"));
-        assert_eq!(lines[0].split(',').count(), 15);
+        assert_eq!(lines[0].split(',').count(), 16);
         assert!(
-            lines
-                .contains(&"0.50,bob,50.00,10.00,10.50,6.80,0.30,20.00,0.050,2.35,0.60,0.40,0,0,1")
+            lines.contains(
+                &"0.50,bob,50.00,10.00,10.50,6.80,0.30,20.00,0.050,2.35,0.60,0.40,0,0,0,1"
+            )
         );
         assert!(csv.contains("\"Smith, \"\"Al\"\"\",60.00"));
     }

@@ -29,6 +29,24 @@
 //!
 //! A member reporting 78 % loss while the real listener loses nothing therefore changes neither
 //! bitrate nor frame size, and the FEC planning by at most 10 points.
+//!
+//! # Protection follows the loss pattern
+//!
+//! Listeners also report how their losses come: runs of consecutive losses (RTCP APP
+//! `LossRunsReport`). In-band FEC carries only the previous frame, so it is the best tool
+//! against isolated losses (design guide §3: ~4.0 / 3.7 / 2.9 PESQ at 5 / 10 / 20 % random loss
+//! at 32 kbit/s, DRED alone 0.3–0.6 worse there), while a burst of two or more is repaired only by
+//! deep redundancy (DRED). With an ideal buffer, DRED with FEC off wins on bursty loss (design
+//! guide §3). But our live buffer does not wait for redundancy, and measured through it
+//! (docs/BENCHMARKS.md, "Opus 1.6") DRED with FEC off *loses* to FEC + deep PLC even at mean
+//! bursts of 3 (mid-call 3.12 / 2.71 / 1.91 against 3.15 / 2.75 / 2.10 at 5 / 10 / 20 %), while
+//! DRED added to FEC at 40 kbit/s scored at least FEC's 32 kbit/s on every bursty row (3.60 /
+//! 3.22 / 2.23 against 3.58 / 3.15 / 2.21 at mean bursts of 2.5; the bitrates differ, so this is
+//! not yet a clean comparison). So [`protection`] keeps FEC on always and adds DRED once losses
+//! come in runs (mean run ≥ [`BURSTY_RUN`]), long enough to reach back over the longest recent
+//! burst with room to spare; the buffer then takes the last lost frame from FEC and the earlier
+//! ones from DRED. DRED's bits come out of the bitrate; at the 24 kbit/s tier they would starve
+//! the primary encoding, so that tier has none.
 
 use std::collections::HashMap;
 
@@ -64,6 +82,67 @@ pub struct EncoderSettings {
     pub expected_loss_pct: u8,
     /// Restricted low-delay (CELT only, no FEC) instead of VOIP.
     pub restricted_low_delay: bool,
+    /// In-band FEC (see [`protection`]).
+    pub fec: bool,
+    /// DRED duration, 10 ms units; 0 off (see [`protection`]).
+    pub dred_10ms: u8,
+}
+
+/// Mean length of the loss runs (packets) from which losses count as bursty: DRED instead of
+/// in-band FEC. Random loss at 10 % has a mean run of 1.11, at 20 % 1.25; Gilbert-Elliott loss
+/// with mean bursts of 2 has 2.
+pub const BURSTY_RUN: f64 = 1.5;
+/// DRED reaches this many times the longest recent burst back (libopus's reach is counted in
+/// 10–40 ms steps, and the next burst may be longer).
+const DRED_REACH_FACTOR: f64 = 1.5;
+/// Shortest DRED worth sending, 10 ms units: 200 ms.
+const MIN_DRED_10MS: f64 = 20.0;
+/// Longest DRED libopus encodes, 10 ms units (~1 s).
+const MAX_DRED_10MS: f64 = 104.0;
+/// Below this bitrate DRED would starve the primary encoding: FEC it is.
+const MIN_DRED_BPS: i32 = 32_000;
+/// Per-report memory of the loss-run averages (a report a second: ~10 s).
+const RUNS_ALPHA: f64 = 0.1;
+/// Per-report decay of the longest recent burst (a report a second: halves in ~14 s).
+const LONGEST_DECAY: f64 = 0.95;
+
+/// The protection the loss pattern calls for, as (in-band FEC, DRED duration in 10 ms units):
+/// FEC alone on a clean path or while losses come one at a time; FEC and DRED once they come in
+/// runs (mean run ≥ [`BURSTY_RUN`]), DRED reaching [`DRED_REACH_FACTOR`] × the longest recent
+/// burst (`longest_run`, packets of `frame_ms`) back, from 200 ms up to ~1 s — unless the
+/// bitrate is below [`MIN_DRED_BPS`] or the encoder is CELT-only (`restricted_low_delay`: libopus
+/// has neither FEC nor DRED there). FEC stays on: measured through our buffer, DRED without it
+/// loses (see the module docs).
+pub fn protection(
+    loss: f64,
+    mean_run: f64,
+    longest_run: f64,
+    frame_ms: u32,
+    bitrate_bps: i32,
+    restricted_low_delay: bool,
+) -> (bool, u8) {
+    if restricted_low_delay {
+        return (false, 0);
+    }
+    if loss <= LOSSY || mean_run < BURSTY_RUN || bitrate_bps < MIN_DRED_BPS {
+        return (true, 0);
+    }
+    let reach_10ms = DRED_REACH_FACTOR * longest_run * f64::from(frame_ms) / 10.0;
+    (
+        true,
+        reach_10ms.ceil().clamp(MIN_DRED_10MS, MAX_DRED_10MS) as u8,
+    )
+}
+
+/// What one listener's loss-run reports say, smoothed.
+#[derive(Debug, Clone, Copy)]
+struct Runs {
+    /// Averages of runs and of packets lost in them per report.
+    runs: f64,
+    lost: f64,
+    /// Longest recent run, decaying.
+    longest: f64,
+    at_ms: f64,
 }
 
 /// Loss (fraction) above which the path counts as lossy (FEC matters).
@@ -129,6 +208,8 @@ pub struct RateController {
     level: Tier,
     /// Latest report from each receiver (by its SSRC).
     listeners: HashMap<u32, Listener>,
+    /// How each receiver's losses come (by its SSRC).
+    runs: HashMap<u32, Runs>,
     loss_ewma: f64,
     /// Smoothed loss of the majority (see [`majority`]), the reference for loss rising with rate.
     majority_ewma: f64,
@@ -156,6 +237,7 @@ impl RateController {
             mode,
             level: Tier::Excellent,
             listeners: HashMap::new(),
+            runs: HashMap::new(),
             loss_ewma: 0.0,
             majority_ewma: 0.0,
             congested_since_ms: None,
@@ -290,6 +372,48 @@ impl RateController {
         }
     }
 
+    /// A receiver (`reporter` SSRC) reported the runs of consecutive losses of our stream
+    /// over its last interval. Returns the new settings if they changed.
+    pub fn on_loss_runs(
+        &mut self,
+        reporter: u32,
+        runs: natter_proto::rtcp::LossRuns,
+        now_ms: f64,
+    ) -> Option<EncoderSettings> {
+        let before = self.settings();
+        let (n, lost) = (f64::from(runs.runs), f64::from(runs.lost));
+        // A run cannot be longer than what its listener lost, nor hold more than it lost.
+        let longest = f64::from(runs.longest).min(lost);
+        let entry = self.runs.entry(reporter).or_insert(Runs {
+            runs: n,
+            lost,
+            longest,
+            at_ms: now_ms,
+        });
+        entry.runs += RUNS_ALPHA * (n - entry.runs);
+        entry.lost += RUNS_ALPHA * (lost - entry.lost);
+        entry.longest = longest.max(entry.longest * LONGEST_DECAY);
+        entry.at_ms = now_ms;
+        self.runs.retain(|_, r| now_ms - r.at_ms < REPORT_TTL_MS);
+        let after = self.settings();
+        (after != before).then(|| {
+            self.switches += 1;
+            after
+        })
+    }
+
+    /// Mean loss-run length over the listeners (weighted by their losses) and the longest
+    /// recent run, packets. A single listener's reports can make the room's encoding add
+    /// DRED to FEC (its bits come out of the primary encoding's), never its
+    /// bitrate or frame size.
+    pub fn loss_runs(&self) -> (f64, f64) {
+        let (runs, lost, longest) = self.runs.values().fold((0.0, 0.0, 0.0), |(r, l, m), x| {
+            (r + x.runs, l + x.lost, f64::max(m, x.longest))
+        });
+        let mean = if runs > 1e-9 { lost / runs } else { 1.0 };
+        (mean, longest)
+    }
+
     /// Settings for the current state and measured loss.
     pub fn settings(&self) -> EncoderSettings {
         let expected_loss_pct = (self.loss_ewma * 100.0).ceil().clamp(2.0, 30.0) as u8;
@@ -301,11 +425,22 @@ impl RateController {
             (FrameMode::LowLatency, Tier::Reduced) => (32_000, 10, false),
             (_, Tier::Poor) => (24_000, 40, false),
         };
+        let (mean_run, longest_run) = self.loss_runs();
+        let (fec, dred_10ms) = protection(
+            self.loss_ewma,
+            mean_run,
+            longest_run,
+            frame_ms,
+            bitrate_bps,
+            rld,
+        );
         EncoderSettings {
             bitrate_bps,
             frame_ms,
             expected_loss_pct,
             restricted_low_delay: rld,
+            fec,
+            dred_10ms,
         }
     }
 }
@@ -320,6 +455,79 @@ mod tests {
             rc.on_report(7, loss, Some(rtt), *t);
             *t += 1_000.0;
         }
+    }
+
+    #[test]
+    fn protection_follows_the_loss_pattern() {
+        let p =
+            |loss, mean, longest, frame, bps| protection(loss, mean, longest, frame, bps, false);
+        // Clean, or losses one at a time (10 % random: mean run 1.11): FEC.
+        assert_eq!(p(0.0, 1.0, 0.0, 20, 40_000), (true, 0));
+        assert_eq!(p(0.10, 1.11, 3.0, 20, 40_000), (true, 0));
+        // Runs: DRED on top of FEC, reaching 1.5 × the longest burst back (at least 200 ms, at most
+        // libopus's ~1 s).
+        assert_eq!(p(0.10, 3.0, 5.0, 20, 40_000), (true, 20));
+        assert_eq!(p(0.10, 3.0, 20.0, 20, 40_000), (true, 60));
+        assert_eq!(p(0.10, 3.0, 20.0, 40, 32_000), (true, 104));
+        assert_eq!(p(0.20, 5.0, 200.0, 20, 40_000), (true, 104));
+        // Too few bits for both DRED and a primary encoding worth hearing: FEC.
+        assert_eq!(p(0.10, 3.0, 5.0, 40, 24_000), (true, 0));
+        // CELT-only has neither.
+        assert_eq!(protection(0.1, 3.0, 5.0, 10, 48_000, true), (false, 0));
+    }
+
+    #[test]
+    fn bursty_listener_adds_dred_and_takes_it_away_without_touching_the_rate() {
+        let mut rc = RateController::new(FrameMode::Standard);
+        let mut t = 0.0;
+        let bursts = natter_proto::rtcp::LossRuns {
+            runs: 2,
+            lost: 10,
+            longest: 7,
+        };
+        let lone = natter_proto::rtcp::LossRuns {
+            runs: 10,
+            lost: 10,
+            longest: 1,
+        };
+        for _ in 0..5 {
+            rc.on_report(7, 0.2, Some(80.0), t);
+            rc.on_loss_runs(7, bursts, t);
+            t += 1_000.0;
+        }
+        let s = rc.settings();
+        assert_eq!((s.fec, s.dred_10ms), (true, 21), "{s:?}");
+        assert_eq!((s.bitrate_bps, s.frame_ms), (40_000, 20));
+        // The same loss rate, now one packet at a time: back to FEC once the averages and the
+        // longest burst have faded (within 30 s).
+        let mut switched = None;
+        for i in 0..30 {
+            rc.on_report(7, 0.2, Some(80.0), t);
+            if rc
+                .on_loss_runs(7, lone, t)
+                .is_some_and(|s| s.dred_10ms == 0)
+            {
+                switched.get_or_insert(i);
+            }
+            t += 1_000.0;
+        }
+        let s = rc.settings();
+        assert_eq!(
+            (s.fec, s.dred_10ms, s.bitrate_bps),
+            (true, 0, 40_000),
+            "{s:?}"
+        );
+        assert!(switched.is_some_and(|i| i >= 3), "{switched:?}");
+        // A listener that lies about a run longer than it lost moves nothing.
+        let mut rc = RateController::new(FrameMode::Standard);
+        let lie = natter_proto::rtcp::LossRuns {
+            runs: 1,
+            lost: 1,
+            longest: u16::MAX,
+        };
+        rc.on_report(7, 0.2, Some(80.0), 0.0);
+        rc.on_loss_runs(7, lie, 0.0);
+        assert_eq!(rc.loss_runs(), (1.0, 1.0));
     }
 
     #[test]

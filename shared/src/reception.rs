@@ -3,7 +3,7 @@
 //! fill the report blocks of Natter's RTCP reports. Arrival times are passed in (in RTP clock
 //! units), so this stays pure and testable.
 
-use crate::rtcp::ReportBlock;
+use crate::rtcp::{LossRuns, ReportBlock};
 
 /// Statistics about one remote source.
 #[derive(Debug, Clone, Default)]
@@ -19,6 +19,8 @@ pub struct ReceptionStats {
     last_transit: Option<i64>,
     /// Interarrival jitter in RTP units, scaled by 16 as in RFC 3550 A.8.
     jitter_q4: i64,
+    /// Runs of consecutive lost packets since the last [`ReceptionStats::loss_runs`].
+    runs: LossRuns,
 }
 
 impl ReceptionStats {
@@ -39,6 +41,11 @@ impl ReceptionStats {
         } else {
             let delta = seq.wrapping_sub(self.max_seq);
             if delta != 0 && delta < 0x8000 {
+                if delta > 1 {
+                    // A jump ahead: the packets in between are a run of losses (a reordered
+                    // one arriving later makes it look longer than it was; rare enough).
+                    self.runs.add(delta - 1);
+                }
                 if seq < self.max_seq {
                     self.cycles = self.cycles.wrapping_add(1 << 16);
                 }
@@ -84,6 +91,12 @@ impl ReceptionStats {
     /// Interarrival jitter in RTP units.
     pub fn jitter(&self) -> u32 {
         (self.jitter_q4 >> 4) as u32
+    }
+
+    /// The runs of consecutive losses since the last call (which starts a new interval): how
+    /// losses come — one at a time or in bursts — which the loss fraction cannot tell.
+    pub fn loss_runs(&mut self) -> LossRuns {
+        std::mem::take(&mut self.runs)
     }
 
     /// A report block for this source, closing the current loss interval. `last_sr` and
@@ -151,6 +164,26 @@ mod tests {
             s.on_packet(i as u16, i * 960, u64::from(i) * 960 + offset);
         }
         assert!((235..=240).contains(&s.jitter()), "jitter {}", s.jitter());
+    }
+
+    #[test]
+    fn loss_runs_count_bursts_and_their_lengths() {
+        let mut s = ReceptionStats::new(1);
+        // 65530..65540 across the wrap, losing 65532 (one) and 65535, 0, 1 (a run of three).
+        for seq in [65_530u16, 65_531, 65_533, 65_534, 2, 3] {
+            s.on_packet(seq, 0, 0);
+        }
+        assert_eq!(
+            s.loss_runs(),
+            LossRuns {
+                runs: 2,
+                lost: 4,
+                longest: 3
+            }
+        );
+        assert_eq!(s.loss_runs(), LossRuns::default());
+        s.on_packet(13, 0, 0);
+        assert_eq!(s.loss_runs().longest, 9);
     }
 
     #[test]

@@ -13,6 +13,10 @@ pub const PT_APP: u8 = 204;
 pub const NATTER_APP_NAME: [u8; 4] = *b"NTTR";
 /// APP subtype carrying [`SenderLatency`].
 pub const APP_SUBTYPE_SENDER_LATENCY: u8 = 1;
+/// APP subtype carrying [`LossRunsReport`].
+pub const APP_SUBTYPE_LOSS_RUNS: u8 = 2;
+/// Most sources one [`LossRunsReport`] describes (what a datagram holds with room to spare).
+pub const MAX_LOSS_RUN_SOURCES: usize = 64;
 const REPORT_BLOCK_LEN: usize = 24;
 const SENDER_INFO_LEN: usize = 20;
 
@@ -127,6 +131,90 @@ impl SenderLatency {
                     encode_us: be32(data, 8),
                 },
             )),
+            _ => None,
+        }
+    }
+}
+
+/// How one source's packets were lost over a report interval: the runs of consecutive losses.
+/// The RTCP loss fraction says how much was lost, not how: 10 % in runs of one is what in-band
+/// FEC repairs, 10 % in runs of five is what only deep redundancy (DRED) repairs, so the sender
+/// chooses its protection from this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LossRuns {
+    /// Runs of consecutive lost packets.
+    pub runs: u16,
+    /// Packets lost in them.
+    pub lost: u16,
+    /// The longest run, packets.
+    pub longest: u16,
+}
+
+impl LossRuns {
+    /// Counts a run of `len` lost packets (saturating).
+    pub fn add(&mut self, len: u16) {
+        self.runs = self.runs.saturating_add(1);
+        self.lost = self.lost.saturating_add(len);
+        self.longest = self.longest.max(len);
+    }
+}
+
+/// A receiver's [`LossRuns`] for each source it hears, sent with its receiver report (APP,
+/// subtype [`APP_SUBTYPE_LOSS_RUNS`]): per source, SSRC (4 bytes), runs, lost, longest (2 bytes
+/// each, big-endian) and 2 reserved bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LossRunsReport {
+    pub sources: Vec<(u32, LossRuns)>,
+}
+
+impl LossRunsReport {
+    /// As an APP packet from `ssrc` (at most [`MAX_LOSS_RUN_SOURCES`] sources are written).
+    pub fn to_packet(&self, ssrc: u32) -> RtcpPacket {
+        let n = self.sources.len().min(MAX_LOSS_RUN_SOURCES);
+        let mut data = Vec::with_capacity(12 * n);
+        for (source, r) in &self.sources[..n] {
+            data.extend_from_slice(&source.to_be_bytes());
+            for v in [r.runs, r.lost, r.longest, 0] {
+                data.extend_from_slice(&v.to_be_bytes());
+            }
+        }
+        RtcpPacket::App {
+            subtype: APP_SUBTYPE_LOSS_RUNS,
+            ssrc,
+            name: NATTER_APP_NAME,
+            data,
+        }
+    }
+
+    /// Reads one from an APP packet, if it is Natter's loss-runs packet: the reporter's SSRC
+    /// and the sources. A trailing partial entry is ignored; a run longer than the packets it
+    /// lost is not believed (`longest` is clamped to `lost`).
+    pub fn from_packet(packet: &RtcpPacket) -> Option<(u32, Self)> {
+        match packet {
+            RtcpPacket::App {
+                subtype: APP_SUBTYPE_LOSS_RUNS,
+                ssrc,
+                name,
+                data,
+            } if *name == NATTER_APP_NAME => {
+                let be16 = |at: usize| u16::from_be_bytes([data[at], data[at + 1]]);
+                let sources = data
+                    .chunks_exact(12)
+                    .take(MAX_LOSS_RUN_SOURCES)
+                    .enumerate()
+                    .map(|(i, _)| {
+                        let at = 12 * i;
+                        let lost = be16(at + 6);
+                        let runs = LossRuns {
+                            runs: be16(at + 4),
+                            lost,
+                            longest: be16(at + 8).min(lost),
+                        };
+                        (be32(data, at), runs)
+                    })
+                    .collect();
+                Some((*ssrc, Self { sources }))
+            }
             _ => None,
         }
     }
@@ -417,6 +505,53 @@ pub(crate) mod tests {
         assert_eq!(
             parse_compound(&[0x40, 201, 0, 0]),
             Err(RtcpError::BadVersion(1))
+        );
+    }
+
+    #[test]
+    fn loss_runs_app_packet_round_trips_and_distrusts_what_cannot_be() {
+        let report = LossRunsReport {
+            sources: vec![
+                (
+                    7,
+                    LossRuns {
+                        runs: 3,
+                        lost: 9,
+                        longest: 5,
+                    },
+                ),
+                (9, LossRuns::default()),
+            ],
+        };
+        let mut buf = Vec::new();
+        report.to_packet(42).write(&mut buf);
+        assert_eq!(buf.len(), 12 + 24);
+        let packets = parse_compound(&buf).unwrap();
+        assert_eq!(LossRunsReport::from_packet(&packets[0]), Some((42, report)));
+        // Not the latency packet, and the latency packet is not this.
+        assert_eq!(SenderLatency::from_packet(&packets[0]), None);
+        let lat = SenderLatency::default().to_packet(42);
+        assert_eq!(LossRunsReport::from_packet(&lat), None);
+        // A run longer than what was lost, and a partial entry.
+        let mut data = vec![0, 0, 0, 7, 0, 1, 0, 2, 0xff, 0xff, 0, 0];
+        data.extend_from_slice(&[1, 2, 3, 4]);
+        let odd = RtcpPacket::App {
+            subtype: APP_SUBTYPE_LOSS_RUNS,
+            ssrc: 1,
+            name: NATTER_APP_NAME,
+            data,
+        };
+        let (_, r) = LossRunsReport::from_packet(&odd).unwrap();
+        assert_eq!(
+            r.sources,
+            vec![(
+                7,
+                LossRuns {
+                    runs: 1,
+                    lost: 2,
+                    longest: 2
+                }
+            )]
         );
     }
 

@@ -985,6 +985,7 @@ pub struct PeerStats {
     pub duplicates: u64,
     pub concealed: u64,
     pub fec_recovered: u64,
+    pub dred_recovered: u64,
     pub jitter_ms: f64,
     pub rtt_ms: Option<f64>,
     pub jitter_buffer_ms: f64,

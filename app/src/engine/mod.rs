@@ -559,6 +559,8 @@ fn new_sender(config: &EngineConfig, rate: &RateController) -> anyhow::Result<Op
         bitrate_bps: initial.bitrate_bps,
         expected_loss_pct: initial.expected_loss_pct,
         restricted_low_delay: initial.restricted_low_delay,
+        fec: initial.fec,
+        dred_10ms: initial.dred_10ms,
         ..config.encoder
     };
     let frame = config
@@ -920,6 +922,9 @@ impl Worker {
                         if let Some(report) = self.rtcp.on_rtcp(packet, at, now) {
                             self.on_listener_report(report);
                         }
+                        while let Some(runs) = self.rtcp.poll_loss_runs() {
+                            self.on_listener_runs(runs);
+                        }
                     }
                 }
                 Err(_) => self.malformed += 1,
@@ -937,6 +942,16 @@ impl Worker {
                 report.rtt_ms,
                 report.at_ms,
             )
+        {
+            sender.apply(settings);
+        }
+    }
+
+    /// How a receiver's losses of our stream come (alone or in runs) chooses FEC or DRED.
+    fn on_listener_runs(&mut self, runs: rtcp::ListenerRuns) {
+        if self.config.adaptive
+            && let Some(sender) = self.sender.as_mut()
+            && let Some(settings) = self.rate.on_loss_runs(runs.from, runs.runs, runs.at_ms)
         {
             sender.apply(settings);
         }

@@ -19,8 +19,11 @@ pub struct PeerStats {
     /// Arrived after their playout time.
     pub late: u64,
     pub duplicates: u64,
+    /// Frames concealed (deep PLC), recovered from the next packet's in-band FEC, and recovered
+    /// from a later packet's deep redundancy (DRED), separately.
     pub concealed: u64,
     pub fec_recovered: u64,
+    pub dred_recovered: u64,
     /// Times the jitter buffer ran dry, faded out and restarted.
     pub rebuffers: u64,
     /// Audio the jitter buffer removed (accelerate) and added (expand) to change its delay, ms.
@@ -75,6 +78,7 @@ impl PeerStats {
             self.duplicates += e.duplicates;
             self.concealed += e.concealed;
             self.fec_recovered += e.fec_recovered;
+            self.dred_recovered += e.dred_recovered;
             self.rebuffers += e.rebuffers;
             self.accelerated_ms += e.accelerated_ms;
             self.expanded_ms += e.expanded_ms;
@@ -166,6 +170,7 @@ impl RemotePeer {
             duplicates: jb.duplicates,
             concealed: jb.concealed,
             fec_recovered: jb.fec_recovered,
+            dred_recovered: jb.dred_recovered,
             rebuffers: jb.rebuffers,
             accelerated_ms: jb.accelerated_ms,
             expanded_ms: jb.expanded_ms,

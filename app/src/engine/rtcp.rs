@@ -9,7 +9,7 @@
 
 use super::receive::ListenerStats;
 use natter_proto::reception::ReceptionStats;
-use natter_proto::rtcp::{RtcpPacket, SenderInfo, SenderLatency, ntp};
+use natter_proto::rtcp::{LossRuns, LossRunsReport, RtcpPacket, SenderInfo, SenderLatency, ntp};
 use std::collections::HashMap;
 
 /// How often we report (RFC 3550 would allow less for small sessions; once a second keeps the
@@ -69,12 +69,27 @@ pub struct ListenerReport {
     pub at_ms: f64,
 }
 
+/// A listener's loss runs on our stream over its last report interval: how its losses come.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ListenerRuns {
+    pub from: u32,
+    pub runs: LossRuns,
+    /// Engine time the report arrived, ms.
+    pub at_ms: f64,
+}
+
+/// Loss-run reports kept until [`RtcpSession::poll_loss_runs`] takes them (one compound carries
+/// one; more than this unpolled means nobody polls).
+const MAX_PENDING_RUNS: usize = 16;
+
 /// Our side of RTCP for one membership of a room (one SSRC).
 #[derive(Debug)]
 pub struct RtcpSession {
     ssrc: u32,
     senders: HashMap<u32, RemoteSender>,
     listeners: HashMap<u32, ListenerStats>,
+    /// Loss runs on our stream received and not yet polled.
+    loss_runs: Vec<ListenerRuns>,
     next_report_ms: f64,
 }
 
@@ -85,6 +100,7 @@ impl RtcpSession {
             ssrc,
             senders: HashMap::new(),
             listeners: HashMap::new(),
+            loss_runs: Vec::with_capacity(MAX_PENDING_RUNS),
             next_report_ms: now_ms + REPORT_INTERVAL_MS,
         }
     }
@@ -95,6 +111,7 @@ impl RtcpSession {
         self.ssrc = ssrc;
         self.senders.clear();
         self.listeners.clear();
+        self.loss_runs.clear();
     }
 
     pub fn ssrc(&self) -> u32 {
@@ -138,6 +155,12 @@ impl RtcpSession {
                 {
                     sender.sender_latency = Some(latency);
                 }
+                if let Some((from, report)) = LossRunsReport::from_packet(app)
+                    && let Some(&(_, runs)) = report.sources.iter().find(|(s, _)| *s == self.ssrc)
+                    && self.loss_runs.len() < MAX_PENDING_RUNS
+                {
+                    self.loss_runs.push(ListenerRuns { from, runs, at_ms });
+                }
                 return None;
             }
             RtcpPacket::Other { .. } => return None,
@@ -172,6 +195,12 @@ impl RtcpSession {
         })
     }
 
+    /// The next listener's loss runs on our stream received by [`RtcpSession::on_rtcp`], for
+    /// the rate controller's choice of protection.
+    pub fn poll_loss_runs(&mut self) -> Option<ListenerRuns> {
+        (!self.loss_runs.is_empty()).then(|| self.loss_runs.remove(0))
+    }
+
     /// Engine time the next report is due.
     pub fn poll_timeout(&self) -> f64 {
         self.next_report_ms
@@ -179,7 +208,8 @@ impl RtcpSession {
 
     /// The report due at `now` (call when [`RtcpSession::poll_timeout`] has passed): an SR
     /// when we send (`info`), else an RR when we hear anyone, each with a block per sender we
-    /// hear, followed by our latency stages (`latency`) as an APP packet. Also forgets
+    /// hear, then the loss runs of each sender's stream (APP), then our latency stages
+    /// (`latency`) as an APP packet. Also forgets
     /// senders and listeners silent for [`FORGET_AFTER_MS`]. `None` when not due or when
     /// there is nothing to say.
     pub fn poll_report(
@@ -218,7 +248,17 @@ impl RtcpSession {
             },
             None => return None,
         };
+        let runs = LossRunsReport {
+            sources: self
+                .senders
+                .iter_mut()
+                .map(|(&ssrc, s)| (ssrc, s.reception.loss_runs()))
+                .collect(),
+        };
         let mut packets = vec![first];
+        if !runs.sources.is_empty() {
+            packets.push(runs.to_packet(self.ssrc));
+        }
         if let Some(latency) = latency {
             packets.push(latency.to_packet(self.ssrc));
         }
@@ -369,7 +409,7 @@ mod tests {
             "not due"
         );
         let report = bob.poll_report(at(2000.0, 1_000_000), None, None).unwrap();
-        let [RtcpPacket::ReceiverReport { ssrc, reports }] = report.as_slice() else {
+        let [RtcpPacket::ReceiverReport { ssrc, reports }, runs] = report.as_slice() else {
             panic!("{report:?}")
         };
         assert_eq!(*ssrc, BOB);
@@ -377,6 +417,33 @@ mod tests {
         assert_eq!(reports[0].ssrc, ALICE);
         // 10 of 49 expected so far (the last loss comes after the highest received).
         assert_eq!(reports[0].cumulative_lost, 9);
+        // … each a run of one.
+        let lone = LossRuns {
+            runs: 9,
+            lost: 9,
+            longest: 1,
+        };
+        assert_eq!(
+            LossRunsReport::from_packet(runs),
+            Some((
+                BOB,
+                LossRunsReport {
+                    sources: vec![(ALICE, lone)]
+                }
+            ))
+        );
+        // Alice, hearing it, hands it to her rate controller.
+        let mut alice = RtcpSession::new(ALICE, 0.0);
+        assert_eq!(alice.on_rtcp(runs, 2001.0, at(2001.0, 0)), None);
+        assert_eq!(
+            alice.poll_loss_runs(),
+            Some(ListenerRuns {
+                from: BOB,
+                runs: lone,
+                at_ms: 2001.0
+            })
+        );
+        assert_eq!(alice.poll_loss_runs(), None);
         assert_eq!(bob.poll_timeout(), 3000.0);
         // A sender with latency stages: SR first, then the APP packet.
         let latency = SenderLatency {
@@ -392,7 +459,7 @@ mod tests {
             report[0],
             RtcpPacket::SenderReport { ssrc: BOB, .. }
         ));
-        assert_eq!(SenderLatency::from_packet(&report[1]), Some((BOB, latency)));
+        assert_eq!(SenderLatency::from_packet(&report[2]), Some((BOB, latency)));
     }
 
     #[test]

@@ -130,13 +130,17 @@ impl Sender {
                 bitrate_bps: s.bitrate_bps,
                 expected_loss_pct: s.expected_loss_pct,
                 restricted_low_delay: s.restricted_low_delay,
+                fec: s.fec,
+                dred_10ms: s.dred_10ms,
                 ..current
             };
             if let Ok(encoder) = OpusEncoder::new(config) {
                 self.encoder = encoder;
             }
         } else {
-            let _ = self.encoder.retune(s.bitrate_bps, s.expected_loss_pct);
+            let _ = self
+                .encoder
+                .retune(s.bitrate_bps, s.expected_loss_pct, s.fec, s.dred_10ms);
         }
     }
 

@@ -95,11 +95,20 @@
 //!
 //! # Missing audio
 //!
-//! A lost packet (sequence gap) is recovered from the next packet's FEC when that packet is
-//! already here and the slot is untouched, otherwise concealed. A timestamp gap with consecutive
-//! sequence numbers is a pause (DTX, mute): silence, not PLC. Our sender does not transmit DTX
-//! frames at all (nor anything while muted), so a pause is only *known* once speech resumes; until
-//! then the buffer runs dry. If the last frame was a DTX frame (≤ 2 bytes) or the last 150 ms
+//! A lost packet (sequence gap) is recovered when the packet after the gap is here by the time
+//! the lost one is due: the last lost frame from that packet's in-band FEC (if the packet
+//! carries FEC and the slot is untouched), the earlier ones — and the last one without FEC —
+//! from its deep redundancy (Opus DRED: up to ~1 s of past audio at a low bitrate), as far back
+//! as that reaches, one slot at a time in timeline order (so no frame plays twice or out of
+//! order); the rest is concealed (deep PLC). Concealment played while waiting for the packet
+//! cannot be taken back: only what has not been played yet is recovered, including the rest of
+//! a slot that waiting concealment had begun (DRED decodes at any offset, FEC only whole
+//! frames). The buffer does not add delay to wait for redundancy: what is recovered is what its
+//! jitter margin (with the FEC look-ahead while losses are recent) lets arrive in time.
+//!
+//! A timestamp gap with consecutive sequence numbers is a pause (DTX, mute): silence, not PLC.
+//! Our sender does not transmit DTX frames at all (nor anything while muted), so a pause is
+//! only *known* once speech resumes; until then the buffer runs dry. If the last frame was a DTX frame (≤ 2 bytes) or the last 150 ms
 //! were quiet (below −45 dBFS — libopus stops sending only after its VAD saw 200 ms of
 //! inactivity; a shorter quiet spell is soft speech), running dry is
 //! taken for a pause: silence, the timeline keeps moving, and a first packet that turns up later
@@ -153,6 +162,20 @@ pub trait Decode {
         samples: usize,
         out: &mut Vec<f32>,
     ) -> Result<(), DecodeError>;
+    /// Recovers `samples` of lost audio that start `offset` samples before `next_payload`'s
+    /// first sample from the deep redundancy the packet carries (Opus DRED), appending them; an
+    /// error when the packet carries none reaching that far back. Calls for one gap come in
+    /// timeline order (falling `offset`) and continue the decoder's state like concealment
+    /// does. A codec without such redundancy (the default) always declines.
+    fn decode_redundancy(
+        &mut self,
+        _next_payload: &[u8],
+        _offset: usize,
+        _samples: usize,
+        _out: &mut Vec<f32>,
+    ) -> Result<(), DecodeError> {
+        Err(DecodeError)
+    }
     /// Conceals `samples` of missing audio (packet loss concealment), appending them.
     fn conceal(&mut self, samples: usize, out: &mut Vec<f32>);
     /// Whether decoding after concealment continues the concealed signal smoothly by itself.
@@ -376,6 +399,9 @@ pub struct JitterStats {
     pub concealed_ms: f64,
     /// Frames recovered from the next packet's FEC.
     pub fec_recovered: u64,
+    /// Frames recovered from a later packet's deep redundancy (DRED): whole slots, or what
+    /// concealment played while waiting had left of one.
+    pub dred_recovered: u64,
     /// Times the buffer ran dry for longer than `max_expand_ms`, faded out and re-buffered.
     pub rebuffers: u64,
     /// Packets dropped because the buffer was full.
@@ -433,6 +459,8 @@ pub enum EventKind {
     Conceal,
     /// A missing packet recovered from the next packet's FEC.
     FecRecovered,
+    /// A missing packet (or the rest of its slot) recovered from a later packet's DRED.
+    DredRecovered,
     /// Ran dry for too long: faded out, playout restarts at the setpoint.
     Rebuffer,
 }
@@ -1061,29 +1089,51 @@ impl<D: Decode> JitterBuffer<D> {
             }
             return;
         }
-        if missing == 1
+        // Recovery, as libopus's own decoder demo does it: the last missing frame from the next
+        // packet's in-band FEC (when whole: FEC decodes a frame from its start), every other
+        // missing frame (and the last one when the packet has no FEC) from the next packet's
+        // deep redundancy, as far back as it reaches — in timeline order, one slot at a time,
+        // each slot exactly once. What neither reaches is concealed (deep PLC).
+        let fec_due = missing == 1
             && slot == gap
             && self.slot_left.is_none()
-            && self.plc_run < self.max_expand()
-        {
+            && self.plc_run < self.max_expand();
+        if fec_due {
             self.prepare_merge();
-            self.scratch.clear();
-            let fec_ok = self.packets.first().is_some_and(|next| {
-                self.decoder
-                    .decode_fec(&next.payload, gap, &mut self.scratch)
-                    .is_ok()
-            }) && self.scratch.len() == gap;
-            if fec_ok {
-                self.stats.fec_recovered += 1;
-                self.event(EventKind::FecRecovered, gap);
-                self.plc_run = 0;
-                self.append(Tail::Audio);
-                self.advance(gap);
-                self.last_seq = self.last_seq.map(|s| s + 1);
-                return;
-            }
-            self.merge.clear();
         }
+        let next = self.packets.first().map(|p| &p.payload);
+        self.scratch.clear();
+        let fec = fec_due
+            && next.is_some_and(|p| self.decoder.decode_fec(p, gap, &mut self.scratch).is_ok())
+            && self.scratch.len() == gap;
+        // Redundancy decoding continues the codec's own state (as libopus's does, like its
+        // concealment), so no merge is prepared for it.
+        let recovered = if fec {
+            Some(EventKind::FecRecovered)
+        } else {
+            self.merge.clear();
+            self.scratch.clear();
+            let dred = next.is_some_and(|p| {
+                self.decoder
+                    .decode_redundancy(p, gap, slot, &mut self.scratch)
+                    .is_ok()
+            }) && self.scratch.len() == slot;
+            dred.then_some(EventKind::DredRecovered)
+        };
+        if let Some(kind) = recovered {
+            match kind {
+                EventKind::FecRecovered => self.stats.fec_recovered += 1,
+                _ => self.stats.dred_recovered += 1,
+            }
+            self.event(kind, slot);
+            self.plc_run = 0;
+            self.append(Tail::Audio);
+            self.advance(slot);
+            self.last_seq = self.last_seq.map(|s| s + 1);
+            self.slot_left = None;
+            return;
+        }
+        self.merge.clear();
         self.conceal(slot);
         self.advance(slot);
         self.last_seq = self.last_seq.map(|s| s + 1);

@@ -3,6 +3,9 @@
 use super::sim::{self, Arrival, Jitter, Loss, NetworkProfile};
 use super::*;
 
+/// Recovery from deep redundancy (DRED), with the fake codec and with real Opus.
+mod dred;
+
 /// Samples per period of the fake voice: 5 ms, 200 Hz.
 const PERIOD: usize = 240;
 /// Streams start near the sequence and timestamp wraps, so every scenario crosses them.
@@ -23,12 +26,14 @@ enum Voice {
 enum Event {
     Decode(u32),
     Fec(u32),
+    Dred(u32),
     Plc(usize),
     Dtx,
 }
 
-/// A fake codec. Payload: frame index (u32 BE), sample count (u16 BE) and optionally a gain
-/// byte (/255); ≤ 2 bytes is a DTX frame (20 ms of silence).
+/// A fake codec. Payload: frame index (u32 BE), sample count (u16 BE), optionally a gain
+/// byte (/255) and after it a redundancy byte: how many frames back the packet's "DRED"
+/// reaches; ≤ 2 bytes is a DTX frame (20 ms of silence).
 struct Fake {
     voice: Voice,
     table: Vec<f32>,
@@ -175,6 +180,27 @@ impl Decode for Fake {
         self.log.push(Event::Fec(frame));
         self.plc_gain = 1.0;
         self.emit(Some(frame), samples, 1.0, out);
+        Ok(())
+    }
+
+    /// The frame that starts `offset` samples before the next packet (or whose slot holds
+    /// that point), if the packet's redundancy reaches it.
+    fn decode_redundancy(
+        &mut self,
+        next_payload: &[u8],
+        offset: usize,
+        samples: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<(), DecodeError> {
+        let (next, frame, _) = Self::parse(next_payload)?;
+        let reach = next_payload.get(7).map_or(0, |&r| usize::from(r) * frame);
+        if frame == 0 || offset > reach {
+            return Err(DecodeError);
+        }
+        let lost = next.wrapping_sub(offset.div_ceil(frame) as u32);
+        self.log.push(Event::Dred(lost));
+        self.plc_gain = 1.0;
+        self.emit(Some(lost), samples, 1.0, out);
         Ok(())
     }
 

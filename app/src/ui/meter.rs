@@ -57,11 +57,12 @@ pub fn legend(ui: &mut Ui) {
 pub fn link_numbers(p: &PeerStats, recent_loss: f64) -> String {
     let rtt = p.rtt_ms.map_or("–".to_string(), |r| format!("{r:.1} ms"));
     format!(
-        "RTT {rtt} · jitter {:.1} ms · lost {} ({:.1} % recently) · FEC recovered {} · concealed {}",
+        "RTT {rtt} · jitter {:.1} ms · lost {} ({:.1} % recently) · recovered by FEC {}, by DRED {} · concealed {}",
         p.jitter_ms,
         p.packets_lost.max(0),
         recent_loss * 100.0,
         p.fec_recovered,
+        p.dred_recovered,
         p.concealed
     )
 }
