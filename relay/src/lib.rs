@@ -38,6 +38,8 @@ pub mod cluster;
 /// The sans-IO core: connection phases, rooms, forwarding decisions and limits, driven with
 /// time passed in (the relay's shell drives it; so does the app's in-memory test harness).
 pub mod core;
+/// Certificate pinning for clients of a relay (the app, the load generator, trunks).
+pub mod pin;
 /// Access tokens: minting (the `token` subcommand) and verifying.
 pub mod token;
 /// Batched UDP I/O, for the plain fan-out baseline and the coming batched data plane.

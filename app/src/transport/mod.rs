@@ -2,7 +2,6 @@
 //! session on its one bidirectional stream ([`control`]), and certificate pinning ([`pin`]).
 
 pub mod control;
-pub mod pin;
 
 use natter_proto::control::ErrorCode;
 use natter_proto::invite::{Invite, fingerprint_hex};
@@ -131,7 +130,7 @@ pub async fn connect(invite: &Invite) -> Result<(Endpoint, quinn::Connection), C
         .map_err(|e| ConnectError::Tls(e.to_string()))?;
     let pin = invite
         .fingerprint
-        .map(|fp| Arc::new(pin::PinnedVerifier::new(fp, provider)));
+        .map(|fp| Arc::new(natter_relay::pin::PinnedVerifier::new(fp, provider)));
     let mut tls = match &pin {
         Some(verifier) => builder
             .dangerous()
@@ -205,7 +204,7 @@ pub async fn connect(invite: &Invite) -> Result<(Endpoint, quinn::Connection), C
 pub async fn probe_fingerprint(invite: &Invite) -> Result<[u8; 32], ConnectError> {
     let addr = resolve(invite)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let probe = Arc::new(pin::PinnedVerifier::probe(provider.clone()));
+    let probe = Arc::new(natter_relay::pin::PinnedVerifier::probe(provider.clone()));
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| ConnectError::Tls(e.to_string()))?

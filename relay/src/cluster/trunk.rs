@@ -21,7 +21,7 @@ use super::directory::RelayRecord;
 use crate::core::ConnId;
 use crate::server::{Peer, Shared};
 use natter_proto::control::{ErrorCode, FrameDecoder, Message};
-use natter_proto::invite::{cert_fingerprint, parse_fingerprint};
+use natter_proto::invite::parse_fingerprint;
 use quinn::{Connection, VarInt};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
@@ -260,10 +260,10 @@ fn client_config(fingerprint: [u8; 32]) -> Result<quinn::ClientConfig, String> {
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| e.to_string())?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Pinned {
+        .with_custom_certificate_verifier(Arc::new(crate::pin::PinnedVerifier::new(
             fingerprint,
             provider,
-        }))
+        )))
         .with_no_client_auth();
     tls.alpn_protocols = vec![TRUNK_ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
@@ -275,64 +275,6 @@ fn client_config(fingerprint: [u8; 32]) -> Result<quinn::ClientConfig, String> {
     transport.datagram_send_buffer_size(1536);
     config.transport_config(Arc::new(transport));
     Ok(config)
-}
-
-/// Trusts the certificate whose SHA-256 the directory lists; the TLS signature is still
-/// verified with its key.
-#[derive(Debug)]
-struct Pinned {
-    fingerprint: [u8; 32],
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl rustls::client::danger::ServerCertVerifier for Pinned {
-    fn verify_server_cert(
-        &self,
-        end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        if cert_fingerprint(end_entity) == self.fingerprint {
-            Ok(rustls::client::danger::ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &rustls::pki_types::CertificateDer<'_>,
-        _dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
 
 /// Runs an authenticated trunk to `peer` (dialled by `dialer`) until it closes; `rooms`: the

@@ -1,5 +1,6 @@
-//! Certificate pinning: the relay is trusted when the SHA-256 of its certificate equals the
-//! fingerprint in the invite link. The TLS 1.3 handshake signature is still verified with the
+//! Certificate pinning: a relay is trusted when the SHA-256 of its certificate equals the
+//! fingerprint in the invite link (the app, the load generator) or in the cluster directory
+//! (a relay dialling another relay's trunk). One verifier for all three. The TLS 1.3 handshake signature is still verified with the
 //! certificate's key, so possession of the pinned certificate's private key is proven; only the
 //! chain-of-trust question ("who vouches for this key?") is answered by the invite instead of
 //! a CA.
