@@ -67,8 +67,15 @@ fn the_window_carries_the_icon_and_class_of_its_desktop_entry() {
     let dir = TempDir::new("window");
     let _app = desktop_app(&display, dir.path(), "silence", None);
     let deadline = Instant::now() + Duration::from_secs(30);
+    // The mapped window: winit creates it (and xdotool can find it) before the app sets its
+    // class, which must be there by the time the window is shown (ICCCM; a taskbar reads it
+    // then).
     let window = loop {
-        let found = x_tool(&display, "xdotool", &["search", "--name", "^Natter$"]);
+        let found = x_tool(
+            &display,
+            "xdotool",
+            &["search", "--onlyvisible", "--name", "^Natter$"],
+        );
         if let Some(id) = found.lines().next() {
             break id.trim().to_owned();
         }
