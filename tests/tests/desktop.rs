@@ -159,8 +159,11 @@ fn push_to_talk_works_while_another_window_has_the_focus() {
     let before = rms_between(&samples, 3.0, 4.8);
     let held = rms_between(&samples, 5.8, 8.8);
     let after = rms_between(&samples, 10.0, 13.0);
+    // The test signal talks 4 s and pauses 3 s from whenever Ann's call started, so the 3 s
+    // window may hold as little as 1 s of speech: its level is not the point, the contrast
+    // with the silence before and after is (both are exactly 0 when nothing leaks).
     assert!(
-        held > 0.002 && held > 20.0 * before.max(1e-5) && held > 20.0 * after.max(1e-5),
+        held > 0.0005 && held > 20.0 * before.max(1e-5) && held > 20.0 * after.max(1e-5),
         "Ann is heard only while F9 is held: rms before {before}, held {held}, after {after}"
     );
 }
