@@ -597,12 +597,15 @@ impl<H: Clone> RelayCore<H> {
         }
     }
 
-    fn set_mute(&mut self, conn: ConnId, muted: bool) -> Outcome<H> {
-        let Some(member) = self
-            .connections
+    /// The room membership of connection `conn`, once it joined.
+    fn member_mut(&mut self, conn: ConnId) -> Option<&mut Member> {
+        self.connections
             .get_mut(&conn)
             .and_then(|c| c.member.as_mut())
-        else {
+    }
+
+    fn set_mute(&mut self, conn: ConnId, muted: bool) -> Outcome<H> {
+        let Some(member) = self.member_mut(conn) else {
             return Outcome::none();
         };
         // Only changes are news: a client repeating its state (or a storm of SetMute) must
@@ -657,11 +660,7 @@ impl<H: Clone> RelayCore<H> {
     /// Forwards a chat message to everyone else in the room, within the member's chat rate;
     /// empty or blank text and messages over the rate are dropped. Nothing is kept or logged.
     fn chat(&mut self, conn: ConnId, text: String, now_ms: u64) -> Outcome<H> {
-        let Some(member) = self
-            .connections
-            .get_mut(&conn)
-            .and_then(|c| c.member.as_mut())
-        else {
+        let Some(member) = self.member_mut(conn) else {
             return Outcome::none();
         };
         if text.trim().is_empty() || !member.chat.take(1.0, now_ms as f64) {
