@@ -684,6 +684,12 @@ fn recent_relays_keep_only_joins_that_worked_once_each_and_can_be_renamed_and_re
         "a failed attempt is not a recent relay"
     );
     click(&mut h, "Dismiss");
+    // The failure card goes only once the controller has handled the dismissal; clicking Join
+    // before that aims at where the button was, and the layout moves under the click (seen
+    // under load: the click was lost and the phase stayed Idle).
+    wait_for(&mut h, "the failure to go", 10.0, |h| {
+        matches!(snapshot(h).phase, Phase::Idle) && !has_label(h, "Dismiss")
+    });
 
     // Two successful joins of the same relay, written differently: one entry.
     let upper = invite.to_string().replace(
