@@ -343,7 +343,8 @@ impl ViewModel {
 /// A hash of what the call screen draws from `view` (the microphone level in 3–6 dB steps),
 /// so the controller wakes the UI only when the picture would change.
 /// Where the call is, as the header says it: the relay's address, or for a cluster the edge
-/// the session chose (with its region, when the relays named one) out of how many.
+/// the session chose (with its region, when the relays named one), its round trip, and out
+/// of how many.
 fn relay_label(
     edge: Option<&crate::session::EdgeChoice>,
     invite: Option<&Invite>,
@@ -363,9 +364,13 @@ fn relay_label(
         .find(|e| e.edge.authority() == at)
         .map(|e| e.region.as_str())
         .filter(|r| !r.is_empty());
+    let rtt = state
+        .relay_rtt_ms
+        .map(|ms| format!(", {ms:.0} ms away"))
+        .unwrap_or_default();
     match region {
-        Some(region) => format!("edge {region} ({at}), nearest of {known}"),
-        None => format!("edge {at}, nearest of {known}"),
+        Some(region) => format!("edge {region} ({at}){rtt}, nearest of {known}"),
+        None => format!("edge {at}{rtt}, nearest of {known}"),
     }
 }
 
@@ -600,6 +605,11 @@ mod tests {
         assert_eq!(
             relay_label(Some(&edge), Some(&invite), &state),
             "edge us-east (b.example:4434), nearest of 3"
+        );
+        state.relay_rtt_ms = Some(23.4);
+        assert_eq!(
+            relay_label(Some(&edge), Some(&invite), &state),
+            "edge us-east (b.example:4434), 23 ms away, nearest of 3"
         );
     }
 
