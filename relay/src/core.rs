@@ -162,6 +162,18 @@ struct Room<H> {
     trunks: Vec<TrunkSub<H>>,
     /// Members on other relays, by the trunk that told us of them.
     remote: Vec<(ConnId, Participant)>,
+    /// Large rooms over several relays: the level of each remote sender heard lately, so the
+    /// loudest-speaker rule ranks the whole room, not only this relay's part of it.
+    remote_speakers: Vec<RemoteSpeaker>,
+}
+
+/// A sender on another relay, as its datagrams over a trunk say (see [`Room::loud_enough`]).
+#[derive(Debug, Clone, Copy)]
+struct RemoteSpeaker {
+    trunk: ConnId,
+    ssrc: u32,
+    level: f32,
+    voice_ms: u64,
 }
 
 /// A trunk's subscription to a room (see [`RelayCore::trunk_subscribe`]).
@@ -177,6 +189,7 @@ impl<H> Room<H> {
             members: Vec::new(),
             trunks: Vec::new(),
             remote: Vec::new(),
+            remote_speakers: Vec::new(),
         }
     }
 
@@ -994,14 +1007,16 @@ impl<H: Clone> RelayCore<H> {
         }
     }
 
-    /// Decides where a media datagram that arrived on trunk `trunk` goes: the local members of
-    /// its sender's room, never another trunk. The origin relay has checked the sender and
-    /// applied the rate limits and loudest-speaker rule; this checks the form and that the
-    /// trunk announced that sender.
+    /// Decides where a media datagram that arrived on trunk `trunk` at `now_ms` goes: the
+    /// local members of its sender's room, never another trunk. The origin relay has checked
+    /// the sender and applied the rate limits and loudest-speaker rule; this checks the form
+    /// and that the trunk announced that sender, and in large-room mode notes the sender's
+    /// level, so that this relay's own senders are ranked against the whole room.
     pub fn route_from_trunk(
-        &self,
+        &mut self,
         trunk: ConnId,
         datagram: &[u8],
+        now_ms: u64,
     ) -> Result<impl Iterator<Item = &H>, DropReason> {
         if datagram.len() > self.limits.max_datagram_bytes {
             return Err(DropReason::Oversize);
@@ -1011,8 +1026,12 @@ impl<H: Clone> RelayCore<H> {
         let room = self
             .remote_senders
             .get(&(trunk, ssrc))
-            .and_then(|room| self.rooms.get(room))
+            .and_then(|room| self.rooms.get_mut(room))
             .ok_or(DropReason::WrongSsrc)?;
+        if self.limits.forward_loudest.is_some() && parsed.kind == PacketKind::Rtp {
+            let level = parsed.rtp().ok().and_then(|p| p.header.audio_level);
+            room.note_remote_level(trunk, ssrc, level, now_ms);
+        }
         Ok(room.members.iter().map(|m| &m.handle))
     }
 }
@@ -1045,18 +1064,65 @@ impl<H> Room<H> {
             .iter()
             .find(|m| m.conn == conn)
             .expect("found above");
+        let remote_speaking = |r: &&RemoteSpeaker| now_ms.saturating_sub(r.voice_ms) < SPEAKING_MS;
+        // Remote speakers rank above an equally loud local one: ties are rare, and each edge
+        // then agrees on who yields.
         let louder = self
             .members
             .iter()
             .filter(|m| m.conn != conn && speaking(m) && (m.level, m.conn) < (me.level, me.conn))
-            .count();
+            .count()
+            + self
+                .remote_speakers
+                .iter()
+                .filter(remote_speaking)
+                .filter(|r| r.level <= me.level)
+                .count();
         if speaking(me) {
             louder < n
         } else {
-            self.members.iter().filter(|m| speaking(m)).count() < n
+            self.members.iter().filter(|m| speaking(m)).count()
+                + self.remote_speakers.iter().filter(remote_speaking).count()
+                < n
+        }
+    }
+
+    /// A voiced packet of remote sender `ssrc` (behind `trunk`) arrived at `now_ms`: its
+    /// smoothed level, as [`Room::loud_enough`] keeps for local members. Entries of senders
+    /// silent for a minute go, so the list holds at most the room's recent speakers.
+    fn note_remote_level(
+        &mut self,
+        trunk: ConnId,
+        ssrc: u32,
+        level: Option<AudioLevel>,
+        now_ms: u64,
+    ) {
+        let Some(level) = level.filter(|l| l.voice).map(|l| f32::from(l.level)) else {
+            return;
+        };
+        self.remote_speakers
+            .retain(|r| now_ms.saturating_sub(r.voice_ms) < REMOTE_SPEAKER_KEPT_MS);
+        match self
+            .remote_speakers
+            .iter_mut()
+            .find(|r| r.trunk == trunk && r.ssrc == ssrc)
+        {
+            Some(r) => {
+                r.level += 0.3 * (level - r.level);
+                r.voice_ms = now_ms;
+            }
+            None => self.remote_speakers.push(RemoteSpeaker {
+                trunk,
+                ssrc,
+                level,
+                voice_ms: now_ms,
+            }),
         }
     }
 }
+
+/// How long a remote sender's level is kept after its last voiced packet.
+const REMOTE_SPEAKER_KEPT_MS: u64 = 60_000;
 
 fn message_name(m: &Message) -> &'static str {
     match m {
@@ -1180,14 +1246,14 @@ mod tests {
         // A datagram from member 1: member 2 and the trunk, once, on A; member 3 on B.
         assert_eq!(targets(&mut a, 1, &rtp(s1)), Ok(vec![2, 101]));
         let far: Vec<ConnId> = b
-            .route_from_trunk(100, &rtp(s1))
+            .route_from_trunk(100, &rtp(s1), 0)
             .unwrap()
             .copied()
             .collect();
         assert_eq!(far, [3]);
         // Nobody can speak for a sender the trunk did not announce.
         assert_eq!(
-            b.route_from_trunk(100, &rtp(s3)).err(),
+            b.route_from_trunk(100, &rtp(s3), 0).err(),
             Some(DropReason::WrongSsrc)
         );
         // A newcomer on B gets everyone in its Welcome, and A hears of it via the trunk.
@@ -1772,6 +1838,48 @@ mod tests {
         // When the loud ones stop, the others are heard again.
         let dg = rtp_with_level(ssrcs[3], voice(40));
         assert!(targets_at(&mut core, 4, &dg, 3_000).is_ok());
+    }
+
+    /// One loudest speaker over two relays: A's member is quieter than B's, whose datagrams
+    /// reach A over the trunk; A stops forwarding its own member while B's speaks, and
+    /// forwards it again once B's has been quiet for a moment.
+    #[test]
+    fn the_loudest_speakers_are_ranked_across_relays() {
+        let limits = Limits {
+            forward_loudest: Some(1),
+            ..Limits::default()
+        };
+        let (mut a, mut b) = (Core::new("a", limits.clone()), Core::new("b", limits));
+        a.set_node(1);
+        b.set_node(2);
+        let quiet = enter(&mut a, 1, "r", false);
+        enter(&mut a, 2, "r", false);
+        let loud = enter(&mut b, 3, "r", false);
+        let (_, from_b) = b.trunk_subscribe(100, 201, "r").unwrap();
+        let Message::Welcome { roster, .. } = from_b else {
+            panic!("a subscription starts with a Welcome")
+        };
+        for p in roster {
+            a.remote_joined(100, "r", p).unwrap();
+        }
+        let voice = |level| Some(AudioLevel { voice: true, level });
+        let mut forwarded = 0;
+        for ms in (0..1_000u64).step_by(20) {
+            assert!(
+                a.route_from_trunk(100, &rtp_with_level(loud, voice(10)), ms)
+                    .is_ok()
+            );
+            if targets_at(&mut a, 1, &rtp_with_level(quiet, voice(30)), ms).is_ok() {
+                forwarded += 1;
+            }
+        }
+        assert!(
+            forwarded <= 1,
+            "A's quieter member was forwarded {forwarded} times"
+        );
+        // B's speaker stopped: A's member is the loudest in the room again.
+        let after = rtp_with_level(quiet, voice(30));
+        assert!(targets_at(&mut a, 1, &after, 1_000 + SPEAKING_MS).is_ok());
     }
 
     #[test]

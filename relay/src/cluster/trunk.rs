@@ -471,7 +471,10 @@ async fn read_media(shared: Arc<Shared>, conn: Connection, trunk: ConnId) {
         let arrived = tokio::time::Instant::now();
         shared.stats.trunk_datagrams_in.fetch_add(1, Relaxed);
         targets.clear();
-        match shared.core().route_from_trunk(trunk, &datagram) {
+        match shared
+            .core()
+            .route_from_trunk(trunk, &datagram, crate::server::unix_ms())
+        {
             Ok(peers) => targets.extend(peers.cloned()),
             Err(reason) => {
                 shared.stats.count_drop(reason);
