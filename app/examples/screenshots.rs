@@ -12,7 +12,7 @@
 
 use natter::audio::SAMPLE_RATE;
 use natter::audio::device::DeviceList;
-use natter::controller::{CallSettings, LatencyTest, Phase, Request, test_speech};
+use natter::controller::{CallSettings, LatencyTest, MicTestView, Phase, Request, test_speech};
 use natter::engine::EngineConfig;
 use natter::session::{Audio, Record, Session, SessionConfig};
 use natter::settings::{Dirs, RecentRelay, ThemeChoice};
@@ -121,7 +121,11 @@ impl Director {
         };
         match self.scene {
             Scene::Start => self.elapsed() > 1.5,
-            Scene::Settings => self.elapsed() > 2.5 && snap.devices.is_some(),
+            Scene::Settings => {
+                self.elapsed() > 2.5
+                    && snap.devices.is_some()
+                    && matches!(&snap.mic_test, Some(MicTestView::Level(l)) if l.get() > -40.0)
+            }
             Scene::Trust => snap.trust_prompt.is_some() && self.elapsed() > 1.0,
             Scene::CallSimple => {
                 self.elapsed() > 8.0
@@ -151,6 +155,7 @@ impl Director {
         match self.scene {
             Scene::Start => {
                 self.app.show_screen(Screen::Settings);
+                self.app.controller().send(Request::TestMicrophone(true));
                 self.next(Scene::Settings);
             }
             Scene::Settings => {
@@ -291,6 +296,8 @@ fn main() -> anyhow::Result<()> {
     let settings = natter::settings::Settings {
         display_name: "Ada".into(),
         theme: ThemeChoice::Light,
+        voice_activation: true,
+        input_device: Some("sysdefault:CARD=Headset".into()),
         recent: vec![
             RecentRelay {
                 invite: "natter://voice.example.org:4433?fp=5d41402abc4b2a76b9719d911017c5925d41402abc4b2a76b9719d911017c592".into(),
@@ -324,19 +331,38 @@ fn main() -> anyhow::Result<()> {
     let config = AppConfig {
         controller: ControllerConfig {
             dirs,
-            audio: AudioSource::TestSignal(TestSignal::Silence),
+            // Ada talks (the microphone test on the settings screen shows her voice).
+            audio: AudioSource::TestSignal(TestSignal::Speech),
             devices: Arc::new(|| {
+                // ALSA's names for a laptop with a USB headset, shown by their labels.
+                let inputs = vec![
+                    "sysdefault:CARD=PCH".to_string(),
+                    "sysdefault:CARD=Headset".into(),
+                ];
+                let outputs = vec![
+                    "sysdefault:CARD=PCH".to_string(),
+                    "hdmi:CARD=NVidia,DEV=0".into(),
+                    "sysdefault:CARD=Headset".into(),
+                ];
                 Ok(DeviceList {
-                    inputs: vec!["Built-in microphone".into(), "USB headset".into()],
-                    outputs: vec!["Built-in speakers".into(), "USB headset".into()],
-                    default_input: Some("Built-in microphone".into()),
-                    default_output: Some("Built-in speakers".into()),
-                })
+                    default_input: Some(inputs[0].clone()),
+                    default_output: Some(outputs[0].clone()),
+                    inputs,
+                    outputs,
+                    labels: Default::default(),
+                }
+                .with_labels(
+                    " 0 [PCH            ]: HDA-Intel - HDA Intel PCH\n \
+                     1 [NVidia         ]: HDA-Intel - HDA NVidia\n \
+                     2 [Headset        ]: USB-Audio - Logitech USB Headset\n",
+                ))
             }),
             host_bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            notification_bus: None,
         },
         export_dir: work.join("exports"),
         global_shortcuts: false,
+        tray: false,
     };
     let handle = rt.handle().clone();
     let native = eframe::NativeOptions {

@@ -52,6 +52,14 @@ fn desktop_app(display: &str, dir: &Path, signal: &str, invite: Option<&str>) ->
     Reaped(cmd.spawn().expect("natter starts"))
 }
 
+/// An app directory under `dir` whose settings file holds `settings` (TOML).
+fn app_dir_with(dir: &TempDir, settings: &str) -> std::path::PathBuf {
+    let app = dir.join("app");
+    std::fs::create_dir_all(app.join("config")).unwrap();
+    std::fs::write(app.join("config/settings.toml"), settings).unwrap();
+    app
+}
+
 fn x_tool(display: &str, program: &str, args: &[&str]) -> String {
     let out = Command::new(program)
         .args(args)
@@ -124,13 +132,7 @@ fn push_to_talk_works_while_another_window_has_the_focus() {
     let relay = natter_e2e::RelayProcess::start();
     let invite = relay.invite().replacen('?', "/ptt?", 1);
     let dir = TempDir::new("ptt");
-    let settings = dir.join("app/config");
-    std::fs::create_dir_all(&settings).unwrap();
-    std::fs::write(
-        settings.join("settings.toml"),
-        "display_name = \"Ann\"\npush_to_talk = \"F9\"\n",
-    )
-    .unwrap();
+    let app_dir = app_dir_with(&dir, "display_name = \"Ann\"\npush_to_talk = \"F9\"\n");
     // The listener records what reaches it from the moment it joins.
     let heard = dir.join("bob-heard.wav");
     let bob = natter_e2e::Call::new(relay.invite(), "ptt", "bob")
@@ -140,7 +142,7 @@ fn push_to_talk_works_while_another_window_has_the_focus() {
     relay.wait_for_join("ptt", "bob");
     let bob_start = Instant::now();
     // Ann: the real desktop app, talking the test speech signal while F9 is held.
-    let _ann = desktop_app(&display, &dir.join("app"), "speech", Some(&invite));
+    let _ann = desktop_app(&display, &app_dir, "speech", Some(&invite));
     relay.wait_for_join("ptt", "Ann");
     // Nothing has the focus but the root window (no window manager; the pointer is moved off
     // the app's window): keys go nowhere unless grabbed.
@@ -166,4 +168,45 @@ fn push_to_talk_works_while_another_window_has_the_focus() {
         held > 0.0005 && held > 20.0 * before.max(1e-5) && held > 20.0 * after.max(1e-5),
         "Ann is heard only while F9 is held: rms before {before}, held {held}, after {after}"
     );
+}
+
+#[test]
+fn a_clicked_invite_goes_to_the_running_window() {
+    let (_x, display) = xvfb();
+    let relay = natter_e2e::RelayProcess::start();
+    let invite = relay.invite().replacen('?', "/handed?", 1);
+    let dir = TempDir::new("single");
+    let app_dir = app_dir_with(&dir, "display_name = \"Ann\"\n");
+    // The app runs, in no call.
+    let _first = desktop_app(&display, &app_dir, "silence", None);
+    let socket = app_dir.join("data/instance.sock");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "the first app never listened");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The desktop starts `natter INVITE` for the clicked link: it hands the invite over and
+    // exits at once, with success, without a window of its own.
+    let second = command(&natter_bin())
+        .arg(&invite)
+        .arg("--dir")
+        .arg(&app_dir)
+        .args(["--test-signal", "silence"])
+        .env("DISPLAY", &display)
+        .env_remove("WAYLAND_DISPLAY")
+        .output()
+        .expect("natter runs");
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    // The running window joins it.
+    relay.wait_for_join("handed", "Ann");
+    let windows = x_tool(
+        &display,
+        "xdotool",
+        &["search", "--onlyvisible", "--name", "Natter"],
+    );
+    assert_eq!(windows.lines().count(), 1, "one window: {windows}");
 }
