@@ -49,6 +49,8 @@ struct Director {
     /// A screenshot was requested and has not arrived yet.
     waiting: Arc<Mutex<Option<String>>>,
     host_bot: bool,
+    /// A bot has written in the chat.
+    chatted: bool,
     /// The current scene's screenshot has been requested.
     shot: bool,
     tested: bool,
@@ -243,6 +245,13 @@ impl Director {
         if self.scene == Scene::Host {
             self.set_up_hosting();
         }
+        // Grace writes in the chat once Ada is in the call, so the chat card has a line.
+        if self.scene == Scene::CallSimple && !self.chatted && self.elapsed() > 3.0 {
+            if let Some(grace) = self.bots.lock().unwrap().first() {
+                grace.send_chat("Morning Ada! The notes are in the shared doc.".into());
+            }
+            self.chatted = true;
+        }
         // Run the loopback latency test during the call so its result is in the picture.
         if self.scene == Scene::Call && !self.tested && self.elapsed() > 12.0 {
             self.app.controller().send(Request::RunLatencyTest);
@@ -388,6 +397,7 @@ fn main() -> anyhow::Result<()> {
                 bots: Arc::new(Mutex::new(bots)),
                 waiting: Arc::new(Mutex::new(None)),
                 host_bot: false,
+                chatted: false,
                 shot: false,
                 tested: false,
             }) as Box<dyn eframe::App>)
