@@ -6,7 +6,8 @@
 //!
 //! It runs on a thread of its own (ksni's D-Bus service is async; a small tokio runtime drives
 //! it), so the UI thread only hands it a state when that changes. Without a tray host (no
-//! `org.kde.StatusNotifierWatcher` on the session bus) the thread logs it once and ends.
+//! `org.kde.StatusNotifierWatcher` and host on the session bus) the thread logs it once and
+//! ends. `tests/tests/desktop.rs` checks it in a real tray (gtk-sni-tray-standalone).
 
 use crate::controller::view_model::{TrayBadge, TrayLook, TrayState};
 use crate::controller::{ControllerHandle, Request};
