@@ -78,6 +78,8 @@ pub struct CallReport {
     pub relay_lost: bool,
     /// The room's chat as this call saw it (the last 200 lines).
     pub chat: Vec<ChatLine>,
+    /// Every edge the call was on, in order (`host:port`; one for a lone relay).
+    pub edges: Vec<String>,
     #[serde(flatten)]
     pub engine: EngineStats,
     #[serde(skip)]
@@ -248,6 +250,8 @@ pub async fn run(opts: CallOptions) -> Result<CallReport, StartError> {
         session.send_chat(text.clone());
     }
     let mut chat_printed = 0;
+    let mut edges = Vec::new();
+    note_edge(&session, &mut edges);
     let mut history = History::keeping(f64::INFINITY);
     let mut next_sample = Instant::now();
     // SIGTERM (`kill`, `timeout`, a service manager) ends the call as cleanly as Ctrl-C: the
@@ -260,6 +264,7 @@ pub async fn run(opts: CallOptions) -> Result<CallReport, StartError> {
                     break;
                 }
                 chat_printed = print_chat(&session.state(), chat_printed);
+                note_edge(&session, &mut edges);
                 if opts.latency_csv.is_some() && Instant::now() >= next_sample {
                     next_sample += HISTORY_PERIOD;
                     sample_history(&session, &mut history);
@@ -290,6 +295,7 @@ pub async fn run(opts: CallOptions) -> Result<CallReport, StartError> {
         ended_by_relay: done.ended_by_relay,
         relay_lost: done.relay_lost,
         chat: done.state.chat.iter().cloned().collect(),
+        edges,
         engine: done.stats,
         recording: done.recording,
     })
@@ -315,6 +321,24 @@ impl NoSignal {
     async fn recv(&mut self) -> Option<()> {
         std::future::pending().await
     }
+}
+
+/// Notes the session's edge in `edges` when it is a new one, and says so on standard error
+/// when the call has a choice of edges (`edge HOST:PORT: handshake N ms, nearest of K`).
+fn note_edge(session: &Session, edges: &mut Vec<String>) {
+    let edge = session.edge();
+    let at = edge.invite.authority();
+    if edges.last() == Some(&at) {
+        return;
+    }
+    if edge.candidates > 1 {
+        eprintln!(
+            "edge {at}: handshake {:.1} ms, nearest of {}",
+            edge.handshake.as_secs_f64() * 1e3,
+            edge.candidates
+        );
+    }
+    edges.push(at);
 }
 
 /// Prints the room's chat lines that arrived since `printed` (a count of lines ever added) to

@@ -4,9 +4,16 @@
 //! loopback) adds; it is measured in this one process, on one clock. Ends with one summary line:
 //!
 //! `participants=N rooms=R streams=S p50_ms=… p99_ms=… loss_pct=… relay_cpu_pct=… relay_us_per_datagram=… loadgen_cpu_pct=…`
+//! (with `--edge`, then `local_p50_ms=… local_p99_ms=… trunk_p50_ms=… trunk_p99_ms=… trunk_samples=…`)
 //!
 //! (CPU: percent of one core during the sending phase; the load generator's own share shows
 //! when it, not the relay, is the limit.)
+//!
+//! With `--edge` (repeatable) the participants are spread over several relays of one cluster,
+//! participant i on relay i mod n, so each room spans the edges and part of every stream
+//! crosses a trunk; the summary then adds the latency of the datagrams that crossed a trunk
+//! and of those that did not (`local_p50_ms … trunk_p99_ms`): the difference is what a trunk
+//! hop adds.
 //!
 //! With `--udp` the target is `natter-udp-fanout` (the benchmark's baseline) instead of a relay:
 //! the same participants, sockets, rooms and datagrams over plain UDP.
@@ -18,7 +25,7 @@ use natter_loadgen::{client_config, join};
 use natter_proto::invite::Invite;
 use natter_proto::media::write_rtp;
 use natter_proto::rtp::{AudioLevel, RtpHeader};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -50,6 +57,10 @@ struct Args {
     /// Participants per client UDP socket (a quinn endpoint, or a plain socket with `--udp`).
     #[arg(long, default_value_t = 64)]
     per_endpoint: usize,
+    /// Another relay of the same cluster (an invite; repeatable): participant i joins relay i
+    /// mod (1 + edges), and latency is reported separately for datagrams that crossed a trunk.
+    #[arg(long = "edge")]
+    edges: Vec<String>,
 }
 
 /// Counters shared by all participants.
@@ -57,8 +68,10 @@ struct Args {
 struct Totals {
     sent: AtomicU64,
     received: AtomicU64,
-    /// Latency samples in µs (a bounded reservoir per participant, merged at the end).
+    /// Latency samples in µs (a bounded reservoir per participant, merged at the end): of
+    /// datagrams from a sender on the receiver's own relay, and of those that crossed a trunk.
     samples: Mutex<Vec<u32>>,
+    trunk_samples: Mutex<Vec<u32>>,
 }
 
 /// Where a participant's datagrams go: its QUIC connection, or its plain UDP socket (shared
@@ -78,40 +91,56 @@ impl Link {
     }
 }
 
+/// Which relay (0: the invite's, then each `--edge`) each of our SSRCs joined.
+type Senders = Arc<HashMap<u32, usize>>;
+
 /// Measures what one receiver gets: datagrams from SSRCs not in `ours` (someone else in the
 /// room, such as a test's flooding client) are not counted; the age of the others is sampled
-/// (a bounded reservoir per receiver, merged at the end).
+/// (a bounded reservoir per receiver, merged at the end), apart for senders on another relay
+/// than the receiver's `edge` (their datagrams crossed a trunk).
 struct Measure {
-    ours: Arc<HashSet<u32>>,
+    ours: Senders,
+    edge: usize,
     epoch: Instant,
     totals: Arc<Totals>,
     local: Vec<u32>,
+    trunked: Vec<u32>,
 }
 
+/// Samples each receiver keeps of each kind.
+const RESERVOIR: usize = 4096;
+
 impl Measure {
-    fn new(ours: Arc<HashSet<u32>>, epoch: Instant, totals: Arc<Totals>) -> Self {
+    fn new(ours: Senders, edge: usize, epoch: Instant, totals: Arc<Totals>) -> Self {
         Self {
             ours,
+            edge,
             epoch,
             totals,
-            local: Vec::with_capacity(4096),
+            local: Vec::with_capacity(RESERVOIR),
+            trunked: Vec::new(),
         }
     }
 
     fn record(&mut self, d: &[u8]) {
-        if !d
+        let Some(sender_edge) = d
             .get(1..)
             .and_then(natter_proto::rtp::peek_ssrc)
-            .is_some_and(|s| self.ours.contains(&s))
-        {
+            .and_then(|s| self.ours.get(&s).copied())
+        else {
             return;
-        }
+        };
         // Stamp: the first 8 payload bytes after the 20-byte header (flow + RTP + ext).
         if let Some(stamp) = d.get(21..29) {
             let sent = u64::from_be_bytes(stamp.try_into().expect("8 bytes"));
             let now = self.epoch.elapsed().as_micros() as u64;
-            if self.local.len() < 4096 {
-                self.local.push(now.saturating_sub(sent) as u32);
+            let kept = if sender_edge == self.edge {
+                &mut self.local
+            } else {
+                &mut self.trunked
+            };
+            if kept.len() < RESERVOIR {
+                kept.push(now.saturating_sub(sent) as u32);
             }
             self.totals.received.fetch_add(1, Relaxed);
         }
@@ -120,12 +149,13 @@ impl Measure {
 
 impl Drop for Measure {
     fn drop(&mut self) {
-        let local = std::mem::take(&mut self.local);
-        self.totals
-            .samples
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(local);
+        let lock = |m: &Mutex<Vec<u32>>, v: &mut Vec<u32>| {
+            m.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(std::mem::take(v));
+        };
+        lock(&self.totals.samples, &mut self.local);
+        lock(&self.totals.trunk_samples, &mut self.trunked);
     }
 }
 
@@ -134,7 +164,7 @@ impl Drop for Measure {
 async fn participant(
     link: Link,
     ssrc: u32,
-    ours: Arc<HashSet<u32>>,
+    ours: Senders,
     epoch: Instant,
     until: Instant,
     payload: usize,
@@ -143,7 +173,8 @@ async fn participant(
     let receiver = match &link {
         Link::Quic(conn) => {
             let conn = conn.clone();
-            let mut measure = Measure::new(ours, epoch, totals.clone());
+            let edge = ours.get(&ssrc).copied().unwrap_or_default();
+            let mut measure = Measure::new(ours, edge, epoch, totals.clone());
             Some(tokio::spawn(async move {
                 while let Ok(d) = conn.read_datagram().await {
                     measure.record(&d);
@@ -261,18 +292,20 @@ fn percentile(sorted: &[u32], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0
 }
 
-/// Connects and joins every participant to the relay at `addr`, a bounded number at a time.
+/// Connects and joins every participant to its relay (participant i to `relays[i % n]`: an
+/// address and its pinned certificate), a bounded number at a time. Returns each one's link,
+/// SSRC and relay.
 async fn join_quic(
     args: &Args,
-    addr: std::net::SocketAddr,
-    fp: Option<[u8; 32]>,
-) -> anyhow::Result<Vec<(Link, u32)>> {
-    let config = client_config(fp.context("a pinned certificate")?)?;
+    relays: &[(std::net::SocketAddr, [u8; 32])],
+) -> anyhow::Result<Vec<(Link, u32, usize)>> {
+    let configs = relays
+        .iter()
+        .map(|(_, fp)| client_config(*fp))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut endpoints = Vec::new();
     for _ in 0..args.participants.div_ceil(args.per_endpoint) {
-        let mut e = quinn::Endpoint::client("0.0.0.0:0".parse()?)?;
-        e.set_default_client_config(config.clone());
-        endpoints.push(e);
+        endpoints.push(quinn::Endpoint::client("0.0.0.0:0".parse()?)?);
     }
     let mut joined = Vec::with_capacity(args.participants);
     for chunk in (0..args.participants).collect::<Vec<_>>().chunks(50) {
@@ -280,10 +313,12 @@ async fn join_quic(
         for &i in chunk {
             let endpoint = endpoints[i / args.per_endpoint].clone();
             let room = format!("load-{}", i / args.room_size);
+            let edge = i % relays.len();
+            let (addr, config) = (relays[edge].0, configs[edge].clone());
             tasks.push(tokio::spawn(async move {
-                let conn = endpoint.connect(addr, "natter-relay")?.await?;
+                let conn = endpoint.connect_with(config, addr, "natter-relay")?.await?;
                 let ssrc = join(&conn, &room, &format!("p{i}")).await?;
-                anyhow::Ok((Link::Quic(conn), ssrc))
+                anyhow::Ok((Link::Quic(conn), ssrc, edge))
             }));
         }
         for t in tasks {
@@ -293,33 +328,55 @@ async fn join_quic(
     Ok(joined)
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let (authority, fp) = if args.udp {
-        (args.invite.clone(), None)
-    } else {
-        let invite: Invite = args.invite.parse().context("bad invite")?;
-        let fp = invite
-            .fingerprint
-            .context("the invite must pin the relay's certificate (fp=…)")?;
-        (invite.authority(), Some(fp))
-    };
-    if args.room_size < 2 || args.participants < args.room_size {
-        bail!("need --room-size ≥ 2 and --participants ≥ --room-size");
-    }
-    let addr = tokio::net::lookup_host(authority.as_str())
+/// The address and pinned certificate of the relay an invite names.
+async fn relay_of(invite: &str) -> anyhow::Result<(std::net::SocketAddr, [u8; 32])> {
+    let invite: Invite = invite
+        .parse()
+        .with_context(|| format!("bad invite {invite}"))?;
+    let fp = invite
+        .fingerprint
+        .context("the invite must pin the relay's certificate (fp=…)")?;
+    let addr = tokio::net::lookup_host(invite.authority().as_str())
         .await?
         .next()
         .context("relay address")?;
+    Ok((addr, fp))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.room_size < 2 || args.participants < args.room_size {
+        bail!("need --room-size ≥ 2 and --participants ≥ --room-size");
+    }
+    if args.udp && !args.edges.is_empty() {
+        bail!("--edge needs relays, not the UDP fan-out");
+    }
     let mut udp_sockets = Vec::new();
     let joined = if args.udp {
+        let addr = tokio::net::lookup_host(args.invite.as_str())
+            .await?
+            .next()
+            .context("fan-out address")?;
         let (joined, sockets) =
             join_udp(addr, args.participants, args.per_endpoint, args.room_size).await?;
         udp_sockets = sockets;
         joined
+            .into_iter()
+            .map(|(link, ssrc)| (link, ssrc, 0))
+            .collect()
     } else {
-        join_quic(&args, addr, fp).await?
+        let mut relays = vec![relay_of(&args.invite).await?];
+        for edge in &args.edges {
+            relays.push(relay_of(edge).await?);
+        }
+        let joined = join_quic(&args, &relays).await?;
+        if relays.len() > 1 {
+            // Trunks open once the edges have written their rooms to the directory and read
+            // back each other's.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        joined
     };
     let rooms = args.participants.div_ceil(args.room_size);
     let full_room_members = (args.participants / args.room_size) * args.room_size;
@@ -333,13 +390,18 @@ async fn main() -> anyhow::Result<()> {
     let cpu_start = args.relay_pid.and_then(cpu_seconds);
     let own_start = cpu_seconds(std::process::id());
     let wall_start = Instant::now();
-    let ours: Arc<HashSet<u32>> = Arc::new(joined.iter().map(|(_, ssrc)| *ssrc).collect());
+    let ours: Senders = Arc::new(
+        joined
+            .iter()
+            .map(|(_, ssrc, edge)| (*ssrc, *edge))
+            .collect(),
+    );
     // Over UDP one receiver per socket measures for all its participants.
     let udp_receivers: Vec<_> = udp_sockets
         .iter()
         .map(|socket| {
             let socket = socket.clone();
-            let mut measure = Measure::new(ours.clone(), epoch, totals.clone());
+            let mut measure = Measure::new(ours.clone(), 0, epoch, totals.clone());
             let end = until + Duration::from_millis(300);
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 2048];
@@ -352,7 +414,7 @@ async fn main() -> anyhow::Result<()> {
         })
         .collect();
     let mut tasks = Vec::new();
-    for (link, ssrc) in joined {
+    for (link, ssrc, _) in joined {
         tasks.push(tokio::spawn(participant(
             link,
             ssrc,
@@ -389,7 +451,13 @@ async fn main() -> anyhow::Result<()> {
     } else {
         0.0
     };
-    let mut samples = std::mem::take(&mut *totals.samples.lock().expect("not poisoned"));
+    let take = |m: &Mutex<Vec<u32>>| {
+        let mut v = std::mem::take(&mut *m.lock().expect("not poisoned"));
+        v.sort_unstable();
+        v
+    };
+    let (local, trunked) = (take(&totals.samples), take(&totals.trunk_samples));
+    let mut samples: Vec<u32> = local.iter().chain(&trunked).copied().collect();
     samples.sort_unstable();
     let percent = |start: Option<f64>, end: Option<f64>| match (start, end) {
         (Some(a), Some(b)) => format!("{:.1}", (b - a) / wall * 100.0),
@@ -402,11 +470,22 @@ async fn main() -> anyhow::Result<()> {
         (Some(a), Some(b)) if received > 0.0 => format!("{:.2}", (b - a) * 1e6 / received),
         _ => "n/a".into(),
     };
-    println!(
+    let mut line = format!(
         "participants={} rooms={rooms} streams={streams} p50_ms={:.3} p99_ms={:.3} loss_pct={loss:.3} relay_cpu_pct={cpu} relay_us_per_datagram={per_datagram} loadgen_cpu_pct={own}",
         args.participants,
         percentile(&samples, 0.5),
         percentile(&samples, 0.99),
     );
+    if !args.edges.is_empty() {
+        line += &format!(
+            " local_p50_ms={:.3} local_p99_ms={:.3} trunk_p50_ms={:.3} trunk_p99_ms={:.3} trunk_samples={}",
+            percentile(&local, 0.5),
+            percentile(&local, 0.99),
+            percentile(&trunked, 0.5),
+            percentile(&trunked, 0.99),
+            trunked.len(),
+        );
+    }
+    println!("{line}");
     Ok(())
 }

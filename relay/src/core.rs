@@ -437,7 +437,8 @@ impl<H: Clone> RelayCore<H> {
                 | Message::ParticipantJoined(_)
                 | Message::ParticipantLeft { .. }
                 | Message::MuteChanged { .. }
-                | Message::ChatMessage { .. }),
+                | Message::ChatMessage { .. }
+                | Message::Edges { .. }),
             ) => Outcome::fatal(
                 ErrorCode::ProtocolViolation,
                 format!("clients may not send {}", message_name(&m)),
@@ -1065,6 +1066,7 @@ fn message_name(m: &Message) -> &'static str {
         Message::ParticipantLeft { .. } => "ParticipantLeft",
         Message::MuteChanged { .. } => "MuteChanged",
         Message::ChatMessage { .. } => "ChatMessage",
+        Message::Edges { .. } => "Edges",
         _ => "this message",
     }
 }

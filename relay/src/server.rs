@@ -9,14 +9,14 @@ use crate::admission::{Admission, Admissions};
 use crate::bucket::TokenBucket;
 use crate::cluster::DirectoryConfig;
 use crate::cluster::directory::{Health, RelayRecord};
-use crate::cluster::store::{DirectoryHandle, Store, StoreError};
+use crate::cluster::store::{DirectoryHandle, Feeds, Store, StoreError};
 use crate::cluster::trunk::{Mesh, TRUNK_ALPN, TrunkConfig};
 use crate::core::{Close, ConnId, Limits, RelayCore};
 use crate::fresh_queue::{FreshQueue, Ready};
 use crate::identity::Identity;
 use crate::reset_key::ResetKey;
 use crate::stats::{HandshakeFailure, RelayStats, StatsSnapshot};
-use natter_proto::control::{ErrorCode, FrameDecoder, Message};
+use natter_proto::control::{ClusterEdge, ErrorCode, FrameDecoder, Message};
 use natter_proto::invite::Invite;
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{Connection, Endpoint, TransportConfig, VarInt};
@@ -422,6 +422,9 @@ pub(crate) struct Shared {
     mesh: Option<Mesh>,
     /// The relay's endpoints, which also dial trunks.
     endpoints: std::sync::OnceLock<Vec<Endpoint>>,
+    /// The cluster's live edges as the directory last listed them (empty: a lone relay), told
+    /// to each client after its Welcome and again to everyone when the list changes.
+    edges: Mutex<Vec<ClusterEdge>>,
 }
 
 impl crate::metrics::Source for Shared {
@@ -460,6 +463,33 @@ impl Shared {
     pub(crate) fn core(&self) -> std::sync::MutexGuard<'_, RelayCore<Peer>> {
         // A panic elsewhere must not take forwarding down with a poisoned lock.
         self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The cluster's edges, for a client that just joined (`None`: a lone relay).
+    fn edges_message(&self) -> Option<Message> {
+        let edges = self.edges.lock().unwrap_or_else(|p| p.into_inner());
+        (!edges.is_empty()).then(|| Message::Edges {
+            edges: edges.clone(),
+        })
+    }
+
+    /// The directory listed the cluster's live relays: when that changes the list, everyone
+    /// connected hears the new one.
+    fn set_edges(&self, edges: Vec<ClusterEdge>) {
+        {
+            let mut current = self.edges.lock().unwrap_or_else(|p| p.into_inner());
+            if *current == edges {
+                return;
+            }
+            info!(edges = edges.len(), "the cluster's edges changed");
+            *current = edges;
+        }
+        let core = self.core();
+        if let Some(message) = self.edges_message() {
+            for peer in core.handles() {
+                peer.control.send(message.clone(), &self.stats);
+            }
+        }
     }
 
     fn admissions(&self) -> std::sync::MutexGuard<'_, Admissions> {
@@ -639,6 +669,7 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
         rooms_changed: Arc::default(),
         mesh,
         endpoints: std::sync::OnceLock::new(),
+        edges: Mutex::default(),
     });
     let mut endpoints = Vec::new();
     for socket in sockets {
@@ -770,8 +801,9 @@ impl RelayHandle {
             let rooms = core.room_names().map(str::to_string).collect();
             (rooms, core.participant_count() as u32)
         });
-        // With trunks, what the directory says about our rooms' other relays goes to the mesh.
-        let feed = self.shared.mesh.is_some().then(|| {
+        // With trunks, what the directory says about our rooms' other relays goes to the mesh;
+        // the cluster's live relays go to our clients.
+        let peers = self.shared.mesh.is_some().then(|| {
             let shared = self.shared.clone();
             Box::new(move |rooms| {
                 if let Some(mesh) = shared.mesh() {
@@ -779,13 +811,21 @@ impl RelayHandle {
                 }
             }) as crate::cluster::store::PeersFeed
         });
+        let shared = self.shared.clone();
+        let edges = Box::new(move |relays: Vec<RelayRecord>| {
+            shared.set_edges(crate::cluster::directory::cluster_edges(&relays));
+        });
+        let feeds = Feeds {
+            peers,
+            edges: Some(edges),
+        };
         Ok(DirectoryHandle::spawn(
             Store::open(&config.url)?,
             record,
             config.ttl,
             local,
             self.shared.rooms_changed.clone(),
-            feed,
+            feeds,
         ))
     }
 
@@ -1167,6 +1207,11 @@ async fn read_control(
                 // the order the core decided them (a Welcome before the notice that someone in its
                 // roster left, even when that someone's task runs at the same moment).
                 dispatch(outcome.sends, &shared.stats);
+                if joined.is_some()
+                    && let Some(edges) = shared.edges_message()
+                {
+                    peer.control.send(edges, &shared.stats);
+                }
                 let evicted = !outcome.evict.is_empty();
                 for (peer, why) in outcome.evict {
                     peer.control.close(why);

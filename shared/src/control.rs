@@ -148,6 +148,22 @@ pub struct Participant {
     pub muted: bool,
 }
 
+/// Most edges an [`Message::Edges`] list holds.
+pub const MAX_CLUSTER_EDGES: usize = 32;
+
+/// A live edge of the relay's cluster, as the relay read it from its directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterEdge {
+    /// Where it is and its certificate.
+    pub edge: crate::invite::Edge,
+    /// Its region label (`eu-west`), for people to read.
+    pub region: String,
+}
+
+/// Longest edge (`host:port~fingerprint`) an [`Message::Edges`] entry may hold: a 253-byte
+/// DNS name, brackets, a port and a pin.
+const MAX_EDGE_LEN: usize = 253 + 2 + 6 + 65;
+
 /// A control message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
@@ -187,6 +203,10 @@ pub enum Message {
     Chat { text: String },
     /// Relay → clients: participant `id` wrote `text`.
     ChatMessage { id: u64, text: String },
+    /// Relay → client, after Welcome and when it changes, from a relay in a cluster: the
+    /// cluster's live edges (the sender included, at most [`MAX_CLUSTER_EDGES`]), so a client
+    /// whose invite named one edge can still move to another when its edge fails.
+    Edges { edges: Vec<ClusterEdge> },
     /// Either direction: measure RTT and clock offset. Times are the sender's wall clock in
     /// microseconds since the Unix epoch.
     Ping { nonce: u64, sent_micros: u64 },
@@ -213,6 +233,10 @@ pub enum ControlError {
     BadUtf8,
     #[error("{field} is longer than {max} bytes")]
     FieldTooLong { field: &'static str, max: usize },
+    #[error("edge {0:?} is not HOST:PORT~FINGERPRINT")]
+    BadEdge(String),
+    #[error("more than {MAX_CLUSTER_EDGES} edges")]
+    TooManyEdges,
 }
 
 mod kind {
@@ -230,6 +254,7 @@ mod kind {
     pub const ERROR: u64 = 0x0c;
     pub const CHAT: u64 = 0x0d;
     pub const CHAT_MESSAGE: u64 = 0x0e;
+    pub const EDGES: u64 = 0x0f;
 }
 
 /// Cursor over a message body.
@@ -378,6 +403,21 @@ impl Message {
                 id: r.varint()?,
                 text: r.string("chat text", MAX_CHAT_LEN)?,
             },
+            kind::EDGES => {
+                let count = r.varint()?;
+                if count > MAX_CLUSTER_EDGES as u64 {
+                    return Err(ControlError::TooManyEdges);
+                }
+                let edges = (0..count)
+                    .map(|_| {
+                        let text = r.string("edge", MAX_EDGE_LEN)?;
+                        let edge = text.parse().map_err(|_| ControlError::BadEdge(text))?;
+                        let region = r.string("region", MAX_NAME_LEN)?;
+                        Ok(ClusterEdge { edge, region })
+                    })
+                    .collect::<Result<_, ControlError>>()?;
+                Self::Edges { edges }
+            }
             other => Self::Unknown { kind: other },
         })
     }
@@ -471,6 +511,14 @@ impl Message {
                 varint::encode(kind::CHAT_MESSAGE, out);
                 varint::encode(*id, out);
                 put_string(text, out);
+            }
+            Self::Edges { edges } => {
+                varint::encode(kind::EDGES, out);
+                varint::encode(edges.len() as u64, out);
+                for e in edges {
+                    put_string(&e.edge.to_string(), out);
+                    put_string(&e.region, out);
+                }
             }
             Self::Unknown { kind } => varint::encode(*kind, out),
         }
@@ -726,6 +774,27 @@ pub(crate) mod tests {
             .prop_filter("valid names only", |s| valid_name(s))
     }
 
+    fn cluster_edges() -> impl Strategy<Value = ClusterEdge> {
+        let host = prop_oneof![
+            "[a-z0-9]{1,20}(\\.[a-z0-9]{1,20}){0,3}",
+            any::<std::net::Ipv6Addr>().prop_map(|a| a.to_string()),
+        ];
+        (
+            host,
+            1u16..,
+            any::<Option<[u8; 32]>>(),
+            string_within(MAX_NAME_LEN),
+        )
+            .prop_map(|(host, port, fingerprint, region)| ClusterEdge {
+                edge: crate::invite::Edge {
+                    host,
+                    port,
+                    fingerprint,
+                },
+                region,
+            })
+    }
+
     fn participants() -> impl Strategy<Value = Participant> {
         participants_named(valid_names())
     }
@@ -813,7 +882,9 @@ pub(crate) mod tests {
             string_within(MAX_CHAT_LEN).prop_map(|text| Message::Chat { text }),
             (id, string_within(MAX_CHAT_LEN))
                 .prop_map(|(id, text)| Message::ChatMessage { id, text }),
-            (kind::CHAT_MESSAGE + 1..=varint::MAX).prop_map(|kind| Message::Unknown { kind }),
+            proptest::collection::vec(cluster_edges(), 0..=MAX_CLUSTER_EDGES)
+                .prop_map(|edges| Message::Edges { edges }),
+            (kind::EDGES + 1..=varint::MAX).prop_map(|kind| Message::Unknown { kind }),
         ]
     }
 

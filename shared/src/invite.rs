@@ -1,4 +1,9 @@
-//! Invite links: `natter://HOST[:PORT][/ROOM]?fp=SHA256HEX[&token=TOKEN]`.
+//! Invite links: `natter://HOST[:PORT][/ROOM]?fp=SHA256HEX[&token=TOKEN][&edge=HOST:PORT~SHA256HEX]…`.
+//!
+//! An invite to a cluster names more edges with `edge=` (each with its own certificate
+//! fingerprint after `~`, `~` being unreserved in RFC 3986): the client measures the round
+//! trip to each and joins the nearest, and moves to the next one when its edge fails
+//! ([`Invite::candidates`]).
 //!
 //! The fingerprint pins the relay's certificate (SHA-256 of its DER encoding), so a
 //! self-signed relay is as safe to reach as one with a WebPKI certificate: whoever holds the
@@ -15,6 +20,55 @@ pub const SCHEME: &str = "natter://";
 /// Port used when a link names none.
 pub const DEFAULT_PORT: u16 = 4433;
 
+/// Most edges one invite may name besides its host: a link stays short enough to paste, and a
+/// client probes them all at once.
+pub const MAX_EDGES: usize = 16;
+
+/// Another relay of the same cluster that an invite (or the relay itself) names.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Edge {
+    /// Host name or IP address (IPv6 without brackets).
+    pub host: String,
+    pub port: u16,
+    /// SHA-256 of its certificate, if pinned (each edge has its own).
+    pub fingerprint: Option<[u8; 32]>,
+}
+
+impl Edge {
+    /// `host:port` suitable for name resolution (IPv6 in brackets).
+    pub fn authority(&self) -> String {
+        authority(&self.host, self.port)
+    }
+}
+
+impl fmt::Display for Edge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.authority())?;
+        if let Some(fp) = &self.fingerprint {
+            write!(f, "~{}", fingerprint_hex(fp))?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Edge {
+    type Err = InviteError;
+
+    /// `HOST:PORT` or `[IPV6]:PORT`, then `~FINGERPRINT` if pinned.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, fp) = match s.split_once('~') {
+            Some((addr, fp)) => (addr, Some(parse_fingerprint(fp)?)),
+            None => (s, None),
+        };
+        let (host, port) = parse_authority(addr)?;
+        Ok(Self {
+            host,
+            port,
+            fingerprint: fp,
+        })
+    }
+}
+
 /// A parsed invite link.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invite {
@@ -25,6 +79,8 @@ pub struct Invite {
     /// SHA-256 of the relay certificate, if pinned.
     pub fingerprint: Option<[u8; 32]>,
     pub token: Option<String>,
+    /// The cluster's other edges (at most [`MAX_EDGES`]), if the invite names any.
+    pub edges: Vec<Edge>,
 }
 
 /// What is wrong with an invite link; each variant names the part at fault.
@@ -46,6 +102,10 @@ pub enum InviteError {
     BadEncoding(&'static str),
     #[error("invite room name is not valid ({})", crate::control::NAME_RULE)]
     BadRoom,
+    #[error("invite names more than {MAX_EDGES} edges")]
+    TooManyEdges,
+    #[error("invite edge {0:?} is not HOST:PORT~FINGERPRINT (64 hex digits)")]
+    BadEdge(String),
 }
 
 impl Invite {
@@ -57,17 +117,96 @@ impl Invite {
             room: None,
             fingerprint,
             token: None,
+            edges: Vec::new(),
         }
     }
 
     /// `host:port` suitable for name resolution (IPv6 in brackets).
     pub fn authority(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
+        authority(&self.host, self.port)
+    }
+
+    /// Where this invite can be joined, one single-relay invite each: its own host first,
+    /// then each edge (same room and token, the edge's own pin), without repeats.
+    pub fn candidates(&self) -> Vec<Invite> {
+        let first = Invite {
+            edges: Vec::new(),
+            ..self.clone()
+        };
+        let mut all = vec![first];
+        for edge in &self.edges {
+            let candidate = self.at(edge);
+            if !all.iter().any(|c| c.authority() == candidate.authority()) {
+                all.push(candidate);
+            }
+        }
+        all
+    }
+
+    /// The same room and token at another edge of the cluster.
+    pub fn at(&self, edge: &Edge) -> Invite {
+        Invite {
+            host: edge.host.clone(),
+            port: edge.port,
+            fingerprint: edge.fingerprint,
+            edges: Vec::new(),
+            ..self.clone()
         }
     }
+
+    /// This invite's relay as an edge of its cluster.
+    pub fn edge(&self) -> Edge {
+        Edge {
+            host: self.host.clone(),
+            port: self.port,
+            fingerprint: self.fingerprint,
+        }
+    }
+}
+
+fn authority(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// `HOST[:PORT]` or `[IPV6][:PORT]` (port [`DEFAULT_PORT`] when absent), checked: what an
+/// invite's authority and each of its edges hold, and what the relays publish as their
+/// address.
+pub fn parse_authority(authority: &str) -> Result<(String, u16), InviteError> {
+    let (host, port_str) = if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6.split_once(']').ok_or(InviteError::BadIpv6)?;
+        if host.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(InviteError::BadIpv6);
+        }
+        let port = match after {
+            "" => None,
+            _ => Some(after.strip_prefix(':').ok_or(InviteError::BadIpv6)?),
+        };
+        (host, port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(InviteError::MissingHost);
+    }
+    if !valid_host(host) {
+        return Err(InviteError::BadHost(host.to_string()));
+    }
+    let port = match port_str {
+        None => DEFAULT_PORT,
+        Some(p) => Some(p)
+            .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|p| p.parse::<u16>().ok())
+            .filter(|p| *p != 0)
+            .ok_or_else(|| InviteError::BadPort(p.to_string()))?,
+    };
+    Ok((host.to_string(), port))
 }
 
 /// SHA-256 of a DER certificate: the value invite links pin. The relay computes it for its
@@ -171,36 +310,7 @@ impl FromStr for Invite {
         let (before_query, query) = rest.split_once('?').unwrap_or((rest, ""));
         let (authority, path) = before_query.split_once('/').unwrap_or((before_query, ""));
 
-        let (host, port_str) = if let Some(v6) = authority.strip_prefix('[') {
-            let (host, after) = v6.split_once(']').ok_or(InviteError::BadIpv6)?;
-            if host.parse::<std::net::Ipv6Addr>().is_err() {
-                return Err(InviteError::BadIpv6);
-            }
-            let port = match after {
-                "" => None,
-                _ => Some(after.strip_prefix(':').ok_or(InviteError::BadIpv6)?),
-            };
-            (host, port)
-        } else {
-            match authority.rsplit_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (authority, None),
-            }
-        };
-        if host.is_empty() {
-            return Err(InviteError::MissingHost);
-        }
-        if !valid_host(host) {
-            return Err(InviteError::BadHost(host.to_string()));
-        }
-        let port = match port_str {
-            None => DEFAULT_PORT,
-            Some(p) => Some(p)
-                .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|p| p.parse::<u16>().ok())
-                .filter(|p| *p != 0)
-                .ok_or_else(|| InviteError::BadPort(p.to_string()))?,
-        };
+        let (host, port) = parse_authority(authority)?;
         let path = path.trim_end_matches('/');
         let room = if path.is_empty() {
             None
@@ -214,21 +324,30 @@ impl FromStr for Invite {
 
         let mut fingerprint = None;
         let mut token = None;
+        let mut edges: Vec<Edge> = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             match key {
                 "fp" => fingerprint = Some(parse_fingerprint(value)?),
                 "token" => token = Some(percent_decode(value, "token")?),
+                "edge" => {
+                    if edges.len() == MAX_EDGES {
+                        return Err(InviteError::TooManyEdges);
+                    }
+                    let edge = percent_decode(value, "edge")?;
+                    edges.push(edge.parse().map_err(|_| InviteError::BadEdge(edge))?);
+                }
                 // Parameters from newer versions are ignored.
                 _ => {}
             }
         }
         Ok(Self {
-            host: host.to_string(),
+            host,
             port,
             room,
             fingerprint,
             token,
+            edges,
         })
     }
 }
@@ -246,6 +365,12 @@ impl fmt::Display for Invite {
         }
         if let Some(token) = &self.token {
             write!(f, "{sep}token={}", percent_encode(token))?;
+            sep = '&';
+        }
+        for edge in &self.edges {
+            // Brackets and ':' are kept as they are: a query may hold them (RFC 3986).
+            write!(f, "{sep}edge={edge}")?;
+            sep = '&';
         }
         Ok(())
     }
@@ -348,13 +473,64 @@ mod tests {
         ]
     }
 
+    fn edges() -> impl Strategy<Value = Edge> {
+        (hosts(), 1u16.., any::<Option<[u8; 32]>>()).prop_map(|(host, port, fingerprint)| Edge {
+            host,
+            port,
+            fingerprint,
+        })
+    }
+
+    #[test]
+    fn a_cluster_invite_lists_its_edges_as_candidates_host_first() {
+        let fp2 = FP.replace("00", "22");
+        let link = format!(
+            "natter://a.example:4433/team?fp={FP}&token=t&edge=b.example:4434~{fp2}&edge=[::1]:4435&edge=a.example:4433~{FP}"
+        );
+        let inv: Invite = link.parse().unwrap();
+        assert_eq!(inv.edges.len(), 3);
+        assert_eq!(inv.to_string().parse::<Invite>().unwrap(), inv);
+        let candidates = inv.candidates();
+        let where_: Vec<String> = candidates.iter().map(Invite::authority).collect();
+        // The repeat of the host itself is not probed twice.
+        assert_eq!(where_, ["a.example:4433", "b.example:4434", "[::1]:4435"]);
+        assert!(candidates.iter().all(|c| c.edges.is_empty()
+            && c.room.as_deref() == Some("team")
+            && c.token.as_deref() == Some("t")));
+        assert_eq!(
+            candidates[1].fingerprint,
+            Some(parse_fingerprint(&fp2).unwrap())
+        );
+        assert_eq!(candidates[2].fingerprint, None);
+    }
+
+    #[test]
+    fn a_bad_edge_is_named() {
+        use InviteError::*;
+        assert_eq!(
+            "natter://h:1?edge=b:0".parse::<Invite>(),
+            Err(BadEdge("b:0".into()))
+        );
+        assert_eq!(
+            "natter://h:1?edge=b:1~abc".parse::<Invite>(),
+            Err(BadEdge("b:1~abc".into()))
+        );
+        let many: String = (0..=MAX_EDGES).map(|i| format!("&edge=e{i}:1")).collect();
+        assert_eq!(
+            format!("natter://h:1?x{many}").parse::<Invite>(),
+            Err(TooManyEdges)
+        );
+    }
+
     proptest! {
         /// Every valid invite prints as a link that parses back to the same invite: any host
-        /// form, any port, any valid room name (percent-encoded), any fingerprint and token.
+        /// form, any port, any valid room name (percent-encoded), any fingerprint and token,
+        /// and up to [`MAX_EDGES`] edges.
         #[test]
         fn any_valid_invite_round_trips(host in hosts(), port in 1u16.., room in proptest::option::of(crate::control::tests::valid_names()),
-                                        fingerprint: Option<[u8; 32]>, token in proptest::option::of(tokens())) {
-            let inv = Invite { host, port, room, fingerprint, token };
+                                        fingerprint: Option<[u8; 32]>, token in proptest::option::of(tokens()),
+                                        edges in proptest::collection::vec(edges(), 0..=MAX_EDGES)) {
+            let inv = Invite { host, port, room, fingerprint, token, edges };
             let link = inv.to_string();
             prop_assert_eq!(link.parse::<Invite>(), Ok(inv), "{}", link);
         }
@@ -369,7 +545,7 @@ mod tests {
         fn display_round_trips(host in "[a-z0-9][a-z0-9.-]{0,19}", port in 1u16.., room in proptest::option::of("[^\\p{Cc}/?]{1,20}"),
                                fp: Option<[u8; 32]>, token in proptest::option::of("[ -~]{1,30}")) {
             prop_assume!(room.as_ref().is_none_or(|r| crate::control::valid_name(r)));
-            let inv = Invite { host, port, room, fingerprint: fp, token };
+            let inv = Invite { host, port, room, fingerprint: fp, token, edges: Vec::new() };
             prop_assert_eq!(inv.to_string().parse::<Invite>().unwrap(), inv);
         }
     }

@@ -954,6 +954,8 @@ pub struct CallStats {
     pub peers: Vec<PeerStats>,
     pub listeners: Vec<ListenerStats>,
     pub chat: Vec<ChatLine>,
+    /// Every edge the call was on, in order (`host:port`).
+    pub edges: Vec<String>,
 }
 
 /// One entry of [`CallStats::chat`].

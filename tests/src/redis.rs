@@ -89,3 +89,22 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// An edge of a cluster with trunks: in the directory at `redis` as `edge-{node}` (region
+/// `region-{node}`, a 3 s TTL), `--cluster-secret secret`, node `node`.
+pub fn mesh_edge(redis: &RedisServer, node: u8, secret: &str) -> crate::RelayProcess {
+    crate::RelayProcess::start_with(&[
+        "--directory",
+        &redis.url(),
+        "--relay-id",
+        &format!("edge-{node}"),
+        "--region",
+        &format!("region-{node}"),
+        "--directory-ttl",
+        "3",
+        "--cluster-secret",
+        secret,
+        "--node",
+        &node.to_string(),
+    ])
+}

@@ -1,7 +1,7 @@
 //! Relays in a cluster: the directory on a private Redis (unix socket, no TCP port), relays
 //! as real processes.
 
-use natter_e2e::redis::RedisServer;
+use natter_e2e::redis::{RedisServer, mesh_edge};
 use natter_e2e::{
     Call, CallStats, RelayProcess, TempDir, find_signal_windows, read_wav, rms, signal_file,
     tone_file, unix_now_us,
@@ -247,22 +247,6 @@ fn a_call_goes_on_while_redis_is_down() {
 }
 
 const SECRET: &str = "cluster-secret-for-the-tests-0123";
-
-/// An edge with trunks: `--cluster-secret`, node `node`.
-fn mesh_edge(redis: &RedisServer, node: u8, secret: &str) -> RelayProcess {
-    RelayProcess::start_with(&[
-        "--directory",
-        &redis.url(),
-        "--relay-id",
-        &format!("edge-{node}"),
-        "--directory-ttl",
-        "3",
-        "--cluster-secret",
-        secret,
-        "--node",
-        &node.to_string(),
-    ])
-}
 
 /// One room over three edges: Alice speaks on edge 1; Bob and Bea listen on edge 2, Carol on
 /// edge 3. Everyone hears her (cross-correlation), everyone's roster names everyone (Alice

@@ -31,7 +31,7 @@ pub fn join_failure(error: &ConnectError, relay: &str, room: &str) -> String {
             "Natter could not set up a secure connection to {relay}. Ask for a new invite link."
         ),
         ConnectError::Refused { code, .. } => refused(*code, relay, room),
-        ConnectError::Lost(_) | ConnectError::Reset => format!(
+        ConnectError::Lost(_) | ConnectError::Reset | ConnectError::Silent(_) => format!(
             "The connection to {relay} broke while joining. Check your network and join again."
         ),
         ConnectError::Local(_) => {

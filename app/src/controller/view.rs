@@ -53,12 +53,14 @@ impl Controller {
         let stats = session.stats();
         let state = session.state();
         let joined = session.joined();
+        let edge = session.edge();
         let input = ViewInput {
             stats: &stats,
             state: &state,
             joined: &joined,
             devices: session.device_names(),
             invite: self.target.as_ref().map(|t| &t.invite),
+            edge: Some(&edge),
             controls: &self.controls,
             push_to_talk: self.push_to_talk(),
         };

@@ -94,6 +94,8 @@ pub struct ViewInput<'a> {
     pub devices: Option<(String, String)>,
     /// The invite we joined with (for the relay's name and the invite others can use).
     pub invite: Option<&'a Invite>,
+    /// The edge the session is on.
+    pub edge: Option<&'a crate::session::EdgeChoice>,
     pub controls: &'a Controls,
     pub push_to_talk: bool,
 }
@@ -230,7 +232,7 @@ impl ViewModel {
             .unwrap_or_default();
         let view = CallView {
             room: joined.room.clone(),
-            relay: input.invite.map(Invite::authority).unwrap_or_default(),
+            relay: relay_label(input.edge, input.invite, state),
             share_invite,
             needs_token,
             participants,
@@ -340,6 +342,33 @@ impl ViewModel {
 
 /// A hash of what the call screen draws from `view` (the microphone level in 3–6 dB steps),
 /// so the controller wakes the UI only when the picture would change.
+/// Where the call is, as the header says it: the relay's address, or for a cluster the edge
+/// the session chose (with its region, when the relays named one) out of how many.
+fn relay_label(
+    edge: Option<&crate::session::EdgeChoice>,
+    invite: Option<&Invite>,
+    state: &CallState,
+) -> String {
+    let Some(edge) = edge else {
+        return invite.map(Invite::authority).unwrap_or_default();
+    };
+    let at = edge.invite.authority();
+    let known = state.edges.len().max(edge.candidates);
+    if known <= 1 {
+        return at;
+    }
+    let region = state
+        .edges
+        .iter()
+        .find(|e| e.edge.authority() == at)
+        .map(|e| e.region.as_str())
+        .filter(|r| !r.is_empty());
+    match region {
+        Some(region) => format!("edge {region} ({at}), nearest of {known}"),
+        None => format!("edge {at}, nearest of {known}"),
+    }
+}
+
 fn visible_digest(view: &CallView, stats_generation: u64) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -542,6 +571,7 @@ pub(super) mod tests {
                 joined: &self.joined,
                 devices: None,
                 invite: Some(&invite),
+                edge: None,
                 controls: &self.controls,
                 push_to_talk: false,
             };
@@ -629,6 +659,50 @@ pub(super) mod tests {
         // Nothing moved: no reason to redraw.
         assert!(update.changed);
         assert!(!call.at(100, &state, &EngineStats::default()).changed);
+    }
+
+    #[test]
+    fn the_header_names_the_edge_its_region_and_how_many_there_were() {
+        use natter_proto::control::ClusterEdge;
+        let invite: Invite = "natter://a.example:4433/lobby?edge=b.example:4434"
+            .parse()
+            .unwrap();
+        let mut state = room(&[person(1, "me")]);
+        let lone = crate::session::EdgeChoice {
+            invite: invite.candidates()[0].clone(),
+            handshake: Duration::from_millis(3),
+            candidates: 1,
+        };
+        assert_eq!(
+            relay_label(Some(&lone), Some(&invite), &state),
+            "a.example:4433"
+        );
+        let edge = crate::session::EdgeChoice {
+            invite: invite.candidates()[1].clone(),
+            candidates: 2,
+            ..lone
+        };
+        assert_eq!(
+            relay_label(Some(&edge), Some(&invite), &state),
+            "edge b.example:4434, nearest of 2"
+        );
+        // The relays listed three edges, with regions.
+        state.edges = ["a.example:4433", "b.example:4434", "c.example:4435"]
+            .iter()
+            .zip(["eu-west", "us-east", ""])
+            .map(|(at, region)| ClusterEdge {
+                edge: natter_proto::invite::Edge {
+                    host: at.split(':').next().unwrap().into(),
+                    port: at.split(':').nth(1).unwrap().parse().unwrap(),
+                    fingerprint: None,
+                },
+                region: region.into(),
+            })
+            .collect();
+        assert_eq!(
+            relay_label(Some(&edge), Some(&invite), &state),
+            "edge us-east (b.example:4434), nearest of 3"
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! control session on it, and the task that hands its datagrams to the engine. A session
 //! outlives its links: after a loss it opens a new one, and the engine and audio carry on.
 
+use super::nearest::{EdgeRace, Pick};
 use crate::engine::Inbound;
 use crate::transport::control::{self, CallState, Command, JoinRequest, Joined};
 use crate::transport::{ConnectError, connect};
@@ -25,9 +26,91 @@ pub fn send_datagram(path: &MediaPath, datagram: &[u8]) {
     }
 }
 
+/// The edge a connection went to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeChoice {
+    /// The single-relay invite of the edge.
+    pub invite: Invite,
+    /// How long its QUIC handshake took (about one round trip).
+    pub handshake: Duration,
+    /// How many edges were candidates (1: a lone relay).
+    pub candidates: usize,
+}
+
+/// Dials every candidate at once and keeps the nearest ([`EdgeRace`]); the others are
+/// closed. One candidate is simply dialled. When all fail, the first candidate's error is
+/// returned: the relay the invite itself names.
+pub async fn connect_nearest(
+    candidates: &[Invite],
+) -> Result<(Endpoint, Connection, EdgeChoice), ConnectError> {
+    let started = Instant::now();
+    let mut dials = tokio::task::JoinSet::new();
+    for (index, invite) in candidates.iter().enumerate() {
+        let invite = invite.clone();
+        dials.spawn(async move { (index, connect(&invite).await) });
+    }
+    let mut race = EdgeRace::new(candidates.len(), started);
+    let mut connected: Vec<Option<(Endpoint, Connection)>> = vec![None; candidates.len()];
+    let mut first_error = None;
+    loop {
+        let wait = match race.poll(Instant::now()) {
+            Pick::Chosen { index, handshake } => {
+                dials.abort_all();
+                let (endpoint, conn) = connected[index].take().expect("the winner connected");
+                for (_, other) in connected.iter().flatten() {
+                    other.close(0u32.into(), b"another edge was nearer");
+                }
+                tracing::debug!(edge = %candidates[index].authority(), ?handshake, candidates = candidates.len(), "nearest edge");
+                let choice = EdgeChoice {
+                    invite: candidates[index].clone(),
+                    handshake,
+                    candidates: candidates.len(),
+                };
+                return Ok((endpoint, conn, choice));
+            }
+            Pick::AllFailed => {
+                return Err(first_error.map_or_else(
+                    || ConnectError::Unreachable(candidates[0].authority()),
+                    |(_, e)| e,
+                ));
+            }
+            Pick::Wait(until) => until,
+        };
+        let sleep = async {
+            match wait {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            done = dials.join_next() => match done {
+                Some(Ok((index, Ok(pair)))) => {
+                    connected[index] = Some(pair);
+                    race.on_connected(index, Instant::now());
+                }
+                Some(Ok((index, Err(e)))) => {
+                    race.on_failed();
+                    if first_error.as_ref().is_none_or(|(at, _)| index < *at) {
+                        first_error = Some((index, e));
+                    }
+                }
+                Some(Err(join_error)) => {
+                    race.on_failed();
+                    first_error.get_or_insert((usize::MAX, ConnectError::Local(join_error.to_string())));
+                }
+                // Every dial finished: the next poll decides.
+                None => {}
+            },
+            _ = sleep => {}
+        }
+    }
+}
+
 /// A joined connection.
 pub struct Link {
     pub joined: Joined,
+    /// The edge it went to.
+    pub edge: EdgeChoice,
     conn: Connection,
     endpoint: Endpoint,
     control: Option<JoinHandle<Result<(), ConnectError>>>,
@@ -36,15 +119,16 @@ pub struct Link {
 }
 
 impl Link {
-    /// Connects, joins, replaces `state`'s roster with the relay's, and starts forwarding
+    /// Connects to the nearest of `candidates` (the edges of the invite's cluster; one for a
+    /// lone relay), joins, replaces `state`'s roster with the relay's, and starts forwarding
     /// datagrams to `inbound`.
     pub async fn open(
-        invite: &Invite,
+        candidates: &[Invite],
         request: &JoinRequest,
         state: &Arc<Mutex<CallState>>,
         inbound: std::sync::mpsc::Sender<Inbound>,
     ) -> Result<Self, ConnectError> {
-        let (endpoint, conn) = connect(invite).await?;
+        let (endpoint, conn, edge) = connect_nearest(candidates).await?;
         let (stream, joined, roster) = match control::join(&conn, request).await {
             Ok(joined) => joined,
             Err(e) => {
@@ -76,6 +160,7 @@ impl Link {
         };
         Ok(Self {
             joined,
+            edge,
             conn,
             endpoint,
             control: Some(control),

@@ -6,6 +6,8 @@
 //! itself gives up once its policy does.
 
 pub mod link;
+pub mod liveness;
+pub mod nearest;
 pub mod reconnect;
 
 use crate::audio::device::{CpalDevice, DeviceChoice};
@@ -15,7 +17,9 @@ pub use crate::audio::wav::{Input, Record};
 use crate::engine::{Engine, EngineCommand, EngineConfig, EngineRemote, EngineStats, MediaLink};
 use crate::transport::ConnectError;
 use crate::transport::control::{CallState, Command, JoinRequest, Joined};
+pub use link::EdgeChoice;
 use link::{Link, MediaPath};
+use liveness::Liveness;
 use natter_proto::invite::Invite;
 pub use reconnect::LinkStatus;
 use reconnect::{ReconnectPolicy, Verdict};
@@ -118,6 +122,8 @@ struct Shared {
     status: Mutex<LinkStatus>,
     /// The current link's QUIC endpoint, for [`Session::rebind`].
     endpoint: Mutex<quinn::Endpoint>,
+    /// The edge the current (or last) link went to.
+    edge: Mutex<EdgeChoice>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -181,7 +187,8 @@ impl Session {
         };
         let state = Arc::new(Mutex::new(CallState::default()));
         let (inbound_tx, inbound_rx) = std::sync::mpsc::channel();
-        let link = Link::open(&config.invite, &request, &state, inbound_tx.clone()).await?;
+        let candidates = config.invite.candidates();
+        let link = Link::open(&candidates, &request, &state, inbound_tx.clone()).await?;
         let path: MediaPath = Arc::new(Mutex::new(Some(link.connection().clone())));
         let send_path = path.clone();
         let media = MediaLink {
@@ -223,6 +230,7 @@ impl Session {
             joined: Mutex::new(link.joined.clone()),
             status: Mutex::new(LinkStatus::Connected),
             endpoint: Mutex::new(link.endpoint().clone()),
+            edge: Mutex::new(link.edge.clone()),
         });
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let supervisor = Supervisor {
@@ -251,6 +259,11 @@ impl Session {
     /// participant id and SSRC.
     pub fn joined(&self) -> Joined {
         lock(&self.shared.joined).clone()
+    }
+
+    /// The edge the call is on (or was on last): where, how near, and out of how many.
+    pub fn edge(&self) -> EdgeChoice {
+        lock(&self.shared.edge).clone()
     }
 
     /// Moves the call to a new local UDP socket without leaving the room: QUIC connection
@@ -421,6 +434,25 @@ impl Session {
     }
 }
 
+/// UDP datagrams received so far on a connection.
+fn received(conn: &quinn::Connection) -> u64 {
+    conn.stats().udp_rx.datagrams
+}
+
+/// Where the call can go: the invite's edges (its own relay first), then those the relays
+/// listed since, without repeats.
+fn candidates(invite: &Invite, state: &Mutex<CallState>) -> Vec<Invite> {
+    let mut all = invite.candidates();
+    let listed = lock(state).edges.clone();
+    for e in &listed {
+        let candidate = invite.at(&e.edge);
+        if !all.iter().any(|c| c.authority() == candidate.authority()) {
+            all.push(candidate);
+        }
+    }
+    all
+}
+
 fn ended(reason: &str) -> Ended {
     Ended {
         reason: reason.to_string(),
@@ -448,9 +480,25 @@ impl Supervisor {
         mut link: Link,
         mut commands: mpsc::UnboundedReceiver<Command>,
     ) -> Option<Ended> {
+        let mut watch = Liveness::new(received(link.connection()), Instant::now());
+        let mut check = tokio::time::interval(liveness::CHECK_EVERY);
         loop {
+            let conn = link.connection().clone();
+            let (invite, state) = (&self.invite, &self.shared.state);
             let error = tokio::select! {
                 error = link.ended() => error,
+                // Only where there is another edge to go to: a lone relay is given QUIC's idle
+                // timeout, so that a bad few seconds of network cost no rejoin.
+                silent = async {
+                    loop {
+                        check.tick().await;
+                        if candidates(invite, state).len() > 1
+                            && let Some(silent) = watch.observe(received(&conn), Instant::now())
+                        {
+                            break silent;
+                        }
+                    }
+                } => ConnectError::Silent(silent),
                 command = commands.recv() => match command {
                     Some(Command::SetMute(muted)) => {
                         self.muted = muted;
@@ -496,8 +544,9 @@ impl Supervisor {
                 if !self.policy.handle_timeout(Instant::now()) {
                     continue;
                 }
+                let candidates = candidates(&self.invite, &self.shared.state);
                 let open = Link::open(
-                    &self.invite,
+                    &candidates,
                     &self.request,
                     &self.shared.state,
                     self.inbound.clone(),
@@ -531,6 +580,7 @@ impl Supervisor {
                 }
             };
             self.rejoined(&link);
+            watch = Liveness::new(received(link.connection()), Instant::now());
         }
     }
 
@@ -541,6 +591,7 @@ impl Supervisor {
         self.policy.on_connected();
         *lock(&self.shared.joined) = link.joined.clone();
         *lock(&self.shared.endpoint) = link.endpoint().clone();
+        *lock(&self.shared.edge) = link.edge.clone();
         self.engine.command(EngineCommand::Rejoined {
             ssrc: link.joined.ssrc,
         });

@@ -46,6 +46,7 @@ pub fn is_fatal(error: &ConnectError) -> bool {
         | ConnectError::Tls(_)
         | ConnectError::Lost(_)
         | ConnectError::Reset
+        | ConnectError::Silent(_)
         | ConnectError::Local(_) => false,
     }
 }
@@ -115,7 +116,9 @@ impl ReconnectPolicy {
 
     /// The relay reset the connection at `now` ([`ConnectError::Reset`]): it restarted and is
     /// answering, so the first attempt starts at once instead of after [`FIRST_BACKOFF`];
-    /// should it fail, the backoff goes on as after any loss.
+    /// should it fail, the backoff goes on as after any loss. The same for an edge of a
+    /// cluster gone silent ([`ConnectError::Silent`]): the other edges are up, and the attempt
+    /// goes to the nearest that answers.
     pub fn on_reset(&mut self, now: Instant, reason: String) -> Verdict {
         if self.give_up_after == Some(Duration::ZERO) {
             self.state = State::GaveUp(reason);
@@ -134,7 +137,7 @@ impl ReconnectPolicy {
     /// [`Self::on_lost`] otherwise.
     pub fn on_error(&mut self, now: Instant, error: &ConnectError) -> Verdict {
         match error {
-            ConnectError::Reset => self.on_reset(now, error.to_string()),
+            ConnectError::Reset | ConnectError::Silent(_) => self.on_reset(now, error.to_string()),
             _ => self.on_lost(now, error.to_string(), is_fatal(error)),
         }
     }
@@ -380,6 +383,12 @@ mod tests {
         );
         let mut never = ReconnectPolicy::new(Some(Duration::ZERO));
         assert_eq!(never.on_error(t0, &ConnectError::Reset), Verdict::GiveUp);
+        // An edge gone silent: the cluster's other edges are tried at once.
+        let mut policy = ReconnectPolicy::new(None);
+        assert_eq!(
+            policy.on_error(t0, &ConnectError::Silent(secs(1.2))),
+            Verdict::RetryAt(t0)
+        );
     }
 
     #[test]

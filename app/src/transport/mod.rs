@@ -37,6 +37,10 @@ pub enum ConnectError {
     /// up right now and a rejoin can start at once.
     #[error("connection to the relay lost: the relay restarted and reset it")]
     Reset,
+    /// Nothing came from the edge for this long, though keep-alives went out: it died, or
+    /// the path to it did. Another edge of the cluster may be tried at once.
+    #[error("connection to the relay lost: nothing heard from it for {} ms", .0.as_millis())]
+    Silent(Duration),
     #[error("local network error: {0}")]
     Local(String),
     #[error("{0}")]
@@ -83,16 +87,22 @@ impl ConnectError {
 /// How long the connection may go without hearing from the relay before it counts as lost.
 pub const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(6);
 
+/// Keep-alive: a PING after this long without sending anything else (quinn sends one only
+/// when nothing else went out, so a busy call pays nothing). Often enough that the relay's
+/// acknowledgements never pause for long, so a session in a cluster that hears nothing for
+/// [`crate::session::liveness::SILENCE_LIMIT`] can tell a dead edge from a quiet room and move
+/// to another edge; a listener also stays alive on relays with short idle timeouts (the relay
+/// refuses timeouts under 2 s). The cost is a ~45-byte packet four times a second each way
+/// while a client neither talks nor hears anyone.
+pub const KEEP_ALIVE: Duration = Duration::from_millis(250);
+
 /// Client transport settings: keep-alives so the relay's idle timeout never fires during a
 /// call, an idle timeout short enough that a relay that died is noticed (and the app
 /// reconnects) within seconds, and a datagram send queue of a few frames so stale audio is
 /// dropped, not queued.
 fn transport_config() -> TransportConfig {
     let mut t = TransportConfig::default();
-    // Every second of silence: quinn sends a PING only when nothing else went out, so a
-    // busy call pays nothing, and a listener stays alive even on relays with short idle
-    // timeouts (the relay refuses timeouts under 2 s).
-    t.keep_alive_interval(Some(Duration::from_secs(1)));
+    t.keep_alive_interval(Some(KEEP_ALIVE));
     // The effective timeout is the smaller of ours and the relay's. Six seconds is five lost
     // keep-alives in a row: a dead relay, not a bad second of Wi-Fi.
     t.max_idle_timeout(Some(

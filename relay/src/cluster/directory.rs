@@ -10,6 +10,8 @@
 //! a Redis that restarted empty is filled again by the next heartbeat, since each heartbeat
 //! writes the relay's whole state rather than changes.
 
+use natter_proto::control::{ClusterEdge, MAX_CLUSTER_EDGES};
+use natter_proto::invite::{Edge, parse_authority, parse_fingerprint};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
@@ -46,6 +48,32 @@ pub struct RelayRecord {
     pub region: String,
     /// Participants in its rooms right now.
     pub load: u32,
+}
+
+/// What the relay tells its clients about the cluster ([`Message::Edges`]): every live relay
+/// whose record names a usable address, by id (so the list reads the same on every edge and
+/// only changes when the cluster does), at most [`MAX_CLUSTER_EDGES`].
+///
+/// [`Message::Edges`]: natter_proto::control::Message::Edges
+pub fn cluster_edges(records: &[RelayRecord]) -> Vec<ClusterEdge> {
+    let mut records: Vec<&RelayRecord> = records.iter().collect();
+    records.sort_by(|a, b| a.id.cmp(&b.id));
+    records
+        .into_iter()
+        .filter_map(|r| {
+            let (host, port) = parse_authority(&r.addr).ok()?;
+            let fingerprint = parse_fingerprint(&r.fingerprint).ok()?;
+            Some(ClusterEdge {
+                edge: Edge {
+                    host,
+                    port,
+                    fingerprint: Some(fingerprint),
+                },
+                region: r.region.clone(),
+            })
+        })
+        .take(MAX_CLUSTER_EDGES)
+        .collect()
 }
 
 /// A record read back from the directory was not one a relay writes. Whatever is in Redis is
@@ -268,6 +296,34 @@ mod tests {
             region: "eu-west".into(),
             load: 0,
         }
+    }
+
+    #[test]
+    fn clients_hear_of_every_usable_edge_by_id() {
+        let b = RelayRecord {
+            id: "edge-b".into(),
+            addr: "[::1]:4434".into(),
+            region: "us-east".into(),
+            ..record()
+        };
+        let unusable = RelayRecord {
+            id: "edge-c".into(),
+            addr: "no port:x".into(),
+            ..record()
+        };
+        let edges = cluster_edges(&[b, unusable, record()]);
+        let seen: Vec<(String, &str)> = edges
+            .iter()
+            .map(|e| (e.edge.authority(), e.region.as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("a.example.org:4433".to_string(), "eu-west"),
+                ("[::1]:4434".to_string(), "us-east")
+            ]
+        );
+        assert_eq!(edges[0].edge.fingerprint, Some([0xab; 32]));
     }
 
     fn rooms(names: &[&str]) -> BTreeSet<String> {

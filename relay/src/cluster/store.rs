@@ -182,16 +182,13 @@ impl Store {
             .collect())
     }
 
-    /// For each of `rooms`, the live relays hosting members of it at `now_ms`.
+    /// For each of `rooms`, which of the live `relays` host members of it at `now_ms`.
     pub async fn peers(
         &mut self,
         rooms: &BTreeSet<String>,
+        relays: &[RelayRecord],
         now_ms: u64,
     ) -> Result<BTreeMap<String, Vec<RelayRecord>>, StoreError> {
-        if rooms.is_empty() {
-            return Ok(BTreeMap::new());
-        }
-        let relays = self.relays(now_ms).await?;
         let mut found = BTreeMap::new();
         for room in rooms {
             let ids = self.room_relays(room, now_ms).await?;
@@ -219,6 +216,17 @@ impl Store {
 /// relay's rooms (the mesh opens trunks from it).
 pub type PeersFeed = Box<dyn Fn(BTreeMap<String, Vec<RelayRecord>>) + Send + Sync>;
 
+/// Where the directory task reports, after each write, every live relay of the cluster (the
+/// relay tells its clients, who move to another edge when theirs fails).
+pub type EdgesFeed = Box<dyn Fn(Vec<RelayRecord>) + Send + Sync>;
+
+/// What the directory task reads back after each write, and who gets it.
+#[derive(Default)]
+pub struct Feeds {
+    pub peers: Option<PeersFeed>,
+    pub edges: Option<EdgesFeed>,
+}
+
 /// What the relay's shell gives the directory task: its rooms with members and its load, read
 /// from the relay's core when the task asks.
 pub type LocalState = Box<dyn Fn() -> (BTreeSet<String>, u32) + Send + Sync>;
@@ -241,7 +249,7 @@ impl DirectoryHandle {
         ttl: Duration,
         local: LocalState,
         changed: Arc<Notify>,
-        peers: Option<PeersFeed>,
+        feeds: Feeds,
     ) -> Self {
         let stop = Arc::new(Notify::new());
         let health = Arc::new(Mutex::new(Health::Starting));
@@ -251,7 +259,7 @@ impl DirectoryHandle {
             store,
             core,
             local,
-            peers,
+            feeds,
             changed,
             stop.clone(),
             health.clone(),
@@ -280,11 +288,32 @@ impl DirectoryHandle {
     }
 }
 
+/// After a write: the live relays for the clients, and those hosting our rooms for the mesh.
+async fn read_back(store: &mut Store, core: &DirectoryCore, feeds: &Feeds) {
+    if feeds.peers.is_none() && feeds.edges.is_none() {
+        return;
+    }
+    let now = crate::server::unix_ms();
+    let relays = match store.relays(now).await {
+        Ok(relays) => relays,
+        Err(e) => return debug!(error = %e, "could not read the live relays"),
+    };
+    if let Some(feed) = &feeds.peers {
+        match store.peers(core.hosted_rooms(), &relays, now).await {
+            Ok(found) => feed(found),
+            Err(e) => debug!(error = %e, "could not read the rooms' relays"),
+        }
+    }
+    if let Some(feed) = &feeds.edges {
+        feed(relays);
+    }
+}
+
 async fn run(
     mut store: Store,
     mut core: DirectoryCore,
     local: LocalState,
-    peers: Option<PeersFeed>,
+    feeds: Feeds,
     changed: Arc<Notify>,
     stop: Arc<Notify>,
     health: Arc<Mutex<Health>>,
@@ -296,14 +325,8 @@ async fn run(
         if let Some(ops) = core.poll_write(now) {
             let id = core.record().id.clone();
             let result = store.write(&id, &ops).await;
-            if result.is_ok()
-                && let Some(feed) = &peers
-            {
-                let rooms = core.hosted_rooms().clone();
-                match store.peers(&rooms, crate::server::unix_ms()).await {
-                    Ok(found) => feed(found),
-                    Err(e) => debug!(error = %e, "could not read the rooms' relays"),
-                }
+            if result.is_ok() {
+                read_back(&mut store, &core, &feeds).await;
             }
             let before = core.health();
             core.on_written(result.is_ok(), crate::server::unix_ms());

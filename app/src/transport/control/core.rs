@@ -243,6 +243,7 @@ impl ControlCore {
                     p.muted = muted;
                 }
             }
+            Message::Edges { edges } => s.edges = edges,
             Message::Pong {
                 ping_sent_micros, ..
             } => {

@@ -50,6 +50,9 @@ pub struct CallState {
     pub chat: std::collections::VecDeque<ChatLine>,
     /// Lines ever added to `chat` (for "new since I last looked").
     pub chat_count: u64,
+    /// The cluster's live edges as a relay last listed them (empty: a lone relay), kept
+    /// across rejoins: where the session may move when its edge fails.
+    pub edges: Vec<natter_proto::control::ClusterEdge>,
 }
 
 /// Chat lines a call keeps for display.
@@ -201,6 +204,10 @@ fn publish(core: &ControlCore, state: &Mutex<CallState>) {
         s.names.insert(*ssrc, name.clone());
     }
     s.relay_rtt_ms = from.relay_rtt_ms.or(s.relay_rtt_ms);
+    // A new link's core knows no edges until its relay lists them: keep the last list.
+    if !from.edges.is_empty() && from.edges != s.edges {
+        s.edges = from.edges.clone();
+    }
     if from.ended.is_some() {
         s.ended = from.ended.clone();
     }
