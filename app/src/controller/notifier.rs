@@ -24,10 +24,10 @@ pub(super) fn spawn(bus: Option<String>) -> mpsc::UnboundedSender<Alert> {
         let mut complained = false;
         while let Some(alert) = rx.recv().await {
             let result = async {
-                if connection.is_none() {
-                    connection = Some(connect(bus.as_deref()).await?);
-                }
-                let c = connection.as_ref().expect("connected above");
+                let c = match &connection {
+                    Some(c) => c,
+                    None => connection.insert(connect(bus.as_deref()).await?),
+                };
                 notify(c, &alert).await
             }
             .await;
