@@ -32,8 +32,12 @@ run_packages=(libgl1-mesa-dri libegl1 libglx-mesa0 libxkbcommon-x11-0 libxkbcomm
 # A window without a display (screenshots, the app benchmark): the same, plus Xvfb and a
 # PulseAudio daemon to play into. The UI tests (egui_kittest) run without any display.
 [ "$what" = ui ] && packages+=("${run_packages[@]}" xvfb xauth pulseaudio)
-# tests/tests/desktop.rs opens the app's real window on a private Xvfb and reads it back.
-[ "$what" = test ] && packages+=("${run_packages[@]}" xvfb x11-utils xdotool)
+# tests/tests/desktop.rs opens the app's real window on a private Xvfb and reads it back;
+# app/tests/ui.rs shows desktop notifications to dunst (on Xvfb, on a private D-Bus bus), and
+# desktop.rs puts the tray icon in a real StatusNotifierItem tray (gtk-sni-tray-standalone),
+# read back with gdbus.
+[ "$what" = test ] && packages+=("${run_packages[@]}" xvfb x11-utils xdotool dunst dbus-daemon
+  haskell-gtk-sni-tray-utils libglib2.0-bin)
 # tests/tests/cluster.rs keeps the relays' directory in a private redis-server (unix socket).
 [ "$what" = test ] && packages+=(redis-server)
 # tests/tests/nat.rs hosts a call behind a real UPnP router (miniupnpd) in network namespaces.

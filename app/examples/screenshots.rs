@@ -12,7 +12,7 @@
 
 use natter::audio::SAMPLE_RATE;
 use natter::audio::device::DeviceList;
-use natter::controller::{CallSettings, LatencyTest, Phase, Request, test_speech};
+use natter::controller::{CallSettings, LatencyTest, MicTestView, Phase, Request, test_speech};
 use natter::engine::EngineConfig;
 use natter::session::{Audio, Record, Session, SessionConfig};
 use natter::settings::{Dirs, RecentRelay, ThemeChoice};
@@ -49,6 +49,8 @@ struct Director {
     /// A screenshot was requested and has not arrived yet.
     waiting: Arc<Mutex<Option<String>>>,
     host_bot: bool,
+    /// A bot has written in the chat.
+    chatted: bool,
     /// The current scene's screenshot has been requested.
     shot: bool,
     tested: bool,
@@ -121,7 +123,11 @@ impl Director {
         };
         match self.scene {
             Scene::Start => self.elapsed() > 1.5,
-            Scene::Settings => self.elapsed() > 2.5 && snap.devices.is_some(),
+            Scene::Settings => {
+                self.elapsed() > 2.5
+                    && snap.devices.is_some()
+                    && matches!(&snap.mic_test, Some(MicTestView::Level(l)) if l.get() > -40.0)
+            }
             Scene::Trust => snap.trust_prompt.is_some() && self.elapsed() > 1.0,
             Scene::CallSimple => {
                 self.elapsed() > 8.0
@@ -151,6 +157,7 @@ impl Director {
         match self.scene {
             Scene::Start => {
                 self.app.show_screen(Screen::Settings);
+                self.app.controller().send(Request::TestMicrophone(true));
                 self.next(Scene::Settings);
             }
             Scene::Settings => {
@@ -238,6 +245,13 @@ impl Director {
         if self.scene == Scene::Host {
             self.set_up_hosting();
         }
+        // Grace writes in the chat once Ada is in the call, so the chat card has a line.
+        if self.scene == Scene::CallSimple && !self.chatted && self.elapsed() > 3.0 {
+            if let Some(grace) = self.bots.lock().unwrap().first() {
+                grace.send_chat("Morning Ada! The notes are in the shared doc.".into());
+            }
+            self.chatted = true;
+        }
         // Run the loopback latency test during the call so its result is in the picture.
         if self.scene == Scene::Call && !self.tested && self.elapsed() > 12.0 {
             self.app.controller().send(Request::RunLatencyTest);
@@ -291,6 +305,8 @@ fn main() -> anyhow::Result<()> {
     let settings = natter::settings::Settings {
         display_name: "Ada".into(),
         theme: ThemeChoice::Light,
+        voice_activation: true,
+        input_device: Some("sysdefault:CARD=Headset".into()),
         recent: vec![
             RecentRelay {
                 invite: "natter://voice.example.org:4433?fp=5d41402abc4b2a76b9719d911017c5925d41402abc4b2a76b9719d911017c592".into(),
@@ -324,19 +340,38 @@ fn main() -> anyhow::Result<()> {
     let config = AppConfig {
         controller: ControllerConfig {
             dirs,
-            audio: AudioSource::TestSignal(TestSignal::Silence),
+            // Ada talks (the microphone test on the settings screen shows her voice).
+            audio: AudioSource::TestSignal(TestSignal::Speech),
             devices: Arc::new(|| {
+                // ALSA's names for a laptop with a USB headset, shown by their labels.
+                let inputs = vec![
+                    "sysdefault:CARD=PCH".to_string(),
+                    "sysdefault:CARD=Headset".into(),
+                ];
+                let outputs = vec![
+                    "sysdefault:CARD=PCH".to_string(),
+                    "hdmi:CARD=NVidia,DEV=0".into(),
+                    "sysdefault:CARD=Headset".into(),
+                ];
                 Ok(DeviceList {
-                    inputs: vec!["Built-in microphone".into(), "USB headset".into()],
-                    outputs: vec!["Built-in speakers".into(), "USB headset".into()],
-                    default_input: Some("Built-in microphone".into()),
-                    default_output: Some("Built-in speakers".into()),
-                })
+                    default_input: Some(inputs[0].clone()),
+                    default_output: Some(outputs[0].clone()),
+                    inputs,
+                    outputs,
+                    labels: Default::default(),
+                }
+                .with_labels(
+                    " 0 [PCH            ]: HDA-Intel - HDA Intel PCH\n \
+                     1 [NVidia         ]: HDA-Intel - HDA NVidia\n \
+                     2 [Headset        ]: USB-Audio - Logitech USB Headset\n",
+                ))
             }),
             host_bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            notification_bus: None,
         },
         export_dir: work.join("exports"),
         global_shortcuts: false,
+        tray: false,
     };
     let handle = rt.handle().clone();
     let native = eframe::NativeOptions {
@@ -362,6 +397,7 @@ fn main() -> anyhow::Result<()> {
                 bots: Arc::new(Mutex::new(bots)),
                 waiting: Arc::new(Mutex::new(None)),
                 host_bot: false,
+                chatted: false,
                 shot: false,
                 tested: false,
             }) as Box<dyn eframe::App>)

@@ -334,13 +334,18 @@ fn run(command: Cmd) -> anyhow::Result<ExitCode> {
                     ""
                 }
             };
+            // The name to pass first, then what it is.
             println!("input devices:");
             for d in &list.inputs {
-                println!("  {d}{}", mark(d, &list.default_input));
+                println!("  {d}  ({}){}", list.label(d), mark(d, &list.default_input));
             }
             println!("output devices:");
             for d in &list.outputs {
-                println!("  {d}{}", mark(d, &list.default_output));
+                println!(
+                    "  {d}  ({}){}",
+                    list.label(d),
+                    mark(d, &list.default_output)
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -99,9 +99,17 @@ pub struct Settings {
     pub jitter: JitterMode,
     /// Key held to talk (an egui key name such as "Space"); `None`: open microphone.
     pub push_to_talk: Option<String>,
+    /// Send only while the voice-activation detector hears a voice (when not push to talk).
+    pub voice_activation: bool,
+    /// The voice-activation threshold, dBFS: quieter sound is never sent as voice. Set against
+    /// the microphone test's meter.
+    pub voice_threshold_db: f32,
     pub theme: ThemeChoice,
     /// Play a sound when someone joins or leaves.
     pub sounds: bool,
+    /// A desktop notification for chat messages and people joining or leaving while the
+    /// window is not in front.
+    pub notifications: bool,
     /// The call screen shows the full latency meter and link numbers (else the simple view:
     /// who is here, a quality dot, how late you hear each person).
     pub call_details: bool,
@@ -122,8 +130,11 @@ impl Default for Settings {
             low_latency: false,
             jitter: JitterMode::Auto,
             push_to_talk: None,
+            voice_activation: false,
+            voice_threshold_db: crate::vad::DEFAULT_THRESHOLD_DB,
             theme: ThemeChoice::System,
             sounds: true,
+            notifications: true,
             call_details: false,
         }
     }

@@ -8,12 +8,20 @@
 //! block on. Onsets are immediate (a real-time sender cannot go back for the start of a word);
 //! a hang-over keeps the gate open through the short pauses inside and between words.
 
+/// The voice-activation threshold when the user has not chosen one, dBFS.
+pub const DEFAULT_THRESHOLD_DB: f32 = -55.0;
+
+/// The thresholds Settings offers, dBFS: from a whisper in a quiet room to a raised voice over
+/// noise.
+pub const THRESHOLD_RANGE_DB: std::ops::RangeInclusive<f32> = -70.0..=-20.0;
+
 /// Tuning.
 #[derive(Debug, Clone, Copy)]
 pub struct VadConfig {
     /// Voice must be this many dB above the noise floor.
     pub margin_db: f32,
-    /// Nothing quieter than this (dBFS) is voice, however quiet the room.
+    /// Nothing quieter than this (dBFS) is voice, however quiet the room: the voice-activation
+    /// threshold the user sets in Settings against the microphone test's meter.
     pub absolute_floor_db: f32,
     /// Blocks the gate stays open after the last voiced block.
     pub hangover_blocks: u32,
@@ -23,7 +31,7 @@ impl Default for VadConfig {
     fn default() -> Self {
         Self {
             margin_db: 9.0,
-            absolute_floor_db: -55.0,
+            absolute_floor_db: DEFAULT_THRESHOLD_DB,
             // 300 ms: longer than the gaps between syllables, short enough to stop
             // transmitting room noise soon after a sentence.
             hangover_blocks: 30,
@@ -62,6 +70,13 @@ impl Vad {
     /// True while voice (or its hang-over) is present.
     pub fn is_active(&self) -> bool {
         self.hangover > 0
+    }
+
+    /// Sets the level below which nothing is voice (the user's voice-activation threshold),
+    /// clamped to [`THRESHOLD_RANGE_DB`].
+    pub fn set_threshold_db(&mut self, db: f32) {
+        self.config.absolute_floor_db =
+            db.clamp(*THRESHOLD_RANGE_DB.start(), *THRESHOLD_RANGE_DB.end());
     }
 
     /// Current noise-floor estimate, dBFS.
@@ -144,6 +159,32 @@ mod tests {
             .collect();
         assert!(after[..5].iter().all(|v| *v), "hang-over keeps word ends");
         assert!(!after[59], "gate closes after the hang-over");
+    }
+
+    #[test]
+    fn the_threshold_decides_between_a_quiet_voice_and_silence() {
+        // A quiet talker at about −40 dBFS over a silent line: voice at the default threshold,
+        // not once the user raises it above the talker.
+        let quiet: Vec<f32> = crate::measure::speech_like(48_000, 1.0, 4)
+            .iter()
+            .map(|s| s * 0.05)
+            .collect();
+        let voiced = |threshold: Option<f32>| {
+            let mut vad = Vad::new(VadConfig::default());
+            if let Some(db) = threshold {
+                vad.set_threshold_db(db);
+            }
+            for _ in 0..20 {
+                vad.process(&[0.0; 480]);
+            }
+            quiet.chunks(480).filter(|b| vad.process(b)).count()
+        };
+        assert!(voiced(None) > 50, "{}", voiced(None));
+        assert_eq!(voiced(Some(-25.0)), 0);
+        // Out-of-range thresholds are clamped, not taken as given.
+        let mut vad = Vad::new(VadConfig::default());
+        vad.set_threshold_db(10.0);
+        assert_eq!(vad.config.absolute_floor_db, -20.0);
     }
 
     #[test]

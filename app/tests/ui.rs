@@ -7,6 +7,7 @@
 //! is the real thing. Every `run()` also checks that each visible control has an accessible
 //! name (kittest's accessibility check).
 
+use egui::accesskit::Role;
 use egui_kittest::Harness;
 use egui_kittest::kittest::{NodeT, Queryable};
 use natter::audio::device::DeviceList;
@@ -26,8 +27,12 @@ fn fake_devices() -> DeviceList {
         outputs: vec!["Test speaker".into()],
         default_input: Some("Test mic A".into()),
         default_output: Some("Test speaker".into()),
+        labels: Default::default(),
     }
 }
+
+/// ALSA's card list on the test machine: a USB headset.
+const CARDS: &str = " 1 [Headset        ]: USB-Audio - Logitech USB Headset\n";
 
 /// A test app keeping its settings under `dir`, hosting on loopback port 0.
 fn app(dir: &Path, signal: TestSignal) -> App {
@@ -36,6 +41,16 @@ fn app(dir: &Path, signal: TestSignal) -> App {
 
 /// The same, listing whatever `devices` holds at the time (to plug devices in and out).
 fn app_with_devices(dir: &Path, signal: TestSignal, devices: Arc<Mutex<DeviceList>>) -> App {
+    app_with(dir, signal, devices, None)
+}
+
+/// The same, sending desktop notifications to the D-Bus bus at `notification_bus`.
+fn app_with(
+    dir: &Path,
+    signal: TestSignal,
+    devices: Arc<Mutex<DeviceList>>,
+    notification_bus: Option<String>,
+) -> App {
     let dirs = Dirs::under(dir);
     std::fs::create_dir_all(&dirs.config).unwrap();
     if !dirs.settings_file().exists() {
@@ -45,11 +60,13 @@ fn app_with_devices(dir: &Path, signal: TestSignal, devices: Arc<Mutex<DeviceLis
         controller: ControllerConfig {
             dirs,
             audio: AudioSource::TestSignal(signal),
-            devices: Arc::new(move || Ok(devices.lock().unwrap().clone())),
+            devices: Arc::new(move || Ok(devices.lock().unwrap().clone().with_labels(CARDS))),
             host_bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            notification_bus,
         },
         export_dir: dir.join("exports"),
         global_shortcuts: false,
+        tray: false,
     };
     Harness::builder()
         .with_size([960.0, 1400.0])
@@ -133,6 +150,23 @@ fn shown_invite(h: &App) -> String {
         .unwrap()
         .trim_start_matches("Invite link: ")
         .to_string()
+}
+
+/// Alice hosts, Bob joins with the invite she shows; returns the invite once both are in.
+fn host_and_join(alice: &mut App, bob: &mut App) -> String {
+    type_into(alice, "Your name", "Alice");
+    click(alice, "Host a call");
+    wait_for(alice, "the hosted call", 15.0, |h| {
+        has_label_containing(h, "Invite link: natter://")
+    });
+    let invite = shown_invite(alice);
+    type_into(bob, "Your name", "Bob");
+    type_into(bob, "Invite link", &invite);
+    click(bob, "Join");
+    wait_both(alice, bob, "both in the call", 15.0, |a, b| {
+        has_label_containing(a, "Bob is") && has_label_containing(b, "Alice is")
+    });
+    invite
 }
 
 /// A relay on loopback with its own runtime.
@@ -371,18 +405,7 @@ fn a_host_who_confirms_leaving_ends_the_call_for_everyone() {
     let dir = tempfile::tempdir().unwrap();
     let mut alice = app(&dir.path().join("alice"), TestSignal::Silence);
     let mut bob = app(&dir.path().join("bob"), TestSignal::Silence);
-    type_into(&mut alice, "Your name", "Alice");
-    click(&mut alice, "Host a call");
-    wait_for(&mut alice, "the hosted call", 15.0, |h| {
-        has_label_containing(h, "Invite link: natter://")
-    });
-    let invite = shown_invite(&alice);
-    type_into(&mut bob, "Your name", "Bob");
-    type_into(&mut bob, "Invite link", &invite);
-    click(&mut bob, "Join");
-    wait_both(&mut alice, &mut bob, "both in the call", 15.0, |a, b| {
-        has_label_containing(a, "Bob is") && has_label_containing(b, "Alice is")
-    });
+    host_and_join(&mut alice, &mut bob);
     click(&mut alice, "Leave");
     assert!(
         snapshot(&alice).hosting.is_some(),
@@ -456,15 +479,27 @@ fn settings_are_saved_applied_and_survive_a_corrupt_file() {
         snapshot(h).devices.is_some() && has_label_containing(h, "plugged in and out")
     });
     // A headset is plugged in: the list follows while the screen is open.
-    devices.lock().unwrap().inputs.push("USB headset".into());
+    devices
+        .lock()
+        .unwrap()
+        .inputs
+        .push("sysdefault:CARD=Headset".into());
     wait_for(&mut h, "the new device to be listed", 10.0, |h| {
         snapshot(h)
             .devices
-            .is_some_and(|d| d.inputs.iter().any(|i| i == "USB headset"))
+            .is_some_and(|d| d.inputs.iter().any(|i| i == "sysdefault:CARD=Headset"))
     });
     click(&mut h, "Microphone");
-    assert!(has_label(&h, "USB headset"), "the headset is offered");
-    click(&mut h, "Microphone");
+    assert!(
+        has_label(&h, "Logitech USB Headset"),
+        "the headset is offered by the name people know"
+    );
+    click(&mut h, "Logitech USB Headset");
+    assert_eq!(
+        h.state().settings().input_device.as_deref(),
+        Some("sysdefault:CARD=Headset"),
+        "the raw name stays the id"
+    );
     // Pick another microphone.
     click(&mut h, "Microphone");
     click(&mut h, "Test mic B");
@@ -836,4 +871,202 @@ fn push_to_talk_opens_the_microphone_only_while_the_key_is_held() {
     });
     click(&mut h, "Leave");
     relay.stop();
+}
+
+#[test]
+fn the_microphone_test_shows_the_level_against_the_voice_activation_threshold() {
+    let dir = tempfile::tempdir().unwrap();
+    let dirs = Dirs::under(dir.path());
+    let mut h = app(dir.path(), TestSignal::Speech);
+    click(&mut h, "Settings");
+    click(&mut h, "Test microphone");
+    // The test signal's speech passes the default threshold (−55 dBFS).
+    wait_for(&mut h, "speech on the meter", 10.0, |h| {
+        has_label_containing(h, "Loud enough: voice activation sends this.")
+    });
+    assert!(has_label_containing(&h, "Microphone level"));
+    // Voice activation on, and the threshold raised with the keyboard (1 dB a press).
+    click(&mut h, "Voice activation");
+    h.get_by_role_and_label(Role::Slider, "Voice activation threshold")
+        .focus();
+    h.run();
+    for _ in 0..5 {
+        h.key_press(egui::Key::ArrowRight);
+        h.run();
+    }
+    assert_eq!(h.state().settings().voice_threshold_db, -50.0);
+    h.state().flush_settings();
+    let saved: natter::settings::Settings =
+        toml::from_str(&std::fs::read_to_string(dirs.settings_file()).unwrap()).unwrap();
+    assert!(saved.voice_activation);
+    assert_eq!(saved.voice_threshold_db, -50.0);
+    wait_for(&mut h, "the call settings to take them", 5.0, |h| {
+        snapshot(h)
+            .applied
+            .is_some_and(|a| a.voice_activation && a.voice_threshold_db == -50.0)
+    });
+    // Raised above any speech, the meter says voice activation would stay quiet.
+    h.get_by_role_and_label(Role::Slider, "Voice activation threshold")
+        .set_value_accesskit(-20.0);
+    h.run();
+    assert_eq!(h.state().settings().voice_threshold_db, -20.0);
+    wait_for(&mut h, "the level to fall below the line", 10.0, |h| {
+        has_label_containing(h, "Below the threshold")
+    });
+    click(&mut h, "Stop test");
+    wait_for(&mut h, "the test to stop", 5.0, |h| {
+        snapshot(h).mic_test.is_none() && !has_label_containing(h, "Microphone level")
+    });
+}
+
+/// A desktop's notification server of our own: Debian's dunst on a private Xvfb display and a
+/// private D-Bus session bus. Everything is stopped when it is dropped.
+struct NotificationServer {
+    _dir: tempfile::TempDir,
+    bus: String,
+    children: Vec<std::process::Child>,
+}
+
+impl NotificationServer {
+    fn start() -> Self {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let dir = tempfile::tempdir().unwrap();
+        // The first line each prints: Xvfb its display number, dbus-daemon its address.
+        let first_line = |child: &mut std::process::Child| {
+            let mut line = String::new();
+            std::io::BufReader::new(child.stdout.as_mut().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            line.trim().to_string()
+        };
+        let mut xvfb = Command::new("Xvfb")
+            .args([
+                "-displayfd",
+                "1",
+                "-screen",
+                "0",
+                "640x480x24",
+                "-nolisten",
+                "tcp",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("Xvfb (scripts/setup.sh test installs it)");
+        let display = format!(":{}", first_line(&mut xvfb));
+        let mut dbus = Command::new("dbus-daemon")
+            .args(["--session", "--nofork", "--print-address=1"])
+            .arg(format!("--address=unix:path={}/bus", dir.path().display()))
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("dbus-daemon");
+        let bus = first_line(&mut dbus);
+        let dunst = Command::new("dunst")
+            .env("DISPLAY", &display)
+            .env("DBUS_SESSION_BUS_ADDRESS", &bus)
+            .env("HOME", dir.path())
+            .env("XDG_CONFIG_HOME", dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dunst (scripts/setup.sh test installs it)");
+        let server = Self {
+            _dir: dir,
+            bus,
+            children: vec![xvfb, dbus, dunst],
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while server.dunstctl(&["count"]).is_none() {
+            assert!(Instant::now() < deadline, "dunst did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    fn dunstctl(&self, args: &[&str]) -> Option<String> {
+        let out = std::process::Command::new("dunstctl")
+            .args(args)
+            .env("DBUS_SESSION_BUS_ADDRESS", &self.bus)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Everything shown so far (dunst's history holds notifications once closed).
+    fn shown(&self) -> String {
+        self.dunstctl(&["close-all"]);
+        self.dunstctl(&["history"]).unwrap_or_default()
+    }
+}
+
+impl Drop for NotificationServer {
+    fn drop(&mut self) {
+        for child in self.children.iter_mut().rev() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[test]
+fn messages_and_arrivals_raise_desktop_notifications_only_while_the_window_is_behind() {
+    let server = NotificationServer::start();
+    let (da, db, dc) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let mut alice = app(da.path(), TestSignal::Silence);
+    let devices = Arc::new(Mutex::new(fake_devices()));
+    let mut bob = app_with(
+        db.path(),
+        TestSignal::Silence,
+        devices,
+        Some(server.bus.clone()),
+    );
+    let invite = host_and_join(&mut alice, &mut bob);
+
+    // Bob's window is in front: what he sees there is not notified.
+    type_into(&mut alice, "Message", "seen in the window");
+    alice.key_press(egui::Key::Enter);
+    wait_both(
+        &mut alice,
+        &mut bob,
+        "the first line at Bob",
+        10.0,
+        |_, b| has_label(b, "seen in the window"),
+    );
+    // Bob switches to another window; Alice writes, Carol arrives.
+    bob.input_mut().focused = false;
+    bob.run();
+    type_into(&mut alice, "Message", "are you there, Bob?");
+    alice.key_press(egui::Key::Enter);
+    let mut carol = app(dc.path(), TestSignal::Silence);
+    type_into(&mut carol, "Your name", "Carol");
+    type_into(&mut carol, "Invite link", &invite);
+    click(&mut carol, "Join");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let shown = loop {
+        alice.run_ok();
+        bob.run_ok();
+        carol.run_ok();
+        let shown = server.shown();
+        if shown.contains("are you there, Bob?") && shown.contains("Carol joined") {
+            break shown;
+        }
+        assert!(Instant::now() < deadline, "notifications so far: {shown}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(shown.contains("Alice in lounge"), "{shown}");
+    assert!(
+        shown.contains("\"Natter\""),
+        "the app names itself: {shown}"
+    );
+    assert!(
+        !shown.contains("seen in the window"),
+        "nothing from while the window was in front: {shown}"
+    );
 }

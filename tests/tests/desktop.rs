@@ -38,7 +38,21 @@ fn xvfb() -> (Reaped, String) {
 /// The real desktop app on `display`, its settings under `dir`, a test signal as microphone,
 /// joining `invite` when given.
 fn desktop_app(display: &str, dir: &Path, signal: &str, invite: Option<&str>) -> Reaped {
+    desktop_app_on_bus(display, None, dir, signal, invite)
+}
+
+/// The same, on the D-Bus session bus at `bus` when given.
+fn desktop_app_on_bus(
+    display: &str,
+    bus: Option<&str>,
+    dir: &Path,
+    signal: &str,
+    invite: Option<&str>,
+) -> Reaped {
     let mut cmd = command(&natter_bin());
+    if let Some(bus) = bus {
+        cmd.env("DBUS_SESSION_BUS_ADDRESS", bus);
+    }
     if let Some(invite) = invite {
         cmd.arg(invite);
     }
@@ -50,6 +64,14 @@ fn desktop_app(display: &str, dir: &Path, signal: &str, invite: Option<&str>) ->
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     Reaped(cmd.spawn().expect("natter starts"))
+}
+
+/// An app directory under `dir` whose settings file holds `settings` (TOML).
+fn app_dir_with(dir: &TempDir, settings: &str) -> std::path::PathBuf {
+    let app = dir.join("app");
+    std::fs::create_dir_all(app.join("config")).unwrap();
+    std::fs::write(app.join("config/settings.toml"), settings).unwrap();
+    app
 }
 
 fn x_tool(display: &str, program: &str, args: &[&str]) -> String {
@@ -124,13 +146,7 @@ fn push_to_talk_works_while_another_window_has_the_focus() {
     let relay = natter_e2e::RelayProcess::start();
     let invite = relay.invite().replacen('?', "/ptt?", 1);
     let dir = TempDir::new("ptt");
-    let settings = dir.join("app/config");
-    std::fs::create_dir_all(&settings).unwrap();
-    std::fs::write(
-        settings.join("settings.toml"),
-        "display_name = \"Ann\"\npush_to_talk = \"F9\"\n",
-    )
-    .unwrap();
+    let app_dir = app_dir_with(&dir, "display_name = \"Ann\"\npush_to_talk = \"F9\"\n");
     // The listener records what reaches it from the moment it joins.
     let heard = dir.join("bob-heard.wav");
     let bob = natter_e2e::Call::new(relay.invite(), "ptt", "bob")
@@ -140,7 +156,7 @@ fn push_to_talk_works_while_another_window_has_the_focus() {
     relay.wait_for_join("ptt", "bob");
     let bob_start = Instant::now();
     // Ann: the real desktop app, talking the test speech signal while F9 is held.
-    let _ann = desktop_app(&display, &dir.join("app"), "speech", Some(&invite));
+    let _ann = desktop_app(&display, &app_dir, "speech", Some(&invite));
     relay.wait_for_join("ptt", "Ann");
     // Nothing has the focus but the root window (no window manager; the pointer is moved off
     // the app's window): keys go nowhere unless grabbed.
@@ -166,4 +182,153 @@ fn push_to_talk_works_while_another_window_has_the_focus() {
         held > 0.0005 && held > 20.0 * before.max(1e-5) && held > 20.0 * after.max(1e-5),
         "Ann is heard only while F9 is held: rms before {before}, held {held}, after {after}"
     );
+}
+
+#[test]
+fn a_clicked_invite_goes_to_the_running_window() {
+    let (_x, display) = xvfb();
+    let relay = natter_e2e::RelayProcess::start();
+    let invite = relay.invite().replacen('?', "/handed?", 1);
+    let dir = TempDir::new("single");
+    let app_dir = app_dir_with(&dir, "display_name = \"Ann\"\n");
+    // The app runs, in no call.
+    let _first = desktop_app(&display, &app_dir, "silence", None);
+    let socket = app_dir.join("data/instance.sock");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "the first app never listened");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The desktop starts `natter INVITE` for the clicked link: it hands the invite over and
+    // exits at once, with success, without a window of its own.
+    let second = command(&natter_bin())
+        .arg(&invite)
+        .arg("--dir")
+        .arg(&app_dir)
+        .args(["--test-signal", "silence"])
+        .env("DISPLAY", &display)
+        .env_remove("WAYLAND_DISPLAY")
+        .output()
+        .expect("natter runs");
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    // The running window joins it.
+    relay.wait_for_join("handed", "Ann");
+    let windows = x_tool(
+        &display,
+        "xdotool",
+        &["search", "--onlyvisible", "--name", "Natter"],
+    );
+    assert_eq!(windows.lines().count(), 1, "one window: {windows}");
+}
+
+/// A private D-Bus session bus under `dir`; returns it and its address.
+fn session_bus(dir: &TempDir) -> (Reaped, String) {
+    let mut child = command(Path::new("dbus-daemon"))
+        .args(["--session", "--nofork", "--print-address=1"])
+        .arg(format!("--address=unix:path={}", dir.join("bus").display()))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("dbus-daemon");
+    let mut address = String::new();
+    BufReader::new(child.stdout.take().expect("piped"))
+        .read_line(&mut address)
+        .expect("dbus-daemon prints its address");
+    (Reaped(child), address.trim().to_string())
+}
+
+/// A D-Bus property as gdbus prints it (`(<…>,)`).
+fn dbus_property(bus: &str, dest: &str, path: &str, interface: &str, property: &str) -> String {
+    let out = Command::new("gdbus")
+        .args(["call", "--session", "--dest", dest, "--object-path", path])
+        .args([
+            "--method",
+            "org.freedesktop.DBus.Properties.Get",
+            interface,
+            property,
+        ])
+        .env("DBUS_SESSION_BUS_ADDRESS", bus)
+        .output()
+        .expect("gdbus (Debian: libglib2.0-bin)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Polls `read` until it returns something containing `wanted`.
+#[track_caller]
+fn wait_until_contains(what: &str, wanted: &str, read: impl Fn() -> String) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = read();
+        if now.contains(wanted) {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "{what}: {now:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn the_tray_icon_shows_the_call_and_unread_messages() {
+    let (_x, display) = xvfb();
+    let dir = TempDir::new("tray");
+    let (_bus, bus) = session_bus(&dir);
+    // A real tray: a GTK StatusNotifierItem host on the display, with its own watcher.
+    let _tray = Reaped(
+        command(Path::new("gtk-sni-tray-standalone"))
+            .arg("--watcher")
+            .env("DISPLAY", &display)
+            .env("DBUS_SESSION_BUS_ADDRESS", &bus)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("gtk-sni-tray-standalone (Debian: haskell-gtk-sni-tray-utils)"),
+    );
+    let watcher = || {
+        dbus_property(
+            &bus,
+            "org.kde.StatusNotifierWatcher",
+            "/StatusNotifierWatcher",
+            "org.kde.StatusNotifierWatcher",
+            "RegisteredStatusNotifierItems",
+        )
+    };
+    wait_until_contains("the tray's watcher", "@as", watcher);
+    let relay = natter_e2e::RelayProcess::start();
+    let invite = relay.invite().replacen('?', "/tray?", 1);
+    let app_dir = app_dir_with(&dir, "display_name = \"Ann\"\n");
+    let _ann = desktop_app_on_bus(&display, Some(&bus), &app_dir, "silence", Some(&invite));
+    let items = wait_until_contains("Natter's item in the tray", "StatusNotifierItem-", watcher);
+    let item = items
+        .split('\'')
+        .find(|s| s.starts_with("org.kde.StatusNotifierItem-"))
+        .expect("an item name")
+        .to_string();
+    let property = |name: &str| {
+        dbus_property(
+            &bus,
+            &item,
+            "/StatusNotifierItem",
+            "org.kde.StatusNotifierItem",
+            name,
+        )
+    };
+    relay.wait_for_join("tray", "Ann");
+    wait_until_contains("the tooltip in a call", "In tray", || property("ToolTip"));
+    assert!(property("Status").contains("Active"));
+    // The window is not in front (the pointer is off it: no window manager, focus follows
+    // the pointer); Bob writes.
+    x_tool(&display, "xdotool", &["mousemove", "1270", "1010"]);
+    let bob = natter_e2e::Call::new(relay.invite(), "tray", "bob")
+        .arg("--chat")
+        .arg("are you there?")
+        .duration(6.0)
+        .spawn();
+    wait_until_contains("the unread message in the tooltip", "1 new message", || {
+        property("ToolTip")
+    });
+    assert!(property("Status").contains("NeedsAttention"));
+    bob.wait(Duration::from_secs(30)).assert_success();
 }

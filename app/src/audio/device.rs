@@ -12,6 +12,7 @@ use super::{
 use anyhow::{Context, anyhow};
 use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
 use cpal::{FromSample, Sample, SizedSample, StreamConfig, SupportedStreamConfig};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::mpsc;
@@ -32,6 +33,24 @@ pub struct DeviceList {
     pub outputs: Vec<String>,
     pub default_input: Option<String>,
     pub default_output: Option<String>,
+    /// What to show for each name ([`super::device_names`]); the names stay the ids.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl DeviceList {
+    /// The label people recognise for a device name (the name itself if it has none).
+    pub fn label<'a>(&'a self, name: &'a str) -> &'a str {
+        self.labels.get(name).map_or(name, String::as_str)
+    }
+
+    /// Labels every listed device, naming cards as ALSA's card list (`/proc/asound/cards`
+    /// text) does.
+    pub fn with_labels(mut self, cards: &str) -> Self {
+        let cards = super::device_names::Cards::parse(cards);
+        self.labels =
+            super::device_names::label_all(self.inputs.iter().chain(&self.outputs), &cards);
+        self
+    }
 }
 
 /// Lists input and output devices of the default host.
@@ -49,7 +68,10 @@ pub fn list() -> anyhow::Result<DeviceList> {
         )),
         default_input: host.default_input_device().and_then(|d| d.name().ok()),
         default_output: host.default_output_device().and_then(|d| d.name().ok()),
-    })
+        labels: BTreeMap::new(),
+    }
+    // No card list (not Linux, no ALSA): names are guessed from the card ids alone.
+    .with_labels(&std::fs::read_to_string("/proc/asound/cards").unwrap_or_default()))
 }
 
 fn find(host: &cpal::Host, name: Option<&str>, input: bool) -> anyhow::Result<cpal::Device> {
@@ -269,6 +291,28 @@ fn build(
         },
         eng,
     ))
+}
+
+/// Opens an input device alone, for the microphone test: the running stream (which must stay
+/// on the thread that built it: cpal streams are not `Send`), the ring its samples arrive on,
+/// and their rate. A failure of the device while it runs leaves the ring silent.
+pub fn open_input(name: Option<&str>) -> anyhow::Result<(cpal::Stream, rtrb::Consumer<f32>, u32)> {
+    let host = cpal::default_host();
+    let device = find(&host, name, true)?;
+    let config = pick_config(&device, true).context("input device configuration")?;
+    let (producer, consumer) = rtrb::RingBuffer::new(super::RING_SAMPLES);
+    let stream = by_format!(
+        config.sample_format(),
+        input_stream,
+        &device,
+        &low_latency(&config),
+        producer,
+        Arc::new(DeviceCounters::default()),
+        Arc::new(AtomicBool::new(false))
+    )
+    .context("opening the input stream")?;
+    stream.play().context("starting the input stream")?;
+    Ok((stream, consumer, config.sample_rate().0))
 }
 
 /// Running sound-card I/O.

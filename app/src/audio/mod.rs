@@ -9,6 +9,9 @@
 //! makes the backends interchangeable: the engine cannot tell a file from a device.
 
 pub mod device;
+pub mod device_names;
+pub mod level;
+pub mod mic_test;
 pub mod pcm_format;
 pub mod resample;
 pub mod stream;

@@ -35,6 +35,13 @@ pub(super) struct Controller {
     pub(super) next_device_poll: Instant,
     pub(super) devices_polling: Option<JoinHandle<anyhow::Result<DeviceList>>>,
     pub(super) tests_run: u32,
+    /// The window is in front (no notifications then).
+    pub(super) focused: bool,
+    /// What the user has been told of (pure), and the task that shows notifications.
+    pub(super) alerts: super::alerts::Alerts,
+    pub(super) notifier: Option<mpsc::UnboundedSender<super::alerts::Alert>>,
+    /// The microphone test while Settings runs it.
+    pub(super) mic_test: Option<crate::audio::mic_test::MicTest>,
 }
 
 impl Controller {
@@ -55,6 +62,10 @@ impl Controller {
             next_device_poll: Instant::now(),
             devices_polling: None,
             tests_run: 0,
+            mic_test: None,
+            focused: true,
+            alerts: Default::default(),
+            notifier: None,
         }
     }
 
@@ -186,6 +197,8 @@ impl Controller {
             }
             Request::Apply(settings) => self.apply_settings(settings),
             Request::RunLatencyTest => self.start_latency_test(),
+            Request::TestMicrophone(on) => self.set_mic_test(on),
+            Request::WindowFocused(focused) => self.focused = focused,
             Request::WatchDevices(on) => {
                 self.watch_devices = on;
                 self.next_device_poll = Instant::now();
@@ -284,6 +297,7 @@ impl Controller {
         let old = self.settings.replace(new.clone());
         self.apply_to_session(&new, old.as_ref());
         self.apply_mute();
+        self.follow_input_change(old.is_some_and(|o| o.devices.input != new.devices.input));
     }
 
     /// Sends the engine what changed (everything when `old` is `None`).
@@ -300,6 +314,12 @@ impl Controller {
             }
             if old.is_none_or(|o| o.jitter_ms != new.jitter_ms) {
                 session.command(EngineCommand::SetJitterTarget(new.jitter_ms));
+            }
+            if old.is_none_or(|o| o.voice_activation != new.voice_activation) {
+                session.command(EngineCommand::SetVoiceActivation(new.voice_activation));
+            }
+            if old.is_none_or(|o| o.voice_threshold_db != new.voice_threshold_db) {
+                session.command(EngineCommand::SetVoiceThreshold(new.voice_threshold_db));
             }
             if old.is_some_and(|o| o.devices != new.devices)
                 && self.config.audio == AudioSource::Devices

@@ -73,6 +73,7 @@ impl Controller {
                 tracing::info!(room = %session.joined().room, "joined");
                 self.session = Some(session);
                 self.view.joined(Instant::now());
+                self.alerts.reset();
                 lock(&self.shared.history).clear();
                 if let Some(s) = self.settings.clone() {
                     self.apply_to_session(&s, None);

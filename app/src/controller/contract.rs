@@ -3,6 +3,7 @@
 
 use crate::apm::VoiceConfig;
 use crate::audio::device::{DeviceChoice, DeviceList};
+use crate::audio::level::SharedLevel;
 use crate::engine::EngineStats;
 use crate::engine::receive::PeerStats;
 use crate::settings::Dirs;
@@ -42,6 +43,8 @@ pub struct ControllerConfig {
     pub devices: DeviceLister,
     /// Address the embedded relay listens on when hosting (`0.0.0.0`; tests use loopback).
     pub host_bind: IpAddr,
+    /// The D-Bus bus desktop notifications go to (an address); `None`: the session bus.
+    pub notification_bus: Option<String>,
 }
 
 impl ControllerConfig {
@@ -52,6 +55,7 @@ impl ControllerConfig {
             audio: AudioSource::Devices,
             devices: Arc::new(crate::audio::device::list),
             host_bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            notification_bus: None,
         }
     }
 }
@@ -67,7 +71,12 @@ pub struct CallSettings {
     pub jitter_ms: Option<f64>,
     pub devices: DeviceChoice,
     pub push_to_talk: bool,
+    /// Send only while a voice is heard, above `voice_threshold_db`.
+    pub voice_activation: bool,
+    pub voice_threshold_db: f32,
     pub sounds: bool,
+    /// Desktop notifications while the window is not in front.
+    pub notifications: bool,
 }
 
 impl CallSettings {
@@ -89,7 +98,10 @@ impl CallSettings {
                 output: s.output_device.clone(),
             },
             push_to_talk: s.push_to_talk.is_some(),
+            voice_activation: s.voice_activation && s.push_to_talk.is_none(),
+            voice_threshold_db: s.voice_threshold_db,
             sounds: s.sounds,
+            notifications: s.notifications,
         }
     }
 }
@@ -132,6 +144,12 @@ pub enum Request {
     },
     Apply(CallSettings),
     RunLatencyTest,
+    /// Start (true) or stop the microphone test on the chosen input; it follows a change of
+    /// input device while it runs.
+    TestMicrophone(bool),
+    /// The window came to the front (true) or went behind others: what happens in the call
+    /// while it is behind raises desktop notifications.
+    WindowFocused(bool),
     /// Poll the device list (while the settings screen is open).
     WatchDevices(bool),
     ForgetRelay(String),
@@ -285,6 +303,15 @@ impl From<&EngineStats> for EngineStatsView {
 }
 
 /// The loopback latency test.
+/// A running microphone test as the UI sees it.
+#[derive(Debug, Clone)]
+pub enum MicTestView {
+    /// The input level, read by the UI whenever it draws (an atomic, updated every 20 ms).
+    Level(Arc<SharedLevel>),
+    /// The input could not be opened.
+    Failed(String),
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub enum LatencyTest {
     #[default]
@@ -322,6 +349,8 @@ pub struct Snapshot {
     pub applied: Option<CallSettings>,
     pub devices: Option<DeviceList>,
     pub device_error: Option<String>,
+    /// The microphone test, while it runs.
+    pub mic_test: Option<MicTestView>,
     pub known_relays: Vec<(String, String)>,
     /// Counts join/leave cues played (for tests and the curious).
     pub cues_played: u64,

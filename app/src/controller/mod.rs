@@ -12,13 +12,16 @@
 //! requests), [`view_model`] (the pure policy: call controls and the call's view-model, time
 //! passed in, tested with simulated time) under [`view`] (its shell), [`connect`] (joining
 //! with trust on first use; the verdict is the pure `after_failure`),
-//! [`hosting`] (the embedded relay), [`latency_test`] (the loopback measurement).
+//! [`hosting`] (the embedded relay), [`latency_test`] (the loopback measurement), [`mic_test`] (the input meter in Settings), [`alerts`] (what to notify while the window is behind others; the pure policy under `notifier`, the D-Bus shell).
 
 pub mod actor;
+pub mod alerts;
 pub mod connect;
 pub mod contract;
 pub mod hosting;
 pub mod latency_test;
+pub mod mic_test;
+mod notifier;
 pub mod plain;
 pub mod view;
 pub mod view_model;

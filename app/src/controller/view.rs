@@ -6,6 +6,7 @@
 use super::actor::Controller;
 use super::contract::*;
 use super::lock;
+use super::notifier;
 use super::view_model::{ViewInput, roster_names};
 use crate::engine::EngineCommand;
 use crate::session::LinkStatus;
@@ -33,6 +34,7 @@ impl Controller {
             LinkStatus::Reconnecting { attempt, reason } => {
                 let phase = Phase::Reconnecting { attempt, reason };
                 self.view.reconnecting();
+                self.alerts.reset_roster();
                 let changed = {
                     let mut s = lock(&self.shared.snapshot);
                     let changed = s.phase != phase || s.call.is_some();
@@ -63,6 +65,17 @@ impl Controller {
             push_to_talk: self.push_to_talk(),
         };
         let update = self.view.update(&input, Instant::now());
+        let show = !self.focused && self.settings.as_ref().is_none_or(|s| s.notifications);
+        let alerts = self
+            .alerts
+            .update(&state, joined.participant_id, &joined.room, show);
+        if !alerts.is_empty() {
+            let bus = self.config.notification_bus.clone();
+            let notifier = self.notifier.get_or_insert_with(|| notifier::spawn(bus));
+            for alert in alerts {
+                let _ = notifier.send(alert);
+            }
+        }
         let cue_played = match update.cue {
             Some(cue) if self.settings.as_ref().is_none_or(|s| s.sounds) => {
                 session.command(EngineCommand::PlaySound(sounds::samples(cue)));

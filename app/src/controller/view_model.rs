@@ -408,13 +408,115 @@ pub fn roster_names(c: &CallView) -> Vec<(u32, String)> {
         .collect()
 }
 
+/// The left end of the input level meters (the call's and the microphone test's), dBFS; the
+/// right end is full scale. A quiet room sits near the left, a voice around the middle.
+pub const METER_FLOOR_DB: f32 = -70.0;
+
+/// Where `db` sits on a level meter, from 0 (its left end) to 1 (full scale).
+pub fn meter_fraction(db: f32) -> f32 {
+    ((db - METER_FLOOR_DB) / -METER_FLOOR_DB).clamp(0.0, 1.0)
+}
+
+/// The microphone test's reading against the voice-activation threshold: what the meter
+/// draws and the sentence under it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MicReading {
+    pub level_db: f32,
+    pub threshold_db: f32,
+}
+
+impl MicReading {
+    /// Whether voice activation would take this level for a voice (the detector also wants it
+    /// clearly above the room's noise, which a steady sound is not for long).
+    pub fn above_threshold(&self) -> bool {
+        self.level_db > self.threshold_db
+    }
+
+    /// One sentence for the user.
+    pub fn describe(&self) -> &'static str {
+        if self.level_db <= METER_FLOOR_DB {
+            "No sound from this microphone. Is it muted or unplugged?"
+        } else if self.above_threshold() {
+            "Loud enough: voice activation sends this."
+        } else {
+            "Below the threshold: voice activation stays quiet."
+        }
+    }
+}
+
+/// What the tray icon reflects: whether we are in a call, muted, and chat lines not yet seen.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrayState {
+    /// The room, while in a call.
+    pub room: Option<String>,
+    pub muted: bool,
+    pub unread: u64,
+}
+
+/// The mark drawn on the tray icon's corner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrayBadge {
+    /// Unread chat (it asks for attention).
+    Unread,
+    /// In a call with the microphone off.
+    Muted,
+    /// In a call.
+    InCall,
+}
+
+/// How the tray shows a [`TrayState`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrayLook {
+    pub badge: Option<TrayBadge>,
+    /// The tray host should draw the eye to it (StatusNotifierItem `NeedsAttention`).
+    pub attention: bool,
+    /// One line saying all of it.
+    pub tooltip: String,
+}
+
+impl TrayState {
+    /// Unread messages matter most (they need the user), then a muted microphone (easy to
+    /// forget), then being in a call.
+    pub fn look(&self) -> TrayLook {
+        let Some(room) = &self.room else {
+            return TrayLook {
+                badge: None,
+                attention: false,
+                tooltip: "Not in a call".into(),
+            };
+        };
+        let mut parts = vec![format!("In {room}")];
+        if self.muted {
+            parts.push("microphone off".into());
+        }
+        match self.unread {
+            0 => {}
+            1 => parts.push("1 new message".into()),
+            n => parts.push(format!("{n} new messages")),
+        }
+        let badge = if self.unread > 0 {
+            TrayBadge::Unread
+        } else if self.muted {
+            TrayBadge::Muted
+        } else {
+            TrayBadge::InCall
+        };
+        TrayLook {
+            badge: Some(badge),
+            attention: self.unread > 0,
+            tooltip: parts.join(" · "),
+        }
+    }
+}
+
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+
     use crate::latency_stages::LatencyStages;
     use natter_proto::control::Participant;
 
-    fn person(id: u64, name: &str) -> Participant {
+    pub(in crate::controller) fn person(id: u64, name: &str) -> Participant {
         Participant {
             id,
             ssrc: 0x100 + id as u32,
@@ -631,5 +733,47 @@ mod tests {
         assert_eq!(gains[&0x104], 1.0);
         c.set_local_mute("carol".into(), false);
         assert_eq!(c.gains(&state)[1], (0x103, 1.0));
+    }
+
+    #[test]
+    fn the_meter_scale_and_the_mic_readings_words() {
+        assert_eq!(meter_fraction(-100.0), 0.0);
+        assert_eq!(meter_fraction(-35.0), 0.5);
+        assert_eq!(meter_fraction(3.0), 1.0);
+        let reading = |level_db| MicReading {
+            level_db,
+            threshold_db: -55.0,
+        };
+        assert!(reading(-30.0).above_threshold());
+        assert!(reading(-30.0).describe().starts_with("Loud enough"));
+        assert!(!reading(-60.0).above_threshold());
+        assert!(reading(-60.0).describe().starts_with("Below the threshold"));
+        assert!(reading(-100.0).describe().starts_with("No sound"));
+    }
+
+    #[test]
+    fn the_tray_shows_unread_then_muted_then_in_call() {
+        let idle = TrayState::default().look();
+        assert_eq!((idle.badge, idle.attention), (None, false));
+        assert_eq!(idle.tooltip, "Not in a call");
+        let mut state = TrayState {
+            room: Some("lounge".into()),
+            ..TrayState::default()
+        };
+        assert_eq!(state.look().badge, Some(TrayBadge::InCall));
+        assert_eq!(state.look().tooltip, "In lounge");
+        state.muted = true;
+        assert_eq!(state.look().badge, Some(TrayBadge::Muted));
+        assert_eq!(state.look().tooltip, "In lounge · microphone off");
+        state.unread = 3;
+        let look = state.look();
+        assert_eq!(
+            (look.badge, look.attention),
+            (Some(TrayBadge::Unread), true)
+        );
+        assert_eq!(look.tooltip, "In lounge · microphone off · 3 new messages");
+        state.muted = false;
+        state.unread = 1;
+        assert_eq!(state.look().tooltip, "In lounge · 1 new message");
     }
 }

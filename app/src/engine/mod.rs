@@ -56,6 +56,8 @@ pub struct EngineConfig {
 pub enum EngineCommand {
     SetVoice(VoiceConfig),
     SetVoiceActivation(bool),
+    /// The voice-activation threshold, dBFS: quieter blocks are never voice.
+    SetVoiceThreshold(f32),
     /// Playback gain for one remote sender (by SSRC): 0 mutes it locally, 1 leaves it as is.
     /// Its jitter buffer keeps running, so unmuting resumes in sync.
     SetPeerGain {
@@ -694,6 +696,7 @@ impl Worker {
                     None => {}
                 },
                 EngineCommand::SetVoiceActivation(on) => self.config.voice_activation = on,
+                EngineCommand::SetVoiceThreshold(db) => self.vad.set_threshold_db(db),
                 EngineCommand::SetPeerGain { ssrc, gain } => {
                     self.peer_gains.insert(ssrc, gain.clamp(0.0, 4.0));
                 }

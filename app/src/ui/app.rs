@@ -3,6 +3,7 @@
 
 use super::global_ptt::{self, GlobalPtt};
 use super::style;
+use crate::controller::view_model::TrayState;
 use crate::controller::{
     CallSettings, ControllerConfig, ControllerHandle, LatencyTest, Phase, Repaint, Request,
     Snapshot,
@@ -28,6 +29,8 @@ pub struct AppConfig {
     /// Grab the push-to-talk key for the whole desktop during calls (X11), not only while the
     /// window has the focus. Off in tests, which must not take a key from the developer.
     pub global_shortcuts: bool,
+    /// Show a tray icon (off in tests: it would appear in the developer's tray).
+    pub tray: bool,
 }
 
 impl AppConfig {
@@ -40,6 +43,7 @@ impl AppConfig {
             controller: ControllerConfig::desktop(dirs),
             export_dir,
             global_shortcuts: true,
+            tray: true,
         }
     }
 }
@@ -107,6 +111,13 @@ pub struct NatterApp {
     /// Settings is waiting for the key or button to use for push to talk.
     pub(super) ptt_capture: bool,
     theme_applied: Option<ThemeChoice>,
+    /// Requests from later starts of the app (a clicked invite), on unix.
+    #[cfg(unix)]
+    handovers: Option<std::sync::mpsc::Receiver<super::single_instance::Handover>>,
+    /// The tray icon, when the config asks for one.
+    tray: Option<super::tray::Tray>,
+    /// The window was in front when last drawn (the controller notifies while it is not).
+    focused: bool,
     /// Frames drawn since `frames_since` (logged every 30 s, for the CPU benchmark).
     frames: u64,
     frames_since: std::time::Instant,
@@ -131,6 +142,9 @@ impl NatterApp {
             repaint_ctx.request_repaint_after(Duration::from_millis(1))
         });
         let ctl = ControllerHandle::spawn(config.controller, repaint)?;
+        let tray = config
+            .tray
+            .then(|| super::tray::Tray::start(ctx.clone(), ctl.clone()));
         ctl.send(Request::Apply(CallSettings::from_settings(&settings)));
         let form = StartForm {
             port: natter_proto::invite::DEFAULT_PORT.to_string(),
@@ -163,6 +177,10 @@ impl NatterApp {
             ptt_problem: None,
             ptt_capture: false,
             theme_applied: None,
+            focused: true,
+            #[cfg(unix)]
+            handovers: None,
+            tray,
             frames: 0,
             frames_since: std::time::Instant::now(),
         })
@@ -201,6 +219,43 @@ impl NatterApp {
         }
     }
 
+    /// Takes requests from later starts: invites to join, or to come to the front.
+    #[cfg(unix)]
+    pub fn take_handovers(
+        &mut self,
+        rx: std::sync::mpsc::Receiver<super::single_instance::Handover>,
+    ) {
+        self.handovers = Some(rx);
+    }
+
+    /// Carries out what later starts asked for: the window comes to the front and, for an
+    /// invite, joins it (or, during a call, offers it in the join form for after this one).
+    #[cfg(unix)]
+    fn handle_handovers(&mut self, ctx: &egui::Context) {
+        use super::single_instance::Handover;
+        let Some(rx) = &self.handovers else {
+            return;
+        };
+        let requests: Vec<Handover> = rx.try_iter().collect();
+        for request in requests {
+            ctx.send_viewport_cmd(egui::ViewportCommand::Minimized(false));
+            ctx.send_viewport_cmd(egui::ViewportCommand::Focus);
+            if let Handover::Join(invite) = request {
+                if self.in_call() {
+                    self.form.invite = invite;
+                    self.notices.push(
+                        "Another invite arrived. It is in the join form: leave this call to \
+                         join it."
+                            .into(),
+                    );
+                } else {
+                    self.set_screen(Screen::Main);
+                    self.join_invite(&invite, None);
+                }
+            }
+        }
+    }
+
     pub fn screen(&self) -> Screen {
         self.screen
     }
@@ -214,6 +269,9 @@ impl NatterApp {
         if screen != self.screen {
             self.ctl
                 .send(Request::WatchDevices(screen == Screen::Settings));
+            if self.screen == Screen::Settings && self.snap.mic_test.is_some() {
+                self.ctl.send(Request::TestMicrophone(false));
+            }
         }
         self.screen = screen;
     }
@@ -522,7 +580,25 @@ impl NatterApp {
             self.notices.push(e);
         }
         self.apply_theme(&ctx);
+        #[cfg(unix)]
+        self.handle_handovers(&ctx);
+        let focused = ctx.input(|i| i.focused);
+        if focused != self.focused {
+            self.focused = focused;
+            self.ctl.send(Request::WindowFocused(focused));
+        }
         self.shortcuts(&ctx);
+        if let Some(tray) = &mut self.tray {
+            tray.show(TrayState {
+                room: self.snap.call.as_ref().map(|c| c.room.clone()),
+                muted: self.snap.muted,
+                unread: self
+                    .snap
+                    .call
+                    .as_ref()
+                    .map_or(0, |c| c.chat_count.saturating_sub(self.chat_seen)),
+            });
+        }
         match self.screen {
             Screen::Settings => self.settings_screen(ui),
             Screen::Main if self.in_call() => self.call_screen(ui),

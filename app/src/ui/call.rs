@@ -366,7 +366,19 @@ impl NatterApp {
             ui.with_layout(Layout::right_to_left(Align::Center), |ui| {
                 if p.is_me {
                     if let Some(c) = &self.snap.call {
-                        style::level_meter(ui, c.engine.input_level_db, c.engine.voice_active);
+                        let threshold = self
+                            .snap
+                            .applied
+                            .as_ref()
+                            .filter(|a| a.voice_activation)
+                            .map(|a| a.voice_threshold_db);
+                        style::level_meter(
+                            ui,
+                            120.0,
+                            c.engine.input_level_db,
+                            c.engine.voice_active,
+                            threshold,
+                        );
                     }
                 } else {
                     let label = if p.locally_muted {

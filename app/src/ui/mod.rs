@@ -17,9 +17,12 @@ pub mod call;
 mod global_ptt;
 pub mod meter;
 pub mod settings_view;
+#[cfg(unix)]
+pub mod single_instance;
 pub mod sounds;
 pub mod start;
 pub mod style;
+mod tray;
 mod window_class;
 
 pub use crate::controller::{AudioSource, ControllerConfig, TestSignal};
@@ -108,6 +111,29 @@ pub fn run(options: LaunchOptions) -> ExitCode {
         }
     };
     let log = init_logging(&dirs);
+    #[cfg(unix)]
+    let instance = {
+        use single_instance::{Handover, Start};
+        // `--dir` keeps even the socket apart (tests, a second profile).
+        let runtime_dir = options
+            .dir
+            .is_none()
+            .then(|| std::env::var_os("XDG_RUNTIME_DIR").map(Into::into))
+            .flatten();
+        let path = single_instance::socket_path(&dirs.data, runtime_dir);
+        let request = options.join.clone().map_or(Handover::Show, Handover::Join);
+        match single_instance::claim(&path, &request) {
+            Ok(Start::HandedOver) => {
+                eprintln!("natter: handed over to the Natter already running");
+                return ExitCode::SUCCESS;
+            }
+            Ok(Start::First(listener)) => Some(listener),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "single instance: {e}");
+                None
+            }
+        }
+    };
     tracing::info!(log = ?log, "natter desktop app starting");
     let mut config = AppConfig::desktop(dirs);
     if let Some(signal) = options.test_signal {
@@ -127,6 +153,16 @@ pub fn run(options: LaunchOptions) -> ExitCode {
         Box::new(move |cc| {
             window_class::set_x11_class(cc);
             let mut app = NatterApp::new(&cc.egui_ctx, config)?;
+            #[cfg(unix)]
+            if let Some(listener) = instance {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let ctx = cc.egui_ctx.clone();
+                listener.serve(move |request| {
+                    let _ = tx.send(request);
+                    ctx.request_repaint();
+                });
+                app.take_handovers(rx);
+            }
             if let Some(invite) = &options.join {
                 app.join_invite(invite, options.name.as_deref());
             }

@@ -3,13 +3,22 @@
 use super::app::{NatterApp, PTT_KEYS, QUALITY_CHOICES, jitter_is_fixed, quality_label};
 use super::start::column;
 use super::style;
-use crate::controller::Request;
+use crate::audio::device::DeviceList;
+use crate::controller::view_model::MicReading;
+use crate::controller::{MicTestView, Request};
 use crate::settings::{JitterMode, Quality, ThemeChoice};
+use crate::vad::THRESHOLD_RANGE_DB;
 use egui::{RichText, ScrollArea, Ui};
+use std::time::Duration;
 
-/// Label for a device choice (`None` follows the system default).
-fn device_label(d: &Option<String>) -> String {
-    d.clone().unwrap_or_else(|| "System default".into())
+/// How often the settings screen redraws while the microphone meter moves.
+const METER_REPAINT: Duration = Duration::from_millis(50);
+
+/// Label for a device choice (`None` follows the system default): the name people recognise,
+/// while the raw name stays the id settings keep.
+fn device_label(devices: &DeviceList, d: &Option<String>) -> String {
+    d.as_deref()
+        .map_or_else(|| "System default".into(), |d| devices.label(d).to_string())
 }
 
 impl NatterApp {
@@ -51,22 +60,32 @@ impl NatterApp {
                 outputs.push(s.output_device.clone());
             }
             egui::ComboBox::from_label("Microphone")
-                .selected_text(device_label(&s.input_device))
+                .selected_text(device_label(&devices, &s.input_device))
                 .width(300.0)
                 .show_ui(ui, |ui| {
                     for d in &inputs {
                         changed |= ui
-                            .selectable_value(&mut s.input_device, d.clone(), device_label(d))
+                            .selectable_value(
+                                &mut s.input_device,
+                                d.clone(),
+                                device_label(&devices, d),
+                            )
+                            .on_hover_text(d.as_deref().unwrap_or("default"))
                             .changed();
                     }
                 });
             egui::ComboBox::from_label("Speaker")
-                .selected_text(device_label(&s.output_device))
+                .selected_text(device_label(&devices, &s.output_device))
                 .width(300.0)
                 .show_ui(ui, |ui| {
                     for d in &outputs {
                         changed |= ui
-                            .selectable_value(&mut s.output_device, d.clone(), device_label(d))
+                            .selectable_value(
+                                &mut s.output_device,
+                                d.clone(),
+                                device_label(&devices, d),
+                            )
+                            .on_hover_text(d.as_deref().unwrap_or("default"))
                             .changed();
                     }
                 });
@@ -85,6 +104,65 @@ impl NatterApp {
                     );
                 }
             }
+        });
+
+        style::card(ui).show(ui, |ui| {
+            ui.set_width(ui.available_width());
+            ui.label(RichText::new("Microphone test and voice activation").heading());
+            let testing = self.snap.mic_test.is_some();
+            let button = if testing {
+                "Stop test"
+            } else {
+                "Test microphone"
+            };
+            if ui.button(button).clicked() {
+                self.ctl.send(Request::TestMicrophone(!testing));
+            }
+            match &self.snap.mic_test {
+                Some(MicTestView::Level(level)) => {
+                    let reading = MicReading {
+                        level_db: level.get(),
+                        threshold_db: s.voice_threshold_db,
+                    };
+                    style::level_meter(
+                        ui,
+                        300.0,
+                        reading.level_db,
+                        reading.above_threshold(),
+                        Some(reading.threshold_db),
+                    );
+                    ui.label(RichText::new(reading.describe()).small());
+                    ui.ctx().request_repaint_after(METER_REPAINT);
+                }
+                Some(MicTestView::Failed(e)) => {
+                    ui.label(RichText::new(e).color(style::DANGER));
+                }
+                None => {}
+            }
+            changed |= ui
+                .add_enabled(
+                    s.push_to_talk.is_none(),
+                    egui::Checkbox::new(&mut s.voice_activation, "Voice activation"),
+                )
+                .on_hover_text("Send only while you speak")
+                .on_disabled_hover_text("Push to talk decides when you send")
+                .changed();
+            changed |= ui
+                .add(
+                    egui::Slider::new(&mut s.voice_threshold_db, THRESHOLD_RANGE_DB)
+                        .step_by(1.0)
+                        .suffix(" dBFS")
+                        .text("Voice activation threshold"),
+                )
+                .changed();
+            ui.label(
+                RichText::new(
+                    "Test the microphone and talk: the bar should pass the line while you speak \
+                     and fall behind it when you stop.",
+                )
+                .small()
+                .weak(),
+            );
         });
 
         style::card(ui).show(ui, |ui| {
@@ -198,6 +276,12 @@ impl NatterApp {
             }
             changed |= ui
                 .checkbox(&mut s.sounds, "Play a sound when someone joins or leaves")
+                .changed();
+            changed |= ui
+                .checkbox(
+                    &mut s.notifications,
+                    "Notify me of messages and arrivals while Natter is in the background",
+                )
                 .changed();
         });
 

@@ -213,20 +213,37 @@ pub fn quality_bars(ui: &mut Ui, who: &str, quality: LinkQuality, detail: &str) 
     })
 }
 
-/// A horizontal level meter for the microphone, -60…0 dBFS.
-pub fn level_meter(ui: &mut Ui, level_db: f32, active: bool) -> Response {
-    let (rect, response) = ui.allocate_exact_size(vec2(120.0, 8.0), Sense::hover());
+/// A horizontal level meter for the microphone (scale: `view_model::meter_fraction`), green
+/// while `active`, with the voice-activation threshold as a vertical line when given.
+pub fn level_meter(
+    ui: &mut Ui,
+    width: f32,
+    level_db: f32,
+    active: bool,
+    threshold_db: Option<f32>,
+) -> Response {
+    use crate::controller::view_model::meter_fraction;
+    let (rect, response) = ui.allocate_exact_size(vec2(width, 8.0), Sense::hover());
     let painter = ui.painter();
     painter.rect_filled(rect, 4.0, ui.visuals().faint_bg_color);
-    let frac = ((level_db + 60.0) / 60.0).clamp(0.0, 1.0);
     let mut fill = rect;
-    fill.set_width(rect.width() * frac);
+    fill.set_width(rect.width() * meter_fraction(level_db));
     let color = if active {
         SPEAKING
     } else {
         ui.visuals().weak_text_color()
     };
     painter.rect_filled(fill, 4.0, color);
+    if let Some(t) = threshold_db {
+        let x = rect.left() + rect.width() * meter_fraction(t);
+        painter.line_segment(
+            [
+                egui::pos2(x, rect.top() - 3.0),
+                egui::pos2(x, rect.bottom() + 3.0),
+            ],
+            Stroke::new(2.0, ui.visuals().strong_text_color()),
+        );
+    }
     let label = format!("Microphone level {level_db:.0} dBFS");
     response.widget_info(|| WidgetInfo::labeled(Role::Meter, true, &label));
     response.on_hover_text(label)
