@@ -52,7 +52,7 @@
 //!
 //! The engine's timing: by default the buffer is pulled perfectly (one block every 10 ms).
 //! `JITTER_DRED=N:BPS` encodes with DRED of N × 10 ms and in-band FEC off at BPS bit/s instead of
-//! 32 kbit/s with FEC; `JITTER_MEAN_BURST=B` sets the bursty model's mean burst (default 2.5);
+//! 32 kbit/s with FEC; `JITTER_BITRATE=BPS` encodes with FEC at BPS (real calls: 40000); `JITTER_MEAN_BURST=B` sets the bursty model's mean burst (default 2.5);
 //! `JITTER_DECODER_COMPLEXITY=C` decodes at libopus complexity C instead of natter's;
 //! `JITTER_NO_COMPLEXITY=1` leaves out the encoder-complexity rows.
 //!
@@ -102,7 +102,7 @@ fn mean_burst() -> f64 {
         .unwrap_or(MEAN_BURST)
 }
 
-/// The encoder's protection: in-band FEC at [`BITRATE_BPS`] (the default), or with
+/// The encoder's protection: in-band FEC at [`bitrate`] (the default), or with
 /// `JITTER_DRED=N:BPS` DRED of N × 10 ms with FEC off at BPS (the policy of `rate::protection`
 /// for bursty loss), or with `JITTER_DRED=N:BPS:fec` both. Returns (bitrate, FEC, DRED 10 ms units).
 fn protection() -> (i32, bool, u8) {
@@ -116,8 +116,16 @@ fn protection() -> (i32, bool, u8) {
                 v[0].parse().expect("JITTER_DRED duration"),
             )
         }
-        Err(_) => (BITRATE_BPS, true, 0),
+        Err(_) => (bitrate(), true, 0),
     }
+}
+
+/// [`BITRATE_BPS`], or `JITTER_BITRATE` (40000: what the rate controller sends real calls at).
+fn bitrate() -> i32 {
+    std::env::var("JITTER_BITRATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(BITRATE_BPS)
 }
 /// Warm-up of the steady scenario, s, and the silence between it and the scored speech.
 const WARMUP_S: f64 = 60.0;
@@ -401,6 +409,8 @@ fn jitter_profiles(t0_ms: f64) -> Vec<(&'static str, NetworkProfile)> {
     vec![
         ("none", NetworkProfile::constant(30.0)),
         ("gauss-10ms", NetworkProfile::gaussian(10.0)),
+        // The real call bench's `random` and `bursty` paths' jitter (natter-netem `jitter=12`).
+        ("netem-12ms", NetworkProfile::gaussian_in_order(12.0)),
         ("bursty-40ms", NetworkProfile::bursty(40.0)),
         (
             "spike-300ms",

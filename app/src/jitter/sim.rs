@@ -64,6 +64,15 @@ pub enum Jitter {
     Gaussian {
         sigma_ms: f64,
     },
+    /// `natter-netem`'s jitter (`tests/src/netem.rs`, without `reorder`): N(0, σ²) around the
+    /// base delay (never below none at all), and a packet is never delivered before the one
+    /// sent ahead of it — a late packet holds back the ones behind it, as in a queue. Its
+    /// relative delays spread far wider than [`Jitter::Gaussian`]'s half-normal of the same σ
+    /// (the fastest packet of a window is ~2.5 σ early): the simulator row that stands for the
+    /// real call bench's `jitter=12` condition.
+    GaussianInOrder {
+        sigma_ms: f64,
+    },
     /// Calm stretches (uniform 0–1 ms) alternating with bursts in which each packet gets a
     /// uniform 0–`max_ms`; stretch lengths are geometric with the given means.
     Bursty {
@@ -138,6 +147,14 @@ impl NetworkProfile {
     pub fn gaussian(sigma_ms: f64) -> Self {
         Self {
             jitter: Jitter::Gaussian { sigma_ms },
+            ..Self::constant(30.0)
+        }
+    }
+
+    /// 30 ms base, `natter-netem`'s Gaussian jitter of `sigma_ms` ([`Jitter::GaussianInOrder`]).
+    pub fn gaussian_in_order(sigma_ms: f64) -> Self {
+        Self {
+            jitter: Jitter::GaussianInOrder { sigma_ms },
             ..Self::constant(30.0)
         }
     }
@@ -241,6 +258,8 @@ pub fn arrivals(profile: &NetworkProfile, frames: usize, seed: u64) -> Vec<Arriv
     let mut out = Vec::with_capacity(frames + frames / 16);
     let mut bad = false;
     let mut burst = false;
+    // The last delivery so far, for paths that keep packets in order.
+    let mut last_at = f64::NEG_INFINITY;
     for frame in 0..frames {
         let send = profile.send_ms(frame);
         let sender_time = (frame as f64 + 1.0) * profile.frame_ms;
@@ -274,6 +293,7 @@ pub fn arrivals(profile: &NetworkProfile, frames: usize, seed: u64) -> Vec<Arriv
         let extra = match profile.jitter {
             Jitter::None => 0.0,
             Jitter::Gaussian { sigma_ms } => (z * sigma_ms).abs(),
+            Jitter::GaussianInOrder { sigma_ms } => (z * sigma_ms).max(-profile.base_delay_ms),
             Jitter::Bursty {
                 max_ms,
                 mean_burst_ms,
@@ -310,6 +330,10 @@ pub fn arrivals(profile: &NetworkProfile, frames: usize, seed: u64) -> Vec<Arriv
             continue;
         }
         let mut at = send + profile.base_delay_ms + extra;
+        if matches!(profile.jitter, Jitter::GaussianInOrder { .. }) {
+            at = at.max(last_at);
+            last_at = at;
+        }
         if u_reorder < profile.reorder_p {
             at += profile.reorder_ms;
         }
@@ -478,6 +502,33 @@ mod tests {
         // ~10 % lost, some reordered by the jitter.
         assert!((860..=940).contains(&a.len()), "{}", a.len());
         assert!(a.windows(2).any(|w| w[0].frame > w[1].frame));
+    }
+
+    /// Relative delays (transit minus the fastest packet's): the 95th percentile.
+    fn relative_p95(p: &NetworkProfile, a: &[Arrival]) -> f64 {
+        let mut d: Vec<f64> = a.iter().map(|x| x.at_ms - p.send_ms(x.frame)).collect();
+        d.sort_by(f64::total_cmp);
+        d[d.len() * 95 / 100] - d[0]
+    }
+
+    /// `natter-netem`'s jitter keeps packets in order, and the same σ spreads relative delays
+    /// over more than twice the half-normal's range: the simulator's `gauss-10ms` row is a
+    /// much kinder path than the real bench's `jitter=12`.
+    #[test]
+    fn in_order_gaussian_jitter_is_netems() {
+        let netem = NetworkProfile::gaussian_in_order(12.0);
+        let a = arrivals(&netem, 20_000, 5);
+        assert!(a.windows(2).all(|w| w[0].frame < w[1].frame), "reordered");
+        let half_normal = NetworkProfile::gaussian(12.0);
+        let (wide, narrow) = (
+            relative_p95(&netem, &a),
+            relative_p95(&half_normal, &arrivals(&half_normal, 20_000, 5)),
+        );
+        assert!((20.0..26.0).contains(&narrow), "half-normal p95 {narrow}");
+        assert!(
+            wide > 2.0 * narrow,
+            "in order {wide} vs half-normal {narrow}"
+        );
     }
 
     #[test]
