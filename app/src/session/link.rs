@@ -43,6 +43,9 @@ pub struct EdgeChoice {
 pub async fn connect_nearest(
     candidates: &[Invite],
 ) -> Result<(Endpoint, Connection, EdgeChoice), ConnectError> {
+    if candidates.is_empty() {
+        return Err(ConnectError::Invalid("no relay to connect to".into()));
+    }
     let started = Instant::now();
     let mut dials = tokio::task::JoinSet::new();
     for (index, invite) in candidates.iter().enumerate() {
