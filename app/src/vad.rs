@@ -8,6 +8,13 @@
 //! block on. Onsets are immediate (a real-time sender cannot go back for the start of a word);
 //! a hang-over keeps the gate open through the short pauses inside and between words.
 
+/// The mean power of a block whose squared samples sum to `energy`, dBFS: how the detector
+/// measures a block, and how the microphone test's meter does ([`crate::audio::level`]), so
+/// the threshold line on the meter means what the detector decides.
+pub fn mean_power_db(energy: f32, samples: usize) -> f32 {
+    10.0 * (energy / samples.max(1) as f32).max(1e-12).log10()
+}
+
 /// The voice-activation threshold when the user has not chosen one, dBFS.
 pub const DEFAULT_THRESHOLD_DB: f32 = -55.0;
 
@@ -90,7 +97,7 @@ impl Vad {
             return self.hangover > 0;
         }
         let energy: f32 = block.iter().map(|x| x * x).sum();
-        let db = 10.0 * (energy / block.len() as f32).max(1e-12).log10();
+        let db = mean_power_db(energy, block.len());
         self.level_db = db;
         self.history[self.next] = db;
         self.next = (self.next + 1) % WINDOW;

@@ -43,7 +43,7 @@ impl LevelMeter {
             self.energy += s * s;
             self.filled += 1;
             if self.filled == self.block {
-                let db = 10.0 * (self.energy / self.block as f32).max(1e-12).log10();
+                let db = crate::vad::mean_power_db(self.energy, self.block);
                 self.level_db = db.max(self.level_db - self.release_per_block).max(FLOOR_DB);
                 self.energy = 0.0;
                 self.filled = 0;
