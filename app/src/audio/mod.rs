@@ -10,6 +10,7 @@
 
 pub mod device;
 pub mod device_names;
+pub mod host;
 pub mod level;
 pub mod mic_test;
 pub mod pcm_format;
