@@ -67,6 +67,8 @@ pub struct ConfigFile {
     pub threads: Option<usize>,
     pub log_format: Option<String>,
     pub congestion: Option<String>,
+    /// "quinn" or "batched".
+    pub data_plane: Option<String>,
     #[serde(default)]
     pub access: AccessFile,
     #[serde(default)]
