@@ -30,6 +30,9 @@
 mod io;
 mod timers;
 
+#[cfg(test)]
+mod tests;
+
 pub(crate) use io::{PlaneHandle, spawn};
 
 use crate::admission::{Admissions, Handshake, HandshakeLimits};
@@ -149,6 +152,8 @@ pub(crate) struct Plane {
     timers: Timers<ConnectionHandle, Instant>,
     /// Connections to process in this round, in the order they were touched.
     touched: Vec<ConnectionHandle>,
+    /// The previous pass's list, kept for its allocation.
+    spare: Vec<ConnectionHandle>,
     admissions: Admissions,
     handshaking: usize,
     settings: Settings,
@@ -184,6 +189,7 @@ impl Plane {
             core,
             timers: Timers::default(),
             touched: Vec::new(),
+            spare: Vec::new(),
             admissions: Admissions::default(),
             handshaking: 0,
             settings: Settings {
@@ -361,20 +367,25 @@ impl Plane {
     /// Processes every connection touched since the last flush and puts everything they have
     /// to send into `out` (one batch for all connections).
     pub(crate) fn flush(&mut self, now: Instant, out: &mut SendBatch) {
-        // Phase A: events, control, routing; the list grows as subscribers are touched.
-        let mut i = 0;
-        while i < self.touched.len() {
-            let ch = self.touched[i];
-            i += 1;
-            self.process(now, ch);
+        // Another pass only when phase B touched a connection after its own turn (a drained
+        // connection's room hears that it left).
+        while !self.touched.is_empty() {
+            // Phase A: events, control, routing; the list grows as subscribers are touched.
+            let mut i = 0;
+            while i < self.touched.len() {
+                let ch = self.touched[i];
+                i += 1;
+                self.process(now, ch);
+            }
+            // Phase B: control writes, queued datagrams into quinn-proto, packets out, timers.
+            let mut pass = std::mem::take(&mut self.spare);
+            std::mem::swap(&mut pass, &mut self.touched);
+            for &ch in &pass {
+                self.transmit(now, ch, out);
+            }
+            pass.clear();
+            self.spare = pass;
         }
-        // Phase B: control writes, queued datagrams into quinn-proto, packets out, timers.
-        let touched = std::mem::take(&mut self.touched);
-        for &ch in &touched {
-            self.transmit(now, ch, out);
-        }
-        self.touched = touched;
-        self.touched.clear();
     }
 
     /// Phase A for one connection.
