@@ -50,7 +50,6 @@ use quinn_proto::{
     ConnectionError, ConnectionHandle, DatagramEvent, Dir, Endpoint, Event, SendDatagramError,
     StreamEvent, StreamId, Transmit, VarInt,
 };
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -113,6 +112,50 @@ struct Conn {
     touched: bool,
 }
 
+/// The connections by their quinn-proto handle, which is an index into the endpoint's own slab
+/// (reused only after the connection drained): a vector indexed the same way needs no hashing
+/// on the per-packet path.
+#[derive(Default)]
+struct Conns(Vec<Option<Conn>>);
+
+impl Conns {
+    fn get(&self, ch: &ConnectionHandle) -> Option<&Conn> {
+        self.0.get(ch.0)?.as_ref()
+    }
+
+    fn get_mut(&mut self, ch: &ConnectionHandle) -> Option<&mut Conn> {
+        self.0.get_mut(ch.0)?.as_mut()
+    }
+
+    fn insert(&mut self, ch: ConnectionHandle, conn: Conn) {
+        if ch.0 >= self.0.len() {
+            self.0.resize_with(ch.0 + 1, || None);
+        }
+        self.0[ch.0] = Some(conn);
+    }
+
+    fn remove(&mut self, ch: &ConnectionHandle) -> Option<Conn> {
+        self.0.get_mut(ch.0)?.take()
+    }
+
+    fn handles(&self) -> impl Iterator<Item = ConnectionHandle> + '_ {
+        self.0
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.is_some())
+            .map(|(i, _)| ConnectionHandle(i))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.iter().all(Option::is_none)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.iter().filter(|c| c.is_some()).count()
+    }
+}
+
 /// A close the loop is carrying out: queued messages go first, then the Error message and the
 /// stream's end, then CONNECTION_CLOSE [`CLOSE_LINGER`] later (at `at`, at the latest
 /// [`CLOSE_GRACE`] after it was asked for).
@@ -147,9 +190,9 @@ pub(crate) struct Occupancy {
 /// The batched data plane's state; see the module documentation.
 pub(crate) struct Plane {
     endpoint: Endpoint,
-    conns: HashMap<ConnectionHandle, Conn>,
+    conns: Conns,
     core: RelayCore<ConnectionHandle>,
-    timers: Timers<ConnectionHandle, Instant>,
+    timers: Timers<Instant>,
     /// Connections to process in this round, in the order they were touched.
     touched: Vec<ConnectionHandle>,
     /// The previous pass's list, kept for its allocation.
@@ -185,7 +228,7 @@ impl Plane {
                 true,
                 None,
             ),
-            conns: HashMap::new(),
+            conns: Conns::default(),
             core,
             timers: Timers::default(),
             touched: Vec::new(),
@@ -347,7 +390,7 @@ impl Plane {
     /// Runs every deadline due at `now`: quinn-proto's timers (loss detection, ACK delay,
     /// pacing, idle), the hello and join deadlines, the control rate's hold, closes.
     pub(crate) fn handle_timeouts(&mut self, now: Instant) {
-        while let Some(ch) = self.timers.pop_due(now) {
+        while let Some(ch) = self.timers.pop_due(now).map(ConnectionHandle) {
             let Some(conn) = self.conns.get_mut(&ch) else {
                 continue;
             };
@@ -735,7 +778,7 @@ impl Plane {
             .into_iter()
             .flatten()
             .min();
-            self.timers.schedule(ch, next);
+            self.timers.schedule(ch.0, next);
         }
     }
 
@@ -765,7 +808,7 @@ impl Plane {
                 }
                 self.admissions.release(conn.ip);
             }
-            self.timers.schedule(ch, None);
+            self.timers.schedule(ch.0, None);
         }
     }
 
@@ -773,7 +816,7 @@ impl Plane {
     /// code) and refuses new ones; the loop ends once [`Plane::is_empty`].
     pub(crate) fn shut_down(&mut self, now: Instant) {
         self.shutting_down = true;
-        let all: Vec<ConnectionHandle> = self.conns.keys().copied().collect();
+        let all: Vec<ConnectionHandle> = self.conns.handles().collect();
         for ch in all {
             self.request_close(
                 now,

@@ -1,45 +1,55 @@
-//! When each connection next needs the loop: one deadline per key in a binary heap, with lazy
-//! invalidation. Rescheduling a key pushes a new entry and remembers the key's current deadline;
+//! When each connection next needs the loop: one deadline per key (a small index: quinn-proto's
+//! connection handles are slab indices) in a binary heap, with lazy invalidation. Rescheduling a key pushes a new entry and remembers the key's current deadline;
 //! entries that no longer match it are skipped when they reach the top. So a reschedule costs
 //! one push (O(log n)) instead of a search, which matters because every connection touched in a
 //! batch reschedules. The heap is compacted when stale entries outnumber live ones.
 //! Pure and generic over the clock, so it is tested with plain numbers.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
-use std::hash::Hash;
+use std::collections::BinaryHeap;
 
 #[derive(Debug)]
-pub struct Timers<K, T> {
-    heap: BinaryHeap<Reverse<(T, K)>>,
-    current: HashMap<K, T>,
+pub struct Timers<T> {
+    heap: BinaryHeap<Reverse<(T, usize)>>,
+    /// Each key's current deadline, indexed by key (no hashing on the per-round path).
+    current: Vec<Option<T>>,
+    live: usize,
 }
 
-impl<K: Copy + Ord + Hash, T: Copy + Ord> Default for Timers<K, T> {
+impl<T: Copy + Ord> Default for Timers<T> {
     fn default() -> Self {
         Self {
             heap: BinaryHeap::new(),
-            current: HashMap::new(),
+            current: Vec::new(),
+            live: 0,
         }
     }
 }
 
-impl<K: Copy + Ord + Hash, T: Copy + Ord> Timers<K, T> {
+impl<T: Copy + Ord> Timers<T> {
     /// `key` next needs the loop at `at` (`None`: not until something else happens). Replaces
     /// any earlier deadline of the key.
-    pub fn schedule(&mut self, key: K, at: Option<T>) {
-        match at {
-            None => {
-                self.current.remove(&key);
+    pub fn schedule(&mut self, key: usize, at: Option<T>) {
+        if key >= self.current.len() {
+            if at.is_none() {
+                return;
             }
-            Some(at) => {
-                if self.current.insert(key, at) == Some(at) {
-                    return;
-                }
-                self.heap.push(Reverse((at, key)));
-                if self.heap.len() > 64 && self.heap.len() > 2 * self.current.len() {
-                    self.compact();
-                }
+            self.current.resize(key + 1, None);
+        }
+        let slot = &mut self.current[key];
+        if *slot == at {
+            return;
+        }
+        match (slot.is_some(), at.is_some()) {
+            (false, true) => self.live += 1,
+            (true, false) => self.live -= 1,
+            _ => {}
+        }
+        *slot = at;
+        if let Some(at) = at {
+            self.heap.push(Reverse((at, key)));
+            if self.heap.len() > 64 && self.heap.len() > 2 * self.live {
+                self.compact();
             }
         }
     }
@@ -52,26 +62,27 @@ impl<K: Copy + Ord + Hash, T: Copy + Ord> Timers<K, T> {
 
     /// The next key whose deadline is at or before `now`, removing that deadline; earliest
     /// first, keys with equal deadlines in key order.
-    pub fn pop_due(&mut self, now: T) -> Option<K> {
+    pub fn pop_due(&mut self, now: T) -> Option<usize> {
         self.skip_stale();
         let Reverse((at, key)) = *self.heap.peek()?;
         if at > now {
             return None;
         }
         self.heap.pop();
-        self.current.remove(&key);
+        self.current[key] = None;
+        self.live -= 1;
         Some(key)
     }
 
     /// Keys with a deadline.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.current.len()
+        self.live
     }
 
     fn skip_stale(&mut self) {
         while let Some(Reverse((at, key))) = self.heap.peek() {
-            if self.current.get(key) == Some(at) {
+            if self.current[*key] == Some(*at) {
                 return;
             }
             self.heap.pop();
@@ -82,7 +93,8 @@ impl<K: Copy + Ord + Hash, T: Copy + Ord> Timers<K, T> {
         self.heap = self
             .current
             .iter()
-            .map(|(key, at)| Reverse((*at, *key)))
+            .enumerate()
+            .filter_map(|(key, at)| at.map(|at| Reverse((at, key))))
             .collect();
     }
 }
@@ -94,7 +106,7 @@ mod tests {
 
     #[test]
     fn a_rescheduled_or_cancelled_key_fires_once_at_its_last_deadline() {
-        let mut t = Timers::<u32, u64>::default();
+        let mut t = Timers::<u64>::default();
         t.schedule(1, Some(50));
         t.schedule(2, Some(30));
         t.schedule(1, Some(10));
@@ -115,24 +127,24 @@ mod tests {
         /// out exactly the keys due, each once, earliest first, and the heap stays bounded.
         #[test]
         fn matches_a_map_of_current_deadlines(
-            ops in proptest::collection::vec((0u8..16, proptest::option::of(0u16..1000)), 1..500),
+            ops in proptest::collection::vec((0usize..16, proptest::option::of(0u16..1000)), 1..500),
             now in 0u16..1000,
         ) {
-            let mut t = Timers::<u8, u16>::default();
-            let mut model = HashMap::new();
+            let mut t = Timers::<u16>::default();
+            let mut model = std::collections::HashMap::new();
             for (key, at) in ops {
                 t.schedule(key, at);
                 match at {
                     Some(at) => { model.insert(key, at); }
                     None => { model.remove(&key); }
                 }
-                prop_assert!(t.heap.len() <= 2 * t.current.len().max(32) + 1);
+                prop_assert!(t.heap.len() <= 2 * t.live.max(32) + 1);
             }
             prop_assert_eq!(t.next(), model.values().min().copied());
-            let mut due: Vec<(u16, u8)> =
+            let mut due: Vec<(u16, usize)> =
                 model.iter().filter(|(_, at)| **at <= now).map(|(k, at)| (*at, *k)).collect();
             due.sort();
-            let popped: Vec<u8> = std::iter::from_fn(|| t.pop_due(now)).collect();
+            let popped: Vec<usize> = std::iter::from_fn(|| t.pop_due(now)).collect();
             prop_assert_eq!(popped, due.into_iter().map(|(_, k)| k).collect::<Vec<_>>());
         }
     }
