@@ -153,6 +153,7 @@ mod tests {
             public-host = "relay.example.org"
             metrics = "127.0.0.1:9100"
             threads = 2
+            data-plane = "batched"
             [access]
             mode = "token"
             secret = "0123456789abcdef0123"
@@ -174,6 +175,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.listen.unwrap().len(), 2);
+        assert_eq!(c.data_plane.as_deref(), Some("batched"));
         assert_eq!(c.limits.max_room_size, Some(12));
         assert_eq!(c.limits.retry_above, Some(8));
         assert_eq!(c.limits.max_connections_per_address, Some(16));

@@ -138,7 +138,7 @@ struct Args {
     congestion: Option<String>,
 
     /// Data plane: "quinn" (default: a task per connection) or "batched" (one thread driving
-    /// QUIC for every connection with batched UDP I/O; one listen address, no cluster).
+    /// QUIC for every connection with batched UDP I/O; one thread, no cluster yet).
     #[arg(long, value_name = "PLANE", env = "NATTER_RELAY_DATA_PLANE")]
     data_plane: Option<String>,
 
@@ -356,10 +356,7 @@ fn settings(args: &Args, file: &ConfigFile) -> anyhow::Result<Settings> {
         "batched" => DataPlane::Batched,
         other => bail!("data-plane: {other:?} is not \"quinn\" or \"batched\""),
     };
-    if relay.data_plane == DataPlane::Batched && default_listen {
-        // The batched plane serves one address: IPv4's, of the two defaults.
-        relay.listen.truncate(1);
-    }
+
     let cluster = &file.cluster;
     if let Some(url) = args.directory.clone().or(cluster.directory.clone()) {
         let mut directory = DirectoryConfig::new(url);

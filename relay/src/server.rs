@@ -88,7 +88,7 @@ pub enum DataPlane {
     #[default]
     Quinn,
     /// One thread driving quinn-proto for all connections, batched UDP I/O (recvmmsg in, one
-    /// sendmmsg per round out; `crate::plane`). One listen address, one thread, no cluster.
+    /// sendmmsg per round out; `crate::plane`). One thread, no cluster yet.
     Batched,
 }
 
@@ -705,9 +705,6 @@ async fn start_batched(
     config: RelayConfig,
     server: quinn::ServerConfig,
 ) -> Result<RelayHandle, RelayError> {
-    if config.listen.len() > 1 {
-        return Err(RelayError::Unsupported("more than one listen address"));
-    }
     if config.threads > 1 {
         return Err(RelayError::Unsupported("more than one thread"));
     }
@@ -715,14 +712,14 @@ async fn start_batched(
         return Err(RelayError::Unsupported("a cluster directory or trunks"));
     }
     let core = new_core(&config);
-    let addr = config.listen[0];
+    let listen = config.listen.clone();
     let shared = Shared::new(RelayCore::new("", Limits::default()), config, None);
-    let (bound, plane) = crate::plane::spawn(addr, server, core, shared.clone())?;
-    info!(addrs = ?[bound], "relay listening (batched data plane)");
+    let (addrs, plane) = crate::plane::spawn(&listen, server, core, shared.clone())?;
+    info!(addrs = ?addrs, "relay listening (batched data plane)");
     Ok(RelayHandle {
         shared,
         endpoints: Vec::new(),
-        addrs: vec![bound],
+        addrs,
         directory: None,
         plane: Some(plane),
     })

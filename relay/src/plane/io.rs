@@ -1,12 +1,13 @@
-//! The batched plane's I/O shell: one thread with one socket, no async runtime. Each round it
-//! receives one batch (recvmmsg/GRO), hands it to the [`Plane`], runs the timers that are due,
-//! lets the plane process the connections that were touched, and sends everything they had to
-//! send with one `sendmmsg`; then it sleeps in `poll` until the next packet or deadline.
+//! The batched plane's I/O shell: one thread with a socket per listen address (IPv4 and IPv6),
+//! no async runtime. Each round it receives a batch from each socket (recvmmsg/GRO), hands them
+//! to the [`Plane`], runs the timers that are due, lets the plane process the connections that
+//! were touched, and sends everything they had to send with one `sendmmsg` per socket; then it
+//! sleeps in `poll` until the next packet or deadline.
 
 use super::Plane;
 use crate::core::RelayCore;
 use crate::server::{RelayError, Shared, bind, unix_ms};
-use crate::udp_batch::{BatchSocket, SendBatch};
+use crate::udp_batch::{BatchSocket, Received, SendBatch, wait_readable};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -36,16 +37,26 @@ impl PlaneHandle {
     }
 }
 
-/// Binds `addr` and starts the plane's thread for `shared`'s relay; returns the bound address.
+/// Binds `addrs` and starts the plane's thread for `shared`'s relay; returns the bound
+/// addresses.
 pub(crate) fn spawn(
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     server: quinn_proto::ServerConfig,
     core: RelayCore<quinn_proto::ConnectionHandle>,
     shared: Arc<Shared>,
-) -> Result<(SocketAddr, PlaneHandle), RelayError> {
-    let socket = bind(addr, false).map_err(|e| RelayError::Bind(addr, e))?;
-    let socket = BatchSocket::new(socket).map_err(|e| RelayError::Bind(addr, e))?;
-    let bound = socket.local_addr().map_err(|e| RelayError::Bind(addr, e))?;
+) -> Result<(Vec<SocketAddr>, PlaneHandle), RelayError> {
+    let mut sockets = Vec::new();
+    let mut bound = Vec::new();
+    for addr in addrs {
+        let socket = bind(*addr, false).map_err(|e| RelayError::Bind(*addr, e))?;
+        let socket = BatchSocket::new(socket).map_err(|e| RelayError::Bind(*addr, e))?;
+        bound.push(
+            socket
+                .local_addr()
+                .map_err(|e| RelayError::Bind(*addr, e))?,
+        );
+        sockets.push(socket);
+    }
     let plane = Plane::new(
         &shared.config,
         server,
@@ -55,18 +66,21 @@ pub(crate) fn spawn(
         unix_ms(),
     );
     let (tx, done) = tokio::sync::oneshot::channel();
+    let families = bound.iter().map(SocketAddr::is_ipv6).collect();
     std::thread::Builder::new()
         .name("natter-relay-plane".into())
         .spawn(move || {
-            run(socket, plane, &shared);
+            run(sockets, families, plane, &shared);
             let _ = tx.send(());
         })
-        .map_err(|e| RelayError::Bind(bound, e))?;
+        .map_err(|e| RelayError::Bind(addrs[0], e))?;
     Ok((bound, PlaneHandle { done }))
 }
 
-fn run(mut socket: BatchSocket, mut plane: Plane, shared: &Shared) {
+/// The loop. `v6[i]`: socket `i` is IPv6's (each packet leaves by the socket of its family).
+fn run(mut sockets: Vec<BatchSocket>, v6: Vec<bool>, mut plane: Plane, shared: &Shared) {
     let mut out = SendBatch::default();
+    let mut per_socket: Vec<SendBatch> = sockets.iter().map(|_| SendBatch::default()).collect();
     let mut shutdown_at: Option<Instant> = None;
     loop {
         let now = Instant::now();
@@ -82,23 +96,51 @@ fn run(mut socket: BatchSocket, mut plane: Plane, shared: &Shared) {
             .map_or(IDLE_WAKE, |t| t.saturating_duration_since(now))
             .min(IDLE_WAKE);
         let mut arrived = None;
-        let received = socket.recv(Some(wait), |d| {
+        let mut handle = |d: Received<'_>| {
             // One time for the whole batch: the moment it was read.
             let now = *arrived.get_or_insert_with(Instant::now);
             plane.handle(now, d.from, d.data, &mut out);
-        });
-        if let Err(e) = received {
+        };
+        if let Err(e) = receive(&mut sockets, wait, &mut handle) {
             warn!(error = %e, "receive failed");
             std::thread::sleep(Duration::from_millis(1));
         }
         let now = Instant::now();
         plane.handle_timeouts(now);
         plane.flush(now, &mut out);
-        if !out.is_empty() {
-            // What the kernel had no room for is lost like any UDP packet: QUIC's loss
-            // recovery resends control data, and lost audio is concealed by the receiver.
+        // What the kernel has no room for is lost like any UDP packet: QUIC's loss recovery
+        // resends control data, and lost audio is concealed by the receiver.
+        if let [socket] = &sockets[..] {
             socket.send(&mut out, SEND_WAIT);
+        } else {
+            for (to, data) in out.iter() {
+                if let Some(i) = v6.iter().position(|v6| *v6 == to.is_ipv6()) {
+                    per_socket[i].push(to, data);
+                }
+            }
+            out.clear();
+            for (socket, batch) in sockets.iter().zip(&mut per_socket) {
+                socket.send(batch, SEND_WAIT);
+            }
         }
         shared.publish(plane.occupancy());
     }
+}
+
+/// A batch from every socket that has one; if none has, waits up to `wait` for one.
+fn receive(
+    sockets: &mut [BatchSocket],
+    wait: Duration,
+    handle: &mut impl FnMut(Received<'_>),
+) -> std::io::Result<()> {
+    let mut n = 0;
+    for socket in sockets.iter_mut() {
+        n += socket.recv_now(&mut *handle)?;
+    }
+    if n == 0 && wait_readable(&sockets.iter().collect::<Vec<_>>(), Some(wait))? {
+        for socket in sockets.iter_mut() {
+            socket.recv_now(&mut *handle)?;
+        }
+    }
+    Ok(())
 }

@@ -11,7 +11,7 @@
 //! the time, the datagrams to send out ([`Plane::flush`] fills a [`SendBatch`]), and when it
 //! next needs the loop ([`Plane::poll_timeout`], [`Plane::handle_timeouts`]). Tests drive it
 //! against real quinn-proto clients in memory with simulated time (`tests.rs`); the thread in
-//! `io.rs` drives it with a [`crate::udp_batch::BatchSocket`].
+//! `io.rs` drives it with a [`crate::udp_batch::BatchSocket`] per listen address.
 //!
 //! One round of the loop: a batch of UDP datagrams goes to the endpoint, each to its
 //! connection; then every connection that was touched is processed (phase A): its events,
