@@ -40,6 +40,15 @@ struct Client {
     next_seq: u16,
 }
 
+/// What one relay round took in and sent out, and when.
+#[derive(Debug)]
+struct Round {
+    at: Instant,
+    received: usize,
+    sent: usize,
+    destinations: HashSet<SocketAddr>,
+}
+
 struct Net {
     plane: Plane,
     clients: Vec<Client>,
@@ -49,8 +58,8 @@ struct Net {
     /// Clients whose packets to the relay are lost (no ACKs: the relay's window to them fills).
     cut: HashSet<usize>,
     client_config: quinn_proto::ClientConfig,
-    /// Per relay round: packets sent and their distinct destinations.
-    rounds: Vec<(usize, usize)>,
+    /// Per relay round: packets received, packets sent, and the distinct destinations.
+    rounds: Vec<Round>,
     stale_after: Duration,
 }
 
@@ -180,13 +189,19 @@ impl Net {
         self.flight = later;
         // The relay: this step's packets as one batch, then one round.
         let mut out = SendBatch::default();
+        let mut received = 0;
         for p in due.iter().filter(|p| p.to == RELAY) {
             self.plane.handle(now, p.from, &p.data, &mut out);
+            received += 1;
         }
         self.plane.handle_timeouts(now);
         self.plane.flush(now, &mut out);
-        let destinations: HashSet<SocketAddr> = out.iter().map(|(to, _)| to).collect();
-        self.rounds.push((out.len(), destinations.len()));
+        self.rounds.push(Round {
+            at: now,
+            received,
+            sent: out.len(),
+            destinations: out.iter().map(|(to, _)| to).collect(),
+        });
         for (to, data) in out.iter() {
             self.flight.push(Packet {
                 at: now + LINK,
@@ -372,8 +387,9 @@ fn a_round_carries_packets_for_many_connections_in_order() {
     // The rounds that forwarded a frame sent the copies for all twenty listeners at once
     // (each listener's four in one QUIC packet: quinn-proto packs the datagrams a connection
     // has queued when it builds the packet).
-    let widest = net.rounds.iter().map(|r| r.1).max().unwrap_or(0);
-    assert_eq!(widest, n, "rounds: {:?}", &net.rounds[..40]);
+    let widest = net.rounds.iter().map(|r| r.destinations.len()).max();
+    assert_eq!(widest, Some(n));
+    assert!(net.rounds.iter().any(|r| r.sent >= n && r.received >= n));
 }
 
 /// One listener stops acknowledging (its packets to the relay are lost), so the relay's
@@ -418,10 +434,10 @@ fn a_full_congestion_window_holds_back_only_its_own_connection() {
     // (docs/BENCHMARKS.md, "The batched data plane").
 }
 
-/// A connection that never says Hello reaches its hello deadline while a room's media flows
-/// (rounds carrying batches of datagrams and ACKs, with the listeners' own QUIC timers due in
-/// them too): it alone is closed, with HelloRequired, and the room's audio goes on complete
-/// and in order.
+/// A connection that never says Hello reaches its hello deadline in the very round that takes
+/// in a batch of the room's media (the listeners' own QUIC timers come due in such rounds too):
+/// that round closes it, with HelloRequired, and forwards the batch; the room's audio goes on
+/// complete and in order.
 #[test]
 fn a_deadline_expiring_mid_batch_closes_only_its_connection() {
     let hello = Duration::from_millis(300);
@@ -434,9 +450,40 @@ fn a_deadline_expiring_mid_batch_closes_only_its_connection() {
         net.join(i, "room");
     }
     net.until_welcomed(0..4);
+    // The silent connection's deadline on the relay (the one connection without a control
+    // stream); time moves in whole steps, so it falls on a round.
+    let deadline = net
+        .plane
+        .conns
+        .0
+        .iter()
+        .flatten()
+        .find(|c| c.control.is_none())
+        .and_then(|c| c.deadline)
+        .expect("a deadline");
+    // Everyone speaks so that the frames reach the relay in the deadline's round (a client
+    // sends what it queued at its next step, and the link takes LINK).
+    assert!(
+        net.now + STEP + LINK < deadline,
+        "the deadline came too soon"
+    );
+    net.run(deadline - STEP - LINK - net.now);
     let frames = 40;
     net.talk(0..4, frames);
     net.all_heard(0..4, frames);
+    let round = net
+        .rounds
+        .iter()
+        .find(|r| r.at == deadline)
+        .expect("the deadline's round");
+    let silent_addr = net.clients[silent].addr;
+    // The batch came in, and the same round sent the close and every listener its copies.
+    assert!(
+        round.received >= 4
+            && round.destinations.contains(&silent_addr)
+            && round.destinations.len() == 5,
+        "{round:?}"
+    );
     assert!(net.clients[..4].iter().all(|c| c.closed.is_none()));
     match &net.clients[silent].closed {
         Some(ConnectionError::ApplicationClosed(close)) => {
