@@ -38,6 +38,27 @@ pub enum Admission {
     AddressFull,
 }
 
+/// The whole rule for a new handshake, as both data planes apply it: what to do with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    /// Accept it; a slot is held until [`Admissions::release`].
+    Accept,
+    /// Send a QUIC Retry (the client proves its address and comes back).
+    Retry,
+    /// Refuse it before any crypto (QUIC CONNECTION_REFUSED), holding nothing.
+    Refuse,
+}
+
+/// The limits [`Admissions::decide`] applies.
+#[derive(Debug, Clone, Copy)]
+pub struct HandshakeLimits {
+    pub max_connections: usize,
+    /// Per IPv4 address or IPv6 /64; 0 = no limit.
+    pub max_per_address: usize,
+    /// Handshakes in progress above which unvalidated clients get a Retry first.
+    pub retry_above: usize,
+}
+
 /// Slots in use, relay-wide and per source.
 #[derive(Debug, Default)]
 pub struct Admissions {
@@ -76,6 +97,38 @@ impl Admissions {
         self.total += 1;
         *self.per_source.entry(source).or_default() += 1;
         Admission::Admit
+    }
+
+    /// Decides on a handshake from `ip` with `handshaking` others in progress: refused while
+    /// shutting down; under a handshake flood an unvalidated client must prove its address
+    /// first (cheap insurance against spoofed-source Initials); then [`Self::admit`]'s slots.
+    /// The slot is taken here, at the first packet, not once the handshake is done: a burst of
+    /// Initials must each see the ones before it, or sixty simultaneous handshakes would all
+    /// fit under a limit of twenty.
+    pub fn decide(
+        &mut self,
+        ip: IpAddr,
+        validated: bool,
+        shutting_down: bool,
+        handshaking: usize,
+        limits: HandshakeLimits,
+    ) -> Handshake {
+        if shutting_down {
+            return Handshake::Refuse;
+        }
+        if handshaking >= limits.retry_above && !validated {
+            return Handshake::Retry;
+        }
+        match self.admit(
+            ip,
+            validated,
+            limits.max_connections,
+            limits.max_per_address,
+        ) {
+            Admission::Admit => Handshake::Accept,
+            Admission::Retry => Handshake::Retry,
+            Admission::Full | Admission::AddressFull => Handshake::Refuse,
+        }
     }
 
     /// Gives back a slot [`Self::admit`] granted to `ip`.
@@ -158,6 +211,28 @@ mod tests {
             a.admit(ip("::ffff:203.0.113.5"), true, 100, 1),
             Admission::AddressFull
         );
+    }
+
+    #[test]
+    fn a_flood_or_a_shutdown_comes_first_and_takes_no_slot() {
+        let mut a = Admissions::default();
+        let limits = HandshakeLimits {
+            max_connections: 10,
+            max_per_address: 0,
+            retry_above: 4,
+        };
+        let home = ip("192.0.2.7");
+        assert_eq!(a.decide(home, false, true, 0, limits), Handshake::Refuse);
+        assert_eq!(a.decide(home, false, false, 4, limits), Handshake::Retry);
+        assert_eq!(a.total(), 0);
+        assert_eq!(a.decide(home, true, false, 4, limits), Handshake::Accept);
+        assert_eq!(a.decide(home, false, false, 3, limits), Handshake::Accept);
+        assert_eq!(a.total(), 2);
+        let full = HandshakeLimits {
+            max_connections: 2,
+            ..limits
+        };
+        assert_eq!(a.decide(home, true, false, 0, full), Handshake::Refuse);
     }
 
     #[test]

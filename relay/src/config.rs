@@ -67,6 +67,8 @@ pub struct ConfigFile {
     pub threads: Option<usize>,
     pub log_format: Option<String>,
     pub congestion: Option<String>,
+    /// "quinn" or "batched".
+    pub data_plane: Option<String>,
     #[serde(default)]
     pub access: AccessFile,
     #[serde(default)]
@@ -151,6 +153,7 @@ mod tests {
             public-host = "relay.example.org"
             metrics = "127.0.0.1:9100"
             threads = 2
+            data-plane = "batched"
             [access]
             mode = "token"
             secret = "0123456789abcdef0123"
@@ -172,6 +175,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.listen.unwrap().len(), 2);
+        assert_eq!(c.data_plane.as_deref(), Some("batched"));
         assert_eq!(c.limits.max_room_size, Some(12));
         assert_eq!(c.limits.retry_above, Some(8));
         assert_eq!(c.limits.max_connections_per_address, Some(16));

@@ -15,6 +15,10 @@ use std::collections::VecDeque;
 use std::ops::Add;
 use std::time::Duration;
 
+/// The relay's bound on a subscriber queue's length (both data planes): beyond it the oldest
+/// entry is dropped at once.
+pub const SUBSCRIBER_QUEUE_LIMIT: usize = 256;
+
 /// Datagrams waiting for one subscriber's connection, oldest first.
 #[derive(Debug)]
 pub struct FreshQueue<D, T> {

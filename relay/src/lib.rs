@@ -9,7 +9,9 @@
 //! [`udp_batch`]. Inside:
 //!
 //! - `core`: the sans-IO state machine (connection phases, rooms, forwarding decisions).
-//! - `server`: the quinn I/O shell that drives it.
+//! - `server`: the quinn I/O shell that drives it (the default data plane).
+//! - `plane`: the batched data plane: one thread driving quinn-proto for every connection,
+//!   with batched UDP I/O (`--data-plane batched`).
 //! - `identity`: the TLS certificate — a self-signed one generated once and kept in the data
 //!   directory (pinned by fingerprint in invites), or PEM files from a real CA.
 //! - `reset_key`: the QUIC stateless-reset key, kept in the data directory so a restarted
@@ -24,10 +26,13 @@
 mod admission;
 mod bucket;
 mod config;
+mod control_queue;
+mod control_stage;
 mod fresh_queue;
 mod identity;
 mod logging;
 mod metrics;
+mod plane;
 mod reset_key;
 mod server;
 mod stats;
@@ -50,7 +55,7 @@ pub use identity::{Identity, IdentityError};
 pub use logging::EscapingWriter;
 pub use reset_key::ResetKey;
 pub use server::{
-    Congestion, RECOMMENDED_UDP_BUFFER, RelayConfig, RelayError, RelayHandle, server_config, start,
-    udp_buffer_warning, unix_micros,
+    Congestion, DataPlane, RECOMMENDED_UDP_BUFFER, RelayConfig, RelayError, RelayHandle,
+    server_config, start, udp_buffer_warning, unix_micros,
 };
 pub use stats::{DELAY_BUCKETS_US, RelayStats, StatsSnapshot};

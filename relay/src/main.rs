@@ -10,7 +10,7 @@ use natter_relay::cluster::DirectoryConfig;
 use natter_relay::cluster::trunk::TrunkConfig;
 use natter_relay::core::Access;
 use natter_relay::{ConfigFile, Identity, RelayConfig, ResetKey, resolve_secret};
-use natter_relay::{Congestion, EscapingWriter, udp_buffer_warning};
+use natter_relay::{Congestion, DataPlane, EscapingWriter, udp_buffer_warning};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -136,6 +136,11 @@ struct Args {
     /// Congestion controller: "bbr" (default; keeps voice flowing on lossy paths) or "cubic".
     #[arg(long, env = "NATTER_RELAY_CONGESTION")]
     congestion: Option<String>,
+
+    /// Data plane: "quinn" (default: a task per connection) or "batched" (one thread driving
+    /// QUIC for every connection with batched UDP I/O; one thread, no cluster yet).
+    #[arg(long, value_name = "PLANE", env = "NATTER_RELAY_DATA_PLANE")]
+    data_plane: Option<String>,
 
     /// Cluster directory (Redis URL, e.g. redis+unix:///run/redis/redis.sock or
     /// redis://:PASSWORD@127.0.0.1:6379): this relay registers itself and its rooms there.
@@ -341,6 +346,17 @@ fn settings(args: &Args, file: &ConfigFile) -> anyhow::Result<Settings> {
         "cubic" => Congestion::Cubic,
         other => bail!("congestion: {other:?} is not \"bbr\" or \"cubic\""),
     };
+    relay.data_plane = match args
+        .data_plane
+        .as_deref()
+        .or(file.data_plane.as_deref())
+        .unwrap_or("quinn")
+    {
+        "quinn" => DataPlane::Quinn,
+        "batched" => DataPlane::Batched,
+        other => bail!("data-plane: {other:?} is not \"quinn\" or \"batched\""),
+    };
+
     let cluster = &file.cluster;
     if let Some(url) = args.directory.clone().or(cluster.directory.clone()) {
         let mut directory = DirectoryConfig::new(url);

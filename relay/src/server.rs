@@ -5,14 +5,16 @@
 //! datagrams per connection and drops the *oldest* when the queue is full; its default queue
 //! is 1 MiB (minutes of voice), so we size it to a few frames instead.
 
-use crate::admission::{Admission, Admissions};
+use crate::admission::{Admissions, Handshake, HandshakeLimits};
 use crate::bucket::TokenBucket;
 use crate::cluster::DirectoryConfig;
 use crate::cluster::directory::{Health, RelayRecord};
 use crate::cluster::store::{DirectoryHandle, Feeds, Store, StoreError};
 use crate::cluster::trunk::{Mesh, TRUNK_ALPN, TrunkConfig};
+use crate::control_queue::{CONTROL_QUEUE_LIMIT, ControlQueue, QueueFull};
+use crate::control_stage::{Deadline, Stage, welcomed};
 use crate::core::{Close, ConnId, Limits, RelayCore};
-use crate::fresh_queue::{FreshQueue, Ready};
+use crate::fresh_queue::{FreshQueue, Ready, SUBSCRIBER_QUEUE_LIMIT};
 use crate::identity::Identity;
 use crate::reset_key::ResetKey;
 use crate::stats::{HandshakeFailure, RelayStats, StatsSnapshot};
@@ -74,6 +76,20 @@ pub struct RelayConfig {
     pub directory: Option<DirectoryConfig>,
     /// Trunks to the other relays of the cluster (needs the directory to find them).
     pub trunks: Option<TrunkConfig>,
+    /// Which data plane drives QUIC.
+    pub data_plane: DataPlane,
+}
+
+/// Which data plane drives the relay's QUIC connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DataPlane {
+    /// quinn: a tokio task per connection for its datagrams and control stream, one system
+    /// call per packet sent.
+    #[default]
+    Quinn,
+    /// One thread driving quinn-proto for all connections, batched UDP I/O (recvmmsg in, one
+    /// sendmmsg per round out; `crate::plane`). One thread, no cluster yet.
+    Batched,
 }
 
 /// Which congestion controller connections use.
@@ -87,6 +103,15 @@ pub enum Congestion {
 }
 
 impl RelayConfig {
+    /// The limits a new handshake is judged by.
+    pub(crate) fn handshake_limits(&self) -> HandshakeLimits {
+        HandshakeLimits {
+            max_connections: self.max_connections,
+            max_per_address: self.max_per_address,
+            retry_above: self.retry_above,
+        }
+    }
+
     /// Defaults for `identity` on the given addresses.
     pub fn new(listen: Vec<SocketAddr>, identity: Identity) -> Self {
         Self {
@@ -114,6 +139,7 @@ impl RelayConfig {
             threads: 1,
             directory: None,
             trunks: None,
+            data_plane: DataPlane::Quinn,
         }
     }
 }
@@ -129,6 +155,8 @@ pub enum RelayError {
     NoListenAddress,
     #[error(transparent)]
     Directory(#[from] StoreError),
+    #[error("the batched data plane does not support {0} yet")]
+    Unsupported(&'static str),
 }
 
 /// A connection as the core sees it: where to send its datagrams and control messages.
@@ -181,12 +209,6 @@ pub(crate) async fn write_to(send: quinn::SendStream, peer: Peer) {
     write_control(send, peer.control, conn).await;
 }
 
-/// Most control messages that may wait for one connection's writer. Replies and room notices
-/// are a few a second for a client that reads; a client that stops reading (its stream's flow
-/// control closed) would otherwise make the relay hold every reply and notice for it, without
-/// bound. Past this the relay closes it with [`ErrorCode::SlowReader`].
-pub const CONTROL_QUEUE_LIMIT: usize = 64;
-
 /// Bytes of unacknowledged control-stream data quinn may hold per connection (quinn's default
 /// is 10 MB). The largest message the relay sends is a Welcome with a full room's roster,
 /// about 6 KB for 64 members.
@@ -214,43 +236,6 @@ struct Outbox {
 struct OutboxState {
     messages: ControlQueue,
     close: Option<Close>,
-}
-
-/// The pure part of [`Outbox`]: the messages waiting, at most [`CONTROL_QUEUE_LIMIT`], with a
-/// MuteChanged replacing a pending one about the same participant (the receiver only needs the
-/// latest state, and a flapping member then costs each listener one slot, not one per toggle).
-#[derive(Debug, Default)]
-struct ControlQueue(std::collections::VecDeque<Message>);
-
-/// The queue already holds [`CONTROL_QUEUE_LIMIT`] messages.
-#[derive(Debug, PartialEq, Eq)]
-struct QueueFull;
-
-impl ControlQueue {
-    fn push(&mut self, msg: Message) -> Result<(), QueueFull> {
-        if let Message::MuteChanged { id, .. } = msg
-            && let Some(pending) = self
-                .0
-                .iter_mut()
-                .find(|m| matches!(m, Message::MuteChanged { id: p, .. } if *p == id))
-        {
-            *pending = msg;
-            return Ok(());
-        }
-        if self.0.len() >= CONTROL_QUEUE_LIMIT {
-            return Err(QueueFull);
-        }
-        self.0.push_back(msg);
-        Ok(())
-    }
-
-    fn pop(&mut self) -> Option<Message> {
-        self.0.pop_front()
-    }
-
-    fn clear(&mut self) {
-        self.0.clear();
-    }
 }
 
 /// What the writer does next.
@@ -343,14 +328,11 @@ pub(crate) struct SubscriberQueue {
     ready: tokio::sync::Notify,
 }
 
-/// Upper bound on a subscriber queue's length: beyond it the oldest entry is dropped at once.
-const QUEUE_LIMIT: usize = 256;
-
 impl SubscriberQueue {
     fn new(conn: Connection, stale_after: Duration) -> Self {
         Self {
             conn,
-            state: Mutex::new(FreshQueue::new(stale_after, QUEUE_LIMIT)),
+            state: Mutex::new(FreshQueue::new(stale_after, SUBSCRIBER_QUEUE_LIMIT)),
             ready: tokio::sync::Notify::new(),
         }
     }
@@ -410,9 +392,12 @@ fn count_sent(
 
 pub(crate) struct Shared {
     core: Mutex<RelayCore<Peer>>,
-    pub(crate) stats: RelayStats,
+    pub(crate) stats: Arc<RelayStats>,
+    /// The batched plane's occupancy, as its loop last published it (`None`: the quinn plane,
+    /// whose core is the one above).
+    published: Mutex<Option<crate::plane::Occupancy>>,
     next_conn: AtomicU64,
-    shutting_down: AtomicBool,
+    pub(crate) shutting_down: AtomicBool,
     handshaking: AtomicU64,
     admissions: Mutex<Admissions>,
     pub(crate) config: RelayConfig,
@@ -429,6 +414,15 @@ pub(crate) struct Shared {
 
 impl crate::metrics::Source for Shared {
     fn snapshot(&self) -> (StatsSnapshot, crate::metrics::Occupancy) {
+        if let Some(o) = *self.published.lock().unwrap_or_else(|p| p.into_inner()) {
+            let occupancy = crate::metrics::Occupancy {
+                connections: o.connections,
+                rooms: o.rooms,
+                participants: o.participants,
+                handshakes: o.handshakes,
+            };
+            return (self.stats.snapshot(), occupancy);
+        }
         let core = self.core();
         let occupancy = crate::metrics::Occupancy {
             connections: core.connection_count(),
@@ -442,6 +436,11 @@ impl crate::metrics::Source for Shared {
 }
 
 impl Shared {
+    /// The batched plane's loop publishes its occupancy (once a round).
+    pub(crate) fn publish(&self, occupancy: crate::plane::Occupancy) {
+        *self.published.lock().unwrap_or_else(|p| p.into_inner()) = Some(occupancy);
+    }
+
     pub(crate) fn mesh(&self) -> Option<&Mesh> {
         self.mesh.as_ref()
     }
@@ -515,6 +514,8 @@ pub struct RelayHandle {
     endpoints: Vec<Endpoint>,
     addrs: Vec<SocketAddr>,
     directory: Option<DirectoryHandle>,
+    /// The batched data plane's thread (`None`: quinn's endpoints above).
+    plane: Option<crate::plane::PlaneHandle>,
 }
 
 fn transport_config(config: &RelayConfig) -> TransportConfig {
@@ -572,7 +573,7 @@ pub fn server_config(config: &RelayConfig) -> Result<quinn::ServerConfig, RelayE
     Ok(server)
 }
 
-fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::UdpSocket> {
+pub(crate) fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
@@ -637,6 +638,9 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
     }
     let server = server_config(&config)?;
     let threads = config.threads.max(1);
+    if config.data_plane == DataPlane::Batched {
+        return start_batched(config, server).await;
+    }
     let mut sockets = Vec::new();
     let mut addrs = Vec::new();
     for addr in &config.listen {
@@ -649,28 +653,12 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
             sockets.push(bind(bound, true).map_err(|e| RelayError::Bind(bound, e))?);
         }
     }
-    let mut core = RelayCore::new(
-        format!("natter-relay/{}", env!("CARGO_PKG_VERSION")),
-        config.limits.clone(),
-    )
-    .with_ssrc_salt(random_u32());
+    let mut core = new_core(&config);
     let mesh = config.trunks.clone().map(|trunks| {
         core.set_node(trunks.node);
         Mesh::new(trunks, relay_id(&config))
     });
-    let shared = Arc::new(Shared {
-        core: Mutex::new(core),
-        stats: RelayStats::default(),
-        next_conn: AtomicU64::new(1),
-        shutting_down: AtomicBool::new(false),
-        handshaking: AtomicU64::new(0),
-        admissions: Mutex::default(),
-        config,
-        rooms_changed: Arc::default(),
-        mesh,
-        endpoints: std::sync::OnceLock::new(),
-        edges: Mutex::default(),
-    });
+    let shared = Shared::new(core, config, mesh);
     let mut endpoints = Vec::new();
     for socket in sockets {
         let endpoint = if threads == 1 {
@@ -695,11 +683,65 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
         endpoints,
         addrs,
         directory: None,
+        plane: None,
     };
     if let Some(config) = relay.shared.config.directory.clone() {
         relay.directory = Some(relay.join_directory(&config)?);
     }
     Ok(relay)
+}
+
+/// A relay core for `config`, its handles of type `H` (each data plane has its own).
+fn new_core<H: Clone>(config: &RelayConfig) -> RelayCore<H> {
+    RelayCore::new(
+        format!("natter-relay/{}", env!("CARGO_PKG_VERSION")),
+        config.limits.clone(),
+    )
+    .with_ssrc_salt(random_u32())
+}
+
+/// Starts the batched data plane (`crate::plane`) on its own thread.
+async fn start_batched(
+    config: RelayConfig,
+    server: quinn::ServerConfig,
+) -> Result<RelayHandle, RelayError> {
+    if config.threads > 1 {
+        return Err(RelayError::Unsupported("more than one thread"));
+    }
+    if config.directory.is_some() || config.trunks.is_some() {
+        return Err(RelayError::Unsupported("a cluster directory or trunks"));
+    }
+    let core = new_core(&config);
+    let listen = config.listen.clone();
+    let shared = Shared::new(RelayCore::new("", Limits::default()), config, None);
+    let (addrs, plane) = crate::plane::spawn(&listen, server, core, shared.clone())?;
+    info!(addrs = ?addrs, "relay listening (batched data plane)");
+    Ok(RelayHandle {
+        shared,
+        endpoints: Vec::new(),
+        addrs,
+        directory: None,
+        plane: Some(plane),
+    })
+}
+
+impl Shared {
+    fn new(core: RelayCore<Peer>, config: RelayConfig, mesh: Option<Mesh>) -> Arc<Self> {
+        Arc::new(Shared {
+            core: Mutex::new(core),
+            stats: Arc::default(),
+            published: Mutex::default(),
+            next_conn: AtomicU64::new(1),
+            shutting_down: AtomicBool::new(false),
+            handshaking: AtomicU64::new(0),
+            admissions: Mutex::default(),
+            config,
+            rooms_changed: Arc::default(),
+            mesh,
+            endpoints: std::sync::OnceLock::new(),
+            edges: Mutex::default(),
+        })
+    }
 }
 
 /// One endpoint on its own thread with a current-thread runtime: a quinn endpoint's I/O is a
@@ -845,6 +887,10 @@ impl RelayHandle {
 
     /// (connections, rooms, participants) right now.
     pub fn occupancy(&self) -> (usize, usize, usize) {
+        if self.plane.is_some() {
+            let (_, o) = crate::metrics::Source::snapshot(&*self.shared);
+            return (o.connections, o.rooms, o.participants);
+        }
         let core = self.shared.core();
         (
             core.connection_count(),
@@ -857,6 +903,11 @@ impl RelayHandle {
     /// code), stops accepting, and waits up to `grace` for the goodbyes to be delivered.
     pub async fn shutdown(mut self, grace: Duration) {
         self.shared.shutting_down.store(true, Relaxed);
+        if let Some(plane) = self.plane.take() {
+            // The plane's loop says goodbye itself.
+            plane.finished(grace).await;
+            return;
+        }
         if let Some(directory) = self.directory.take() {
             let rooms = self
                 .shared
@@ -895,44 +946,27 @@ async fn futures_all<F: std::future::Future<Output = ()>>(futs: impl Iterator<It
 
 async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
     while let Some(incoming) = endpoint.accept().await {
-        if shared.shutting_down.load(Relaxed) {
-            shared
-                .stats
-                .count_handshake_failure(HandshakeFailure::Refused);
-            incoming.refuse();
-            continue;
-        }
-        // Under a handshake flood, make unvalidated clients prove their address first.
         let validated = incoming.remote_address_validated();
-        let busy = shared.handshaking.load(Relaxed) >= shared.config.retry_above as u64;
-        if busy && !validated {
-            shared.stats.retries.fetch_add(1, Relaxed);
-            let _ = incoming.retry();
-            continue;
-        }
-        // The slot is taken here, at the first packet, not once the handshake is done: a burst
-        // of Initials is accepted faster than the tasks start, and each must see the ones
-        // before it, or sixty simultaneous handshakes would all fit under a limit of twenty.
         let ip = incoming.remote_address().ip();
-        let admission = shared.admissions().admit(
+        let verdict = shared.admissions().decide(
             ip,
             validated,
-            shared.config.max_connections,
-            shared.config.max_per_address,
+            shared.shutting_down.load(Relaxed),
+            shared.handshaking.load(Relaxed) as usize,
+            shared.config.handshake_limits(),
         );
-        match admission {
-            Admission::Admit => {}
-            Admission::Retry => {
+        match verdict {
+            Handshake::Accept => {}
+            Handshake::Retry => {
                 shared.stats.retries.fetch_add(1, Relaxed);
                 let _ = incoming.retry();
                 continue;
             }
-            Admission::Full | Admission::AddressFull => {
-                // Refused before any crypto: a QUIC CONNECTION_REFUSED, nothing held.
+            Handshake::Refuse => {
                 shared
                     .stats
                     .count_handshake_failure(HandshakeFailure::Refused);
-                debug!(remote = %incoming.remote_address(), ?admission, "refused");
+                debug!(remote = %incoming.remote_address(), "refused");
                 incoming.refuse();
                 continue;
             }
@@ -1080,14 +1114,6 @@ pub(crate) fn dispatch(sends: Vec<(Peer, Message)>, stats: &RelayStats) {
     }
 }
 
-/// Where a connection's control session is, for the deadline its next read has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stage {
-    AwaitHello,
-    AwaitJoin,
-    Joined,
-}
-
 /// Reads control messages until the stream or connection ends or the core closes it.
 ///
 /// Messages are handled at most `control_rate` a second (bursts of `control_burst`): past
@@ -1117,22 +1143,7 @@ async fn read_control(
         }
         peer.control.close(close);
     };
-    let missed = |stage: Stage| {
-        if stage == Stage::AwaitHello {
-            Close::Error(
-                ErrorCode::HelloRequired,
-                "no Hello within the hello timeout".into(),
-            )
-        } else {
-            Close::Error(
-                ErrorCode::Timeout,
-                format!(
-                    "no Join within {} s of Hello",
-                    config.join_timeout.as_secs_f32()
-                ),
-            )
-        }
-    };
+    let missed = |stage: Stage| stage.missed(config.join_timeout);
     loop {
         let read = match deadline {
             None => recv.read(&mut buf).await,
@@ -1181,28 +1192,11 @@ async fn read_control(
                 tokio::time::sleep_until(until).await;
             }
             let joining = matches!(msg, Message::Join { .. });
-            let said_hello = matches!(msg, Message::Hello { .. });
+            let (next_stage, next_deadline) = stage.after(&msg, config.join_timeout);
             let (close_with, joined, evicted) = {
                 let mut core = shared.core();
                 let outcome = core.on_message(id, msg, unix_ms());
-                // Logged only once the core has checked both names (no control characters) and
-                // the token.
-                let joined = outcome
-                    .sends
-                    .first()
-                    .filter(|_| joining)
-                    .and_then(|(_, m)| match m {
-                        Message::Welcome {
-                            participant_id,
-                            room,
-                            roster,
-                            ..
-                        } => roster
-                            .iter()
-                            .find(|p| p.id == *participant_id)
-                            .map(|p| (room.clone(), p.name.clone(), p.id)),
-                        _ => None,
-                    });
+                let joined = welcomed(&outcome.sends, joining);
                 // Queued while the core is still locked, so every connection gets its messages in
                 // the order the core decided them (a Welcome before the notice that someone in its
                 // roster left, even when that someone's task runs at the same moment).
@@ -1229,12 +1223,11 @@ async fn read_control(
                 close(c);
                 return;
             }
-            if said_hello && stage == Stage::AwaitHello {
-                stage = Stage::AwaitJoin;
-                deadline = Some(tokio::time::Instant::now() + config.join_timeout);
-            } else if joining && stage == Stage::AwaitJoin {
-                stage = Stage::Joined;
-                deadline = None;
+            stage = next_stage;
+            match next_deadline {
+                Deadline::Keep => {}
+                Deadline::In(d) => deadline = Some(tokio::time::Instant::now() + d),
+                Deadline::Clear => deadline = None,
             }
         }
     }
@@ -1320,32 +1313,5 @@ pub(crate) async fn send_datagrams(queue: Arc<SubscriberQueue>, shared: Arc<Shar
                 shared.stats.dropped_stale.fetch_add(1, Relaxed);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_control_queue_is_bounded_and_merges_mute_notices() {
-        let mut q = ControlQueue::default();
-        let mute = |id, muted| Message::MuteChanged { id, muted };
-        // A member flapping its mute takes one slot per listener, holding the latest state.
-        for i in 0..1_000 {
-            assert_eq!(q.push(mute(7, i % 2 == 1)), Ok(()));
-        }
-        assert_eq!(q.push(mute(8, true)), Ok(()));
-        assert_eq!(q.push(Message::ParticipantLeft { id: 9 }), Ok(()));
-        assert_eq!(q.pop(), Some(mute(7, true)));
-        assert_eq!(q.pop(), Some(mute(8, true)));
-        assert_eq!(q.pop(), Some(Message::ParticipantLeft { id: 9 }));
-        assert_eq!(q.pop(), None);
-        // Anything else fills it, and then it refuses.
-        for i in 0..CONTROL_QUEUE_LIMIT as u64 {
-            assert_eq!(q.push(Message::ParticipantLeft { id: i }), Ok(()));
-        }
-        assert_eq!(q.push(Message::ParticipantLeft { id: 0 }), Err(QueueFull));
-        assert_eq!(q.push(mute(1, true)), Err(QueueFull));
     }
 }

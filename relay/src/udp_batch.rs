@@ -62,18 +62,18 @@ impl BatchSocket {
         timeout: Option<Duration>,
         mut each: impl FnMut(Received<'_>),
     ) -> io::Result<usize> {
+        let n = self.recv_now(&mut each)?;
+        if n > 0 || !wait(&[&self.socket], Readiness::Read, timeout)? {
+            return Ok(n);
+        }
+        self.recv_now(each)
+    }
+
+    /// Receives one batch if one is waiting, without waiting (0: nothing was).
+    pub fn recv_now(&mut self, mut each: impl FnMut(Received<'_>)) -> io::Result<usize> {
         let n = match self.try_recv() {
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if !wait(&self.socket, Readiness::Read, timeout)? {
-                    return Ok(0);
-                }
-                match self.try_recv() {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
-                    Err(e) => return Err(e),
-                }
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
             Err(e) => return Err(e),
         };
         let mut count = 0;
@@ -165,30 +165,42 @@ impl SendBatch {
     }
 }
 
+/// Waits until any of `sockets` has something to receive, up to `timeout` (`None`:
+/// indefinitely); false if it timed out. For a loop serving several sockets with
+/// [`BatchSocket::recv_now`].
+pub fn wait_readable(sockets: &[&BatchSocket], timeout: Option<Duration>) -> io::Result<bool> {
+    let raw: Vec<&UdpSocket> = sockets.iter().map(|s| &s.socket).collect();
+    wait(&raw, Readiness::Read, timeout)
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Readiness {
     Read,
     Write,
 }
 
-/// Waits until `socket` is readable or writable, up to `timeout`; false if it timed out.
+/// Waits until one of `sockets` is readable or writable, up to `timeout`; false if it timed
+/// out.
 #[cfg(unix)]
-fn wait(socket: &UdpSocket, what: Readiness, timeout: Option<Duration>) -> io::Result<bool> {
+fn wait(sockets: &[&UdpSocket], what: Readiness, timeout: Option<Duration>) -> io::Result<bool> {
     use std::os::fd::AsRawFd;
-    let mut fd = libc::pollfd {
-        fd: socket.as_raw_fd(),
-        events: match what {
-            Readiness::Read => libc::POLLIN,
-            Readiness::Write => libc::POLLOUT,
-        },
-        revents: 0,
-    };
+    let mut fds: Vec<libc::pollfd> = sockets
+        .iter()
+        .map(|socket| libc::pollfd {
+            fd: socket.as_raw_fd(),
+            events: match what {
+                Readiness::Read => libc::POLLIN,
+                Readiness::Write => libc::POLLOUT,
+            },
+            revents: 0,
+        })
+        .collect();
     let ms = timeout.map_or(-1, |t| {
         // Round up: a 0.4 ms timer must not become a busy loop of 0 ms polls.
         t.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int
     });
-    // SAFETY: one valid pollfd, and its count.
-    let n = unsafe { libc::poll(&mut fd, 1, ms) };
+    // SAFETY: valid pollfds, and their count.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
     if n < 0 {
         let e = io::Error::last_os_error();
         return if e.kind() == io::ErrorKind::Interrupted {
@@ -201,9 +213,9 @@ fn wait(socket: &UdpSocket, what: Readiness, timeout: Option<Duration>) -> io::R
 }
 
 #[cfg(not(unix))]
-fn wait(socket: &UdpSocket, what: Readiness, timeout: Option<Duration>) -> io::Result<bool> {
+fn wait(sockets: &[&UdpSocket], what: Readiness, timeout: Option<Duration>) -> io::Result<bool> {
     // No poll(2): sleep a little and let the caller try again.
-    let _ = (socket, what);
+    let _ = (sockets, what);
     std::thread::sleep(
         timeout
             .unwrap_or(Duration::from_millis(1))
@@ -259,7 +271,8 @@ fn send_all(socket: &UdpSocket, batch: &SendBatch, max_wait: Duration) -> usize 
             io::ErrorKind::Interrupted => {}
             io::ErrorKind::WouldBlock => {
                 let left = deadline.saturating_duration_since(std::time::Instant::now());
-                if left.is_zero() || !matches!(wait(socket, Readiness::Write, Some(left)), Ok(true))
+                if left.is_zero()
+                    || !matches!(wait(&[socket], Readiness::Write, Some(left)), Ok(true))
                 {
                     return dropped + items.len() - next;
                 }
@@ -292,7 +305,7 @@ fn send_each(socket: &UdpSocket, batch: &SendBatch, max_wait: Duration) -> usize
                         dropped += 1;
                         break;
                     }
-                    let _ = wait(socket, Readiness::Write, Some(Duration::from_millis(1)));
+                    let _ = wait(&[socket], Readiness::Write, Some(Duration::from_millis(1)));
                 }
                 Err(_) => {
                     dropped += 1;

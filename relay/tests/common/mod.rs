@@ -94,7 +94,12 @@ pub async fn connect_raw(
     if let Some(transport) = transport {
         config.transport_config(std::sync::Arc::new(transport));
     }
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let local = if relay.is_ipv6() {
+        "[::1]:0"
+    } else {
+        "127.0.0.1:0"
+    };
+    let mut endpoint = quinn::Endpoint::client(local.parse().unwrap()).unwrap();
     endpoint.set_default_client_config(config);
     let conn = endpoint.connect(relay, "natter-relay").unwrap().await;
     (endpoint, conn)
