@@ -181,6 +181,70 @@ fn a_live_buffer_recovers_what_it_has_not_played_yet() {
     assert_eq!((s.late, probe.clicks), (0, 0), "{s:?}");
 }
 
+/// With [`JitterConfig::burst_lookahead_frames`] 2 the buffer holds two frames more while
+/// bursts are recent: after the first burst of 3 (which it has to learn from, and partly
+/// conceals like the default), the packet after every later one is here while the whole burst
+/// is still unplayed, so it is recovered whole — FEC the last frame, DRED the two before —
+/// where the default conceals part of each. In order, each frame once; 40 ms more delay.
+#[test]
+fn burst_lookahead_recovers_whole_bursts_once_bursts_are_seen() {
+    let bursts: Vec<std::ops::Range<u32>> = (0..20).map(|k| 100 + 40 * k..103 + 40 * k).collect();
+    let lost = |f: u32| bursts.iter().any(|b| b.contains(&f));
+    let run = |frames: u8| {
+        let (mut pkts, end) = packets(&[(960, 1_000)], lost, 25);
+        let config = JitterConfig {
+            burst_lookahead_frames: frames,
+            ..JitterConfig::default()
+        };
+        play(&mut pkts, end, config, Voice::Tone)
+    };
+    let (plain, _) = run(0);
+    let (ahead, probe) = run(2);
+    let log = &ahead.decoder().log;
+    let played = played_frames(log);
+    assert!(played.windows(2).all(|w| w[0] < w[1]), "{played:?}");
+    for b in &bursts[1..] {
+        assert!(log.contains(&Event::Fec(b.end - 1)), "{b:?}");
+        assert!(
+            (b.start..b.end - 1).all(|f| log.contains(&Event::Dred(f))),
+            "{b:?}"
+        );
+    }
+    // Only the first burst is (partly) concealed; the default conceals part of every one.
+    let concealed = concealed_inside(log);
+    assert!(concealed <= 40 * 48, "{concealed}");
+    assert!(concealed_inside(&plain.decoder().log) >= 20 * 10 * 48);
+    let (s, p) = (ahead.stats(), plain.stats());
+    assert_eq!(s.fec_recovered, 20, "{s:?}");
+    assert!(s.dred_recovered >= 19 * 2, "{s:?}");
+    assert!(
+        (s.delay_ms - p.delay_ms - 40.0).abs() <= 5.0,
+        "{} vs {}",
+        s.delay_ms,
+        p.delay_ms
+    );
+    assert_eq!((s.late, probe.clicks), (0, 0), "{s:?}");
+}
+
+/// Isolated losses are not bursts: with burst look-ahead configured, a stream that loses one
+/// packet at a time plays exactly as with none (same decoder calls, same delay).
+#[test]
+fn burst_lookahead_leaves_isolated_losses_alone() {
+    let lost = |f: u32| f >= 100 && f.is_multiple_of(20);
+    let run = |frames: u8| {
+        let (mut pkts, end) = packets(&[(960, 1_000)], lost, 25);
+        let config = JitterConfig {
+            burst_lookahead_frames: frames,
+            ..JitterConfig::default()
+        };
+        play(&mut pkts, end, config, Voice::Tone).0
+    };
+    let (plain, ahead) = (run(0), run(2));
+    assert_eq!(plain.decoder().log, ahead.decoder().log);
+    assert_eq!(plain.stats().delay_ms, ahead.stats().delay_ms);
+    assert!(ahead.stats().fec_recovered >= 40, "{:?}", ahead.stats());
+}
+
 /// Real Opus: speech encoded with DRED (500 ms, in-band FEC off, 32 kbit/s) over a path that
 /// loses bursts of 3, 5 and 20 packets inside words, played through the buffer with enough
 /// margin for the packet after each burst to be here in time. Over each burst the output's
