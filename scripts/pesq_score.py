@@ -102,7 +102,9 @@ def main() -> None:
                   "| late % (a / f) | concealed % (a / f) | FEC % (a / f) | DRED % (a) | PESQ adaptive | PESQ fixed | Δ |")
         md.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for (jitter, loss), b in pairs.items():
-            a, f = b["adaptive"], b["fixed60"]
+            a = b["adaptive"]
+            # JITTER_ADAPTIVE_ONLY runs have no fixed buffer.
+            f = b.get("fixed60", {k: "nan" for k in a})
             shown = loss if a["nominal_loss_pct"] == "0" else f"{loss} ({fmt(a['realized_loss_pct'])})"
             delta = float(a["pesq"]) - float(f["pesq"])
             md.append(

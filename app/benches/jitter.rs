@@ -57,6 +57,9 @@
 //! `JITTER_ENCODER_COMPLEXITY=C` encodes the main rows at C instead of natter's;
 //! `JITTER_NO_COMPLEXITY=1` leaves out the encoder-complexity rows;
 //! `JITTER_PROFILES=none,gauss-10ms` keeps only those jitter profiles;
+//! `JITTER_PLANNED_LOSS=P` has the encoder plan for P % loss in every row (its 0 % row then
+//! shows what FEC and DRED planned for P % leave the primary encoding);
+//! `JITTER_ADAPTIVE_ONLY=1` runs only our buffer (no fixed, ideal or complexity rows);
 //! `JITTER_BURST_LOOKAHEAD=N` runs our buffer with `JitterConfig::burst_lookahead_frames` N.
 //!
 //! `JITTER_PULL=PERIOD,WAKE,STALL_P,STALL_MS` pulls like a live engine instead
@@ -392,6 +395,7 @@ impl FrameDecoder for OpusDecoder {
 
 fn encode(input: &[f32], expected_loss_pct: u8, complexity: u8) -> Vec<Vec<u8>> {
     let (bitrate_bps, fec, dred_10ms) = protection();
+    let expected_loss_pct = env_parse("JITTER_PLANNED_LOSS").unwrap_or(expected_loss_pct);
     let mut enc = OpusEncoder::new(EncoderConfig {
         bitrate_bps,
         // DRED is sent only when the planned loss is above 0.
@@ -611,6 +615,7 @@ fn main() -> anyhow::Result<()> {
     println!("{header}");
     writeln!(table.tsv, "{header}")?;
     let losses = loss_models();
+    let adaptive_only = std::env::var_os("JITTER_ADAPTIVE_ONLY").is_some();
     for sc in &scenarios {
         // Encoding depends only on the expected loss: once per loss model.
         let encoded: Vec<Vec<Vec<u8>>> = losses
@@ -630,9 +635,14 @@ fn main() -> anyhow::Result<()> {
                 };
                 let ours = adaptive(sc, packets, &arrivals);
                 table.add(&cell, "adaptive", &ours)?;
-                let base = fixed(sc, packets, &arrivals, Some(FIXED_MS), true, PLC_WHOLE);
-                table.add(&cell, "fixed60", &base)?;
+                if !adaptive_only {
+                    let base = fixed(sc, packets, &arrivals, Some(FIXED_MS), true, PLC_WHOLE);
+                    table.add(&cell, "fixed60", &base)?;
+                }
             }
+        }
+        if adaptive_only {
+            continue;
         }
         // Calibration: ideal buffers on the jitter-free path with random loss.
         for ((loss, model, nominal), packets) in losses.iter().zip(&encoded) {
