@@ -278,6 +278,10 @@ impl Decode for OpusDecoder {
         self.take(n, out)
     }
 
+    fn carries_redundancy(&mut self, next_payload: &[u8], offset: usize) -> bool {
+        !next_payload.is_empty() && self.dred_reach(next_payload, offset) >= offset
+    }
+
     fn conceal(&mut self, samples: usize, out: &mut Vec<f32>) {
         let samples = samples.min(self.buf.len());
         let n = self.decoder.conceal(&mut self.buf[..samples]);

@@ -176,6 +176,12 @@ pub trait Decode {
     ) -> Result<(), DecodeError> {
         Err(DecodeError)
     }
+    /// Whether `next_payload` carries deep redundancy reaching `offset` samples back (what
+    /// [`Self::decode_redundancy`] would recover from). The burst look-ahead waits only for a
+    /// stream that does; the default (no redundancy) says no.
+    fn carries_redundancy(&mut self, _next_payload: &[u8], _offset: usize) -> bool {
+        false
+    }
     /// Conceals `samples` of missing audio (packet loss concealment), appending them.
     fn conceal(&mut self, samples: usize, out: &mut Vec<f32>);
     /// Whether decoding after concealment continues the concealed signal smoothly by itself.
@@ -330,7 +336,8 @@ pub struct JitterConfig {
     pub fec_lookahead: bool,
     /// Quantile of single packets' relative delays the FEC look-ahead covers.
     pub fec_quantile: f64,
-    /// While bursts (two or more consecutive packets lost) are recent, this many frames of
+    /// While bursts (two or more consecutive packets lost, the packet after them carrying deep
+    /// redundancy that reaches back over two frames) are recent, this many frames of
     /// look-ahead on top of the FEC look-ahead's one, so that the packet after a burst is
     /// here while that many more of the burst's frames are still unplayed and its deep
     /// redundancy (DRED) can recover them. Each frame costs its length in delay on a bursty
@@ -1085,7 +1092,15 @@ impl<D: Decode> JitterBuffer<D> {
             return;
         }
         self.last_loss_ms = Some(now_ms);
-        if missing >= 2 {
+        // A burst that the next packet's redundancy reaches back over: more look-ahead could
+        // recover it (see `JitterConfig::burst_lookahead_frames`).
+        if missing >= 2
+            && self.config.burst_lookahead_frames > 0
+            && self.packets.first().is_some_and(|p| {
+                let offset = (gap / missing as usize) * 2;
+                self.decoder.carries_redundancy(&p.payload, offset)
+            })
+        {
             self.last_burst_ms = Some(now_ms);
         }
         let slot = self.slot_left.unwrap_or_else(|| {

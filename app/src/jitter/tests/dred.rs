@@ -226,6 +226,25 @@ fn burst_lookahead_recovers_whole_bursts_once_bursts_are_seen() {
     assert_eq!((s.late, probe.clicks), (0, 0), "{s:?}");
 }
 
+/// Waiting pays only for redundancy: bursts in a stream whose packets carry none (an older
+/// client, or a sender protecting with FEC alone) leave the burst look-ahead off.
+#[test]
+fn burst_lookahead_waits_only_for_a_stream_with_redundancy() {
+    let bursts: Vec<std::ops::Range<u32>> = (0..20).map(|k| 100 + 40 * k..103 + 40 * k).collect();
+    let lost = |f: u32| bursts.iter().any(|b| b.contains(&f));
+    let run = |frames: u8| {
+        let (mut pkts, end) = packets(&[(960, 1_000)], lost, 0);
+        let config = JitterConfig {
+            burst_lookahead_frames: frames,
+            ..JitterConfig::default()
+        };
+        play(&mut pkts, end, config, Voice::Tone).0
+    };
+    let (plain, ahead) = (run(0), run(2));
+    assert_eq!(plain.decoder().log, ahead.decoder().log);
+    assert_eq!(plain.stats().delay_ms, ahead.stats().delay_ms);
+}
+
 /// Isolated losses are not bursts: with burst look-ahead configured, a stream that loses one
 /// packet at a time plays exactly as with none (same decoder calls, same delay).
 #[test]
