@@ -153,16 +153,20 @@ fn mixed_frame_sizes_are_recovered_slot_by_slot() {
     assert_eq!((s.late, probe.clicks), (0, 0), "{s:?}");
 }
 
-/// The default, adaptive buffer does not wait for redundancy: concealment it played while the
-/// packet after a burst was on its way stays, and only the rest of the burst is recovered — the
-/// unplayed part of a slot from DRED, the last frame from FEC. Never a frame twice or out of
-/// order, and never more audio than was lost.
+/// Without the burst look-ahead the adaptive buffer does not wait for redundancy: concealment
+/// it played while the packet after a burst was on its way stays, and only the rest of the
+/// burst is recovered — the unplayed part of a slot from DRED, the last frame from FEC. Never a
+/// frame twice or out of order, and never more audio than was lost.
 #[test]
 fn a_live_buffer_recovers_what_it_has_not_played_yet() {
     let bursts: Vec<std::ops::Range<u32>> = (0..20).map(|k| 100 + 40 * k..103 + 40 * k).collect();
     let lost = |f: u32| bursts.iter().any(|b| b.contains(&f));
     let (mut pkts, end) = packets(&[(960, 1_000)], lost, 25);
-    let (jb, probe) = play(&mut pkts, end, JitterConfig::default(), Voice::Tone);
+    let config = JitterConfig {
+        burst_lookahead_frames: 0,
+        ..JitterConfig::default()
+    };
+    let (jb, probe) = play(&mut pkts, end, config, Voice::Tone);
     let s = jb.stats();
     let log = &jb.decoder().log;
     let played = played_frames(log);
@@ -181,8 +185,8 @@ fn a_live_buffer_recovers_what_it_has_not_played_yet() {
     assert_eq!((s.late, probe.clicks), (0, 0), "{s:?}");
 }
 
-/// With [`JitterConfig::burst_lookahead_frames`] 2 the buffer holds two frames more while
-/// bursts are recent: after the first burst of 3 (which it has to learn from, and partly
+/// By default ([`JitterConfig::burst_lookahead_frames`] 2) the buffer holds two frames more
+/// while bursts are recent: after the first burst of 3 (which it has to learn from, and partly
 /// conceals like the default), the packet after every later one is here while the whole burst
 /// is still unplayed, so it is recovered whole — FEC the last frame, DRED the two before —
 /// where the default conceals part of each. In order, each frame once; 40 ms more delay.
@@ -199,7 +203,7 @@ fn burst_lookahead_recovers_whole_bursts_once_bursts_are_seen() {
         play(&mut pkts, end, config, Voice::Tone)
     };
     let (plain, _) = run(0);
-    let (ahead, probe) = run(2);
+    let (ahead, probe) = run(JitterConfig::default().burst_lookahead_frames);
     let log = &ahead.decoder().log;
     let played = played_frames(log);
     assert!(played.windows(2).all(|w| w[0] < w[1]), "{played:?}");
