@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Jitter-buffer table: real speech (two voices: Debian's codec2-examples and linphone-common,
-# fetched at run time, never committed) through Opus 32 kbit/s with FEC over the simulated networks of natter::jitter::sim, played out
-# by our adaptive jitter buffer and by a fixed 60 ms buffer, scored with PESQ (wideband, PyPI
-# `pesq` in a venv under $NATTER_CACHE/bench-venv). Method and results: docs/BENCHMARKS.md.
+# fetched at run time, never committed) through Opus 32 kbit/s with FEC over the simulated
+# networks of natter::jitter::sim, played out by our adaptive jitter buffer and by a fixed
+# 60 ms buffer, scored with PESQ (wideband, PyPI `pesq` in a venv under
+# $NATTER_CACHE/bench-venv). Method and results: docs/BENCHMARKS.md.
 #
 #   scripts/bench-jitter.sh [OUT_DIR]      # default target/bench-jitter; ~1 min after the build
 #   JITTER_SPEECH=file.wav scripts/bench-jitter.sh    # other speech (any rate; no download)
@@ -10,9 +11,9 @@
 # The bench's JITTER_* variables (app/benches/jitter.rs) pass through, e.g.
 #   JITTER_PROFILES=none JITTER_MEAN_BURST=3 JITTER_DRED=50:40000:fec scripts/bench-jitter.sh OUT
 #
-# OUT_DIR/<voice>/ (OUT_DIR itself with JITTER_SPEECH) gets every output WAV (48 kHz, sample 0 = capture of the speech's first sample),
-# results.tsv (the bench's numbers), delays.tsv (every frame's added delay), results-pesq.tsv
-# and results.md (the tables).
+# OUT_DIR/<voice>/ (OUT_DIR itself with JITTER_SPEECH) gets every output WAV (48 kHz, sample
+# 0 = capture of the speech's first sample), results.tsv (the bench's numbers), delays.tsv
+# (every frame's added delay), results-pesq.tsv and results.md (the tables).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export NATTER_CACHE="${NATTER_CACHE:-$PWD/.cache}"
@@ -20,28 +21,13 @@ out="$(realpath -m "${1:-${CARGO_TARGET_DIR:-target}/bench-jitter}")"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
-fetch() { # package, file name -> path of that file (the package is never installed)
-  local dir="$work/$1"
-  mkdir -p "$dir"
-  # apt-get download runs as the unprivileged _apt user when it can write the directory.
-  chmod 777 "$dir"
-  if ! (cd "$dir" && apt-get download "$1") >"$dir/apt.log" 2>&1; then
-    cat "$dir/apt.log" >&2
-    echo "cannot download $1 (run 'apt-get update' once, or set JITTER_SPEECH)" >&2
-    exit 1
-  fi
-  dpkg-deb -x "$dir"/"$1"_*.deb "$dir/pkg"
-  local f
-  f="$(find "$dir/pkg" -name "$2" | head -1)"
-  [ -f "$f" ] || { echo "$2 not found in $1" >&2; exit 1; }
-  realpath "$f"
-}
 if [ -n "${JITTER_SPEECH:-}" ]; then
   voices=("$(realpath "$JITTER_SPEECH")")
 else
   # Two real voices, so that one voice does not decide: codec2's (voice A, 10.8 s) and
   # linphone's (voice B, 10.6 s).
-  voices=("$(fetch codec2-examples speech_orig_16k.wav)" "$(fetch linphone-common hello16000.wav)")
+  voices=("$(scripts/fetch-speech.sh "$work" codec2-examples speech_orig_16k.wav)"
+          "$(scripts/fetch-speech.sh "$work" linphone-common hello16000.wav)")
 fi
 
 venv="$NATTER_CACHE/bench-venv"

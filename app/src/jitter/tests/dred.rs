@@ -194,16 +194,8 @@ fn a_live_buffer_recovers_what_it_has_not_played_yet() {
 fn burst_lookahead_recovers_whole_bursts_once_bursts_are_seen() {
     let bursts: Vec<std::ops::Range<u32>> = (0..20).map(|k| 100 + 40 * k..103 + 40 * k).collect();
     let lost = |f: u32| bursts.iter().any(|b| b.contains(&f));
-    let run = |frames: u8| {
-        let (mut pkts, end) = packets(&[(960, 1_000)], lost, 25);
-        let config = JitterConfig {
-            burst_lookahead_frames: frames,
-            ..JitterConfig::default()
-        };
-        play(&mut pkts, end, config, Voice::Tone)
-    };
-    let (plain, _) = run(0);
-    let (ahead, probe) = run(JitterConfig::default().burst_lookahead_frames);
+    let (plain, _) = play_lookahead(lost, 25, 0);
+    let (ahead, probe) = play_lookahead(lost, 25, JitterConfig::default().burst_lookahead_frames);
     let log = &ahead.decoder().log;
     let played = played_frames(log);
     assert!(played.windows(2).all(|w| w[0] < w[1]), "{played:?}");
@@ -236,17 +228,7 @@ fn burst_lookahead_recovers_whole_bursts_once_bursts_are_seen() {
 fn burst_lookahead_waits_only_for_a_stream_with_redundancy() {
     let bursts: Vec<std::ops::Range<u32>> = (0..20).map(|k| 100 + 40 * k..103 + 40 * k).collect();
     let lost = |f: u32| bursts.iter().any(|b| b.contains(&f));
-    let run = |frames: u8| {
-        let (mut pkts, end) = packets(&[(960, 1_000)], lost, 0);
-        let config = JitterConfig {
-            burst_lookahead_frames: frames,
-            ..JitterConfig::default()
-        };
-        play(&mut pkts, end, config, Voice::Tone).0
-    };
-    let (plain, ahead) = (run(0), run(2));
-    assert_eq!(plain.decoder().log, ahead.decoder().log);
-    assert_eq!(plain.stats().delay_ms, ahead.stats().delay_ms);
+    assert_lookahead_changes_nothing(lost, 0);
 }
 
 /// Isolated losses are not bursts: with burst look-ahead configured, a stream that loses one
@@ -254,18 +236,36 @@ fn burst_lookahead_waits_only_for_a_stream_with_redundancy() {
 #[test]
 fn burst_lookahead_leaves_isolated_losses_alone() {
     let lost = |f: u32| f >= 100 && f.is_multiple_of(20);
-    let run = |frames: u8| {
-        let (mut pkts, end) = packets(&[(960, 1_000)], lost, 25);
-        let config = JitterConfig {
-            burst_lookahead_frames: frames,
-            ..JitterConfig::default()
-        };
-        play(&mut pkts, end, config, Voice::Tone).0
+    let ahead = assert_lookahead_changes_nothing(lost, 25);
+    assert!(ahead.stats().fec_recovered >= 40, "{:?}", ahead.stats());
+}
+
+/// 1,000 frames of 20 ms on a constant path, losing `lost`, every packet carrying `redundancy`
+/// frames of it, played by a buffer with `frames` of burst look-ahead.
+fn play_lookahead(
+    lost: impl Fn(u32) -> bool,
+    redundancy: u8,
+    frames: u8,
+) -> (JitterBuffer<Fake>, Probe) {
+    let (mut pkts, end) = packets(&[(960, 1_000)], lost, redundancy);
+    let config = JitterConfig {
+        burst_lookahead_frames: frames,
+        ..JitterConfig::default()
     };
-    let (plain, ahead) = (run(0), run(2));
+    play(&mut pkts, end, config, Voice::Tone)
+}
+
+/// The same stream plays identically (same decoder calls, same delay) with two frames of burst
+/// look-ahead as with none; returns the former.
+fn assert_lookahead_changes_nothing(
+    lost: impl Fn(u32) -> bool + Copy,
+    redundancy: u8,
+) -> JitterBuffer<Fake> {
+    let (plain, _) = play_lookahead(lost, redundancy, 0);
+    let (ahead, _) = play_lookahead(lost, redundancy, 2);
     assert_eq!(plain.decoder().log, ahead.decoder().log);
     assert_eq!(plain.stats().delay_ms, ahead.stats().delay_ms);
-    assert!(ahead.stats().fec_recovered >= 40, "{:?}", ahead.stats());
+    ahead
 }
 
 /// Real Opus: speech encoded with DRED (500 ms, in-band FEC off, 32 kbit/s) over a path that
