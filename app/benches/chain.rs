@@ -13,8 +13,9 @@
 //!   scripts/bench-cpu.sh      (= cargo bench -p natter --bench chain)
 //!
 //! Environment: CHAIN_RUNS (default 7), CHAIN_ITERATIONS per run (default 1000 = 20 s of audio),
-//! CHAIN_DRED=N: the microphone's encoder and the remote streams' senders add N × 10 ms of DRED
-//! to FEC (expected loss 10 %), as `rate::protection` has them do while losses come in runs.
+//! CHAIN_DRED=N: the microphone's encoder and the remote streams' senders send N × 10 ms of DRED
+//! instead of FEC (expected loss 10 %), as `rate::protection` has them do while losses come in
+//! runs; CHAIN_COMPLEXITY=C: the microphone's encoder at libopus complexity C.
 //!
 //! Afterwards, for the record: voice processing with one stage at a time, the encoder alone
 //! at other libopus complexities (natter's `OpusEncoder` leaves libopus at its default, 10) and
@@ -164,16 +165,21 @@ impl Chain {
     }
 }
 
-/// The senders' settings: natter's defaults, with `CHAIN_DRED` × 10 ms of DRED added to FEC
-/// (libopus sends DRED only when it plans for loss: 10 %).
+/// The senders' settings: natter's defaults, with `CHAIN_DRED` × 10 ms of DRED instead of FEC
+/// (libopus sends DRED only when it plans for loss: 10 %) and the complexity `CHAIN_COMPLEXITY`.
 fn sender_config() -> EncoderConfig {
     let dred_10ms = env_usize("CHAIN_DRED", 0).min(104) as u8;
-    let base = EncoderConfig::default();
+    let ours = EncoderConfig::default();
+    let base = EncoderConfig {
+        complexity: env_usize("CHAIN_COMPLEXITY", usize::from(ours.complexity)).min(10) as u8,
+        ..ours
+    };
     if dred_10ms == 0 {
         return base;
     }
     EncoderConfig {
         dred_10ms,
+        fec: false,
         expected_loss_pct: 10,
         ..base
     }
@@ -338,10 +344,11 @@ fn main() -> anyhow::Result<()> {
     }
     let sender = sender_config();
     println!(
-        "chain: 20 ms per iteration = APM (AEC3+NS+AGC2+HPF) 2x10 ms + VAD + Opus {} kbit/s FEC \
-         + DRED {} ms encode at complexity {} + {STREAMS} x (jitter buffer + Opus decode at \
+        "chain: 20 ms per iteration = APM (AEC3+NS+AGC2+HPF) 2x10 ms + VAD + Opus {} kbit/s FEC {} \
+         DRED {} ms encode at complexity {} + {STREAMS} x (jitter buffer + Opus decode at \
          complexity {}, 2x10 ms pulls) + mix",
         sender.bitrate_bps / 1000,
+        sender.fec,
         u32::from(sender.dred_10ms) * 10,
         sender.complexity,
         natter::codec::DECODER_COMPLEXITY,
