@@ -53,20 +53,8 @@ profile_up() {
   esac
 }
 
-fetch() { # package, file name -> path of that file
-  local dir="$work/$1"
-  mkdir -p "$dir"
-  chmod 777 "$dir"
-  if ! (cd "$dir" && apt-get download "$1") >"$dir/apt.log" 2>&1; then
-    cat "$dir/apt.log" >&2
-    echo "cannot download $1 (run 'apt-get update' once, or set CALL_SPEECH_A/B)" >&2
-    exit 1
-  fi
-  dpkg-deb -x "$dir"/"$1"_*.deb "$dir/pkg"
-  find "$dir/pkg" -name "$2" | head -1
-}
-speech_a="${CALL_SPEECH_A:-$(fetch codec2-examples speech_orig_16k.wav)}"
-speech_b="${CALL_SPEECH_B:-$(fetch linphone-common hello16000.wav)}"
+speech_a="${CALL_SPEECH_A:-$(scripts/fetch-speech.sh "$work" codec2-examples speech_orig_16k.wav)}"
+speech_b="${CALL_SPEECH_B:-$(scripts/fetch-speech.sh "$work" linphone-common hello16000.wav)}"
 [ -f "$speech_a" ] && [ -f "$speech_b" ] || { echo "speech files not found" >&2; exit 1; }
 
 venv="$NATTER_CACHE/bench-venv"

@@ -99,10 +99,12 @@ def main() -> None:
         md.append(f"**{title}**")
         md.append("")
         md.append("| jitter | loss (realized %) | delay ms, adaptive: mean / p95 | fixed 60 ms: mean / p95 "
-                  "| late % (a / f) | concealed % (a / f) | FEC % (a / f) | PESQ adaptive | PESQ fixed | Δ |")
-        md.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+                  "| late % (a / f) | concealed % (a / f) | FEC % (a / f) | DRED % (a) | PESQ adaptive | PESQ fixed | Δ |")
+        md.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for (jitter, loss), b in pairs.items():
-            a, f = b["adaptive"], b["fixed60"]
+            a = b["adaptive"]
+            # JITTER_ADAPTIVE_ONLY runs have no fixed buffer.
+            f = b.get("fixed60", {k: "nan" for k in a})
             shown = loss if a["nominal_loss_pct"] == "0" else f"{loss} ({fmt(a['realized_loss_pct'])})"
             delta = float(a["pesq"]) - float(f["pesq"])
             md.append(
@@ -112,6 +114,7 @@ def main() -> None:
                 f"| {fmt(a['late_pct'])} / {fmt(f['late_pct'])} "
                 f"| {fmt(a['concealed_pct'])} / {fmt(f['concealed_pct'])} "
                 f"| {fmt(a['fec_pct'])} / {fmt(f['fec_pct'])} "
+                f"| {fmt(a.get('dred_pct', 'nan'))} "
                 f"| {a['pesq']} | {f['pesq']} | {delta:+.2f} |"
             )
         md.append("")

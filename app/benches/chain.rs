@@ -12,7 +12,10 @@
 //!
 //!   scripts/bench-cpu.sh      (= cargo bench -p natter --bench chain)
 //!
-//! Environment: CHAIN_RUNS (default 7), CHAIN_ITERATIONS per run (default 1000 = 20 s of audio).
+//! Environment: CHAIN_RUNS (default 7), CHAIN_ITERATIONS per run (default 1000 = 20 s of audio),
+//! CHAIN_DRED=N: the microphone's encoder and the remote streams' senders send N × 10 ms of DRED
+//! instead of FEC (expected loss 10 %), as `rate::protection` has them do while losses come in
+//! runs; CHAIN_COMPLEXITY=C: the microphone's encoder at libopus complexity C.
 //!
 //! Afterwards, for the record: voice processing with one stage at a time, the encoder alone
 //! at other libopus complexities (natter's `OpusEncoder` leaves libopus at its default, 10) and
@@ -70,7 +73,7 @@ impl Chain {
         // frame sent (no DTX) so that every iteration decodes four real packets.
         let remote_config = EncoderConfig {
             dtx: false,
-            ..EncoderConfig::default()
+            ..sender_config()
         };
         let mut remote = Vec::new();
         for s in 0..STREAMS {
@@ -95,7 +98,7 @@ impl Chain {
         Ok(Self {
             voice,
             vad: Vad::new(VadConfig::default()),
-            sender: Sender::new(0x4e41_5454, FRAME, EncoderConfig::default())?,
+            sender: Sender::new(0x4e41_5454, FRAME, sender_config())?,
             peers,
             mic,
             remote,
@@ -162,6 +165,26 @@ impl Chain {
     }
 }
 
+/// The senders' settings: natter's defaults, with `CHAIN_DRED` × 10 ms of DRED instead of FEC
+/// (libopus sends DRED only when it plans for loss: 10 %) and the complexity `CHAIN_COMPLEXITY`.
+fn sender_config() -> EncoderConfig {
+    let dred_10ms = env_usize("CHAIN_DRED", 0).min(104) as u8;
+    let ours = EncoderConfig::default();
+    let base = EncoderConfig {
+        complexity: env_usize("CHAIN_COMPLEXITY", usize::from(ours.complexity)).min(10) as u8,
+        ..ours
+    };
+    if dred_10ms == 0 {
+        return base;
+    }
+    EncoderConfig {
+        dred_10ms,
+        fec: false,
+        expected_loss_pct: 10,
+        ..base
+    }
+}
+
 /// CPU time this thread has used, ns.
 fn thread_cpu_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -174,12 +197,9 @@ fn thread_cpu_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// CPU time of encoding one 20 ms frame at libopus complexity `c` (median over the signal).
-fn encode_cost(signal: &[f32], c: u8) -> anyhow::Result<(f64, f64)> {
-    let mut enc = natter::codec::OpusEncoder::new(EncoderConfig {
-        complexity: c,
-        ..EncoderConfig::default()
-    })?;
+/// CPU time of encoding one 20 ms frame with `config` (median and p95 over the signal).
+fn encode_cost(signal: &[f32], config: EncoderConfig) -> anyhow::Result<(f64, f64)> {
+    let mut enc = natter::codec::OpusEncoder::new(config)?;
     let mut out = Vec::with_capacity(natter::codec::MAX_PACKET);
     let mut times = Vec::new();
     for frame in signal
@@ -322,9 +342,16 @@ fn main() -> anyhow::Result<()> {
     for _ in 0..WARMUP {
         chain.iteration(&mut scratch);
     }
+    let sender = sender_config();
     println!(
-        "chain: 20 ms per iteration = APM (AEC3+NS+AGC2+HPF) 2x10 ms + VAD + Opus 40 kbit/s FEC encode \
-         + {STREAMS} x (jitter buffer + Opus decode, 2x10 ms pulls) + mix"
+        "chain: 20 ms per iteration = APM (AEC3+NS+AGC2+HPF) 2x10 ms + VAD + Opus {} kbit/s FEC {} \
+         DRED {} ms encode at complexity {} + {STREAMS} x (jitter buffer + Opus decode at \
+         complexity {}, 2x10 ms pulls) + mix",
+        sender.bitrate_bps / 1000,
+        sender.fec,
+        u32::from(sender.dred_10ms) * 10,
+        sender.complexity,
+        natter::codec::DECODER_COMPLEXITY,
     );
     println!("{runs} runs x {iterations} iterations after {WARMUP} warm-up iterations");
     let mut wall = Vec::with_capacity(runs * iterations);
@@ -446,51 +473,39 @@ fn main() -> anyhow::Result<()> {
         println!("| {name} | {m:.1} | {p:.1} | {:.2} |", m / 200.0);
     }
     println!();
-    println!(
-        "| Opus encoder alone, 40 kbit/s FEC | CPU median us / 20 ms | p95 us | % of one core |"
-    );
+    println!("| Opus encoder alone, 40 kbit/s | CPU median us / 20 ms | p95 us | % of one core |");
     println!("|---|---:|---:|---:|");
     let ours = EncoderConfig::default().complexity;
-    for c in [10u8, 8, 7, 6, 5, 4, 2] {
-        let (m, p) = encode_cost(&chain.mic, c)?;
-        let default = match (c == 10, c == ours) {
-            (true, true) => " (libopus default, ours)",
-            (true, false) => " (libopus default)",
-            (false, true) => " (ours)",
-            (false, false) => "",
-        };
-        println!(
-            "| complexity {c}{default} | {m:.1} | {p:.1} | {:.2} |",
-            m / 200.0
-        );
-    }
-    for (c, dred_10ms) in [(10u8, 50u8), (7, 50)] {
-        let mut enc = natter::codec::OpusEncoder::new(EncoderConfig {
-            complexity: c,
-            fec: false,
-            dred_10ms,
-            expected_loss_pct: 10,
-            ..EncoderConfig::default()
-        })?;
-        let mut out = Vec::with_capacity(natter::codec::MAX_PACKET);
-        let mut times = Vec::new();
-        for frame in chain
-            .mic
-            .chunks_exact(FRAME)
-            .cycle()
-            .take(3 * SIGNAL_FRAMES / 2)
-        {
-            let c0 = thread_cpu_ns();
-            enc.encode(frame, &mut out)?;
-            times.push((thread_cpu_ns() - c0) as f64 / 1e3);
+    // FEC alone (a clean path or isolated losses), FEC + DRED (losses in runs: what
+    // `rate::protection` adds), DRED alone.
+    let protections: [(&str, bool, u8); 3] = [
+        ("FEC", true, 0),
+        ("FEC + DRED 500 ms", true, 50),
+        ("DRED 500 ms, FEC off", false, 50),
+    ];
+    for (name, fec, dred_10ms) in protections {
+        for c in [10u8, 9, 8, 7, 6, 5, 4] {
+            let (m, p) = encode_cost(
+                &chain.mic,
+                EncoderConfig {
+                    complexity: c,
+                    fec,
+                    dred_10ms,
+                    expected_loss_pct: if dred_10ms > 0 { 10 } else { 2 },
+                    ..EncoderConfig::default()
+                },
+            )?;
+            let default = match (c == 10, c == ours) {
+                (true, true) => " (libopus default, ours)",
+                (true, false) => " (libopus default)",
+                (false, true) => " (ours)",
+                (false, false) => "",
+            };
+            println!(
+                "| {name}, complexity {c}{default} | {m:.1} | {p:.1} | {:.2} |",
+                m / 200.0
+            );
         }
-        let s = sorted(&times[SIGNAL_FRAMES / 2..]);
-        let (m, p) = (percentile(&s, 50.0), percentile(&s, 95.0));
-        println!(
-            "| complexity {c}, DRED {} ms, FEC off | {m:.1} | {p:.1} | {:.2} |",
-            u32::from(dred_10ms) * 10,
-            m / 200.0
-        );
     }
     println!();
     println!(

@@ -54,7 +54,13 @@
 //! `JITTER_DRED=N:BPS` encodes with DRED of N × 10 ms and in-band FEC off at BPS bit/s instead of
 //! 32 kbit/s with FEC; `JITTER_BITRATE=BPS` encodes with FEC at BPS (real calls: 40000); `JITTER_MEAN_BURST=B` sets the bursty model's mean burst (default 2.5);
 //! `JITTER_DECODER_COMPLEXITY=C` decodes at libopus complexity C instead of natter's;
-//! `JITTER_NO_COMPLEXITY=1` leaves out the encoder-complexity rows.
+//! `JITTER_ENCODER_COMPLEXITY=C` encodes the main rows at C instead of natter's;
+//! `JITTER_NO_COMPLEXITY=1` leaves out the encoder-complexity rows;
+//! `JITTER_PROFILES=none,gauss-10ms` keeps only those jitter profiles;
+//! `JITTER_PLANNED_LOSS=P` has the encoder plan for P % loss in every row (its 0 % row then
+//! shows what FEC and DRED planned for P % leave the primary encoding);
+//! `JITTER_ADAPTIVE_ONLY=1` runs only our buffer (no fixed, ideal or complexity rows);
+//! `JITTER_BURST_LOOKAHEAD=N` runs our buffer with `JitterConfig::burst_lookahead_frames` N.
 //!
 //! `JITTER_PULL=PERIOD,WAKE,STALL_P,STALL_MS` pulls like a live engine instead
 //! (`sim::PullTiming`: a device period's blocks at once, wake-ups up to WAKE ms late, with
@@ -87,17 +93,26 @@ const MEAN_BURST: f64 = 2.5;
 
 /// The decoder, at `JITTER_DECODER_COMPLEXITY` (default: natter's, 5 = deep PLC).
 fn decoder() -> OpusDecoder {
-    let c = std::env::var("JITTER_DECODER_COMPLEXITY")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(natter::codec::DECODER_COMPLEXITY);
+    let c = env_parse("JITTER_DECODER_COMPLEXITY").unwrap_or(natter::codec::DECODER_COMPLEXITY);
     OpusDecoder::with_complexity(c).expect("opus decoder")
 }
 
+/// Our buffer's settings: the defaults, with `JITTER_BURST_LOOKAHEAD` if set.
+fn jitter_config() -> JitterConfig {
+    let mut c = JitterConfig::default();
+    if let Some(n) = env_parse("JITTER_BURST_LOOKAHEAD") {
+        c.burst_lookahead_frames = n;
+    }
+    c
+}
+
+/// An environment variable parsed, if set and valid.
+fn env_parse<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
 fn mean_burst() -> f64 {
-    std::env::var("JITTER_MEAN_BURST")
-        .ok()
-        .and_then(|v| v.parse::<f64>().ok())
+    env_parse::<f64>("JITTER_MEAN_BURST")
         .filter(|b| *b >= 1.0)
         .unwrap_or(MEAN_BURST)
 }
@@ -122,10 +137,7 @@ fn protection() -> (i32, bool, u8) {
 
 /// [`BITRATE_BPS`], or `JITTER_BITRATE` (40000: what the rate controller sends real calls at).
 fn bitrate() -> i32 {
-    std::env::var("JITTER_BITRATE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(BITRATE_BPS)
+    env_parse("JITTER_BITRATE").unwrap_or(BITRATE_BPS)
 }
 /// Warm-up of the steady scenario, s, and the silence between it and the scored speech.
 const WARMUP_S: f64 = 60.0;
@@ -174,6 +186,8 @@ struct Outcome {
     late: u64,
     concealed_ms: f64,
     fec: u64,
+    /// Frames (or rests of frames) recovered from DRED.
+    dred: u64,
     rebuffers: u64,
     accelerated_ms: f64,
     expanded_ms: f64,
@@ -204,7 +218,7 @@ fn pull_timing() -> PullTiming {
 
 fn adaptive(sc: &Scenario, packets: &[Vec<u8>], arrivals: &[Arrival]) -> Outcome {
     let decoder = decoder();
-    let mut jb = JitterBuffer::new(JitterConfig::default(), decoder);
+    let mut jb = JitterBuffer::new(jitter_config(), decoder);
     let mut fd = FrameDelays::default();
     let mut audio = Vec::new();
     let t0 = sc.t0_ms();
@@ -258,6 +272,7 @@ fn adaptive(sc: &Scenario, packets: &[Vec<u8>], arrivals: &[Arrival]) -> Outcome
         late,
         concealed_ms: s.concealed_ms - at_t0.concealed_ms,
         fec: s.fec_recovered - at_t0.fec_recovered,
+        dred: s.dred_recovered - at_t0.dred_recovered,
         rebuffers: s.rebuffers - at_t0.rebuffers,
         accelerated_ms: s.accelerated_ms - at_t0.accelerated_ms,
         expanded_ms: s.expanded_ms - at_t0.expanded_ms,
@@ -380,6 +395,7 @@ impl FrameDecoder for OpusDecoder {
 
 fn encode(input: &[f32], expected_loss_pct: u8, complexity: u8) -> Vec<Vec<u8>> {
     let (bitrate_bps, fec, dred_10ms) = protection();
+    let expected_loss_pct = env_parse("JITTER_PLANNED_LOSS").unwrap_or(expected_loss_pct);
     let mut enc = OpusEncoder::new(EncoderConfig {
         bitrate_bps,
         // DRED is sent only when the planned loss is above 0.
@@ -405,8 +421,10 @@ fn encode(input: &[f32], expected_loss_pct: u8, complexity: u8) -> Vec<Vec<u8>> 
         .collect()
 }
 
+/// The jitter profiles, or those `JITTER_PROFILES` names.
 fn jitter_profiles(t0_ms: f64) -> Vec<(&'static str, NetworkProfile)> {
-    vec![
+    let keep = std::env::var("JITTER_PROFILES").ok();
+    let mut v = vec![
         ("none", NetworkProfile::constant(30.0)),
         ("gauss-10ms", NetworkProfile::gaussian(10.0)),
         // The real call bench's `random` and `bursty` paths' jitter (natter-netem `jitter=12`).
@@ -416,7 +434,11 @@ fn jitter_profiles(t0_ms: f64) -> Vec<(&'static str, NetworkProfile)> {
             "spike-300ms",
             NetworkProfile::spike(t0_ms + SPIKE_AT_MS, 300.0),
         ),
-    ]
+    ];
+    if let Some(keep) = keep {
+        v.retain(|(name, _)| keep.split(',').any(|k| k.trim() == *name));
+    }
+    v
 }
 
 /// Loss models: name, model, nominal loss %.
@@ -511,7 +533,7 @@ impl Table {
         let (mean, p95) = mean_p95(&o.delays);
         let pct = |x: f64| 100.0 * x / c.frames as f64;
         let row = format!(
-            "{}\t{}\t{}\t{}\t{}\t{buffer}\t{:.2}\t{mean:.1}\t{p95:.1}\t{:.2}\t{:.2}\t{:.2}\t{}\t{:.0}\t{:.0}\t{}\t{}\t{wav}",
+            "{}\t{}\t{}\t{}\t{}\t{buffer}\t{:.2}\t{mean:.1}\t{p95:.1}\t{:.2}\t{:.2}\t{:.2}\t{:.2}\t{}\t{:.0}\t{:.0}\t{}\t{}\t{wav}",
             self.n,
             c.scenario,
             c.jitter,
@@ -521,6 +543,7 @@ impl Table {
             pct(o.late as f64),
             100.0 * o.concealed_ms / (c.frames as f64 * FRAME_MS),
             pct(o.fec as f64),
+            pct(o.dred as f64),
             o.rebuffers,
             o.accelerated_ms,
             o.expanded_ms,
@@ -567,14 +590,19 @@ fn main() -> anyhow::Result<()> {
         Scenario::new("start", &speech, 0.0, 0.0),
     ];
     let seed = choose_seed(&scenarios);
+    let complexity =
+        env_parse("JITTER_ENCODER_COMPLEXITY").unwrap_or(EncoderConfig::default().complexity);
     println!(
         "# speech {speech_path}: {:.2} s = {scored_frames} frames of 20 ms; Opus {} kbit/s, \
-         FEC {}, DRED {} ms; bursty loss: mean burst {}; \
+         FEC {}, DRED {} ms, encoder complexity {complexity}, decoder complexity {}, \
+         burst look-ahead {} frames; bursty loss: mean burst {}; \
          steady: {WARMUP_S} s warm-up + {GAP_S} s silence; seed {seed}",
         speech.len() as f64 / 48_000.0,
         protection().0 / 1000,
         protection().1,
         u32::from(protection().2) * 10,
+        env_parse("JITTER_DECODER_COMPLEXITY").unwrap_or(natter::codec::DECODER_COMPLEXITY),
+        jitter_config().burst_lookahead_frames,
         mean_burst(),
     );
     let mut table = Table {
@@ -583,11 +611,11 @@ fn main() -> anyhow::Result<()> {
         delays: "id\tframe\tdelay_ms\n".into(),
         n: 0,
     };
-    let header = "id\tscenario\tjitter\tloss\tnominal_loss_pct\tbuffer\trealized_loss_pct\tmean_delay_ms\tp95_delay_ms\tlate_pct\tconcealed_pct\tfec_pct\trebuffers\taccelerated_ms\texpanded_ms\tdelay_samples\tmerged_delay_samples\twav";
+    let header = "id\tscenario\tjitter\tloss\tnominal_loss_pct\tbuffer\trealized_loss_pct\tmean_delay_ms\tp95_delay_ms\tlate_pct\tconcealed_pct\tfec_pct\tdred_pct\trebuffers\taccelerated_ms\texpanded_ms\tdelay_samples\tmerged_delay_samples\twav";
     println!("{header}");
     writeln!(table.tsv, "{header}")?;
     let losses = loss_models();
-    let complexity = EncoderConfig::default().complexity;
+    let adaptive_only = std::env::var_os("JITTER_ADAPTIVE_ONLY").is_some();
     for sc in &scenarios {
         // Encoding depends only on the expected loss: once per loss model.
         let encoded: Vec<Vec<Vec<u8>>> = losses
@@ -607,9 +635,14 @@ fn main() -> anyhow::Result<()> {
                 };
                 let ours = adaptive(sc, packets, &arrivals);
                 table.add(&cell, "adaptive", &ours)?;
-                let base = fixed(sc, packets, &arrivals, Some(FIXED_MS), true, PLC_WHOLE);
-                table.add(&cell, "fixed60", &base)?;
+                if !adaptive_only {
+                    let base = fixed(sc, packets, &arrivals, Some(FIXED_MS), true, PLC_WHOLE);
+                    table.add(&cell, "fixed60", &base)?;
+                }
             }
+        }
+        if adaptive_only {
+            continue;
         }
         // Calibration: ideal buffers on the jitter-free path with random loss.
         for ((loss, model, nominal), packets) in losses.iter().zip(&encoded) {

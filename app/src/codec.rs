@@ -18,9 +18,11 @@ fn opus_error(e: opusic_c::ErrorCode) -> anyhow::Error {
 }
 
 /// Decoder complexity: 5 turns on deep PLC (a neural concealment, libopus ≥ 1.5), 6 and 7 add
-/// OSCE's LACE and NoLACE enhancement of low-bitrate SILK. Deep PLC runs only while frames are
-/// concealed; OSCE runs on every SILK frame (~150 µs per 20 ms frame here) and helps little at
-/// our bitrates (≥ 24 kbit/s), so 5 it is.
+/// OSCE's LACE and NoLACE enhancement of low-bitrate SILK. Measured (docs/BENCHMARKS.md, "Opus
+/// 1.6", two voices, 40 kbit/s): 4 → 5 is worth +0.3–0.5 PESQ on bursty loss; 5, 6 and 7 are
+/// within ±0.07 of each other in every cell. Deep PLC runs only while frames are concealed
+/// (~320 µs per concealed 20 ms frame against ~24 for classic PLC); OSCE runs on every frame
+/// (+17 µs at 6, +70 µs at 7 on a ~38 µs decode) and buys nothing at our bitrates, so 5.
 pub const DECODER_COMPLEXITY: u8 = 5;
 
 /// Largest Opus packet (RFC 6716 §3.4: 1275 bytes per frame).
@@ -42,12 +44,11 @@ pub struct EncoderConfig {
     /// Restricted low-delay application (CELT only: 2.5 ms look-ahead instead of 6.5 ms, but
     /// no FEC) instead of VOIP.
     pub restricted_low_delay: bool,
-    /// libopus encoder complexity, 0–10. Ours is libopus's default, 10. Measured
-    /// (docs/BENCHMARKS.md, libopus 1.3.1, 6 loss patterns at 5 % random loss with FEC): 7
-    /// encodes a 20 ms frame in 281 µs instead of 369 (1.40 % instead of 1.85 % of a core) and
-    /// costs only 0.03 PESQ mid-call, but 0.22 in the first 10 s of a call (5 of 6 patterns
-    /// worse, by up to 0.40); 8 costs 0.17 there and saves nothing. At 6 and below the scores
-    /// with loss fall to the PLC-only level (~2.9), as if the packets carried no usable FEC.
+    /// libopus encoder complexity, 0–10. Ours is libopus's default, 10. Measured with libopus
+    /// 1.6.1 (docs/BENCHMARKS.md, "Opus 1.6", two voices, 40 kbit/s): with FEC, 5 costs
+    /// nothing measurable and encodes a frame in ~171 µs instead of ~226; with DRED (the
+    /// bursty policy) 5 costs 0.06 PESQ on bursty loss, more than its ~80 µs are worth, so 10.
+    /// (With libopus 1.3.1, 6 and below lost FEC altogether and 7 cost 0.22 at call start.)
     pub complexity: u8,
     /// Deep REDundancy: how much past audio every packet carries at a low bitrate, in 10 ms
     /// units (0 off, at most 104). Its bits come out of `bitrate_bps`, and libopus sends it only
@@ -276,6 +277,10 @@ impl Decode for OpusDecoder {
         }
         let n = self.decoder.dred_decode(offset, &mut self.buf[..samples]);
         self.take(n, out)
+    }
+
+    fn carries_redundancy(&mut self, next_payload: &[u8], offset: usize) -> bool {
+        !next_payload.is_empty() && self.dred_reach(next_payload, offset) >= offset
     }
 
     fn conceal(&mut self, samples: usize, out: &mut Vec<f32>) {

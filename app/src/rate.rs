@@ -36,17 +36,20 @@
 //! `LossRunsReport`). In-band FEC carries only the previous frame, so it is the best tool
 //! against isolated losses (design guide §3: ~4.0 / 3.7 / 2.9 PESQ at 5 / 10 / 20 % random loss
 //! at 32 kbit/s, DRED alone 0.3–0.6 worse there), while a burst of two or more is repaired only by
-//! deep redundancy (DRED). With an ideal buffer, DRED with FEC off wins on bursty loss (design
-//! guide §3). But our live buffer does not wait for redundancy, and measured through it
-//! (docs/BENCHMARKS.md, "Opus 1.6") DRED with FEC off *loses* to FEC + deep PLC even at mean
-//! bursts of 3 (mid-call 3.12 / 2.71 / 1.91 against 3.15 / 2.75 / 2.10 at 5 / 10 / 20 %), while
-//! DRED added to FEC at 40 kbit/s scored at least FEC's 32 kbit/s on every bursty row (3.60 /
-//! 3.22 / 2.23 against 3.58 / 3.15 / 2.21 at mean bursts of 2.5; the bitrates differ, so this is
-//! not yet a clean comparison). So [`protection`] keeps FEC on always and adds DRED once losses
-//! come in runs (mean run ≥ [`BURSTY_RUN`]), long enough to reach back over the longest recent
-//! burst with room to spare; the buffer then takes the last lost frame from FEC and the earlier
-//! ones from DRED. DRED's bits come out of the bitrate; at the 24 kbit/s tier they would starve
-//! the primary encoding, so that tier has none.
+//! deep redundancy (DRED). Measured through our buffer at 40 kbit/s (docs/BENCHMARKS.md,
+//! "Opus 1.6 … the protection policy"):
+//! - DRED *added to* FEC buys nothing: with FEC on, libopus gives DRED no bits at 5–10 %
+//!   planned loss, and at 20 % the bits it takes starve the primary encoding (mid-call 20 %
+//!   random 3.02 against FEC's 3.17, bursty 2.09 against 2.17);
+//! - DRED *instead of* FEC, with the buffer waiting two frames more while bursts that the
+//!   packets' redundancy reaches are recent (`JitterConfig::burst_lookahead_frames`), beats FEC
+//!   on bursty loss, and loses without that look-ahead.
+//!
+//! So [`protection`] sends FEC alone on a clean path and while losses come one at a time, and
+//! DRED with FEC off once they come in runs (mean run ≥ [`BURSTY_RUN`]), long enough to reach
+//! back over the longest recent burst with room to spare; the listeners' buffers then wait for
+//! it. DRED's bits come out of the bitrate; below [`MIN_DRED_BPS`] they would starve the
+//! primary encoding, so FEC it is there.
 
 use std::collections::HashMap;
 
@@ -107,12 +110,12 @@ const RUNS_ALPHA: f64 = 0.1;
 const LONGEST_DECAY: f64 = 0.95;
 
 /// The protection the loss pattern calls for, as (in-band FEC, DRED duration in 10 ms units):
-/// FEC alone on a clean path or while losses come one at a time; FEC and DRED once they come in
-/// runs (mean run ≥ [`BURSTY_RUN`]), DRED reaching [`DRED_REACH_FACTOR`] × the longest recent
+/// FEC alone on a clean path or while losses come one at a time; DRED with FEC off once they
+/// come in runs (mean run ≥ [`BURSTY_RUN`]), reaching [`DRED_REACH_FACTOR`] × the longest recent
 /// burst (`longest_run`, packets of `frame_ms`) back, from 200 ms up to ~1 s — unless the
 /// bitrate is below [`MIN_DRED_BPS`] or the encoder is CELT-only (`restricted_low_delay`: libopus
-/// has neither FEC nor DRED there). FEC stays on: measured through our buffer, DRED without it
-/// loses (see the module docs).
+/// has neither FEC nor DRED there). Not both: with FEC on, DRED's bits only starve the primary
+/// encoding (see the module docs).
 pub fn protection(
     loss: f64,
     mean_run: f64,
@@ -129,7 +132,7 @@ pub fn protection(
     }
     let reach_10ms = DRED_REACH_FACTOR * longest_run * f64::from(frame_ms) / 10.0;
     (
-        true,
+        false,
         reach_10ms.ceil().clamp(MIN_DRED_10MS, MAX_DRED_10MS) as u8,
     )
 }
@@ -464,12 +467,12 @@ mod tests {
         // Clean, or losses one at a time (10 % random: mean run 1.11): FEC.
         assert_eq!(p(0.0, 1.0, 0.0, 20, 40_000), (true, 0));
         assert_eq!(p(0.10, 1.11, 3.0, 20, 40_000), (true, 0));
-        // Runs: DRED on top of FEC, reaching 1.5 × the longest burst back (at least 200 ms, at most
-        // libopus's ~1 s).
-        assert_eq!(p(0.10, 3.0, 5.0, 20, 40_000), (true, 20));
-        assert_eq!(p(0.10, 3.0, 20.0, 20, 40_000), (true, 60));
-        assert_eq!(p(0.10, 3.0, 20.0, 40, 32_000), (true, 104));
-        assert_eq!(p(0.20, 5.0, 200.0, 20, 40_000), (true, 104));
+        // Runs: DRED instead of FEC, reaching 1.5 × the longest burst back (at least 200 ms, at
+        // most libopus's ~1 s).
+        assert_eq!(p(0.10, 3.0, 5.0, 20, 40_000), (false, 20));
+        assert_eq!(p(0.10, 3.0, 20.0, 20, 40_000), (false, 60));
+        assert_eq!(p(0.10, 3.0, 20.0, 40, 32_000), (false, 104));
+        assert_eq!(p(0.20, 5.0, 200.0, 20, 40_000), (false, 104));
         // Too few bits for both DRED and a primary encoding worth hearing: FEC.
         assert_eq!(p(0.10, 3.0, 5.0, 40, 24_000), (true, 0));
         // CELT-only has neither.
@@ -477,7 +480,7 @@ mod tests {
     }
 
     #[test]
-    fn bursty_listener_adds_dred_and_takes_it_away_without_touching_the_rate() {
+    fn bursty_listener_swaps_fec_for_dred_and_back_without_touching_the_rate() {
         let mut rc = RateController::new(FrameMode::Standard);
         let mut t = 0.0;
         let bursts = natter_proto::rtcp::LossRuns {
@@ -496,7 +499,7 @@ mod tests {
             t += 1_000.0;
         }
         let s = rc.settings();
-        assert_eq!((s.fec, s.dred_10ms), (true, 21), "{s:?}");
+        assert_eq!((s.fec, s.dred_10ms), (false, 21), "{s:?}");
         assert_eq!((s.bitrate_bps, s.frame_ms), (40_000, 20));
         // The same loss rate, now one packet at a time: back to FEC once the averages and the
         // longest burst have faded (within 30 s).

@@ -21,9 +21,12 @@ pub fn resample(input: &[f32], from_hz: u32, to_hz: u32) -> anyhow::Result<Vec<f
         out.extend_from_slice(&block[0]);
         pos += chunk;
     }
-    // Flush the tail and the resampler's internal delay line with silence.
-    let tail = resampler.process_partial(Some(&[&input[pos..]]), None)?;
-    out.extend_from_slice(&tail[0]);
+    // Flush the tail (rubato refuses an empty one: an input of whole chunks has none) and the
+    // resampler's internal delay line with silence.
+    if pos < input.len() {
+        let tail = resampler.process_partial(Some(&[&input[pos..]]), None)?;
+        out.extend_from_slice(&tail[0]);
+    }
     while out.len() < expected + delay {
         let block = resampler.process_partial::<&[f32]>(None, None)?;
         if block[0].is_empty() {
@@ -63,6 +66,17 @@ mod tests {
             .iter()
             .fold(0.0f32, |m, s| m.max(s.abs()));
         assert!((peak - 0.5).abs() < 0.02, "peak {peak}");
+    }
+
+    /// An input of whole resampler chunks (linphone's `hello16000.wav`: 166 × 1024 samples)
+    /// has no partial tail to flush.
+    #[test]
+    fn an_input_of_whole_chunks_resamples() {
+        let input: Vec<f32> = (0..2 * 1024)
+            .map(|i| (i as f32 * 0.05).sin() * 0.5)
+            .collect();
+        let out = resample(&input, 16_000, 48_000).unwrap();
+        assert_eq!(out.len(), 3 * 2 * 1024);
     }
 }
 

@@ -176,6 +176,12 @@ pub trait Decode {
     ) -> Result<(), DecodeError> {
         Err(DecodeError)
     }
+    /// Whether `next_payload` carries deep redundancy reaching `offset` samples back (what
+    /// [`Self::decode_redundancy`] would recover from). The burst look-ahead waits only for a
+    /// stream that does; the default (no redundancy) says no.
+    fn carries_redundancy(&mut self, _next_payload: &[u8], _offset: usize) -> bool {
+        false
+    }
     /// Conceals `samples` of missing audio (packet loss concealment), appending them.
     fn conceal(&mut self, samples: usize, out: &mut Vec<f32>);
     /// Whether decoding after concealment continues the concealed signal smoothly by itself.
@@ -330,6 +336,17 @@ pub struct JitterConfig {
     pub fec_lookahead: bool,
     /// Quantile of single packets' relative delays the FEC look-ahead covers.
     pub fec_quantile: f64,
+    /// While bursts (two or more consecutive packets lost, the packet after them carrying deep
+    /// redundancy that reaches back over two frames) are recent, this many frames of
+    /// look-ahead on top of the FEC look-ahead's one, so that the packet after a burst is
+    /// here while that many more of the burst's frames are still unplayed and its deep
+    /// redundancy (DRED) can recover them. Each frame costs its length in delay on a bursty
+    /// path whose sender protects with DRED, and nothing elsewhere. 2 (40 ms more at 20 ms
+    /// frames, for as long as [`Self::loss_memory_ms`] after the last such burst): measured
+    /// with DRED in place of FEC on Gilbert-Elliott loss, one frame left DRED behind FEC
+    /// mid-call, two put it ahead at mean bursts of 3 and 5 (docs/BENCHMARKS.md, "the
+    /// look-ahead trade").
+    pub burst_lookahead_frames: u8,
     /// How long a loss counts as recent, ms.
     pub loss_memory_ms: f64,
     /// Packets held at most; beyond, the oldest is discarded.
@@ -359,6 +376,7 @@ impl Default for JitterConfig {
             max_expand_ms: 100.0,
             fec_lookahead: true,
             fec_quantile: 0.95,
+            burst_lookahead_frames: 2,
             loss_memory_ms: 10_000.0,
             max_packets: 400,
         }
@@ -516,6 +534,8 @@ pub struct JitterBuffer<D> {
     /// Decoded audio available at the last stretch attempt.
     last_try_ahead: usize,
     last_loss_ms: Option<f64>,
+    /// When the last burst (two or more consecutive losses) was filled.
+    last_burst_ms: Option<f64>,
     /// (time, level) at the last pulls, for [`Self::removable`].
     levels: [(f64, usize); LEVELS],
     next_level: usize,
@@ -569,6 +589,7 @@ impl<D: Decode> JitterBuffer<D> {
             last_try_ms: f64::NEG_INFINITY,
             last_try_ahead: 0,
             last_loss_ms: None,
+            last_burst_ms: None,
             levels: [(f64::NEG_INFINITY, 0); LEVELS],
             next_level: 0,
             delay_avg: None,
@@ -795,12 +816,18 @@ impl<D: Decode> JitterBuffer<D> {
     /// frame above a single packet's usual lateness (FEC look-ahead).
     fn target_ms(&self, now_ms: f64) -> f64 {
         let jitter = self.delay.target_ms(now_ms);
-        let lookahead = match self.last_loss_ms {
-            Some(at) if self.config.fec_lookahead && now_ms - at < self.config.loss_memory_ms => {
-                let packet = self.delay.packet_quantile_ms(self.config.fec_quantile);
-                self.last_frame as f64 / SAMPLES_PER_MS + packet.unwrap_or(jitter)
-            }
-            _ => 0.0,
+        let recent =
+            |at: Option<f64>| at.is_some_and(|at| now_ms - at < self.config.loss_memory_ms);
+        let lookahead = if self.config.fec_lookahead && recent(self.last_loss_ms) {
+            let frames = if recent(self.last_burst_ms) {
+                1 + u32::from(self.config.burst_lookahead_frames)
+            } else {
+                1
+            };
+            let packet = self.delay.packet_quantile_ms(self.config.fec_quantile);
+            f64::from(frames) * self.last_frame as f64 / SAMPLES_PER_MS + packet.unwrap_or(jitter)
+        } else {
+            0.0
         };
         jitter
             .max(lookahead)
@@ -1069,6 +1096,17 @@ impl<D: Decode> JitterBuffer<D> {
             return;
         }
         self.last_loss_ms = Some(now_ms);
+        // A burst that the next packet's redundancy reaches back over: more look-ahead could
+        // recover it (see `JitterConfig::burst_lookahead_frames`).
+        if missing >= 2
+            && self.config.burst_lookahead_frames > 0
+            && self.packets.first().is_some_and(|p| {
+                let offset = (gap / missing as usize) * 2;
+                self.decoder.carries_redundancy(&p.payload, offset)
+            })
+        {
+            self.last_burst_ms = Some(now_ms);
+        }
         let slot = self.slot_left.unwrap_or_else(|| {
             let per_packet = gap / missing as usize / QUANTUM * QUANTUM;
             if (QUANTUM..=MAX_FRAME).contains(&per_packet) {

@@ -204,6 +204,14 @@ impl Decode for Fake {
         Ok(())
     }
 
+    fn carries_redundancy(&mut self, next_payload: &[u8], offset: usize) -> bool {
+        Self::parse(next_payload).is_ok_and(|(_, frame, _)| {
+            next_payload
+                .get(7)
+                .is_some_and(|&r| usize::from(r) * frame >= offset)
+        })
+    }
+
     fn conceal(&mut self, samples: usize, out: &mut Vec<f32>) {
         self.log.push(Event::Plc(samples));
         let gain = self.plc_gain;

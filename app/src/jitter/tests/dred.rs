@@ -153,16 +153,20 @@ fn mixed_frame_sizes_are_recovered_slot_by_slot() {
     assert_eq!((s.late, probe.clicks), (0, 0), "{s:?}");
 }
 
-/// The default, adaptive buffer does not wait for redundancy: concealment it played while the
-/// packet after a burst was on its way stays, and only the rest of the burst is recovered — the
-/// unplayed part of a slot from DRED, the last frame from FEC. Never a frame twice or out of
-/// order, and never more audio than was lost.
+/// Without the burst look-ahead the adaptive buffer does not wait for redundancy: concealment
+/// it played while the packet after a burst was on its way stays, and only the rest of the
+/// burst is recovered — the unplayed part of a slot from DRED, the last frame from FEC. Never a
+/// frame twice or out of order, and never more audio than was lost.
 #[test]
 fn a_live_buffer_recovers_what_it_has_not_played_yet() {
     let bursts: Vec<std::ops::Range<u32>> = (0..20).map(|k| 100 + 40 * k..103 + 40 * k).collect();
     let lost = |f: u32| bursts.iter().any(|b| b.contains(&f));
     let (mut pkts, end) = packets(&[(960, 1_000)], lost, 25);
-    let (jb, probe) = play(&mut pkts, end, JitterConfig::default(), Voice::Tone);
+    let config = JitterConfig {
+        burst_lookahead_frames: 0,
+        ..JitterConfig::default()
+    };
+    let (jb, probe) = play(&mut pkts, end, config, Voice::Tone);
     let s = jb.stats();
     let log = &jb.decoder().log;
     let played = played_frames(log);
@@ -179,6 +183,89 @@ fn a_live_buffer_recovers_what_it_has_not_played_yet() {
     // At most the first 40 ms of each 60 ms burst concealed.
     assert!(concealed_inside(log) <= 20 * 40 * 48, "{s:?}");
     assert_eq!((s.late, probe.clicks), (0, 0), "{s:?}");
+}
+
+/// By default ([`JitterConfig::burst_lookahead_frames`] 2) the buffer holds two frames more
+/// while bursts are recent: after the first burst of 3 (which it has to learn from, and partly
+/// conceals like the default), the packet after every later one is here while the whole burst
+/// is still unplayed, so it is recovered whole — FEC the last frame, DRED the two before —
+/// where the default conceals part of each. In order, each frame once; 40 ms more delay.
+#[test]
+fn burst_lookahead_recovers_whole_bursts_once_bursts_are_seen() {
+    let bursts: Vec<std::ops::Range<u32>> = (0..20).map(|k| 100 + 40 * k..103 + 40 * k).collect();
+    let lost = |f: u32| bursts.iter().any(|b| b.contains(&f));
+    let (plain, _) = play_lookahead(lost, 25, 0);
+    let (ahead, probe) = play_lookahead(lost, 25, JitterConfig::default().burst_lookahead_frames);
+    let log = &ahead.decoder().log;
+    let played = played_frames(log);
+    assert!(played.windows(2).all(|w| w[0] < w[1]), "{played:?}");
+    for b in &bursts[1..] {
+        assert!(log.contains(&Event::Fec(b.end - 1)), "{b:?}");
+        assert!(
+            (b.start..b.end - 1).all(|f| log.contains(&Event::Dred(f))),
+            "{b:?}"
+        );
+    }
+    // Only the first burst is (partly) concealed; the default conceals part of every one.
+    let concealed = concealed_inside(log);
+    assert!(concealed <= 40 * 48, "{concealed}");
+    assert!(concealed_inside(&plain.decoder().log) >= 20 * 10 * 48);
+    let (s, p) = (ahead.stats(), plain.stats());
+    assert_eq!(s.fec_recovered, 20, "{s:?}");
+    assert!(s.dred_recovered >= 19 * 2, "{s:?}");
+    assert!(
+        (s.delay_ms - p.delay_ms - 40.0).abs() <= 5.0,
+        "{} vs {}",
+        s.delay_ms,
+        p.delay_ms
+    );
+    assert_eq!((s.late, probe.clicks), (0, 0), "{s:?}");
+}
+
+/// Waiting pays only for redundancy: bursts in a stream whose packets carry none (an older
+/// client, or a sender protecting with FEC alone) leave the burst look-ahead off.
+#[test]
+fn burst_lookahead_waits_only_for_a_stream_with_redundancy() {
+    let bursts: Vec<std::ops::Range<u32>> = (0..20).map(|k| 100 + 40 * k..103 + 40 * k).collect();
+    let lost = |f: u32| bursts.iter().any(|b| b.contains(&f));
+    assert_lookahead_changes_nothing(lost, 0);
+}
+
+/// Isolated losses are not bursts: with burst look-ahead configured, a stream that loses one
+/// packet at a time plays exactly as with none (same decoder calls, same delay).
+#[test]
+fn burst_lookahead_leaves_isolated_losses_alone() {
+    let lost = |f: u32| f >= 100 && f.is_multiple_of(20);
+    let ahead = assert_lookahead_changes_nothing(lost, 25);
+    assert!(ahead.stats().fec_recovered >= 40, "{:?}", ahead.stats());
+}
+
+/// 1,000 frames of 20 ms on a constant path, losing `lost`, every packet carrying `redundancy`
+/// frames of it, played by a buffer with `frames` of burst look-ahead.
+fn play_lookahead(
+    lost: impl Fn(u32) -> bool,
+    redundancy: u8,
+    frames: u8,
+) -> (JitterBuffer<Fake>, Probe) {
+    let (mut pkts, end) = packets(&[(960, 1_000)], lost, redundancy);
+    let config = JitterConfig {
+        burst_lookahead_frames: frames,
+        ..JitterConfig::default()
+    };
+    play(&mut pkts, end, config, Voice::Tone)
+}
+
+/// The same stream plays identically (same decoder calls, same delay) with two frames of burst
+/// look-ahead as with none; returns the former.
+fn assert_lookahead_changes_nothing(
+    lost: impl Fn(u32) -> bool + Copy,
+    redundancy: u8,
+) -> JitterBuffer<Fake> {
+    let (plain, _) = play_lookahead(lost, redundancy, 0);
+    let (ahead, _) = play_lookahead(lost, redundancy, 2);
+    assert_eq!(plain.decoder().log, ahead.decoder().log);
+    assert_eq!(plain.stats().delay_ms, ahead.stats().delay_ms);
+    ahead
 }
 
 /// Real Opus: speech encoded with DRED (500 ms, in-band FEC off, 32 kbit/s) over a path that
