@@ -264,6 +264,7 @@ fn adaptive(sc: &Scenario, packets: &[Vec<u8>], arrivals: &[Arrival]) -> Outcome
         |jb, block, now| {
             if now < t0 {
                 at_t0 = jb.stats();
+                last_stats = at_t0;
             } else {
                 audio.extend_from_slice(block);
                 if trace {
