@@ -56,11 +56,14 @@
 //! `JITTER_DECODER_COMPLEXITY=C` decodes at libopus complexity C instead of natter's;
 //! `JITTER_ENCODER_COMPLEXITY=C` encodes the main rows at C instead of natter's;
 //! `JITTER_NO_COMPLEXITY=1` leaves out the encoder-complexity rows;
-//! `JITTER_PROFILES=none,gauss-10ms` keeps only those jitter profiles;
 //! `JITTER_PLANNED_LOSS=P` has the encoder plan for P % loss in every row (its 0 % row then
 //! shows what FEC and DRED planned for P % leave the primary encoding);
 //! `JITTER_ADAPTIVE_ONLY=1` runs only our buffer (no fixed, ideal or complexity rows);
 //! `JITTER_BURST_LOOKAHEAD=N` runs our buffer with `JitterConfig::burst_lookahead_frames` N.
+//!
+//! For tuning sweeps: `JITTER_PROFILES=netem-12ms,none` runs only those jitter profiles (and no
+//! calibration or complexity rows), and `JITTER_TUNE=quantile=0.97,window_ms=5000` changes fields
+//! of the adaptive buffer's `JitterConfig` (see [`tuned_config`] for the names).
 //!
 //! `JITTER_PULL=PERIOD,WAKE,STALL_P,STALL_MS` pulls like a live engine instead
 //! (`sim::PullTiming`: a device period's blocks at once, wake-ups up to WAKE ms late, with
@@ -97,9 +100,9 @@ fn decoder() -> OpusDecoder {
     OpusDecoder::with_complexity(c).expect("opus decoder")
 }
 
-/// Our buffer's settings: the defaults, with `JITTER_BURST_LOOKAHEAD` if set.
+/// Our buffer's settings: `JITTER_TUNE`'s, with `JITTER_BURST_LOOKAHEAD` if set.
 fn jitter_config() -> JitterConfig {
-    let mut c = JitterConfig::default();
+    let mut c = tuned_config();
     if let Some(n) = env_parse("JITTER_BURST_LOOKAHEAD") {
         c.burst_lookahead_frames = n;
     }
@@ -216,6 +219,34 @@ fn pull_timing() -> PullTiming {
     }
 }
 
+/// The adaptive buffer's settings: the defaults, with `JITTER_TUNE=field=value,…` applied.
+fn tuned_config() -> JitterConfig {
+    let mut c = JitterConfig::default();
+    let Ok(spec) = std::env::var("JITTER_TUNE") else {
+        return c;
+    };
+    for kv in spec.split(',').filter(|kv| !kv.is_empty()) {
+        let (k, v) = kv.split_once('=').expect("JITTER_TUNE=field=value,…");
+        let v: f64 = v.trim().parse().expect("JITTER_TUNE: a number");
+        let field = match k.trim() {
+            "quantile" => &mut c.quantile,
+            "forget_factor" => &mut c.forget_factor,
+            "window_ms" => &mut c.window_ms,
+            "interval_ms" => &mut c.interval_ms,
+            "peak_threshold_ms" => &mut c.peak_threshold_ms,
+            "peak_memory_ms" => &mut c.peak_memory_ms,
+            "phase_guard_from_ms" => &mut c.phase_guard_from_ms,
+            "phase_guard_max_ms" => &mut c.phase_guard_max_ms,
+            "in_sound_wait_ms" => &mut c.in_sound_wait_ms,
+            "fec_quantile" => &mut c.fec_quantile,
+            "initial_target_ms" => &mut c.initial_target_ms,
+            other => panic!("JITTER_TUNE: no field {other}"),
+        };
+        *field = v;
+    }
+    c
+}
+
 fn adaptive(sc: &Scenario, packets: &[Vec<u8>], arrivals: &[Arrival]) -> Outcome {
     let decoder = decoder();
     let mut jb = JitterBuffer::new(jitter_config(), decoder);
@@ -225,6 +256,8 @@ fn adaptive(sc: &Scenario, packets: &[Vec<u8>], arrivals: &[Arrival]) -> Outcome
     let last = arrivals.last().map_or(0.0, |a| a.at_ms);
     let end = last.max(sc.frames() as f64 * FRAME_MS) + 1_000.0;
     let mut at_t0 = JitterStats::default();
+    let trace = std::env::var_os("JITTER_TRACE").is_some();
+    let mut last_stats = JitterStats::default();
     sim::run_timed(
         &mut jb,
         arrivals,
@@ -239,8 +272,12 @@ fn adaptive(sc: &Scenario, packets: &[Vec<u8>], arrivals: &[Arrival]) -> Outcome
         |jb, block, now| {
             if now < t0 {
                 at_t0 = jb.stats();
+                last_stats = at_t0;
             } else {
                 audio.extend_from_slice(block);
+                if trace {
+                    trace_block(&mut last_stats, jb.stats(), now - t0);
+                }
             }
             fd.observe(jb);
         },
@@ -277,6 +314,37 @@ fn adaptive(sc: &Scenario, packets: &[Vec<u8>], arrivals: &[Arrival]) -> Outcome
         accelerated_ms: s.accelerated_ms - at_t0.accelerated_ms,
         expanded_ms: s.expanded_ms - at_t0.expanded_ms,
     }
+}
+
+/// `JITTER_TRACE=1`: prints what the adaptive buffer did in each block of the scored speech
+/// (concealment, stretching) with its target and measured delay, to explain a score.
+fn trace_block(last: &mut JitterStats, s: JitterStats, t_ms: f64) {
+    let d = |a: f64, b: f64| {
+        if a > b + 1e-9 {
+            format!("{:.1}", a - b)
+        } else {
+            "-".into()
+        }
+    };
+    if s.concealed_ms > last.concealed_ms
+        || s.accelerated_ms > last.accelerated_ms
+        || s.expanded_ms > last.expanded_ms
+        || s.fec_recovered > last.fec_recovered
+        || s.late > last.late
+    {
+        println!(
+            "trace\t{t_ms:.0}\tconceal {}\tacc {}\texp {}\tfec {}\tlate {}\ttarget {:.1}\tdelay {:.1}\tbuffered {:.1}",
+            d(s.concealed_ms, last.concealed_ms),
+            d(s.accelerated_ms, last.accelerated_ms),
+            d(s.expanded_ms, last.expanded_ms),
+            s.fec_recovered - last.fec_recovered,
+            s.late - last.late,
+            s.target_ms,
+            s.delay_ms,
+            s.buffered_ms,
+        );
+    }
+    *last = s;
 }
 
 /// First arrival time of every frame (None: lost).
@@ -645,6 +713,9 @@ fn main() -> anyhow::Result<()> {
             continue;
         }
         // Calibration: ideal buffers on the jitter-free path with random loss.
+        if std::env::var_os("JITTER_PROFILES").is_some() {
+            continue;
+        }
         for ((loss, model, nominal), packets) in losses.iter().zip(&encoded) {
             if matches!(model, Loss::GilbertElliott { .. }) {
                 continue;

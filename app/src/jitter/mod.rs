@@ -9,7 +9,7 @@
 //! # How much to buffer
 //!
 //! The delay manager (`delay.rs`) measures each packet's arrival delay relative to the fastest
-//! packet of the last 2 s and keeps a forgetting histogram of half-second maxima; the *target*
+//! packet of the last 10 s and keeps a forgetting histogram of half-second maxima; the *target*
 //! is its 95th percentile (5 ms buckets), raised to recurring delay peaks, and while packets are
 //! being lost at least one frame above a single packet's usual (95th percentile) lateness, so that
 //! the next packet's in-band FEC is here in time (FEC look-ahead).
@@ -79,7 +79,7 @@
 //! late packet would cost a concealment, which is worse than a repeated pitch period. Before the pull phase is learned, an
 //! acceleration never takes the *actually buffered* audio (the low point of its saw-tooth over
 //! the last frame) below the setpoint: right after the path has become slower, the offset —
-//! measured against the fastest packet of a 2 s window that still remembers the faster path —
+//! measured against the fastest packet of a 10 s window that still remembers the faster path —
 //! overstates the margin of the packets now arriving (once learned, the requirement's actual
 //! arrivals play this part). A stretch attempt needs decoded look-ahead; an aligned buffer
 //! holds little beyond the next block, so a failed search is retried as soon as there is more
@@ -286,7 +286,9 @@ pub struct JitterConfig {
     pub forget_factor: f64,
     /// Interval whose maximum relative delay goes into the histogram, ms.
     pub interval_ms: f64,
-    /// Window of the fastest packet that relative delays are measured against, ms.
+    /// Window of the fastest packet that relative delays are measured against, ms. Longer than
+    /// NetEq's 2 s so that the playout point does not wander with the minimum of a jittery
+    /// path (see `delay.rs`).
     pub window_ms: f64,
     /// An interval maximum this far above the histogram target is a peak, ms.
     pub peak_threshold_ms: f64,
@@ -363,7 +365,7 @@ impl Default for JitterConfig {
             quantile: 0.95,
             forget_factor: 0.983,
             interval_ms: 500.0,
-            window_ms: 2_000.0,
+            window_ms: 10_000.0,
             peak_threshold_ms: 20.0,
             peak_memory_ms: 10_000.0,
             hysteresis_ms: 10.0,
@@ -785,7 +787,7 @@ impl<D: Decode> JitterBuffer<D> {
     }
 
     /// How much audio may be removed without the buffered level dropping below the setpoint.
-    /// The offset is measured against the fastest packet of the last 2 s; when the path has just
+    /// The offset is measured against the fastest packet of the last 10 s; when the path has just
     /// become slower the packets now arriving have less margin than the offset says, and only
     /// the audio actually buffered tells. The level saw-tooths by a frame as packets arrive, so
     /// its minimum over the last frame period (the level just before a packet arrives) is what
