@@ -23,9 +23,8 @@ packages=(build-essential pkg-config libasound2-dev cmake)
 # The call-quality test scores speech with PESQ (PyPI `pesq`) in a venv.
 [ "$what" = test ] && packages+=(python3-venv)
 # The desktop app (`make run`) loads these at run time, not at build time: OpenGL through
-# Mesa, X11 and Wayland windowing and keyboard maps, and ALSA's PulseAudio/PipeWire plugin for
-# ALSA-only programs' "default" device (cpal itself talks to the sound server directly, and
-# uses ALSA only when none runs). A desktop install usually has them;
+# Mesa, X11 and Wayland windowing and keyboard maps, and ALSA's PulseAudio/PipeWire plugin so
+# cpal's "default" device is the desktop's sound server. A desktop install usually has them;
 # a minimal one (or a VM reached over X forwarding) does not.
 run_packages=(libgl1-mesa-dri libegl1 libglx-mesa0 libxkbcommon-x11-0 libxkbcommon0
   libxcursor1 libxrandr2 libxi6 libwayland-client0 libwayland-egl1 libasound2-plugins)

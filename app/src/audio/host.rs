@@ -65,24 +65,3 @@ pub fn forget_if_gone(error: &anyhow::Error) {
         *SHARED.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use anyhow::Context;
-
-    fn failed(kind: cpal::ErrorKind) -> anyhow::Error {
-        Err::<(), _>(cpal::Error::with_message(kind, "test"))
-            .context("opening the output stream")
-            .unwrap_err()
-    }
-
-    #[test]
-    fn only_a_server_that_went_away_asks_for_a_new_connection() {
-        assert!(is_gone(&failed(cpal::ErrorKind::StreamInvalidated)));
-        assert!(is_gone(&failed(cpal::ErrorKind::HostUnavailable)));
-        // A device that is not there (unplugged, renamed) is retried on the same connection.
-        assert!(!is_gone(&failed(cpal::ErrorKind::DeviceNotAvailable)));
-        assert!(!is_gone(&anyhow::anyhow!("no input device named \"mic\"")));
-    }
-}
