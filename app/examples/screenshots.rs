@@ -358,7 +358,6 @@ fn main() -> anyhow::Result<()> {
                     default_output: Some(outputs[0].clone()),
                     inputs,
                     outputs,
-                    descriptions: Default::default(),
                     labels: Default::default(),
                 }
                 .with_labels(

@@ -27,7 +27,6 @@ fn fake_devices() -> DeviceList {
         outputs: vec!["Test speaker".into()],
         default_input: Some("Test mic A".into()),
         default_output: Some("Test speaker".into()),
-        descriptions: Default::default(),
         labels: Default::default(),
     }
 }

@@ -1,5 +1,5 @@
 //! A private PulseAudio daemon with a null sink, so tests can run calls through the real audio
-//! stack (cpal's PulseAudio client) on a machine without a sound card: what a client plays
+//! stack (cpal → ALSA → PulseAudio) on a machine without a sound card: what a client plays
 //! into the sink comes back on the sink's monitor, which is the default source.
 
 use std::path::PathBuf;
@@ -94,9 +94,8 @@ impl PulseServer {
         self.pactl(&["unload-module", id]);
     }
 
-    /// Plugs a new sink in (named `name`; its monitor is `NAME.monitor`), leaving the
-    /// defaults as they are.
-    pub fn add_sink(&self, name: &str) {
+    /// Plugs a new sink in (named `name`) and makes it and its monitor the defaults.
+    pub fn plug(&self, name: &str) {
         self.pactl(&[
             "load-module",
             "module-null-sink",
@@ -104,11 +103,6 @@ impl PulseServer {
             "rate=48000",
             "channels=2",
         ]);
-    }
-
-    /// Plugs a new sink in (named `name`) and makes it and its monitor the defaults.
-    pub fn plug(&self, name: &str) {
-        self.add_sink(name);
         self.pactl(&["set-default-sink", name]);
         self.pactl(&["set-default-source", &format!("{name}.monitor")]);
     }

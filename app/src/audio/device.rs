@@ -33,9 +33,6 @@ pub struct DeviceList {
     pub outputs: Vec<String>,
     pub default_input: Option<String>,
     pub default_output: Option<String>,
-    /// What the sound server itself calls each device (PulseAudio's descriptions; empty on
-    /// ALSA, whose names are all we get).
-    pub descriptions: BTreeMap<String, String>,
     /// What to show for each name ([`super::device_names`]); the names stay the ids.
     pub labels: BTreeMap<String, String>,
 }
@@ -46,57 +43,31 @@ impl DeviceList {
         self.labels.get(name).map_or(name, String::as_str)
     }
 
-    /// Labels every listed device: the sound server's description where it gave one, else
-    /// a label guessed from the name, naming cards as ALSA's card list (`/proc/asound/cards`
+    /// Labels every listed device, naming cards as ALSA's card list (`/proc/asound/cards`
     /// text) does.
     pub fn with_labels(mut self, cards: &str) -> Self {
         let cards = super::device_names::Cards::parse(cards);
-        self.labels = super::device_names::label_all(
-            self.inputs.iter().chain(&self.outputs),
-            &cards,
-            &self.descriptions,
-        );
+        self.labels =
+            super::device_names::label_all(self.inputs.iter().chain(&self.outputs), &cards);
         self
     }
 }
 
-/// A device's name for settings and for opening it again: the host's stable id without the
-/// host prefix, so ALSA names ("default", "sysdefault:CARD=PCH") read as they did before
-/// cpal had ids, and PulseAudio's are its sink and source names.
-fn device_name(device: &cpal::Device) -> Option<String> {
-    device.id().ok().map(|id| id.id().to_owned())
-}
-
 /// Lists input and output devices of the default host.
 pub fn list() -> anyhow::Result<DeviceList> {
-    list_on(&super::host::shared()).inspect_err(super::host::forget_if_gone)
-}
-
-fn list_on(host: &cpal::Host) -> anyhow::Result<DeviceList> {
-    let alsa = host.id() == cpal::HostId::Alsa;
-    let mut descriptions = BTreeMap::new();
-    let mut names = |it: Box<dyn Iterator<Item = cpal::Device>>| {
-        it.filter_map(|d| {
-            let name = device_name(&d)?;
-            if let (false, Ok(description)) = (alsa, d.description()) {
-                descriptions.insert(name.clone(), description.name().to_owned());
-            }
-            Some(name)
-        })
-        .collect::<Vec<_>>()
+    let host = cpal::default_host();
+    let names = |it: Box<dyn Iterator<Item = cpal::Device>>| {
+        it.filter_map(|d| d.name().ok()).collect::<Vec<_>>()
     };
-    let inputs = names(Box::new(
-        host.input_devices().context("listing input devices")?,
-    ));
-    let outputs = names(Box::new(
-        host.output_devices().context("listing output devices")?,
-    ));
     Ok(DeviceList {
-        inputs,
-        outputs,
-        default_input: host.default_input_device().as_ref().and_then(device_name),
-        default_output: host.default_output_device().as_ref().and_then(device_name),
-        descriptions,
+        inputs: names(Box::new(
+            host.input_devices().context("listing input devices")?,
+        )),
+        outputs: names(Box::new(
+            host.output_devices().context("listing output devices")?,
+        )),
+        default_input: host.default_input_device().and_then(|d| d.name().ok()),
+        default_output: host.default_output_device().and_then(|d| d.name().ok()),
         labels: BTreeMap::new(),
     }
     // No card list (not Linux, no ALSA): names are guessed from the card ids alone.
@@ -119,7 +90,7 @@ fn find(host: &cpal::Host, name: Option<&str>, input: bool) -> anyhow::Result<cp
                 Box::new(host.output_devices()?)
             };
             devices
-                .find(|d| device_name(d).is_some_and(|n| n == name))
+                .find(|d| d.name().is_ok_and(|n| n == name))
                 .ok_or_else(|| anyhow!("no {kind} device named {name:?} (see `natter devices`)"))
         }
     }
@@ -132,7 +103,9 @@ fn pick_config(device: &cpal::Device, input: bool) -> anyhow::Result<SupportedSt
     } else {
         device.supported_output_configs()?.collect()
     };
-    let at_48k = |r: &cpal::SupportedStreamConfigRange| r.try_with_sample_rate(SAMPLE_RATE);
+    let at_48k = |r: &cpal::SupportedStreamConfigRange| {
+        r.try_with_sample_rate(cpal::SampleRate(SAMPLE_RATE))
+    };
     if let Some(c) = ranges
         .iter()
         .filter(|r| r.sample_format() == cpal::SampleFormat::F32 && r.channels() <= 2)
@@ -154,7 +127,7 @@ fn pick_config(device: &cpal::Device, input: bool) -> anyhow::Result<SupportedSt
 /// dominate mouth-to-ear latency.
 fn low_latency(supported: &SupportedStreamConfig) -> StreamConfig {
     let mut config = supported.config();
-    let wanted = supported.sample_rate() / 100;
+    let wanted = supported.sample_rate().0 / 100;
     if let cpal::SupportedBufferSize::Range { min, max } = supported.buffer_size() {
         config.buffer_size = cpal::BufferSize::Fixed(wanted.clamp(*min, *max));
     }
@@ -176,13 +149,13 @@ where
     f32: FromSample<T>,
 {
     let channels = usize::from(config.channels.max(1));
-    let rate = u64::from(config.sample_rate);
+    let rate = u64::from(config.sample_rate.0);
     let mut mono = vec![0.0f32; SCRATCH];
     let stream = device.build_input_stream(
-        *config,
+        config,
         move |data: &[T], info: &cpal::InputCallbackInfo| {
             let ts = info.timestamp();
-            if let Some(d) = ts.callback.checked_duration_since(ts.capture) {
+            if let Some(d) = ts.callback.duration_since(&ts.capture) {
                 counters
                     .input_latency_us
                     .store(d.as_micros() as u64, Relaxed);
@@ -216,14 +189,14 @@ where
     T: SizedSample + FromSample<f32>,
 {
     let channels = usize::from(config.channels.max(1));
-    let rate = u64::from(config.sample_rate);
+    let rate = u64::from(config.sample_rate.0);
     let mut mono = vec![0.0f32; SCRATCH];
     let mut started = false;
     let stream = device.build_output_stream(
-        *config,
+        config,
         move |data: &mut [T], info: &cpal::OutputCallbackInfo| {
             let ts = info.timestamp();
-            if let Some(d) = ts.playback.checked_duration_since(ts.callback) {
+            if let Some(d) = ts.playback.duration_since(&ts.callback) {
                 counters
                     .output_latency_us
                     .store(d.as_micros() as u64, Relaxed);
@@ -270,18 +243,18 @@ struct Streams {
 }
 
 fn build(
-    host: &cpal::Host,
     choice: &DeviceChoice,
     counters: &Arc<DeviceCounters>,
     failed: &Arc<AtomicBool>,
 ) -> anyhow::Result<(Streams, EngineEnds)> {
-    let input = find(host, choice.input.as_deref(), true)?;
-    let output = find(host, choice.output.as_deref(), false)?;
+    let host = cpal::default_host();
+    let input = find(&host, choice.input.as_deref(), true)?;
+    let output = find(&host, choice.output.as_deref(), false)?;
     let in_cfg = pick_config(&input, true).context("input device configuration")?;
     let out_cfg = pick_config(&output, false).context("output device configuration")?;
     let (dev, eng) = ring_pair_at(
-        in_cfg.sample_rate(),
-        out_cfg.sample_rate(),
+        in_cfg.sample_rate().0,
+        out_cfg.sample_rate().0,
         counters.clone(),
     );
     let DeviceEnds {
@@ -313,8 +286,8 @@ fn build(
         Streams {
             _input: in_stream,
             _output: out_stream,
-            input_name: device_name(&input).unwrap_or_default(),
-            output_name: device_name(&output).unwrap_or_default(),
+            input_name: input.name().unwrap_or_default(),
+            output_name: output.name().unwrap_or_default(),
         },
         eng,
     ))
@@ -324,8 +297,8 @@ fn build(
 /// on the thread that built it: cpal streams are not `Send`), the ring its samples arrive on,
 /// and their rate. A failure of the device while it runs leaves the ring silent.
 pub fn open_input(name: Option<&str>) -> anyhow::Result<(cpal::Stream, rtrb::Consumer<f32>, u32)> {
-    let device =
-        find(&super::host::shared(), name, true).inspect_err(super::host::forget_if_gone)?;
+    let host = cpal::default_host();
+    let device = find(&host, name, true)?;
     let config = pick_config(&device, true).context("input device configuration")?;
     let (producer, consumer) = rtrb::RingBuffer::new(super::RING_SAMPLES);
     let stream = by_format!(
@@ -339,7 +312,7 @@ pub fn open_input(name: Option<&str>) -> anyhow::Result<(cpal::Stream, rtrb::Con
     )
     .context("opening the input stream")?;
     stream.play().context("starting the input stream")?;
-    Ok((stream, consumer, config.sample_rate()))
+    Ok((stream, consumer, config.sample_rate().0))
 }
 
 /// Running sound-card I/O.
@@ -403,8 +376,7 @@ fn supervise(
     replace: mpsc::Sender<EngineEnds>,
 ) {
     let failed = Arc::new(AtomicBool::new(false));
-    let mut host = super::host::connect();
-    let mut streams = match build(&host, &choice, &counters, &failed) {
+    let mut streams = match build(&choice, &counters, &failed) {
         Ok((streams, ends)) => {
             let _ = first.send(Ok((
                 ends,
@@ -421,17 +393,16 @@ fn supervise(
     let follows_default = |n: &Option<String>| n.as_deref().is_none_or(|n| n == "default");
     while !stop.load(Relaxed) {
         std::thread::sleep(Duration::from_millis(250));
+        let host = cpal::default_host();
         let default_changed = (follows_default(&choice.input)
             && host
                 .default_input_device()
-                .as_ref()
-                .and_then(device_name)
+                .and_then(|d| d.name().ok())
                 .is_some_and(|n| n != streams.input_name))
             || (follows_default(&choice.output)
                 && host
                     .default_output_device()
-                    .as_ref()
-                    .and_then(device_name)
+                    .and_then(|d| d.name().ok())
                     .is_some_and(|n| n != streams.output_name));
         if !failed.load(Relaxed) && !default_changed {
             continue;
@@ -441,12 +412,11 @@ fn supervise(
             default_changed,
             "rebuilding audio streams"
         );
-        let dead = failed.load(Relaxed);
-        match build(&host, &choice, &counters, &failed) {
+        match build(&choice, &counters, &failed) {
             Ok((new_streams, ends)) => {
                 failed.store(false, Relaxed);
                 counters.missing.store(false, Relaxed);
-                retire(std::mem::replace(&mut streams, new_streams), dead);
+                streams = new_streams;
                 counters.rebuilds.fetch_add(1, Relaxed);
                 if replace.send(ends).is_err() {
                     return;
@@ -454,31 +424,11 @@ fn supervise(
             }
             // The device may come back (replugged): keep trying, a little slower.
             Err(e) => {
-                if super::host::is_gone(&e) || super::host::is_fallback(&host) {
-                    host = super::host::connect();
-                }
                 if !counters.missing.swap(true, Relaxed) {
                     tracing::warn!(error = %format!("{e:#}"), "audio device unavailable");
                 }
                 std::thread::sleep(Duration::from_millis(750));
             }
         }
-    }
-    retire(streams, failed.load(Relaxed));
-}
-
-/// Closes streams that are no longer used. Streams whose device failed are closed on a
-/// thread of their own: with cpal's PulseAudio host, closing a stream whose sink was removed
-/// waits forever for a server reply that never comes (cpal 0.18.2), and the supervisor
-/// must go on rebuilding (or let the call end) regardless.
-fn retire(streams: Streams, dead: bool) {
-    if !dead {
-        return drop(streams);
-    }
-    let spawned = std::thread::Builder::new()
-        .name("natter-device-close".into())
-        .spawn(move || drop(streams));
-    if let Err(e) = spawned {
-        tracing::warn!(error = %e, "could not close the failed audio streams");
     }
 }

@@ -178,23 +178,14 @@ fn profile_words(profile: &str) -> String {
 }
 
 /// Labels for a whole list, each distinct: when two devices would read the same, the raw
-/// name goes in brackets after each. A sound server's own description of a device
-/// (`described`, e.g. PulseAudio's "Built-in Audio Analog Stereo") beats a label guessed from
-/// its name.
+/// name goes in brackets after each.
 pub fn label_all<'a>(
     raw: impl IntoIterator<Item = &'a String>,
     cards: &Cards,
-    described: &BTreeMap<String, String>,
 ) -> BTreeMap<String, String> {
     let mut labels: BTreeMap<String, String> = raw
         .into_iter()
-        .map(|r| {
-            let label = match described.get(r) {
-                Some(d) if !d.trim().is_empty() => d.trim().to_string(),
-                _ => readable(r, cards),
-            };
-            (r.clone(), label)
-        })
+        .map(|r| (r.clone(), readable(r, cards)))
         .collect();
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     for label in labels.values() {
@@ -306,38 +297,13 @@ mod tests {
         ]
         .map(String::from)
         .to_vec();
-        let labels = label_all(&raw, &Cards::parse(CARDS), &BTreeMap::new());
+        let labels = label_all(&raw, &Cards::parse(CARDS));
         assert_eq!(labels["sysdefault:CARD=PCH"], "Built-in audio");
         assert_eq!(labels["front:CARD=PCH,DEV=0"], "Built-in audio, analog");
         assert_eq!(
             labels["dmix:CARD=PCH,DEV=0"],
             "Built-in audio, shared (dmix:CARD=PCH,DEV=0)"
         );
-        let distinct: std::collections::BTreeSet<_> = labels.values().collect();
-        assert_eq!(distinct.len(), raw.len());
-    }
-
-    #[test]
-    fn a_sound_servers_own_description_wins_and_stays_distinct() {
-        let raw: Vec<String> = [
-            "alsa_output.pci-0000_00_1f.3.analog-stereo",
-            "alsa_output.usb-Logitech_USB_Headset-00.analog-stereo",
-            "natter_null",
-        ]
-        .map(String::from)
-        .to_vec();
-        let described = BTreeMap::from([
-            (raw[0].clone(), "Built-in Audio Analog Stereo".to_string()),
-            (raw[1].clone(), "Built-in Audio Analog Stereo".to_string()),
-            (raw[2].clone(), "  ".to_string()),
-        ]);
-        let labels = label_all(&raw, &Cards::default(), &described);
-        assert_eq!(
-            labels[&raw[0]],
-            format!("Built-in Audio Analog Stereo ({})", raw[0])
-        );
-        // A blank description falls back to the guess from the name.
-        assert_eq!(labels["natter_null"], "natter_null");
         let distinct: std::collections::BTreeSet<_> = labels.values().collect();
         assert_eq!(distinct.len(), raw.len());
     }

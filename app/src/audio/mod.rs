@@ -10,7 +10,6 @@
 
 pub mod device;
 pub mod device_names;
-pub mod host;
 pub mod level;
 pub mod mic_test;
 pub mod pcm_format;
