@@ -4,12 +4,13 @@
 # A relay process, two headless `natter call` participants speaking a speech-like signal, and
 # the app (release build) joining them from the command line. Without a display the app runs
 # under Xvfb (Mesa's llvmpipe renders). Audio: a private PulseAudio daemon with a null sink, so
-# the app uses its real sound-card path (cpal → ALSA → PulseAudio, voice processing on);
+# the app uses its real sound-card path (cpal's PulseAudio client, voice processing on);
 # AUDIO=test uses the app's test-signal backend instead (no PulseAudio needed).
 #
 #   scripts/bench-app.sh                 # 60 s measured after 10 s of warm-up
 #   SECS=120 AUDIO=test scripts/bench-app.sh
 #   BASELINE=1 scripts/bench-app.sh      # the same call from headless `natter call` (no UI)
+#   NO_BUILD=1 NATTER_BIN_DIR=dir scripts/bench-app.sh   # binaries built elsewhere (A/B runs)
 #
 # Prints the app's CPU use (percent of one core: user+system ticks over the window) and its
 # resident memory (VmRSS at the end, and VmHWM, the peak).
@@ -18,8 +19,10 @@ cd "$(dirname "$0")/.."
 secs="${SECS:-60}"
 warmup="${WARMUP:-10}"
 audio="${AUDIO:-pulse}"
-bin="${CARGO_TARGET_DIR:-target}/release"
-NATTER_SETUP=ui scripts/env.sh cargo build --release --quiet -p natter -p natter-relay --bins
+bin="${NATTER_BIN_DIR:-${CARGO_TARGET_DIR:-target}/release}"
+if [ -z "${NO_BUILD:-}" ]; then
+  NATTER_SETUP=ui scripts/env.sh cargo build --release --quiet -p natter -p natter-relay --bins
+fi
 
 work="$(mktemp -d)"
 pids=()
