@@ -81,6 +81,12 @@ pub fn ring_pair_at(
     )
 }
 
+/// Bits of a playback stamp that hold the device's position in frames: 2^22 frames is 87 s at
+/// 48 kHz, far more than the engine ever waits between two looks; the other 42 bits hold µs
+/// since the counters were made (51 days).
+pub const POSITION_BITS: u32 = 22;
+const POSITION_MASK: u64 = (1 << POSITION_BITS) - 1;
+
 /// Glitch counters and device timing shared between a backend and the engine/UI. Atomics:
 /// callbacks bump them without locking.
 #[derive(Debug)]
@@ -104,7 +110,12 @@ pub struct DeviceCounters {
     /// When the backend last pushed capture samples / took playback samples, in ns since
     /// `epoch` (0: never). The engine schedules its work from these instead of polling.
     last_capture_ns: AtomicU64,
-    last_playback_ns: AtomicU64,
+    /// The last playback callback: when it ran (µs since `epoch`, high bits) and how many
+    /// frames the device had taken before it (low [`POSITION_BITS`]), in one atomic so the
+    /// engine never pairs one callback's time with another's position.
+    last_playback: AtomicU64,
+    /// Frames the playback callbacks have taken (written only by the callback).
+    played_frames: AtomicU64,
     epoch: Instant,
     /// The engine thread, woken when capture samples arrive.
     engine: OnceLock<Thread>,
@@ -121,7 +132,8 @@ impl Default for DeviceCounters {
             rebuilds: AtomicU64::new(0),
             missing: std::sync::atomic::AtomicBool::new(false),
             last_capture_ns: AtomicU64::new(0),
-            last_playback_ns: AtomicU64::new(0),
+            last_playback: AtomicU64::new(0),
+            played_frames: AtomicU64::new(0),
             epoch: Instant::now(),
             engine: OnceLock::new(),
         }
@@ -140,9 +152,29 @@ impl DeviceCounters {
         self.instant(&self.last_capture_ns)
     }
 
-    /// When the device last took playback samples, if ever.
-    pub fn last_playback(&self) -> Option<Instant> {
-        self.instant(&self.last_playback_ns)
+    /// When the device last took playback samples, if ever, and its position then: the frames
+    /// it had taken before that callback, modulo 2^[`POSITION_BITS`]. The position is the
+    /// device's own clock: a callback that runs late still starts at its position, so the
+    /// engine can tell a late callback from a device whose rhythm moved.
+    pub fn last_playback(&self) -> Option<(Instant, u64)> {
+        match self.last_playback.load(Relaxed) {
+            0 => None,
+            packed => Some((
+                self.epoch + Duration::from_micros(packed >> POSITION_BITS),
+                packed & POSITION_MASK,
+            )),
+        }
+    }
+
+    /// Stamps a playback callback that takes `frames` frames. Real-time safe (two atomic
+    /// stores; only the device's callback writes these).
+    fn stamp_playback(&self, frames: usize) {
+        let us = (self.epoch.elapsed().as_micros() as u64).max(1);
+        let position = self.played_frames.load(Relaxed);
+        self.played_frames
+            .store(position.wrapping_add(frames as u64), Relaxed);
+        self.last_playback
+            .store((us << POSITION_BITS) | (position & POSITION_MASK), Relaxed);
     }
 
     fn instant(&self, ns: &AtomicU64) -> Option<Instant> {
@@ -204,7 +236,7 @@ pub fn pop_playback(
     counters: &DeviceCounters,
     started: &mut bool,
 ) {
-    counters.stamp(&counters.last_playback_ns);
+    counters.stamp_playback(out.len());
     let n = out.len().min(ring.slots());
     if let Ok(chunk) = ring.read_chunk(n) {
         let (a, b) = chunk.as_slices();

@@ -276,6 +276,8 @@ struct AudioPort {
     capture_rs: Option<StreamResampler>,
     playback_rs: Option<StreamResampler>,
     scratch: Vec<f32>,
+    /// The device's playback position, unwrapped from the stamps' 2^22-frame counter.
+    position: PositionUnwrap,
 }
 
 impl AudioPort {
@@ -296,6 +298,7 @@ impl AudioPort {
             ends,
             replacements,
             scratch: vec![0.0; 8192],
+            position: PositionUnwrap::default(),
         })
     }
 
@@ -335,6 +338,16 @@ impl AudioPort {
             chunk.commit_all();
         }
         rs.pop(out)
+    }
+
+    /// The device's last playback callback: when it ran and where the device's clock was.
+    fn last_drain(&mut self, ms: impl Fn(Instant) -> f64) -> Option<Drain> {
+        let (at, raw) = self.ends.counters.last_playback()?;
+        let frames = self.position.unwrap(raw);
+        Some(Drain {
+            at_ms: ms(at),
+            position_ms: frames as f64 * 1000.0 / f64::from(self.ends.playback_rate.max(1)),
+        })
     }
 
     /// Device samples waiting in the playback ring.
@@ -414,11 +427,47 @@ struct Worker {
     rtcp_buf: Vec<u8>,
 }
 
+/// Undoes the wrap of the playback stamps' frame counter (`audio::POSITION_BITS`): the engine
+/// looks far more often than once per wrap, so each step forward is the shortest one.
+#[derive(Debug, Default)]
+struct PositionUnwrap {
+    last_raw: Option<u64>,
+    frames: u64,
+}
+
+impl PositionUnwrap {
+    fn unwrap(&mut self, raw: u64) -> u64 {
+        let mask = (1u64 << crate::audio::POSITION_BITS) - 1;
+        if let Some(last) = self.last_raw {
+            self.frames += raw.wrapping_sub(last) & mask;
+        }
+        self.last_raw = Some(raw);
+        self.frames
+    }
+}
+
+/// A playback callback as the engine sees it: when it ran (engine ms) and the device's
+/// position then (ms of audio it had taken before it, on its own clock).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Drain {
+    pub at_ms: f64,
+    pub position_ms: f64,
+}
+
 /// Just-in-time playout: mix the next device period as late as is safe, not as early as
 /// possible. Refilling the playback ring right after the device drained it would leave every
 /// sample waiting a whole period (10 ms) in the ring; instead the engine knows when the device
 /// last took samples (the backend stamps every playback callback) and mixes `guard` ms before
-/// the next one is due — and sleeps until then. Each device underrun widens the guard (×1.5 + 1 ms);
+/// the next one is due — and sleeps until then. The next callback is predicted from the
+/// device's *clock*, not from the last stamp: a callback that ran late (the device thread was
+/// scheduled late) does not move the device's clock, so the one after it comes on time, less
+/// than a period later. Predicting from the late stamp mixed that next block too late by the
+/// lateness — an underrun whenever it exceeded the guard, which on this VM happened a few times
+/// a minute on a quiet machine (docs/BENCHMARKS.md, session 8). Each stamp comes with the
+/// device's position (frames taken before that callback), so `stamp − position` is the device
+/// clock's offset plus that callback's lateness: a smaller offset is taken at once (a callback
+/// is never early), a larger one moves it by [`Self::RHYTHM_FOLLOW`] of the difference, enough
+/// to follow clock drift and a device that really restarted later. Each device underrun widens the guard (×1.5 + 1 ms);
 /// a quiet minute narrows it again, so a loaded machine trades a little latency for no
 /// glitches. The guard may grow past one device period (up to [`Self::MAX_GUARD_PERIODS`]):
 /// on a busy machine the engine thread is woken tens of ms late now and then, and a guard
@@ -428,8 +477,10 @@ struct Worker {
 #[derive(Debug)]
 pub struct PlayoutClock {
     last_queued: usize,
-    /// Time of the device's last consumption.
-    last_drain_ms: Option<f64>,
+    /// The last callback seen (each is seen several times): its device position, ms.
+    last_position_ms: Option<f64>,
+    /// Callback time minus device position for an on-time callback, ms.
+    offset_ms: f64,
     guard_ms: f64,
     underruns_seen: u64,
     last_underrun_ms: f64,
@@ -444,11 +495,15 @@ impl PlayoutClock {
     const START_GUARD_MS: f64 = 3.0;
     /// Largest guard, in device periods.
     pub const MAX_GUARD_PERIODS: f64 = 4.0;
+    /// How much of a late callback's lateness moves the offset: a 9 ms late callback moves it
+    /// 0.45 ms, and ±200 ppm of clock drift (2 µs a period) is followed within 40 µs.
+    const RHYTHM_FOLLOW: f64 = 0.05;
 
     pub fn new() -> Self {
         Self {
             last_queued: 0,
-            last_drain_ms: None,
+            last_position_ms: None,
+            offset_ms: 0.0,
             guard_ms: Self::START_GUARD_MS,
             underruns_seen: 0,
             last_underrun_ms: 0.0,
@@ -468,22 +523,31 @@ impl PlayoutClock {
         self.guard_ms
     }
 
-    /// Whether to mix now, given when the device last took samples (`drained_at`, engine ms),
-    /// the ring level and the device's underrun count.
+    /// Whether to mix now, given the device's last callback (`drained`), the ring level and
+    /// the device's underrun count.
     pub fn due(
         &mut self,
         now: f64,
-        drained_at: Option<f64>,
+        drained: Option<Drain>,
         queued: usize,
         period_ms: f64,
         underruns: u64,
     ) -> bool {
-        if drained_at.is_some() {
-            self.last_drain_ms = drained_at;
+        if let Some(drain) = drained
+            && self.last_position_ms != Some(drain.position_ms)
+        {
+            let offset = drain.at_ms - drain.position_ms;
+            self.offset_ms = match self.last_position_ms {
+                Some(_) if offset > self.offset_ms => {
+                    self.offset_ms + Self::RHYTHM_FOLLOW * (offset - self.offset_ms)
+                }
+                _ => offset,
+            };
+            self.last_position_ms = Some(drain.position_ms);
         }
         self.last_queued = queued;
         if underruns > self.underruns_seen {
-            if self.last_drain_ms.is_some() {
+            if self.last_position_ms.is_some() {
                 // Half as much again plus 1 ms: a quiet machine's rare underrun costs a ms, a
                 // busy one's tens-of-ms stalls are covered after a handful of underruns.
                 self.guard_ms =
@@ -495,7 +559,7 @@ impl PlayoutClock {
             self.guard_ms = (self.guard_ms - 0.5).max(Self::MIN_GUARD_MS);
             self.last_underrun_ms = now;
         }
-        match self.last_drain_ms {
+        match self.last_drain_ms() {
             // Until the device's rhythm is known, keep the ring full.
             None => true,
             Some(drain) => {
@@ -512,12 +576,17 @@ impl PlayoutClock {
     /// When the next mix is due (engine ms, after `now`): `guard` before the device's next
     /// callback. `None` until the device has been seen taking samples.
     pub fn next_mix_ms(&self, now: f64, period_ms: f64) -> Option<f64> {
-        let drain = self.last_drain_ms?;
+        let drain = self.last_drain_ms()?;
         let mut next = drain + period_ms;
         while next - self.guard_ms <= now {
             next += period_ms;
         }
         Some(next - self.guard_ms)
+    }
+
+    /// When the device's last callback was due on its own clock (engine ms).
+    fn last_drain_ms(&self) -> Option<f64> {
+        self.last_position_ms.map(|p| p + self.offset_ms)
     }
 
     /// Samples the playback ring should hold after mixing: enough periods that the device is
@@ -828,13 +897,22 @@ impl Worker {
     fn fill_playback(&mut self, now: f64) {
         let period = self.port.period_samples().max(1);
         let period_ms = self.port.period_ms();
-        let counters = &self.port.ends.counters;
-        let underruns = counters.underruns();
-        let drained_at = counters.last_playback().map(|at| self.ms(at));
-        if !self
+        let underruns = self.port.ends.counters.underruns();
+        let epoch = self.epoch;
+        let drained = self
+            .port
+            .last_drain(|at| at.saturating_duration_since(epoch).as_secs_f64() * 1000.0);
+        let guard_before = self.playout.guard_ms();
+        let due = self
             .playout
-            .due(now, drained_at, self.port.queued(), period_ms, underruns)
-        {
+            .due(now, drained, self.port.queued(), period_ms, underruns);
+        if self.playout.guard_ms() > guard_before {
+            // Each underrun is a gap the listener hears; with its time and the wider guard a
+            // bad recording can be explained (`RUST_LOG=natter::playout=debug`).
+            tracing::debug!(target: "natter::playout", at_ms = now, underruns,
+                guard_ms = self.playout.guard_ms(), "playback underrun");
+        }
+        if !due {
             return;
         }
         let target = self.playout.fill_target(period, period_ms);
@@ -1068,7 +1146,7 @@ impl Worker {
 
 #[cfg(test)]
 mod tests {
-    use super::PlayoutClock;
+    use super::{Drain, PlayoutClock, PositionUnwrap};
 
     /// A device taking 480 samples every 10 ms (phase 3.7 ms) and an engine that sleeps until
     /// `next_mix_ms` and wakes 0–0.4 ms late (scheduling): after the first period it mixes
@@ -1079,7 +1157,7 @@ mod tests {
         let mut clock = PlayoutClock::new();
         let (mut queued, mut underruns) = (0usize, 0u64);
         let mut next_drain = 3.7;
-        let mut drained_at = None;
+        let mut drained = None;
         let mut lead_times = Vec::new();
         let mut mixed_at = None;
         let mut wakes = 0;
@@ -1095,11 +1173,11 @@ mod tests {
                 } else {
                     underruns += 1;
                 }
-                drained_at = Some(next_drain);
+                drained = Some(on_time(next_drain));
                 next_drain += 10.0;
             }
             wakes += 1;
-            if clock.due(t, drained_at, queued, 10.0, underruns) && queued < 480 {
+            if clock.due(t, drained, queued, 10.0, underruns) && queued < 480 {
                 queued += 480;
                 mixed_at = Some(t);
                 clock.filled(t, queued, 480, 10.0);
@@ -1118,6 +1196,50 @@ mod tests {
         );
     }
 
+    /// The device's own callbacks run late now and then (its thread scheduled late: here one
+    /// in 25 runs 7 ms late, beyond the 3 ms guard) while its clock keeps time, so the callback
+    /// after a late one comes on time. The clock predicts from the device's rhythm, not from the
+    /// late stamp: no underrun, and the guard never grows.
+    #[test]
+    fn a_late_device_callback_does_not_make_the_next_block_late() {
+        let mut clock = PlayoutClock::new();
+        let (mut queued, mut underruns) = (0usize, 0u64);
+        let mut next_drain = 3.7;
+        let mut callbacks = 0;
+        let mut drained = None;
+        let mut t = 0.0;
+        let mut late = 0.0;
+        while t < 5_000.0 {
+            loop {
+                // The callback for `next_drain` runs 7 ms late every 25th period.
+                let runs_at = next_drain + if callbacks % 25 == 24 { 7.0 } else { 0.1 };
+                if runs_at > t {
+                    break;
+                }
+                if queued >= 480 {
+                    queued -= 480;
+                } else if callbacks > 0 {
+                    underruns += 1;
+                }
+                drained = Some(Drain {
+                    at_ms: runs_at,
+                    position_ms: next_drain - 3.7,
+                });
+                next_drain += 10.0;
+                callbacks += 1;
+            }
+            if clock.due(t, drained, queued, 10.0, underruns) && queued < 480 {
+                queued += 480;
+                clock.filled(t, queued, 480, 10.0);
+            }
+            late = (late + 0.13) % 0.4;
+            t = clock.next_mix_ms(t, 10.0).unwrap_or(t + 1.0) + late;
+        }
+        assert!(callbacks > 450, "{callbacks} callbacks");
+        assert_eq!(underruns, 0);
+        assert_eq!(clock.guard_ms(), PlayoutClock::START_GUARD_MS);
+    }
+
     /// A busy machine: the engine wakes up 0–0.4 ms late as usual, but every 300 ms one
     /// wake-up comes 22 ms late. The first stalls starve the device; the guard then grows past
     /// a period (the ring holds three) and the stalls stop being heard. The lead the clock
@@ -1127,7 +1249,7 @@ mod tests {
         let mut clock = PlayoutClock::new();
         let (mut queued, mut underruns) = (0usize, 0u64);
         let mut next_drain = 3.7;
-        let mut drained_at = None;
+        let mut drained = None;
         // When each queued block was mixed, oldest first.
         let mut mixed: std::collections::VecDeque<f64> = Default::default();
         let mut waits = Vec::new();
@@ -1146,10 +1268,10 @@ mod tests {
                     underruns += 1;
                     underrun_times.push(next_drain);
                 }
-                drained_at = Some(next_drain);
+                drained = Some(on_time(next_drain));
                 next_drain += 10.0;
             }
-            if clock.due(t, drained_at, queued, 10.0, underruns) {
+            if clock.due(t, drained, queued, 10.0, underruns) {
                 while queued < clock.fill_target(480, 10.0) {
                     queued += 480;
                     mixed.push_back(t);
@@ -1181,13 +1303,31 @@ mod tests {
         );
     }
 
+    /// A callback of the device in the tests below that takes its samples on time: the device
+    /// starts at 3.7 ms, so its position is 3.7 ms behind.
+    fn on_time(at_ms: f64) -> Drain {
+        Drain {
+            at_ms,
+            position_ms: at_ms - 3.7,
+        }
+    }
+
+    #[test]
+    fn the_device_position_unwraps_across_its_counter() {
+        let mask = (1u64 << crate::audio::POSITION_BITS) - 1;
+        let mut p = PositionUnwrap::default();
+        assert_eq!(p.unwrap(mask - 100), 0);
+        assert_eq!(p.unwrap(380), 481);
+        assert_eq!(p.unwrap(860), 961);
+    }
+
     #[test]
     fn underruns_widen_the_guard() {
         let mut clock = PlayoutClock::new();
         clock.due(0.0, None, 480, 10.0, 0);
-        clock.due(1.0, Some(0.5), 0, 10.0, 0);
+        clock.due(1.0, Some(on_time(0.5)), 0, 10.0, 0);
         let before = clock.guard_ms();
-        clock.due(12.0, Some(10.5), 0, 10.0, 1);
+        clock.due(12.0, Some(on_time(10.5)), 0, 10.0, 1);
         assert_eq!(clock.guard_ms(), before * 1.5 + 1.0);
     }
 }
