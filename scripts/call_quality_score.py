@@ -71,7 +71,7 @@ def score(talk: Path, heard: Path, alice: Path, bob: Path) -> None:
     pr = peers[0]
     out["listener"] = {k: pr.get(k) for k in (
         "packets_received", "packets_lost", "late", "duplicates", "concealed", "fec_recovered",
-        "jitter_ms", "jitter_buffer_ms", "jitter_buffer_target_ms", "rebuffers", "accelerated_ms",
+        "dred_recovered", "jitter_ms", "jitter_buffer_ms", "jitter_buffer_target_ms", "rebuffers", "accelerated_ms",
         "expanded_ms")}
     # Samples the listener's device found nothing to play (the engine was late): gaps.
     out["listener"]["playback_underruns"] = b.get("playback_underruns")

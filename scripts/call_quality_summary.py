@@ -29,7 +29,7 @@ def main() -> None:
         if r["condition"] not in conds:
             conds.append(r["condition"])
     print("| condition | runs | PESQ start (first 10 s) | PESQ mid-call | lowest mid-call seg. "
-          "| realized loss down % | concealed / late / FEC per run | buffer ms | underrun ms | talker kbit/s, frame ms "
+          "| realized loss down % | concealed / late / FEC / DRED per run | buffer ms | underrun ms | talker kbit/s, frame ms "
           "| mouth-to-ear ms median (p95) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for c in conds:
@@ -44,7 +44,8 @@ def main() -> None:
         li = [r["score"]["listener"] for r in sp]
         cl = f"{statistics.median([x['concealed'] or 0 for x in li]):.0f} / " \
              f"{statistics.median([x['late'] or 0 for x in li]):.0f} / " \
-             f"{statistics.median([x['fec_recovered'] or 0 for x in li]):.0f}"
+             f"{statistics.median([x['fec_recovered'] or 0 for x in li]):.0f} / " \
+             f"{statistics.median([x.get('dred_recovered') or 0 for x in li]):.0f}"
         buf = mm([x["jitter_buffer_ms"] for x in li], 1)
         gaps = [x.get("playback_underruns") for x in li]
         gaps_s = mm([g / 48.0 for g in gaps if g is not None], 0) if any(g is not None for g in gaps) else "–"
