@@ -454,6 +454,9 @@ pub struct Drain {
     pub position_ms: f64,
 }
 
+/// How late (ms) a timed wake-up of the engine must be to be logged.
+const LATE_WAKE_MS: f64 = 2.0;
+
 /// Just-in-time playout: mix the next device period as late as is safe, not as early as
 /// possible. Refilling the playback ring right after the device drained it would leave every
 /// sample waiting a whole period (10 ms) in the ring; instead the engine knows when the device
@@ -710,8 +713,17 @@ impl Worker {
     /// the next wake-up, which is always before the next jitter-buffer pull. That is two or
     /// three wake-ups per device period instead of polling every millisecond.
     fn run(&mut self, stop: &AtomicBool) {
+        let mut planned_wake: Option<f64> = None;
         while !stop.load(Relaxed) {
             let now = self.ms(Instant::now());
+            if let Some(planned) = planned_wake.take()
+                && now - planned > LATE_WAKE_MS
+            {
+                // A late wake-up is an underrun when it exceeds the playout guard; logged so
+                // the underruns can be told apart from late device callbacks.
+                tracing::debug!(target: "natter::playout", at_ms = now, late_ms = now - planned,
+                    guard_ms = self.playout.guard_ms(), "engine woke late");
+            }
             if self.port.poll_replacement() {
                 // A new device, with its own rhythm. While there was none nothing was played,
                 // so the jitter buffers hold the whole outage: start them afresh on the newest
@@ -737,6 +749,7 @@ impl Worker {
             let wake = self.next_wake_ms(now);
             let sleep_ms = (wake - self.ms(Instant::now())).min(MAX_SLEEP_MS);
             if sleep_ms > 0.0 {
+                planned_wake = Some(self.ms(Instant::now()) + sleep_ms);
                 std::thread::park_timeout(Duration::from_secs_f64(sleep_ms / 1000.0));
             }
         }
