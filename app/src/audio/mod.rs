@@ -114,7 +114,7 @@ pub struct DeviceCounters {
     /// frames the device had taken before it (low [`POSITION_BITS`]), in one atomic so the
     /// engine never pairs one callback's time with another's position.
     last_playback: AtomicU64,
-    /// Frames the playback callbacks have taken (written only by the callback).
+    /// Frames the playback callbacks have taken.
     played_frames: AtomicU64,
     epoch: Instant,
     /// The engine thread, woken when capture samples arrive.
@@ -166,13 +166,11 @@ impl DeviceCounters {
         }
     }
 
-    /// Stamps a playback callback that takes `frames` frames. Real-time safe (two atomic
-    /// stores; only the device's callback writes these).
+    /// Stamps a playback callback that takes `frames` frames. Real-time safe (lock-free
+    /// atomics; while a rebuilt device's old and new streams overlap both may stamp).
     fn stamp_playback(&self, frames: usize) {
         let us = (self.epoch.elapsed().as_micros() as u64).max(1);
-        let position = self.played_frames.load(Relaxed);
-        self.played_frames
-            .store(position.wrapping_add(frames as u64), Relaxed);
+        let position = self.played_frames.fetch_add(frames as u64, Relaxed);
         self.last_playback
             .store((us << POSITION_BITS) | (position & POSITION_MASK), Relaxed);
     }

@@ -428,7 +428,9 @@ struct Worker {
 }
 
 /// Undoes the wrap of the playback stamps' frame counter (`audio::POSITION_BITS`): the engine
-/// looks far more often than once per wrap, so each step forward is the shortest one.
+/// looks far more often than once per wrap, so each step forward is the shortest one. A step
+/// back (two streams stamping while a rebuilt device's old one ends) is not read as a step of
+/// almost a whole wrap forward: the position holds.
 #[derive(Debug, Default)]
 struct PositionUnwrap {
     last_raw: Option<u64>,
@@ -439,7 +441,10 @@ impl PositionUnwrap {
     fn unwrap(&mut self, raw: u64) -> u64 {
         let mask = (1u64 << crate::audio::POSITION_BITS) - 1;
         if let Some(last) = self.last_raw {
-            self.frames += raw.wrapping_sub(last) & mask;
+            let step = raw.wrapping_sub(last) & mask;
+            if step <= mask / 2 {
+                self.frames += step;
+            }
         }
         self.last_raw = Some(raw);
         self.frames
@@ -465,12 +470,12 @@ const LATE_WAKE_MS: f64 = 2.0;
 /// device's *clock*, not from the last stamp: a callback that ran late (the device thread was
 /// scheduled late) does not move the device's clock, so the one after it comes on time, less
 /// than a period later. Predicting from the late stamp mixed that next block too late by the
-/// lateness — an underrun whenever it exceeded the guard, which on this VM happened a few times
-/// a minute on a quiet machine (docs/BENCHMARKS.md, session 8). Each stamp comes with the
-/// device's position (frames taken before that callback), so `stamp − position` is the device
-/// clock's offset plus that callback's lateness: a smaller offset is taken at once (a callback
-/// is never early), a larger one moves it by [`Self::RHYTHM_FOLLOW`] of the difference, enough
-/// to follow clock drift and a device that really restarted later. Each device underrun widens the guard (×1.5 + 1 ms);
+/// lateness — an underrun whenever it exceeded the guard (docs/BENCHMARKS.md, session 8). Each
+/// stamp comes with the device's position (frames taken before that callback), so
+/// `stamp − position` is the device clock's offset plus that callback's lateness: a smaller
+/// offset is taken at once (a callback is never early), a larger one moves it by
+/// [`Self::RHYTHM_FOLLOW`] of the difference, enough to follow clock drift and a device that
+/// really restarted later. Each device underrun widens the guard (×1.5 + 1 ms);
 /// a quiet minute narrows it again, so a loaded machine trades a little latency for no
 /// glitches. The guard may grow past one device period (up to [`Self::MAX_GUARD_PERIODS`]):
 /// on a busy machine the engine thread is woken tens of ms late now and then, and a guard
@@ -1332,6 +1337,9 @@ mod tests {
         assert_eq!(p.unwrap(mask - 100), 0);
         assert_eq!(p.unwrap(380), 481);
         assert_eq!(p.unwrap(860), 961);
+        // A stamp from behind (an ending stream's) holds the position.
+        assert_eq!(p.unwrap(380), 961);
+        assert_eq!(p.unwrap(860), 1441);
     }
 
     #[test]
