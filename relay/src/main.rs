@@ -214,6 +214,19 @@ struct Settings {
     default_listen: bool,
 }
 
+/// The setting `key` named by the command line or the config file, among `options` (the first
+/// is the default); an unknown name is an error that names the key and what it accepts.
+fn choose<T: Copy>(key: &str, named: Option<&str>, options: &[(&str, T)]) -> anyhow::Result<T> {
+    let name = named.unwrap_or(options[0].0);
+    match options.iter().find(|(n, _)| *n == name) {
+        Some((_, value)) => Ok(*value),
+        None => {
+            let accepted: Vec<String> = options.iter().map(|(n, _)| format!("{n:?}")).collect();
+            bail!("{key}: {name:?} is not {}", accepted.join(" or "))
+        }
+    }
+}
+
 fn data_dir(args: &Args, file: &ConfigFile) -> anyhow::Result<PathBuf> {
     match args.data_dir.clone().or(file.data_dir.clone()) {
         Some(dir) => Ok(dir),
@@ -336,26 +349,16 @@ fn settings(args: &Args, file: &ConfigFile) -> anyhow::Result<Settings> {
     }
     relay.limits.forward_loudest = pick(args.forward_loudest, l.forward_loudest).filter(|n| *n > 0);
     relay.threads = pick(args.threads, file.threads).unwrap_or(1).max(1);
-    relay.congestion = match args
-        .congestion
-        .as_deref()
-        .or(file.congestion.as_deref())
-        .unwrap_or("bbr")
-    {
-        "bbr" => Congestion::Bbr,
-        "cubic" => Congestion::Cubic,
-        other => bail!("congestion: {other:?} is not \"bbr\" or \"cubic\""),
-    };
-    relay.data_plane = match args
-        .data_plane
-        .as_deref()
-        .or(file.data_plane.as_deref())
-        .unwrap_or("quinn")
-    {
-        "quinn" => DataPlane::Quinn,
-        "batched" => DataPlane::Batched,
-        other => bail!("data-plane: {other:?} is not \"quinn\" or \"batched\""),
-    };
+    relay.congestion = choose(
+        "congestion",
+        args.congestion.as_deref().or(file.congestion.as_deref()),
+        &[("bbr", Congestion::Bbr), ("cubic", Congestion::Cubic)],
+    )?;
+    relay.data_plane = choose(
+        "data-plane",
+        args.data_plane.as_deref().or(file.data_plane.as_deref()),
+        &[("quinn", DataPlane::Quinn), ("batched", DataPlane::Batched)],
+    )?;
 
     let cluster = &file.cluster;
     if let Some(url) = args.directory.clone().or(cluster.directory.clone()) {

@@ -459,6 +459,11 @@ pub struct Drain {
     pub position_ms: f64,
 }
 
+/// `at` on a clock that starts at `epoch`, ms.
+fn ms_since(epoch: Instant, at: Instant) -> f64 {
+    at.saturating_duration_since(epoch).as_secs_f64() * 1000.0
+}
+
 /// How late (ms) a timed wake-up of the engine must be to be logged.
 const LATE_WAKE_MS: f64 = 2.0;
 
@@ -701,7 +706,7 @@ impl Worker {
     }
 
     fn ms(&self, at: Instant) -> f64 {
-        at.saturating_duration_since(self.epoch).as_secs_f64() * 1000.0
+        ms_since(self.epoch, at)
     }
 
     /// This moment on the engine's clock and the wall clock, for the RTCP session.
@@ -917,9 +922,7 @@ impl Worker {
         let period_ms = self.port.period_ms();
         let underruns = self.port.ends.counters.underruns();
         let epoch = self.epoch;
-        let drained = self
-            .port
-            .last_drain(|at| at.saturating_duration_since(epoch).as_secs_f64() * 1000.0);
+        let drained = self.port.last_drain(|at| ms_since(epoch, at));
         let guard_before = self.playout.guard_ms();
         let due = self
             .playout
