@@ -83,27 +83,34 @@ fn x_tool(display: &str, program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The visible Natter windows, once there is at least one (within 30 s): a window can be
+/// created and its app already in a call before the window manager has mapped it.
+fn visible_windows(display: &str) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = x_tool(
+            display,
+            "xdotool",
+            &["search", "--onlyvisible", "--name", "^Natter$"],
+        );
+        let ids: Vec<String> = found.lines().map(|l| l.trim().to_owned()).collect();
+        if !ids.is_empty() {
+            return ids;
+        }
+        assert!(Instant::now() < deadline, "no Natter window within 30 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn the_window_carries_the_icon_and_class_of_its_desktop_entry() {
     let (_x, display) = xvfb();
     let dir = TempDir::new("window");
     let _app = desktop_app(&display, dir.path(), "silence", None);
-    let deadline = Instant::now() + Duration::from_secs(30);
     // The mapped window: winit creates it (and xdotool can find it) before the app sets its
     // class, which must be there by the time the window is shown (ICCCM; a taskbar reads it
     // then).
-    let window = loop {
-        let found = x_tool(
-            &display,
-            "xdotool",
-            &["search", "--onlyvisible", "--name", "^Natter$"],
-        );
-        if let Some(id) = found.lines().next() {
-            break id.trim().to_owned();
-        }
-        assert!(Instant::now() < deadline, "no Natter window within 30 s");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let window = visible_windows(&display)[0].clone();
     // Both halves name the desktop entry (StartupWMClass=natter in assets/natter.desktop).
     let class = x_tool(&display, "xprop", &["-id", &window, "WM_CLASS"]);
     assert!(
@@ -217,12 +224,8 @@ fn a_clicked_invite_goes_to_the_running_window() {
     );
     // The running window joins it.
     relay.wait_for_join("handed", "Ann");
-    let windows = x_tool(
-        &display,
-        "xdotool",
-        &["search", "--onlyvisible", "--name", "Natter"],
-    );
-    assert_eq!(windows.lines().count(), 1, "one window: {windows}");
+    let windows = visible_windows(&display);
+    assert_eq!(windows.len(), 1, "one window: {windows:?}");
 }
 
 /// A private D-Bus session bus under `dir`; returns it and its address.
