@@ -15,11 +15,13 @@
 //! Environment: CHAIN_RUNS (default 7), CHAIN_ITERATIONS per run (default 1000 = 20 s of audio),
 //! CHAIN_DRED=N: the microphone's encoder and the remote streams' senders send N × 10 ms of DRED
 //! instead of FEC (expected loss 10 %), as `rate::protection` has them do while losses come in
-//! runs; CHAIN_COMPLEXITY=C: the microphone's encoder at libopus complexity C.
+//! runs; CHAIN_COMPLEXITY=C: the microphone's encoder at libopus complexity C (unset: natter's,
+//! which follows the protection, `codec::encoder_complexity`).
 //!
 //! Afterwards, for the record: voice processing with one stage at a time, the encoder alone
-//! at other libopus complexities (natter's `OpusEncoder` leaves libopus at its default, 10) and
-//! with DRED, and the decoder at complexities 4–7 (5 turns on deep PLC, 6 LACE, 7 NoLACE):
+//! at the rate controller's tiers with FEC or DRED, at complexities 10–5 and at natter's (the
+//! encoders taking turns frame by frame, so load on the machine falls on all alike), and the
+//! decoder at complexities 4–7 (5 turns on deep PLC, 6 LACE, 7 NoLACE):
 //! decoding a packet, concealing a lost 20 ms frame, recovering one from DRED; same settings,
 //! same input, CPU time per 20 ms.
 //!
@@ -166,13 +168,16 @@ impl Chain {
 }
 
 /// The senders' settings: natter's defaults, with `CHAIN_DRED` × 10 ms of DRED instead of FEC
-/// (libopus sends DRED only when it plans for loss: 10 %) and the complexity `CHAIN_COMPLEXITY`.
+/// (libopus sends DRED only when it plans for loss: 10 %) and the complexity `CHAIN_COMPLEXITY`
+/// (unset: natter's, which follows the protection, `codec::encoder_complexity`).
 fn sender_config() -> EncoderConfig {
     let dred_10ms = env_usize("CHAIN_DRED", 0).min(104) as u8;
-    let ours = EncoderConfig::default();
     let base = EncoderConfig {
-        complexity: env_usize("CHAIN_COMPLEXITY", usize::from(ours.complexity)).min(10) as u8,
-        ..ours
+        complexity: std::env::var("CHAIN_COMPLEXITY")
+            .ok()
+            .and_then(|v| v.parse::<u8>().ok())
+            .map(|c| c.min(10)),
+        ..EncoderConfig::default()
     };
     if dred_10ms == 0 {
         return base;
@@ -197,23 +202,36 @@ fn thread_cpu_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// CPU time of encoding one 20 ms frame with `config` (median and p95 over the signal).
-fn encode_cost(signal: &[f32], config: EncoderConfig) -> anyhow::Result<(f64, f64)> {
-    let mut enc = natter::codec::OpusEncoder::new(config)?;
+/// CPU time per 20 ms of encoding `signal` with each of `configs` (one encoder each), the
+/// encoders taking turns frame by frame so that the machine's load falls on all of them alike;
+/// `frame` samples per frame. Medians and p95s, one per config.
+fn encode_costs(
+    signal: &[f32],
+    frame: usize,
+    configs: &[EncoderConfig],
+) -> anyhow::Result<Vec<(f64, f64)>> {
+    let mut encoders = configs
+        .iter()
+        .map(|c| natter::codec::OpusEncoder::new(*c))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut out = Vec::with_capacity(natter::codec::MAX_PACKET);
-    let mut times = Vec::new();
-    for frame in signal
-        .chunks_exact(FRAME)
-        .cycle()
-        .take(3 * SIGNAL_FRAMES / 2)
-    {
-        let c0 = thread_cpu_ns();
-        enc.encode(frame, &mut out)?;
-        times.push((thread_cpu_ns() - c0) as f64 / 1e3);
-        black_box(out.len());
+    let mut times = vec![Vec::new(); configs.len()];
+    let frames = signal.len() / frame;
+    for f in signal.chunks_exact(frame).cycle().take(3 * frames / 2) {
+        for (enc, t) in encoders.iter_mut().zip(&mut times) {
+            let c0 = thread_cpu_ns();
+            enc.encode(f, &mut out)?;
+            t.push((thread_cpu_ns() - c0) as f64 / 1e3 * FRAME as f64 / frame as f64);
+            black_box(out.len());
+        }
     }
-    let s = sorted(&times[SIGNAL_FRAMES / 2..]);
-    Ok((percentile(&s, 50.0), percentile(&s, 95.0)))
+    Ok(times
+        .iter()
+        .map(|t| {
+            let s = sorted(&t[frames / 2..]);
+            (percentile(&s, 50.0), percentile(&s, 95.0))
+        })
+        .collect())
 }
 
 /// Packets of `signal` (20 ms, 40 kbit/s) with in-band FEC or, with `dred_10ms` > 0, with
@@ -350,7 +368,7 @@ fn main() -> anyhow::Result<()> {
         sender.bitrate_bps / 1000,
         sender.fec,
         u32::from(sender.dred_10ms) * 10,
-        sender.complexity,
+        OpusEncoder::new(sender)?.complexity(),
         natter::codec::DECODER_COMPLEXITY,
     );
     println!("{runs} runs x {iterations} iterations after {WARMUP} warm-up iterations");
@@ -473,39 +491,43 @@ fn main() -> anyhow::Result<()> {
         println!("| {name} | {m:.1} | {p:.1} | {:.2} |", m / 200.0);
     }
     println!();
-    println!("| Opus encoder alone, 40 kbit/s | CPU median us / 20 ms | p95 us | % of one core |");
-    println!("|---|---:|---:|---:|");
-    let ours = EncoderConfig::default().complexity;
-    // FEC alone (a clean path or isolated losses), FEC + DRED (losses in runs: what
-    // `rate::protection` adds), DRED alone.
-    let protections: [(&str, bool, u8); 3] = [
-        ("FEC", true, 0),
-        ("FEC + DRED 500 ms", true, 50),
-        ("DRED 500 ms, FEC off", false, 50),
+    // The rate controller's tiers with the protection `rate::protection` gives each (DRED
+    // from 32 kbit/s, planned for 10 % loss as in the chain), at each complexity and at the one
+    // natter picks (`codec::encoder_complexity`).
+    let rows: [(&str, i32, usize, bool, u8); 5] = [
+        ("40 kbit/s, FEC", 40_000, FRAME, true, 0),
+        ("40 kbit/s, DRED 500 ms, FEC off", 40_000, FRAME, false, 50),
+        ("32 kbit/s, FEC", 32_000, FRAME, true, 0),
+        ("32 kbit/s, DRED 500 ms, FEC off", 32_000, FRAME, false, 50),
+        ("24 kbit/s, 40 ms frames, FEC", 24_000, 2 * FRAME, true, 0),
     ];
-    for (name, fec, dred_10ms) in protections {
-        for c in [10u8, 9, 8, 7, 6, 5, 4] {
-            let (m, p) = encode_cost(
-                &chain.mic,
-                EncoderConfig {
-                    complexity: c,
-                    fec,
-                    dred_10ms,
-                    expected_loss_pct: if dred_10ms > 0 { 10 } else { 2 },
-                    ..EncoderConfig::default()
-                },
-            )?;
-            let default = match (c == 10, c == ours) {
-                (true, true) => " (libopus default, ours)",
-                (true, false) => " (libopus default)",
-                (false, true) => " (ours)",
-                (false, false) => "",
-            };
-            println!(
-                "| {name}, complexity {c}{default} | {m:.1} | {p:.1} | {:.2} |",
-                m / 200.0
-            );
-        }
+    let complexities = [10u8, 9, 8, 7, 6, 5];
+    let columns: Vec<String> = complexities.iter().map(|c| c.to_string()).collect();
+    println!(
+        "| Opus encoder alone, CPU median us / 20 ms | {} | ours |",
+        columns.join(" | ")
+    );
+    println!("|---|{}---:|", "---:|".repeat(complexities.len()));
+    for (name, bitrate_bps, frame, fec, dred_10ms) in rows {
+        let base = EncoderConfig {
+            bitrate_bps,
+            fec,
+            dred_10ms,
+            expected_loss_pct: if dred_10ms > 0 { 10 } else { 2 },
+            ..EncoderConfig::default()
+        };
+        let configs: Vec<EncoderConfig> = complexities
+            .iter()
+            .map(|&c| EncoderConfig {
+                complexity: Some(c),
+                ..base
+            })
+            .chain([base])
+            .collect();
+        let costs = encode_costs(&chain.mic, frame, &configs)?;
+        let cells: Vec<String> = costs.iter().map(|(m, _)| format!("{m:.1}")).collect();
+        let ours = natter::codec::OpusEncoder::new(base)?.complexity();
+        println!("| {name} | {} ({ours}) |", cells.join(" | "));
     }
     println!();
     println!(

@@ -40,7 +40,8 @@
 //! (recovered per frame with `sim::FrameDelays`); for `fixed60` it is `play time − arrival`,
 //! i.e. 60 ms + (jitter of the first packet − jitter of this one).
 //!
-//! Encoder complexity: the main rows use `EncoderConfig::default().complexity`; extra rows
+//! Encoder complexity: the main rows use natter's (`codec::encoder_complexity`: it follows the
+//! protection and the bitrate) or `JITTER_ENCODER_COMPLEXITY`; extra rows
 //! (`opus-cN-sK`: both scenarios, jitter-free path, clean and 5 % random loss with the loss
 //! patterns of seeds `seed + K`, K < [`COMPLEXITY_SEEDS`], our buffer) encode at each of
 //! [`COMPLEXITIES`].
@@ -461,7 +462,7 @@ impl FrameDecoder for OpusDecoder {
     }
 }
 
-fn encode(input: &[f32], expected_loss_pct: u8, complexity: u8) -> Vec<Vec<u8>> {
+fn encode(input: &[f32], expected_loss_pct: u8, complexity: Option<u8>) -> Vec<Vec<u8>> {
     let (bitrate_bps, fec, dred_10ms) = protection();
     let expected_loss_pct = env_parse("JITTER_PLANNED_LOSS").unwrap_or(expected_loss_pct);
     let mut enc = OpusEncoder::new(EncoderConfig {
@@ -658,17 +659,24 @@ fn main() -> anyhow::Result<()> {
         Scenario::new("start", &speech, 0.0, 0.0),
     ];
     let seed = choose_seed(&scenarios);
-    let complexity =
-        env_parse("JITTER_ENCODER_COMPLEXITY").unwrap_or(EncoderConfig::default().complexity);
+    let complexity: Option<u8> = env_parse("JITTER_ENCODER_COMPLEXITY");
     println!(
         "# speech {speech_path}: {:.2} s = {scored_frames} frames of 20 ms; Opus {} kbit/s, \
-         FEC {}, DRED {} ms, encoder complexity {complexity}, decoder complexity {}, \
+         FEC {}, DRED {} ms, encoder complexity {}, decoder complexity {}, \
          burst look-ahead {} frames; bursty loss: mean burst {}; \
          steady: {WARMUP_S} s warm-up + {GAP_S} s silence; seed {seed}",
         speech.len() as f64 / 48_000.0,
         protection().0 / 1000,
         protection().1,
         u32::from(protection().2) * 10,
+        complexity.map_or_else(
+            || {
+                let (bps, fec, dred_10ms) = protection();
+                let c = natter::codec::encoder_complexity(bps, fec, dred_10ms, false);
+                format!("{c} (natter's)")
+            },
+            |c| c.to_string()
+        ),
         env_parse("JITTER_DECODER_COMPLEXITY").unwrap_or(natter::codec::DECODER_COMPLEXITY),
         jitter_config().burst_lookahead_frames,
         mean_burst(),
@@ -745,7 +753,7 @@ fn main() -> anyhow::Result<()> {
             // small differences), our buffer.
             if *nominal <= 5 && std::env::var_os("JITTER_NO_COMPLEXITY").is_none() {
                 for c in COMPLEXITIES {
-                    let packets = encode(&sc.input, *nominal, c);
+                    let packets = encode(&sc.input, *nominal, Some(c));
                     let seeds = if *nominal == 0 { 1 } else { COMPLEXITY_SEEDS };
                     for k in 0..seeds {
                         let arrivals = sim::arrivals(&profile, sc.frames(), seed + k);

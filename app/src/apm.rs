@@ -68,12 +68,11 @@ impl Default for VoiceConfig {
 /// Samples per block: 10 ms at 48 kHz, the only size the module accepts.
 pub const BLOCK: usize = 480;
 
-/// The audio processing module with preallocated block buffers.
+/// The audio processing module with a preallocated capture block.
 pub struct VoiceProcessor {
     apm: Processor,
     config: VoiceConfig,
     stream_delay_ms: Option<u16>,
-    render: Vec<Vec<f32>>,
     capture: Vec<Vec<f32>>,
 }
 
@@ -106,7 +105,6 @@ impl VoiceProcessor {
             apm,
             config,
             stream_delay_ms: None,
-            render: vec![vec![0.0; BLOCK]],
             capture: vec![vec![0.0; BLOCK]],
         })
     }
@@ -144,13 +142,14 @@ impl VoiceProcessor {
         (s.delay_ms, s.echo_return_loss_enhancement)
     }
 
-    /// Gives the echo canceller the next 10 ms of what the speaker plays.
+    /// Gives the echo canceller the next 10 ms of what the speaker plays. Analysed only
+    /// (`AnalyzeReverseStream`): nothing processes the playback, so `ProcessReverseStream`
+    /// would only copy the block into a buffer of ours and back out of the module's.
     pub fn process_render(&mut self, block: &[f32]) {
         if !self.config.echo_cancellation || block.len() != BLOCK {
             return;
         }
-        self.render[0].copy_from_slice(block);
-        let _ = self.apm.process_render_frame(&mut self.render);
+        let _ = self.apm.analyze_render_frame([block]);
     }
 
     /// Processes 10 ms of microphone audio in place.

@@ -44,12 +44,9 @@ pub struct EncoderConfig {
     /// Restricted low-delay application (CELT only: 2.5 ms look-ahead instead of 6.5 ms, but
     /// no FEC) instead of VOIP.
     pub restricted_low_delay: bool,
-    /// libopus encoder complexity, 0–10. Ours is libopus's default, 10. Measured with libopus
-    /// 1.6.1 (docs/BENCHMARKS.md, "Opus 1.6", two voices, 40 kbit/s): with FEC, 5 costs
-    /// nothing measurable and encodes a frame in ~171 µs instead of ~226; with DRED (the
-    /// bursty policy) 5 costs 0.06 PESQ on bursty loss, more than its ~80 µs are worth, so 10.
-    /// (With libopus 1.3.1, 6 and below lost FEC altogether and 7 cost 0.22 at call start.)
-    pub complexity: u8,
+    /// A fixed libopus encoder complexity (0–10), for measurements; `None` (ours): it follows
+    /// the protection and the bitrate, as [`encoder_complexity`] says.
+    pub complexity: Option<u8>,
     /// Deep REDundancy: how much past audio every packet carries at a low bitrate, in 10 ms
     /// units (0 off, at most 104). Its bits come out of `bitrate_bps`, and libopus sends it only
     /// when `expected_loss_pct` > 0.
@@ -66,9 +63,45 @@ impl Default for EncoderConfig {
             fec: true,
             dtx: true,
             restricted_low_delay: false,
-            complexity: 10,
+            complexity: None,
             dred_10ms: 0,
         }
+    }
+}
+
+/// Encoder complexity while the quality rests on in-band FEC at [`LOW_COMPLEXITY_MIN_BPS`] or
+/// more (see [`encoder_complexity`]).
+pub const FEC_COMPLEXITY: u8 = 5;
+/// libopus's default encoder complexity: everywhere else.
+pub const DEFAULT_COMPLEXITY: u8 = 10;
+/// Lowest bitrate at which FEC keeps working at [`FEC_COMPLEXITY`]: the rate controller's
+/// 40 kbit/s tier.
+pub const LOW_COMPLEXITY_MIN_BPS: i32 = 40_000;
+
+/// The encoder complexity for what the quality rests on — in-band FEC or DRED, as
+/// `crate::rate::protection` chose — at `bitrate_bps`. Measured with libopus 1.6.1
+/// (docs/BENCHMARKS.md, "Opus 1.6", §2: two voices, our buffer, PESQ-WB; CPU per 20 ms frame):
+/// - **FEC at 40 kbit/s: 5**, ~170 µs a frame instead of ~225, and no quality lost (14 cells
+///   mean 3.536 against 3.544, no cell more than 0.06 worse). At 40 kbit/s libopus keeps FEC
+///   in full band at any complexity and planned loss: its rate test (`decide_fec`) scales the
+///   bitrate by (90 + complexity) %.
+/// - **FEC at 32 kbit/s: 10.** There that test is at its edge: at 5 % planned loss
+///   complexity 5 sends no FEC at all (5 % random loss 3.12 instead of 4.09), 7 still does
+///   (3.741 against 3.750) but saves only ~25 µs so close to the cliff.
+/// - **DRED: 10.** 9 and 8 give the same packets (same CPU); 7 and below cost the bursty
+///   rows up to 0.19 at call start.
+/// - Not measured, so libopus's default: 24 kbit/s at 40 ms frames, and CELT-only
+///   (`restricted_low_delay`).
+pub fn encoder_complexity(
+    bitrate_bps: i32,
+    fec: bool,
+    dred_10ms: u8,
+    restricted_low_delay: bool,
+) -> u8 {
+    if fec && dred_10ms == 0 && !restricted_low_delay && bitrate_bps >= LOW_COMPLEXITY_MIN_BPS {
+        FEC_COMPLEXITY
+    } else {
+        DEFAULT_COMPLEXITY
     }
 }
 
@@ -76,6 +109,8 @@ impl Default for EncoderConfig {
 pub struct OpusEncoder {
     encoder: Encoder,
     config: EncoderConfig,
+    /// The complexity libopus runs at (`config.complexity`, or [`encoder_complexity`]'s).
+    complexity: u8,
     /// Fixed by the application (VOIP or restricted low delay), read once.
     lookahead: u32,
 }
@@ -106,15 +141,32 @@ impl OpusEncoder {
             .set_dred_duration(config.dred_10ms.min(MAX_DRED_10MS))
             .map_err(opus_error)?;
         encoder.set_dtx(config.dtx).map_err(opus_error)?;
-        encoder
-            .set_complexity(config.complexity)
-            .map_err(opus_error)?;
+        let complexity = Self::complexity_for(&config);
+        encoder.set_complexity(complexity).map_err(opus_error)?;
         let lookahead = encoder.get_look_ahead().map_err(opus_error)?;
         Ok(Self {
             encoder,
             config,
+            complexity,
             lookahead,
         })
+    }
+
+    /// The complexity `config` asks for: fixed, or following its protection and bitrate.
+    fn complexity_for(config: &EncoderConfig) -> u8 {
+        config.complexity.unwrap_or_else(|| {
+            encoder_complexity(
+                config.bitrate_bps,
+                config.fec,
+                config.dred_10ms,
+                config.restricted_low_delay,
+            )
+        })
+    }
+
+    /// The complexity libopus encodes at now.
+    pub fn complexity(&self) -> u8 {
+        self.complexity
     }
 
     pub fn config(&self) -> EncoderConfig {
@@ -122,8 +174,9 @@ impl OpusEncoder {
     }
 
     /// Changes bitrate, expected loss, in-band FEC and DRED in place (smooth: libopus adapts
-    /// from the next frame); a change of application needs a new encoder, which the caller
-    /// makes.
+    /// from the next frame), and the complexity with them when it follows the protection
+    /// (its ctl called only when the complexity changes);
+    /// a change of application needs a new encoder, which the caller makes.
     pub fn retune(
         &mut self,
         bitrate_bps: i32,
@@ -156,6 +209,13 @@ impl OpusEncoder {
         self.config.expected_loss_pct = expected_loss_pct;
         self.config.fec = fec;
         self.config.dred_10ms = dred_10ms;
+        let complexity = Self::complexity_for(&self.config);
+        if complexity != self.complexity {
+            self.encoder
+                .set_complexity(complexity)
+                .map_err(opus_error)?;
+            self.complexity = complexity;
+        }
         Ok(())
     }
 
@@ -336,6 +396,85 @@ mod tests {
         assert_eq!(plc.len(), 960);
         assert!(dec.decode(&[0xff; 3], &mut Vec::new()).is_err());
         assert!(enc.lookahead() > 0);
+    }
+
+    /// The policy: the low complexity only where the quality rests on in-band FEC at 40 kbit/s
+    /// or more; DRED, FEC at 32 kbit/s and below, and CELT-only keep libopus's default.
+    #[test]
+    fn complexity_follows_the_protection_and_the_bitrate() {
+        assert_eq!(encoder_complexity(40_000, true, 0, false), FEC_COMPLEXITY);
+        assert_eq!(encoder_complexity(48_000, true, 0, false), FEC_COMPLEXITY);
+        assert_eq!(encoder_complexity(40_000, false, 50, false), DEFAULT_COMPLEXITY);
+        assert_eq!(encoder_complexity(40_000, true, 50, false), DEFAULT_COMPLEXITY);
+        assert_eq!(encoder_complexity(32_000, true, 0, false), DEFAULT_COMPLEXITY);
+        assert_eq!(encoder_complexity(32_000, false, 30, false), DEFAULT_COMPLEXITY);
+        assert_eq!(encoder_complexity(24_000, true, 0, false), DEFAULT_COMPLEXITY);
+        assert_eq!(encoder_complexity(48_000, false, 0, true), DEFAULT_COMPLEXITY);
+        assert_eq!(encoder_complexity(40_000, true, 0, true), DEFAULT_COMPLEXITY);
+        assert!(FEC_COMPLEXITY < DEFAULT_COMPLEXITY);
+    }
+
+    /// The encoder runs at the policy's complexity from the start and moves with each retune
+    /// that changes the protection or the bitrate (libopus reads back what we track); a fixed
+    /// complexity stays put.
+    #[test]
+    fn retune_moves_libopus_to_the_policy_s_complexity() {
+        let mut enc = OpusEncoder::new(EncoderConfig::default()).unwrap();
+        let libopus = |enc: &mut OpusEncoder| enc.encoder.get_complexity().unwrap();
+        assert_eq!(enc.complexity(), FEC_COMPLEXITY);
+        assert_eq!(libopus(&mut enc), FEC_COMPLEXITY);
+        for (bitrate, fec, dred, expected) in [
+            (40_000, false, 50, DEFAULT_COMPLEXITY),
+            (40_000, true, 0, FEC_COMPLEXITY),
+            (32_000, true, 0, DEFAULT_COMPLEXITY),
+            (40_000, true, 0, FEC_COMPLEXITY),
+        ] {
+            enc.retune(bitrate, 5, fec, dred).unwrap();
+            assert_eq!(enc.complexity(), expected, "{bitrate} FEC {fec} DRED {dred}");
+            assert_eq!(libopus(&mut enc), expected);
+        }
+        let mut fixed = OpusEncoder::new(EncoderConfig {
+            complexity: Some(8),
+            ..EncoderConfig::default()
+        })
+        .unwrap();
+        fixed.retune(40_000, 20, false, 50).unwrap();
+        assert_eq!((fixed.complexity(), libopus(&mut fixed)), (8, 8));
+    }
+
+    /// Why the low complexity starts at 40 kbit/s: there libopus keeps in-band FEC at
+    /// [`FEC_COMPLEXITY`] for every loss the rate controller plans for (2–25 %), while at
+    /// 32 kbit/s and 5 % it drops FEC altogether (libopus's `decide_fec` scales the bitrate by
+    /// the complexity), which complexity 10 does not.
+    #[test]
+    fn fec_survives_the_low_complexity_at_40_kbit_s_and_not_at_32() {
+        let speech = crate::measure::speech_like(48_000, 1.5, 9);
+        let fec_share = |bitrate_bps: i32, loss: u8, complexity: u8| {
+            let mut enc = OpusEncoder::new(EncoderConfig {
+                bitrate_bps,
+                expected_loss_pct: loss,
+                dtx: false,
+                complexity: Some(complexity),
+                ..EncoderConfig::default()
+            })
+            .unwrap();
+            let mut p = Vec::new();
+            let frames = speech.chunks_exact(960).len();
+            let with = speech
+                .chunks_exact(960)
+                .filter(|f| {
+                    enc.encode(f, &mut p).unwrap();
+                    RawDecoder::has_lbrr(&p)
+                })
+                .count();
+            with as f64 / frames as f64
+        };
+        for loss in [2, 5, 10, 25] {
+            let share = fec_share(40_000, loss, FEC_COMPLEXITY);
+            assert!(share > 0.5, "40 kbit/s, {loss} %: FEC in {share:.2} of the packets");
+        }
+        assert!(fec_share(32_000, 5, DEFAULT_COMPLEXITY) > 0.5);
+        assert_eq!(fec_share(32_000, 5, FEC_COMPLEXITY), 0.0);
     }
 
     /// What [`OpusDecoder::continues_after_conceal`] claims: after concealing lost frames (in
