@@ -20,7 +20,7 @@
 //!
 //! Afterwards, for the record: voice processing with one stage at a time, the encoder alone
 //! at the rate controller's tiers with FEC or DRED, at complexities 10–5 and at natter's (the
-//! encoders taking turns frame by frame, so load on the machine falls on all alike), and the
+//! encoders taking turns of 25 frames, so load on the machine falls on all alike), and the
 //! decoder at complexities 4–7 (5 turns on deep PLC, 6 LACE, 7 NoLACE):
 //! decoding a packet, concealing a lost 20 ms frame, recovering one from DRED; same settings,
 //! same input, CPU time per 20 ms.
@@ -203,7 +203,8 @@ fn thread_cpu_ns() -> u64 {
 }
 
 /// CPU time per 20 ms of encoding `signal` with each of `configs` (one encoder each), the
-/// encoders taking turns frame by frame so that the machine's load falls on all of them alike;
+/// encoders taking turns (25 frames each, in rotating order) so that the machine's load falls
+/// on all of them alike;
 /// `frame` samples per frame. Medians and p95s, one per config.
 fn encode_costs(
     signal: &[f32],
@@ -217,12 +218,23 @@ fn encode_costs(
     let mut out = Vec::with_capacity(natter::codec::MAX_PACKET);
     let mut times = vec![Vec::new(); configs.len()];
     let frames = signal.len() / frame;
-    for f in signal.chunks_exact(frame).cycle().take(3 * frames / 2) {
-        for (enc, t) in encoders.iter_mut().zip(&mut times) {
-            let c0 = thread_cpu_ns();
-            enc.encode(f, &mut out)?;
-            t.push((thread_cpu_ns() - c0) as f64 / 1e3 * FRAME as f64 / frame as f64);
-            black_box(out.len());
+    let n = encoders.len();
+    let all: Vec<&[f32]> = signal
+        .chunks_exact(frame)
+        .cycle()
+        .take(3 * frames / 2)
+        .collect();
+    // Turns of 25 frames: short enough that the machine's load falls on every encoder alike,
+    // long enough that an encoder does not inherit caches and branch history warmed by the one
+    // before it (frame by frame, twins measured 10-15 % apart).
+    for (k, turn) in all.chunks(25).enumerate() {
+        for i in (0..n).map(|i| (i + k) % n) {
+            for f in turn {
+                let c0 = thread_cpu_ns();
+                encoders[i].encode(f, &mut out)?;
+                times[i].push((thread_cpu_ns() - c0) as f64 / 1e3 * FRAME as f64 / frame as f64);
+                black_box(out.len());
+            }
         }
     }
     Ok(times

@@ -71,25 +71,25 @@ impl Default for EncoderConfig {
 
 /// Encoder complexity while the quality rests on in-band FEC at [`LOW_COMPLEXITY_MIN_BPS`] or
 /// more (see [`encoder_complexity`]).
-pub const FEC_COMPLEXITY: u8 = 5;
+const FEC_COMPLEXITY: u8 = 5;
 /// libopus's default encoder complexity: everywhere else.
-pub const DEFAULT_COMPLEXITY: u8 = 10;
+const DEFAULT_COMPLEXITY: u8 = 10;
 /// Lowest bitrate at which FEC keeps working at [`FEC_COMPLEXITY`]: the rate controller's
 /// 40 kbit/s tier.
-pub const LOW_COMPLEXITY_MIN_BPS: i32 = 40_000;
+const LOW_COMPLEXITY_MIN_BPS: i32 = 40_000;
 
 /// The encoder complexity for what the quality rests on — in-band FEC or DRED, as
 /// `crate::rate::protection` chose — at `bitrate_bps`. Measured with libopus 1.6.1
 /// (docs/BENCHMARKS.md, "Opus 1.6", §2: two voices, our buffer, PESQ-WB; CPU per 20 ms frame):
-/// - **FEC at 40 kbit/s: 5**, ~170 µs a frame instead of ~225, and no quality lost (14 cells
-///   mean 3.536 against 3.544, no cell more than 0.06 worse). At 40 kbit/s libopus keeps FEC
-///   in full band at any complexity and planned loss: its rate test (`decide_fec`) scales the
-///   bitrate by (90 + complexity) %.
-/// - **FEC at 32 kbit/s: 10.** There that test is at its edge: at 5 % planned loss
-///   complexity 5 sends no FEC at all (5 % random loss 3.12 instead of 4.09), 7 still does
-///   (3.741 against 3.750) but saves only ~25 µs so close to the cliff.
-/// - **DRED: 10.** 9 and 8 give the same packets (same CPU); 7 and below cost the bursty
-///   rows up to 0.19 at call start.
+/// - **FEC at 40 kbit/s and more: 5**, a quarter less CPU per frame (~55 µs) and no quality
+///   lost (14 cells: mean 3.536 against 3.544, no cell more than 0.06 worse). At 40 kbit/s
+///   libopus keeps FEC in full band at any complexity and planned loss: its rate test
+///   (`decide_fec`) scales the bitrate by (90 + complexity) %.
+/// - **FEC at 32 kbit/s: 10.** There that test is at its edge: at 5 % planned loss 6 and 5
+///   send no FEC at all (5 % random loss 3.13 and 3.12 instead of 4.09), and at the 2 % planned
+///   on a clean path 7 does not either.
+/// - **DRED: 10.** 9 and 8 give the same packets at the same cost; 7 and below cost the bursty
+///   rows, where DRED is sent, up to 0.19–0.25 at call start.
 /// - Not measured, so libopus's default: 24 kbit/s at 40 ms frames, and CELT-only
 ///   (`restricted_low_delay`).
 pub fn encoder_complexity(
@@ -404,14 +404,34 @@ mod tests {
     fn complexity_follows_the_protection_and_the_bitrate() {
         assert_eq!(encoder_complexity(40_000, true, 0, false), FEC_COMPLEXITY);
         assert_eq!(encoder_complexity(48_000, true, 0, false), FEC_COMPLEXITY);
-        assert_eq!(encoder_complexity(40_000, false, 50, false), DEFAULT_COMPLEXITY);
-        assert_eq!(encoder_complexity(40_000, true, 50, false), DEFAULT_COMPLEXITY);
-        assert_eq!(encoder_complexity(32_000, true, 0, false), DEFAULT_COMPLEXITY);
-        assert_eq!(encoder_complexity(32_000, false, 30, false), DEFAULT_COMPLEXITY);
-        assert_eq!(encoder_complexity(24_000, true, 0, false), DEFAULT_COMPLEXITY);
-        assert_eq!(encoder_complexity(48_000, false, 0, true), DEFAULT_COMPLEXITY);
-        assert_eq!(encoder_complexity(40_000, true, 0, true), DEFAULT_COMPLEXITY);
-        assert!(FEC_COMPLEXITY < DEFAULT_COMPLEXITY);
+        assert_eq!(
+            encoder_complexity(40_000, false, 50, false),
+            DEFAULT_COMPLEXITY
+        );
+        assert_eq!(
+            encoder_complexity(40_000, true, 50, false),
+            DEFAULT_COMPLEXITY
+        );
+        assert_eq!(
+            encoder_complexity(32_000, true, 0, false),
+            DEFAULT_COMPLEXITY
+        );
+        assert_eq!(
+            encoder_complexity(32_000, false, 30, false),
+            DEFAULT_COMPLEXITY
+        );
+        assert_eq!(
+            encoder_complexity(24_000, true, 0, false),
+            DEFAULT_COMPLEXITY
+        );
+        assert_eq!(
+            encoder_complexity(48_000, false, 0, true),
+            DEFAULT_COMPLEXITY
+        );
+        assert_eq!(
+            encoder_complexity(40_000, true, 0, true),
+            DEFAULT_COMPLEXITY
+        );
     }
 
     /// The encoder runs at the policy's complexity from the start and moves with each retune
@@ -430,7 +450,11 @@ mod tests {
             (40_000, true, 0, FEC_COMPLEXITY),
         ] {
             enc.retune(bitrate, 5, fec, dred).unwrap();
-            assert_eq!(enc.complexity(), expected, "{bitrate} FEC {fec} DRED {dred}");
+            assert_eq!(
+                enc.complexity(),
+                expected,
+                "{bitrate} FEC {fec} DRED {dred}"
+            );
             assert_eq!(libopus(&mut enc), expected);
         }
         let mut fixed = OpusEncoder::new(EncoderConfig {
@@ -471,7 +495,10 @@ mod tests {
         };
         for loss in [2, 5, 10, 25] {
             let share = fec_share(40_000, loss, FEC_COMPLEXITY);
-            assert!(share > 0.5, "40 kbit/s, {loss} %: FEC in {share:.2} of the packets");
+            assert!(
+                share > 0.5,
+                "40 kbit/s, {loss} %: FEC in {share:.2} of the packets"
+            );
         }
         assert!(fec_share(32_000, 5, DEFAULT_COMPLEXITY) > 0.5);
         assert_eq!(fec_share(32_000, 5, FEC_COMPLEXITY), 0.0);

@@ -49,7 +49,9 @@
 //! DRED with FEC off once they come in runs (mean run ≥ [`BURSTY_RUN`]), long enough to reach
 //! back over the longest recent burst with room to spare; the listeners' buffers then wait for
 //! it. DRED's bits come out of the bitrate; below [`MIN_DRED_BPS`] they would starve the
-//! primary encoding, so FEC it is there.
+//! primary encoding, so FEC it is there. The encoder's complexity follows from the protection
+//! and the bitrate (`crate::codec::encoder_complexity`): lower while FEC at full rate carries
+//! the quality, libopus's default with DRED.
 
 use std::collections::HashMap;
 
