@@ -402,36 +402,24 @@ mod tests {
     /// or more; DRED, FEC at 32 kbit/s and below, and CELT-only keep libopus's default.
     #[test]
     fn complexity_follows_the_protection_and_the_bitrate() {
-        assert_eq!(encoder_complexity(40_000, true, 0, false), FEC_COMPLEXITY);
-        assert_eq!(encoder_complexity(48_000, true, 0, false), FEC_COMPLEXITY);
-        assert_eq!(
-            encoder_complexity(40_000, false, 50, false),
-            DEFAULT_COMPLEXITY
-        );
-        assert_eq!(
-            encoder_complexity(40_000, true, 50, false),
-            DEFAULT_COMPLEXITY
-        );
-        assert_eq!(
-            encoder_complexity(32_000, true, 0, false),
-            DEFAULT_COMPLEXITY
-        );
-        assert_eq!(
-            encoder_complexity(32_000, false, 30, false),
-            DEFAULT_COMPLEXITY
-        );
-        assert_eq!(
-            encoder_complexity(24_000, true, 0, false),
-            DEFAULT_COMPLEXITY
-        );
-        assert_eq!(
-            encoder_complexity(48_000, false, 0, true),
-            DEFAULT_COMPLEXITY
-        );
-        assert_eq!(
-            encoder_complexity(40_000, true, 0, true),
-            DEFAULT_COMPLEXITY
-        );
+        // (bitrate, FEC, DRED, CELT-only) → complexity
+        for (bitrate, fec, dred, celt_only, expected) in [
+            (40_000, true, 0, false, FEC_COMPLEXITY),
+            (48_000, true, 0, false, FEC_COMPLEXITY),
+            (40_000, false, 50, false, DEFAULT_COMPLEXITY),
+            (40_000, true, 50, false, DEFAULT_COMPLEXITY),
+            (32_000, true, 0, false, DEFAULT_COMPLEXITY),
+            (32_000, false, 30, false, DEFAULT_COMPLEXITY),
+            (24_000, true, 0, false, DEFAULT_COMPLEXITY),
+            (48_000, false, 0, true, DEFAULT_COMPLEXITY),
+            (40_000, true, 0, true, DEFAULT_COMPLEXITY),
+        ] {
+            assert_eq!(
+                encoder_complexity(bitrate, fec, dred, celt_only),
+                expected,
+                "{bitrate} FEC {fec} DRED {dred} CELT-only {celt_only}"
+            );
+        }
     }
 
     /// The encoder runs at the policy's complexity from the start and moves with each retune
