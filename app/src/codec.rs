@@ -457,7 +457,7 @@ mod tests {
     /// Why the low complexity starts at 40 kbit/s: there libopus keeps in-band FEC at
     /// [`FEC_COMPLEXITY`] for every loss the rate controller plans for (2–25 %), while at
     /// 32 kbit/s and 5 % it drops FEC altogether (libopus's `decide_fec` scales the bitrate by
-    /// the complexity), which complexity 10 does not.
+    /// the complexity), which complexity 10 does not; at 2 %, so does 7.
     #[test]
     fn fec_survives_the_low_complexity_at_40_kbit_s_and_not_at_32() {
         let speech = crate::measure::speech_like(48_000, 1.5, 9);
@@ -490,6 +490,8 @@ mod tests {
         }
         assert!(fec_share(32_000, 5, DEFAULT_COMPLEXITY) > 0.5);
         assert_eq!(fec_share(32_000, 5, FEC_COMPLEXITY), 0.0);
+        // At the 2 % planned on a clean path, 7 loses it too (8 keeps it here).
+        assert_eq!(fec_share(32_000, 2, 7), 0.0);
     }
 
     /// What [`OpusDecoder::continues_after_conceal`] claims: after concealing lost frames (in
