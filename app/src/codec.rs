@@ -81,7 +81,7 @@ const LOW_COMPLEXITY_MIN_BPS: i32 = 40_000;
 /// The encoder complexity for what the quality rests on — in-band FEC or DRED, as
 /// `crate::rate::protection` chose — at `bitrate_bps`. Measured with libopus 1.6.1
 /// (docs/BENCHMARKS.md, "Opus 1.6", §2: two voices, our buffer, PESQ-WB; CPU per 20 ms frame):
-/// - **FEC at 40 kbit/s and more: 5**, a quarter less CPU per frame (~55 µs) and no quality
+/// - **FEC at 40 kbit/s and more: 5**, a quarter less CPU per frame (~50–70 µs), no quality
 ///   lost (14 cells: mean 3.536 against 3.544, no cell more than 0.06 worse). At 40 kbit/s
 ///   libopus keeps FEC in full band at any complexity and planned loss: its rate test
 ///   (`decide_fec`) scales the bitrate by (90 + complexity) %.
