@@ -99,7 +99,7 @@ fn run(mut sockets: Vec<BatchSocket>, v6: Vec<bool>, mut plane: Plane, shared: &
         let mut handle = |d: Received<'_>| {
             // One time for the whole batch: the moment it was read.
             let now = *arrived.get_or_insert_with(Instant::now);
-            plane.handle(now, d.from, d.data, &mut out);
+            plane.handle(now, d, &mut out);
         };
         if let Err(e) = receive(&mut sockets, wait, &mut handle) {
             warn!(error = %e, "receive failed");
@@ -113,9 +113,9 @@ fn run(mut sockets: Vec<BatchSocket>, v6: Vec<bool>, mut plane: Plane, shared: &
         if let [socket] = &sockets[..] {
             socket.send(&mut out, SEND_WAIT);
         } else {
-            for (to, data) in out.iter() {
-                if let Some(i) = v6.iter().position(|v6| *v6 == to.is_ipv6()) {
-                    per_socket[i].push(to, data);
+            for (route, data) in out.iter() {
+                if let Some(i) = v6.iter().position(|v6| *v6 == route.to.is_ipv6()) {
+                    per_socket[i].push(route, data);
                 }
             }
             out.clear();

@@ -43,14 +43,14 @@ use crate::core::{Close, ConnId, RelayCore};
 use crate::fresh_queue::{FreshQueue, Ready, SUBSCRIBER_QUEUE_LIMIT};
 use crate::server::RelayConfig;
 use crate::stats::{HandshakeFailure, RelayStats};
-use crate::udp_batch::SendBatch;
+use crate::udp_batch::{EcnCodepoint, Received, Route, SendBatch};
 use bytes::{Bytes, BytesMut};
 use natter_proto::control::{ErrorCode, FrameDecoder, Message};
 use quinn_proto::{
     ConnectionError, ConnectionHandle, DatagramEvent, Dir, Endpoint, Event, SendDatagramError,
     StreamEvent, StreamId, Transmit, VarInt,
 };
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -282,19 +282,25 @@ impl Plane {
         self.timers.next()
     }
 
-    /// One UDP datagram from `from` arrived at `now`. Answers the endpoint gives at once
-    /// (Retry, refusals, stateless resets) go to `out`; the rest waits for [`Plane::flush`].
-    pub(crate) fn handle(
-        &mut self,
-        now: Instant,
-        from: SocketAddr,
-        data: &[u8],
-        out: &mut SendBatch,
-    ) {
+    /// One UDP datagram arrived at `now`. Answers the endpoint gives at once (Retry,
+    /// refusals, stateless resets) go to `out`; the rest waits for [`Plane::flush`].
+    ///
+    /// Its destination address becomes the source of the connection's packets (quinn-proto
+    /// puts it in each `Transmit`), and its ECN codepoint goes into the ACKs quinn-proto
+    /// sends back, so the client's congestion control sees marks and keeps ECN on.
+    pub(crate) fn handle(&mut self, now: Instant, datagram: Received<'_>, out: &mut SendBatch) {
         self.buf.clear();
-        let event =
-            self.endpoint
-                .handle(now, from, None, None, BytesMut::from(data), &mut self.buf);
+        let ecn = datagram
+            .ecn
+            .and_then(|e| quinn_proto::EcnCodepoint::from_bits(e as u8));
+        let event = self.endpoint.handle(
+            now,
+            datagram.from,
+            datagram.dst_ip,
+            ecn,
+            BytesMut::from(datagram.data),
+            &mut self.buf,
+        );
         match event {
             Some(DatagramEvent::NewConnection(incoming)) => self.admit(now, incoming, out),
             Some(DatagramEvent::ConnectionEvent(ch, event)) => {
@@ -950,10 +956,16 @@ fn read_stream(quic: &mut quinn_proto::Connection, id: StreamId, into: &mut Vec<
     result
 }
 
-/// Puts the packets of `t` (several when quinn-proto built a GSO batch) into `out`.
+/// Puts the packets of `t` (several when quinn-proto built a GSO batch) into `out`, each
+/// from the source address and with the ECN codepoint quinn-proto asked for.
 fn push_transmit(out: &mut SendBatch, t: &Transmit, buf: &[u8]) {
+    let route = Route {
+        to: t.destination,
+        src_ip: t.src_ip,
+        ecn: t.ecn.and_then(|e| EcnCodepoint::from_bits(e as u8)),
+    };
     let segment = t.segment_size.unwrap_or(t.size).max(1);
     for packet in buf[..t.size].chunks(segment) {
-        out.push(t.destination, packet);
+        out.push(route, packet);
     }
 }

@@ -11,6 +11,7 @@ use crate::stats::DELAY_BUCKETS_US;
 use natter_proto::media::write_rtp;
 use natter_proto::rtp::{AudioLevel, RtpHeader};
 use std::collections::HashSet;
+use std::net::SocketAddr;
 
 const RELAY: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 4433);
 const LINK: Duration = Duration::from_millis(1);
@@ -21,6 +22,7 @@ struct Packet {
     at: Instant,
     from: SocketAddr,
     to: SocketAddr,
+    ecn: Option<EcnCodepoint>,
     data: Vec<u8>,
 }
 
@@ -38,6 +40,8 @@ struct Client {
     heard: Vec<(u32, u16, Duration, Instant)>,
     closed: Option<ConnectionError>,
     next_seq: u16,
+    /// The ECN codepoint of the last packet it sent.
+    last_ecn: Option<EcnCodepoint>,
 }
 
 /// What one relay round took in and sent out, and when.
@@ -46,6 +50,8 @@ struct Round {
     at: Instant,
     received: usize,
     sent: usize,
+    /// Of those sent, how many carried an ECN codepoint.
+    marked: usize,
     destinations: HashSet<SocketAddr>,
 }
 
@@ -61,6 +67,9 @@ struct Net {
     /// Per relay round: packets received, packets sent, and the distinct destinations.
     rounds: Vec<Round>,
     stale_after: Duration,
+    /// The relay's address as the clients dial it. On a wildcard bind its packets leave from
+    /// [`RELAY`] (the kernel's choice) unless they name their source.
+    dialed: SocketAddr,
 }
 
 impl Net {
@@ -84,6 +93,7 @@ impl Net {
             client_config: natter_loadgen::client_config(fingerprint).expect("client config"),
             rounds: Vec::new(),
             stale_after,
+            dialed: RELAY,
         }
     }
 
@@ -98,7 +108,12 @@ impl Net {
             None,
         );
         let (ch, conn) = endpoint
-            .connect(self.now, self.client_config.clone(), RELAY, "natter-relay")
+            .connect(
+                self.now,
+                self.client_config.clone(),
+                self.dialed,
+                "natter-relay",
+            )
             .expect("connect");
         self.clients.push(Client {
             addr,
@@ -112,6 +127,7 @@ impl Net {
             heard: Vec::new(),
             closed: None,
             next_seq: 0,
+            last_ecn: None,
         });
         i
     }
@@ -190,8 +206,14 @@ impl Net {
         // The relay: this step's packets as one batch, then one round.
         let mut out = SendBatch::default();
         let mut received = 0;
-        for p in due.iter().filter(|p| p.to == RELAY) {
-            self.plane.handle(now, p.from, &p.data, &mut out);
+        for p in due.iter().filter(|p| p.to == self.dialed) {
+            let datagram = Received {
+                from: p.from,
+                dst_ip: Some(self.dialed.ip()),
+                ecn: p.ecn,
+                data: &p.data,
+            };
+            self.plane.handle(now, datagram, &mut out);
             received += 1;
         }
         self.plane.handle_timeouts(now);
@@ -200,13 +222,15 @@ impl Net {
             at: now,
             received,
             sent: out.len(),
-            destinations: out.iter().map(|(to, _)| to).collect(),
+            marked: out.iter().filter(|(r, _)| r.ecn.is_some()).count(),
+            destinations: out.iter().map(|(r, _)| r.to).collect(),
         });
-        for (to, data) in out.iter() {
+        for (route, data) in out.iter() {
             self.flight.push(Packet {
                 at: now + LINK,
-                from: RELAY,
-                to,
+                from: SocketAddr::new(route.src_ip.unwrap_or(RELAY.ip()), RELAY.port()),
+                to: route.to,
+                ecn: route.ecn,
                 data: data.to_vec(),
             });
         }
@@ -214,11 +238,14 @@ impl Net {
         for (i, c) in self.clients.iter_mut().enumerate() {
             for p in due.iter().filter(|p| p.to == c.addr) {
                 let mut buf = Vec::new();
+                let ecn = p
+                    .ecn
+                    .and_then(|e| quinn_proto::EcnCodepoint::from_bits(e as u8));
                 if let Some(DatagramEvent::ConnectionEvent(_, event)) = c.endpoint.handle(
                     now,
                     p.from,
                     None,
-                    None,
+                    ecn,
                     BytesMut::from(&p.data[..]),
                     &mut buf,
                 ) {
@@ -227,12 +254,15 @@ impl Net {
             }
             let packets = c.poll(now);
             if !self.cut.contains(&i) {
-                self.flight.extend(packets.into_iter().map(|data| Packet {
-                    at: now + LINK,
-                    from: c.addr,
-                    to: RELAY,
-                    data,
-                }));
+                let to = self.dialed;
+                self.flight
+                    .extend(packets.into_iter().map(|(data, ecn)| Packet {
+                        at: now + LINK,
+                        from: c.addr,
+                        to,
+                        ecn,
+                        data,
+                    }));
             }
         }
     }
@@ -307,8 +337,9 @@ impl Net {
 }
 
 impl Client {
-    /// Runs the client's timers and events; returns the packets it sends.
-    fn poll(&mut self, now: Instant) -> Vec<Vec<u8>> {
+    /// Runs the client's timers and events; returns the packets it sends, with their ECN
+    /// codepoints.
+    fn poll(&mut self, now: Instant) -> Vec<(Vec<u8>, Option<EcnCodepoint>)> {
         if self.conn.poll_timeout().is_some_and(|t| t <= now) {
             self.conn.handle_timeout(now);
         }
@@ -354,7 +385,9 @@ impl Client {
         let mut buf = Vec::new();
         while let Some(t) = self.conn.poll_transmit(now, 10, &mut buf) {
             let segment = t.segment_size.unwrap_or(t.size);
-            out.extend(buf[..t.size].chunks(segment).map(<[u8]>::to_vec));
+            let ecn = t.ecn.and_then(|e| EcnCodepoint::from_bits(e as u8));
+            self.last_ecn = ecn;
+            out.extend(buf[..t.size].chunks(segment).map(|p| (p.to_vec(), ecn)));
             buf.clear();
         }
         out
@@ -496,4 +529,40 @@ fn a_deadline_expiring_mid_batch_closes_only_its_connection() {
     }
     // Closed, drained and forgotten.
     assert_eq!(net.plane.conns.len(), 4);
+}
+
+/// A relay on a wildcard bind, dialled at an address that is not the one the kernel would
+/// send from: the handshake completes (the relay's packets leave from the dialled address;
+/// the client's QUIC drops packets from any other), and ECN stays on both ways through a call
+/// (each side reports the marks it received in its ACKs; a side whose ACKs lack them makes
+/// the other stop marking).
+#[test]
+fn replies_leave_from_the_dialled_address_and_ecn_stays_on() {
+    let mut net = Net::new(|_| {});
+    net.dialed = SocketAddr::new(IpAddr::from([127, 0, 0, 2]), RELAY.port());
+    let n = 5;
+    for i in 0..n {
+        net.connect();
+        net.join(i, "room");
+    }
+    net.until_welcomed(0..n);
+    net.talk(0..n, 50);
+    net.all_heard(0..n, 50);
+    let end = net.rounds.last().expect("rounds").at;
+    let last: Vec<&Round> = net
+        .rounds
+        .iter()
+        .filter(|r| r.at + Duration::from_millis(200) > end && r.sent > 0)
+        .collect();
+    assert!(!last.is_empty());
+    for r in last {
+        assert_eq!(r.marked, r.sent, "the relay stopped marking: {r:?}");
+    }
+    for c in &net.clients {
+        assert_eq!(
+            c.last_ecn,
+            Some(EcnCodepoint::Ect0),
+            "a client stopped marking"
+        );
+    }
 }
