@@ -9,7 +9,7 @@ use crate::admission::{Admissions, Handshake, HandshakeLimits};
 use crate::bucket::TokenBucket;
 use crate::cluster::DirectoryConfig;
 use crate::cluster::directory::{Health, RelayRecord};
-use crate::cluster::store::{DirectoryHandle, Feeds, Store, StoreError};
+use crate::cluster::store::{DirectoryHandle, EdgesFeed, Feeds, PeersFeed, Store, StoreError};
 use crate::cluster::trunk::{Mesh, TRUNK_ALPN, TrunkConfig};
 use crate::control_queue::{CONTROL_QUEUE_LIMIT, ControlQueue, QueueFull};
 use crate::control_stage::{Deadline, Stage, welcomed};
@@ -22,12 +22,13 @@ use natter_proto::control::{ClusterEdge, ErrorCode, FrameDecoder, Message};
 use natter_proto::invite::Invite;
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{Connection, Endpoint, TransportConfig, VarInt};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use thiserror::Error;
-use tracing::{Instrument, debug, info, info_span};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 /// How the relay runs.
 #[derive(Debug, Clone)]
@@ -396,6 +397,9 @@ pub(crate) struct Shared {
     /// The batched plane's occupancy, as its loop last published it (`None`: the quinn plane,
     /// whose core is the one above).
     published: Mutex<Option<crate::plane::Occupancy>>,
+    /// The batched plane's rooms with members, as its loop last published them (for the
+    /// directory).
+    published_rooms: Mutex<BTreeSet<String>>,
     next_conn: AtomicU64,
     pub(crate) shutting_down: AtomicBool,
     handshaking: AtomicU64,
@@ -436,9 +440,36 @@ impl crate::metrics::Source for Shared {
 }
 
 impl Shared {
-    /// The batched plane's loop publishes its occupancy (once a round).
-    pub(crate) fn publish(&self, occupancy: crate::plane::Occupancy) {
+    /// The batched plane's loop publishes its occupancy (once a round), and its rooms when a
+    /// room gained its first or lost its last member (the directory is poked then).
+    pub(crate) fn publish(
+        &self,
+        occupancy: crate::plane::Occupancy,
+        rooms: Option<BTreeSet<String>>,
+    ) {
         *self.published.lock().unwrap_or_else(|p| p.into_inner()) = Some(occupancy);
+        if let Some(rooms) = rooms {
+            *self
+                .published_rooms
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = rooms;
+            self.rooms_changed.notify_one();
+        }
+    }
+
+    /// The rooms with members and the participant count, from whichever plane runs.
+    fn rooms_and_load(&self) -> (BTreeSet<String>, u32) {
+        if let Some(o) = *self.published.lock().unwrap_or_else(|p| p.into_inner()) {
+            let rooms = self
+                .published_rooms
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            return (rooms, o.participants as u32);
+        }
+        let core = self.core();
+        let rooms = core.room_names().map(str::to_string).collect();
+        (rooms, core.participant_count() as u32)
     }
 
     pub(crate) fn mesh(&self) -> Option<&Mesh> {
@@ -686,9 +717,32 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
         plane: None,
     };
     if let Some(config) = relay.shared.config.directory.clone() {
-        relay.directory = Some(relay.join_directory(&config)?);
+        relay.directory = Some(relay.join_directory(&config, None)?);
     }
     Ok(relay)
+}
+
+/// The directory's view of our rooms' other relays, each with the address its record names
+/// resolved (records that do not resolve are left out: the next heartbeat tries again).
+async fn resolve(
+    rooms: BTreeMap<String, Vec<RelayRecord>>,
+) -> BTreeMap<String, Vec<(RelayRecord, SocketAddr)>> {
+    let mut resolved = BTreeMap::new();
+    for (room, records) in rooms {
+        let mut relays = Vec::new();
+        for record in records {
+            let first = tokio::net::lookup_host(record.addr.as_str())
+                .await
+                .map(|mut addrs| addrs.next());
+            match first {
+                Ok(Some(addr)) => relays.push((record, addr)),
+                Ok(None) => {}
+                Err(e) => warn!(peer = %record.id, error = %e, "cannot resolve a relay"),
+            }
+        }
+        resolved.insert(room, relays);
+    }
+    resolved
 }
 
 /// A relay core for `config`, its handles of type `H` (each data plane has its own).
@@ -700,7 +754,8 @@ fn new_core<H: Clone>(config: &RelayConfig) -> RelayCore<H> {
     .with_ssrc_salt(random_u32())
 }
 
-/// Starts the batched data plane (`crate::plane`) on its own thread.
+/// Starts the batched data plane (`crate::plane`) on its own thread, and the directory task
+/// that tells it about the cluster.
 async fn start_batched(
     config: RelayConfig,
     server: quinn::ServerConfig,
@@ -708,21 +763,30 @@ async fn start_batched(
     if config.threads > 1 {
         return Err(RelayError::Unsupported("more than one thread"));
     }
-    if config.directory.is_some() || config.trunks.is_some() {
-        return Err(RelayError::Unsupported("a cluster directory or trunks"));
-    }
-    let core = new_core(&config);
+    let mut core = new_core(&config);
+    let mesh = config.trunks.as_ref().map(|trunks| {
+        core.set_node(trunks.node);
+        crate::plane::MeshSettings {
+            secret: trunks.secret.clone(),
+            id: relay_id(&config),
+        }
+    });
     let listen = config.listen.clone();
     let shared = Shared::new(RelayCore::new("", Limits::default()), config, None);
-    let (addrs, plane) = crate::plane::spawn(&listen, server, core, shared.clone())?;
+    let (commands, inbox) = std::sync::mpsc::channel();
+    let (addrs, plane) = crate::plane::spawn(&listen, server, core, mesh, inbox, shared.clone())?;
     info!(addrs = ?addrs, "relay listening (batched data plane)");
-    Ok(RelayHandle {
+    let mut relay = RelayHandle {
         shared,
         endpoints: Vec::new(),
         addrs,
         directory: None,
         plane: Some(plane),
-    })
+    };
+    if let Some(config) = relay.shared.config.directory.clone() {
+        relay.directory = Some(relay.join_directory(&config, Some(commands))?);
+    }
+    Ok(relay)
 }
 
 impl Shared {
@@ -731,6 +795,7 @@ impl Shared {
             core: Mutex::new(core),
             stats: Arc::default(),
             published: Mutex::default(),
+            published_rooms: Mutex::default(),
             next_conn: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
             handshaking: AtomicU64::new(0),
@@ -826,8 +891,14 @@ impl RelayHandle {
     }
 
     /// Starts the directory task: this relay's record (the invite's address and
-    /// fingerprint), and its rooms and load read from the core whenever the task writes.
-    fn join_directory(&self, config: &DirectoryConfig) -> Result<DirectoryHandle, RelayError> {
+    /// fingerprint), and its rooms and load read from the core (or as the batched plane
+    /// published them) whenever the task writes. What it reads back goes to the mesh and the
+    /// clients, through `plane` when the batched plane runs them.
+    fn join_directory(
+        &self,
+        config: &DirectoryConfig,
+        plane: Option<std::sync::mpsc::Sender<crate::plane::Command>>,
+    ) -> Result<DirectoryHandle, RelayError> {
         let invite = self.invite();
         let fingerprint = natter_proto::invite::fingerprint_hex(&self.fingerprint());
         let record = RelayRecord {
@@ -838,25 +909,44 @@ impl RelayHandle {
             load: 0,
         };
         let shared = self.shared.clone();
-        let local = Box::new(move || {
-            let core = shared.core();
-            let rooms = core.room_names().map(str::to_string).collect();
-            (rooms, core.participant_count() as u32)
-        });
+        let local = Box::new(move || shared.rooms_and_load());
         // With trunks, what the directory says about our rooms' other relays goes to the mesh;
         // the cluster's live relays go to our clients.
-        let peers = self.shared.mesh.is_some().then(|| {
-            let shared = self.shared.clone();
-            Box::new(move |rooms| {
-                if let Some(mesh) = shared.mesh() {
-                    mesh.update(&shared, rooms);
-                }
-            }) as crate::cluster::store::PeersFeed
-        });
-        let shared = self.shared.clone();
-        let edges = Box::new(move |relays: Vec<RelayRecord>| {
-            shared.set_edges(crate::cluster::directory::cluster_edges(&relays));
-        });
+        let (peers, edges): (Option<PeersFeed>, EdgesFeed) = match plane {
+            Some(plane) => {
+                let to_plane = plane.clone();
+                let peers = self.shared.config.trunks.is_some().then(|| {
+                    Box::new(move |rooms| {
+                        // The loop never waits on DNS: the addresses are resolved here first.
+                        let plane = to_plane.clone();
+                        tokio::spawn(async move {
+                            let rooms = resolve(rooms).await;
+                            let _ = plane.send(crate::plane::Command::Peers(rooms));
+                        });
+                    }) as PeersFeed
+                });
+                let edges = Box::new(move |relays: Vec<RelayRecord>| {
+                    let edges = crate::cluster::directory::cluster_edges(&relays);
+                    let _ = plane.send(crate::plane::Command::Edges(edges));
+                }) as EdgesFeed;
+                (peers, edges)
+            }
+            None => {
+                let peers = self.shared.mesh.is_some().then(|| {
+                    let shared = self.shared.clone();
+                    Box::new(move |rooms| {
+                        if let Some(mesh) = shared.mesh() {
+                            mesh.update(&shared, rooms);
+                        }
+                    }) as PeersFeed
+                });
+                let shared = self.shared.clone();
+                let edges = Box::new(move |relays: Vec<RelayRecord>| {
+                    shared.set_edges(crate::cluster::directory::cluster_edges(&relays));
+                }) as EdgesFeed;
+                (peers, edges)
+            }
+        };
         let feeds = Feeds {
             peers,
             edges: Some(edges),
@@ -904,8 +994,13 @@ impl RelayHandle {
     pub async fn shutdown(mut self, grace: Duration) {
         self.shared.shutting_down.store(true, Relaxed);
         if let Some(plane) = self.plane.take() {
-            // The plane's loop says goodbye itself.
+            // The plane's loop says goodbye itself (its trunks too); then the directory
+            // forgets this relay's rooms.
             plane.finished(grace).await;
+            if let Some(directory) = self.directory.take() {
+                let (rooms, _) = self.shared.rooms_and_load();
+                directory.withdraw(&rooms).await;
+            }
             return;
         }
         if let Some(directory) = self.directory.take() {

@@ -33,10 +33,10 @@ use tracing::{debug, info, warn};
 pub const TRUNK_ALPN: &[u8] = b"natter-trunk/1";
 
 /// Longest a trunk's handshake and proof exchange may take.
-const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Room streams a trunk may open (rooms shared by one pair of relays).
-const MAX_ROOM_STREAMS: u32 = 1024;
+pub(crate) const MAX_ROOM_STREAMS: u32 = 1024;
 
 /// How a relay takes part in the mesh.
 #[derive(Clone)]
@@ -139,14 +139,24 @@ impl Mesh {
     }
 }
 
+/// The exporter label and context of the proofs: each side signs its own side's keying
+/// material of this connection.
+pub(crate) const EXPORTER_LABEL: &[u8] = b"natter trunk";
+
 /// What `side` of this connection (`dialer`/`acceptor`) with id `id` signs: the connection's
 /// TLS exporter for that side, then the id.
 fn proof_message(conn: &Connection, side: &str, id: &str) -> Option<Vec<u8>> {
-    let mut message = vec![0u8; 32];
-    conn.export_keying_material(&mut message, b"natter trunk", side.as_bytes())
+    let mut keying = [0u8; 32];
+    conn.export_keying_material(&mut keying, EXPORTER_LABEL, side.as_bytes())
         .ok()?;
+    Some(signed_message(&keying, id))
+}
+
+/// The keying material of one side, then its id.
+fn signed_message(keying: &[u8; 32], id: &str) -> Vec<u8> {
+    let mut message = keying.to_vec();
     message.extend_from_slice(id.as_bytes());
-    Some(message)
+    message
 }
 
 /// HMAC-SHA256 proof that `side` of this connection holds `secret`.
@@ -156,12 +166,48 @@ fn proof(secret: &[u8], conn: &Connection, side: &str, id: &str) -> Option<[u8; 
     tag.as_ref().try_into().ok()
 }
 
+/// The proof for a side whose exported keying material is `keying` (for a shell that exports
+/// it itself).
+pub(crate) fn sign(secret: &[u8], keying: &[u8; 32], id: &str) -> [u8; 32] {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let tag = ring::hmac::sign(&key, &signed_message(keying, id));
+    let mut out = [0u8; 32];
+    out.copy_from_slice(tag.as_ref());
+    out
+}
+
+/// Checks, in constant time, a proof for a side whose keying material is `keying`.
+pub(crate) fn verify(secret: &[u8], keying: &[u8; 32], id: &str, got: &[u8; 32]) -> bool {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    ring::hmac::verify(&key, &signed_message(keying, id), got).is_ok()
+}
+
 /// One frame of the proof exchange: id length, id, 32-byte proof.
-async fn send_proof(send: &mut quinn::SendStream, id: &str, proof: &[u8; 32]) -> Option<()> {
+pub(crate) fn proof_frame(id: &str, proof: &[u8; 32]) -> Option<Vec<u8>> {
     let mut frame = vec![u8::try_from(id.len()).ok()?];
     frame.extend_from_slice(id.as_bytes());
     frame.extend_from_slice(proof);
-    send.write_all(&frame).await.ok()
+    Some(frame)
+}
+
+/// Parses a proof frame from the bytes read so far: `None` while incomplete, `Some(None)` for
+/// a frame that is not a valid one.
+pub(crate) fn parse_proof_frame(bytes: &[u8]) -> Option<Option<(String, [u8; 32])>> {
+    let (&len, rest) = bytes.split_first()?;
+    let len = usize::from(len);
+    if rest.len() < len + 32 {
+        return None;
+    }
+    let id = String::from_utf8(rest[..len].to_vec()).ok();
+    let proof: [u8; 32] = rest[len..len + 32].try_into().expect("32 bytes");
+    Some(
+        id.filter(|id| natter_proto::control::valid_name(id))
+            .map(|id| (id, proof)),
+    )
+}
+
+async fn send_proof(send: &mut quinn::SendStream, id: &str, proof: &[u8; 32]) -> Option<()> {
+    send.write_all(&proof_frame(id, proof)?).await.ok()
 }
 
 async fn read_proof(recv: &mut quinn::RecvStream) -> Option<(String, [u8; 32])> {
@@ -254,7 +300,9 @@ async fn dial(shared: &Arc<Shared>, record: &RelayRecord) -> Result<Connection, 
         .map_err(|_| "timed out".to_string())?
 }
 
-fn client_config(fingerprint: [u8; 32]) -> Result<quinn::ClientConfig, String> {
+/// The client side of a trunk: pinned to the peer's fingerprint, ALPN `natter-trunk/1`,
+/// keep-alives, room streams, and a datagram buffer of one packet.
+pub(crate) fn client_config(fingerprint: [u8; 32]) -> Result<quinn::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])

@@ -4,13 +4,14 @@
 //! were touched, and sends everything they had to send with one `sendmmsg` per socket; then it
 //! sleeps in `poll` until the next packet or deadline.
 
-use super::Plane;
+use super::{Command, MeshSettings, Plane};
 use crate::core::RelayCore;
 use crate::server::{RelayError, Shared, bind, unix_ms};
 use crate::udp_batch::{BatchSocket, Received, SendBatch, wait_readable};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 use tracing::warn;
 
@@ -39,10 +40,13 @@ impl PlaneHandle {
 
 /// Binds `addrs` and starts the plane's thread for `shared`'s relay; returns the bound
 /// addresses.
+/// `commands`: what the directory task tells the loop (read once a round).
 pub(crate) fn spawn(
     addrs: &[SocketAddr],
     server: quinn_proto::ServerConfig,
-    core: RelayCore<quinn_proto::ConnectionHandle>,
+    core: RelayCore<super::Target>,
+    mesh: Option<MeshSettings>,
+    commands: Receiver<Command>,
     shared: Arc<Shared>,
 ) -> Result<(Vec<SocketAddr>, PlaneHandle), RelayError> {
     let mut sockets = Vec::new();
@@ -62,6 +66,7 @@ pub(crate) fn spawn(
         server,
         core,
         shared.stats.clone(),
+        mesh,
         Instant::now(),
         unix_ms(),
     );
@@ -70,7 +75,7 @@ pub(crate) fn spawn(
     std::thread::Builder::new()
         .name("natter-relay-plane".into())
         .spawn(move || {
-            run(sockets, families, plane, &shared);
+            run(sockets, families, plane, &commands, &shared);
             let _ = tx.send(());
         })
         .map_err(|e| RelayError::Bind(addrs[0], e))?;
@@ -78,7 +83,13 @@ pub(crate) fn spawn(
 }
 
 /// The loop. `v6[i]`: socket `i` is IPv6's (each packet leaves by the socket of its family).
-fn run(mut sockets: Vec<BatchSocket>, v6: Vec<bool>, mut plane: Plane, shared: &Shared) {
+fn run(
+    mut sockets: Vec<BatchSocket>,
+    v6: Vec<bool>,
+    mut plane: Plane,
+    commands: &Receiver<Command>,
+    shared: &Shared,
+) {
     let mut out = SendBatch::default();
     let mut per_socket: Vec<SendBatch> = sockets.iter().map(|_| SendBatch::default()).collect();
     let mut shutdown_at: Option<Instant> = None;
@@ -106,6 +117,14 @@ fn run(mut sockets: Vec<BatchSocket>, v6: Vec<bool>, mut plane: Plane, shared: &
             std::thread::sleep(Duration::from_millis(1));
         }
         let now = Instant::now();
+        // The directory's news waits at most one round (IDLE_WAKE when idle): it is about
+        // other relays, not about this round's audio.
+        while let Ok(command) = commands.try_recv() {
+            match command {
+                Command::Peers(rooms) => plane.peers(now, rooms),
+                Command::Edges(edges) => plane.set_edges(now, edges),
+            }
+        }
         plane.handle_timeouts(now);
         plane.flush(now, &mut out);
         // What the kernel has no room for is lost like any UDP packet: QUIC's loss recovery
@@ -123,7 +142,7 @@ fn run(mut sockets: Vec<BatchSocket>, v6: Vec<bool>, mut plane: Plane, shared: &
                 socket.send(batch, SEND_WAIT);
             }
         }
-        shared.publish(plane.occupancy());
+        shared.publish(plane.occupancy(), plane.take_rooms_changed());
     }
 }
 

@@ -24,19 +24,23 @@
 //! What the relay's control plane does is the same as in the quinn shell (`server.rs`), from
 //! the same pure pieces: admission ([`Admissions::decide`]), the hello and join deadlines
 //! ([`Stage`]), the bounded control queue ([`ControlQueue`]), the control-message rate, the
-//! core's rooms, tokens, rate limits, echo and loudest-speaker rule. Not here: cluster trunks
-//! and the directory (the relay refuses to start the batched plane with them).
+//! core's rooms, tokens, rate limits, echo and loudest-speaker rule. Trunks to the cluster's
+//! other relays are connections of the same endpoint and run in the same rounds (`trunk.rs`);
+//! the directory task (tokio, Redis) tells the loop what it reads back through a channel.
 
 mod io;
 mod timers;
+mod trunk;
 
 #[cfg(test)]
 mod tests;
 
 pub(crate) use io::{PlaneHandle, spawn};
+pub(crate) use trunk::{Command, MeshSettings};
 
 use crate::admission::{Admissions, Handshake, HandshakeLimits};
 use crate::bucket::TokenBucket;
+use crate::cluster::trunk::TRUNK_ALPN;
 use crate::control_queue::{CONTROL_QUEUE_LIMIT, ControlQueue, QueueFull};
 use crate::control_stage::{Deadline, Stage, welcomed};
 use crate::core::{Close, ConnId, RelayCore};
@@ -45,11 +49,12 @@ use crate::server::RelayConfig;
 use crate::stats::{HandshakeFailure, RelayStats};
 use crate::udp_batch::{EcnCodepoint, Received, Route, SendBatch};
 use bytes::{Bytes, BytesMut};
-use natter_proto::control::{ErrorCode, FrameDecoder, Message};
+use natter_proto::control::{ClusterEdge, ErrorCode, FrameDecoder, Message};
 use quinn_proto::{
     ConnectionError, ConnectionHandle, DatagramEvent, Dir, Endpoint, Event, SendDatagramError,
     StreamEvent, StreamId, Transmit, VarInt,
 };
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -110,6 +115,36 @@ struct Conn {
     /// A datagram taken from the queue that quinn-proto had no room for yet.
     holding: Option<Ready<Bytes, Instant>>,
     touched: bool,
+    /// A connection to another relay of the cluster (dialled or accepted).
+    trunk: Option<Box<trunk::TrunkConn>>,
+    /// This relay dialled it (not admitted, not counted among the handshakes).
+    dialed: bool,
+}
+
+impl Conn {
+    fn new(quic: quinn_proto::Connection, ip: IpAddr, settings: &Settings, dialed: bool) -> Self {
+        Conn {
+            quic,
+            ip,
+            connected: dialed,
+            control: None,
+            in_core: false,
+            stage: Stage::AwaitHello,
+            deadline: None,
+            decoder: FrameDecoder::new(),
+            bucket: TokenBucket::new(settings.control_rate, settings.control_burst, 0.0),
+            throttled: None,
+            outbox: ControlQueue::default(),
+            unsent: Vec::new(),
+            written: 0,
+            closing: None,
+            queue: FreshQueue::new(settings.stale_after, SUBSCRIBER_QUEUE_LIMIT),
+            holding: None,
+            touched: false,
+            trunk: None,
+            dialed,
+        }
+    }
 }
 
 /// The connections by their quinn-proto handle, which is an index into the endpoint's own slab
@@ -191,7 +226,7 @@ pub(crate) struct Occupancy {
 pub(crate) struct Plane {
     endpoint: Endpoint,
     conns: Conns,
-    core: RelayCore<ConnectionHandle>,
+    core: RelayCore<Target>,
     timers: Timers<Instant>,
     /// Connections to process in this round, in the order they were touched.
     touched: Vec<ConnectionHandle>,
@@ -208,6 +243,14 @@ pub(crate) struct Plane {
     buf: Vec<u8>,
     targets: Vec<ConnectionHandle>,
     read: Vec<u8>,
+    /// Trunks to the cluster's other relays (`None`: no cluster secret).
+    mesh: Option<trunk::Mesh>,
+    /// The cluster's live edges, as the directory last listed them.
+    edges: Vec<ClusterEdge>,
+    /// A room gained its first or lost its last member since the directory last looked.
+    rooms_changed: bool,
+    /// Rooms went away: trunk subscriptions may have ended.
+    subs_dirty: bool,
 }
 
 impl Plane {
@@ -216,8 +259,9 @@ impl Plane {
     pub(crate) fn new(
         config: &RelayConfig,
         server: quinn_proto::ServerConfig,
-        core: RelayCore<ConnectionHandle>,
+        core: RelayCore<Target>,
         stats: Arc<RelayStats>,
+        mesh: Option<MeshSettings>,
         now: Instant,
         unix_ms: u64,
     ) -> Self {
@@ -250,6 +294,10 @@ impl Plane {
             buf: Vec::with_capacity(64 * 1024),
             targets: Vec::with_capacity(16),
             read: Vec::with_capacity(CONTROL_READ),
+            mesh: mesh.map(trunk::Mesh::new),
+            edges: Vec::new(),
+            rooms_changed: false,
+            subs_dirty: false,
         }
     }
 
@@ -270,6 +318,12 @@ impl Plane {
             participants: self.core.participant_count(),
             handshakes: self.handshaking,
         }
+    }
+
+    /// The rooms with members, when they changed since the last call (for the directory).
+    pub(crate) fn take_rooms_changed(&mut self) -> Option<BTreeSet<String>> {
+        std::mem::take(&mut self.rooms_changed)
+            .then(|| self.core.room_names().map(str::to_string).collect())
     }
 
     /// No connection is left (after a shutdown: the loop may end).
@@ -343,33 +397,8 @@ impl Plane {
             Handshake::Accept => match self.endpoint.accept(incoming, now, &mut self.buf, None) {
                 Ok((ch, quic)) => {
                     self.handshaking += 1;
-                    let settings = &self.settings;
-                    self.conns.insert(
-                        ch,
-                        Conn {
-                            quic,
-                            ip,
-                            connected: false,
-                            control: None,
-                            in_core: false,
-                            stage: Stage::AwaitHello,
-                            deadline: None,
-                            decoder: FrameDecoder::new(),
-                            bucket: TokenBucket::new(
-                                settings.control_rate,
-                                settings.control_burst,
-                                0.0,
-                            ),
-                            throttled: None,
-                            outbox: ControlQueue::default(),
-                            unsent: Vec::new(),
-                            written: 0,
-                            closing: None,
-                            queue: FreshQueue::new(settings.stale_after, SUBSCRIBER_QUEUE_LIMIT),
-                            holding: None,
-                            touched: false,
-                        },
-                    );
+                    self.conns
+                        .insert(ch, Conn::new(quic, ip, &self.settings, false));
                     self.touch(ch);
                 }
                 Err(e) => {
@@ -405,8 +434,12 @@ impl Plane {
             }
             let missed = conn.deadline.is_some_and(|t| t <= now) && conn.closing.is_none();
             let stage = conn.stage;
+            let trunk = conn.trunk.is_some();
             self.touch(ch);
-            if missed {
+            if missed && trunk {
+                // The handshake or the proofs took too long.
+                self.refuse(now, ch);
+            } else if missed {
                 let close = stage.missed(self.settings.join_timeout);
                 self.request_close(now, ch, close);
             }
@@ -426,6 +459,9 @@ impl Plane {
                 i += 1;
                 self.process(now, ch);
             }
+            if std::mem::take(&mut self.subs_dirty) {
+                self.end_subscriptions();
+            }
             // Phase B: control writes, queued datagrams into quinn-proto, packets out, timers.
             let mut pass = std::mem::take(&mut self.spare);
             std::mem::swap(&mut pass, &mut self.touched);
@@ -441,9 +477,11 @@ impl Plane {
     fn process(&mut self, now: Instant, ch: ConnectionHandle) {
         self.endpoint_events(now, ch);
         while let Some(event) = self.conns.get_mut(&ch).and_then(|c| c.quic.poll()) {
+            let trunk = self.conns.get(&ch).is_some_and(|c| c.trunk.is_some());
             match event {
                 Event::Connected => self.connected(now, ch),
                 Event::ConnectionLost { reason } => self.lost(now, ch, &reason),
+                event if trunk => self.trunk_event(now, ch, event),
                 Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) => self.opened(now, ch),
                 Event::Stream(StreamEvent::Readable { .. }) => self.read_control(now, ch),
                 Event::DatagramReceived => self.receive_datagrams(now, ch),
@@ -463,12 +501,24 @@ impl Plane {
     }
 
     fn connected(&mut self, now: Instant, ch: ConnectionHandle) {
-        self.handshaking = self.handshaking.saturating_sub(1);
-        self.stats.connections_accepted.fetch_add(1, Relaxed);
         let Some(conn) = self.conns.get_mut(&ch) else {
             return;
         };
+        if conn.dialed {
+            return self.trunk_connected(now, ch);
+        }
+        self.handshaking = self.handshaking.saturating_sub(1);
+        self.stats.connections_accepted.fetch_add(1, Relaxed);
         conn.connected = true;
+        let alpn = conn
+            .quic
+            .crypto_session()
+            .handshake_data()
+            .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+            .and_then(|d| d.protocol);
+        if alpn.as_deref() == Some(TRUNK_ALPN) {
+            return self.trunk_connected(now, ch);
+        }
         // Media only travels as datagrams (RFC 9221): a client that did not enable them could
         // join but would never hear or be heard, so it is told at once instead.
         if conn.quic.datagrams().max_size().is_none() {
@@ -500,6 +550,7 @@ impl Plane {
             debug!(conn = ch.0, reason = %reason, "disconnected");
         }
         self.leave_core(now, ch);
+        self.trunk_gone(now, ch);
     }
 
     /// The client opened its control stream: the connection enters the core.
@@ -516,7 +567,7 @@ impl Plane {
         }
         conn.control = Some(id);
         conn.in_core = true;
-        self.core.connect(conn_id(ch), ch, unix_ms);
+        self.core.connect(conn_id(ch), Target::client(ch), unix_ms);
         self.read_control(now, ch);
     }
 
@@ -590,17 +641,27 @@ impl Plane {
         let joining = matches!(msg, Message::Join { .. });
         let (next_stage, next_deadline) = conn.stage.after(&msg, self.settings.join_timeout);
         let outcome = self.core.on_message(conn_id(ch), msg, self.unix_ms(now));
-        if let Some((room, name, participant)) = welcomed(&outcome.sends, joining) {
-            info!(room = %room, name = %name, participant, "join");
-        }
+        let joined = welcomed(&outcome.sends, joining);
         for (to, msg) in outcome.sends {
-            self.send_control(now, to, msg);
+            self.tell(now, to, msg);
+        }
+        if let Some((room, name, participant)) = joined {
+            info!(room = %room, name = %name, participant, "join");
+            self.rooms_changed = true;
+            // The cluster's edges, after the Welcome, for a client to move to when this relay
+            // fails.
+            if !self.edges.is_empty() {
+                let edges = Message::Edges {
+                    edges: self.edges.clone(),
+                };
+                self.send_control(now, ch, edges);
+            }
         }
         if !outcome.evict.is_empty() {
             info!("access token joined again: closed its previous connection");
         }
         for (to, why) in outcome.evict {
-            self.request_close(now, to, why);
+            self.request_close(now, to.ch, why);
         }
         if let Some(close) = outcome.close {
             self.request_close(now, ch, close);
@@ -613,6 +674,14 @@ impl Plane {
                 Deadline::In(d) => conn.deadline = Some(now + d),
                 Deadline::Clear => conn.deadline = None,
             }
+        }
+    }
+
+    /// Queues `msg` for `to`: a client's control stream or a trunk's room stream.
+    fn tell(&mut self, now: Instant, to: Target, msg: Message) {
+        match to.room {
+            None => self.send_control(now, to.ch, msg),
+            Some(stream) => self.send_room(now, to.ch, stream, &msg),
         }
     }
 
@@ -689,8 +758,10 @@ impl Plane {
             return;
         }
         let notices = self.core.disconnect(conn_id(ch));
+        self.rooms_changed = true;
+        self.subs_dirty = true;
         for (to, msg) in notices {
-            self.send_control(now, to, msg);
+            self.tell(now, to, msg);
         }
     }
 
@@ -708,7 +779,7 @@ impl Plane {
             self.targets.clear();
             let unix_ms = self.unix_ms(now);
             match self.core.route(conn_id(ch), &datagram, unix_ms) {
-                Ok(peers) => self.targets.extend(peers.copied()),
+                Ok(peers) => self.targets.extend(peers.map(|t| t.ch)),
                 Err(reason) => {
                     self.stats.count_drop(reason);
                     continue;
@@ -757,6 +828,7 @@ impl Plane {
         };
         conn.touched = false;
         write_control(conn, now);
+        trunk::write_trunk(conn);
         if let Some(closing) = &mut conn.closing
             && !closing.done
             && closing.at <= now
@@ -806,9 +878,13 @@ impl Plane {
             }
         }
         if drained {
-            // Out of the core before the handle can be reused for another connection.
+            // Out of the core and the mesh before the handle can be reused for another
+            // connection.
             self.leave_core(now, ch);
-            if let Some(conn) = self.conns.remove(&ch) {
+            self.trunk_gone(now, ch);
+            if let Some(conn) = self.conns.remove(&ch)
+                && !conn.dialed
+            {
                 if !conn.connected {
                     self.handshaking = self.handshaking.saturating_sub(1);
                 }
@@ -830,6 +906,20 @@ impl Plane {
                 Close::Error(ErrorCode::ShuttingDown, "the relay is shutting down".into()),
             );
         }
+    }
+}
+
+/// Who the core's messages and datagrams go to: a client (its control stream), or a trunk and
+/// the stream of one room it subscribed to (datagrams go once per trunk, whatever the room).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Target {
+    ch: ConnectionHandle,
+    room: Option<StreamId>,
+}
+
+impl Target {
+    fn client(ch: ConnectionHandle) -> Self {
+        Self { ch, room: None }
     }
 }
 

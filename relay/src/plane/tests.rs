@@ -84,7 +84,7 @@ impl Net {
         let t0 = Instant::now();
         let stale_after = config.stale_after;
         Self {
-            plane: Plane::new(&config, server, core, Arc::default(), t0, 1_000_000),
+            plane: Plane::new(&config, server, core, Arc::default(), None, t0, 1_000_000),
             clients: Vec::new(),
             t0,
             now: t0,
