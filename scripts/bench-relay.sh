@@ -12,13 +12,14 @@
 # (taskset lists, default 0 and 1), RELAY_ARGS (extra relay flags, e.g. "--threads 2"),
 # DURATION (seconds of sending, default 10), MODES (default "relay"): what to measure, in
 # alternation for each N and repetition —
-#   relay       natter-relay from this build (the quinn data plane, its default)
+#   relay       natter-relay from this build with its default data plane (batched)
 #   batched     the same with --data-plane batched (one loop driving quinn-proto, sendmmsg)
+#   quinn       the same with --data-plane quinn (quinn's task per connection)
 #   udp         the baseline: natter-udp-fanout (plain UDP fan-out with the same batched I/O,
 #               no QUIC), driven by natter-loadgen --udp with the same participants and packets
 #   udp1        the same baseline sending one datagram per system call (what batching saves)
 #   relay:DIR   natter-relay from DIR (another build's release directory: old against new)
-# e.g. MODES="udp relay batched relay:/tmp/old/release" scripts/bench-relay.sh 200 400.
+# e.g. MODES="udp batched quinn relay:/tmp/old/release" scripts/bench-relay.sh 200 400.
 # Each line starts with mode=…. NICE (default 0) runs the measured server and the load generator
 # at that nice value (negative needs root): on a machine others are using, -10 keeps their
 # builds from deciding the latency numbers (others_cpu_pct still shows what else ran).
@@ -53,6 +54,7 @@ for n in "${sizes[@]}"; do
       case "$mode" in
         relay) ;;
         batched) plane_args=(--data-plane batched) ;;
+        quinn) plane_args=(--data-plane quinn) ;;
         *) relay_bin="${mode#relay:}" ;;
       esac
       # shellcheck disable=SC2086

@@ -129,7 +129,8 @@ struct Args {
     #[arg(long, value_name = "N", env = "NATTER_RELAY_FORWARD_LOUDEST")]
     forward_loudest: Option<usize>,
 
-    /// Endpoints (threads) sharing the port with SO_REUSEPORT (default 1).
+    /// Endpoints (threads) sharing the port with SO_REUSEPORT (default 1; the quinn data
+    /// plane only: the batched one runs one loop).
     #[arg(long, env = "NATTER_RELAY_THREADS")]
     threads: Option<usize>,
 
@@ -137,8 +138,8 @@ struct Args {
     #[arg(long, env = "NATTER_RELAY_CONGESTION")]
     congestion: Option<String>,
 
-    /// Data plane: "quinn" (default: a task per connection) or "batched" (one thread driving
-    /// QUIC for every connection with batched UDP I/O; one thread, no cluster yet).
+    /// Data plane: "batched" (default: one thread driving QUIC for every connection with
+    /// batched UDP I/O) or "quinn" (a task per connection; endpoints on `threads` threads).
     #[arg(long, value_name = "PLANE", env = "NATTER_RELAY_DATA_PLANE")]
     data_plane: Option<String>,
 

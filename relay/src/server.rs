@@ -85,11 +85,13 @@ pub struct RelayConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DataPlane {
     /// quinn: a tokio task per connection for its datagrams and control stream, one system
-    /// call per packet sent.
-    #[default]
+    /// call per packet sent; several endpoints with `threads`. Kept for comparison and as a
+    /// fallback while the batched plane is new.
     Quinn,
     /// One thread driving quinn-proto for all connections, batched UDP I/O (recvmmsg in, one
-    /// sendmmsg per round out; `crate::plane`). One thread, no cluster yet.
+    /// sendmmsg per round out; `crate::plane`): a quarter to a third less CPU per forwarded
+    /// datagram (docs/BENCHMARKS.md). One loop: `threads` above 1 is ignored, with a warning.
+    #[default]
     Batched,
 }
 
@@ -140,7 +142,7 @@ impl RelayConfig {
             threads: 1,
             directory: None,
             trunks: None,
-            data_plane: DataPlane::Quinn,
+            data_plane: DataPlane::Batched,
         }
     }
 }
@@ -761,7 +763,13 @@ async fn start_batched(
     server: quinn::ServerConfig,
 ) -> Result<RelayHandle, RelayError> {
     if config.threads > 1 {
-        return Err(RelayError::Unsupported("more than one thread"));
+        // Configs written for the quinn plane keep starting: one batched loop carries more
+        // than the quinn plane's endpoints did on their threads (docs/BENCHMARKS.md).
+        warn!(
+            threads = config.threads,
+            "the batched data plane runs one loop: threads ignored (data-plane = \"quinn\" runs \
+             one endpoint per thread)"
+        );
     }
     let mut core = new_core(&config);
     let mesh = config.trunks.as_ref().map(|trunks| {
