@@ -878,6 +878,13 @@ impl Plane {
             }
         }
         if drained {
+            // A connection killed by a timer (an idle handshake) drains at once: why it ended
+            // is still among its events, which the connection's pass has not polled yet.
+            while let Some(event) = self.conns.get_mut(&ch).and_then(|c| c.quic.poll()) {
+                if let Event::ConnectionLost { reason } = event {
+                    self.lost(now, ch, &reason);
+                }
+            }
             // Out of the core and the mesh before the handle can be reused for another
             // connection.
             self.leave_core(now, ch);

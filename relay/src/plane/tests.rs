@@ -566,3 +566,23 @@ fn replies_leave_from_the_dialled_address_and_ecn_stays_on() {
         );
     }
 }
+
+/// A handshake whose client goes silent after its first packet ends at the idle timeout and is
+/// counted as a timed-out handshake (quinn-proto drains such a connection at once: why it
+/// ended must be read before it is dropped).
+#[test]
+fn a_silent_handshake_times_out_and_is_counted() {
+    let stats = Arc::new(RelayStats::default());
+    let mut net = Net::new(|c| c.idle_timeout = Duration::from_secs(1));
+    net.plane.stats = stats.clone();
+    let i = net.connect();
+    net.step();
+    net.step();
+    net.cut.insert(i);
+    assert_eq!(net.plane.occupancy().handshakes, 1);
+    net.run(Duration::from_secs(3));
+    assert_eq!(net.plane.occupancy().handshakes, 0);
+    assert!(net.plane.is_empty());
+    let timeouts = stats.snapshot().handshake_failures[HandshakeFailure::Timeout as usize];
+    assert_eq!(timeouts, 1);
+}
