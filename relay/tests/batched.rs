@@ -1,15 +1,13 @@
-//! The batched data plane (`DataPlane::Batched`, `relay/src/plane/`) serves IPv4 and IPv6 from
-//! one loop: a socket per listen address, one room across both, each packet leaving by the
-//! socket of its destination's family; on a wildcard bind it answers from the address each
-//! client dialled. (Its other behaviour is the relay's: the rest of these
-//! tests and the end-to-end tests run against it by switching `data_plane`, see
-//! docs/BENCHMARKS.md, "The batched data plane".)
+//! The data plane (`relay/src/plane/`) serves IPv4 and IPv6 from one loop: a socket per listen
+//! address, one room across both, each packet leaving by the socket of its destination's
+//! family; on a wildcard bind it answers from the address each client dialled. (The rest of
+//! these tests and the end-to-end tests cover what it does for clients.)
 
 mod common;
 
 use common::{client, send_stream};
 use natter_proto::media::Datagram;
-use natter_relay::{DataPlane, Identity, RelayConfig};
+use natter_relay::{Identity, RelayConfig};
 use std::time::{Duration, Instant};
 
 /// Reads datagrams on `conn` until one from `ssrc` arrives.
@@ -30,11 +28,10 @@ async fn hears(conn: &quinn::Connection, ssrc: u32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_loop_serves_ipv4_and_ipv6_in_one_room() {
-    let mut config = RelayConfig::new(
+    let config = RelayConfig::new(
         vec!["127.0.0.1:0".parse().unwrap(), "[::1]:0".parse().unwrap()],
         Identity::generate().unwrap(),
     );
-    config.data_plane = DataPlane::Batched;
     let relay = natter_relay::start(config).await.unwrap();
     let [v4, v6] = relay.local_addrs() else {
         panic!("two addresses: {:?}", relay.local_addrs());
@@ -75,11 +72,10 @@ async fn one_loop_serves_ipv4_and_ipv6_in_one_room() {
 /// did not dial, so without that no handshake would complete.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wildcard_bind_answers_from_the_dialled_address() {
-    let mut config = RelayConfig::new(
+    let config = RelayConfig::new(
         vec!["0.0.0.0:0".parse().unwrap()],
         Identity::generate().unwrap(),
     );
-    config.data_plane = DataPlane::Batched;
     let relay = natter_relay::start(config).await.unwrap();
     let port = relay.local_addrs()[0].port();
     let fp = relay.fingerprint();

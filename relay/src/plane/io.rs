@@ -52,7 +52,7 @@ pub(crate) fn spawn(
     let mut sockets = Vec::new();
     let mut bound = Vec::new();
     for addr in addrs {
-        let socket = bind(*addr, false).map_err(|e| RelayError::Bind(*addr, e))?;
+        let socket = bind(*addr).map_err(|e| RelayError::Bind(*addr, e))?;
         let socket = BatchSocket::new(socket).map_err(|e| RelayError::Bind(*addr, e))?;
         bound.push(
             socket

@@ -1,4 +1,4 @@
-//! The batched data plane: one loop drives `quinn_proto` directly for every connection of an
+//! The relay's data plane: one loop drives `quinn_proto` directly for every connection of an
 //! endpoint, instead of quinn's task per connection.
 //!
 //! Why: in a voice relay every forwarded packet goes to a different connection, and quinn's
@@ -21,8 +21,7 @@
 //! control messages, moves queued datagrams into quinn-proto as its congestion window allows,
 //! and hands its packets to the shared batch; its next deadline goes into [`Timers`].
 //!
-//! What the relay's control plane does is the same as in the quinn shell (`server.rs`), from
-//! the same pure pieces: admission ([`Admissions::decide`]), the hello and join deadlines
+//! What the relay's control plane does comes from pure pieces: admission ([`Admissions::decide`]), the hello and join deadlines
 //! ([`Stage`]), the bounded control queue ([`ControlQueue`]), the control-message rate, the
 //! core's rooms, tokens, rate limits, echo and loudest-speaker rule. Trunks to the cluster's
 //! other relays are connections of the same endpoint and run in the same rounds (`trunk.rs`);
@@ -222,7 +221,7 @@ pub(crate) struct Occupancy {
     pub handshakes: usize,
 }
 
-/// The batched data plane's state; see the module documentation.
+/// The data plane's state; see the module documentation.
 pub(crate) struct Plane {
     endpoint: Endpoint,
     conns: Conns,
@@ -718,7 +717,7 @@ impl Plane {
         self.touch(ch);
     }
 
-    /// Closes `ch` the way the quinn shell's writer does (the first close asked for wins): out
+    /// Closes `ch` (the first close asked for wins): out
     /// of the core now, so its room hears at once; what is queued goes out, then an Error
     /// message for an error, the stream's end, and the connection close.
     fn request_close(&mut self, now: Instant, ch: ConnectionHandle, close: Close) {
