@@ -26,6 +26,17 @@ async fn hears(conn: &quinn::Connection, ssrc: u32) {
         .expect("a datagram from the other family");
 }
 
+/// `a` and `b` speak at once; each hears the other.
+async fn talk(a: &quinn::Connection, a_ssrc: u32, b: &quinn::Connection, b_ssrc: u32) {
+    let epoch = Instant::now();
+    tokio::join!(
+        send_stream(a, a_ssrc, 50, 80, 25, epoch),
+        send_stream(b, b_ssrc, 50, 80, 25, epoch),
+        hears(b, a_ssrc),
+        hears(a, b_ssrc),
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_loop_serves_ipv4_and_ipv6_in_one_room() {
     let config = RelayConfig::new(
@@ -48,13 +59,7 @@ async fn one_loop_serves_ipv4_and_ipv6_in_one_room() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(relay.occupancy(), (2, 1, 2));
-    let epoch = Instant::now();
-    tokio::join!(
-        send_stream(&a, a_ssrc, 50, 80, 25, epoch),
-        send_stream(&b, b_ssrc, 50, 80, 25, epoch),
-        hears(&b, a_ssrc),
-        hears(&a, b_ssrc),
-    );
+    talk(&a, a_ssrc, &b, b_ssrc).await;
     relay.shutdown(Duration::from_secs(2)).await;
     // Told and closed by the loop's goodbye.
     let reason = tokio::time::timeout(Duration::from_secs(5), a.closed())
@@ -86,13 +91,7 @@ async fn a_wildcard_bind_answers_from_the_dialled_address() {
             .await
             .expect("a handshake at the second address");
     let (_eb, b, b_ssrc) = client(first, fp, "room", "b").await;
-    let epoch = Instant::now();
-    tokio::join!(
-        send_stream(&a, a_ssrc, 50, 80, 25, epoch),
-        send_stream(&b, b_ssrc, 50, 80, 25, epoch),
-        hears(&b, a_ssrc),
-        hears(&a, b_ssrc),
-    );
+    talk(&a, a_ssrc, &b, b_ssrc).await;
     assert_eq!(a.remote_address(), second);
     relay.shutdown(Duration::from_secs(2)).await;
 }

@@ -764,8 +764,15 @@ impl Plane {
         }
     }
 
-    /// Routes the media datagrams `ch` received.
+    /// Routes the media datagrams `ch` received: a client's by the core's checks for its room
+    /// (membership, SSRC, rate limits, loudest speakers), a trunk's (once it proved it belongs
+    /// to the cluster) to the local members of its sender's room.
     fn receive_datagrams(&mut self, now: Instant, ch: ConnectionHandle) {
+        let trunk = self
+            .conns
+            .get(&ch)
+            .and_then(|c| c.trunk.as_ref())
+            .map(|t| t.is_proven());
         loop {
             let Some(datagram) = self
                 .conns
@@ -774,15 +781,27 @@ impl Plane {
             else {
                 return;
             };
-            self.stats.datagrams_in.fetch_add(1, Relaxed);
             self.targets.clear();
             let unix_ms = self.unix_ms(now);
-            match self.core.route(conn_id(ch), &datagram, unix_ms) {
-                Ok(peers) => self.targets.extend(peers.map(|t| t.ch)),
-                Err(reason) => {
-                    self.stats.count_drop(reason);
-                    continue;
+            let targets = &mut self.targets;
+            let routed = match trunk {
+                None => {
+                    self.stats.datagrams_in.fetch_add(1, Relaxed);
+                    self.core
+                        .route(conn_id(ch), &datagram, unix_ms)
+                        .map(|peers| targets.extend(peers.map(|t| t.ch)))
                 }
+                Some(true) => {
+                    self.stats.trunk_datagrams_in.fetch_add(1, Relaxed);
+                    self.core
+                        .route_from_trunk(conn_id(ch), &datagram, unix_ms)
+                        .map(|peers| targets.extend(peers.map(|t| t.ch)))
+                }
+                Some(false) => continue,
+            };
+            if let Err(reason) = routed {
+                self.stats.count_drop(reason);
+                continue;
             }
             for i in 0..self.targets.len() {
                 let to = self.targets[i];

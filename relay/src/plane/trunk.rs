@@ -17,7 +17,6 @@ use natter_proto::control::{ClusterEdge, ErrorCode, FrameDecoder, Message};
 use quinn_proto::{ConnectionHandle, Dir, Event, StreamEvent, StreamId, VarInt};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -78,6 +77,11 @@ pub(super) struct TrunkConn {
 }
 
 impl TrunkConn {
+    /// The peer proved it holds the cluster secret: the trunk carries rooms and media.
+    pub(super) fn is_proven(&self) -> bool {
+        self.peer.is_some()
+    }
+
     /// Who dialled this trunk: between two trunks to one peer, both relays keep the one the
     /// lower id dialled.
     fn dialer<'a>(&'a self, me: &'a str) -> Option<&'a str> {
@@ -242,7 +246,7 @@ impl Plane {
                 let Some(conn) = self.conns.get_mut(&ch) else {
                     return;
                 };
-                let Some(trunk) = conn.trunk.as_mut().filter(|t| t.peer.is_some()) else {
+                let Some(trunk) = conn.trunk.as_mut().filter(|t| t.is_proven()) else {
                     return;
                 };
                 let mut opened = Vec::new();
@@ -267,17 +271,9 @@ impl Plane {
                 }
             }
             Event::Stream(StreamEvent::Available { dir: Dir::Uni }) => {
-                let pending = self
-                    .conns
-                    .get_mut(&ch)
-                    .and_then(|c| c.trunk.as_mut())
-                    .map(|t| std::mem::take(&mut t.pending))
-                    .unwrap_or_default();
-                for room in pending {
-                    self.subscribe(now, ch, &room);
-                }
+                self.subscribe_pending(now, ch);
             }
-            Event::DatagramReceived => self.trunk_datagrams(now, ch),
+            Event::DatagramReceived => self.receive_datagrams(now, ch),
             _ => {}
         }
     }
@@ -368,15 +364,7 @@ impl Plane {
             mesh.trunks.insert(peer.clone(), ch);
         }
         info!(%peer, %remote, "trunk open");
-        let pending = self
-            .conns
-            .get_mut(&ch)
-            .and_then(|c| c.trunk.as_mut())
-            .map(|t| std::mem::take(&mut t.pending))
-            .unwrap_or_default();
-        for room in pending {
-            self.subscribe(now, ch, &room);
-        }
+        self.subscribe_pending(now, ch);
         // Room streams the peer opened while its proof was on its way.
         self.trunk_event(
             now,
@@ -392,6 +380,19 @@ impl Plane {
             conn.quic
                 .close(now, VarInt::from_u32(0), b"duplicate trunk"[..].into());
             self.touch(ch);
+        }
+    }
+
+    /// Subscribes trunk `ch` to the rooms that waited for its proof or for stream credit.
+    fn subscribe_pending(&mut self, now: Instant, ch: ConnectionHandle) {
+        let pending = self
+            .conns
+            .get_mut(&ch)
+            .and_then(|c| c.trunk.as_mut())
+            .map(|t| std::mem::take(&mut t.pending))
+            .unwrap_or_default();
+        for room in pending {
+            self.subscribe(now, ch, &room);
         }
     }
 
@@ -514,7 +515,7 @@ impl Plane {
             let Some(conn) = self.conns.get_mut(&ch) else {
                 return;
             };
-            let Some(trunk) = conn.trunk.as_mut().filter(|t| t.peer.is_some()) else {
+            let Some(trunk) = conn.trunk.as_mut().filter(|t| t.is_proven()) else {
                 return;
             };
             let Some(room_in) = trunk.incoming.get_mut(&stream) else {
@@ -630,41 +631,6 @@ impl Plane {
     pub(super) fn tell_all(&mut self, now: Instant, notices: Vec<(Target, Message)>) {
         for (to, msg) in notices {
             self.tell(now, to, msg);
-        }
-    }
-
-    /// Fans out the peer's media datagrams to the local members of their rooms.
-    fn trunk_datagrams(&mut self, now: Instant, ch: ConnectionHandle) {
-        let proven = self
-            .conns
-            .get(&ch)
-            .and_then(|c| c.trunk.as_ref())
-            .is_some_and(|t| t.peer.is_some());
-        loop {
-            let Some(datagram) = self
-                .conns
-                .get_mut(&ch)
-                .and_then(|c| c.quic.datagrams().recv())
-            else {
-                return;
-            };
-            if !proven {
-                continue;
-            }
-            self.stats.trunk_datagrams_in.fetch_add(1, Relaxed);
-            self.targets.clear();
-            let unix_ms = self.unix_ms(now);
-            match self.core.route_from_trunk(conn_id(ch), &datagram, unix_ms) {
-                Ok(peers) => self.targets.extend(peers.map(|t| t.ch)),
-                Err(reason) => {
-                    self.stats.count_drop(reason);
-                    continue;
-                }
-            }
-            for i in 0..self.targets.len() {
-                let to = self.targets[i];
-                self.offer(now, to, datagram.clone());
-            }
         }
     }
 
