@@ -54,6 +54,12 @@ impl Mesh {
             dialing: HashMap::new(),
         }
     }
+
+    /// Proven trunks, for the tests.
+    #[cfg(test)]
+    pub(super) fn trunk_count(&self) -> usize {
+        self.trunks.len()
+    }
 }
 
 /// A trunk connection's state beside its QUIC connection.
