@@ -9,16 +9,16 @@
 #   scripts/bench-relay.sh [N1 N2 …]     (default sweep: 100 200 400 600 800 1000 1200)
 #
 # Environment: REPS (runs per N, default 1, each with a fresh relay), RELAY_CPUS / LOADGEN_CPUS
-# (taskset lists, default 0 and 1), RELAY_ARGS (extra relay flags, e.g. "--threads 2"),
+# (taskset lists, default 0 and 1), RELAY_ARGS (extra relay flags, e.g. "--forward-loudest 3"),
 # DURATION (seconds of sending, default 10), MODES (default "relay"): what to measure, in
 # alternation for each N and repetition —
-#   relay       natter-relay from this build (the quinn data plane, its default)
-#   batched     the same with --data-plane batched (one loop driving quinn-proto, sendmmsg)
+#   relay       natter-relay from this build (one loop driving quinn-proto, sendmmsg)
+#   batched     the same (the name sweeps used while the relay had two data planes)
 #   udp         the baseline: natter-udp-fanout (plain UDP fan-out with the same batched I/O,
 #               no QUIC), driven by natter-loadgen --udp with the same participants and packets
 #   udp1        the same baseline sending one datagram per system call (what batching saves)
 #   relay:DIR   natter-relay from DIR (another build's release directory: old against new)
-# e.g. MODES="udp relay batched relay:/tmp/old/release" scripts/bench-relay.sh 200 400.
+# e.g. MODES="udp relay relay:/tmp/old/release" scripts/bench-relay.sh 200 400.
 # Each line starts with mode=…. NICE (default 0) runs the measured server and the load generator
 # at that nice value (negative needs root): on a machine others are using, -10 keeps their
 # builds from deciding the latency numbers (others_cpu_pct still shows what else ran).
@@ -49,15 +49,13 @@ for n in "${sizes[@]}"; do
       loadgen_args=(--udp)
     else
       relay_bin="$bin"
-      plane_args=()
       case "$mode" in
-        relay) ;;
-        batched) plane_args=(--data-plane batched) ;;
+        relay | batched) ;;
         *) relay_bin="${mode#relay:}" ;;
       esac
       # shellcheck disable=SC2086
       nice -n "${NICE:-0}" taskset -c "${RELAY_CPUS:-0}" "$relay_bin/natter-relay" --listen 127.0.0.1:0 --data-dir "$work/relay" \
-          --max-room-size 5 --max-connections 100000 --max-connections-per-address 0 "${plane_args[@]}" ${RELAY_ARGS:-} >"$work/relay.out" 2>"$work/relay.log" &
+          --max-room-size 5 --max-connections 100000 --max-connections-per-address 0 ${RELAY_ARGS:-} >"$work/relay.out" 2>"$work/relay.log" &
       relay_pid=$!
       for _ in $(seq 400); do grep -q '^invite:' "$work/relay.out" 2>/dev/null && break; sleep 0.05; done
       target="$(sed -n 's/^invite: //p' "$work/relay.out")"

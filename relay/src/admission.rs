@@ -38,7 +38,7 @@ pub enum Admission {
     AddressFull,
 }
 
-/// The whole rule for a new handshake, as both data planes apply it: what to do with it.
+/// The whole rule for a new handshake, as the data plane applies it: what to do with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handshake {
     /// Accept it; a slot is held until [`Admissions::release`].

@@ -64,10 +64,11 @@ pub struct ConfigFile {
     pub key: Option<PathBuf>,
     pub public_host: Option<String>,
     pub metrics: Option<SocketAddr>,
+    /// Retired: the relay runs one loop (above 1: a warning).
     pub threads: Option<usize>,
     pub log_format: Option<String>,
     pub congestion: Option<String>,
-    /// "quinn" or "batched".
+    /// Retired: "batched" is the only data plane ("quinn" is accepted with a warning).
     pub data_plane: Option<String>,
     #[serde(default)]
     pub access: AccessFile,

@@ -1,6 +1,5 @@
 //! The control messages waiting for one connection's control stream: bounded, with mute notices
-//! about the same participant coalesced. Pure; both data planes (the quinn shell's writer task
-//! and the batched plane's loop) drain one per connection.
+//! about the same participant coalesced. Pure; the data plane's loop drains one per connection.
 
 use natter_proto::control::Message;
 

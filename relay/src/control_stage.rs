@@ -1,7 +1,6 @@
 //! Where a connection's control session is and what that allows: a connection must say Hello
 //! within the hello timeout and Join within the join timeout after it, or it is closed, so it
-//! cannot hold a slot by saying nothing. Pure; both data planes (the quinn shell's reader task
-//! and the batched plane's loop) follow it.
+//! cannot hold a slot by saying nothing. Pure; the data plane's loop follows it.
 
 use crate::core::Close;
 use natter_proto::control::{ErrorCode, Message};

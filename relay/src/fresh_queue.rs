@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use std::ops::Add;
 use std::time::Duration;
 
-/// The relay's bound on a subscriber queue's length (both data planes): beyond it the oldest
+/// The relay's bound on a subscriber queue's length: beyond it the oldest
 /// entry is dropped at once.
 pub const SUBSCRIBER_QUEUE_LIMIT: usize = 256;
 

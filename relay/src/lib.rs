@@ -9,9 +9,10 @@
 //! [`udp_batch`]. Inside:
 //!
 //! - `core`: the sans-IO state machine (connection phases, rooms, forwarding decisions).
-//! - `server`: the quinn I/O shell that drives it (the default data plane).
-//! - `plane`: the batched data plane: one thread driving quinn-proto for every connection,
-//!   with batched UDP I/O (`--data-plane batched`).
+//! - `server`: configuration and start: sockets, the data plane's thread, the directory task,
+//!   metrics, shutdown.
+//! - `plane`: the data plane: one thread driving quinn-proto for every connection (clients and
+//!   trunks), with batched UDP I/O.
 //! - `identity`: the TLS certificate — a self-signed one generated once and kept in the data
 //!   directory (pinned by fingerprint in invites), or PEM files from a real CA.
 //! - `reset_key`: the QUIC stateless-reset key, kept in the data directory so a restarted
@@ -47,7 +48,7 @@ pub mod core;
 pub mod pin;
 /// Access tokens: minting (the `token` subcommand) and verifying.
 pub mod token;
-/// Batched UDP I/O, for the plain fan-out baseline and the coming batched data plane.
+/// Batched UDP I/O, for the data plane and the plain fan-out baseline.
 pub mod udp_batch;
 
 pub use config::{ConfigFile, resolve_secret};
@@ -55,7 +56,7 @@ pub use identity::{Identity, IdentityError};
 pub use logging::EscapingWriter;
 pub use reset_key::ResetKey;
 pub use server::{
-    Congestion, DataPlane, RECOMMENDED_UDP_BUFFER, RelayConfig, RelayError, RelayHandle,
-    server_config, start, udp_buffer_warning, unix_micros,
+    Congestion, RECOMMENDED_UDP_BUFFER, RelayConfig, RelayError, RelayHandle, server_config, start,
+    udp_buffer_warning, unix_micros,
 };
 pub use stats::{DELAY_BUCKETS_US, RelayStats, StatsSnapshot};

@@ -10,7 +10,7 @@ use natter_relay::cluster::DirectoryConfig;
 use natter_relay::cluster::trunk::TrunkConfig;
 use natter_relay::core::Access;
 use natter_relay::{ConfigFile, Identity, RelayConfig, ResetKey, resolve_secret};
-use natter_relay::{Congestion, DataPlane, EscapingWriter, udp_buffer_warning};
+use natter_relay::{Congestion, EscapingWriter, udp_buffer_warning};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -129,17 +129,23 @@ struct Args {
     #[arg(long, value_name = "N", env = "NATTER_RELAY_FORWARD_LOUDEST")]
     forward_loudest: Option<usize>,
 
-    /// Endpoints (threads) sharing the port with SO_REUSEPORT (default 1).
-    #[arg(long, env = "NATTER_RELAY_THREADS")]
+    /// Retired: the relay runs one loop (accepted so old configs start; above 1 it logs a
+    /// warning).
+    #[arg(long, env = "NATTER_RELAY_THREADS", hide = true)]
     threads: Option<usize>,
 
     /// Congestion controller: "bbr" (default; keeps voice flowing on lossy paths) or "cubic".
     #[arg(long, env = "NATTER_RELAY_CONGESTION")]
     congestion: Option<String>,
 
-    /// Data plane: "quinn" (default: a task per connection) or "batched" (one thread driving
-    /// QUIC for every connection with batched UDP I/O; one thread, no cluster yet).
-    #[arg(long, value_name = "PLANE", env = "NATTER_RELAY_DATA_PLANE")]
+    /// Retired: "batched" is the only data plane (accepted so old configs start; "quinn" logs
+    /// a warning).
+    #[arg(
+        long,
+        value_name = "PLANE",
+        env = "NATTER_RELAY_DATA_PLANE",
+        hide = true
+    )]
     data_plane: Option<String>,
 
     /// Cluster directory (Redis URL, e.g. redis+unix:///run/redis/redis.sock or
@@ -212,6 +218,8 @@ struct Settings {
     relay: RelayConfig,
     metrics: Option<SocketAddr>,
     default_listen: bool,
+    /// Retired settings the configuration still names, to warn about once logging runs.
+    retired: Vec<String>,
 }
 
 /// The setting `key` named by the command line or the config file, among `options` (the first
@@ -348,17 +356,31 @@ fn settings(args: &Args, file: &ConfigFile) -> anyhow::Result<Settings> {
         relay.retry_above = v;
     }
     relay.limits.forward_loudest = pick(args.forward_loudest, l.forward_loudest).filter(|n| *n > 0);
-    relay.threads = pick(args.threads, file.threads).unwrap_or(1).max(1);
+    let mut retired = Vec::new();
+    // Settings of the removed quinn data plane: accepted (a config that names them keeps
+    // working) and reported, since they no longer change anything.
+    if let Some(n) = pick(args.threads, file.threads).filter(|n| *n > 1) {
+        retired.push(format!(
+            "threads = {n} is ignored: the relay runs one loop (several are not built yet)"
+        ));
+    }
     relay.congestion = choose(
         "congestion",
         args.congestion.as_deref().or(file.congestion.as_deref()),
         &[("bbr", Congestion::Bbr), ("cubic", Congestion::Cubic)],
     )?;
-    relay.data_plane = choose(
+    let quinn = choose(
         "data-plane",
         args.data_plane.as_deref().or(file.data_plane.as_deref()),
-        &[("quinn", DataPlane::Quinn), ("batched", DataPlane::Batched)],
+        &[("batched", false), ("quinn", true)],
     )?;
+    if quinn {
+        retired.push(
+            "data-plane = \"quinn\" is ignored: the quinn data plane was removed, the batched \
+             one does everything it did"
+                .into(),
+        );
+    }
 
     let cluster = &file.cluster;
     if let Some(url) = args.directory.clone().or(cluster.directory.clone()) {
@@ -421,6 +443,7 @@ fn settings(args: &Args, file: &ConfigFile) -> anyhow::Result<Settings> {
         relay,
         metrics: args.metrics.or(file.metrics),
         default_listen,
+        retired,
     })
 }
 
@@ -543,7 +566,11 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         relay: config,
         metrics,
         default_listen,
+        retired,
     } = settings;
+    for warning in retired {
+        tracing::warn!("{warning}");
+    }
     let mut fallback = config.clone();
     let relay = match natter_relay::start(config).await {
         Ok(relay) => relay,

@@ -5,10 +5,20 @@
 //! Why: in a voice relay every forwarded packet goes to a different peer, so per-destination
 //! batching (GSO) alone saves nothing; one `sendmsg` per packet was a third of the relay's CPU
 //! (docs/BENCHMARKS.md). `quinn-udp` has no cross-destination send, hence the `sendmmsg` here.
-//! On systems without `sendmmsg` the batch goes out one `send_to` at a time.
+//! On systems without `sendmmsg` the batch goes out one `send_to` at a time (and without
+//! source addresses or ECN).
+//!
+//! Each received datagram carries the address it was sent to and its ECN codepoint (quinn-udp
+//! asks the kernel for them: IP_PKTINFO / IPV6_RECVPKTINFO, IP_RECVTOS / IPV6_RECVTCLASS), and
+//! each datagram to send may name its source address and ECN codepoint ([`Route`]): a QUIC
+//! server on a wildcard bind of a multi-homed host must answer from the address the client
+//! wrote to (or the client's QUIC drops the answer as coming from an unknown peer), and ECN
+//! lets congestion control see queues build before they drop packets.
 
+pub use quinn_udp::EcnCodepoint;
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
 /// The most datagrams one `sendmmsg` call takes (the kernel's UIO_MAXIOV is 1024; larger
@@ -20,7 +30,30 @@ pub const SEND_BATCH: usize = 256;
 #[derive(Debug)]
 pub struct Received<'a> {
     pub from: SocketAddr,
+    /// The local address it was sent to (`None` where the system does not say).
+    pub dst_ip: Option<IpAddr>,
+    pub ecn: Option<EcnCodepoint>,
     pub data: &'a [u8],
+}
+
+/// Where a datagram goes, from which local address, with which ECN codepoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub to: SocketAddr,
+    /// The source address (`None`: the kernel picks one, which on a wildcard bind of a
+    /// multi-homed host need not be the address the peer wrote to).
+    pub src_ip: Option<IpAddr>,
+    pub ecn: Option<EcnCodepoint>,
+}
+
+impl From<SocketAddr> for Route {
+    fn from(to: SocketAddr) -> Self {
+        Self {
+            to,
+            src_ip: None,
+            ecn: None,
+        }
+    }
 }
 
 /// A non-blocking UDP socket read and written in batches.
@@ -31,6 +64,9 @@ pub struct BatchSocket {
     /// One receive buffer per message of a batch, each large enough for a GRO super-buffer.
     bufs: Vec<Vec<u8>>,
     meta: Vec<quinn_udp::RecvMeta>,
+    /// The kernel refused a datagram with an ECN control message (Linux before 3.13 does):
+    /// send without ECN from then on, as quinn-udp does.
+    no_ecn: AtomicBool,
 }
 
 /// Size of each receive buffer: a GRO batch of the segments quinn-udp asks for, 1500 bytes each.
@@ -47,6 +83,7 @@ impl BatchSocket {
             state,
             bufs: vec![vec![0u8; RECV_BUF]; batch],
             meta: vec![quinn_udp::RecvMeta::default(); batch],
+            no_ecn: AtomicBool::new(false),
         })
     }
 
@@ -83,6 +120,8 @@ impl BatchSocket {
                 count += 1;
                 each(Received {
                     from: meta.addr,
+                    dst_ip: meta.dst_ip,
+                    ecn: meta.ecn,
                     data,
                 });
             }
@@ -114,32 +153,33 @@ impl BatchSocket {
     /// dropped because they could not be sent (no space in time, or an error for that
     /// destination).
     pub fn send(&self, batch: &mut SendBatch, max_wait: Duration) -> usize {
-        let dropped = send_all(&self.socket, batch, max_wait);
+        let dropped = send_all(&self.socket, batch, max_wait, SEND_BATCH, &self.no_ecn);
         batch.clear();
         dropped
     }
 
-    /// Like [`BatchSocket::send`], but one `send_to` system call per datagram, as quinn's
-    /// drivers do across connections: the benchmark's measure of what batching saves.
+    /// Like [`BatchSocket::send`], but one system call per datagram, as quinn's drivers do
+    /// across connections: the benchmark's measure of what batching saves.
     pub fn send_one_by_one(&self, batch: &mut SendBatch, max_wait: Duration) -> usize {
-        let dropped = send_each(&self.socket, batch, max_wait);
+        let dropped = send_all(&self.socket, batch, max_wait, 1, &self.no_ecn);
         batch.clear();
         dropped
     }
 }
 
-/// Datagrams to send, each with its destination, packed into one buffer.
+/// Datagrams to send, each with its [`Route`], packed into one buffer.
 #[derive(Debug, Default)]
 pub struct SendBatch {
     bytes: Vec<u8>,
-    /// (destination, end offset in `bytes`) per datagram.
-    items: Vec<(SocketAddr, usize)>,
+    /// (route, end offset in `bytes`) per datagram.
+    items: Vec<(Route, usize)>,
 }
 
 impl SendBatch {
-    pub fn push(&mut self, to: SocketAddr, data: &[u8]) {
+    /// Adds a datagram for `route` (a destination alone: the kernel picks the source, no ECN).
+    pub fn push(&mut self, route: impl Into<Route>, data: &[u8]) {
         self.bytes.extend_from_slice(data);
-        self.items.push((to, self.bytes.len()));
+        self.items.push((route.into(), self.bytes.len()));
     }
 
     pub fn len(&self) -> usize {
@@ -155,8 +195,8 @@ impl SendBatch {
         self.items.clear();
     }
 
-    /// (destination, bytes) of each datagram, in order.
-    pub fn iter(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> {
+    /// (route, bytes) of each datagram, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (Route, &[u8])> {
         let starts = std::iter::once(0).chain(self.items.iter().map(|(_, end)| *end));
         self.items
             .iter()
@@ -224,36 +264,146 @@ fn wait(sockets: &[&UdpSocket], what: Readiness, timeout: Option<Duration>) -> i
     Ok(true)
 }
 
+/// Room for one datagram's control messages: the source address (`in6_pktinfo`, 20 bytes)
+/// and the ECN codepoint (an `int`), each after a 16-byte header and padded to 8 bytes.
 #[cfg(target_os = "linux")]
-fn send_all(socket: &UdpSocket, batch: &SendBatch, max_wait: Duration) -> usize {
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct Control([u8; 64]);
+
+/// Fills `control` with `route`'s source address and ECN codepoint (IP_PKTINFO /
+/// IPV6_PKTINFO, IP_TOS / IPV6_TCLASS, as quinn-udp writes them; `ecn` false: none) and points
+/// `hdr` at it.
+#[cfg(target_os = "linux")]
+fn encode_control(hdr: &mut libc::msghdr, control: &mut Control, route: &Route, ecn: bool) {
+    let v4 = route.to.is_ipv4();
+    let codepoint = route.ecn.filter(|_| ecn).map(|c| c as libc::c_int);
+    let tos = codepoint.map(|bits| {
+        let level = if v4 {
+            (libc::IPPROTO_IP, libc::IP_TOS)
+        } else {
+            (libc::IPPROTO_IPV6, libc::IPV6_TCLASS)
+        };
+        (level, bits.to_ne_bytes())
+    });
+    let v4_info;
+    let v6_info;
+    let source: Option<((libc::c_int, libc::c_int), &[u8])> = match route.src_ip {
+        Some(IpAddr::V4(ip)) if v4 => {
+            v4_info = libc::in_pktinfo {
+                ipi_ifindex: 0,
+                ipi_spec_dst: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(ip.octets()),
+                },
+                ipi_addr: libc::in_addr { s_addr: 0 },
+            };
+            Some(((libc::IPPROTO_IP, libc::IP_PKTINFO), as_bytes(&v4_info)))
+        }
+        Some(IpAddr::V6(ip)) if !v4 => {
+            v6_info = libc::in6_pktinfo {
+                ipi6_ifindex: 0,
+                ipi6_addr: libc::in6_addr {
+                    s6_addr: ip.octets(),
+                },
+            };
+            Some(((libc::IPPROTO_IPV6, libc::IPV6_PKTINFO), as_bytes(&v6_info)))
+        }
+        // No source, or one of the other family (a v4 socket cannot send from a v6 address):
+        // the kernel chooses.
+        _ => None,
+    };
+    let messages = tos
+        .as_ref()
+        .map(|(level, bytes)| (*level, &bytes[..]))
+        .into_iter()
+        .chain(source);
+    // Zeroed: CMSG_NXTHDR reads the length of the header after the current one.
+    control.0 = [0; 64];
+    hdr.msg_control = control.0.as_mut_ptr().cast();
+    // The whole buffer while messages are added (CMSG_NXTHDR checks against it), then what
+    // they used.
+    hdr.msg_controllen = control.0.len();
+    let mut used = 0;
+    // SAFETY: `hdr` points at `control`, aligned for cmsghdr; CMSG_FIRSTHDR and CMSG_NXTHDR
+    // return null rather than a header that does not fit, and each message's data fits in
+    // the space CMSG_LEN reserves for it.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(hdr);
+        for ((level, kind), data) in messages {
+            assert!(!cmsg.is_null(), "control buffer too small");
+            (*cmsg).cmsg_level = level;
+            (*cmsg).cmsg_type = kind;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(data.len() as u32) as usize;
+            std::ptr::copy_nonoverlapping(data.as_ptr(), libc::CMSG_DATA(cmsg), data.len());
+            used += libc::CMSG_SPACE(data.len() as u32) as usize;
+            cmsg = libc::CMSG_NXTHDR(hdr, cmsg);
+        }
+    }
+    hdr.msg_controllen = used;
+    if used == 0 {
+        hdr.msg_control = std::ptr::null_mut();
+    }
+}
+
+/// The bytes of a plain C struct, for a control message.
+#[cfg(target_os = "linux")]
+fn as_bytes<T: Copy>(value: &T) -> &[u8] {
+    // SAFETY: `T` is a padding-free libc struct (in_pktinfo, in6_pktinfo) read as bytes.
+    unsafe { std::slice::from_raw_parts((value as *const T).cast(), std::mem::size_of::<T>()) }
+}
+
+/// Sends `batch` with `sendmmsg`, at most `per_call` datagrams per call (1: one system call
+/// per datagram, the benchmark's unbatched mode).
+#[cfg(target_os = "linux")]
+fn send_all(
+    socket: &UdpSocket,
+    batch: &SendBatch,
+    max_wait: Duration,
+    per_call: usize,
+    no_ecn: &AtomicBool,
+) -> usize {
     use std::os::fd::AsRawFd;
     let deadline = std::time::Instant::now() + max_wait;
-    let items: Vec<(SocketAddr, &[u8])> = batch.iter().collect();
+    let items: Vec<(Route, &[u8])> = batch.iter().collect();
+    let per_call = per_call.clamp(1, SEND_BATCH);
     let mut dropped = 0;
     let mut next = 0;
-    let mut names: Vec<socket2::SockAddr> = Vec::with_capacity(SEND_BATCH);
-    let mut iovs: Vec<libc::iovec> = Vec::with_capacity(SEND_BATCH);
-    let mut hdrs: Vec<libc::mmsghdr> = Vec::with_capacity(SEND_BATCH);
+    let mut names: Vec<socket2::SockAddr> = Vec::with_capacity(per_call);
+    let mut iovs: Vec<libc::iovec> = Vec::with_capacity(per_call);
+    let mut controls: Vec<Control> = vec![Control([0; 64]); per_call];
+    let mut hdrs: Vec<libc::mmsghdr> = Vec::with_capacity(per_call);
     while next < items.len() {
-        let chunk = &items[next..items.len().min(next + SEND_BATCH)];
+        let chunk = &items[next..items.len().min(next + per_call)];
+        let ecn = !no_ecn.load(Relaxed);
         names.clear();
         iovs.clear();
         hdrs.clear();
-        names.extend(chunk.iter().map(|(to, _)| socket2::SockAddr::from(*to)));
+        names.extend(
+            chunk
+                .iter()
+                .map(|(route, _)| socket2::SockAddr::from(route.to)),
+        );
         iovs.extend(chunk.iter().map(|(_, data)| libc::iovec {
             iov_base: data.as_ptr() as *mut libc::c_void,
             iov_len: data.len(),
         }));
-        for (name, iov) in names.iter().zip(iovs.iter_mut()) {
+        for (((name, iov), control), (route, _)) in names
+            .iter()
+            .zip(iovs.iter_mut())
+            .zip(&mut controls)
+            .zip(chunk)
+        {
             // SAFETY: an all-zero msghdr is valid (no control data, no flags).
             let mut hdr: libc::mmsghdr = unsafe { std::mem::zeroed() };
             hdr.msg_hdr.msg_name = name.as_ptr() as *mut libc::c_void;
             hdr.msg_hdr.msg_namelen = name.len();
             hdr.msg_hdr.msg_iov = iov;
             hdr.msg_hdr.msg_iovlen = 1;
+            encode_control(&mut hdr.msg_hdr, control, route, ecn);
             hdrs.push(hdr);
         }
-        // SAFETY: every header points at a live address, iovec and buffer for this call.
+        // SAFETY: every header points at a live address, iovec, control buffer and data
+        // buffer for this call.
         let n = unsafe {
             libc::sendmmsg(
                 socket.as_raw_fd(),
@@ -277,6 +427,11 @@ fn send_all(socket: &UdpSocket, batch: &SendBatch, max_wait: Duration) -> usize 
                     return dropped + items.len() - next;
                 }
             }
+            // A kernel without IP_TOS control messages refuses the datagram: send the rest
+            // (and this one again) without ECN.
+            io::ErrorKind::InvalidInput if ecn && chunk[0].0.ecn.is_some() => {
+                no_ecn.store(true, Relaxed);
+            }
             // The first datagram of the chunk failed for its own reason (an unreachable
             // destination, too large): drop it, keep the rest.
             _ => {
@@ -288,17 +443,21 @@ fn send_all(socket: &UdpSocket, batch: &SendBatch, max_wait: Duration) -> usize 
     dropped
 }
 
+/// Without `sendmmsg`: one `send_to` per datagram, the source address and ECN left to the
+/// system.
 #[cfg(not(target_os = "linux"))]
-fn send_all(socket: &UdpSocket, batch: &SendBatch, max_wait: Duration) -> usize {
-    send_each(socket, batch, max_wait)
-}
-
-fn send_each(socket: &UdpSocket, batch: &SendBatch, max_wait: Duration) -> usize {
+fn send_all(
+    socket: &UdpSocket,
+    batch: &SendBatch,
+    max_wait: Duration,
+    _per_call: usize,
+    _no_ecn: &AtomicBool,
+) -> usize {
     let deadline = std::time::Instant::now() + max_wait;
     let mut dropped = 0;
-    for (to, data) in batch.iter() {
+    for (route, data) in batch.iter() {
         loop {
-            match socket.send_to(data, to) {
+            match socket.send_to(data, route.to) {
                 Ok(_) => break,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if std::time::Instant::now() >= deadline {
@@ -357,6 +516,87 @@ mod tests {
             }
             let want: Vec<u32> = (0..1200).filter(|i| *i as usize % 5 == r).collect();
             assert_eq!(got, want);
+        }
+    }
+
+    /// Receives `n` datagrams on `socket` (waiting up to 5 s for each batch): (from, to,
+    /// ECN, bytes) of each.
+    #[allow(clippy::type_complexity)]
+    fn recv_n(
+        socket: &mut BatchSocket,
+        n: usize,
+    ) -> Vec<(SocketAddr, Option<IpAddr>, Option<EcnCodepoint>, Vec<u8>)> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            let count = socket
+                .recv(Some(Duration::from_secs(5)), |d| {
+                    got.push((d.from, d.dst_ip, d.ecn, d.data.to_vec()));
+                })
+                .unwrap();
+            assert!(count > 0, "timed out after {} datagrams", got.len());
+        }
+        got
+    }
+
+    #[test]
+    fn a_reply_on_a_wildcard_bind_leaves_from_the_address_the_peer_wrote_to() {
+        // All of 127/8 is this host's: 127.0.0.2 stands for a second address of a
+        // multi-homed host, the kernel's own choice of source would be 127.0.0.1.
+        let mut server = BatchSocket::new(UdpSocket::bind("0.0.0.0:0").unwrap()).unwrap();
+        let port = server.local_addr().unwrap().port();
+        let second: SocketAddr = ([127, 0, 0, 2], port).into();
+        let mut client = socket();
+        let mut batch = SendBatch::default();
+        batch.push(second, b"hello");
+        client.send(&mut batch, Duration::from_secs(1));
+        let (from, to, _, data) = recv_n(&mut server, 1).remove(0);
+        assert_eq!((to, &data[..]), (Some(second.ip()), &b"hello"[..]));
+        // The answer names the address the hello went to as its source…
+        batch.push(
+            Route {
+                to: from,
+                src_ip: to,
+                ecn: None,
+            },
+            b"answer",
+        );
+        // …and one without, for comparison: the kernel picks the primary address.
+        batch.push(from, b"kernel's choice");
+        server.send(&mut batch, Duration::from_secs(1));
+        let answers = recv_n(&mut client, 2);
+        assert_eq!(answers[0].0, second);
+        assert_eq!(answers[1].0.ip(), IpAddr::from([127, 0, 0, 1]));
+    }
+
+    #[test]
+    fn ecn_codepoints_are_sent_and_reported_on_both_families() {
+        for local in ["127.0.0.1:0", "[::1]:0"] {
+            let (Ok(a), Ok(b)) = (UdpSocket::bind(local), UdpSocket::bind(local)) else {
+                // No IPv6 on this host.
+                continue;
+            };
+            let (a, mut b) = (BatchSocket::new(a).unwrap(), BatchSocket::new(b).unwrap());
+            let to = b.local_addr().unwrap();
+            let mut batch = SendBatch::default();
+            for ecn in [Some(EcnCodepoint::Ect0), Some(EcnCodepoint::Ce), None] {
+                // With a source address too: both control messages in one datagram.
+                batch.push(
+                    Route {
+                        to,
+                        src_ip: Some(to.ip()),
+                        ecn,
+                    },
+                    b"x",
+                );
+            }
+            assert_eq!(a.send(&mut batch, Duration::from_secs(1)), 0);
+            let got = recv_n(&mut b, 3);
+            let wanted = [Some(EcnCodepoint::Ect0), Some(EcnCodepoint::Ce), None];
+            for ((from, dst, ecn, _), want) in got.into_iter().zip(wanted) {
+                assert_eq!(from, a.local_addr().unwrap());
+                assert_eq!(dst, Some(to.ip()), "{local}");
+                assert_eq!(ecn, want, "{local}");
+            }
         }
     }
 

@@ -291,11 +291,30 @@ fn config_errors_name_the_key() {
         "--packets-per-second",
         "--idle-timeout",
         "--forward-loudest",
-        "--threads",
         "--congestion",
         "--retry-above",
     ] {
         assert!(help.contains(option), "--help documents {option}");
+    }
+}
+
+/// Settings of the removed quinn data plane (`threads`, `data-plane`) still start the relay, which
+/// says they are ignored: a config written for it keeps working.
+#[test]
+fn retired_data_plane_settings_start_with_a_warning() {
+    let relay = RelayProcess::start_with(&["--threads", "2", "--data-plane", "quinn"]);
+    for setting in ["threads = 2", "data-plane"] {
+        let warned = relay.wait_for_log(Duration::from_secs(10), |v| {
+            v["level"] == "WARN"
+                && v["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(setting) && m.contains("ignored"))
+        });
+        assert!(
+            warned.is_some(),
+            "no warning about {setting}: {}",
+            relay.log_text()
+        );
     }
 }
 

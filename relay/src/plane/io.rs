@@ -4,13 +4,14 @@
 //! were touched, and sends everything they had to send with one `sendmmsg` per socket; then it
 //! sleeps in `poll` until the next packet or deadline.
 
-use super::Plane;
+use super::{Command, MeshSettings, Plane};
 use crate::core::RelayCore;
 use crate::server::{RelayError, Shared, bind, unix_ms};
 use crate::udp_batch::{BatchSocket, Received, SendBatch, wait_readable};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 use tracing::warn;
 
@@ -39,16 +40,19 @@ impl PlaneHandle {
 
 /// Binds `addrs` and starts the plane's thread for `shared`'s relay; returns the bound
 /// addresses.
+/// `commands`: what the directory task tells the loop (read once a round).
 pub(crate) fn spawn(
     addrs: &[SocketAddr],
     server: quinn_proto::ServerConfig,
-    core: RelayCore<quinn_proto::ConnectionHandle>,
+    core: RelayCore<super::Target>,
+    mesh: Option<MeshSettings>,
+    commands: Receiver<Command>,
     shared: Arc<Shared>,
 ) -> Result<(Vec<SocketAddr>, PlaneHandle), RelayError> {
     let mut sockets = Vec::new();
     let mut bound = Vec::new();
     for addr in addrs {
-        let socket = bind(*addr, false).map_err(|e| RelayError::Bind(*addr, e))?;
+        let socket = bind(*addr).map_err(|e| RelayError::Bind(*addr, e))?;
         let socket = BatchSocket::new(socket).map_err(|e| RelayError::Bind(*addr, e))?;
         bound.push(
             socket
@@ -62,6 +66,7 @@ pub(crate) fn spawn(
         server,
         core,
         shared.stats.clone(),
+        mesh,
         Instant::now(),
         unix_ms(),
     );
@@ -70,7 +75,7 @@ pub(crate) fn spawn(
     std::thread::Builder::new()
         .name("natter-relay-plane".into())
         .spawn(move || {
-            run(sockets, families, plane, &shared);
+            run(sockets, families, plane, &commands, &shared);
             let _ = tx.send(());
         })
         .map_err(|e| RelayError::Bind(addrs[0], e))?;
@@ -78,7 +83,13 @@ pub(crate) fn spawn(
 }
 
 /// The loop. `v6[i]`: socket `i` is IPv6's (each packet leaves by the socket of its family).
-fn run(mut sockets: Vec<BatchSocket>, v6: Vec<bool>, mut plane: Plane, shared: &Shared) {
+fn run(
+    mut sockets: Vec<BatchSocket>,
+    v6: Vec<bool>,
+    mut plane: Plane,
+    commands: &Receiver<Command>,
+    shared: &Shared,
+) {
     let mut out = SendBatch::default();
     let mut per_socket: Vec<SendBatch> = sockets.iter().map(|_| SendBatch::default()).collect();
     let mut shutdown_at: Option<Instant> = None;
@@ -99,13 +110,21 @@ fn run(mut sockets: Vec<BatchSocket>, v6: Vec<bool>, mut plane: Plane, shared: &
         let mut handle = |d: Received<'_>| {
             // One time for the whole batch: the moment it was read.
             let now = *arrived.get_or_insert_with(Instant::now);
-            plane.handle(now, d.from, d.data, &mut out);
+            plane.handle(now, d, &mut out);
         };
         if let Err(e) = receive(&mut sockets, wait, &mut handle) {
             warn!(error = %e, "receive failed");
             std::thread::sleep(Duration::from_millis(1));
         }
         let now = Instant::now();
+        // The directory's news waits at most one round (IDLE_WAKE when idle): it is about
+        // other relays, not about this round's audio.
+        while let Ok(command) = commands.try_recv() {
+            match command {
+                Command::Peers(rooms) => plane.peers(now, rooms),
+                Command::Edges(edges) => plane.set_edges(now, edges),
+            }
+        }
         plane.handle_timeouts(now);
         plane.flush(now, &mut out);
         // What the kernel has no room for is lost like any UDP packet: QUIC's loss recovery
@@ -113,9 +132,9 @@ fn run(mut sockets: Vec<BatchSocket>, v6: Vec<bool>, mut plane: Plane, shared: &
         if let [socket] = &sockets[..] {
             socket.send(&mut out, SEND_WAIT);
         } else {
-            for (to, data) in out.iter() {
-                if let Some(i) = v6.iter().position(|v6| *v6 == to.is_ipv6()) {
-                    per_socket[i].push(to, data);
+            for (route, data) in out.iter() {
+                if let Some(i) = v6.iter().position(|v6| *v6 == route.to.is_ipv6()) {
+                    per_socket[i].push(route, data);
                 }
             }
             out.clear();
@@ -123,7 +142,7 @@ fn run(mut sockets: Vec<BatchSocket>, v6: Vec<bool>, mut plane: Plane, shared: &
                 socket.send(batch, SEND_WAIT);
             }
         }
-        shared.publish(plane.occupancy());
+        shared.publish(plane.occupancy(), plane.take_rooms_changed());
     }
 }
 

@@ -1,4 +1,4 @@
-//! The batched data plane: one loop drives `quinn_proto` directly for every connection of an
+//! The relay's data plane: one loop drives `quinn_proto` directly for every connection of an
 //! endpoint, instead of quinn's task per connection.
 //!
 //! Why: in a voice relay every forwarded packet goes to a different connection, and quinn's
@@ -21,36 +21,40 @@
 //! control messages, moves queued datagrams into quinn-proto as its congestion window allows,
 //! and hands its packets to the shared batch; its next deadline goes into [`Timers`].
 //!
-//! What the relay's control plane does is the same as in the quinn shell (`server.rs`), from
-//! the same pure pieces: admission ([`Admissions::decide`]), the hello and join deadlines
+//! What the relay's control plane does comes from pure pieces: admission ([`Admissions::decide`]), the hello and join deadlines
 //! ([`Stage`]), the bounded control queue ([`ControlQueue`]), the control-message rate, the
-//! core's rooms, tokens, rate limits, echo and loudest-speaker rule. Not here: cluster trunks
-//! and the directory (the relay refuses to start the batched plane with them).
+//! core's rooms, tokens, rate limits, echo and loudest-speaker rule. Trunks to the cluster's
+//! other relays are connections of the same endpoint and run in the same rounds (`trunk.rs`);
+//! the directory task (tokio, Redis) tells the loop what it reads back through a channel.
 
 mod io;
 mod timers;
+mod trunk;
 
 #[cfg(test)]
 mod tests;
 
 pub(crate) use io::{PlaneHandle, spawn};
+pub(crate) use trunk::{Command, MeshSettings};
 
 use crate::admission::{Admissions, Handshake, HandshakeLimits};
 use crate::bucket::TokenBucket;
+use crate::cluster::trunk::TRUNK_ALPN;
 use crate::control_queue::{CONTROL_QUEUE_LIMIT, ControlQueue, QueueFull};
 use crate::control_stage::{Deadline, Stage, welcomed};
 use crate::core::{Close, ConnId, RelayCore};
 use crate::fresh_queue::{FreshQueue, Ready, SUBSCRIBER_QUEUE_LIMIT};
 use crate::server::RelayConfig;
 use crate::stats::{HandshakeFailure, RelayStats};
-use crate::udp_batch::SendBatch;
+use crate::udp_batch::{EcnCodepoint, Received, Route, SendBatch};
 use bytes::{Bytes, BytesMut};
-use natter_proto::control::{ErrorCode, FrameDecoder, Message};
+use natter_proto::control::{ClusterEdge, ErrorCode, FrameDecoder, Message};
 use quinn_proto::{
     ConnectionError, ConnectionHandle, DatagramEvent, Dir, Endpoint, Event, SendDatagramError,
     StreamEvent, StreamId, Transmit, VarInt,
 };
-use std::net::{IpAddr, SocketAddr};
+use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -110,6 +114,36 @@ struct Conn {
     /// A datagram taken from the queue that quinn-proto had no room for yet.
     holding: Option<Ready<Bytes, Instant>>,
     touched: bool,
+    /// A connection to another relay of the cluster (dialled or accepted).
+    trunk: Option<Box<trunk::TrunkConn>>,
+    /// This relay dialled it (not admitted, not counted among the handshakes).
+    dialed: bool,
+}
+
+impl Conn {
+    fn new(quic: quinn_proto::Connection, ip: IpAddr, settings: &Settings, dialed: bool) -> Self {
+        Conn {
+            quic,
+            ip,
+            connected: dialed,
+            control: None,
+            in_core: false,
+            stage: Stage::AwaitHello,
+            deadline: None,
+            decoder: FrameDecoder::new(),
+            bucket: TokenBucket::new(settings.control_rate, settings.control_burst, 0.0),
+            throttled: None,
+            outbox: ControlQueue::default(),
+            unsent: Vec::new(),
+            written: 0,
+            closing: None,
+            queue: FreshQueue::new(settings.stale_after, SUBSCRIBER_QUEUE_LIMIT),
+            holding: None,
+            touched: false,
+            trunk: None,
+            dialed,
+        }
+    }
 }
 
 /// The connections by their quinn-proto handle, which is an index into the endpoint's own slab
@@ -187,11 +221,11 @@ pub(crate) struct Occupancy {
     pub handshakes: usize,
 }
 
-/// The batched data plane's state; see the module documentation.
+/// The data plane's state; see the module documentation.
 pub(crate) struct Plane {
     endpoint: Endpoint,
     conns: Conns,
-    core: RelayCore<ConnectionHandle>,
+    core: RelayCore<Target>,
     timers: Timers<Instant>,
     /// Connections to process in this round, in the order they were touched.
     touched: Vec<ConnectionHandle>,
@@ -208,6 +242,14 @@ pub(crate) struct Plane {
     buf: Vec<u8>,
     targets: Vec<ConnectionHandle>,
     read: Vec<u8>,
+    /// Trunks to the cluster's other relays (`None`: no cluster secret).
+    mesh: Option<trunk::Mesh>,
+    /// The cluster's live edges, as the directory last listed them.
+    edges: Vec<ClusterEdge>,
+    /// A room gained its first or lost its last member since the directory last looked.
+    rooms_changed: bool,
+    /// Rooms went away: trunk subscriptions may have ended.
+    subs_dirty: bool,
 }
 
 impl Plane {
@@ -216,8 +258,9 @@ impl Plane {
     pub(crate) fn new(
         config: &RelayConfig,
         server: quinn_proto::ServerConfig,
-        core: RelayCore<ConnectionHandle>,
+        core: RelayCore<Target>,
         stats: Arc<RelayStats>,
+        mesh: Option<MeshSettings>,
         now: Instant,
         unix_ms: u64,
     ) -> Self {
@@ -250,6 +293,10 @@ impl Plane {
             buf: Vec::with_capacity(64 * 1024),
             targets: Vec::with_capacity(16),
             read: Vec::with_capacity(CONTROL_READ),
+            mesh: mesh.map(trunk::Mesh::new),
+            edges: Vec::new(),
+            rooms_changed: false,
+            subs_dirty: false,
         }
     }
 
@@ -272,6 +319,12 @@ impl Plane {
         }
     }
 
+    /// The rooms with members, when they changed since the last call (for the directory).
+    pub(crate) fn take_rooms_changed(&mut self) -> Option<BTreeSet<String>> {
+        std::mem::take(&mut self.rooms_changed)
+            .then(|| self.core.room_names().map(str::to_string).collect())
+    }
+
     /// No connection is left (after a shutdown: the loop may end).
     pub(crate) fn is_empty(&self) -> bool {
         self.conns.is_empty()
@@ -282,19 +335,25 @@ impl Plane {
         self.timers.next()
     }
 
-    /// One UDP datagram from `from` arrived at `now`. Answers the endpoint gives at once
-    /// (Retry, refusals, stateless resets) go to `out`; the rest waits for [`Plane::flush`].
-    pub(crate) fn handle(
-        &mut self,
-        now: Instant,
-        from: SocketAddr,
-        data: &[u8],
-        out: &mut SendBatch,
-    ) {
+    /// One UDP datagram arrived at `now`. Answers the endpoint gives at once (Retry,
+    /// refusals, stateless resets) go to `out`; the rest waits for [`Plane::flush`].
+    ///
+    /// Its destination address becomes the source of the connection's packets (quinn-proto
+    /// puts it in each `Transmit`), and its ECN codepoint goes into the ACKs quinn-proto
+    /// sends back, so the client's congestion control sees marks and keeps ECN on.
+    pub(crate) fn handle(&mut self, now: Instant, datagram: Received<'_>, out: &mut SendBatch) {
         self.buf.clear();
-        let event =
-            self.endpoint
-                .handle(now, from, None, None, BytesMut::from(data), &mut self.buf);
+        let ecn = datagram
+            .ecn
+            .and_then(|e| quinn_proto::EcnCodepoint::from_bits(e as u8));
+        let event = self.endpoint.handle(
+            now,
+            datagram.from,
+            datagram.dst_ip,
+            ecn,
+            BytesMut::from(datagram.data),
+            &mut self.buf,
+        );
         match event {
             Some(DatagramEvent::NewConnection(incoming)) => self.admit(now, incoming, out),
             Some(DatagramEvent::ConnectionEvent(ch, event)) => {
@@ -337,33 +396,8 @@ impl Plane {
             Handshake::Accept => match self.endpoint.accept(incoming, now, &mut self.buf, None) {
                 Ok((ch, quic)) => {
                     self.handshaking += 1;
-                    let settings = &self.settings;
-                    self.conns.insert(
-                        ch,
-                        Conn {
-                            quic,
-                            ip,
-                            connected: false,
-                            control: None,
-                            in_core: false,
-                            stage: Stage::AwaitHello,
-                            deadline: None,
-                            decoder: FrameDecoder::new(),
-                            bucket: TokenBucket::new(
-                                settings.control_rate,
-                                settings.control_burst,
-                                0.0,
-                            ),
-                            throttled: None,
-                            outbox: ControlQueue::default(),
-                            unsent: Vec::new(),
-                            written: 0,
-                            closing: None,
-                            queue: FreshQueue::new(settings.stale_after, SUBSCRIBER_QUEUE_LIMIT),
-                            holding: None,
-                            touched: false,
-                        },
-                    );
+                    self.conns
+                        .insert(ch, Conn::new(quic, ip, &self.settings, false));
                     self.touch(ch);
                 }
                 Err(e) => {
@@ -399,8 +433,12 @@ impl Plane {
             }
             let missed = conn.deadline.is_some_and(|t| t <= now) && conn.closing.is_none();
             let stage = conn.stage;
+            let trunk = conn.trunk.is_some();
             self.touch(ch);
-            if missed {
+            if missed && trunk {
+                // The handshake or the proofs took too long.
+                self.refuse(now, ch);
+            } else if missed {
                 let close = stage.missed(self.settings.join_timeout);
                 self.request_close(now, ch, close);
             }
@@ -420,6 +458,9 @@ impl Plane {
                 i += 1;
                 self.process(now, ch);
             }
+            if std::mem::take(&mut self.subs_dirty) {
+                self.end_subscriptions();
+            }
             // Phase B: control writes, queued datagrams into quinn-proto, packets out, timers.
             let mut pass = std::mem::take(&mut self.spare);
             std::mem::swap(&mut pass, &mut self.touched);
@@ -435,9 +476,11 @@ impl Plane {
     fn process(&mut self, now: Instant, ch: ConnectionHandle) {
         self.endpoint_events(now, ch);
         while let Some(event) = self.conns.get_mut(&ch).and_then(|c| c.quic.poll()) {
+            let trunk = self.conns.get(&ch).is_some_and(|c| c.trunk.is_some());
             match event {
                 Event::Connected => self.connected(now, ch),
                 Event::ConnectionLost { reason } => self.lost(now, ch, &reason),
+                event if trunk => self.trunk_event(now, ch, event),
                 Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) => self.opened(now, ch),
                 Event::Stream(StreamEvent::Readable { .. }) => self.read_control(now, ch),
                 Event::DatagramReceived => self.receive_datagrams(now, ch),
@@ -457,12 +500,24 @@ impl Plane {
     }
 
     fn connected(&mut self, now: Instant, ch: ConnectionHandle) {
-        self.handshaking = self.handshaking.saturating_sub(1);
-        self.stats.connections_accepted.fetch_add(1, Relaxed);
         let Some(conn) = self.conns.get_mut(&ch) else {
             return;
         };
+        if conn.dialed {
+            return self.trunk_connected(now, ch);
+        }
+        self.handshaking = self.handshaking.saturating_sub(1);
+        self.stats.connections_accepted.fetch_add(1, Relaxed);
         conn.connected = true;
+        let alpn = conn
+            .quic
+            .crypto_session()
+            .handshake_data()
+            .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+            .and_then(|d| d.protocol);
+        if alpn.as_deref() == Some(TRUNK_ALPN) {
+            return self.trunk_connected(now, ch);
+        }
         // Media only travels as datagrams (RFC 9221): a client that did not enable them could
         // join but would never hear or be heard, so it is told at once instead.
         if conn.quic.datagrams().max_size().is_none() {
@@ -494,6 +549,7 @@ impl Plane {
             debug!(conn = ch.0, reason = %reason, "disconnected");
         }
         self.leave_core(now, ch);
+        self.trunk_gone(now, ch);
     }
 
     /// The client opened its control stream: the connection enters the core.
@@ -510,7 +566,7 @@ impl Plane {
         }
         conn.control = Some(id);
         conn.in_core = true;
-        self.core.connect(conn_id(ch), ch, unix_ms);
+        self.core.connect(conn_id(ch), Target::client(ch), unix_ms);
         self.read_control(now, ch);
     }
 
@@ -584,17 +640,27 @@ impl Plane {
         let joining = matches!(msg, Message::Join { .. });
         let (next_stage, next_deadline) = conn.stage.after(&msg, self.settings.join_timeout);
         let outcome = self.core.on_message(conn_id(ch), msg, self.unix_ms(now));
-        if let Some((room, name, participant)) = welcomed(&outcome.sends, joining) {
-            info!(room = %room, name = %name, participant, "join");
-        }
+        let joined = welcomed(&outcome.sends, joining);
         for (to, msg) in outcome.sends {
-            self.send_control(now, to, msg);
+            self.tell(now, to, msg);
+        }
+        if let Some((room, name, participant)) = joined {
+            info!(room = %room, name = %name, participant, "join");
+            self.rooms_changed = true;
+            // The cluster's edges, after the Welcome, for a client to move to when this relay
+            // fails.
+            if !self.edges.is_empty() {
+                let edges = Message::Edges {
+                    edges: self.edges.clone(),
+                };
+                self.send_control(now, ch, edges);
+            }
         }
         if !outcome.evict.is_empty() {
             info!("access token joined again: closed its previous connection");
         }
         for (to, why) in outcome.evict {
-            self.request_close(now, to, why);
+            self.request_close(now, to.ch, why);
         }
         if let Some(close) = outcome.close {
             self.request_close(now, ch, close);
@@ -607,6 +673,14 @@ impl Plane {
                 Deadline::In(d) => conn.deadline = Some(now + d),
                 Deadline::Clear => conn.deadline = None,
             }
+        }
+    }
+
+    /// Queues `msg` for `to`: a client's control stream or a trunk's room stream.
+    fn tell(&mut self, now: Instant, to: Target, msg: Message) {
+        match to.room {
+            None => self.send_control(now, to.ch, msg),
+            Some(stream) => self.send_room(now, to.ch, stream, &msg),
         }
     }
 
@@ -643,7 +717,7 @@ impl Plane {
         self.touch(ch);
     }
 
-    /// Closes `ch` the way the quinn shell's writer does (the first close asked for wins): out
+    /// Closes `ch` (the first close asked for wins): out
     /// of the core now, so its room hears at once; what is queued goes out, then an Error
     /// message for an error, the stream's end, and the connection close.
     fn request_close(&mut self, now: Instant, ch: ConnectionHandle, close: Close) {
@@ -683,13 +757,22 @@ impl Plane {
             return;
         }
         let notices = self.core.disconnect(conn_id(ch));
+        self.rooms_changed = true;
+        self.subs_dirty = true;
         for (to, msg) in notices {
-            self.send_control(now, to, msg);
+            self.tell(now, to, msg);
         }
     }
 
-    /// Routes the media datagrams `ch` received.
+    /// Routes the media datagrams `ch` received: a client's by the core's checks for its room
+    /// (membership, SSRC, rate limits, loudest speakers), a trunk's (once it proved it belongs
+    /// to the cluster) to the local members of its sender's room.
     fn receive_datagrams(&mut self, now: Instant, ch: ConnectionHandle) {
+        let trunk = self
+            .conns
+            .get(&ch)
+            .and_then(|c| c.trunk.as_ref())
+            .map(|t| t.is_proven());
         loop {
             let Some(datagram) = self
                 .conns
@@ -698,15 +781,27 @@ impl Plane {
             else {
                 return;
             };
-            self.stats.datagrams_in.fetch_add(1, Relaxed);
             self.targets.clear();
             let unix_ms = self.unix_ms(now);
-            match self.core.route(conn_id(ch), &datagram, unix_ms) {
-                Ok(peers) => self.targets.extend(peers.copied()),
-                Err(reason) => {
-                    self.stats.count_drop(reason);
-                    continue;
+            let targets = &mut self.targets;
+            let routed = match trunk {
+                None => {
+                    self.stats.datagrams_in.fetch_add(1, Relaxed);
+                    self.core
+                        .route(conn_id(ch), &datagram, unix_ms)
+                        .map(|peers| targets.extend(peers.map(|t| t.ch)))
                 }
+                Some(true) => {
+                    self.stats.trunk_datagrams_in.fetch_add(1, Relaxed);
+                    self.core
+                        .route_from_trunk(conn_id(ch), &datagram, unix_ms)
+                        .map(|peers| targets.extend(peers.map(|t| t.ch)))
+                }
+                Some(false) => continue,
+            };
+            if let Err(reason) = routed {
+                self.stats.count_drop(reason);
+                continue;
             }
             for i in 0..self.targets.len() {
                 let to = self.targets[i];
@@ -751,6 +846,7 @@ impl Plane {
         };
         conn.touched = false;
         write_control(conn, now);
+        trunk::write_trunk(conn);
         if let Some(closing) = &mut conn.closing
             && !closing.done
             && closing.at <= now
@@ -800,9 +896,20 @@ impl Plane {
             }
         }
         if drained {
-            // Out of the core before the handle can be reused for another connection.
+            // A connection killed by a timer (an idle handshake) drains at once: why it ended
+            // is still among its events, which the connection's pass has not polled yet.
+            while let Some(event) = self.conns.get_mut(&ch).and_then(|c| c.quic.poll()) {
+                if let Event::ConnectionLost { reason } = event {
+                    self.lost(now, ch, &reason);
+                }
+            }
+            // Out of the core and the mesh before the handle can be reused for another
+            // connection.
             self.leave_core(now, ch);
-            if let Some(conn) = self.conns.remove(&ch) {
+            self.trunk_gone(now, ch);
+            if let Some(conn) = self.conns.remove(&ch)
+                && !conn.dialed
+            {
                 if !conn.connected {
                     self.handshaking = self.handshaking.saturating_sub(1);
                 }
@@ -824,6 +931,20 @@ impl Plane {
                 Close::Error(ErrorCode::ShuttingDown, "the relay is shutting down".into()),
             );
         }
+    }
+}
+
+/// Who the core's messages and datagrams go to: a client (its control stream), or a trunk and
+/// the stream of one room it subscribed to (datagrams go once per trunk, whatever the room).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Target {
+    ch: ConnectionHandle,
+    room: Option<StreamId>,
+}
+
+impl Target {
+    fn client(ch: ConnectionHandle) -> Self {
+        Self { ch, room: None }
     }
 }
 
@@ -950,10 +1071,16 @@ fn read_stream(quic: &mut quinn_proto::Connection, id: StreamId, into: &mut Vec<
     result
 }
 
-/// Puts the packets of `t` (several when quinn-proto built a GSO batch) into `out`.
+/// Puts the packets of `t` (several when quinn-proto built a GSO batch) into `out`, each
+/// from the source address and with the ECN codepoint quinn-proto asked for.
 fn push_transmit(out: &mut SendBatch, t: &Transmit, buf: &[u8]) {
+    let route = Route {
+        to: t.destination,
+        src_ip: t.src_ip,
+        ecn: t.ecn.and_then(|e| EcnCodepoint::from_bits(e as u8)),
+    };
     let segment = t.segment_size.unwrap_or(t.size).max(1);
     for packet in buf[..t.size].chunks(segment) {
-        out.push(t.destination, packet);
+        out.push(route, packet);
     }
 }

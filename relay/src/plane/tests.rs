@@ -5,14 +5,18 @@
 //! later than the stale limit allows.
 
 use super::*;
+use crate::cluster::directory::RelayRecord;
 use crate::identity::Identity;
 use crate::server::server_config;
 use crate::stats::DELAY_BUCKETS_US;
 use natter_proto::media::write_rtp;
 use natter_proto::rtp::{AudioLevel, RtpHeader};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
 
 const RELAY: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 4433);
+/// A second relay's address, for the cluster tests.
+const EDGE: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 4434);
 const LINK: Duration = Duration::from_millis(1);
 const STEP: Duration = Duration::from_millis(1);
 
@@ -21,6 +25,7 @@ struct Packet {
     at: Instant,
     from: SocketAddr,
     to: SocketAddr,
+    ecn: Option<EcnCodepoint>,
     data: Vec<u8>,
 }
 
@@ -37,7 +42,11 @@ struct Client {
     ssrc: Option<u32>,
     heard: Vec<(u32, u16, Duration, Instant)>,
     closed: Option<ConnectionError>,
+    /// The relay it connects to.
+    relay: SocketAddr,
     next_seq: u16,
+    /// The ECN codepoint of the last packet it sent.
+    last_ecn: Option<EcnCodepoint>,
 }
 
 /// What one relay round took in and sent out, and when.
@@ -46,6 +55,8 @@ struct Round {
     at: Instant,
     received: usize,
     sent: usize,
+    /// Of those sent, how many carried an ECN codepoint.
+    marked: usize,
     destinations: HashSet<SocketAddr>,
 }
 
@@ -61,34 +72,192 @@ struct Net {
     /// Per relay round: packets received, packets sent, and the distinct destinations.
     rounds: Vec<Round>,
     stale_after: Duration,
+    /// The relay's address as the clients dial it. On a wildcard bind its packets leave from
+    /// [`RELAY`] (the kernel's choice) unless they name their source.
+    dialed: SocketAddr,
+    /// Other relays of a cluster with the first (see [`Net::cluster`]).
+    edges: Vec<Edge>,
+}
+
+/// A second relay on the net, for the cluster's trunks: its plane, address, the client
+/// configuration pinned to its certificate, and its directory record.
+struct Edge {
+    addr: SocketAddr,
+    plane: Plane,
+    client_config: quinn_proto::ClientConfig,
+    record: RelayRecord,
+}
+
+/// A relay's plane for the net: its address, cluster membership (secret, id, node), and its
+/// directory record and pinned client configuration.
+fn relay_plane(
+    addr: SocketAddr,
+    mesh: Option<(&[u8], &str, u8)>,
+    now: Instant,
+    tune: impl FnOnce(&mut RelayConfig),
+) -> (Plane, quinn_proto::ClientConfig, RelayRecord, Duration) {
+    let identity = Identity::generate().expect("a certificate");
+    let fingerprint = identity.fingerprint;
+    let mut config = RelayConfig::new(vec![addr], identity);
+    config.max_per_address = 0;
+    tune(&mut config);
+    if let Some((secret, _, node)) = mesh {
+        config.trunks = Some(crate::cluster::trunk::TrunkConfig {
+            secret: secret.to_vec(),
+            node,
+        });
+    }
+    let server = server_config(&config).expect("server config");
+    let mut core = RelayCore::new("test", config.limits.clone());
+    let settings = mesh.map(|(secret, id, node)| {
+        core.set_node(node);
+        MeshSettings {
+            secret: secret.to_vec(),
+            id: id.to_string(),
+        }
+    });
+    let record = RelayRecord {
+        id: mesh.map_or("lone", |(_, id, _)| id).to_string(),
+        addr: addr.to_string(),
+        fingerprint: natter_proto::invite::fingerprint_hex(&fingerprint),
+        region: "test".into(),
+        load: 0,
+    };
+    let plane = Plane::new(
+        &config,
+        server,
+        core,
+        Arc::default(),
+        settings,
+        now,
+        1_000_000,
+    );
+    let client = natter_loadgen::client_config(fingerprint).expect("client config");
+    (plane, client, record, config.stale_after)
+}
+
+/// One relay round on the net: the packets for `dialed` among `due` as one batch, the timers,
+/// then what the relay sends into `flight`, leaving from `home` unless a packet names its
+/// source (as the kernel would choose on a wildcard bind). Returns how many packets it took in
+/// and what it sent.
+fn relay_round(
+    plane: &mut Plane,
+    dialed: SocketAddr,
+    home: SocketAddr,
+    due: &[Packet],
+    now: Instant,
+    flight: &mut Vec<Packet>,
+) -> (usize, SendBatch) {
+    let mut out = SendBatch::default();
+    let mut received = 0;
+    for p in due.iter().filter(|p| p.to == dialed) {
+        let datagram = Received {
+            from: p.from,
+            dst_ip: Some(dialed.ip()),
+            ecn: p.ecn,
+            data: &p.data,
+        };
+        plane.handle(now, datagram, &mut out);
+        received += 1;
+    }
+    plane.handle_timeouts(now);
+    plane.flush(now, &mut out);
+    for (route, data) in out.iter() {
+        flight.push(Packet {
+            at: now + LINK,
+            from: SocketAddr::new(route.src_ip.unwrap_or(home.ip()), home.port()),
+            to: route.to,
+            ecn: route.ecn,
+            data: data.to_vec(),
+        });
+    }
+    (received, out)
 }
 
 impl Net {
     fn new(tune: impl FnOnce(&mut RelayConfig)) -> Self {
-        let identity = Identity::generate().expect("a certificate");
-        let fingerprint = identity.fingerprint;
-        let mut config = RelayConfig::new(vec![RELAY], identity);
-        config.max_per_address = 0;
-        tune(&mut config);
-        let server = server_config(&config).expect("server config");
-        let core = RelayCore::new("test", config.limits.clone());
+        Self::with_relay(None, tune)
+    }
+
+    /// The net around one relay (of a cluster, with `mesh`: secret, id, node).
+    fn with_relay(mesh: Option<(&[u8], &str, u8)>, tune: impl FnOnce(&mut RelayConfig)) -> Self {
         let t0 = Instant::now();
-        let stale_after = config.stale_after;
+        let (plane, client_config, _, stale_after) = relay_plane(RELAY, mesh, t0, tune);
         Self {
-            plane: Plane::new(&config, server, core, Arc::default(), t0, 1_000_000),
+            plane,
             clients: Vec::new(),
             t0,
             now: t0,
             flight: Vec::new(),
             cut: HashSet::new(),
-            client_config: natter_loadgen::client_config(fingerprint).expect("client config"),
+            client_config,
             rounds: Vec::new(),
             stale_after,
+            dialed: RELAY,
+            edges: Vec::new(),
         }
+    }
+
+    /// Two relays of one cluster: the net's own (id "a", node 1, holding `secret`) and an edge
+    /// at [`EDGE`] (id "b", node 2, holding `edge_secret`).
+    fn cluster(secret: &[u8], edge_secret: &[u8]) -> Self {
+        let mut net = Self::with_relay(Some((secret, "a", 1)), |_| {});
+        let (plane, client_config, record, _) =
+            relay_plane(EDGE, Some((edge_secret, "b", 2)), net.t0, |_| {});
+        net.edges.push(Edge {
+            addr: EDGE,
+            plane,
+            client_config,
+            record,
+        });
+        net
+    }
+
+    /// Clients 0 and 1 join `room` on the net's relay, 2 and 3 on the edge; then the directory
+    /// tells both relays of the other, and the net runs until trunks could be up.
+    fn two_and_two(&mut self, room: &str) {
+        for i in 0..4 {
+            if i < 2 {
+                self.connect();
+            } else {
+                self.connect_to_edge(0);
+            }
+            self.join(i, room);
+        }
+        self.until_welcomed(0..4);
+        self.share_room(room);
+        self.run(Duration::from_millis(300));
+    }
+
+    /// What the directory would tell both relays: each hosts `room` with the other.
+    fn share_room(&mut self, room: &str) {
+        let edge = &mut self.edges[0];
+        let first = RelayRecord {
+            id: "a".into(),
+            addr: RELAY.to_string(),
+            ..edge.record.clone()
+        };
+        let mut peers = BTreeMap::new();
+        peers.insert(room.to_string(), vec![(edge.record.clone(), edge.addr)]);
+        self.plane.peers(self.now, peers);
+        let mut peers = BTreeMap::new();
+        peers.insert(room.to_string(), vec![(first, RELAY)]);
+        edge.plane.peers(self.now, peers);
     }
 
     /// A new client connection (the handshake runs as the net steps).
     fn connect(&mut self) -> usize {
+        let (relay, config) = (self.dialed, self.client_config.clone());
+        self.connect_to(relay, config)
+    }
+
+    /// A new client connection to edge `e`.
+    fn connect_to_edge(&mut self, e: usize) -> usize {
+        let (relay, config) = (self.edges[e].addr, self.edges[e].client_config.clone());
+        self.connect_to(relay, config)
+    }
+
+    fn connect_to(&mut self, relay: SocketAddr, config: quinn_proto::ClientConfig) -> usize {
         let i = self.clients.len();
         let addr = SocketAddr::new(RELAY.ip(), 5000 + i as u16);
         let mut endpoint = quinn_proto::Endpoint::new(
@@ -98,7 +267,7 @@ impl Net {
             None,
         );
         let (ch, conn) = endpoint
-            .connect(self.now, self.client_config.clone(), RELAY, "natter-relay")
+            .connect(self.now, config, relay, "natter-relay")
             .expect("connect");
         self.clients.push(Client {
             addr,
@@ -111,7 +280,9 @@ impl Net {
             ssrc: None,
             heard: Vec::new(),
             closed: None,
+            relay,
             next_seq: 0,
+            last_ecn: None,
         });
         i
     }
@@ -188,37 +359,44 @@ impl Net {
             .partition(|p| p.at <= now);
         self.flight = later;
         // The relay: this step's packets as one batch, then one round.
-        let mut out = SendBatch::default();
-        let mut received = 0;
-        for p in due.iter().filter(|p| p.to == RELAY) {
-            self.plane.handle(now, p.from, &p.data, &mut out);
-            received += 1;
-        }
-        self.plane.handle_timeouts(now);
-        self.plane.flush(now, &mut out);
+        let (received, out) = relay_round(
+            &mut self.plane,
+            self.dialed,
+            RELAY,
+            &due,
+            now,
+            &mut self.flight,
+        );
         self.rounds.push(Round {
             at: now,
             received,
             sent: out.len(),
-            destinations: out.iter().map(|(to, _)| to).collect(),
+            marked: out.iter().filter(|(r, _)| r.ecn.is_some()).count(),
+            destinations: out.iter().map(|(r, _)| r.to).collect(),
         });
-        for (to, data) in out.iter() {
-            self.flight.push(Packet {
-                at: now + LINK,
-                from: RELAY,
-                to,
-                data: data.to_vec(),
-            });
+        // The other relays, likewise.
+        for edge in &mut self.edges {
+            relay_round(
+                &mut edge.plane,
+                edge.addr,
+                edge.addr,
+                &due,
+                now,
+                &mut self.flight,
+            );
         }
         // The clients.
         for (i, c) in self.clients.iter_mut().enumerate() {
             for p in due.iter().filter(|p| p.to == c.addr) {
                 let mut buf = Vec::new();
+                let ecn = p
+                    .ecn
+                    .and_then(|e| quinn_proto::EcnCodepoint::from_bits(e as u8));
                 if let Some(DatagramEvent::ConnectionEvent(_, event)) = c.endpoint.handle(
                     now,
                     p.from,
                     None,
-                    None,
+                    ecn,
                     BytesMut::from(&p.data[..]),
                     &mut buf,
                 ) {
@@ -227,12 +405,15 @@ impl Net {
             }
             let packets = c.poll(now);
             if !self.cut.contains(&i) {
-                self.flight.extend(packets.into_iter().map(|data| Packet {
-                    at: now + LINK,
-                    from: c.addr,
-                    to: RELAY,
-                    data,
-                }));
+                let to = c.relay;
+                self.flight
+                    .extend(packets.into_iter().map(|(data, ecn)| Packet {
+                        at: now + LINK,
+                        from: c.addr,
+                        to,
+                        ecn,
+                        data,
+                    }));
             }
         }
     }
@@ -307,8 +488,9 @@ impl Net {
 }
 
 impl Client {
-    /// Runs the client's timers and events; returns the packets it sends.
-    fn poll(&mut self, now: Instant) -> Vec<Vec<u8>> {
+    /// Runs the client's timers and events; returns the packets it sends, with their ECN
+    /// codepoints.
+    fn poll(&mut self, now: Instant) -> Vec<(Vec<u8>, Option<EcnCodepoint>)> {
         if self.conn.poll_timeout().is_some_and(|t| t <= now) {
             self.conn.handle_timeout(now);
         }
@@ -354,7 +536,9 @@ impl Client {
         let mut buf = Vec::new();
         while let Some(t) = self.conn.poll_transmit(now, 10, &mut buf) {
             let segment = t.segment_size.unwrap_or(t.size);
-            out.extend(buf[..t.size].chunks(segment).map(<[u8]>::to_vec));
+            let ecn = t.ecn.and_then(|e| EcnCodepoint::from_bits(e as u8));
+            self.last_ecn = ecn;
+            out.extend(buf[..t.size].chunks(segment).map(|p| (p.to_vec(), ecn)));
             buf.clear();
         }
         out
@@ -496,4 +680,108 @@ fn a_deadline_expiring_mid_batch_closes_only_its_connection() {
     }
     // Closed, drained and forgotten.
     assert_eq!(net.plane.conns.len(), 4);
+}
+
+/// A relay on a wildcard bind, dialled at an address that is not the one the kernel would
+/// send from: the handshake completes (the relay's packets leave from the dialled address;
+/// the client's QUIC drops packets from any other), and ECN stays on both ways through a call
+/// (each side reports the marks it received in its ACKs; a side whose ACKs lack them makes
+/// the other stop marking).
+#[test]
+fn replies_leave_from_the_dialled_address_and_ecn_stays_on() {
+    let mut net = Net::new(|_| {});
+    net.dialed = SocketAddr::new(IpAddr::from([127, 0, 0, 2]), RELAY.port());
+    let n = 5;
+    for i in 0..n {
+        net.connect();
+        net.join(i, "room");
+    }
+    net.until_welcomed(0..n);
+    net.talk(0..n, 50);
+    net.all_heard(0..n, 50);
+    let end = net.rounds.last().expect("rounds").at;
+    let last: Vec<&Round> = net
+        .rounds
+        .iter()
+        .filter(|r| r.at + Duration::from_millis(200) > end && r.sent > 0)
+        .collect();
+    assert!(!last.is_empty());
+    for r in last {
+        assert_eq!(r.marked, r.sent, "the relay stopped marking: {r:?}");
+    }
+    for c in &net.clients {
+        assert_eq!(
+            c.last_ecn,
+            Some(EcnCodepoint::Ect0),
+            "a client stopped marking"
+        );
+    }
+}
+
+/// A handshake whose client goes silent after its first packet ends at the idle timeout and is
+/// counted as a timed-out handshake (quinn-proto drains such a connection at once: why it
+/// ended must be read before it is dropped).
+#[test]
+fn a_silent_handshake_times_out_and_is_counted() {
+    let stats = Arc::new(RelayStats::default());
+    let mut net = Net::new(|c| c.idle_timeout = Duration::from_secs(1));
+    net.plane.stats = stats.clone();
+    let i = net.connect();
+    net.step();
+    net.step();
+    net.cut.insert(i);
+    assert_eq!(net.plane.occupancy().handshakes, 1);
+    net.run(Duration::from_secs(3));
+    assert_eq!(net.plane.occupancy().handshakes, 0);
+    assert!(net.plane.is_empty());
+    let timeouts = stats.snapshot().handshake_failures[HandshakeFailure::Timeout as usize];
+    assert_eq!(timeouts, 1);
+}
+
+/// A room over two relays of a cluster: two members on each, and both relays told by "the
+/// directory" at once that the other hosts the room (so both dial: the trunk the lower id
+/// dialled is kept on both sides). Everyone hears the other three, in order, once — the far
+/// two through the trunk — and hears of all of them on its control stream.
+#[test]
+fn a_room_spans_two_relays_over_a_trunk() {
+    let secret = b"a cluster secret of 32 bytes....";
+    let mut net = Net::cluster(secret, secret);
+    net.two_and_two("room");
+    net.talk(0..4, 50);
+    net.all_heard(0..4, 50);
+    for c in &net.clients {
+        let mut known: HashSet<u64> = HashSet::new();
+        for m in &c.messages {
+            match m {
+                Message::Welcome { roster, .. } => known.extend(roster.iter().map(|p| p.id)),
+                Message::ParticipantJoined(p) => {
+                    known.insert(p.id);
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(known.len(), 4, "{:?}", c.messages);
+    }
+    assert_eq!(net.plane.mesh.as_ref().map(|m| m.trunk_count()), Some(1));
+    assert_eq!(
+        net.edges[0].plane.mesh.as_ref().map(|m| m.trunk_count()),
+        Some(1)
+    );
+}
+
+/// A relay that does not hold the cluster's secret gets no trunk: its members and the
+/// others' never hear each other, and both rooms go on.
+#[test]
+fn a_relay_without_the_secret_gets_no_trunk() {
+    let mut net = Net::cluster(
+        b"a cluster secret of 32 bytes....",
+        b"another secret of 32 bytes......",
+    );
+    net.two_and_two("room");
+    net.talk(0..4, 20);
+    assert_eq!(net.heard_in_order(0, 1), 20);
+    assert_eq!(net.heard_in_order(2, 3), 20);
+    assert_eq!(net.heard(0, 2), (0, 0));
+    assert_eq!(net.heard(3, 1), (0, 0));
+    assert_eq!(net.plane.mesh.as_ref().map(|m| m.trunk_count()), Some(0));
 }
