@@ -71,7 +71,7 @@ impl Default for EncoderConfig {
 
 /// Encoder complexity while the quality rests on in-band FEC at [`LOW_COMPLEXITY_MIN_BPS`] or
 /// more (see [`encoder_complexity`]).
-const FEC_COMPLEXITY: u8 = 5;
+const FEC_COMPLEXITY: u8 = 7;
 /// libopus's default encoder complexity: everywhere else.
 const DEFAULT_COMPLEXITY: u8 = 10;
 /// Lowest bitrate at which FEC keeps working at [`FEC_COMPLEXITY`]: the rate controller's
@@ -81,10 +81,15 @@ const LOW_COMPLEXITY_MIN_BPS: i32 = 40_000;
 /// The encoder complexity for what the quality rests on — in-band FEC or DRED, as
 /// `crate::rate::protection` chose — at `bitrate_bps`. Measured with libopus 1.6.1
 /// (docs/BENCHMARKS.md, "Opus 1.6", §2: two voices, our buffer, PESQ-WB; CPU per 20 ms frame):
-/// - **FEC at 40 kbit/s and more: 5**, a quarter less CPU per frame (~50–70 µs), no quality
-///   lost (14 cells: mean 3.536 against 3.544, no cell more than 0.06 worse). At 40 kbit/s
-///   libopus keeps FEC in full band at any complexity and planned loss: its rate test
-///   (`decide_fec`) scales the bitrate by (90 + complexity) %.
+/// - **FEC at 40 kbit/s and more: 7**, ~10 % less CPU per frame (203 against 226 µs), no
+///   quality lost (14 cells: mean 3.540 against 3.544). At 40 kbit/s libopus keeps FEC in full
+///   band at any complexity and planned loss: its rate test (`decide_fec`) scales the bitrate
+///   by (90 + complexity) %. Not lower: below 7 libopus skips its signal analysis, and with
+///   DTX on its speech detector then takes a steady tonal sound (a held note, music, a test
+///   tone) for noise and stops sending it after about a second — 1-byte packets, silence at
+///   the listener (test `a_steady_tone_keeps_being_sent`; the speech benches, which encode
+///   without DTX, did not show it; an end-to-end test of a tone through a migrating
+///   connection did). 5 would save ~55 µs.
 /// - **FEC at 32 kbit/s: 10.** There that test is at its edge: at 5 % planned loss 6 and 5
 ///   send no FEC at all (5 % random loss 3.13 and 3.12 instead of 4.09), and at the 2 % planned
 ///   on a clean path 7 does not either.
@@ -454,10 +459,42 @@ mod tests {
         assert_eq!((fixed.complexity(), libopus(&mut fixed)), (8, 8));
     }
 
+    /// Below complexity 7 libopus has no signal analysis, and with DTX its speech detector
+    /// stops sending a steady tone after about a second (1-byte packets from then on). The
+    /// policy's complexity must keep sending it, as 10 does.
+    #[test]
+    fn a_steady_tone_keeps_being_sent() {
+        let tone: Vec<f32> = (0..48_000 * 3)
+            .map(|i| 0.3 * (std::f32::consts::TAU * 440.0 * i as f32 / 48_000.0).sin())
+            .collect();
+        let smallest_after_1s = |complexity: Option<u8>| {
+            let mut enc = OpusEncoder::new(EncoderConfig {
+                complexity,
+                ..EncoderConfig::default()
+            })
+            .unwrap();
+            assert!(enc.config.dtx);
+            let mut p = Vec::new();
+            tone.chunks_exact(960)
+                .map(|f| {
+                    enc.encode(f, &mut p).unwrap();
+                    p.len()
+                })
+                .skip(50)
+                .min()
+                .unwrap()
+        };
+        assert!(smallest_after_1s(None) > 50, "the policy's complexity");
+        assert!(smallest_after_1s(Some(DEFAULT_COMPLEXITY)) > 50);
+        // What the policy must stay above.
+        assert!(smallest_after_1s(Some(6)) <= 2);
+    }
+
     /// Why the low complexity starts at 40 kbit/s: there libopus keeps in-band FEC at
     /// [`FEC_COMPLEXITY`] for every loss the rate controller plans for (2–25 %), while at
-    /// 32 kbit/s and 5 % it drops FEC altogether (libopus's `decide_fec` scales the bitrate by
-    /// the complexity), which complexity 10 does not; at 2 %, so does 7.
+    /// 32 kbit/s the lower complexities drop FEC altogether (libopus's `decide_fec` scales the
+    /// bitrate by the complexity): 5 at 5 % planned loss, 7 at the 2 % planned on a clean
+    /// path; complexity 10 does not.
     #[test]
     fn fec_survives_the_low_complexity_at_40_kbit_s_and_not_at_32() {
         let speech = crate::measure::speech_like(48_000, 1.5, 9);
@@ -489,9 +526,9 @@ mod tests {
             );
         }
         assert!(fec_share(32_000, 5, DEFAULT_COMPLEXITY) > 0.5);
-        assert_eq!(fec_share(32_000, 5, FEC_COMPLEXITY), 0.0);
+        assert_eq!(fec_share(32_000, 5, 5), 0.0);
         // At the 2 % planned on a clean path, 7 loses it too (8 keeps it here).
-        assert_eq!(fec_share(32_000, 2, 7), 0.0);
+        assert_eq!(fec_share(32_000, 2, FEC_COMPLEXITY), 0.0);
     }
 
     /// What [`OpusDecoder::continues_after_conceal`] claims: after concealing lost frames (in
