@@ -338,7 +338,10 @@ fn two_loops_carry_rooms_across_them() {
     assert!(report.field("p50_ms") < 50.0, "{line}");
     let (_, text) = http_get(relay.metrics_url());
     for i in 0..2 {
-        let read = metric(&text, &format!("natter_loop_datagrams_total{{loop=\"{i}\"}}"));
+        let read = metric(
+            &text,
+            &format!("natter_loop_datagrams_total{{loop=\"{i}\"}}"),
+        );
         assert!(read.is_some_and(|n| n > 0.0), "loop {i}: {text}");
     }
 }

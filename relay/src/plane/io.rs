@@ -15,9 +15,9 @@ use crate::core::RelayCore;
 use crate::server::{RelayError, Shared, bind, unix_ms};
 use crate::udp_batch::{BatchSocket, Received, SendBatch, wait_readable};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::warn;
 
