@@ -428,6 +428,19 @@ impl Net {
         }
     }
 
+    /// `n` new clients join one room; the net settles once all are welcomed.
+    fn one_room(&mut self, n: usize) {
+        let first = self.clients.len();
+        for _ in 0..n {
+            self.connect();
+        }
+        for i in first..first + n {
+            self.join(i, "room");
+        }
+        self.until_welcomed(first..first + n);
+        self.run(Duration::from_millis(100));
+    }
+
     /// Steps until every client in `which` has been welcomed.
     fn until_welcomed(&mut self, which: impl Iterator<Item = usize> + Clone) {
         for _ in 0..500 {
@@ -595,14 +608,7 @@ fn a_full_congestion_window_holds_back_only_its_own_connection() {
     // CUBIC: its initial window (about 12 packets) fills within the test; BBR's starts far
     // larger.
     let mut net = Net::new(|c| c.congestion = crate::server::Congestion::Cubic);
-    for _ in 0..5 {
-        net.connect();
-    }
-    for i in 0..5 {
-        net.join(i, "room");
-    }
-    net.until_welcomed(0..5);
-    net.run(Duration::from_millis(100));
+    net.one_room(5);
     net.cut.insert(0);
     let frames = 150;
     net.talk(1..5, frames);
@@ -805,14 +811,7 @@ fn a_relay_without_the_secret_gets_no_trunk() {
 fn two_loops_in_turn_carry_a_room_across_them_and_a_client_moving_between_them() {
     let mut net = Net::new(|_| {});
     net.loops = 2;
-    for _ in 0..5 {
-        net.connect();
-    }
-    for i in 0..5 {
-        net.join(i, "room");
-    }
-    net.until_welcomed(0..5);
-    net.run(Duration::from_millis(100));
+    net.one_room(5);
     let frames = 50;
     net.talk(0..5, frames);
     net.all_heard(0..5, frames);
