@@ -10,6 +10,8 @@
 #
 # Environment: REPS (runs per N, default 1, each with a fresh relay), RELAY_CPUS / LOADGEN_CPUS
 # (taskset lists, default 0 and 1), RELAY_ARGS (extra relay flags, e.g. "--forward-loudest 3"),
+# LOADGEN_ARGS (extra natter-loadgen flags, e.g. "--per-endpoint 8": more client ports, which
+# the kernel's SO_REUSEPORT hash spreads over a relay's loops),
 # DURATION (seconds of sending, default 10), MODES (default "relay"): what to measure, in
 # alternation for each N and repetition —
 #   relay       natter-relay from this build (one loop driving quinn-proto, sendmmsg)
@@ -18,6 +20,7 @@
 #               no QUIC), driven by natter-loadgen --udp with the same participants and packets
 #   udp1        the same baseline sending one datagram per system call (what batching saves)
 #   relay:DIR   natter-relay from DIR (another build's release directory: old against new)
+#   threads:N   natter-relay from this build with --threads N (N loops; alternate with relay)
 # e.g. MODES="udp relay relay:/tmp/old/release" scripts/bench-relay.sh 200 400.
 # Each line starts with mode=…. NICE (default 0) runs the measured server and the load generator
 # at that nice value (negative needs root): on a machine others are using, -10 keeps their
@@ -49,21 +52,24 @@ for n in "${sizes[@]}"; do
       loadgen_args=(--udp)
     else
       relay_bin="$bin"
+      threads=()
       case "$mode" in
         relay | batched) ;;
+        threads:*) threads=(--threads "${mode#threads:}") ;;
         *) relay_bin="${mode#relay:}" ;;
       esac
       # shellcheck disable=SC2086
       nice -n "${NICE:-0}" taskset -c "${RELAY_CPUS:-0}" "$relay_bin/natter-relay" --listen 127.0.0.1:0 --data-dir "$work/relay" \
-          --max-room-size 5 --max-connections 100000 --max-connections-per-address 0 ${RELAY_ARGS:-} >"$work/relay.out" 2>"$work/relay.log" &
+          --max-room-size 5 --max-connections 100000 --max-connections-per-address 0 "${threads[@]}" ${RELAY_ARGS:-} >"$work/relay.out" 2>"$work/relay.log" &
       relay_pid=$!
       for _ in $(seq 400); do grep -q '^invite:' "$work/relay.out" 2>/dev/null && break; sleep 0.05; done
       target="$(sed -n 's/^invite: //p' "$work/relay.out")"
       loadgen_args=()
     fi
     [ -n "$target" ] || { echo "mode=$mode did not start:" >&2; cat "$work/relay.out" "$work/relay.log" >&2; exit 1; }
+    # shellcheck disable=SC2086
     nice -n "${NICE:-0}" taskset -c "${LOADGEN_CPUS:-1}" "$bin/natter-loadgen" "$target" "${loadgen_args[@]}" --participants "$n" --room-size 5 \
-        --duration "${DURATION:-10}" --relay-pid "$relay_pid" >"$work/loadgen.out" &
+        ${LOADGEN_ARGS:-} --duration "${DURATION:-10}" --relay-pid "$relay_pid" >"$work/loadgen.out" &
     loadgen_pid=$!
     # Sample the middle of the sending phase (joining takes a moment first).
     sleep 3

@@ -64,7 +64,7 @@ pub struct ConfigFile {
     pub key: Option<PathBuf>,
     pub public_host: Option<String>,
     pub metrics: Option<SocketAddr>,
-    /// Retired: the relay runs one loop (above 1: a warning).
+    /// Data-plane loops (`RelayConfig::threads`).
     pub threads: Option<usize>,
     pub log_format: Option<String>,
     pub congestion: Option<String>,

@@ -129,9 +129,8 @@ struct Args {
     #[arg(long, value_name = "N", env = "NATTER_RELAY_FORWARD_LOUDEST")]
     forward_loudest: Option<usize>,
 
-    /// Retired: the relay runs one loop (accepted so old configs start; above 1 it logs a
-    /// warning).
-    #[arg(long, env = "NATTER_RELAY_THREADS", hide = true)]
+    /// Data-plane loops, one per thread, sharing the port with SO_REUSEPORT (default 1).
+    #[arg(long, value_name = "N", env = "NATTER_RELAY_THREADS")]
     threads: Option<usize>,
 
     /// Congestion controller: "bbr" (default; keeps voice flowing on lossy paths) or "cubic".
@@ -356,19 +355,20 @@ fn settings(args: &Args, file: &ConfigFile) -> anyhow::Result<Settings> {
         relay.retry_above = v;
     }
     relay.limits.forward_loudest = pick(args.forward_loudest, l.forward_loudest).filter(|n| *n > 0);
-    let mut retired = Vec::new();
-    // Settings of the removed quinn data plane: accepted (a config that names them keeps
-    // working) and reported, since they no longer change anything.
-    if let Some(n) = pick(args.threads, file.threads).filter(|n| *n > 1) {
-        retired.push(format!(
-            "threads = {n} is ignored: the relay runs one loop (several are not built yet)"
-        ));
+    if let Some(n) = pick(args.threads, file.threads) {
+        if n == 0 {
+            bail!("threads: must be at least 1");
+        }
+        relay.threads = n;
     }
     relay.congestion = choose(
         "congestion",
         args.congestion.as_deref().or(file.congestion.as_deref()),
         &[("bbr", Congestion::Bbr), ("cubic", Congestion::Cubic)],
     )?;
+    // A setting of the removed quinn data plane: accepted (a config that names it keeps
+    // working) and reported, since it no longer changes anything.
+    let mut retired = Vec::new();
     let quinn = choose(
         "data-plane",
         args.data_plane.as_deref().or(file.data_plane.as_deref()),

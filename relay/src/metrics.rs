@@ -94,6 +94,15 @@ pub fn render(s: &StatsSnapshot, occupancy: Occupancy) -> String {
         let series = format!("handshake_failures_total{{reason=\"{}\"}}", reason.as_str());
         sample(o, &series, s.handshake_failures[reason as usize]);
     }
+    family(
+        o,
+        "loop_datagrams_total",
+        "counter",
+        "UDP datagrams each data-plane loop read (how SO_REUSEPORT spread the clients).",
+    );
+    for (i, n) in s.loop_datagrams.iter().enumerate() {
+        sample(o, &format!("loop_datagrams_total{{loop=\"{i}\"}}"), *n);
+    }
     single(
         o,
         "retries_total",

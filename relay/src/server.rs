@@ -65,6 +65,10 @@ pub struct RelayConfig {
     pub stale_after: Duration,
     /// Congestion controller for each connection.
     pub congestion: Congestion,
+    /// Data-plane loops, each on its own thread with its own socket per listen address, all
+    /// bound to the same port with SO_REUSEPORT (`crate::plane`'s module documentation says
+    /// how they share the connections). 1 unless measured otherwise.
+    pub threads: usize,
     /// The cluster directory to keep this relay in (`None`: a lone relay).
     pub directory: Option<DirectoryConfig>,
     /// Trunks to the other relays of the cluster (needs the directory to find them).
@@ -115,6 +119,7 @@ impl RelayConfig {
             retry_above: 64,
             stale_after: Duration::from_millis(60),
             congestion: Congestion::Bbr,
+            threads: 1,
             directory: None,
             trunks: None,
         }
@@ -162,7 +167,7 @@ impl crate::metrics::Source for Shared {
 impl Shared {
     fn new(config: RelayConfig) -> Arc<Self> {
         Arc::new(Shared {
-            stats: Arc::default(),
+            stats: Arc::new(RelayStats::with_loops(config.threads.max(1))),
             published: Mutex::default(),
             published_rooms: Mutex::default(),
             shutting_down: AtomicBool::new(false),
@@ -292,11 +297,16 @@ pub fn server_config(config: &RelayConfig) -> Result<quinn::ServerConfig, RelayE
     Ok(server)
 }
 
-pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+/// A UDP socket on `addr`; `reuse_port`: with SO_REUSEPORT, so the data plane's other loops
+/// can bind the same address and the kernel spreads clients over them by 4-tuple hash.
+pub(crate) fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
+    }
+    if reuse_port {
+        socket.set_reuse_port(true)?;
     }
     // Ask for deep buffers (the kernel caps them at net.core.rmem_max / wmem_max, see
     // udp_buffer_warning): the default ~208 KiB overflows when a busy relay's receive task is

@@ -74,9 +74,27 @@ pub struct RelayStats {
     pub trunk_datagrams_in: AtomicU64,
     delay_buckets: [AtomicU64; DELAY_BUCKETS_US.len() + 1],
     delay_sum_us: AtomicU64,
+    /// UDP datagrams each data-plane loop read: how the kernel's SO_REUSEPORT hash spread the
+    /// clients over the loops.
+    loop_datagrams: Vec<AtomicU64>,
 }
 
 impl RelayStats {
+    /// Counters for a relay with `loops` data-plane loops.
+    pub fn with_loops(loops: usize) -> Self {
+        Self {
+            loop_datagrams: (0..loops).map(|_| AtomicU64::new(0)).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// Loop `index` read `n` UDP datagrams.
+    pub fn count_loop_datagrams(&self, index: usize, n: u64) {
+        if let Some(counter) = self.loop_datagrams.get(index) {
+            counter.fetch_add(n, Relaxed);
+        }
+    }
+
     pub fn count_drop(&self, reason: DropReason) {
         self.dropped[reason as usize].fetch_add(1, Relaxed);
     }
@@ -116,6 +134,7 @@ impl RelayStats {
             trunk_datagrams_in: self.trunk_datagrams_in.load(Relaxed),
             delay_buckets: load(&self.delay_buckets),
             delay_sum_us: self.delay_sum_us.load(Relaxed),
+            loop_datagrams: load(&self.loop_datagrams),
         }
     }
 }
@@ -140,6 +159,8 @@ pub struct StatsSnapshot {
     /// Counts per [`DELAY_BUCKETS_US`] bucket, then the overflow bucket.
     pub delay_buckets: Vec<u64>,
     pub delay_sum_us: u64,
+    /// Indexed by data-plane loop.
+    pub loop_datagrams: Vec<u64>,
 }
 
 impl StatsSnapshot {

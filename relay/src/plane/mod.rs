@@ -26,6 +26,32 @@
 //! core's rooms, tokens, rate limits, echo and loudest-speaker rule. Trunks to the cluster's
 //! other relays are connections of the same endpoint and run in the same rounds (`trunk.rs`);
 //! the directory task (tokio, Redis) tells the loop what it reads back through a channel.
+//!
+//! ## Several loops (`threads = N`)
+//!
+//! N loops, each on its own thread with its own SO_REUSEPORT socket on the relay's address,
+//! share **one** [`Plane`] behind a lock that each loop takes once a round: after its
+//! `recvmmsg` returned and until its round's packets are in its send batch; the `sendmmsg`
+//! runs outside it (`io.rs`). So the system calls — the kernel's share of the relay's CPU,
+//! the largest (docs/BENCHMARKS.md, the profile) — run on every core at once, and the
+//! plane's own work (quinn-proto, AEAD, routing) runs on one loop at a time.
+//!
+//! Why one shared plane rather than a plane per loop: everything that must hold across loops
+//! holds by construction. A room's members meet in the one core whichever socket the kernel
+//! gave them, and hear each other within the round that received the packet (no cross-loop
+//! queue, no redirect at join, no protocol change). A connection belongs to the one endpoint,
+//! not to a loop: when a client's address changes (NAT rebinding, migration) its new 4-tuple
+//! may hash to another socket, and that loop hands the packet to the same connection instead
+//! of answering an unknown connection ID with a stateless reset; a Retry token is checked by
+//! the same endpoint whichever loop the client's second Initial reaches; the relay-wide and
+//! per-address limits, the handshake count the Retry threshold uses, the cluster's trunks and
+//! graceful shutdown are the one plane's. Any loop may send any connection's packets: the
+//! sockets share the address and port, so the client sees one peer address.
+//!
+//! What it costs: the plane's work does not scale past one core. Per-loop planes (own
+//! endpoint and core, a loop index in the connection IDs to steer migrated packets, rooms
+//! spanning loops through cross-loop queues drained once per round) would scale it, at the
+//! price of all the above; this machine has two cores and cannot measure whether it pays.
 
 mod io;
 mod timers;

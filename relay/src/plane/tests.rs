@@ -77,6 +77,9 @@ struct Net {
     dialed: SocketAddr,
     /// Other relays of a cluster with the first (see [`Net::cluster`]).
     edges: Vec<Edge>,
+    /// The relay's loops: a packet goes to loop (source port mod `loops`), the kernel's
+    /// SO_REUSEPORT hash made predictable.
+    loops: usize,
 }
 
 /// A second relay on the net, for the cluster's trunks: its plane, address, the client
@@ -140,17 +143,17 @@ fn relay_plane(
 /// then what the relay sends into `flight`, leaving from `home` unless a packet names its
 /// source (as the kernel would choose on a wildcard bind). Returns how many packets it took in
 /// and what it sent.
-fn relay_round(
+fn relay_round<'a>(
     plane: &mut Plane,
     dialed: SocketAddr,
     home: SocketAddr,
-    due: &[Packet],
+    due: impl IntoIterator<Item = &'a Packet>,
     now: Instant,
     flight: &mut Vec<Packet>,
 ) -> (usize, SendBatch) {
     let mut out = SendBatch::default();
     let mut received = 0;
-    for p in due.iter().filter(|p| p.to == dialed) {
+    for p in due.into_iter().filter(|p| p.to == dialed) {
         let datagram = Received {
             from: p.from,
             dst_ip: Some(dialed.ip()),
@@ -195,6 +198,7 @@ impl Net {
             stale_after,
             dialed: RELAY,
             edges: Vec::new(),
+            loops: 1,
         }
     }
 
@@ -358,22 +362,28 @@ impl Net {
             .into_iter()
             .partition(|p| p.at <= now);
         self.flight = later;
-        // The relay: this step's packets as one batch, then one round.
-        let (received, out) = relay_round(
-            &mut self.plane,
-            self.dialed,
-            RELAY,
-            &due,
-            now,
-            &mut self.flight,
-        );
-        self.rounds.push(Round {
-            at: now,
-            received,
-            sent: out.len(),
-            marked: out.iter().filter(|(r, _)| r.ecn.is_some()).count(),
-            destinations: out.iter().map(|(r, _)| r.to).collect(),
-        });
+        // The relay: this step's packets as one batch, then one round; with several loops,
+        // one batch and round per loop (its clients' packets), one loop after the other, as
+        // the loops take the shared plane's lock in turn.
+        let loops = self.loops;
+        for l in 0..loops {
+            let (received, out) = relay_round(
+                &mut self.plane,
+                self.dialed,
+                RELAY,
+                due.iter()
+                    .filter(|p| usize::from(p.from.port()) % loops == l),
+                now,
+                &mut self.flight,
+            );
+            self.rounds.push(Round {
+                at: now,
+                received,
+                sent: out.len(),
+                marked: out.iter().filter(|(r, _)| r.ecn.is_some()).count(),
+                destinations: out.iter().map(|(r, _)| r.to).collect(),
+            });
+        }
         // The other relays, likewise.
         for edge in &mut self.edges {
             relay_round(
@@ -416,6 +426,19 @@ impl Net {
                     }));
             }
         }
+    }
+
+    /// `n` new clients join one room; the net settles once all are welcomed.
+    fn one_room(&mut self, n: usize) {
+        let first = self.clients.len();
+        for _ in 0..n {
+            self.connect();
+        }
+        for i in first..first + n {
+            self.join(i, "room");
+        }
+        self.until_welcomed(first..first + n);
+        self.run(Duration::from_millis(100));
     }
 
     /// Steps until every client in `which` has been welcomed.
@@ -585,14 +608,7 @@ fn a_full_congestion_window_holds_back_only_its_own_connection() {
     // CUBIC: its initial window (about 12 packets) fills within the test; BBR's starts far
     // larger.
     let mut net = Net::new(|c| c.congestion = crate::server::Congestion::Cubic);
-    for _ in 0..5 {
-        net.connect();
-    }
-    for i in 0..5 {
-        net.join(i, "room");
-    }
-    net.until_welcomed(0..5);
-    net.run(Duration::from_millis(100));
+    net.one_room(5);
     net.cut.insert(0);
     let frames = 150;
     net.talk(1..5, frames);
@@ -784,4 +800,30 @@ fn a_relay_without_the_secret_gets_no_trunk() {
     assert_eq!(net.heard(0, 2), (0, 0));
     assert_eq!(net.heard(3, 1), (0, 0));
     assert_eq!(net.plane.mesh.as_ref().map(|m| m.trunk_count()), Some(0));
+}
+
+/// Two loops as the shared plane sees them: each step the packets of clients on even ports and
+/// those on odd ports come in two rounds, one after the other (the loops taking the plane's
+/// lock in turn), so the room's members are split over the loops; then a client moves to a
+/// port of the other loop (NAT rebinding). Everyone hears everyone, in order, once, before and
+/// after the move, and no connection ends.
+#[test]
+fn two_loops_in_turn_carry_a_room_across_them_and_a_client_moving_between_them() {
+    let mut net = Net::new(|_| {});
+    net.loops = 2;
+    net.one_room(5);
+    let frames = 50;
+    net.talk(0..5, frames);
+    net.all_heard(0..5, frames);
+    assert!(net.clients.iter().all(|c| c.heard.len() == 4 * frames));
+    // Client 0 is on port 5000 (loop 0); its new port 6001 is loop 1's.
+    // It speaks from there (a PING) before the room does: what the relay sent to the old port
+    // before it saw the new one is lost, as after any NAT rebinding, whatever the loops.
+    net.clients[0].addr = SocketAddr::new(RELAY.ip(), 6001);
+    net.clients[0].conn.ping();
+    net.run(Duration::from_millis(20));
+    net.talk(0..5, frames);
+    net.all_heard(0..5, 2 * frames);
+    assert!(net.clients.iter().all(|c| c.heard.len() == 8 * frames));
+    assert!(net.clients.iter().all(|c| c.closed.is_none()));
 }
