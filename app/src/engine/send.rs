@@ -339,7 +339,11 @@ mod tests {
         let mut out: Vec<Vec<u8>> = Vec::new();
         // 1 s of tone, 2 s of digital silence, 0.5 s of tone, in 10 ms blocks.
         for k in 0..350 {
-            let block = if (100..300).contains(&k) { &silence } else { &tone };
+            let block = if (100..300).contains(&k) {
+                &silence
+            } else {
+                &tone
+            };
             s.push(block, f64::from(k) * 10.0, Gate::OPEN, &mut |d| {
                 out.push(d.to_vec())
             });
@@ -358,7 +362,11 @@ mod tests {
         for w in pkts.windows(2) {
             let gap = w[1].0.timestamp.wrapping_sub(w[0].0.timestamp);
             assert_eq!(w[1].0.sequence, w[0].0.sequence.wrapping_add(1));
-            assert_eq!(w[1].0.marker, gap > 960, "a talkspurt starts after every gap");
+            assert_eq!(
+                w[1].0.marker,
+                gap > 960,
+                "a talkspurt starts after every gap"
+            );
         }
         let (first, next) = (&pkts[dtx[0]].0, &pkts[dtx[0] + 1].0);
         assert!(next.timestamp.wrapping_sub(first.timestamp) >= 960 * 10);

@@ -107,8 +107,11 @@
 //! jitter margin (with the FEC look-ahead while losses are recent) lets arrive in time.
 //!
 //! A timestamp gap with consecutive sequence numbers is a pause (DTX, mute): silence, not PLC.
-//! Our sender does not transmit DTX frames at all (nor anything while muted), so a pause is
-//! only *known* once speech resumes; until then the buffer runs dry. If the last frame was a DTX frame (≤ 2 bytes) or the last 150 ms
+//! Our sender transmits only the first DTX frame of a pause (and one after each of libopus's
+//! comfort-noise updates), nothing while muted, so the pause's length is only *known* once
+//! speech resumes; until then the buffer runs dry. If the last frame was a DTX frame (≤ 2 bytes:
+//! the sender's word that it paused; a sender that sends none, or whose DTX frame was lost,
+//! leaves only the level to go by) or the last 150 ms
 //! were quiet (below −45 dBFS — libopus stops sending only after its VAD saw 200 ms of
 //! inactivity; a shorter quiet spell is soft speech), running dry is
 //! taken for a pause: silence, the timeline keeps moving, and a first packet that turns up later
@@ -512,8 +515,9 @@ pub struct JitterBuffer<D> {
     tail: Tail,
     /// The last decoded packet was a DTX frame (≤ 2 bytes) or the audio has been quiet for
     /// [`QUIET_BEFORE_PAUSE`]: running dry means
-    /// a pause, not a loss. Our sender does not transmit DTX frames at all, so the pause shows
-    /// only as a timestamp jump with consecutive sequence numbers once speech resumes.
+    /// a pause, not a loss. Our sender sends the first DTX frame of a pause (engine/send.rs),
+    /// and the pause's length shows as a timestamp jump with consecutive sequence numbers once
+    /// speech resumes.
     dtx: bool,
     /// Decoded audio in a row below [`DTX_POWER`] (whole frames), samples.
     quiet_run: usize,
