@@ -42,7 +42,8 @@ pub struct Sender {
     pub total_octets_sent: u64,
     /// Frames not sent because DTX found them silent.
     pub dtx_frames: u64,
-    /// The encoder is in DTX: its first DTX frame went out, the rest are held back.
+    /// The last frame was a DTX frame: the first since the last real packet went out, the
+    /// rest are held back.
     in_pause: bool,
     /// Mean time one frame takes to encode, ms (EWMA).
     pub encode_time_ms: f64,
@@ -197,8 +198,9 @@ impl Sender {
         let took = started.elapsed().as_secs_f64() * 1000.0;
         self.encode_time_ms += 0.05 * (took - self.encode_time_ms);
         // DTX: a 1–2 byte frame means "nothing worth sending"; the gap in timestamps tells the
-        // receiver, and the next packet starts a new talkspurt. The first one of a pause is
-        // sent (a few bytes once per pause): it tells each listener that the talker paused, so
+        // receiver, and the next packet starts a new talkspurt. The first one of a pause, and
+        // the first after each of libopus's comfort-noise updates (every 400 ms), is sent (a
+        // few bytes twice a second while silent): it tells each listener that the talker paused, so
         // the listener's buffer running dry right after it is a pause (silence, the timeline
         // kept), not a loss. Without it a buffer can only guess from the last audio's level,
         // and a sentence that ends in breath or room noise above −45 dBFS was concealed for
