@@ -84,14 +84,15 @@ fn x_tool(display: &str, program: &str, args: &[&str]) -> String {
 }
 
 /// The visible Natter windows, once there is at least one (within 30 s): a window can be
-/// created and its app already in a call before the window manager has mapped it.
+/// created and its app already in a call before the window manager has mapped it. The title is
+/// "Natter" outside a call and "ROOM · Natter" in one, so the name is matched at its end only.
 fn visible_windows(display: &str) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let found = x_tool(
             display,
             "xdotool",
-            &["search", "--onlyvisible", "--name", "^Natter$"],
+            &["search", "--onlyvisible", "--name", "Natter$"],
         );
         let ids: Vec<String> = found.lines().map(|l| l.trim().to_owned()).collect();
         if !ids.is_empty() {
