@@ -88,21 +88,27 @@ impl RawDecoder {
                 return Err(LibopusError(err));
             }
         };
-        let this = Self {
+        let mut this = Self {
             dec,
             dred_dec,
             dred,
             parsed: false,
         };
+        this.set_complexity(complexity)?;
+        Ok(this)
+    }
+
+    /// Sets the decoder's complexity (0–10; ≥ 5 deep PLC, 6 LACE, 7 NoLACE), mid-stream too.
+    pub fn set_complexity(&mut self, complexity: i32) -> Result<(), LibopusError> {
         // SAFETY: a valid decoder; OPUS_SET_COMPLEXITY takes one opus_int32 argument.
         check(unsafe {
             sys::opus_decoder_ctl(
-                this.dec.as_ptr(),
+                self.dec.as_ptr(),
                 sys::OPUS_SET_COMPLEXITY_REQUEST,
                 complexity as c_int,
             )
-        })?;
-        Ok(this)
+        })
+        .map(|_| ())
     }
 
     /// Decodes `packet` (or with `fec`, the in-band FEC of the frame before it, exactly

@@ -106,7 +106,7 @@
 //! frames). The buffer does not add delay to wait for redundancy: what is recovered is what its
 //! jitter margin (with the FEC look-ahead while losses are recent) lets arrive in time.
 //!
-//! A timestamp gap with consecutive sequence numbers is a pause (DTX, mute): silence, not PLC.
+//! A timestamp gap with consecutive sequence numbers is a pause (DTX, mute): not a loss, no PLC.
 //! Our sender transmits only the first DTX frame of a pause (and one after each of libopus's
 //! comfort-noise updates), nothing while muted, so the pause's length is only *known* once
 //! speech resumes; until then the buffer runs dry. If the last frame was a DTX frame (≤ 2 bytes:
@@ -117,7 +117,11 @@
 //! taken for a pause: silence, the timeline keeps moving, and a first packet that turns up later
 //! than the timeline expected just lengthens the pause (with a setpoint of silence in front of
 //! it, since it shows the path is slower than the window knows). After loud audio it is taken
-//! for a loss: concealment while waiting, as above.
+//! for a loss: concealment while waiting, as above. A pause announced by a DTX frame plays the
+//! sender's comfort noise instead of silence for its first second (libopus continues the noise
+//! its DTX frame began: [`Decode::comfort_noise`]); silence in place of the talker's background
+//! between words sounds like a cut line, and in a real call it cost the voice with the most
+//! such gaps ~0.13 PESQ-WB. Skipping or adding audio in a pause skips or adds that noise.
 //!
 //! When real audio follows concealment, its first 2.5 ms are crossfaded with a continuation of
 //! the concealment (merge) — unless the codec makes that transition smooth itself, as libopus
@@ -187,6 +191,13 @@ pub trait Decode {
     }
     /// Conceals `samples` of missing audio (packet loss concealment), appending them.
     fn conceal(&mut self, samples: usize, out: &mut Vec<f32>);
+    /// Continues the comfort noise of a pause the sender announced with a DTX frame,
+    /// appending `samples` (a multiple of 2.5 ms) and returning true; false (the default) for
+    /// a codec that has none, whose pauses are silence. It must continue smoothly into the
+    /// next decoded packet, as [`Self::continues_after_conceal`] says of concealment.
+    fn comfort_noise(&mut self, _samples: usize, _out: &mut Vec<f32>) -> bool {
+        false
+    }
     /// Whether decoding after concealment continues the concealed signal smoothly by itself.
     /// If not (the default), the buffer conceals one more quantum before decoding and crossfades
     /// the decoded audio from it (merge).
@@ -236,6 +247,12 @@ const DTX_POWER: f32 = 3e-5;
 /// spell is soft speech, and a gap after it a loss (taking it for a pause played silence instead
 /// of concealment in the bench's speech, which dips to −45 dBFS between syllables).
 const QUIET_BEFORE_PAUSE: usize = 7_200;
+/// How long a pause announced by a DTX frame plays the sender's comfort noise (counted from the
+/// start of the quiet, [`QUIET_BEFORE_PAUSE`]'s run): 1 s, then silence. Comfort noise bridges
+/// the gaps between words and sentences, where silence in place of the talker's background
+/// sounds like a line cut off (and cost a real call's quiet-backed voice ~0.13 PESQ-WB); past a
+/// second nobody hears a −60 dBFS floor end, and a silent participant then costs no decoding.
+const COMFORT_NOISE_FOR: usize = 48_000;
 /// Accelerating inside speech is what listeners hear as warble, so an excess is removed where
 /// the audio is quiet: the audio about to be shortened must be below this share of the recent
 /// speech level (−15 dB: the gaps between words and syllables, unvoiced tails) — unless it is
@@ -457,6 +474,8 @@ enum Mode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Tail {
     Silence,
+    /// A pause's comfort noise (see [`Decode::comfort_noise`]).
+    Noise,
     Audio,
     Plc,
 }
@@ -519,7 +538,10 @@ pub struct JitterBuffer<D> {
     /// and the pause's length shows as a timestamp jump with consecutive sequence numbers once
     /// speech resumes.
     dtx: bool,
-    /// Decoded audio in a row below [`DTX_POWER`] (whole frames), samples.
+    /// The last decoded packet was a DTX frame: the sender announced a pause, whose comfort
+    /// noise the decoder can continue ([`Decode::comfort_noise`]).
+    comfort: bool,
+    /// Decoded audio (and comfort noise) in a row below [`DTX_POWER`] (whole frames), samples.
     quiet_run: usize,
     /// Where the current DTX silence started, while the buffer plays one.
     dtx_from: Option<u64>,
@@ -583,6 +605,7 @@ impl<D: Decode> JitterBuffer<D> {
             last_frame: 960,
             tail: Tail::Silence,
             dtx: false,
+            comfort: false,
             quiet_run: 0,
             dtx_from: None,
             credit: 0,
@@ -945,6 +968,7 @@ impl<D: Decode> JitterBuffer<D> {
         self.plc_run = 0;
         self.slot_left = None;
         self.dtx = false;
+        self.comfort = false;
         self.dtx_from = None;
     }
 
@@ -967,6 +991,7 @@ impl<D: Decode> JitterBuffer<D> {
         self.plc_run = 0;
         self.slot_left = None;
         self.dtx = false;
+        self.comfort = false;
         self.dtx_from = None;
     }
 
@@ -980,6 +1005,7 @@ impl<D: Decode> JitterBuffer<D> {
         self.plc_run = 0;
         self.slot_left = None;
         self.dtx = false;
+        self.comfort = false;
         self.dtx_from = None;
     }
 
@@ -1072,11 +1098,13 @@ impl<D: Decode> JitterBuffer<D> {
             }
             self.last_frame = len;
             self.dtx = dtx || self.quiet_run >= QUIET_BEFORE_PAUSE;
+            self.comfort = dtx;
             self.plc_run = 0;
             self.sync.mark_frame(arrival, ts);
             self.append(Tail::Audio);
         } else {
             self.merge.clear();
+            self.comfort = false;
             self.conceal(len);
         }
         self.playout_ts = Some(ts + len as u64);
@@ -1237,7 +1265,7 @@ impl<D: Decode> JitterBuffer<D> {
                 }
             } else if m < 0.0 {
                 let extra = ((land - m) * SAMPLES_PER_MS).round() as usize;
-                self.fade_to_silence(extra.min(MAX_SILENCE_STRETCH));
+                self.pause_fill(extra.min(MAX_SILENCE_STRETCH));
                 self.event(
                     EventKind::Expand { in_sound: false },
                     extra.min(MAX_SILENCE_STRETCH),
@@ -1247,9 +1275,30 @@ impl<D: Decode> JitterBuffer<D> {
             }
         }
         let k = gap.min(need.max(QUANTUM));
-        self.fade_to_silence(k);
+        self.pause_fill(k);
         self.advance(k);
         self.plc_run = 0;
+    }
+
+    /// Appends `k` samples of a pause: the sender's comfort noise while the pause was announced
+    /// by a DTX frame and has been quiet for less than [`COMFORT_NOISE_FOR`], else silence.
+    fn pause_fill(&mut self, k: usize) {
+        if k == 0 {
+            return;
+        }
+        if self.comfort && self.quiet_run < COMFORT_NOISE_FOR {
+            self.scratch.clear();
+            if self
+                .decoder
+                .comfort_noise(k.div_ceil(QUANTUM) * QUANTUM, &mut self.scratch)
+            {
+                self.scratch.resize(k, 0.0);
+                self.quiet_run += k;
+                self.append(Tail::Noise);
+                return;
+            }
+        }
+        self.fade_to_silence(k);
     }
 
     /// Appends `k` samples of silence, fading out what came before it if it was not silence.
@@ -1320,7 +1369,7 @@ impl<D: Decode> JitterBuffer<D> {
                 }
                 self.merge.clear();
             }
-            (Tail::Silence, Tail::Audio | Tail::Plc) => {
+            (Tail::Silence, Tail::Audio | Tail::Plc | Tail::Noise) => {
                 let n = FADE.min(self.scratch.len());
                 stretch::fade(&mut self.scratch[..n], true);
             }

@@ -3,6 +3,8 @@
 use super::sim::{self, Arrival, Jitter, Loss, NetworkProfile};
 use super::*;
 
+/// Comfort noise in DTX pauses, with real Opus.
+mod comfort;
 /// Recovery from deep redundancy (DRED), with the fake codec and with real Opus.
 mod dred;
 
