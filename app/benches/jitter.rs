@@ -59,6 +59,9 @@
 //! `JITTER_NO_COMPLEXITY=1` leaves out the encoder-complexity rows;
 //! `JITTER_PLANNED_LOSS=P` has the encoder plan for P % loss in every row (its 0 % row then
 //! shows what FEC and DRED planned for P % leave the primary encoding);
+//! `JITTER_DTX=1` encodes with DTX, as calls do (held off while our VAD hears voice), and our buffer gets what our sender transmits
+//! (the first DTX frame of each pause; use it with `JITTER_ADAPTIVE_ONLY=1`: the fixed and
+//! ideal rows do not model pauses);
 //! `JITTER_ADAPTIVE_ONLY=1` runs only our buffer (no fixed, ideal or complexity rows);
 //! `JITTER_BURST_LOOKAHEAD=N` runs our buffer with `JitterConfig::burst_lookahead_frames` N.
 //!
@@ -249,6 +252,21 @@ fn tuned_config() -> JitterConfig {
 }
 
 fn adaptive(sc: &Scenario, packets: &[Vec<u8>], arrivals: &[Arrival]) -> Outcome {
+    // What our sender transmits (engine/send.rs): every frame but a DTX frame that follows
+    // another, numbered in sending order. Without `JITTER_DTX` no frame is a DTX frame.
+    let dtx = |f: usize| packets[f].len() <= 2;
+    let sent = |f: usize| !(dtx(f) && f > 0 && dtx(f - 1));
+    let seq_of: Vec<u16> = (0..packets.len())
+        .scan(0u16, |next, f| {
+            let seq = *next;
+            if sent(f) {
+                *next = next.wrapping_add(1);
+            }
+            Some(seq)
+        })
+        .collect();
+    let sent_arrivals: Vec<Arrival> = arrivals.iter().filter(|a| sent(a.frame)).copied().collect();
+    let arrivals = &sent_arrivals[..];
     let decoder = decoder();
     let mut jb = JitterBuffer::new(jitter_config(), decoder);
     let mut fd = FrameDelays::default();
@@ -264,7 +282,7 @@ fn adaptive(sc: &Scenario, packets: &[Vec<u8>], arrivals: &[Arrival]) -> Outcome
         arrivals,
         |f, p| {
             p.extend_from_slice(&packets[f]);
-            (f as u16, (f * FRAME) as u32)
+            (seq_of[f], (f * FRAME) as u32)
         },
         0.0,
         end,
@@ -474,15 +492,20 @@ fn encode(input: &[f32], expected_loss_pct: u8, complexity: Option<u8>) -> Vec<V
             expected_loss_pct
         },
         fec,
-        dtx: false,
+        dtx: std::env::var_os("JITTER_DTX").is_some(),
         restricted_low_delay: false,
         complexity,
         dred_10ms,
     })
     .expect("opus encoder");
+    // As a call's sender: DTX held off while our VAD (10 ms blocks) hears voice.
+    let mut vad = natter::vad::Vad::new(natter::vad::VadConfig::default());
     input
         .chunks_exact(FRAME)
         .map(|frame| {
+            let (a, b) = frame.split_at(FRAME / 2);
+            let voice = vad.process(a) | vad.process(b);
+            enc.set_voice(voice);
             let mut p = Vec::new();
             enc.encode(frame, &mut p).expect("opus encode");
             p

@@ -39,7 +39,8 @@ pub struct EncoderConfig {
     pub expected_loss_pct: u8,
     pub fec: bool,
     /// Discontinuous transmission: in silence the encoder emits 1–2 byte frames, which the
-    /// sender does not transmit (the receiver plays comfort noise/silence in the gap).
+    /// sender does not transmit (the receiver plays comfort noise/silence in the gap). Held off
+    /// while our VAD hears voice ([`OpusEncoder::set_voice`]).
     pub dtx: bool,
     /// Restricted low-delay application (CELT only: 2.5 ms look-ahead instead of 6.5 ms, but
     /// no FEC) instead of VOIP.
@@ -118,6 +119,9 @@ pub struct OpusEncoder {
     complexity: u8,
     /// Fixed by the application (VOIP or restricted low delay), read once.
     lookahead: u32,
+    /// Whether libopus may go into DTX now: `config.dtx`, unless [`Self::set_voice`] says
+    /// voice is on.
+    dtx_now: bool,
 }
 
 impl OpusEncoder {
@@ -154,7 +158,22 @@ impl OpusEncoder {
             config,
             complexity,
             lookahead,
+            dtx_now: config.dtx,
         })
+    }
+
+    /// Tells the encoder whether our VAD (`crate::vad`, with its 300 ms hang-over) hears voice
+    /// in the next frame: while it does, DTX is off. libopus goes into DTX after 200 ms that its
+    /// own detector calls inactive, which in real speech includes soft word tails, breaths and
+    /// the room between phrases at −45 to −60 dBFS; replaced by comfort noise they cost a
+    /// quiet-backed voice ~0.2 PESQ-WB (4.30 → 4.07 in the simulator, 4.05 in real calls).
+    /// Pauses longer than the hang-over still go silent on the wire. The ctl is called only
+    /// when the decision changes.
+    pub fn set_voice(&mut self, voice: bool) {
+        let dtx = self.config.dtx && !voice;
+        if dtx != self.dtx_now && self.encoder.set_dtx(dtx).is_ok() {
+            self.dtx_now = dtx;
+        }
     }
 
     /// The complexity `config` asks for: fixed, or following its protection and bitrate.
@@ -517,6 +536,41 @@ mod tests {
         assert!(smallest_after_1s(Some(DEFAULT_COMPLEXITY)) > 50);
         // What the policy must stay above.
         assert!(smallest_after_1s(Some(6)) <= 2);
+    }
+
+    /// A soft tail at −60 dBFS (a breath, the room between phrases) is what libopus's own
+    /// detector puts into DTX after 200 ms; while our VAD says voice, it is sent instead, and
+    /// once the VAD lets go DTX works as before.
+    #[test]
+    fn dtx_waits_while_the_vad_hears_voice() {
+        let (mut seed, mut lp) = (3u64, 0.0f32);
+        // Half a second of loud sound, then the soft tail.
+        let soft: Vec<f32> = (0..48_000 * 2)
+            .map(|i| {
+                seed = seed
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                lp = 0.7 * lp + 0.3 * ((seed >> 33) as f32 / (1u64 << 31) as f32 * 2.0 - 1.0);
+                if i < 24_000 {
+                    0.1 * (lp + (i as f32 * 0.05).sin())
+                } else {
+                    0.004 * lp
+                }
+            })
+            .collect();
+        let dtx_frames = |voice: bool| {
+            let mut enc = OpusEncoder::new(EncoderConfig::default()).unwrap();
+            let mut p = Vec::new();
+            soft.chunks_exact(960)
+                .filter(|f| {
+                    enc.set_voice(voice);
+                    enc.encode(f, &mut p).unwrap();
+                    p.len() <= 2
+                })
+                .count()
+        };
+        assert!(dtx_frames(false) > 40, "libopus's DTX on its own");
+        assert_eq!(dtx_frames(true), 0, "held off while there is voice");
     }
 
     /// Why the low complexity starts at 40 kbit/s: there libopus keeps in-band FEC at

@@ -192,6 +192,7 @@ impl Sender {
 
     fn send_frame(&mut self, emit: &mut dyn FnMut(&[u8])) {
         let started = std::time::Instant::now();
+        self.encoder.set_voice(self.frame_voice);
         if self.encoder.encode(&self.frame, &mut self.payload).is_err() {
             return;
         }
@@ -333,22 +334,26 @@ mod tests {
 
     /// A pause sends its first DTX frame (so listeners know it is a pause), and one after each
     /// of libopus's comfort-noise updates, and nothing more until sound resumes.
+    /// (The `Gate`'s voice flag holds DTX off: `OpusEncoder::set_voice`.)
     #[test]
     fn a_pause_sends_its_first_dtx_frame_only() {
         let mut s = Sender::new(0x1234_5678, 960, EncoderConfig::default()).unwrap();
         let tone: Vec<f32> = (0..480).map(|i| (i as f32 * 0.1).sin() * 0.3).collect();
         let silence = vec![0.0; 480];
         let mut out: Vec<Vec<u8>> = Vec::new();
-        // 1 s of tone, 2 s of digital silence, 0.5 s of tone, in 10 ms blocks.
+        // 1 s of tone, 2 s of digital silence (in which the VAD hears no voice), 0.5 s of
+        // tone, in 10 ms blocks.
         for k in 0..350 {
-            let block = if (100..300).contains(&k) {
-                &silence
+            let (block, gate) = if (100..300).contains(&k) {
+                let quiet = Gate {
+                    transmit: true,
+                    voice: false,
+                };
+                (&silence, quiet)
             } else {
-                &tone
+                (&tone, Gate::OPEN)
             };
-            s.push(block, f64::from(k) * 10.0, Gate::OPEN, &mut |d| {
-                out.push(d.to_vec())
-            });
+            s.push(block, f64::from(k) * 10.0, gate, &mut |d| out.push(d.to_vec()));
         }
         let pkts: Vec<_> = out
             .iter()
