@@ -353,7 +353,9 @@ mod tests {
             } else {
                 (&tone, Gate::OPEN)
             };
-            s.push(block, f64::from(k) * 10.0, gate, &mut |d| out.push(d.to_vec()));
+            s.push(block, f64::from(k) * 10.0, gate, &mut |d| {
+                out.push(d.to_vec())
+            });
         }
         let pkts: Vec<_> = out
             .iter()

@@ -74,13 +74,17 @@ fn a_dtx_pause_plays_comfort_noise_for_a_second_then_silence() {
     let (out, s) = play(&talk_noise_talk(3.0));
     assert_eq!(s.concealed, 0, "a pause is not a loss: {s:?}");
     // Output time ≈ input time + the buffer's delay (tens of ms): look well inside each part.
-    let part = |from_s: f64, to_s: f64| &out[(from_s * 48_000.0) as usize..(to_s * 48_000.0) as usize];
+    let part =
+        |from_s: f64, to_s: f64| &out[(from_s * 48_000.0) as usize..(to_s * 48_000.0) as usize];
     // The quiet starts at 1 s; libopus stops sending ~0.2–0.4 s later. Up to 2 s (1 s after
     // the quiet began) the pause is the sender's background, as comfort noise: not silence,
     // about as loud as the −60 dBFS noise.
     for w in part(1.5, 1.9).chunks(4_800) {
         let level = db(w);
-        assert!((-72.0..-50.0).contains(&level), "comfort noise at {level:.1} dBFS");
+        assert!(
+            (-72.0..-50.0).contains(&level),
+            "comfort noise at {level:.1} dBFS"
+        );
     }
     // Past the second the pause is silence, but for the 20 ms comfort-noise updates libopus
     // sends every 400 ms.
