@@ -123,11 +123,19 @@ fn pick_config(device: &cpal::Device, input: bool) -> anyhow::Result<SupportedSt
     })
 }
 
-/// Asks for 10 ms device periods: a driver's default buffer (ALSA's is often 100+ ms) would
+/// Device buffers of our own size: a driver's default buffer (ALSA's is often 100+ ms) would
 /// dominate mouth-to-ear latency.
-fn low_latency(supported: &SupportedStreamConfig) -> StreamConfig {
+///
+/// cpal's ALSA host makes a `Fixed(n)` buffer of `n` frames split into four periods, and wakes
+/// its thread once a period. Playback gets a 10 ms buffer (2.5 ms periods): what it holds is
+/// latency. Capture gets a 40 ms buffer, so 10 ms periods — the size of the blocks voice
+/// processing takes — and a quarter of the wake-ups, here and in the sound server's client
+/// thread (measured: docs/BENCHMARKS.md, "Desktop app"). Capture is read as soon as a period
+/// is in, so its buffer only fills, and delays nothing, while the engine is late.
+fn low_latency(supported: &SupportedStreamConfig, input: bool) -> StreamConfig {
     let mut config = supported.config();
-    let wanted = supported.sample_rate().0 / 100;
+    let buffer_ms = if input { 40 } else { 10 };
+    let wanted = supported.sample_rate().0 * buffer_ms / 1000;
     if let cpal::SupportedBufferSize::Range { min, max } = supported.buffer_size() {
         config.buffer_size = cpal::BufferSize::Fixed(wanted.clamp(*min, *max));
     }
@@ -264,7 +272,7 @@ fn build(
         in_cfg.sample_format(),
         input_stream,
         &input,
-        &low_latency(&in_cfg),
+        &low_latency(&in_cfg, true),
         capture,
         counters.clone(),
         failed.clone()
@@ -274,7 +282,7 @@ fn build(
         out_cfg.sample_format(),
         output_stream,
         &output,
-        &low_latency(&out_cfg),
+        &low_latency(&out_cfg, false),
         playback,
         counters.clone(),
         failed.clone()
@@ -305,7 +313,7 @@ pub fn open_input(name: Option<&str>) -> anyhow::Result<(cpal::Stream, rtrb::Con
         config.sample_format(),
         input_stream,
         &device,
-        &low_latency(&config),
+        &low_latency(&config, true),
         producer,
         Arc::new(DeviceCounters::default()),
         Arc::new(AtomicBool::new(false))
