@@ -175,7 +175,7 @@ where
                 }
                 push_capture(&mut ring, &mono[..frames], &counters);
             }
-            counters.period_us.store(
+            counters.capture_period_us.store(
                 (data.len() / channels) as u64 * 1_000_000 / rate.max(1),
                 Relaxed,
             );
@@ -218,7 +218,7 @@ where
                 }
             }
             counters
-                .period_us
+                .playback_period_us
                 .store(total_frames as u64 * 1_000_000 / rate.max(1), Relaxed);
         },
         move |_err| failed.store(true, Relaxed),
