@@ -123,19 +123,14 @@ fn pick_config(device: &cpal::Device, input: bool) -> anyhow::Result<SupportedSt
     })
 }
 
-/// Device buffers of our own size: a driver's default buffer (ALSA's is often 100+ ms) would
-/// dominate mouth-to-ear latency.
-///
-/// cpal's ALSA host makes a `Fixed(n)` buffer of `n` frames split into four periods, and wakes
-/// its thread once a period. Playback gets a 10 ms buffer (2.5 ms periods): what it holds is
-/// latency. Capture gets a 40 ms buffer, so 10 ms periods — the size of the blocks voice
-/// processing takes — and a quarter of the wake-ups, here and in the sound server's client
-/// thread (measured: docs/BENCHMARKS.md, "Desktop app"). Capture is read as soon as a period
-/// is in, so its buffer only fills, and delays nothing, while the engine is late.
-fn low_latency(supported: &SupportedStreamConfig, input: bool) -> StreamConfig {
+/// Asks for a 10 ms device buffer: a driver's default buffer (ALSA's is often 100+ ms) would
+/// dominate mouth-to-ear latency. cpal's ALSA host makes a `Fixed(n)` buffer of four periods,
+/// so the callbacks come every 2.5 ms. 10 ms capture periods (a 40 ms buffer) were measured:
+/// 1.5 % of a core less, but the echo canceller's test failed far more often on a loaded
+/// machine (docs/BENCHMARKS.md, "Desktop app"), so both directions stay at this size.
+fn low_latency(supported: &SupportedStreamConfig) -> StreamConfig {
     let mut config = supported.config();
-    let buffer_ms = if input { 40 } else { 10 };
-    let wanted = supported.sample_rate().0 * buffer_ms / 1000;
+    let wanted = supported.sample_rate().0 / 100;
     if let cpal::SupportedBufferSize::Range { min, max } = supported.buffer_size() {
         config.buffer_size = cpal::BufferSize::Fixed(wanted.clamp(*min, *max));
     }
@@ -272,7 +267,7 @@ fn build(
         in_cfg.sample_format(),
         input_stream,
         &input,
-        &low_latency(&in_cfg, true),
+        &low_latency(&in_cfg),
         capture,
         counters.clone(),
         failed.clone()
@@ -282,7 +277,7 @@ fn build(
         out_cfg.sample_format(),
         output_stream,
         &output,
-        &low_latency(&out_cfg, false),
+        &low_latency(&out_cfg),
         playback,
         counters.clone(),
         failed.clone()
@@ -313,7 +308,7 @@ pub fn open_input(name: Option<&str>) -> anyhow::Result<(cpal::Stream, rtrb::Con
         config.sample_format(),
         input_stream,
         &device,
-        &low_latency(&config, true),
+        &low_latency(&config),
         producer,
         Arc::new(DeviceCounters::default()),
         Arc::new(AtomicBool::new(false))
