@@ -95,8 +95,9 @@ pub struct DeviceCounters {
     pub capture_overruns: AtomicU64,
     /// Playback samples missing when the device needed them (silence was played).
     pub playback_underruns: AtomicU64,
-    /// Capture and playback periods in microseconds (how much audio one callback moves). Apart:
-    /// the two directions are opened with periods of different sizes (`device.rs`).
+    /// Capture and playback periods in microseconds (how much audio one callback moves). Apart,
+    /// so that each latency stage reads its own direction: the directions may be opened with
+    /// different periods, and a playback callback fills whatever space the device has free.
     pub capture_period_us: AtomicU64,
     pub playback_period_us: AtomicU64,
     /// Capture latency: from the sound reaching the device to its samples reaching the
