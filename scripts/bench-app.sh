@@ -92,11 +92,15 @@ app=$!
 pids+=("$app")
 
 ticks() { awk '{print $14 + $15}' "/proc/$app/stat"; }
-# Per-thread ticks: "name ticks" lines (the name is in parentheses and may hold spaces).
+# Per-thread ticks and context switches: "name ticks switches" lines (the name is in
+# parentheses and may hold spaces; threads of one name are summed). Voluntary switches are the
+# thread's wake-ups (each sleep in poll, futex or nanosleep ends in one).
 thread_ticks() {
   for t in /proc/"$app"/task/*; do
-    sed -E 's/^[0-9]+ \((.*)\) (.*)$/\1|\2/' "$t/stat" | awk -F'|' '{split($2, f, " "); gsub(/ /, "_", $1); print $1, f[12] + f[13]}'
-  done | awk '{a[$1] += $2} END {for (k in a) print k, a[k]}'
+    sw=$(awk '/^voluntary_ctxt_switches/ {print $2}' "$t/status")
+    sed -E 's/^[0-9]+ \((.*)\) (.*)$/\1|\2/' "$t/stat" \
+      | awk -F'|' -v sw="$sw" '{split($2, f, " "); gsub(/ /, "_", $1); print $1, f[12] + f[13], sw}'
+  done | awk '{a[$1] += $2; w[$1] += $3} END {for (k in a) print k, a[k], w[k]}'
 }
 sleep "$warmup"
 kill -0 "$app" 2>/dev/null || { echo "the app exited:"; cat "$work/app.err"; exit 1; }
@@ -121,8 +125,8 @@ echo "  memory: VmRSS $((rss / 1024)) MiB, peak (VmHWM) $((hwm / 1024)) MiB, ${t
 echo "    of which anonymous (heap, stacks): $((anon / 1024)) MiB; Mesa's software renderer (libLLVM, *_dri.so, shared files): $((gl / 1024)) MiB"
 rate=$(grep -o 'per_second=[0-9.]*' "$work/app/data/natter.log" | tail -1 | cut -d= -f2 || true)
 echo "  window repaints: ${rate:-?} per second"
-echo "  by thread (% of one core):"
-join -a 2 -e 0 -o 0,1.2,2.2 <(sort "$work/threads0") <(sort "$work/threads1") \
-  | awk -v hz="$hz" -v t0="$t0" -v t1="$t1" '{p = 100 * ($3 - $2) / hz / (t1 - t0); if (p >= 0.05) printf "    %-22s %6.2f\n", $1, p}' \
+echo "  by thread (% of one core, wake-ups per second):"
+join -a 2 -e 0 -o 0,1.2,2.2,1.3,2.3 <(sort "$work/threads0") <(sort "$work/threads1") \
+  | awk -v hz="$hz" -v t0="$t0" -v t1="$t1" '{d = t1 - t0; p = 100 * ($3 - $2) / hz / d; if (p >= 0.05) printf "    %-22s %6.2f %7.0f/s\n", $1, p, ($5 - $4) / d}' \
   | sort -k2 -n -r
 grep -i -E "error|panic" "$work/app.err" | head -5 || true

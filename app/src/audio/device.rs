@@ -123,8 +123,11 @@ fn pick_config(device: &cpal::Device, input: bool) -> anyhow::Result<SupportedSt
     })
 }
 
-/// Asks for 10 ms device periods: a driver's default buffer (ALSA's is often 100+ ms) would
-/// dominate mouth-to-ear latency.
+/// Asks for a 10 ms device buffer: a driver's default buffer (ALSA's is often 100+ ms) would
+/// dominate mouth-to-ear latency. cpal's ALSA host makes a `Fixed(n)` buffer of four periods,
+/// so the callbacks come every 2.5 ms. 10 ms capture periods (a 40 ms buffer) were measured:
+/// 1.5 % of a core less, but the echo canceller's test failed far more often on a loaded
+/// machine (docs/BENCHMARKS.md, "Desktop app"), so both directions stay at this size.
 fn low_latency(supported: &SupportedStreamConfig) -> StreamConfig {
     let mut config = supported.config();
     let wanted = supported.sample_rate().0 / 100;
@@ -167,7 +170,7 @@ where
                 }
                 push_capture(&mut ring, &mono[..frames], &counters);
             }
-            counters.period_us.store(
+            counters.capture_period_us.store(
                 (data.len() / channels) as u64 * 1_000_000 / rate.max(1),
                 Relaxed,
             );
@@ -210,7 +213,7 @@ where
                 }
             }
             counters
-                .period_us
+                .playback_period_us
                 .store(total_frames as u64 * 1_000_000 / rate.max(1), Relaxed);
         },
         move |_err| failed.store(true, Relaxed),

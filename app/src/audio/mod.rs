@@ -95,8 +95,11 @@ pub struct DeviceCounters {
     pub capture_overruns: AtomicU64,
     /// Playback samples missing when the device needed them (silence was played).
     pub playback_underruns: AtomicU64,
-    /// Device period in microseconds (how much audio one callback moves).
-    pub period_us: AtomicU64,
+    /// Capture and playback periods in microseconds (how much audio one callback moves). Apart,
+    /// so that each latency stage reads its own direction: the directions may be opened with
+    /// different periods, and a playback callback fills whatever space the device has free.
+    pub capture_period_us: AtomicU64,
+    pub playback_period_us: AtomicU64,
     /// Capture latency: from the sound reaching the device to its samples reaching the
     /// callback, in microseconds (cpal's capture vs callback timestamps; 0 for a WAV file).
     pub input_latency_us: AtomicU64,
@@ -126,7 +129,8 @@ impl Default for DeviceCounters {
         Self {
             capture_overruns: AtomicU64::new(0),
             playback_underruns: AtomicU64::new(0),
-            period_us: AtomicU64::new(0),
+            capture_period_us: AtomicU64::new(0),
+            playback_period_us: AtomicU64::new(0),
             input_latency_us: AtomicU64::new(0),
             output_latency_us: AtomicU64::new(0),
             rebuilds: AtomicU64::new(0),

@@ -227,9 +227,9 @@ impl WavDevice {
         let (stop2, done2) = (stop.clone(), done.clone());
         let period_samples =
             ((period.as_secs_f64() * f64::from(SAMPLE_RATE)).round() as usize).max(1);
-        ends.counters
-            .period_us
-            .store(period.as_micros() as u64, Relaxed);
+        let period_us = period.as_micros() as u64;
+        ends.counters.capture_period_us.store(period_us, Relaxed);
+        ends.counters.playback_period_us.store(period_us, Relaxed);
         // Like a sound card, a period's first sample reaches the engine one period after it
         // "entered the microphone"; playback starts the moment a block is taken (no extra
         // output latency).

@@ -357,7 +357,12 @@ impl AudioPort {
 
     /// One device period, in device samples.
     fn period_samples(&self) -> usize {
-        let period_us = self.ends.counters.period_us.load(Relaxed).max(10_000);
+        let period_us = self
+            .ends
+            .counters
+            .playback_period_us
+            .load(Relaxed)
+            .max(10_000);
         (period_us * u64::from(self.ends.playback_rate) / 1_000_000) as usize
     }
 
@@ -1080,7 +1085,7 @@ impl Worker {
     fn sender_latency(&self) -> Option<SenderLatency> {
         let sender = self.sender.as_ref()?;
         let counters = &self.port.ends.counters;
-        let period_ms = counters.period_us.load(Relaxed) as f64 / 1000.0;
+        let period_ms = counters.capture_period_us.load(Relaxed) as f64 / 1000.0;
         let frame_ms = sender.frame_samples() as f64 / 48.0;
         let resample_ms = self
             .port
