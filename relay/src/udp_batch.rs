@@ -182,6 +182,21 @@ impl SendBatch {
         self.items.push((route.into(), self.bytes.len()));
     }
 
+    /// Adds the packets of a quinn-proto `Transmit` whose bytes are `buf` (several when
+    /// quinn-proto built a GSO batch, each its own entry), from the source address and with
+    /// the ECN codepoint quinn-proto asked for.
+    pub fn push_transmit(&mut self, t: &quinn_proto::Transmit, buf: &[u8]) {
+        let route = Route {
+            to: t.destination,
+            src_ip: t.src_ip,
+            ecn: t.ecn.and_then(|e| EcnCodepoint::from_bits(e as u8)),
+        };
+        let segment = t.segment_size.unwrap_or(t.size).max(1);
+        for packet in buf[..t.size].chunks(segment) {
+            self.push(route, packet);
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.items.len()
     }
