@@ -18,7 +18,7 @@ use anyhow::{Context, bail};
 use bytes::{Bytes, BytesMut};
 use natter_proto::control::{FrameDecoder, Message};
 use natter_relay::timers::Timers;
-use natter_relay::udp_batch::{BatchSocket, Received, SendBatch, wait_readable};
+use natter_relay::udp_batch::{BatchSocket, Received, SendBatch, which_readable};
 use quinn_proto::{
     ClientConfig, ConnectionHandle, DatagramEvent, Dir, Endpoint, EndpointConfig, Event,
     StreamEvent, StreamId,
@@ -307,14 +307,16 @@ fn receive(
     mut each: impl FnMut(Instant, usize, Received<'_>),
 ) -> anyhow::Result<Instant> {
     let mut now = None;
-    for pass in 0..2 {
-        let mut got = 0;
-        for (s, socket) in sockets.iter_mut().enumerate() {
-            got += socket.recv_now(|d| each(*now.get_or_insert_with(Instant::now), s, d))?;
-        }
-        if got > 0 || pass == 1 || !wait_readable(&sockets.iter().collect::<Vec<_>>(), Some(wait))?
-        {
-            break;
+    let refs: Vec<&BatchSocket> = sockets.iter().collect();
+    let mut ready = vec![false; sockets.len()];
+    // One poll says which sockets have something (a recvmmsg on each would mostly find
+    // nothing); when none has, the same poll waits.
+    if !which_readable(&refs, Some(Duration::ZERO), &mut ready)? {
+        which_readable(&refs, Some(wait), &mut ready)?;
+    }
+    for (s, socket) in sockets.iter_mut().enumerate() {
+        if ready[s] {
+            socket.recv_now(|d| each(*now.get_or_insert_with(Instant::now), s, d))?;
         }
     }
     Ok(now.unwrap_or_else(Instant::now))

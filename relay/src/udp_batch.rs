@@ -100,7 +100,7 @@ impl BatchSocket {
         mut each: impl FnMut(Received<'_>),
     ) -> io::Result<usize> {
         let n = self.recv_now(&mut each)?;
-        if n > 0 || !wait(&[&self.socket], Readiness::Read, timeout)? {
+        if n > 0 || !wait(&[&self.socket], Readiness::Read, timeout, None)? {
             return Ok(n);
         }
         self.recv_now(each)
@@ -225,7 +225,19 @@ impl SendBatch {
 /// [`BatchSocket::recv_now`].
 pub fn wait_readable(sockets: &[&BatchSocket], timeout: Option<Duration>) -> io::Result<bool> {
     let raw: Vec<&UdpSocket> = sockets.iter().map(|s| &s.socket).collect();
-    wait(&raw, Readiness::Read, timeout)
+    wait(&raw, Readiness::Read, timeout, None)
+}
+
+/// Like [`wait_readable`], and sets `ready[i]` to whether `sockets[i]` has something to
+/// receive: a loop serving many sockets then reads only those (one `poll` instead of one
+/// `recvmmsg` per socket, most of which would find nothing).
+pub fn which_readable(
+    sockets: &[&BatchSocket],
+    timeout: Option<Duration>,
+    ready: &mut [bool],
+) -> io::Result<bool> {
+    let raw: Vec<&UdpSocket> = sockets.iter().map(|s| &s.socket).collect();
+    wait(&raw, Readiness::Read, timeout, Some(ready))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -235,9 +247,14 @@ enum Readiness {
 }
 
 /// Waits until one of `sockets` is readable or writable, up to `timeout`; false if it timed
-/// out.
+/// out. `ready`, when given, says which.
 #[cfg(unix)]
-fn wait(sockets: &[&UdpSocket], what: Readiness, timeout: Option<Duration>) -> io::Result<bool> {
+fn wait(
+    sockets: &[&UdpSocket],
+    what: Readiness,
+    timeout: Option<Duration>,
+    ready: Option<&mut [bool]>,
+) -> io::Result<bool> {
     use std::os::fd::AsRawFd;
     let mut fds: Vec<libc::pollfd> = sockets
         .iter()
@@ -258,19 +275,35 @@ fn wait(sockets: &[&UdpSocket], what: Readiness, timeout: Option<Duration>) -> i
     let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
     if n < 0 {
         let e = io::Error::last_os_error();
+        if let Some(ready) = ready {
+            ready.fill(false);
+        }
         return if e.kind() == io::ErrorKind::Interrupted {
             Ok(false)
         } else {
             Err(e)
         };
     }
+    if let Some(ready) = ready {
+        for (r, fd) in ready.iter_mut().zip(&fds) {
+            *r = fd.revents != 0;
+        }
+    }
     Ok(n > 0)
 }
 
 #[cfg(not(unix))]
-fn wait(sockets: &[&UdpSocket], what: Readiness, timeout: Option<Duration>) -> io::Result<bool> {
-    // No poll(2): sleep a little and let the caller try again.
+fn wait(
+    sockets: &[&UdpSocket],
+    what: Readiness,
+    timeout: Option<Duration>,
+    ready: Option<&mut [bool]>,
+) -> io::Result<bool> {
+    // No poll(2): sleep a little and let the caller try every socket.
     let _ = (sockets, what);
+    if let Some(ready) = ready {
+        ready.fill(true);
+    }
     std::thread::sleep(
         timeout
             .unwrap_or(Duration::from_millis(1))
@@ -437,7 +470,10 @@ fn send_all(
             io::ErrorKind::WouldBlock => {
                 let left = deadline.saturating_duration_since(std::time::Instant::now());
                 if left.is_zero()
-                    || !matches!(wait(&[socket], Readiness::Write, Some(left)), Ok(true))
+                    || !matches!(
+                        wait(&[socket], Readiness::Write, Some(left), None),
+                        Ok(true)
+                    )
                 {
                     return dropped + items.len() - next;
                 }
@@ -479,7 +515,12 @@ fn send_all(
                         dropped += 1;
                         break;
                     }
-                    let _ = wait(&[socket], Readiness::Write, Some(Duration::from_millis(1)));
+                    let _ = wait(
+                        &[socket],
+                        Readiness::Write,
+                        Some(Duration::from_millis(1)),
+                        None,
+                    );
                 }
                 Err(_) => {
                     dropped += 1;
@@ -624,5 +665,23 @@ mod tests {
             })
             .unwrap();
         assert_eq!(n, 0);
+    }
+
+    #[test]
+    fn which_readable_names_the_sockets_that_have_something() {
+        let sender = socket();
+        let sockets: Vec<BatchSocket> = (0..4).map(|_| socket()).collect();
+        let refs: Vec<&BatchSocket> = sockets.iter().collect();
+        let mut ready = [true; 4];
+        assert!(!which_readable(&refs, Some(Duration::ZERO), &mut ready).unwrap());
+        assert_eq!(ready, [false; 4]);
+        let mut batch = SendBatch::default();
+        for i in [1, 3] {
+            batch.push(sockets[i].local_addr().unwrap(), b"x");
+        }
+        assert_eq!(sender.send(&mut batch, Duration::from_secs(1)), 0);
+        assert!(which_readable(&refs, Some(Duration::from_secs(5)), &mut ready).unwrap());
+        // Loopback delivers within the send call, so both are readable by now.
+        assert_eq!(ready, [false, true, false, true]);
     }
 }
