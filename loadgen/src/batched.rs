@@ -15,7 +15,7 @@
 
 use crate::{CpuWindow, Measure, Senders, Totals, stamped_rtp};
 use anyhow::{Context, bail};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use natter_proto::control::{FrameDecoder, Message};
 use natter_relay::timers::Timers;
 use natter_relay::udp_batch::{BatchSocket, Received, SendBatch, which_readable};
@@ -449,18 +449,7 @@ impl Driver {
     }
 
     fn handle(&mut self, now: Instant, d: Received<'_>, out: &mut SendBatch) {
-        self.buf.clear();
-        let ecn = d
-            .ecn
-            .and_then(|e| quinn_proto::EcnCodepoint::from_bits(e as u8));
-        let event = self.endpoint.handle(
-            now,
-            d.from,
-            d.dst_ip,
-            ecn,
-            BytesMut::from(d.data),
-            &mut self.buf,
-        );
+        let event = d.to_endpoint(&mut self.endpoint, now, &mut self.buf);
         match event {
             Some(DatagramEvent::ConnectionEvent(ch, event)) => {
                 if let Some(&i) = self.by_handle.get(ch.0).filter(|i| **i != usize::MAX) {

@@ -36,6 +36,30 @@ pub struct Received<'a> {
     pub data: &'a [u8],
 }
 
+impl Received<'_> {
+    /// Hands the datagram to a quinn-proto endpoint at `now` (its destination address and
+    /// ECN codepoint with it); what the endpoint answers at once is written to `buf`.
+    pub fn to_endpoint(
+        &self,
+        endpoint: &mut quinn_proto::Endpoint,
+        now: std::time::Instant,
+        buf: &mut Vec<u8>,
+    ) -> Option<quinn_proto::DatagramEvent> {
+        buf.clear();
+        let ecn = self
+            .ecn
+            .and_then(|e| quinn_proto::EcnCodepoint::from_bits(e as u8));
+        endpoint.handle(
+            now,
+            self.from,
+            self.dst_ip,
+            ecn,
+            bytes::BytesMut::from(self.data),
+            buf,
+        )
+    }
+}
+
 /// Where a datagram goes, from which local address, with which ECN codepoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Route {

@@ -73,7 +73,7 @@ use crate::server::RelayConfig;
 use crate::stats::{HandshakeFailure, RelayStats};
 use crate::timers::Timers;
 use crate::udp_batch::{Received, SendBatch};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use natter_proto::control::{ClusterEdge, ErrorCode, FrameDecoder, Message};
 use quinn_proto::{
     ConnectionError, ConnectionHandle, DatagramEvent, Dir, Endpoint, Event, SendDatagramError,
@@ -367,18 +367,7 @@ impl Plane {
     /// puts it in each `Transmit`), and its ECN codepoint goes into the ACKs quinn-proto
     /// sends back, so the client's congestion control sees marks and keeps ECN on.
     pub(crate) fn handle(&mut self, now: Instant, datagram: Received<'_>, out: &mut SendBatch) {
-        self.buf.clear();
-        let ecn = datagram
-            .ecn
-            .and_then(|e| quinn_proto::EcnCodepoint::from_bits(e as u8));
-        let event = self.endpoint.handle(
-            now,
-            datagram.from,
-            datagram.dst_ip,
-            ecn,
-            BytesMut::from(datagram.data),
-            &mut self.buf,
-        );
+        let event = datagram.to_endpoint(&mut self.endpoint, now, &mut self.buf);
         match event {
             Some(DatagramEvent::NewConnection(incoming)) => self.admit(now, incoming, out),
             Some(DatagramEvent::ConnectionEvent(ch, event)) => {
