@@ -93,6 +93,8 @@ pub struct Plan {
     pub per_socket: usize,
     pub duration: Duration,
     pub payload: usize,
+    /// Spread each room's members over the frame ([`phase_slot`]).
+    pub interleave: bool,
 }
 
 /// The client sockets: one per `per_socket` participants, with room for bursts.
@@ -108,19 +110,36 @@ fn open_sockets(plan: &Plan, v6: bool) -> anyhow::Result<Vec<BatchSocket>> {
     Ok(sockets)
 }
 
-/// When each participant sends: participant i first at i/N of the first frame (real clients
-/// spread over it), then every 20 ms until the end; a late tick is skipped, not sent twice.
+/// Participant `i`'s place in the frame, of `participants` rounded up to whole rooms of
+/// `room_size`: i itself (the members of a room, who are consecutive, send within a room's
+/// share of the frame of each other, as the tokio driver spreads them), or with `interleave`
+/// the rooms' members spread a room-size-th of the frame apart, so that the datagrams one
+/// subscriber gets arrive at different times (real clients' phases are independent; in
+/// step, the relay packs a subscriber's datagrams of one round into one packet).
+fn phase_slot(i: usize, participants: usize, room_size: usize, interleave: bool) -> usize {
+    if interleave {
+        (i % room_size) * participants.div_ceil(room_size) + i / room_size
+    } else {
+        i
+    }
+}
+
+/// When each participant sends: every 20 ms until the end, from a phase in the first frame
+/// ([`phase_slot`]); a late tick is skipped, not sent twice.
 struct Schedule {
     due: BinaryHeap<Reverse<(Instant, usize)>>,
     until: Instant,
 }
 
 impl Schedule {
-    fn new(participants: usize, epoch: Instant, until: Instant) -> Self {
-        let n = participants.max(1) as u32;
+    fn new(plan: &Plan, epoch: Instant, until: Instant) -> Self {
+        let slots = plan.participants.div_ceil(plan.room_size) * plan.room_size;
         Self {
-            due: (0..participants)
-                .map(|i| Reverse((epoch + FRAME * i as u32 / n, i)))
+            due: (0..plan.participants)
+                .map(|i| {
+                    let slot = phase_slot(i, plan.participants, plan.room_size, plan.interleave);
+                    Reverse((epoch + FRAME * slot as u32 / slots.max(1) as u32, i))
+                })
                 .collect(),
             until,
         }
@@ -164,6 +183,7 @@ pub fn run(
         per_socket,
         duration,
         payload,
+        ..
     } = *plan;
     let mut sockets = open_sockets(plan, relays[0].0.is_ipv6())?;
     let mut batches: Vec<SendBatch> = sockets.iter().map(|_| SendBatch::default()).collect();
@@ -251,7 +271,7 @@ pub fn run(
     for c in &mut driver.clients {
         c.measure = Some(Measure::new(ours.clone(), c.edge, epoch, totals.clone()));
     }
-    let mut schedule = Schedule::new(participants, epoch, until);
+    let mut schedule = Schedule::new(plan, epoch, until);
     let mut body = vec![0xa5u8; payload.max(8)];
     let mut packet = Vec::with_capacity(256);
     let mut ended = false;
@@ -381,7 +401,7 @@ pub fn run_udp(
         .iter()
         .map(|_| Measure::new(ours.clone(), 0, epoch, totals.clone()))
         .collect();
-    let mut schedule = Schedule::new(plan.participants, epoch, until);
+    let mut schedule = Schedule::new(plan, epoch, until);
     let mut body = vec![0xa5u8; plan.payload.max(8)];
     let mut packet = Vec::with_capacity(256);
     let mut seqs = vec![0u16; plan.participants];
@@ -649,5 +669,29 @@ fn read_control(
             }
             None => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::phase_slot;
+
+    /// Every participant gets its own slot either way; interleaved, the members of a room are
+    /// a room-size-th of the frame apart (here 3 rooms of 5 minus one: slots 3 apart).
+    #[test]
+    fn interleaved_phases_spread_each_room_over_the_frame() {
+        let slots = |interleave| -> Vec<usize> {
+            (0..14).map(|i| phase_slot(i, 14, 5, interleave)).collect()
+        };
+        assert_eq!(slots(false), (0..14).collect::<Vec<_>>());
+        let spread = slots(true);
+        assert_eq!(&spread[..5], &[0, 3, 6, 9, 12]);
+        assert_eq!(&spread[5..10], &[1, 4, 7, 10, 13]);
+        assert_eq!(&spread[10..], &[2, 5, 8, 11]);
+        let mut sorted = spread.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 14);
+        assert!(sorted.iter().all(|s| *s < 15));
     }
 }

@@ -73,6 +73,10 @@ struct Args {
     /// the plain UDP participants likewise).
     #[arg(long)]
     batched: bool,
+    /// With `--batched`: spread the members of each room over the 20 ms frame instead of
+    /// letting them send within a room's share of it of each other.
+    #[arg(long, requires = "batched")]
+    interleave: bool,
 }
 
 /// Counters shared by all participants.
@@ -503,6 +507,7 @@ async fn main() -> anyhow::Result<()> {
             per_socket: args.per_endpoint,
             duration: Duration::from_secs_f64(args.duration),
             payload: args.payload,
+            interleave: args.interleave,
         };
         let totals = totals.clone();
         window = if args.udp {

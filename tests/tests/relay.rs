@@ -378,13 +378,13 @@ fn loadgen_smoke() {
 
 /// `--batched`: the load generator's participants driven from one loop through quinn-proto
 /// (several client sockets, as `--per-endpoint 4` makes three) join, hear each other and
-/// report the same summary line, with its own CPU per received datagram.
+/// report the same summary line, with its own CPU per received datagram; likewise with each
+/// room's members spread over the frame (`--interleave`).
 #[test]
 fn loadgen_batched_smoke() {
     let relay = RelayProcess::start();
-    let report = loadgen(
-        relay.invite(),
-        &[
+    for phases in [&[][..], &["--interleave"][..]] {
+        let mut args = vec![
             "--batched",
             "--participants",
             "10",
@@ -394,22 +394,26 @@ fn loadgen_batched_smoke() {
             "4",
             "--duration",
             "1",
-        ],
-        Duration::from_secs(30),
-    );
-    let line = &report.line;
-    assert_eq!(
-        (
-            report.field("participants"),
-            report.field("rooms"),
-            report.field("streams")
-        ),
-        (10.0, 2.0, 40.0),
-        "{line}"
-    );
-    assert!(report.field("p50_ms") < 50.0, "{line}");
-    assert!(report.field("loss_pct") < 10.0, "{line}");
-    assert!(report.field("loadgen_us_per_datagram") > 0.0, "{line}");
+        ];
+        args.extend_from_slice(phases);
+        let report = loadgen(relay.invite(), &args, Duration::from_secs(30));
+        let line = &report.line;
+        assert_eq!(
+            (
+                report.field("participants"),
+                report.field("rooms"),
+                report.field("streams")
+            ),
+            (10.0, 2.0, 40.0),
+            "{phases:?}: {line}"
+        );
+        assert!(report.field("p50_ms") < 50.0, "{phases:?}: {line}");
+        assert!(report.field("loss_pct") < 10.0, "{phases:?}: {line}");
+        assert!(
+            report.field("loadgen_us_per_datagram") > 0.0,
+            "{phases:?}: {line}"
+        );
+    }
 }
 
 /// The benchmark's baseline: the load generator drives `natter-udp-fanout` over plain UDP with
