@@ -1,8 +1,10 @@
 //! `--batched`: every QUIC participant driven from one loop on one thread, through `quinn-proto`
 //! directly, the way the relay's data plane drives its connections: each round receives a
-//! batch from every client socket (recvmmsg/GRO), hands it to the one client endpoint, sends
-//! what is due, and writes every connection's packets with one `sendmmsg` per socket
-//! (`natter_relay::udp_batch`, `natter_relay::timers`: the relay's own I/O and deadline heap).
+//! batch from every client socket that has one (one `poll`, then recvmmsg/GRO), hands it to
+//! the one client endpoint, sends what is due, and writes every connection's packets with one
+//! `sendmmsg` per socket (`natter_relay::udp_batch`, `natter_relay::timers`: the relay's own
+//! I/O and deadline heap). With `--udp` the baseline's plain UDP participants run in the
+//! same kind of loop ([`run_udp`]).
 //!
 //! Why: with a quinn endpoint and tokio tasks per participant, the load generator needed as
 //! much CPU as the relay from 600 participants up (docs/BENCHMARKS.md, "Relay capacity"), so a
