@@ -12,6 +12,10 @@
 # (taskset lists, default 0 and 1), RELAY_ARGS (extra relay flags, e.g. "--forward-loudest 3"),
 # LOADGEN_ARGS (extra natter-loadgen flags, e.g. "--per-endpoint 8": more client ports, which
 # the kernel's SO_REUSEPORT hash spreads over a relay's loops),
+# LOADGEN (default "batched"): how natter-loadgen drives its participants — "batched", one
+# loop with recvmmsg/sendmmsg, through quinn-proto for QUIC (--batched), or "tokio", a quinn
+# endpoint (or a plain socket) and a task per participant (what sweeps used before; it could
+# not show 1,000),
 # DURATION (seconds of sending, default 10), MODES (default "relay"): what to measure, in
 # alternation for each N and repetition —
 #   relay       natter-relay from this build (one loop driving quinn-proto, sendmmsg)
@@ -28,8 +32,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin="${CARGO_TARGET_DIR:-target}/release"
-[ -x "$bin/natter-loadgen" ] && [ -x "$bin/natter-udp-fanout" ] ||
-  cargo build --release -p natter-relay -p natter-loadgen
+# NO_BUILD=1 uses the release binaries as they are (e.g. while the machine must stay quiet);
+# otherwise they are brought up to date first, so what runs is this tree.
+[ -n "${NO_BUILD:-}" ] || cargo build --release -p natter-relay -p natter-loadgen
 work="$(mktemp -d)"
 relay_pid=
 trap 'kill $relay_pid 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -50,6 +55,7 @@ for n in "${sizes[@]}"; do
       for _ in $(seq 400); do grep -q '^listening:' "$work/relay.out" 2>/dev/null && break; sleep 0.05; done
       target="$(sed -n 's/^listening: //p' "$work/relay.out")"
       loadgen_args=(--udp)
+      [ "${LOADGEN:-batched}" = tokio ] || loadgen_args+=(--batched)
     else
       relay_bin="$bin"
       threads=()
@@ -65,6 +71,7 @@ for n in "${sizes[@]}"; do
       for _ in $(seq 400); do grep -q '^invite:' "$work/relay.out" 2>/dev/null && break; sleep 0.05; done
       target="$(sed -n 's/^invite: //p' "$work/relay.out")"
       loadgen_args=()
+      [ "${LOADGEN:-batched}" = tokio ] || loadgen_args=(--batched)
     fi
     [ -n "$target" ] || { echo "mode=$mode did not start:" >&2; cat "$work/relay.out" "$work/relay.log" >&2; exit 1; }
     # shellcheck disable=SC2086

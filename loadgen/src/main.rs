@@ -3,11 +3,11 @@
 //! the other K−1 streams of its room, so the time from send to receive is what the relay (plus
 //! loopback) adds; it is measured in this one process, on one clock. Ends with one summary line:
 //!
-//! `participants=N rooms=R streams=S p50_ms=… p99_ms=… loss_pct=… relay_cpu_pct=… relay_us_per_datagram=… loadgen_cpu_pct=…`
+//! `participants=N rooms=R streams=S p50_ms=… p99_ms=… loss_pct=… relay_cpu_pct=… relay_us_per_datagram=… loadgen_cpu_pct=… loadgen_us_per_datagram=…`
 //! (with `--edge`, then `local_p50_ms=… local_p99_ms=… trunk_p50_ms=… trunk_p99_ms=… trunk_samples=…`)
 //!
-//! (CPU: percent of one core during the sending phase; the load generator's own share shows
-//! when it, not the relay, is the limit.)
+//! (CPU: percent of one core during the sending phase, and CPU µs per datagram received; the
+//! load generator's own share shows when it, not the relay, is the limit.)
 //!
 //! With `--edge` (repeatable) the participants are spread over several relays of one cluster,
 //! participant i on relay i mod n, so each room spans the edges and part of every stream
@@ -15,8 +15,15 @@
 //! and of those that did not (`local_p50_ms … trunk_p99_ms`): the difference is what a trunk
 //! hop adds.
 //!
+//! With `--batched` every QUIC participant is driven from one loop through quinn-proto with
+//! batched system calls, as the relay's data plane drives its connections (`batched.rs`), so
+//! that the load generator is not the limit of what it measures; with `--udp` too, the
+//! baseline's participants run in the same kind of loop.
+//!
 //! With `--udp` the target is `natter-udp-fanout` (the benchmark's baseline) instead of a relay:
 //! the same participants, sockets, rooms and datagrams over plain UDP.
+
+mod batched;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -61,6 +68,15 @@ struct Args {
     /// mod (1 + edges), and latency is reported separately for datagrams that crossed a trunk.
     #[arg(long = "edge")]
     edges: Vec<String>,
+    /// Drive every QUIC participant from one loop through quinn-proto with batched system
+    /// calls (recvmmsg/sendmmsg) instead of a quinn endpoint and tokio tasks (with `--udp`,
+    /// the plain UDP participants likewise).
+    #[arg(long)]
+    batched: bool,
+    /// With `--batched`: spread the members of each room over the 20 ms frame instead of
+    /// letting them send within a room's share of it of each other.
+    #[arg(long, requires = "batched")]
+    interleave: bool,
 }
 
 /// Counters shared by all participants.
@@ -122,7 +138,8 @@ impl Measure {
         }
     }
 
-    fn record(&mut self, d: &[u8]) {
+    /// `d` arrived at `at`.
+    fn record_at(&mut self, d: &[u8], at: Instant) {
         let Some(sender_edge) = d
             .get(1..)
             .and_then(natter_proto::rtp::peek_ssrc)
@@ -133,7 +150,7 @@ impl Measure {
         // Stamp: the first 8 payload bytes after the 20-byte header (flow + RTP + ext).
         if let Some(stamp) = d.get(21..29) {
             let sent = u64::from_be_bytes(stamp.try_into().expect("8 bytes"));
-            let now = self.epoch.elapsed().as_micros() as u64;
+            let now = at.saturating_duration_since(self.epoch).as_micros() as u64;
             let kept = if sender_edge == self.edge {
                 &mut self.local
             } else {
@@ -177,7 +194,7 @@ async fn participant(
             let mut measure = Measure::new(ours, edge, epoch, totals.clone());
             Some(tokio::spawn(async move {
                 while let Ok(d) = conn.read_datagram().await {
-                    measure.record(&d);
+                    measure.record_at(&d, Instant::now());
                 }
             }))
         }
@@ -190,20 +207,7 @@ async fn participant(
     let mut body = vec![0xa5u8; payload.max(8)];
     while Instant::now() < until {
         tick.tick().await;
-        body[..8].copy_from_slice(&(epoch.elapsed().as_micros() as u64).to_be_bytes());
-        let header = RtpHeader {
-            marker: seq == 0,
-            payload_type: natter_proto::OPUS_PAYLOAD_TYPE,
-            sequence: seq,
-            timestamp: u32::from(seq) * 960,
-            ssrc,
-            audio_level: Some(AudioLevel {
-                voice: true,
-                level: 30,
-            }),
-        };
-        buf.clear();
-        write_rtp(&header, &body, &mut buf);
+        stamped_rtp(ssrc, seq, epoch, &mut body, &mut buf);
         if link.send(&buf) {
             totals.sent.fetch_add(1, Relaxed);
         }
@@ -215,6 +219,25 @@ async fn participant(
         conn.close(0u32.into(), b"done");
         let _ = receiver.await;
     }
+}
+
+/// Writes participant `ssrc`'s datagram number `seq` into `out`: an RTP packet (voice, level
+/// 30) whose payload `body` starts with the send time in µs since `epoch`.
+fn stamped_rtp(ssrc: u32, seq: u16, epoch: Instant, body: &mut [u8], out: &mut Vec<u8>) {
+    body[..8].copy_from_slice(&(epoch.elapsed().as_micros() as u64).to_be_bytes());
+    let header = RtpHeader {
+        marker: seq == 0,
+        payload_type: natter_proto::OPUS_PAYLOAD_TYPE,
+        sequence: seq,
+        timestamp: u32::from(seq) * 960,
+        ssrc,
+        audio_level: Some(AudioLevel {
+            voice: true,
+            level: 30,
+        }),
+    };
+    out.clear();
+    write_rtp(&header, body, out);
 }
 
 /// Joins `count` participants to the UDP fan-out at `to`, `per_socket` to a socket, in rooms
@@ -343,15 +366,13 @@ async fn relay_of(invite: &str) -> anyhow::Result<(std::net::SocketAddr, [u8; 32
     Ok((addr, fp))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    if args.room_size < 2 || args.participants < args.room_size {
-        bail!("need --room-size ≥ 2 and --participants ≥ --room-size");
-    }
-    if args.udp && !args.edges.is_empty() {
-        bail!("--edge needs relays, not the UDP fan-out");
-    }
+/// Joins and runs every participant on tokio: a quinn endpoint per `--per-endpoint`
+/// participants and a task per participant (or plain UDP sockets with `--udp`).
+async fn run_tokio(
+    args: &Args,
+    totals: &Arc<Totals>,
+    window: &mut CpuWindow,
+) -> anyhow::Result<()> {
     let mut udp_sockets = Vec::new();
     let joined = if args.udp {
         let addr = tokio::net::lookup_host(args.invite.as_str())
@@ -370,7 +391,7 @@ async fn main() -> anyhow::Result<()> {
         for edge in &args.edges {
             relays.push(relay_of(edge).await?);
         }
-        let joined = join_quic(&args, &relays).await?;
+        let joined = join_quic(args, &relays).await?;
         if relays.len() > 1 {
             // Trunks open once the edges have written their rooms to the directory and read
             // back each other's.
@@ -378,18 +399,9 @@ async fn main() -> anyhow::Result<()> {
         }
         joined
     };
-    let rooms = args.participants.div_ceil(args.room_size);
-    let full_room_members = (args.participants / args.room_size) * args.room_size;
-    let remainder = args.participants - full_room_members;
-    let streams = (args.participants / args.room_size) * args.room_size * (args.room_size - 1)
-        + remainder * remainder.saturating_sub(1);
-
-    let totals = Arc::new(Totals::default());
     let epoch = Instant::now();
     let until = epoch + Duration::from_secs_f64(args.duration);
-    let cpu_start = args.relay_pid.and_then(cpu_seconds);
-    let own_start = cpu_seconds(std::process::id());
-    let wall_start = Instant::now();
+    window.start();
     let ours: Senders = Arc::new(
         joined
             .iter()
@@ -408,7 +420,7 @@ async fn main() -> anyhow::Result<()> {
                 while let Ok(Ok((n, _))) =
                     tokio::time::timeout_at(end.into(), socket.recv_from(&mut buf)).await
                 {
-                    measure.record(&buf[..n]);
+                    measure.record_at(&buf[..n], Instant::now());
                 }
             })
         })
@@ -431,11 +443,95 @@ async fn main() -> anyhow::Result<()> {
         .await;
     }
     tokio::time::sleep_until((until).into()).await;
-    let cpu_end = args.relay_pid.and_then(cpu_seconds);
-    let own_end = cpu_seconds(std::process::id());
-    let wall = wall_start.elapsed().as_secs_f64();
+    window.end();
     for t in tasks.into_iter().chain(udp_receivers) {
         let _ = t.await;
+    }
+    Ok(())
+}
+
+/// The CPU the relay (when its pid is known) and this process use during the sending phase.
+struct CpuWindow {
+    relay_pid: Option<u32>,
+    relay: (Option<f64>, Option<f64>),
+    own: (Option<f64>, Option<f64>),
+    wall: (Option<Instant>, f64),
+}
+
+impl CpuWindow {
+    fn new(relay_pid: Option<u32>) -> Self {
+        Self {
+            relay_pid,
+            relay: (None, None),
+            own: (None, None),
+            wall: (None, 0.0),
+        }
+    }
+
+    /// Sending begins.
+    fn start(&mut self) {
+        self.relay.0 = self.relay_pid.and_then(cpu_seconds);
+        self.own.0 = cpu_seconds(std::process::id());
+        self.wall.0 = Some(Instant::now());
+    }
+
+    /// Sending ends.
+    fn end(&mut self) {
+        self.relay.1 = self.relay_pid.and_then(cpu_seconds);
+        self.own.1 = cpu_seconds(std::process::id());
+        self.wall.1 = self.wall.0.map_or(0.0, |t| t.elapsed().as_secs_f64());
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.room_size < 2 || args.participants < args.room_size {
+        bail!("need --room-size ≥ 2 and --participants ≥ --room-size");
+    }
+    if args.udp && !args.edges.is_empty() {
+        bail!("--edge needs relays, not the UDP fan-out");
+    }
+    let rooms = args.participants.div_ceil(args.room_size);
+    let full_room_members = (args.participants / args.room_size) * args.room_size;
+    let remainder = args.participants - full_room_members;
+    let streams = (args.participants / args.room_size) * args.room_size * (args.room_size - 1)
+        + remainder * remainder.saturating_sub(1);
+
+    let totals = Arc::new(Totals::default());
+    let mut window = CpuWindow::new(args.relay_pid);
+    if args.batched {
+        let plan = batched::Plan {
+            participants: args.participants,
+            room_size: args.room_size,
+            per_socket: args.per_endpoint,
+            duration: Duration::from_secs_f64(args.duration),
+            payload: args.payload,
+            interleave: args.interleave,
+        };
+        let totals = totals.clone();
+        window = if args.udp {
+            let to = tokio::net::lookup_host(args.invite.as_str())
+                .await?
+                .next()
+                .context("fan-out address")?;
+            tokio::task::spawn_blocking(move || {
+                batched::run_udp(to, &plan, &totals, &mut window).map(|()| window)
+            })
+            .await??
+        } else {
+            let mut relays = Vec::new();
+            for invite in std::iter::once(&args.invite).chain(&args.edges) {
+                let (addr, fp) = relay_of(invite).await?;
+                relays.push((addr, client_config(fp)?));
+            }
+            tokio::task::spawn_blocking(move || {
+                batched::run(&relays, &plan, &totals, &mut window).map(|()| window)
+            })
+            .await??
+        };
+    } else {
+        run_tokio(&args, &totals, &mut window).await?;
     }
     let sent = totals.sent.load(Relaxed) as f64;
     let received = totals.received.load(Relaxed) as f64;
@@ -459,19 +555,25 @@ async fn main() -> anyhow::Result<()> {
     let (local, trunked) = (take(&totals.samples), take(&totals.trunk_samples));
     let mut samples: Vec<u32> = local.iter().chain(&trunked).copied().collect();
     samples.sort_unstable();
-    let percent = |start: Option<f64>, end: Option<f64>| match (start, end) {
-        (Some(a), Some(b)) => format!("{:.1}", (b - a) / wall * 100.0),
+    let wall = window.wall.1;
+    let percent = |(start, end): (Option<f64>, Option<f64>)| match (start, end) {
+        (Some(a), Some(b)) if wall > 0.0 => format!("{:.1}", (b - a) / wall * 100.0),
         _ => "n/a".into(),
     };
-    let (cpu, own) = (percent(cpu_start, cpu_end), percent(own_start, own_end));
+    let (cpu, own) = (percent(window.relay), percent(window.own));
     // The relay's CPU per datagram it delivered (received here), the capacity measure that
     // does not depend on where the latency criterion happens to fall.
-    let per_datagram = match (cpu_start, cpu_end) {
+    let per_datagram = match window.relay {
+        (Some(a), Some(b)) if received > 0.0 => format!("{:.2}", (b - a) * 1e6 / received),
+        _ => "n/a".into(),
+    };
+    // The same for this process: what one received datagram costs the load generator.
+    let own_per_datagram = match window.own {
         (Some(a), Some(b)) if received > 0.0 => format!("{:.2}", (b - a) * 1e6 / received),
         _ => "n/a".into(),
     };
     let mut line = format!(
-        "participants={} rooms={rooms} streams={streams} p50_ms={:.3} p99_ms={:.3} loss_pct={loss:.3} relay_cpu_pct={cpu} relay_us_per_datagram={per_datagram} loadgen_cpu_pct={own}",
+        "participants={} rooms={rooms} streams={streams} p50_ms={:.3} p99_ms={:.3} loss_pct={loss:.3} relay_cpu_pct={cpu} relay_us_per_datagram={per_datagram} loadgen_cpu_pct={own} loadgen_us_per_datagram={own_per_datagram}",
         args.participants,
         percentile(&samples, 0.5),
         percentile(&samples, 0.99),

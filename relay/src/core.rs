@@ -261,6 +261,9 @@ pub struct RelayCore<H> {
     /// connection at a time.
     token_holders: HashMap<String, ConnId>,
     next_participant: u64,
+    /// Members of all rooms, kept as they join and leave: the plane publishes it every round,
+    /// and summing the rooms there cost O(rooms) per round.
+    participants: usize,
     /// Mixed into every SSRC; see [`RelayCore::with_ssrc_salt`].
     ssrc_salt: u32,
     /// This relay's number in its cluster (0 alone): the high bits of its participant ids and
@@ -306,6 +309,7 @@ impl<H: Clone> RelayCore<H> {
             rooms: HashMap::new(),
             token_holders: HashMap::new(),
             next_participant: 1,
+            participants: 0,
             ssrc_salt: 0,
             node: 0,
             remote_senders: HashMap::new(),
@@ -358,7 +362,7 @@ impl<H: Clone> RelayCore<H> {
 
     /// Number of participants in rooms.
     pub fn participant_count(&self) -> usize {
-        self.rooms.values().map(|r| r.members.len()).sum()
+        self.participants
     }
 
     /// Handles of every open connection (for shutdown notices).
@@ -579,6 +583,7 @@ impl<H: Clone> RelayCore<H> {
                 .chain(trunks)
                 .map(|h| (h.clone(), Message::ParticipantJoined(participant.clone()))),
         );
+        self.participants += 1;
         r.members.push(RoomMember {
             conn,
             handle: handle.clone(),
@@ -734,7 +739,9 @@ impl<H: Clone> RelayCore<H> {
             self.token_holders.remove(token);
         }
         if let Some(r) = self.rooms.get_mut(&member.room) {
+            let before = r.members.len();
             r.members.retain(|m| m.conn != conn);
+            self.participants -= before - r.members.len();
             if r.members.is_empty() {
                 // The trunks hear of the last local member's leave too; then the room goes,
                 // with what other relays told us about it (they stop sending when they read
@@ -1346,6 +1353,27 @@ mod tests {
         assert_eq!(targets(&mut core, 1, &rtp(a)), Ok(vec![2, 3]));
         assert_eq!(core.room_count(), 2);
         assert_eq!(core.participant_count(), 4);
+    }
+
+    /// The participant count is kept as members come and go (the plane reads it every
+    /// round): it follows joins, leaves, a room emptying and a connection that never joined.
+    #[test]
+    fn the_participant_count_follows_joins_and_leaves() {
+        let mut core = Core::new("relay", Limits::default());
+        enter(&mut core, 1, "one", false);
+        enter(&mut core, 2, "one", false);
+        enter(&mut core, 3, "two", false);
+        core.connect(9, 9, 0);
+        assert_eq!(core.participant_count(), 3);
+        core.disconnect(3);
+        core.disconnect(9);
+        assert_eq!((core.participant_count(), core.room_count()), (2, 1));
+        core.disconnect(1);
+        enter(&mut core, 4, "two", false);
+        assert_eq!((core.participant_count(), core.room_count()), (2, 2));
+        core.disconnect(2);
+        core.disconnect(4);
+        assert_eq!((core.participant_count(), core.room_count()), (0, 0));
     }
 
     #[test]

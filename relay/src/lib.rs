@@ -47,6 +47,7 @@ pub mod core;
 /// Certificate pinning for clients of a relay (the app, the load generator, trunks).
 pub mod pin;
 /// Access tokens: minting (the `token` subcommand) and verifying.
+pub mod timers;
 pub mod token;
 /// Batched UDP I/O, for the data plane and the plain fan-out baseline.
 pub mod udp_batch;

@@ -36,6 +36,30 @@ pub struct Received<'a> {
     pub data: &'a [u8],
 }
 
+impl Received<'_> {
+    /// Hands the datagram to a quinn-proto endpoint at `now` (its destination address and
+    /// ECN codepoint with it); what the endpoint answers at once is written to `buf`.
+    pub fn to_endpoint(
+        &self,
+        endpoint: &mut quinn_proto::Endpoint,
+        now: std::time::Instant,
+        buf: &mut Vec<u8>,
+    ) -> Option<quinn_proto::DatagramEvent> {
+        buf.clear();
+        let ecn = self
+            .ecn
+            .and_then(|e| quinn_proto::EcnCodepoint::from_bits(e as u8));
+        endpoint.handle(
+            now,
+            self.from,
+            self.dst_ip,
+            ecn,
+            bytes::BytesMut::from(self.data),
+            buf,
+        )
+    }
+}
+
 /// Where a datagram goes, from which local address, with which ECN codepoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Route {
@@ -100,7 +124,7 @@ impl BatchSocket {
         mut each: impl FnMut(Received<'_>),
     ) -> io::Result<usize> {
         let n = self.recv_now(&mut each)?;
-        if n > 0 || !wait(&[&self.socket], Readiness::Read, timeout)? {
+        if n > 0 || !wait(&[&self.socket], Readiness::Read, timeout, None)? {
             return Ok(n);
         }
         self.recv_now(each)
@@ -182,6 +206,21 @@ impl SendBatch {
         self.items.push((route.into(), self.bytes.len()));
     }
 
+    /// Adds the packets of a quinn-proto `Transmit` whose bytes are `buf` (several when
+    /// quinn-proto built a GSO batch, each its own entry), from the source address and with
+    /// the ECN codepoint quinn-proto asked for.
+    pub fn push_transmit(&mut self, t: &quinn_proto::Transmit, buf: &[u8]) {
+        let route = Route {
+            to: t.destination,
+            src_ip: t.src_ip,
+            ecn: t.ecn.and_then(|e| EcnCodepoint::from_bits(e as u8)),
+        };
+        let segment = t.segment_size.unwrap_or(t.size).max(1);
+        for packet in buf[..t.size].chunks(segment) {
+            self.push(route, packet);
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.items.len()
     }
@@ -210,7 +249,19 @@ impl SendBatch {
 /// [`BatchSocket::recv_now`].
 pub fn wait_readable(sockets: &[&BatchSocket], timeout: Option<Duration>) -> io::Result<bool> {
     let raw: Vec<&UdpSocket> = sockets.iter().map(|s| &s.socket).collect();
-    wait(&raw, Readiness::Read, timeout)
+    wait(&raw, Readiness::Read, timeout, None)
+}
+
+/// Like [`wait_readable`], and sets `ready[i]` to whether `sockets[i]` has something to
+/// receive: a loop serving many sockets then reads only those (one `poll` instead of one
+/// `recvmmsg` per socket, most of which would find nothing).
+pub fn which_readable(
+    sockets: &[&BatchSocket],
+    timeout: Option<Duration>,
+    ready: &mut [bool],
+) -> io::Result<bool> {
+    let raw: Vec<&UdpSocket> = sockets.iter().map(|s| &s.socket).collect();
+    wait(&raw, Readiness::Read, timeout, Some(ready))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -220,9 +271,14 @@ enum Readiness {
 }
 
 /// Waits until one of `sockets` is readable or writable, up to `timeout`; false if it timed
-/// out.
+/// out. `ready`, when given, says which.
 #[cfg(unix)]
-fn wait(sockets: &[&UdpSocket], what: Readiness, timeout: Option<Duration>) -> io::Result<bool> {
+fn wait(
+    sockets: &[&UdpSocket],
+    what: Readiness,
+    timeout: Option<Duration>,
+    ready: Option<&mut [bool]>,
+) -> io::Result<bool> {
     use std::os::fd::AsRawFd;
     let mut fds: Vec<libc::pollfd> = sockets
         .iter()
@@ -243,19 +299,35 @@ fn wait(sockets: &[&UdpSocket], what: Readiness, timeout: Option<Duration>) -> i
     let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
     if n < 0 {
         let e = io::Error::last_os_error();
+        if let Some(ready) = ready {
+            ready.fill(false);
+        }
         return if e.kind() == io::ErrorKind::Interrupted {
             Ok(false)
         } else {
             Err(e)
         };
     }
+    if let Some(ready) = ready {
+        for (r, fd) in ready.iter_mut().zip(&fds) {
+            *r = fd.revents != 0;
+        }
+    }
     Ok(n > 0)
 }
 
 #[cfg(not(unix))]
-fn wait(sockets: &[&UdpSocket], what: Readiness, timeout: Option<Duration>) -> io::Result<bool> {
-    // No poll(2): sleep a little and let the caller try again.
+fn wait(
+    sockets: &[&UdpSocket],
+    what: Readiness,
+    timeout: Option<Duration>,
+    ready: Option<&mut [bool]>,
+) -> io::Result<bool> {
+    // No poll(2): sleep a little and let the caller try every socket.
     let _ = (sockets, what);
+    if let Some(ready) = ready {
+        ready.fill(true);
+    }
     std::thread::sleep(
         timeout
             .unwrap_or(Duration::from_millis(1))
@@ -422,7 +494,10 @@ fn send_all(
             io::ErrorKind::WouldBlock => {
                 let left = deadline.saturating_duration_since(std::time::Instant::now());
                 if left.is_zero()
-                    || !matches!(wait(&[socket], Readiness::Write, Some(left)), Ok(true))
+                    || !matches!(
+                        wait(&[socket], Readiness::Write, Some(left), None),
+                        Ok(true)
+                    )
                 {
                     return dropped + items.len() - next;
                 }
@@ -464,7 +539,12 @@ fn send_all(
                         dropped += 1;
                         break;
                     }
-                    let _ = wait(&[socket], Readiness::Write, Some(Duration::from_millis(1)));
+                    let _ = wait(
+                        &[socket],
+                        Readiness::Write,
+                        Some(Duration::from_millis(1)),
+                        None,
+                    );
                 }
                 Err(_) => {
                     dropped += 1;
@@ -609,5 +689,23 @@ mod tests {
             })
             .unwrap();
         assert_eq!(n, 0);
+    }
+
+    #[test]
+    fn which_readable_names_the_sockets_that_have_something() {
+        let sender = socket();
+        let sockets: Vec<BatchSocket> = (0..4).map(|_| socket()).collect();
+        let refs: Vec<&BatchSocket> = sockets.iter().collect();
+        let mut ready = [true; 4];
+        assert!(!which_readable(&refs, Some(Duration::ZERO), &mut ready).unwrap());
+        assert_eq!(ready, [false; 4]);
+        let mut batch = SendBatch::default();
+        for i in [1, 3] {
+            batch.push(sockets[i].local_addr().unwrap(), b"x");
+        }
+        assert_eq!(sender.send(&mut batch, Duration::from_secs(1)), 0);
+        assert!(which_readable(&refs, Some(Duration::from_secs(5)), &mut ready).unwrap());
+        // Loopback delivers within the send call, so both are readable by now.
+        assert_eq!(ready, [false, true, false, true]);
     }
 }

@@ -376,26 +376,66 @@ fn loadgen_smoke() {
     assert!(report.field("loss_pct") < 10.0, "{line}");
 }
 
+/// `--batched`: the load generator's participants driven from one loop through quinn-proto
+/// (several client sockets, as `--per-endpoint 4` makes three) join, hear each other and
+/// report the same summary line, with its own CPU per received datagram; likewise with each
+/// room's members spread over the frame (`--interleave`).
+#[test]
+fn loadgen_batched_smoke() {
+    let relay = RelayProcess::start();
+    for phases in [&[][..], &["--interleave"][..]] {
+        let mut args = vec![
+            "--batched",
+            "--participants",
+            "10",
+            "--room-size",
+            "5",
+            "--per-endpoint",
+            "4",
+            "--duration",
+            "1",
+        ];
+        args.extend_from_slice(phases);
+        let report = loadgen(relay.invite(), &args, Duration::from_secs(30));
+        let line = &report.line;
+        assert_eq!(
+            (
+                report.field("participants"),
+                report.field("rooms"),
+                report.field("streams")
+            ),
+            (10.0, 2.0, 40.0),
+            "{phases:?}: {line}"
+        );
+        assert!(report.field("p50_ms") < 50.0, "{phases:?}: {line}");
+        assert!(report.field("loss_pct") < 10.0, "{phases:?}: {line}");
+        assert!(
+            report.field("loadgen_us_per_datagram") > 0.0,
+            "{phases:?}: {line}"
+        );
+    }
+}
+
 /// The benchmark's baseline: the load generator drives `natter-udp-fanout` over plain UDP with
-/// the same participants and rooms, and everything sent arrives.
+/// the same participants and rooms, and everything sent arrives, with tokio tasks and with
+/// the batched loop (`--batched`).
 #[test]
 fn loadgen_drives_the_udp_baseline() {
     use std::io::BufRead;
-    let mut fanout = Command::new(natter_e2e::binary("natter-udp-fanout"))
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("natter-udp-fanout starts");
-    let mut line = String::new();
-    std::io::BufReader::new(fanout.stdout.take().expect("piped"))
-        .read_line(&mut line)
-        .expect("its address");
-    let addr = line
-        .trim()
-        .strip_prefix("listening: ")
-        .expect("listening: ADDR");
-    let report = loadgen(
-        addr,
-        &[
+    for driver in [&[][..], &["--batched"][..]] {
+        let mut fanout = Command::new(natter_e2e::binary("natter-udp-fanout"))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("natter-udp-fanout starts");
+        let mut line = String::new();
+        std::io::BufReader::new(fanout.stdout.take().expect("piped"))
+            .read_line(&mut line)
+            .expect("its address");
+        let addr = line
+            .trim()
+            .strip_prefix("listening: ")
+            .expect("listening: ADDR");
+        let mut args = vec![
             "--udp",
             "--participants",
             "10",
@@ -405,15 +445,16 @@ fn loadgen_drives_the_udp_baseline() {
             "4",
             "--duration",
             "1",
-        ],
-        Duration::from_secs(30),
-    );
-    let _ = fanout.kill();
-    let _ = fanout.wait();
-    let line = &report.line;
-    assert_eq!(report.field("streams"), 40.0, "{line}");
-    // Loopback without QUIC loses nothing (the bound leaves room for a loaded machine's
-    // late receiver at the end of the run).
-    assert!(report.field("loss_pct") < 5.0, "{line}");
-    assert!(report.field("p50_ms") < 50.0, "{line}");
+        ];
+        args.extend_from_slice(driver);
+        let report = loadgen(addr, &args, Duration::from_secs(30));
+        let _ = fanout.kill();
+        let _ = fanout.wait();
+        let line = &report.line;
+        assert_eq!(report.field("streams"), 40.0, "{driver:?}: {line}");
+        // Loopback without QUIC loses nothing (the bound leaves room for a loaded machine's
+        // late receiver at the end of the run).
+        assert!(report.field("loss_pct") < 5.0, "{driver:?}: {line}");
+        assert!(report.field("p50_ms") < 50.0, "{driver:?}: {line}");
+    }
 }

@@ -54,7 +54,6 @@
 //! price of all the above; this machine has two cores and cannot measure whether it pays.
 
 mod io;
-mod timers;
 mod trunk;
 
 #[cfg(test)]
@@ -72,19 +71,19 @@ use crate::core::{Close, ConnId, RelayCore};
 use crate::fresh_queue::{FreshQueue, Ready, SUBSCRIBER_QUEUE_LIMIT};
 use crate::server::RelayConfig;
 use crate::stats::{HandshakeFailure, RelayStats};
-use crate::udp_batch::{EcnCodepoint, Received, Route, SendBatch};
-use bytes::{Bytes, BytesMut};
+use crate::timers::Timers;
+use crate::udp_batch::{Received, SendBatch};
+use bytes::Bytes;
 use natter_proto::control::{ClusterEdge, ErrorCode, FrameDecoder, Message};
 use quinn_proto::{
     ConnectionError, ConnectionHandle, DatagramEvent, Dir, Endpoint, Event, SendDatagramError,
-    StreamEvent, StreamId, Transmit, VarInt,
+    StreamEvent, StreamId, VarInt,
 };
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
-use timers::Timers;
 use tracing::{debug, info};
 
 /// Packets one `poll_transmit` may build for one connection (sent as separate entries of the
@@ -358,7 +357,7 @@ impl Plane {
 
     /// When the plane next needs [`Plane::handle_timeouts`].
     pub(crate) fn poll_timeout(&mut self) -> Option<Instant> {
-        self.timers.next()
+        self.timers.earliest()
     }
 
     /// One UDP datagram arrived at `now`. Answers the endpoint gives at once (Retry,
@@ -368,18 +367,7 @@ impl Plane {
     /// puts it in each `Transmit`), and its ECN codepoint goes into the ACKs quinn-proto
     /// sends back, so the client's congestion control sees marks and keeps ECN on.
     pub(crate) fn handle(&mut self, now: Instant, datagram: Received<'_>, out: &mut SendBatch) {
-        self.buf.clear();
-        let ecn = datagram
-            .ecn
-            .and_then(|e| quinn_proto::EcnCodepoint::from_bits(e as u8));
-        let event = self.endpoint.handle(
-            now,
-            datagram.from,
-            datagram.dst_ip,
-            ecn,
-            BytesMut::from(datagram.data),
-            &mut self.buf,
-        );
+        let event = datagram.to_endpoint(&mut self.endpoint, now, &mut self.buf);
         match event {
             Some(DatagramEvent::NewConnection(incoming)) => self.admit(now, incoming, out),
             Some(DatagramEvent::ConnectionEvent(ch, event)) => {
@@ -388,7 +376,7 @@ impl Plane {
                     self.touch(ch);
                 }
             }
-            Some(DatagramEvent::Response(t)) => push_transmit(out, &t, &self.buf),
+            Some(DatagramEvent::Response(t)) => out.push_transmit(&t, &self.buf),
             None => {}
         }
     }
@@ -408,7 +396,7 @@ impl Plane {
             Handshake::Retry => {
                 self.stats.retries.fetch_add(1, Relaxed);
                 match self.endpoint.retry(incoming, &mut self.buf) {
-                    Ok(t) => push_transmit(out, &t, &self.buf),
+                    Ok(t) => out.push_transmit(&t, &self.buf),
                     Err(e) => self.endpoint.ignore(e.into_incoming()),
                 }
             }
@@ -417,7 +405,7 @@ impl Plane {
                     .count_handshake_failure(HandshakeFailure::Refused);
                 debug!(remote = %incoming.remote_address(), "refused");
                 let t = self.endpoint.refuse(incoming, &mut self.buf);
-                push_transmit(out, &t, &self.buf);
+                out.push_transmit(&t, &self.buf);
             }
             Handshake::Accept => match self.endpoint.accept(incoming, now, &mut self.buf, None) {
                 Ok((ch, quic)) => {
@@ -431,7 +419,7 @@ impl Plane {
                     self.stats
                         .count_handshake_failure(HandshakeFailure::of(&e.cause));
                     if let Some(t) = e.response {
-                        push_transmit(out, &t, &self.buf);
+                        out.push_transmit(&t, &self.buf);
                     }
                 }
             },
@@ -887,7 +875,7 @@ impl Plane {
             let Some(t) = conn.quic.poll_transmit(now, MAX_DATAGRAMS, &mut self.buf) else {
                 break;
             };
-            push_transmit(out, &t, &self.buf);
+            out.push_transmit(&t, &self.buf);
         }
         self.endpoint_events(now, ch);
         if let Some(conn) = self.conns.get_mut(&ch) {
@@ -1095,18 +1083,4 @@ fn read_stream(quic: &mut quinn_proto::Connection, id: StreamId, into: &mut Vec<
     // this round anyway.
     let _ = chunks.finalize();
     result
-}
-
-/// Puts the packets of `t` (several when quinn-proto built a GSO batch) into `out`, each
-/// from the source address and with the ECN codepoint quinn-proto asked for.
-fn push_transmit(out: &mut SendBatch, t: &Transmit, buf: &[u8]) {
-    let route = Route {
-        to: t.destination,
-        src_ip: t.src_ip,
-        ecn: t.ecn.and_then(|e| EcnCodepoint::from_bits(e as u8)),
-    };
-    let segment = t.segment_size.unwrap_or(t.size).max(1);
-    for packet in buf[..t.size].chunks(segment) {
-        out.push(route, packet);
-    }
 }

@@ -9,6 +9,8 @@ use crate::cluster::directory::RelayRecord;
 use crate::identity::Identity;
 use crate::server::server_config;
 use crate::stats::DELAY_BUCKETS_US;
+use crate::udp_batch::EcnCodepoint;
+use bytes::BytesMut;
 use natter_proto::media::write_rtp;
 use natter_proto::rtp::{AudioLevel, RtpHeader};
 use std::collections::{BTreeMap, HashSet};

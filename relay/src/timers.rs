@@ -1,5 +1,7 @@
-//! When each connection next needs the loop: one deadline per key (a small index: quinn-proto's
-//! connection handles are slab indices) in a binary heap, with lazy invalidation. Rescheduling a key pushes a new entry and remembers the key's current deadline;
+//! When each connection next needs its event loop (the relay's data plane, the load
+//! generator's batched driver): one deadline per key (a small index: quinn-proto's connection
+//! handles are slab indices) in a binary heap, with lazy invalidation. Rescheduling a key
+//! pushes a new entry and remembers the key's current deadline;
 //! entries that no longer match it are skipped when they reach the top. So a reschedule costs
 //! one push (O(log n)) instead of a search, which matters because every connection touched in a
 //! batch reschedules. The heap is compacted when stale entries outnumber live ones.
@@ -55,7 +57,7 @@ impl<T: Copy + Ord> Timers<T> {
     }
 
     /// The earliest deadline of any key.
-    pub fn next(&mut self) -> Option<T> {
+    pub fn earliest(&mut self) -> Option<T> {
         self.skip_stale();
         self.heap.peek().map(|Reverse((at, _))| *at)
     }
@@ -112,13 +114,13 @@ mod tests {
         t.schedule(1, Some(10));
         t.schedule(3, Some(20));
         t.schedule(3, None);
-        assert_eq!(t.next(), Some(10));
+        assert_eq!(t.earliest(), Some(10));
         assert_eq!(t.pop_due(9), None);
         assert_eq!(t.pop_due(40), Some(1));
         assert_eq!(t.pop_due(40), Some(2));
         // 1's old deadline (50) and 3's cancelled one are gone with them.
         assert_eq!(t.pop_due(100), None);
-        assert_eq!(t.next(), None);
+        assert_eq!(t.earliest(), None);
         assert_eq!(t.len(), 0);
     }
 
@@ -140,7 +142,7 @@ mod tests {
                 }
                 prop_assert!(t.heap.len() <= 2 * t.live.max(32) + 1);
             }
-            prop_assert_eq!(t.next(), model.values().min().copied());
+            prop_assert_eq!(t.earliest(), model.values().min().copied());
             let mut due: Vec<(u16, usize)> =
                 model.iter().filter(|(_, at)| **at <= now).map(|(k, at)| (*at, *k)).collect();
             due.sort();
