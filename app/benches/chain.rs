@@ -18,6 +18,9 @@
 //! runs; CHAIN_COMPLEXITY=C: the microphone's encoder at libopus complexity C (unset: natter's,
 //! which follows the protection, `codec::encoder_complexity`).
 //!
+//! CHAIN_TABLES=0: the chain only, without the tables below (for `valgrind --tool=callgrind`,
+//! which counts the instructions of `Chain::iteration` whatever the machine's load).
+//!
 //! Afterwards, for the record: voice processing with one stage at a time, the encoder alone
 //! at the rate controller's tiers with FEC or DRED, at complexities 10–5 and at natter's (the
 //! encoders taking turns of 25 frames, so load on the machine falls on all alike), and the
@@ -463,6 +466,9 @@ fn main() -> anyhow::Result<()> {
         median / 200.0,
         p95 / 200.0
     );
+    if env_usize("CHAIN_TABLES", 1) == 0 {
+        return Ok(());
+    }
     println!();
     println!("| Voice processing alone | CPU median us / 20 ms | p95 us | % of one core |");
     println!("|---|---:|---:|---:|");
