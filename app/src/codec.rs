@@ -1,5 +1,5 @@
 //! Opus through libopus 1.6 (`opusic-c` over `opusic-sys`, which builds the vendored libopus
-//! with its neural models: deep PLC, DRED, OSCE): VOIP application, 48 kHz mono, in-band FEC
+//! with its neural models for deep PLC and DRED): VOIP application, 48 kHz mono, in-band FEC
 //! and/or Deep REDundancy (DRED) as the encoder policy says (`crate::rate`).
 //! The decoder runs at complexity [`DECODER_COMPLEXITY`], which turns on deep PLC for every
 //! concealed frame, and recovers lost frames from a later packet's FEC or DRED
@@ -17,12 +17,14 @@ fn opus_error(e: opusic_c::ErrorCode) -> anyhow::Error {
     anyhow::anyhow!("libopus: {e:?}")
 }
 
-/// Decoder complexity: 5 turns on deep PLC (a neural concealment, libopus ≥ 1.5), 6 and 7 add
-/// OSCE's LACE and NoLACE enhancement of low-bitrate SILK. Measured (docs/BENCHMARKS.md, "Opus
-/// 1.6", two voices, 40 kbit/s): 4 → 5 is worth +0.3–0.5 PESQ on bursty loss; 5, 6 and 7 are
-/// within ±0.07 of each other in every cell. Deep PLC runs only while frames are concealed
-/// (~320 µs per concealed 20 ms frame against ~24 for classic PLC); OSCE runs on every frame
-/// (+17 µs at 6, +70 µs at 7 on a ~38 µs decode) and buys nothing at our bitrates, so 5.
+/// Decoder complexity: 5 turns on deep PLC (a neural concealment, libopus ≥ 1.5); 6 and 7 would
+/// add OSCE's LACE and NoLACE enhancement of low-bitrate SILK. Measured (docs/BENCHMARKS.md,
+/// "Opus 1.6", two voices, 40 kbit/s): 4 → 5 is worth +0.3–0.5 PESQ on bursty loss; 5, 6 and 7
+/// are within ±0.07 of each other in every cell. Deep PLC runs only while frames are concealed
+/// (~320 µs per concealed 20 ms frame against ~24 for classic PLC); OSCE ran on every frame
+/// (+17 µs at 6, +70 µs at 7) and bought nothing at our bitrates, so 5 — and libopus is built
+/// without OSCE (Cargo.toml), which also spares every decode at 5 the OSCE feature analysis it
+/// otherwise runs regardless of complexity. Only 5 and below differ.
 pub const DECODER_COMPLEXITY: u8 = 5;
 
 /// Largest Opus packet (RFC 6716 §3.4: 1275 bytes per frame).
