@@ -24,7 +24,7 @@ fn opus_error(e: opusic_c::ErrorCode) -> anyhow::Error {
 /// (~320 µs per concealed 20 ms frame against ~24 for classic PLC); OSCE ran on every frame
 /// (+17 µs at 6, +70 µs at 7) and bought nothing at our bitrates, so 5 — and libopus is built
 /// without OSCE (Cargo.toml), which also spares every decode at 5 the OSCE feature analysis it
-/// otherwise runs regardless of complexity. Only 5 and below differ.
+/// otherwise runs regardless of complexity; 6 and 7 now decode as 5 does.
 pub const DECODER_COMPLEXITY: u8 = 5;
 
 /// Largest Opus packet (RFC 6716 §3.4: 1275 bytes per frame).

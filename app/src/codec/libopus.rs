@@ -71,7 +71,7 @@ enum DredState {
 unsafe impl Send for RawDecoder {}
 
 impl RawDecoder {
-    /// Creates the decoder at `complexity` (0–10; ≥ 5 deep PLC, 6 LACE, 7 NoLACE).
+    /// Creates the decoder at `complexity` (0–10; ≥ 5 deep PLC; OSCE, 6 and 7, is not built).
     pub fn new(complexity: i32) -> Result<Self, LibopusError> {
         let mut err: c_int = 0;
         // SAFETY: `err` is a valid out-pointer; on failure the returned pointer is null and
