@@ -68,12 +68,11 @@ impl Default for VoiceConfig {
 /// Samples per block: 10 ms at 48 kHz, the only size the module accepts.
 pub const BLOCK: usize = 480;
 
-/// The audio processing module with a preallocated capture block.
+/// The audio processing module.
 pub struct VoiceProcessor {
     apm: Processor,
     config: VoiceConfig,
     stream_delay_ms: Option<u16>,
-    capture: Vec<Vec<f32>>,
 }
 
 fn apm_config(v: VoiceConfig, stream_delay_ms: Option<u16>) -> Config {
@@ -105,7 +104,6 @@ impl VoiceProcessor {
             apm,
             config,
             stream_delay_ms: None,
-            capture: vec![vec![0.0; BLOCK]],
         })
     }
 
@@ -157,10 +155,7 @@ impl VoiceProcessor {
         if !self.config.any() || block.len() != BLOCK {
             return;
         }
-        self.capture[0].copy_from_slice(block);
-        if self.apm.process_capture_frame(&mut self.capture).is_ok() {
-            block.copy_from_slice(&self.capture[0]);
-        }
+        let _ = self.apm.process_capture_frame([block]);
     }
 }
 

@@ -1,5 +1,5 @@
 //! Opus through libopus 1.6 (`opusic-c` over `opusic-sys`, which builds the vendored libopus
-//! with its neural models: deep PLC, DRED, OSCE): VOIP application, 48 kHz mono, in-band FEC
+//! with its neural models for deep PLC and DRED): VOIP application, 48 kHz mono, in-band FEC
 //! and/or Deep REDundancy (DRED) as the encoder policy says (`crate::rate`).
 //! The decoder runs at complexity [`DECODER_COMPLEXITY`], which turns on deep PLC for every
 //! concealed frame, and recovers lost frames from a later packet's FEC or DRED
@@ -17,12 +17,14 @@ fn opus_error(e: opusic_c::ErrorCode) -> anyhow::Error {
     anyhow::anyhow!("libopus: {e:?}")
 }
 
-/// Decoder complexity: 5 turns on deep PLC (a neural concealment, libopus ≥ 1.5), 6 and 7 add
-/// OSCE's LACE and NoLACE enhancement of low-bitrate SILK. Measured (docs/BENCHMARKS.md, "Opus
-/// 1.6", two voices, 40 kbit/s): 4 → 5 is worth +0.3–0.5 PESQ on bursty loss; 5, 6 and 7 are
-/// within ±0.07 of each other in every cell. Deep PLC runs only while frames are concealed
-/// (~320 µs per concealed 20 ms frame against ~24 for classic PLC); OSCE runs on every frame
-/// (+17 µs at 6, +70 µs at 7 on a ~38 µs decode) and buys nothing at our bitrates, so 5.
+/// Decoder complexity: 5 turns on deep PLC (a neural concealment, libopus ≥ 1.5); 6 and 7 would
+/// add OSCE's LACE and NoLACE enhancement of low-bitrate SILK. Measured (docs/BENCHMARKS.md,
+/// "Opus 1.6", two voices, 40 kbit/s): 4 → 5 is worth +0.3–0.5 PESQ on bursty loss; 5, 6 and 7
+/// are within ±0.07 of each other in every cell. Deep PLC runs only while frames are concealed
+/// (~320 µs per concealed 20 ms frame against ~24 for classic PLC); OSCE ran on every frame
+/// (+17 µs at 6, +70 µs at 7) and bought nothing at our bitrates, so 5 — and libopus is built
+/// without OSCE (Cargo.toml), which also spares every decode at 5 the OSCE feature analysis it
+/// otherwise runs regardless of complexity; 6 and 7 now decode as 5 does.
 pub const DECODER_COMPLEXITY: u8 = 5;
 
 /// Largest Opus packet (RFC 6716 §3.4: 1275 bytes per frame).
@@ -313,7 +315,10 @@ impl OpusDecoder {
     }
 
     /// How far back `packet`'s DRED reaches, parsing it (once per packet, and only as far back
-    /// as `offset` needs: the parse runs DRED's neural decoder) if it is not the one held.
+    /// as `offset` needs) if it is not the one held. The parse only entropy-decodes; DRED's
+    /// neural decoder runs at the first [`RawDecoder::dred_decode`] after it, so the burst
+    /// look-ahead's question ([`Decode::carries_redundancy`]) followed by the recovery of the
+    /// whole gap (a deeper parse) runs the neural decoder once, not twice.
     fn dred_reach(&mut self, packet: &[u8], offset: usize) -> usize {
         if self.dred_packet != packet || self.dred_asked < offset {
             self.dred_packet.clear();
@@ -663,6 +668,58 @@ mod tests {
             assert!(at_join <= 1.5 * clean, "{lost} lost: {at_join} vs {clean}");
             assert!(out[before..].iter().all(|s| s.is_finite()));
         }
+    }
+
+    /// The burst look-ahead asks how far a packet reaches before the gap is recovered from it:
+    /// that question only entropy-decodes (DRED's neural decoder runs at the recovery), and the
+    /// recovery after it is exactly the recovery without it — and is DRED, not concealment.
+    #[test]
+    fn asking_how_far_dred_reaches_leaves_the_recovery_unchanged() {
+        let speech = crate::measure::speech_like(48_000, 3.0, 5);
+        let mut enc = OpusEncoder::new(EncoderConfig {
+            bitrate_bps: 40_000,
+            expected_loss_pct: 20,
+            fec: false,
+            dtx: false,
+            dred_10ms: 50,
+            ..EncoderConfig::default()
+        })
+        .unwrap();
+        let packets: Vec<Vec<u8>> = speech
+            .chunks_exact(960)
+            .map(|f| {
+                let mut p = Vec::new();
+                enc.encode(f, &mut p).unwrap();
+                p
+            })
+            .collect();
+        // Frames 100..103 lost, 103 is here; `ask` first asks as the look-ahead does.
+        let recover = |ask: bool| {
+            let mut dec = OpusDecoder::new().unwrap();
+            let mut out = Vec::new();
+            for p in &packets[..100] {
+                dec.decode(p, &mut out).unwrap();
+            }
+            let before = out.len();
+            if ask {
+                assert!(dec.carries_redundancy(&packets[103], 2 * 960));
+            }
+            for k in (1..=3).rev() {
+                dec.decode_redundancy(&packets[103], k * 960, 960, &mut out)
+                    .unwrap();
+            }
+            out.split_off(before)
+        };
+        let (asked, direct) = (recover(true), recover(false));
+        assert_eq!(asked, direct);
+        let mut dec = OpusDecoder::new().unwrap();
+        let mut concealed = Vec::new();
+        for p in &packets[..100] {
+            dec.decode(p, &mut concealed).unwrap();
+        }
+        let before = concealed.len();
+        dec.conceal(3 * 960, &mut concealed);
+        assert_ne!(direct, concealed.split_off(before), "DRED, not concealment");
     }
 
     /// DRED through the decoder: a packet sent with 500 ms of redundancy reaches back at least

@@ -49,9 +49,20 @@ pub struct RawDecoder {
     dec: NonNull<sys::OpusDecoder>,
     dred_dec: NonNull<sys::OpusDREDDecoder>,
     dred: NonNull<sys::OpusDRED>,
-    /// `dred` holds a parsed packet: `opus_dred_alloc` leaves it uninitialised, so it must not
-    /// be decoded from before the first successful parse.
-    parsed: bool,
+    /// What `dred` holds: `opus_dred_alloc` leaves it uninitialised, so it must not be decoded
+    /// from before the first successful parse.
+    dred_state: DredState,
+}
+
+/// How far the DRED state is along.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DredState {
+    Empty,
+    /// Entropy-decoded only (`opus_dred_parse` with deferred processing): enough to know how far
+    /// back the redundancy reaches, without DRED's neural decoder.
+    Parsed,
+    /// Run through DRED's neural decoder (`opus_dred_process`): ready to decode audio from.
+    Processed,
 }
 
 // SAFETY: the three states are owned exclusively by this value (created here, freed in Drop,
@@ -60,7 +71,7 @@ pub struct RawDecoder {
 unsafe impl Send for RawDecoder {}
 
 impl RawDecoder {
-    /// Creates the decoder at `complexity` (0–10; ≥ 5 deep PLC, 6 LACE, 7 NoLACE).
+    /// Creates the decoder at `complexity` (0–10; ≥ 5 deep PLC; OSCE, 6 and 7, is not built).
     pub fn new(complexity: i32) -> Result<Self, LibopusError> {
         let mut err: c_int = 0;
         // SAFETY: `err` is a valid out-pointer; on failure the returned pointer is null and
@@ -92,7 +103,7 @@ impl RawDecoder {
             dec,
             dred_dec,
             dred,
-            parsed: false,
+            dred_state: DredState::Empty,
         };
         this.set_complexity(complexity)?;
         Ok(this)
@@ -148,12 +159,15 @@ impl RawDecoder {
         })
     }
 
-    /// Parses the DRED data of `packet` into the DRED state, decoding enough of it to reach
-    /// `max_samples` back from the packet's first sample (at most 1 s). Returns how far back the
-    /// redundancy reaches, samples (0: the packet carries none).
+    /// Parses the DRED data of `packet` into the DRED state, enough of it to reach `max_samples`
+    /// back from the packet's first sample (at most 1 s). Returns how far back the redundancy
+    /// reaches, samples (0: the packet carries none). Only the entropy decoding runs here: DRED's
+    /// neural decoder, most of a parse's cost, waits for [`Self::dred_decode`], so asking how far
+    /// a packet reaches (the burst look-ahead) costs little, and a parse that is superseded by a
+    /// deeper one before anything is decoded never runs it.
     pub fn parse_dred(&mut self, packet: &[u8], max_samples: usize) -> Result<usize, LibopusError> {
         let mut end: c_int = 0;
-        self.parsed = false;
+        self.dred_state = DredState::Empty;
         // SAFETY: both states are valid and exclusive; `packet` is readable for its length
         // (libopus only reads it, and an empty slice's dangling pointer is never dereferenced
         // for length 0); `end` is a valid out-pointer.
@@ -166,22 +180,37 @@ impl RawDecoder {
                 max_samples.min(RATE as usize) as i32,
                 RATE,
                 &mut end,
-                0,
+                1,
             )
         })?;
-        self.parsed = true;
+        self.dred_state = DredState::Parsed;
         Ok(reach)
     }
 
     /// Decodes `out.len()` samples (a multiple of 2.5 ms) that start `offset` samples before the
     /// first sample of the packet last given to [`Self::parse_dred`], from its redundancy. Where
-    /// the redundancy does not reach, libopus continues with deep PLC.
+    /// the redundancy does not reach, libopus continues with deep PLC. The first decode after a
+    /// parse runs DRED's neural decoder over the parsed redundancy.
     pub fn dred_decode(&mut self, offset: usize, out: &mut [f32]) -> Result<usize, LibopusError> {
-        if !self.parsed {
-            return Err(LibopusError(sys::OPUS_BAD_ARG));
+        match self.dred_state {
+            DredState::Empty => return Err(LibopusError(sys::OPUS_BAD_ARG)),
+            DredState::Parsed => {
+                // SAFETY: both states are valid and exclusive, the DRED state initialised by a
+                // successful parse; processing in place (src == dst) is what libopus's own
+                // non-deferred parse does.
+                check(unsafe {
+                    sys::opus_dred_process(
+                        self.dred_dec.as_ptr(),
+                        self.dred.as_ptr(),
+                        self.dred.as_ptr(),
+                    )
+                })?;
+                self.dred_state = DredState::Processed;
+            }
+            DredState::Processed => {}
         }
-        // SAFETY: the decoder and the DRED state are valid, the state initialised by a
-        // successful parse; `out` is writable for frame_size samples.
+        // SAFETY: the decoder and the DRED state are valid, the state parsed and processed;
+        // `out` is writable for frame_size samples.
         check(unsafe {
             sys::opus_decoder_dred_decode_float(
                 self.dec.as_ptr(),
