@@ -15,7 +15,7 @@
 //! at the moment its batch came out of `recvmmsg`, so the loop's own work on the receiving
 //! side is not counted as the relay's.
 
-use crate::{CpuWindow, Measure, Senders, Totals, stamped_rtp};
+use crate::{CpuWindow, Measure, Senders, Totals, fanout_join, fanout_join_acked, stamped_rtp};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use natter_proto::control::{FrameDecoder, Message};
@@ -367,9 +367,7 @@ pub fn run_udp(
     for _ in 0..UDP_JOIN_TRIES {
         for i in 0..plan.participants {
             if pending.contains(&ssrc(i)) {
-                let mut join = b"NJ".to_vec();
-                join.extend_from_slice(&((i / plan.room_size) as u32).to_be_bytes());
-                join.extend_from_slice(&ssrc(i).to_be_bytes());
+                let join = fanout_join((i / plan.room_size) as u32, ssrc(i));
                 batches[i / per_socket].push(to, &join);
             }
         }
@@ -378,10 +376,8 @@ pub fn run_udp(
         let mut now = Instant::now();
         while !pending.is_empty() && now < deadline {
             now = receive(&mut sockets, deadline - now, |_, _, d| {
-                if d.data.len() == 10 && d.data.starts_with(b"NJ") {
-                    pending.remove(&u32::from_be_bytes(
-                        d.data[6..10].try_into().expect("4 bytes"),
-                    ));
+                if let Some(ssrc) = fanout_join_acked(d.data) {
+                    pending.remove(&ssrc);
                 }
             })?;
         }

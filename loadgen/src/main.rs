@@ -264,18 +264,19 @@ async fn join_udp(
             for &i in &members {
                 let ssrc = i as u32 + 1;
                 if pending.contains(&ssrc) {
-                    let mut join = b"NJ".to_vec();
-                    join.extend_from_slice(&((i / room_size) as u32).to_be_bytes());
-                    join.extend_from_slice(&ssrc.to_be_bytes());
-                    socket.send_to(&join, to).await?;
+                    socket
+                        .send_to(&fanout_join((i / room_size) as u32, ssrc), to)
+                        .await?;
                 }
             }
             let mut buf = [0u8; 64];
             let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
             while !pending.is_empty() {
                 match tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await {
-                    Ok(Ok((10, _))) if buf.starts_with(b"NJ") => {
-                        pending.remove(&u32::from_be_bytes(buf[6..10].try_into()?));
+                    Ok(Ok((n, _))) => {
+                        if let Some(ssrc) = fanout_join_acked(&buf[..n]) {
+                            pending.remove(&ssrc);
+                        }
                     }
                     Ok(_) => {}
                     Err(_) => break,
@@ -590,4 +591,31 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("{line}");
     Ok(())
+}
+
+/// `natter-udp-fanout`'s join: "NJ", the room and the SSRC (big-endian u32s); the fan-out
+/// echoes it back as the acknowledgement. Both drivers join the baseline with it.
+fn fanout_join(room: u32, ssrc: u32) -> Vec<u8> {
+    let mut join = b"NJ".to_vec();
+    join.extend_from_slice(&room.to_be_bytes());
+    join.extend_from_slice(&ssrc.to_be_bytes());
+    join
+}
+
+/// The SSRC whose join `reply` acknowledges, if it is a join's echo.
+fn fanout_join_acked(reply: &[u8]) -> Option<u32> {
+    let rest = reply.strip_prefix(b"NJ").filter(|r| r.len() == 8)?;
+    Some(u32::from_be_bytes(rest[4..].try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_join_echo_names_its_ssrc_and_nothing_else_does() {
+        assert_eq!(fanout_join_acked(&fanout_join(3, 77)), Some(77));
+        assert_eq!(fanout_join_acked(b"NJ1234567"), None, "too short");
+        assert_eq!(fanout_join_acked(b"XX12345678"), None, "not a join");
+    }
 }
