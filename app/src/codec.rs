@@ -398,8 +398,9 @@ impl Decode for OpusDecoder {
     }
 
     /// libopus's concealment after a DTX frame is its comfort noise (SILK's CNG at the level
-    /// and spectrum the sender's DTX frames describe), run at complexity 0: deep PLC would
-    /// spend ~4x the CPU (236 against 53 us per 20 ms, measured) modelling noise.
+    /// and spectrum the sender's DTX frames describe), run at complexity 0: at 5 the decoder
+    /// would run deep PLC's neural concealment to model noise (a concealed frame costs 317
+    /// against 24 µs with and without it: `scripts/bench-cpu.sh`, docs/BENCHMARKS.md).
     fn comfort_noise(&mut self, samples: usize, out: &mut Vec<f32>) -> bool {
         if !self.in_noise && self.complexity > 0 {
             self.in_noise = self.decoder.set_complexity(0).is_ok();
