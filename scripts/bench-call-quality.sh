@@ -105,7 +105,7 @@ call() {
   local room="q$RANDOM$seed"
   # The listener logs every stretch, concealment and re-buffer with its time (bob.log), so a
   # bad recording can be explained against talk.json's segments.
-  RUST_LOG="${RUST_LOG:-warn,natter::jitter=debug}" "$bin/natter" call "$bob_invite" --room "$room" --name bob --duration "$((secs + 3))" \
+  RUST_LOG="${RUST_LOG:-warn,natter::jitter=debug,natter::playout=debug}" "$bin/natter" call "$bob_invite" --room "$room" --name bob --duration "$((secs + 3))" \
       --output "$dir/bob.wav" --stats-json "$dir/bob.json" >"$dir/bob.log" 2>&1 &
   local bob=$!
   sleep 0.7

@@ -99,6 +99,10 @@ enum Cmd {
         /// Longest latency searched for.
         #[arg(long, default_value_t = 1000.0)]
         max_ms: f32,
+        /// Also print each chirp's time and latency, one per line: how the delay moved
+        /// through the call (a start-up step, a stretch) is what explains a high median.
+        #[arg(long)]
+        each: bool,
     },
 }
 
@@ -369,13 +373,22 @@ fn run(command: Cmd) -> anyhow::Result<ExitCode> {
             offset_ms,
             align,
             max_ms,
+            each,
         } => {
             let offset_ms = match align {
                 Some(files) => stats_offset_ms(&files[0], &files[1])?,
                 None => offset_ms,
             };
             let rec = read_wav(&recording)?;
-            let stats = latency(&probe(seconds, seed), &rec, offset_ms, max_ms).context(
+            let train = probe(seconds, seed);
+            let lags = chirp_lags(&train, &rec, offset_ms, max_ms);
+            if each {
+                for lag in &lags {
+                    let at_s = lag.onset as f64 / f64::from(SAMPLE_RATE);
+                    println!("chirp at {at_s:.3} s: {:.2} ms", lag.lag_ms);
+                }
+            }
+            let stats = LatencyStats::from_lags(&lags, train.onsets.len()).context(
                 "no chirp found in the recording: no audio arrived, or it is not the probe signal",
             )?;
             println!("{stats}");
@@ -389,14 +402,14 @@ fn probe(seconds: f32, seed: u64) -> measure::ChirpTrain {
     measure::chirp_train(SAMPLE_RATE, seconds, 500, seed)
 }
 
-/// Latency stats of `recording` against `train`, where the recording started `offset_ms`
+/// Each chirp of `train` found in `recording`, where the recording started `offset_ms`
 /// after the probe.
-fn latency(
+fn chirp_lags(
     train: &measure::ChirpTrain,
     recording: &[f32],
     offset_ms: f64,
     max_ms: f32,
-) -> Option<LatencyStats> {
+) -> Vec<measure::Lag> {
     let shift = (offset_ms.abs() * f64::from(SAMPLE_RATE) / 1000.0).round() as usize;
     // Put the recording on the probe's time axis.
     let aligned: Vec<f32> = if offset_ms >= 0.0 {
@@ -406,8 +419,7 @@ fn latency(
     } else {
         recording.get(shift..).unwrap_or_default().to_vec()
     };
-    let lags = measure::find_lags(train, &aligned, max_ms, 0.5);
-    LatencyStats::from_lags(&lags, train.onsets.len())
+    measure::find_lags(train, &aligned, max_ms, 0.5)
 }
 
 fn stats_offset_ms(sender: &std::path::Path, receiver: &std::path::Path) -> anyhow::Result<f64> {
@@ -577,7 +589,8 @@ async fn demo(seconds: f32, frame_ms: u32) -> anyhow::Result<ExitCode> {
     print!("{}{}", speaker.summary(), heard.summary());
     let offset_ms =
         (heard.audio_start_unix_us as f64 - speaker.audio_start_unix_us as f64) / 1000.0;
-    match latency(&train, &heard.recording, offset_ms, 1000.0) {
+    let lags = chirp_lags(&train, &heard.recording, offset_ms, 1000.0);
+    match LatencyStats::from_lags(&lags, train.onsets.len()) {
         Some(stats) => {
             println!("{stats}");
             Ok(ExitCode::SUCCESS)

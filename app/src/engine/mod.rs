@@ -506,6 +506,8 @@ pub struct PlayoutClock {
     next_drain_ms: Option<f64>,
     /// Mean time from mixing a block to the device taking it, ms.
     lead_ms: f64,
+    /// The device's underrun count (samples) already skipped, see [`Self::missed`].
+    skipped: u64,
 }
 
 impl PlayoutClock {
@@ -527,7 +529,22 @@ impl PlayoutClock {
             last_underrun_ms: 0.0,
             next_drain_ms: None,
             lead_ms: 0.0,
+            skipped: 0,
         }
+    }
+
+    /// Device samples the device played as silence since the last call, given its underrun
+    /// count: the audio meant for that time must be skipped, not played late. A block mixed
+    /// after the device ran dry is taken one callback later than it was meant for, and so is
+    /// every block after it: without the skip each underrun added its length to mouth-to-ear
+    /// for good, until the jitter buffer found a pause to accelerate the surplus away (seconds;
+    /// real calls on a quiet machine had one to three underruns, and the chirps of such calls
+    /// measured 10–30 ms above the others; docs/BENCHMARKS.md, session 11). The gap itself is
+    /// heard either way.
+    pub fn missed(&mut self, underruns: u64) -> u64 {
+        let missed = underruns.saturating_sub(self.skipped);
+        self.skipped = underruns;
+        missed
     }
 
     /// Mean time between mixing a block and the device taking it, ms: the playback ring's
@@ -926,6 +943,10 @@ impl Worker {
         let period = self.port.period_samples().max(1);
         let period_ms = self.port.period_ms();
         let underruns = self.port.ends.counters.underruns();
+        let missed = self.playout.missed(underruns);
+        if missed > 0 {
+            self.skip_playback(missed, now);
+        }
         let epoch = self.epoch;
         let drained = self.port.last_drain(|at| ms_since(epoch, at));
         let guard_before = self.playout.guard_ms();
@@ -988,6 +1009,23 @@ impl Worker {
         }
         self.playout
             .filled(now, self.port.queued(), period, period_ms);
+    }
+
+    /// The device played `device_samples` of silence because the engine was late: hands the
+    /// audio meant for that time out of every jitter buffer and drops it, so the streams stay
+    /// where the device's clock is (see [`PlayoutClock::missed`]).
+    fn skip_playback(&mut self, device_samples: u64, now: f64) {
+        let rate = u64::from(self.port.ends.playback_rate.max(1));
+        let mut left = (device_samples * crate::audio::SAMPLE_RATE as u64 / rate) as usize;
+        tracing::debug!(target: "natter::playout", at_ms = now, skipped = left,
+            "skipped the audio the device played as silence");
+        while left > 0 {
+            let n = left.min(BLOCK);
+            for peer in self.peers.values_mut() {
+                peer.jitter.pull(&mut self.block[..n], now);
+            }
+            left -= n;
+        }
     }
 
     fn on_datagram(&mut self, bytes: &[u8], at: f64) {
@@ -1327,6 +1365,64 @@ mod tests {
             "lead {} vs waited {mean}",
             clock.lead_ms()
         );
+    }
+
+    /// Mouth-to-ear through the playout path, ms, before and after one 25 ms stall of the
+    /// engine at 3 s: the device drains 480 samples every 10 ms, the engine mixes the next
+    /// 480 samples of a media timeline per block and, with `skip`, first drops what
+    /// [`PlayoutClock::missed`] says the device played as silence. Returns (before, after,
+    /// samples the device missed).
+    fn delay_around_a_stall(skip: bool) -> (f64, f64, u64) {
+        let mut clock = PlayoutClock::new();
+        let mut ring: std::collections::VecDeque<u64> = Default::default();
+        let mut underruns = 0u64;
+        let mut timeline = 0u64;
+        let mut next_drain = 3.7;
+        let mut drained = None;
+        let mut delays = Vec::new();
+        let mut t = 0.0;
+        let mut stalled = false;
+        while t < 6_000.0 {
+            while next_drain <= t {
+                match ring.pop_front() {
+                    // The block's first sample is media time `start / 48` ms.
+                    Some(start) => delays.push((next_drain, next_drain - start as f64 / 48.0)),
+                    None => underruns += 480,
+                }
+                drained = Some(on_time(next_drain));
+                next_drain += 10.0;
+            }
+            let missed = clock.missed(underruns);
+            if skip {
+                timeline += missed;
+            }
+            if clock.due(t, drained, ring.len() * 480, 10.0, underruns)
+                && ring.len() * 480 < clock.fill_target(480, 10.0)
+            {
+                ring.push_back(timeline);
+                timeline += 480;
+                clock.filled(t, ring.len() * 480, 480, 10.0);
+            }
+            t = clock.next_mix_ms(t, 10.0).unwrap_or(t + 1.0) + 0.2;
+            if t >= 3_000.0 && !stalled {
+                t += 25.0;
+                stalled = true;
+            }
+        }
+        let at = |from: f64| delays.iter().find(|(when, _)| *when > from).map(|d| d.1);
+        (at(2_000.0).unwrap(), at(5_000.0).unwrap(), underruns)
+    }
+
+    /// A stalled engine starves the device; the device's clock goes on, so the audio meant
+    /// for the silence it played must go too, or everything after it plays that much later.
+    #[test]
+    fn a_playback_underrun_does_not_add_delay() {
+        let (before, after, missed) = delay_around_a_stall(true);
+        assert!(missed >= 480, "the stall starved the device");
+        assert!((after - before).abs() < 0.01, "{before} ms → {after} ms");
+        // Without the skip the stall's length stays in the delay.
+        let (before, after, _) = delay_around_a_stall(false);
+        assert!(after >= before + 10.0, "{before} ms → {after} ms");
     }
 
     /// A callback of the device in the tests below that takes its samples on time: the device

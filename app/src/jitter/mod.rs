@@ -505,6 +505,12 @@ pub enum EventKind {
     DredRecovered,
     /// Ran dry for too long: faded out, playout restarts at the setpoint.
     Rebuffer,
+    /// The jitter margin aimed for changed; `ms` is the new target. With the requirement
+    /// below, it says why the delay stood where it did between stretches.
+    Target,
+    /// The alignment the recent frames require (pull phase plus margin) changed; `ms` is the
+    /// new requirement, in ms of output (see `phase.rs`).
+    Required,
 }
 
 /// The jitter buffer for one sender.
@@ -581,6 +587,9 @@ pub struct JitterBuffer<D> {
     now_ms: f64,
     /// Events since the last drain (preallocated, at most [`MAX_EVENTS`]).
     events: Vec<JitterEvent>,
+    /// The target and requirement last logged ([`Self::note_setpoint`]).
+    noted_target: Option<f64>,
+    noted_required: Option<i64>,
     /// Events dropped because nobody drained them in time.
     pub events_dropped: u64,
     stats: JitterStats,
@@ -629,6 +638,8 @@ impl<D: Decode> JitterBuffer<D> {
             free_stretch_until_ms: f64::NEG_INFINITY,
             now_ms: 0.0,
             events: Vec::with_capacity(MAX_EVENTS),
+            noted_target: None,
+            noted_required: None,
             events_dropped: 0,
             stats: JitterStats::default(),
             config,
@@ -650,6 +661,10 @@ impl<D: Decode> JitterBuffer<D> {
     }
 
     fn event(&mut self, kind: EventKind, samples: usize) {
+        self.event_ms(kind, samples as f64 / SAMPLES_PER_MS);
+    }
+
+    fn event_ms(&mut self, kind: EventKind, ms: f64) {
         if self.events.len() >= MAX_EVENTS {
             self.events_dropped += 1;
             return;
@@ -657,8 +672,25 @@ impl<D: Decode> JitterBuffer<D> {
         self.events.push(JitterEvent {
             at_ms: self.now_ms,
             kind,
-            ms: samples as f64 / SAMPLES_PER_MS,
+            ms,
         });
+    }
+
+    /// Logs the target and the requirement when they change (they move in steps: 5 ms
+    /// buckets, whole pull blocks), so a recording whose delay stood high can be explained.
+    fn note_setpoint(&mut self, now_ms: f64) {
+        let target = self.target_ms(now_ms);
+        if self.noted_target != Some(target) {
+            self.noted_target = Some(target);
+            self.event_ms(EventKind::Target, target);
+        }
+        let required = self.required(now_ms);
+        if let Some(r) = required
+            && self.noted_required != required
+        {
+            self.noted_required = required;
+            self.event_ms(EventKind::Required, r as f64 / SAMPLES_PER_MS);
+        }
     }
 
     /// Changes the target's limits live, e.g. when the user switches between an automatic
@@ -798,6 +830,7 @@ impl<D: Decode> JitterBuffer<D> {
         self.stats.delay_ms = self.delay_avg.unwrap_or(0.0);
         self.stats.target_ms = self.target_ms(now_ms);
         self.stats.buffered_ms = self.level() as f64 / SAMPLES_PER_MS;
+        self.note_setpoint(now_ms);
     }
 
     /// Audio buffered, samples: decoded and unplayed, plus the timeline up to the end of the
