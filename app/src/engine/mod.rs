@@ -1011,20 +1011,16 @@ impl Worker {
             .filled(now, self.port.queued(), period, period_ms);
     }
 
-    /// The device played `device_samples` of silence because the engine was late: hands the
-    /// audio meant for that time out of every jitter buffer and drops it, so the streams stay
-    /// where the device's clock is (see [`PlayoutClock::missed`]).
+    /// The device played `device_samples` of silence because the engine was late: every
+    /// jitter buffer drops the audio meant for that time, so the streams stay where the
+    /// device's clock is (see [`PlayoutClock::missed`] and [`crate::jitter::JitterBuffer::skip`]).
     fn skip_playback(&mut self, device_samples: u64, now: f64) {
         let rate = u64::from(self.port.ends.playback_rate.max(1));
-        let mut left = (device_samples * crate::audio::SAMPLE_RATE as u64 / rate) as usize;
-        tracing::debug!(target: "natter::playout", at_ms = now, skipped = left,
-            "skipped the audio the device played as silence");
-        while left > 0 {
-            let n = left.min(BLOCK);
-            for peer in self.peers.values_mut() {
-                peer.jitter.pull(&mut self.block[..n], now);
-            }
-            left -= n;
+        let samples = (device_samples * u64::from(crate::audio::SAMPLE_RATE) / rate) as usize;
+        tracing::debug!(target: "natter::playout", at_ms = now, samples,
+            "the device played silence: skipping the audio meant for it");
+        for peer in self.peers.values_mut() {
+            peer.jitter.skip(samples, now);
         }
     }
 

@@ -505,6 +505,9 @@ pub enum EventKind {
     DredRecovered,
     /// Ran dry for too long: faded out, playout restarts at the setpoint.
     Rebuffer,
+    /// Audio dropped because the playback device played silence in its place (the engine was
+    /// late; see [`JitterBuffer::skip`]).
+    Skip,
     /// The jitter margin aimed for changed; `ms` is the new target. With the requirement
     /// below, it says why the delay stood where it did between stretches.
     Target,
@@ -831,6 +834,43 @@ impl<D: Decode> JitterBuffer<D> {
         self.stats.target_ms = self.target_ms(now_ms);
         self.stats.buffered_ms = self.level() as f64 / SAMPLES_PER_MS;
         self.note_setpoint(now_ms);
+    }
+
+    /// The playback device played `samples` (48 kHz) of silence in this stream's place at
+    /// `now_ms`: the engine was late and the device ran dry. The device's clock went on, so the
+    /// output moves on by as much, and the audio meant for that time is dropped as far as it
+    /// is here (decoded, or in the next packets in line) — otherwise it and everything after
+    /// it would play that much later until a pause let the surplus be accelerated away (real
+    /// calls measured 10–30 ms of extra mouth-to-ear for seconds after one to three underruns).
+    /// What is not here yet is not concealed and not waited for: it stays as an excess, which
+    /// the buffer removes in a quiet moment like any other.
+    pub fn skip(&mut self, samples: usize, now_ms: f64) {
+        if samples == 0 {
+            return;
+        }
+        self.now_ms = now_ms;
+        self.phase.on_pull(now_ms, self.played_total, samples);
+        if self.mode == Mode::Playing
+            && self.tail != Tail::Plc
+            && self.credit == 0
+            && self.dtx_from.is_none()
+        {
+            while self.sync.unplayed() < samples + FADE
+                && self.packets.first().map(|p| p.ts) == self.playout_ts
+            {
+                self.decode_next();
+            }
+            let k = samples.min(self.sync.unplayed().saturating_sub(FADE));
+            if k >= FADE {
+                self.sync.accelerate(k, FADE);
+                self.event(EventKind::Skip, k);
+            }
+        }
+        self.played_total += samples as u64;
+        // Pull time minus played time: the device's clock is as far ahead as before.
+        if let Some(clock) = self.clock.as_mut() {
+            *clock -= samples as f64 / SAMPLES_PER_MS;
+        }
     }
 
     /// Audio buffered, samples: decoded and unplayed, plus the timeline up to the end of the

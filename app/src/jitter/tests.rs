@@ -1951,6 +1951,70 @@ fn a_scheduling_hiccup_of_the_puller_does_not_raise_the_delay() {
 }
 
 #[test]
+fn audio_the_device_played_as_silence_is_skipped_not_played_late() {
+    // A clean 5 ms path and a puller every 10 ms (the device's clock); at 6 s the engine is
+    // 15 ms late, the device plays a block of silence, and the engine says so (`skip`) before
+    // its next pull. The delay measured against the pull times — the device's clock — is what
+    // it was, without concealment or any stretch. Without the skip it would be 10 ms more.
+    let delay_around = |skip: bool| {
+        let arrivals = sim::arrivals(&NetworkProfile::constant(5.0), 500, 1);
+        let mut jb = JitterBuffer::new(JitterConfig::default(), Fake::new(Voice::Tone));
+        let mut block = [0.0f32; 480];
+        let (mut next, mut due) = (0, 0.3);
+        let (mut before, mut after) = (0.0, 0.0);
+        let mut events = Vec::new();
+        while due < 7_500.0 {
+            let stalled = (6_000.0..6_010.0).contains(&due);
+            let now = if stalled { due + 15.0 } else { due };
+            while next < arrivals.len() && arrivals[next].at_ms <= now {
+                let a = arrivals[next];
+                let (seq, ts) = numbering(a.frame);
+                jb.insert(seq, ts, &payload(a.frame as u32, 960), a.at_ms);
+                next += 1;
+            }
+            if !stalled {
+                jb.pull(&mut block, now);
+            } else if skip {
+                jb.skip(480, now);
+            }
+            jb.drain_events(|e| events.push(e));
+            if (5_990.0..6_000.0).contains(&due) {
+                before = jb.stats().delay_ms;
+            }
+            due += 10.0;
+            after = jb.stats().delay_ms;
+        }
+        let stretched: Vec<_> = events
+            .iter()
+            .filter(|e| e.at_ms > 6_000.0)
+            .filter(|e| {
+                !matches!(
+                    e.kind,
+                    EventKind::Skip | EventKind::Target | EventKind::Required
+                )
+            })
+            .copied()
+            .collect();
+        (before, after, events, stretched, jb.stats().concealed)
+    };
+    let (before, after, events, stretched, concealed) = delay_around(true);
+    assert!((after - before).abs() < 0.5, "{before} ms → {after} ms");
+    let skipped: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::Skip)
+        .collect();
+    assert_eq!(skipped.len(), 1, "{events:?}");
+    assert!((skipped[0].ms - 10.0).abs() < 1e-9, "{skipped:?}");
+    assert!(stretched.is_empty(), "{stretched:?}");
+    assert_eq!(concealed, 0);
+    let (before, after, ..) = delay_around(false);
+    assert!(
+        after > before + 9.0,
+        "without the skip: {before} ms → {after} ms"
+    );
+}
+
+#[test]
 fn reordered_packets_within_reach_play_in_order_without_concealment() {
     // Every tenth packet is overtaken by the next one (30 ms instead of 5 ms of delay): once
     // the buffer has seen that (its target covers it), they are all played, in order, from the
