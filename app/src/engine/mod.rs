@@ -1053,6 +1053,10 @@ impl Worker {
                     }
                 }
                 self.rtcp.on_rtp(h.ssrc, h.sequence, h.timestamp, at);
+                // Each arrival with its RTP numbers: transit = at_ms − ts / 48 shows where a
+                // jitter target came from (`RUST_LOG=natter::arrival=trace`).
+                tracing::trace!(target: "natter::arrival", ssrc = h.ssrc, seq = h.sequence,
+                    ts = h.timestamp, at_ms = at, bytes = packet.payload.len(), "rtp");
                 peer.jitter
                     .insert(h.sequence, h.timestamp, packet.payload, at);
             }
