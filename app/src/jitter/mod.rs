@@ -75,11 +75,8 @@
 //! recent speech level, i.e. the gaps between words, unvoiced tails and pauses — and is removed
 //! there; sound is shortened only when the excess is urgent (> 80 ms), has found no gap for
 //! [`JitterConfig::in_sound_wait_ms`] (continuous sound must not keep delay) or right after a
-//! re-buffer (an audible break already). Expansion waits the same way while the frames still
-//! arrive in time for their pulls (the margin rose — in calls, one scheduling spike in the first
-//! seconds raises the target by a bucket —, not the lateness); once the recent *actual*
-//! arrivals need a later alignment it does not wait: a late packet would cost a concealment,
-//! which is worse than a repeated pitch period. Before the pull phase is learned, an
+//! re-buffer (an audible break already). Expansion (the buffer running low) does not wait: a
+//! late packet would cost a concealment, which is worse than a repeated pitch period. Before the pull phase is learned, an
 //! acceleration never takes the *actually buffered* audio (the low point of its saw-tooth over
 //! the last frame) below the setpoint: right after the path has become slower, the offset —
 //! measured against the fastest packet of a 10 s window that still remembers the faster path —
