@@ -582,9 +582,6 @@ pub struct JitterBuffer<D> {
     speech_power: f32,
     /// Since when the playout has been above its band (waiting for a quiet moment).
     excess_since_ms: Option<f64>,
-    /// Since when it has been below its band while the frames still arrive in time for their
-    /// pulls (the margin rose, not the lateness): waiting for a quiet moment to expand.
-    deficit_since_ms: Option<f64>,
     /// A re-buffer happened and playout has not restarted yet.
     restarting: bool,
     /// Until when stretching in sound is free after a restart ([`AFTER_REBUFFER_MS`]).
@@ -640,7 +637,6 @@ impl<D: Decode> JitterBuffer<D> {
             last_mark_ms: 0.0,
             speech_power: 0.0,
             excess_since_ms: None,
-            deficit_since_ms: None,
             restarting: false,
             free_stretch_until_ms: f64::NEG_INFINITY,
             now_ms: 0.0,
@@ -1472,9 +1468,6 @@ impl<D: Decode> JitterBuffer<D> {
         if m <= h {
             self.excess_since_ms = None;
         }
-        if m >= 0.0 {
-            self.deficit_since_ms = None;
-        }
         if (0.0..=h).contains(&m) {
             return;
         }
@@ -1506,17 +1499,7 @@ impl<D: Decode> JitterBuffer<D> {
         } else {
             // May overshoot by up to the hysteresis (a pitch period is what it is).
             let max_insert = ((self.config.hysteresis_ms - m) * SAMPLES_PER_MS) as usize;
-            // Lengthening a word is heard as much as shortening one. While the frames still
-            // arrive in time for their pulls — the margin rose (one scheduling spike in the
-            // first seconds raises the target by a bucket), the arrivals did not — the
-            // expansion waits for a quiet moment like an acceleration does; frames that
-            // really come too late, an urgent deficit or a long wait expand in sound at once.
-            let since = *self.deficit_since_ms.get_or_insert(now_ms);
-            let in_sound_ok = self.arrivals_late(now_ms)
-                || -m > URGENT_MS
-                || now_ms - since >= self.config.in_sound_wait_ms
-                || now_ms < self.free_stretch_until_ms;
-            self.expand(max_insert, -m > URGENT_MS, in_sound_ok)
+            self.expand(max_insert, -m > URGENT_MS)
         };
         if done {
             self.last_stretch_ms = now_ms;
@@ -1576,22 +1559,8 @@ impl<D: Decode> JitterBuffer<D> {
         self.event(EventKind::Accelerate { in_sound }, samples);
     }
 
-    /// Whether the recent frames' actual arrivals need a later alignment than the playout has:
-    /// frames are missing their pulls, so waiting for a quiet moment would cost concealment.
-    /// Unknown (before the pull phase is learned) counts as late: expand as before.
-    fn arrivals_late(&self, now_ms: f64) -> bool {
-        if !self.config.align_to_pulls || self.delay.intervals() < ALIGN_AFTER_INTERVALS {
-            return true;
-        }
-        match (self.phase.required_by_arrivals(now_ms), self.alignment()) {
-            (Some(r), Some(z)) => z < r,
-            _ => true,
-        }
-    }
-
-    /// Inserts at most `max_insert` samples; true if it did. Sound that is not quiet is only
-    /// lengthened with `in_sound_ok`.
-    fn expand(&mut self, max_insert: usize, urgent: bool, in_sound_ok: bool) -> bool {
+    /// Inserts at most `max_insert` samples; true if it did.
+    fn expand(&mut self, max_insert: usize, urgent: bool) -> bool {
         let silent = stretch::silent_prefix(self.sync.future());
         let silence_chunk = max_insert
             .min(silent.saturating_sub(FADE))
@@ -1601,20 +1570,15 @@ impl<D: Decode> JitterBuffer<D> {
             self.event(EventKind::Expand { in_sound: false }, silence_chunk);
             silence_chunk
         } else {
-            let quiet = self.quiet_ahead();
-            if !in_sound_ok && !quiet {
-                return false;
-            }
             let x = self.sync.future();
             let Some(p) = self.pitch.find(x, MIN_LAG, max_insert.min(MAX_LAG)) else {
                 return false;
             };
-            // Quiet audio may be lengthened even where it is not periodic: nothing to hear.
-            if p.correlation < MIN_CORRELATION && !urgent && !quiet {
+            if p.correlation < MIN_CORRELATION && !urgent {
                 return false;
             }
             self.sync.expand(p.lag, p.lag);
-            self.event(EventKind::Expand { in_sound: !quiet }, p.lag);
+            self.event(EventKind::Expand { in_sound: true }, p.lag);
             p.lag
         };
         self.stats.expansions += 1;

@@ -176,17 +176,6 @@ impl PhaseLearner {
         self.next_recent = (self.next_recent + 1) % RECENT;
     }
 
-    /// The alignment the recent frames' *actual* arrivals require (the last ~100 ms), samples:
-    /// above `Z`, frames are really arriving too late for their pulls, not just closer than
-    /// the margin wants. `None` until a frame was seen.
-    pub fn required_by_arrivals(&self, now_ms: f64) -> Option<i64> {
-        self.recent
-            .iter()
-            .filter(|&&(at, _)| now_ms - at <= RECENT_MS)
-            .map(|&(_, r)| r)
-            .max()
-    }
-
     /// The alignment `Z` the recent frames require, samples; `None` until a frame was seen.
     pub fn required(&self, now_ms: f64) -> Option<i64> {
         let zero = self
@@ -196,7 +185,12 @@ impl PhaseLearner {
             .chain(self.current.iter())
             .copied()
             .max();
-        let actual = self.required_by_arrivals(now_ms);
+        let actual = self
+            .recent
+            .iter()
+            .filter(|&&(at, _)| now_ms - at <= RECENT_MS)
+            .map(|&(_, r)| r)
+            .max();
         match (zero, actual) {
             (Some(z), Some(a)) => Some(z.max(a)),
             (z, a) => z.or(a),
