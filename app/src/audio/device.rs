@@ -126,8 +126,11 @@ fn pick_config(device: &cpal::Device, input: bool) -> anyhow::Result<SupportedSt
 /// Asks for a 10 ms device buffer: a driver's default buffer (ALSA's is often 100+ ms) would
 /// dominate mouth-to-ear latency. cpal's ALSA host makes a `Fixed(n)` buffer of four periods,
 /// so the callbacks come every 2.5 ms. 10 ms capture periods (a 40 ms buffer) were measured:
-/// 1.5 % of a core less, but the echo canceller's test failed far more often on a loaded
-/// machine (docs/BENCHMARKS.md, "Desktop app"), so both directions stay at this size.
+/// 1.5 % of a core less, but a 480-sample block then waits up to a whole period for the
+/// callback that completes it (3.6 ms more on average: the callbacks bring a few frames over
+/// a period), and the echo canceller, which gets the reference when the engine mixes, then
+/// sees captures without a reference between them and loses its delay (docs/BENCHMARKS.md,
+/// "Desktop app"), so both directions stay at this size.
 fn low_latency(supported: &SupportedStreamConfig) -> StreamConfig {
     let mut config = supported.config();
     let wanted = supported.sample_rate().0 / 100;

@@ -23,7 +23,7 @@ impl NatterApp {
         egui::Panel::bottom("call-controls")
             .frame(egui::Frame::new().inner_margin(egui::Margin::symmetric(18, 12)))
             .show(ui, |ui| self.controls(ui));
-        egui::CentralPanel::default().show(ui, |ui| {
+        style::central_panel(ui).show(ui, |ui| {
             ScrollArea::vertical()
                 .auto_shrink([false, false])
                 .show(ui, |ui| {

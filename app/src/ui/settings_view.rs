@@ -23,7 +23,7 @@ fn device_label(devices: &DeviceList, d: &Option<String>) -> String {
 
 impl NatterApp {
     pub(super) fn settings_screen(&mut self, ui: &mut Ui) {
-        egui::CentralPanel::default().show(ui, |ui| {
+        style::central_panel(ui).show(ui, |ui| {
             ScrollArea::vertical()
                 .auto_shrink([false, false])
                 .show(ui, |ui| {

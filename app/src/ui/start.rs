@@ -40,7 +40,7 @@ pub(super) fn column(ui: &mut Ui, width: f32, add: impl FnOnce(&mut Ui)) {
 
 impl NatterApp {
     pub(super) fn start_screen(&mut self, ui: &mut Ui) {
-        egui::CentralPanel::default().show(ui, |ui| {
+        style::central_panel(ui).show(ui, |ui| {
             ScrollArea::vertical()
                 .auto_shrink([false, false])
                 .show(ui, |ui| {

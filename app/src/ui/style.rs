@@ -103,6 +103,15 @@ pub fn accent(ui: &Ui) -> Color32 {
     }
 }
 
+/// The central panel, without a fill of its own: the window is cleared to the panel colour
+/// already (`NatterApp::clear_color`), and a second, window-sized fill would cost the software
+/// rasteriser (Mesa's llvmpipe, where there is no GPU) a shaded pass over every pixel of the
+/// window at each repaint.
+pub fn central_panel(ui: &Ui) -> egui::CentralPanel {
+    egui::CentralPanel::default()
+        .frame(egui::Frame::central_panel(ui.style()).fill(Color32::TRANSPARENT))
+}
+
 /// A card: the window fill with a hairline border and generous padding.
 pub fn card(ui: &Ui) -> egui::Frame {
     let v = ui.visuals();
