@@ -16,6 +16,9 @@
 # loop with recvmmsg/sendmmsg, through quinn-proto for QUIC (--batched), or "tokio", a quinn
 # endpoint (or a plain socket) and a task per participant (what sweeps used before; it could
 # not show 1,000),
+# INTERLEAVE=1 (batched driver only): each room's members spread over the 20 ms frame, as
+# independent talkers are, instead of sending within a fraction of a millisecond of each other
+# (in step, the relay packs what one subscriber gets in a round into one packet: its best case),
 # DURATION (seconds of sending, default 10), MODES (default "relay"): what to measure, in
 # alternation for each N and repetition —
 #   relay       natter-relay from this build (one loop driving quinn-proto, sendmmsg)
@@ -44,6 +47,8 @@ proc_busy() { awk '{sub(/.*\) /,""); split($0,f," "); print f[12]+f[13]}' "/proc
 sizes=("$@")
 [ ${#sizes[@]} -gt 0 ] || sizes=(100 200 400 600 800 1000 1200)
 read -r -a modes <<<"${MODES:-relay}"
+interleave=()
+[ -z "${INTERLEAVE:-}" ] || interleave=(--interleave)
 for n in "${sizes[@]}"; do
   for _ in $(seq "${REPS:-1}"); do
    for mode in "${modes[@]}"; do
@@ -76,7 +81,7 @@ for n in "${sizes[@]}"; do
     [ -n "$target" ] || { echo "mode=$mode did not start:" >&2; cat "$work/relay.out" "$work/relay.log" >&2; exit 1; }
     # shellcheck disable=SC2086
     nice -n "${NICE:-0}" taskset -c "${LOADGEN_CPUS:-1}" "$bin/natter-loadgen" "$target" "${loadgen_args[@]}" --participants "$n" --room-size 5 \
-        ${LOADGEN_ARGS:-} --duration "${DURATION:-10}" --relay-pid "$relay_pid" >"$work/loadgen.out" &
+        "${interleave[@]}" ${LOADGEN_ARGS:-} --duration "${DURATION:-10}" --relay-pid "$relay_pid" >"$work/loadgen.out" &
     loadgen_pid=$!
     # Sample the middle of the sending phase (joining takes a moment first).
     sleep 3
@@ -86,7 +91,7 @@ for n in "${sizes[@]}"; do
     wait "$loadgen_pid"
     others=$(echo "$t0 $t1 $r0 $r1 $l0 $l1 $s0 $s1" |
       awk '{printf "%.1f", (($2-$1)-($4-$3)-($6-$5)) / ($8-$7)}')
-    echo "mode=$mode $(cat "$work/loadgen.out") others_cpu_pct=$others"
+    echo "mode=$mode ${INTERLEAVE:+interleaved }$(cat "$work/loadgen.out") others_cpu_pct=$others"
     kill "$relay_pid"; wait "$relay_pid" 2>/dev/null || true
    done
   done

@@ -97,6 +97,8 @@ pub struct Plan {
     pub payload: usize,
     /// Spread each room's members over the frame ([`phase_slot`]).
     pub interleave: bool,
+    /// The first this many members of each room send; the others only listen.
+    pub talkers: usize,
 }
 
 /// The client sockets: one per `per_socket` participants, with room for bursts.
@@ -138,6 +140,7 @@ impl Schedule {
         let slots = plan.participants.div_ceil(plan.room_size) * plan.room_size;
         Self {
             due: (0..plan.participants)
+                .filter(|i| i % plan.room_size.max(1) < plan.talkers)
                 .map(|i| {
                     let slot = phase_slot(i, plan.participants, plan.room_size, plan.interleave);
                     Reverse((epoch + FRAME * slot as u32 / slots.max(1) as u32, i))
@@ -672,7 +675,31 @@ fn read_control(
 
 #[cfg(test)]
 mod tests {
-    use super::phase_slot;
+    use super::{FRAME, Plan, Schedule, phase_slot};
+    use std::time::{Duration, Instant};
+
+    /// With `talkers` 2, only the first two members of each room (rooms of 5, 5 and 2) are
+    /// ever due, once per frame.
+    #[test]
+    fn only_each_rooms_first_talkers_send() {
+        let plan = Plan {
+            participants: 12,
+            room_size: 5,
+            per_socket: 1,
+            duration: Duration::from_secs(1),
+            payload: 80,
+            interleave: true,
+            talkers: 2,
+        };
+        let epoch = Instant::now();
+        let mut schedule = Schedule::new(&plan, epoch, epoch + FRAME);
+        let mut due = Vec::new();
+        while let Some(i) = schedule.pop_due(epoch + FRAME) {
+            due.push(i);
+        }
+        due.sort_unstable();
+        assert_eq!(due, [0, 1, 5, 6, 10, 11]);
+    }
 
     /// Every participant gets its own slot either way; interleaved, the members of a room are
     /// a room-size-th of the frame apart (here 3 rooms of 5 minus one: slots 3 apart).

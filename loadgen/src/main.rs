@@ -77,6 +77,11 @@ struct Args {
     /// letting them send within a room's share of it of each other.
     #[arg(long, requires = "batched")]
     interleave: bool,
+    /// With `--batched`: how many members of each room send (the first ones of each room);
+    /// the others only listen, as in most moments of a real call, where their QUIC stacks
+    /// acknowledge what they hear with packets of their own. Default: everyone.
+    #[arg(long, requires = "batched", value_parser = clap::value_parser!(u64).range(1..))]
+    talkers: Option<u64>,
 }
 
 /// Counters shared by all participants.
@@ -494,10 +499,8 @@ async fn main() -> anyhow::Result<()> {
         bail!("--edge needs relays, not the UDP fan-out");
     }
     let rooms = args.participants.div_ceil(args.room_size);
-    let full_room_members = (args.participants / args.room_size) * args.room_size;
-    let remainder = args.participants - full_room_members;
-    let streams = (args.participants / args.room_size) * args.room_size * (args.room_size - 1)
-        + remainder * remainder.saturating_sub(1);
+    let talkers = args.talkers.map_or(args.room_size, |t| t as usize);
+    let (streams, senders) = streams_and_senders(args.participants, args.room_size, talkers);
 
     let totals = Arc::new(Totals::default());
     let mut window = CpuWindow::new(args.relay_pid);
@@ -509,6 +512,7 @@ async fn main() -> anyhow::Result<()> {
             duration: Duration::from_secs_f64(args.duration),
             payload: args.payload,
             interleave: args.interleave,
+            talkers,
         };
         let totals = totals.clone();
         window = if args.udp {
@@ -537,8 +541,8 @@ async fn main() -> anyhow::Result<()> {
     let sent = totals.sent.load(Relaxed) as f64;
     let received = totals.received.load(Relaxed) as f64;
     // Each datagram should reach the other members of its room.
-    let per_sender = if args.participants > 0 {
-        streams as f64 / args.participants as f64
+    let per_sender = if senders > 0 {
+        streams as f64 / senders as f64
     } else {
         0.0
     };
@@ -593,6 +597,22 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The streams the relay forwards and how many participants send, for `participants` in rooms
+/// of `room_size` (the last room holds the rest) of which the first `talkers` of each room
+/// send: each sender is heard by the other members of its room.
+fn streams_and_senders(participants: usize, room_size: usize, talkers: usize) -> (usize, usize) {
+    let mut left = participants;
+    let (mut streams, mut senders) = (0, 0);
+    while left > 0 {
+        let members = left.min(room_size);
+        let sending = members.min(talkers);
+        streams += sending * (members - 1);
+        senders += sending;
+        left -= members;
+    }
+    (streams, senders)
+}
+
 /// `natter-udp-fanout`'s join: "NJ", the room and the SSRC (big-endian u32s); the fan-out
 /// echoes it back as the acknowledgement. Both drivers join the baseline with it.
 fn fanout_join(room: u32, ssrc: u32) -> Vec<u8> {
@@ -617,5 +637,15 @@ mod tests {
         assert_eq!(fanout_join_acked(&fanout_join(3, 77)), Some(77));
         assert_eq!(fanout_join_acked(b"NJ1234567"), None, "too short");
         assert_eq!(fanout_join_acked(b"XX12345678"), None, "not a join");
+    }
+
+    /// 12 participants in rooms of 5 are rooms of 5, 5 and 2; each sender is heard by the
+    /// other members of its room.
+    #[test]
+    fn streams_are_what_each_sender_is_heard_by() {
+        assert_eq!(streams_and_senders(12, 5, 5), (5 * 4 + 5 * 4 + 2, 12));
+        assert_eq!(streams_and_senders(12, 5, 2), (2 * 4 + 2 * 4 + 2, 6));
+        assert_eq!(streams_and_senders(12, 5, 1), (4 + 4 + 1, 3));
+        assert_eq!(streams_and_senders(10, 5, 9), (40, 10));
     }
 }

@@ -414,6 +414,34 @@ fn loadgen_batched_smoke() {
     }
 }
 
+/// `--talkers 1`: only the first member of each room sends and the other four listen; the
+/// summary counts the streams the relay forwards (one per listener: 8 in two rooms of five)
+/// and the loss against what those talkers sent.
+#[test]
+fn loadgen_with_one_talker_per_room() {
+    let relay = RelayProcess::start();
+    let args = [
+        "--batched",
+        "--participants",
+        "10",
+        "--room-size",
+        "5",
+        "--talkers",
+        "1",
+        "--duration",
+        "1",
+    ];
+    let report = loadgen(relay.invite(), &args, Duration::from_secs(30));
+    let line = &report.line;
+    assert_eq!(
+        (report.field("rooms"), report.field("streams")),
+        (2.0, 8.0),
+        "{line}"
+    );
+    assert!(report.field("p50_ms") < 50.0, "{line}");
+    assert!(report.field("loss_pct") < 10.0, "{line}");
+}
+
 /// The benchmark's baseline: the load generator drives `natter-udp-fanout` over plain UDP with
 /// the same participants and rooms, and everything sent arrives, with tokio tasks and with
 /// the batched loop (`--batched`).
