@@ -103,8 +103,9 @@ call() {
     bob_invite="${invite/$relay_addr/$via}"
   fi
   local room="q$RANDOM$seed"
-  # The listener logs every stretch, concealment and re-buffer with its time (bob.log), so a
-  # bad recording can be explained against talk.json's segments.
+  # The listener logs every stretch, concealment, re-buffer, skip and change of its target
+  # (natter::jitter) and every playback underrun and late wake-up (natter::playout) with its
+  # time (bob.log), so a bad recording can be explained against talk.json's segments.
   RUST_LOG="${RUST_LOG:-warn,natter::jitter=debug,natter::playout=debug}" "$bin/natter" call "$bob_invite" --room "$room" --name bob --duration "$((secs + 3))" \
       --output "$dir/bob.wav" --stats-json "$dir/bob.json" >"$dir/bob.log" 2>&1 &
   local bob=$!

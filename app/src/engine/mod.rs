@@ -538,9 +538,9 @@ impl PlayoutClock {
     /// after the device ran dry is taken one callback later than it was meant for, and so is
     /// every block after it: without the skip each underrun added its length to mouth-to-ear
     /// for good, until the jitter buffer found a pause to accelerate the surplus away (seconds;
-    /// real calls on a quiet machine had one to three underruns, and the chirps of such calls
-    /// measured 10–30 ms above the others; docs/BENCHMARKS.md, session 11). The gap itself is
-    /// heard either way.
+    /// real calls on a quiet machine had up to five underruns, and the chirps after them
+    /// measured 10–30 ms above the rest of the call; docs/BENCHMARKS.md, session 11). The gap
+    /// itself is heard either way.
     pub fn missed(&mut self, underruns: u64) -> u64 {
         let missed = underruns.saturating_sub(self.skipped);
         self.skipped = underruns;

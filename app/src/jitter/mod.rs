@@ -867,7 +867,8 @@ impl<D: Decode> JitterBuffer<D> {
             }
         }
         self.played_total += samples as u64;
-        // Pull time minus played time: the device's clock is as far ahead as before.
+        // The filtered (pull time − played time) falls by what the played count rose: shift it
+        // with it, or the next pull would read as a 10 ms jump of the device's clock.
         if let Some(clock) = self.clock.as_mut() {
             *clock -= samples as f64 / SAMPLES_PER_MS;
         }
