@@ -10,6 +10,7 @@
 #
 #   scripts/bench-call-quality.sh [OUT_DIR]            # every condition, RUNS=5 runs each
 #   RUNS=3 CONDITIONS="clean random" scripts/bench-call-quality.sh
+#   CONDITIONS=uplink ...                                 # the talker's path jittery instead
 #   CALL_SPEECH_A=a.wav CALL_SPEECH_B=b.wav ...          # other speech (no download)
 #   NO_BUILD=1 NATTER_BIN_DIR=dir ...                     # binaries built elsewhere (A/B runs)
 #   RUN_OFFSET=2 RUNS=1 ...                               # just run 3 (seed and voice order)
@@ -36,12 +37,16 @@ cleanup() {
 trap cleanup EXIT
 
 # Impairment of the listener's path (natter_e2e::netem::parse_profile), down = towards it.
-# "direct" is the clean path without the proxy (the listener talks to the relay itself).
+# "direct" is the clean path without the proxy (the listener talks to the relay itself);
+# "uplink" impairs the *talker's* path instead (jitter, no loss) and leaves the listener's
+# clean: the jitter the listener's own pings cannot see, which the relay measures and announces
+# (UplinkSpread, docs/PROTOCOL.md §5.16).
 profile_down() {
   case "$1" in
     direct | clean) echo "" ;;
     random) echo "delay=40,jitter=12,loss=5" ;;
     bursty) echo "delay=40,jitter=10,ge-loss=8,burst=3" ;;
+    uplink) echo "delay=40,jitter=12" ;;
     *) echo "unknown condition $1" >&2; exit 1 ;;
   esac
 }
@@ -50,6 +55,7 @@ profile_up() {
     direct | clean) echo "" ;;
     random) echo "delay=40,jitter=12,loss=5" ;;
     bursty) echo "delay=40,jitter=10,ge-loss=8,burst=3" ;;
+    uplink) echo "delay=40,jitter=12" ;;
   esac
 }
 
@@ -88,7 +94,7 @@ relay_addr="$(echo "$invite" | sed -E 's#^natter://([^/?]+).*#\1#')"
 call() {
   local cond="$1" seed="$2" input="$3" secs="$4" dir="$5"
   mkdir -p "$dir"
-  local bob_invite="$invite"
+  local bob_invite="$invite" alice_invite="$invite"
   if [ "$cond" = direct ]; then
     # No proxy at all: what the proxy itself costs (a process hop per packet).
     echo '{"to_upstream":{"packets":0,"lost":0,"reordered":0},"to_client":{"packets":0,"lost":0,"reordered":0},"overflow":0}' >"$dir/netem.json"
@@ -100,7 +106,11 @@ call() {
     for _ in $(seq 100); do grep -q '^listening:' "$dir/netem.out" 2>/dev/null && break; sleep 0.05; done
     local via
     via="$(sed -n 's/^listening: //p' "$dir/netem.out")"
-    bob_invite="${invite/$relay_addr/$via}"
+    if [ "$cond" = uplink ]; then
+      alice_invite="${invite/$relay_addr/$via}"
+    else
+      bob_invite="${invite/$relay_addr/$via}"
+    fi
   fi
   local room="q$RANDOM$seed"
   # The listener logs every stretch, concealment, re-buffer, skip and change of its target
@@ -110,7 +120,7 @@ call() {
       --output "$dir/bob.wav" --stats-json "$dir/bob.json" >"$dir/bob.log" 2>&1 &
   local bob=$!
   sleep 0.7
-  "$bin/natter" call "$invite" --room "$room" --name alice --input "$input" \
+  "$bin/natter" call "$alice_invite" --room "$room" --name alice --input "$input" \
       --duration "$((secs + 1))" --stats-json "$dir/alice.json" >"$dir/alice.log" 2>&1
   wait "$bob"
   if [ -n "$proxy_pid" ]; then

@@ -64,6 +64,10 @@
 //! ideal rows do not model pauses);
 //! `JITTER_ADAPTIVE_ONLY=1` runs only our buffer (no fixed, ideal or complexity rows);
 //! `JITTER_BURST_LOOKAHEAD=N` runs our buffer with `JitterConfig::burst_lookahead_frames` N.
+//! Our buffer starts where the engine would start it on that path (`sim::ping_spread`: the
+//! spread of a join train of pings over the profile, `JitterConfig::start_target_ms`);
+//! `JITTER_PATH=unknown` starts it at 40 ms as before that was measured, `JITTER_PATH=clean` as
+//! if the listener's own path were clean (the jitter all in the talker's uplink).
 //!
 //! For tuning sweeps: `JITTER_PROFILES=netem-12ms,none` runs only those jitter profiles (and no
 //! calibration or complexity rows), and `JITTER_TUNE=quantile=0.97,window_ms=5000` changes fields
@@ -244,6 +248,7 @@ fn tuned_config() -> JitterConfig {
             "in_sound_wait_ms" => &mut c.in_sound_wait_ms,
             "fec_quantile" => &mut c.fec_quantile,
             "initial_target_ms" => &mut c.initial_target_ms,
+            "start_spread_factor" => &mut c.start_spread_factor,
             other => panic!("JITTER_TUNE: no field {other}"),
         };
         *field = v;
@@ -251,7 +256,28 @@ fn tuned_config() -> JitterConfig {
     c
 }
 
-fn adaptive(sc: &Scenario, packets: &[Vec<u8>], arrivals: &[Arrival]) -> Outcome {
+/// Where our buffer starts on `profile`: from the spread a join train of pings would measure
+/// there (`sim::ping_spread`, as the engine does), or as if nothing were known
+/// (`JITTER_PATH=unknown`: the 40 ms start) or the listener's own path were clean
+/// (`JITTER_PATH=clean`: the jitter is all the talker's uplink, which the listener cannot see).
+fn start_config(profile: &NetworkProfile, seed: u64) -> JitterConfig {
+    let mut c = jitter_config();
+    let spread = match std::env::var("JITTER_PATH").as_deref() {
+        Ok("unknown") => None,
+        Ok("clean") => Some(0.0),
+        Ok(other) if !other.is_empty() => panic!("JITTER_PATH=unknown|clean, not {other}"),
+        _ => sim::ping_spread(profile, seed),
+    };
+    c.initial_target_ms = c.start_target_ms(spread);
+    c
+}
+
+fn adaptive(
+    sc: &Scenario,
+    packets: &[Vec<u8>],
+    arrivals: &[Arrival],
+    config: JitterConfig,
+) -> Outcome {
     // What our sender transmits (engine/send.rs): every frame but a DTX frame that follows
     // another, numbered in sending order. Without `JITTER_DTX` no frame is a DTX frame.
     let dtx = |f: usize| packets[f].len() <= 2;
@@ -268,7 +294,7 @@ fn adaptive(sc: &Scenario, packets: &[Vec<u8>], arrivals: &[Arrival]) -> Outcome
     let sent_arrivals: Vec<Arrival> = arrivals.iter().filter(|a| sent(a.frame)).copied().collect();
     let arrivals = &sent_arrivals[..];
     let decoder = decoder();
-    let mut jb = JitterBuffer::new(jitter_config(), decoder);
+    let mut jb = JitterBuffer::new(config, decoder);
     let mut fd = FrameDelays::default();
     let mut audio = Vec::new();
     let t0 = sc.t0_ms();
@@ -732,7 +758,7 @@ fn main() -> anyhow::Result<()> {
                     realized: realized_loss(sc, &arrivals),
                     frames: scored_frames,
                 };
-                let ours = adaptive(sc, packets, &arrivals);
+                let ours = adaptive(sc, packets, &arrivals, start_config(&profile, seed));
                 table.add(&cell, "adaptive", &ours)?;
                 if !adaptive_only {
                     let base = fixed(sc, packets, &arrivals, Some(FIXED_MS), true, PLC_WHOLE);
@@ -784,7 +810,7 @@ fn main() -> anyhow::Result<()> {
                             realized: realized_loss(sc, &arrivals),
                             ..cell
                         };
-                        let o = adaptive(sc, &packets, &arrivals);
+                        let o = adaptive(sc, &packets, &arrivals, start_config(&profile, seed + k));
                         table.add(&cell, &format!("opus-c{c}-s{k}"), &o)?;
                     }
                 }

@@ -8,11 +8,13 @@
 
 use crate::bucket::TokenBucket;
 use natter_proto::control::{
-    ErrorCode, JOIN_FLAG_ECHO, MAX_NAME_LEN, Message, NAME_RULE, Participant, valid_name,
+    ErrorCode, JOIN_FLAG_ECHO, MAX_NAME_LEN, MAX_UPLINK_SPREADS, Message, NAME_RULE, Participant,
+    UPLINK_SPREAD_STEP_MS, valid_name,
 };
 use natter_proto::media::{Datagram, PacketKind};
 use natter_proto::rtcp;
 use natter_proto::rtp::AudioLevel;
+use natter_proto::spread::Spread;
 use std::collections::HashMap;
 
 /// The shell's id for a connection.
@@ -131,6 +133,10 @@ struct Connection<H> {
     member: Option<Member>,
     packets: TokenBucket,
     bytes: TokenBucket,
+    /// One-way transits of its Pings: its uplink's spread ([`Message::UplinkSpread`]).
+    uplink: Spread,
+    /// The uplink spread last announced to its room, ms, and when (Unix ms).
+    announced: Option<(u16, u64)>,
 }
 
 #[derive(Debug, Clone)]
@@ -338,6 +344,8 @@ impl<H: Clone> RelayCore<H> {
                 member: None,
                 packets: TokenBucket::new(l.packet_rate, l.packet_burst, now),
                 bytes: TokenBucket::new(l.byte_rate, l.byte_burst, now),
+                uplink: Spread::default(),
+                announced: None,
             },
         );
     }
@@ -407,19 +415,23 @@ impl<H: Clone> RelayCore<H> {
             (_, Message::Hello { .. }) => {
                 Outcome::fatal(ErrorCode::ProtocolViolation, "Hello sent twice")
             }
-            (_, Message::Ping { nonce, sent_micros }) => Outcome {
-                sends: vec![(
-                    c.handle.clone(),
-                    Message::Pong {
-                        nonce,
-                        ping_sent_micros: sent_micros,
-                        // The core owns no clock: the shell's time, at its millisecond grain.
-                        responder_micros: now_ms.saturating_mul(1000),
-                    },
-                )],
-                close: None,
-                evict: Vec::new(),
-            },
+            (_, Message::Ping { nonce, sent_micros }) => {
+                // Its one-way transit (the clocks' offset cancels out of the spread).
+                c.uplink.push(now_ms as f64 - sent_micros as f64 / 1000.0);
+                let pong = Message::Pong {
+                    nonce,
+                    ping_sent_micros: sent_micros,
+                    // The core owns no clock: the shell's time, at its millisecond grain.
+                    responder_micros: now_ms.saturating_mul(1000),
+                };
+                let mut sends = vec![(c.handle.clone(), pong)];
+                sends.extend(self.uplink_news(conn, now_ms));
+                Outcome {
+                    sends,
+                    close: None,
+                    evict: Vec::new(),
+                }
+            }
             (_, Message::Pong { .. }) => Outcome::none(),
             (
                 Phase::AwaitJoin,
@@ -455,7 +467,8 @@ impl<H: Clone> RelayCore<H> {
                 | Message::ParticipantLeft { .. }
                 | Message::MuteChanged { .. }
                 | Message::ChatMessage { .. }
-                | Message::Edges { .. }),
+                | Message::Edges { .. }
+                | Message::UplinkSpread { .. }),
             ) => Outcome::fatal(
                 ErrorCode::ProtocolViolation,
                 format!("clients may not send {}", message_name(&m)),
@@ -597,6 +610,23 @@ impl<H: Clone> RelayCore<H> {
             .map(|m| m.participant.clone())
             .chain(r.remote.iter().map(|(_, p)| p.clone()))
             .collect();
+        // The newcomer hears how jittery everyone's uplink is, and everyone the newcomer's
+        // (measured from the Pings it sent before Join), before any audio from them.
+        let spreads: Vec<(u64, u16)> = r
+            .members
+            .iter()
+            .filter(|m| m.conn != conn)
+            .filter_map(|m| {
+                let other = self.connections.get(&m.conn)?;
+                let (spread_ms, _) = other.announced?;
+                Some((other.member.as_ref()?.participant.id, spread_ms))
+            })
+            .take(MAX_UPLINK_SPREADS)
+            .collect();
+        sends.extend(self.uplink_news(conn, now_ms));
+        if !spreads.is_empty() {
+            sends.insert(0, (handle.clone(), Message::UplinkSpread { spreads }));
+        }
         sends.insert(
             0,
             (
@@ -614,6 +644,38 @@ impl<H: Clone> RelayCore<H> {
             close: None,
             evict,
         }
+    }
+
+    /// [`Message::UplinkSpread`] about `conn` for the other local members of its room, if it
+    /// is in one, its spread is measured, and it is news: never announced, or moved by
+    /// [`UPLINK_SPREAD_STEP_MS`] or more at least a second after the last announcement (a
+    /// peer timing its Pings to make noise gets one message per second into the room).
+    fn uplink_news(&mut self, conn: ConnId, now_ms: u64) -> Vec<(H, Message)> {
+        let Some(c) = self.connections.get_mut(&conn) else {
+            return Vec::new();
+        };
+        let (Some(member), Some(spread)) = (c.member.as_ref(), c.uplink.spread_ms()) else {
+            return Vec::new();
+        };
+        let spread_ms = spread.round().clamp(0.0, f64::from(u16::MAX)) as u16;
+        let news = c.announced.is_none_or(|(last, at)| {
+            spread_ms.abs_diff(last) >= UPLINK_SPREAD_STEP_MS && now_ms >= at + 1_000
+        });
+        if !news {
+            return Vec::new();
+        }
+        c.announced = Some((spread_ms, now_ms));
+        let id = member.participant.id;
+        let msg = Message::UplinkSpread {
+            spreads: vec![(id, spread_ms)],
+        };
+        self.rooms.get(&member.room).map_or_else(Vec::new, |r| {
+            r.members
+                .iter()
+                .filter(|m| m.conn != conn)
+                .map(|m| (m.handle.clone(), msg.clone()))
+                .collect()
+        })
     }
 
     /// The room membership of connection `conn`, once it joined.
@@ -1140,6 +1202,7 @@ fn message_name(m: &Message) -> &'static str {
         Message::MuteChanged { .. } => "MuteChanged",
         Message::ChatMessage { .. } => "ChatMessage",
         Message::Edges { .. } => "Edges",
+        Message::UplinkSpread { .. } => "UplinkSpread",
         _ => "this message",
     }
 }
@@ -1213,6 +1276,123 @@ mod tests {
             v.sort();
             v
         })
+    }
+
+    /// Pings whose one-way transit (their arrival less `sent_micros`) is 30 ms plus
+    /// `jitter_ms(i)`, from a sender whose clock is far off, answered as they come.
+    fn ping_train(
+        core: &mut Core,
+        conn: ConnId,
+        from_ms: u64,
+        jitter_ms: impl Fn(u64) -> u64,
+    ) -> Vec<(ConnId, Message)> {
+        let mut told = Vec::new();
+        for i in 0..8u64 {
+            let at = from_ms + 20 * i + 30 + jitter_ms(i);
+            let ping = Message::Ping {
+                nonce: i,
+                sent_micros: 5_000_000_000 + (from_ms + 20 * i) * 1_000,
+            };
+            let out = core.on_message(conn, ping, at);
+            assert!(out.close.is_none());
+            assert!(
+                matches!(&out.sends[0], (c, Message::Pong { nonce, .. }) if *c == conn && *nonce == i)
+            );
+            told.extend(out.sends.into_iter().skip(1));
+        }
+        told
+    }
+
+    #[test]
+    fn each_members_uplink_spread_is_measured_from_its_pings_and_told_to_the_others() {
+        let mut core = Core::new("r", Limits::default());
+        enter(&mut core, 1, "lobby", false);
+        // Member 1's uplink varies by 12 ms (one ping a retransmission late: not counted).
+        let told = ping_train(&mut core, 1, 0, |i| match i {
+            5 => 400,
+            i if i % 2 == 0 => 0,
+            _ => 12,
+        });
+        assert!(told.is_empty(), "nobody else in the room: {told:?}");
+        // A newcomer pings before Join (10 ms of jitter, twice) and hears member 1's spread right
+        // after its Welcome; member 1 hears the newcomer's right after its ParticipantJoined.
+        core.connect(2, 2, 1_000);
+        core.on_message(2, hello(), 1_000);
+        assert!(
+            ping_train(&mut core, 2, 1_000, |i| if i == 3 || i == 6 {
+                10
+            } else {
+                0
+            })
+            .is_empty()
+        );
+        let out = core.on_message(2, join("lobby", "p2", false), 1_200);
+        let id_of = |core: &Core, conn: ConnId| {
+            core.connections[&conn]
+                .member
+                .as_ref()
+                .unwrap()
+                .participant
+                .id
+        };
+        let (one, two) = (id_of(&core, 1), id_of(&core, 2));
+        let sends: Vec<(ConnId, Message)> = out.sends;
+        assert!(
+            matches!(sends[0], (2, Message::Welcome { .. })),
+            "{sends:?}"
+        );
+        assert_eq!(
+            sends[1],
+            (
+                2,
+                Message::UplinkSpread {
+                    spreads: vec![(one, 12)]
+                }
+            )
+        );
+        assert!(
+            matches!(sends[2], (1, Message::ParticipantJoined(_))),
+            "{sends:?}"
+        );
+        assert_eq!(
+            sends[3],
+            (
+                1,
+                Message::UplinkSpread {
+                    spreads: vec![(two, 10)]
+                }
+            )
+        );
+        assert_eq!(sends.len(), 4);
+        // Member 1's uplink calms down: news once it moved by 5 ms or more, at most once a
+        // second, to the others only.
+        let told = ping_train(&mut core, 1, 3_000, |_| 1);
+        assert!(
+            told.is_empty(),
+            "still within a step of 12 with the old transits: {told:?}"
+        );
+        let told = ping_train(&mut core, 1, 5_000, |_| 1);
+        assert_eq!(
+            told,
+            vec![(
+                2,
+                Message::UplinkSpread {
+                    spreads: vec![(one, 0)]
+                }
+            )]
+        );
+        // A client may not send it.
+        let forged = core.on_message(
+            2,
+            Message::UplinkSpread {
+                spreads: vec![(one, 1)],
+            },
+            6_000,
+        );
+        assert_eq!(
+            forged.close.and_then(|c| c.code()),
+            Some(ErrorCode::ProtocolViolation)
+        );
     }
 
     /// Two relays' cores joined by a trunk, as their shells would drive them: what each

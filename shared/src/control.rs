@@ -148,6 +148,13 @@ pub struct Participant {
     pub muted: bool,
 }
 
+/// How far a participant's uplink spread must move before the relay announces it again, ms:
+/// a jitter buffer's histogram bucket.
+pub const UPLINK_SPREAD_STEP_MS: u16 = 5;
+
+/// Most entries an [`Message::UplinkSpread`] holds (a room's members, with room to spare).
+pub const MAX_UPLINK_SPREADS: usize = 1024;
+
 /// Most edges an [`Message::Edges`] list holds.
 pub const MAX_CLUSTER_EDGES: usize = 32;
 
@@ -207,6 +214,13 @@ pub enum Message {
     /// cluster's live edges (the sender included, at most [`MAX_CLUSTER_EDGES`]), so a client
     /// whose invite named one edge can still move to another when its edge fails.
     Edges { edges: Vec<ClusterEdge> },
+    /// Relay → clients: how much participants' uplink delays vary, as the relay measured them
+    /// from their Pings' one-way transit ([`crate::spread::Spread`]), as (participant id, ms
+    /// saturating) pairs, at most [`MAX_UPLINK_SPREADS`]: where a listener's jitter buffer
+    /// starts each one's stream. Sent after a participant's ParticipantJoined, to a newcomer
+    /// after Welcome (everyone measured, in one message), and again when one moves by
+    /// [`UPLINK_SPREAD_STEP_MS`] or more.
+    UplinkSpread { spreads: Vec<(u64, u16)> },
     /// Either direction: measure RTT and clock offset. Times are the sender's wall clock in
     /// microseconds since the Unix epoch.
     Ping { nonce: u64, sent_micros: u64 },
@@ -237,6 +251,8 @@ pub enum ControlError {
     BadEdge(String),
     #[error("more than {MAX_CLUSTER_EDGES} edges")]
     TooManyEdges,
+    #[error("too many {0}")]
+    TooManyEntries(&'static str),
 }
 
 mod kind {
@@ -255,6 +271,7 @@ mod kind {
     pub const CHAT: u64 = 0x0d;
     pub const CHAT_MESSAGE: u64 = 0x0e;
     pub const EDGES: u64 = 0x0f;
+    pub const UPLINK_SPREAD: u64 = 0x10;
 }
 
 /// Cursor over a message body.
@@ -418,6 +435,16 @@ impl Message {
                     .collect::<Result<_, ControlError>>()?;
                 Self::Edges { edges }
             }
+            kind::UPLINK_SPREAD => {
+                let count = r.varint()?;
+                if count > MAX_UPLINK_SPREADS as u64 {
+                    return Err(ControlError::TooManyEntries("uplink spreads"));
+                }
+                let spreads = (0..count)
+                    .map(|_| Ok((r.varint()?, r.u16()?)))
+                    .collect::<Result<_, ControlError>>()?;
+                Self::UplinkSpread { spreads }
+            }
             other => Self::Unknown { kind: other },
         })
     }
@@ -518,6 +545,14 @@ impl Message {
                 for e in edges {
                     put_string(&e.edge.to_string(), out);
                     put_string(&e.region, out);
+                }
+            }
+            Self::UplinkSpread { spreads } => {
+                varint::encode(kind::UPLINK_SPREAD, out);
+                varint::encode(spreads.len() as u64, out);
+                for (id, ms) in spreads {
+                    varint::encode(*id, out);
+                    out.extend_from_slice(&ms.to_be_bytes());
                 }
             }
             Self::Unknown { kind } => varint::encode(*kind, out),
@@ -648,8 +683,26 @@ pub(crate) mod tests {
                 id: 3,
                 text: "hi".into(),
             },
+            Message::UplinkSpread {
+                spreads: vec![(3, 17), (400, u16::MAX)],
+            },
             Message::Unknown { kind: 0x3f },
         ]
+    }
+
+    #[test]
+    fn uplink_spreads_encode_as_documented_and_are_bounded() {
+        // docs/PROTOCOL.md §5.16.
+        let m = Message::UplinkSpread {
+            spreads: vec![(3, 17)],
+        };
+        assert_eq!(m.to_frame(), [0x05, 0x10, 0x01, 0x03, 0x00, 0x11]);
+        let mut body = vec![0x10];
+        varint::encode(MAX_UPLINK_SPREADS as u64 + 1, &mut body);
+        assert_eq!(
+            Message::decode_body(&body),
+            Err(ControlError::TooManyEntries("uplink spreads"))
+        );
     }
 
     #[test]
@@ -884,7 +937,9 @@ pub(crate) mod tests {
                 .prop_map(|(id, text)| Message::ChatMessage { id, text }),
             proptest::collection::vec(cluster_edges(), 0..=MAX_CLUSTER_EDGES)
                 .prop_map(|edges| Message::Edges { edges }),
-            (kind::EDGES + 1..=varint::MAX).prop_map(|kind| Message::Unknown { kind }),
+            proptest::collection::vec((0..=varint::MAX, any::<u16>()), 0..=8)
+                .prop_map(|spreads| Message::UplinkSpread { spreads }),
+            (kind::UPLINK_SPREAD + 1..=varint::MAX).prop_map(|kind| Message::Unknown { kind }),
         ]
     }
 

@@ -26,6 +26,7 @@ pub mod media;
 pub mod reception;
 pub mod rtcp;
 pub mod rtp;
+pub mod spread;
 pub mod varint;
 
 /// The ALPN protocol identifier negotiated in the TLS handshake.

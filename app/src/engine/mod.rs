@@ -17,6 +17,7 @@ use crate::audio::resample::StreamResampler;
 use crate::codec::EncoderConfig;
 use crate::jitter::JitterConfig;
 use crate::rate::{FrameMode, RateController};
+use crate::transport::path_spread::PathSpread;
 use crate::vad::{Vad, VadConfig};
 use natter_proto::media::{Datagram, PacketKind, write_rtcp};
 use natter_proto::rtcp::{SenderLatency, ntp};
@@ -49,6 +50,10 @@ pub struct EngineConfig {
     pub voice: VoiceConfig,
     /// Voice-activated transmission: send only while the VAD hears voice (plus hang-over).
     pub voice_activation: bool,
+    /// How much our round trip to the relay and each talker's uplink vary, as the control
+    /// session learns them: where a new stream's jitter buffer starts
+    /// ([`JitterConfig::start_target_ms`]).
+    pub path_spread: PathSpread,
 }
 
 /// Changes to a running engine (from the UI or the CLI).
@@ -113,6 +118,7 @@ impl EngineConfig {
             send_audio: true,
             voice: VoiceConfig::ALL,
             voice_activation: false,
+            path_spread: PathSpread::default(),
         }
     }
 }
@@ -1037,7 +1043,10 @@ impl Worker {
                 };
                 let h = packet.header;
                 if !self.peers.contains_key(&h.ssrc) {
-                    match RemotePeer::new(h.ssrc, self.config.jitter.clone(), at) {
+                    let mut jitter = self.config.jitter.clone();
+                    jitter.initial_target_ms =
+                        jitter.start_target_ms(self.config.path_spread.for_stream(h.ssrc));
+                    match RemotePeer::new(h.ssrc, jitter, at) {
                         Ok(peer) => {
                             self.peers.insert(h.ssrc, peer);
                         }

@@ -296,8 +296,17 @@ pub struct JitterConfig {
     pub max_target_ms: f64,
     /// Target before the first half-second of measurements, ms. NetEq starts at 80; the first
     /// histogram insertion replaces it completely, so it only sets the start-up delay, and 40 ms
-    /// covers typical Internet jitter while the first measurements come in.
+    /// covers typical Internet jitter while the first measurements come in. Where the path's
+    /// spread is known, the start is lower ([`Self::start_target_ms`]); this is its ceiling.
     pub initial_target_ms: f64,
+    /// How many times the path's measured spread a new stream's start target covers (above
+    /// [`CLEAN_START_MS`]). The spread of 8–16 delays (second-highest less lowest) is one to
+    /// two standard deviations of a jittery path's delay, while the target covers the 95th
+    /// percentile of half-second maxima, about four: on `natter-netem`'s 12 ms Gaussian path
+    /// the relay measured a talker's uplink spread of 14 ms, and the target was 45 ms after the
+    /// first half-second. A factor of 1 started such streams at 24 ms, below the path's need,
+    /// and the buffer then had to expand inside the first sentence (docs/BENCHMARKS.md).
+    pub start_spread_factor: f64,
     /// Histogram bucket width, ms (see `delay.rs` for why 5 and not NetEq's 20).
     pub bucket_ms: f64,
     /// Quantile of the interval maxima the target covers.
@@ -381,6 +390,7 @@ impl Default for JitterConfig {
             min_target_ms: 0.0,
             max_target_ms: 500.0,
             initial_target_ms: 40.0,
+            start_spread_factor: 3.0,
             bucket_ms: 5.0,
             quantile: 0.95,
             forget_factor: 0.983,
@@ -405,7 +415,29 @@ impl Default for JitterConfig {
     }
 }
 
+/// Start-up target on a path whose round trip to the relay does not vary, ms: what the
+/// buffer settles at on such a path (one or two 5 ms buckets) less nothing, so that a stream
+/// that starts with speech has no excess to remove inside its first sentence (the simulator's
+/// clean start: PESQ-WB 4.48 from 10 ms against 4.36 from 40, docs/BENCHMARKS.md).
+pub const CLEAN_START_MS: f64 = 10.0;
+
 impl JitterConfig {
+    /// Where a new stream's target starts, given the spread of the path it crosses when one
+    /// is known (`transport::path_spread`: our round trip's and the talker's uplink's):
+    /// [`CLEAN_START_MS`] plus [`Self::start_spread_factor`] times the spread, at most
+    /// [`Self::initial_target_ms`] (which is also the start when nothing is known), and within
+    /// the target's range (a fixed target starts where it is fixed). The round trip covers both
+    /// directions of our own path, so it overstates the downlink's jitter rather than miss it.
+    pub fn start_target_ms(&self, spread_ms: Option<f64>) -> f64 {
+        let start = match spread_ms {
+            Some(spread) if spread.is_finite() => (CLEAN_START_MS
+                + self.start_spread_factor * spread.max(0.0))
+            .min(self.initial_target_ms),
+            _ => self.initial_target_ms,
+        };
+        start.clamp(self.min_target_ms, self.max_target_ms)
+    }
+
     fn delay_params(&self) -> DelayParams {
         DelayParams {
             bucket_ms: self.bucket_ms,

@@ -20,6 +20,7 @@
 //! reproduces a schedule exactly on every platform.
 
 use super::{Decode, JitterBuffer};
+use natter_proto::spread::Spread;
 
 /// SplitMix64: tiny, fast, good enough for simulation, and fully deterministic.
 #[derive(Debug, Clone)]
@@ -347,6 +348,34 @@ pub fn arrivals(profile: &NetworkProfile, frames: usize, seed: u64) -> Vec<Arriv
     }
     out.sort_by(|a, b| a.at_ms.total_cmp(&b.at_ms).then(a.frame.cmp(&b.frame)));
     out
+}
+
+/// What the control session's join train of pings would measure over `profile` if the path's
+/// jitter were the listener's own, in both directions (as in the real call bench, whose proxy
+/// impairs the listener's side): the spread ([`Spread`]) of
+/// [`PING_TRAIN`](crate::transport::control::core::PING_TRAIN) round trips, each two
+/// independent crossings of the path without loss (the control stream is reliable), one frame
+/// apart like the train's pings. Deterministic for a seed.
+pub fn ping_spread(profile: &NetworkProfile, seed: u64) -> Option<f64> {
+    let path = NetworkProfile {
+        loss: Loss::None,
+        duplicate_p: 0.0,
+        ..*profile
+    };
+    let n = usize::from(crate::transport::control::core::PING_TRAIN);
+    let transits = |seed| {
+        let mut t = vec![0.0; n];
+        for a in arrivals(&path, n, seed) {
+            t[a.frame] = a.at_ms - path.send_ms(a.frame);
+        }
+        t
+    };
+    let (down, up) = (transits(seed ^ 0x005E_EDD0), transits(seed ^ 0x005E_EDF0));
+    let mut spread = Spread::default();
+    for (d, u) in down.iter().zip(&up) {
+        spread.push(d + u);
+    }
+    spread.spread_ms()
 }
 
 /// Drives `jb` through `arrivals`: before each 10 ms pull (at `first_pull_ms`, then every 10 ms

@@ -2038,3 +2038,67 @@ fn reordered_packets_within_reach_play_in_order_without_concealment() {
     assert!(decoded.windows(2).all(|w| w[0] < w[1]), "played in order");
     assert!(s.delay_ms < 45.0, "{s:?}");
 }
+
+#[test]
+fn a_stream_on_a_path_known_clean_starts_where_it_settles() {
+    // The control session measured a round trip that hardly varies (1 ms): the stream starts
+    // near what a clean path needs, so it plays its first seconds ~30 ms earlier than a stream
+    // on a path nobody measured (40 ms), and has that much less excess to remove later
+    // (inside the first sentence, where PESQ and listeners hear the step).
+    let known = JitterConfig::default();
+    let known = JitterConfig {
+        initial_target_ms: known.start_target_ms(Some(1.0)),
+        ..known
+    };
+    assert_eq!(
+        known.initial_target_ms,
+        CLEAN_START_MS + known.start_spread_factor
+    );
+    let path = NetworkProfile::constant(5.0);
+    let (jb, probe) = simulate(&path, 500, 1, known, Voice::Tone);
+    let (old, old_probe) = simulate(&path, 500, 1, JitterConfig::default(), Voice::Tone);
+    let (first, old_first) = (probe.stats_at(1), old_probe.stats_at(1));
+    assert!(
+        first.delay_ms + 25.0 <= old_first.delay_ms,
+        "{first:?} against {old_first:?}"
+    );
+    // Both settle where the pull phase puts a clean path; the known start removed ~25 ms less.
+    let floor = phase_floor(20.0, 5.0, 5.0, 0.3);
+    let (s, old) = (jb.stats(), old.stats());
+    for st in [&s, &old] {
+        assert!(
+            st.delay_ms <= floor + TONE_STEP_MS + 1e-6,
+            "{st:?} (floor {floor})"
+        );
+    }
+    assert!(
+        s.accelerated_ms + 25.0 <= old.accelerated_ms,
+        "{s:?} against {old:?}"
+    );
+    assert_eq!(
+        (s.concealed, s.late, s.rebuffers, s.expansions),
+        (0, 0, 0, 0),
+        "{s:?}"
+    );
+}
+
+#[test]
+fn the_start_target_follows_the_round_trips_spread_within_its_bounds() {
+    let c = JitterConfig::default();
+    assert_eq!(c.start_target_ms(None), c.initial_target_ms);
+    assert_eq!(c.start_target_ms(Some(0.0)), CLEAN_START_MS);
+    assert_eq!(
+        c.start_target_ms(Some(4.0)),
+        CLEAN_START_MS + 4.0 * c.start_spread_factor
+    );
+    assert_eq!(c.start_target_ms(Some(300.0)), c.initial_target_ms);
+    assert_eq!(c.start_target_ms(Some(f64::NAN)), c.initial_target_ms);
+    // A fixed target starts where it is fixed, whatever the path.
+    let fixed = JitterConfig {
+        min_target_ms: 60.0,
+        max_target_ms: 60.0,
+        initial_target_ms: 60.0,
+        ..c
+    };
+    assert_eq!(fixed.start_target_ms(Some(0.0)), 60.0);
+}

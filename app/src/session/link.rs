@@ -5,6 +5,7 @@
 use super::nearest::{EdgeRace, Pick};
 use crate::engine::Inbound;
 use crate::transport::control::{self, CallState, Command, JoinRequest, Joined};
+use crate::transport::path_spread::PathSpread;
 use crate::transport::{ConnectError, connect};
 use natter_proto::invite::Invite;
 use quinn::{Connection, Endpoint};
@@ -123,12 +124,13 @@ pub struct Link {
 
 impl Link {
     /// Connects to the nearest of `candidates` (the edges of the invite's cluster; one for a
-    /// lone relay), joins, replaces `state`'s roster with the relay's, and starts forwarding
-    /// datagrams to `inbound`.
+    /// lone relay), joins, replaces `state`'s roster with the relay's, starts forwarding
+    /// datagrams to `inbound`, and keeps `path` up to date with the round trip's spread.
     pub async fn open(
         candidates: &[Invite],
         request: &JoinRequest,
         state: &Arc<Mutex<CallState>>,
+        path: &PathSpread,
         inbound: std::sync::mpsc::Sender<Inbound>,
     ) -> Result<Self, ConnectError> {
         let (endpoint, conn, edge) = connect_nearest(candidates).await?;
@@ -146,7 +148,12 @@ impl Link {
             roster.into_iter().for_each(|p| s.upsert(p));
         }
         let (commands, commands_rx) = mpsc::unbounded_channel();
-        let control = tokio::spawn(control::run(stream, state.clone(), commands_rx));
+        let control = tokio::spawn(control::run(
+            stream,
+            state.clone(),
+            path.clone(),
+            commands_rx,
+        ));
         let reader = {
             let conn = conn.clone();
             tokio::spawn(async move {

@@ -17,6 +17,7 @@ pub use crate::audio::wav::{Input, Record};
 use crate::engine::{Engine, EngineCommand, EngineConfig, EngineRemote, EngineStats, MediaLink};
 use crate::transport::ConnectError;
 use crate::transport::control::{CallState, Command, JoinRequest, Joined};
+use crate::transport::path_spread::PathSpread;
 pub use link::EdgeChoice;
 use link::{Link, MediaPath};
 use liveness::Liveness;
@@ -188,7 +189,16 @@ impl Session {
         let state = Arc::new(Mutex::new(CallState::default()));
         let (inbound_tx, inbound_rx) = std::sync::mpsc::channel();
         let candidates = config.invite.candidates();
-        let link = Link::open(&candidates, &request, &state, inbound_tx.clone()).await?;
+        // Measured by every link's control session, read by the engine when a stream starts.
+        let path_spread = PathSpread::default();
+        let link = Link::open(
+            &candidates,
+            &request,
+            &state,
+            &path_spread,
+            inbound_tx.clone(),
+        )
+        .await?;
         let path: MediaPath = Arc::new(Mutex::new(Some(link.connection().clone())));
         let send_path = path.clone();
         let media = MediaLink {
@@ -197,6 +207,7 @@ impl Session {
         };
         let mut engine_config = config.engine;
         engine_config.ssrc = link.joined.ssrc;
+        engine_config.path_spread = path_spread.clone();
         let mut device_switch = None;
         let (engine, backend) = match config.audio {
             Audio::Devices { choice, duration } => {
@@ -242,6 +253,7 @@ impl Session {
             inbound: inbound_tx,
             engine: engine.remote(),
             muted: false,
+            path_spread,
         };
         Ok(Self {
             engine,
@@ -472,6 +484,7 @@ struct Supervisor {
     engine: EngineRemote,
     /// The microphone's mute state, told to the relay again after each rejoin.
     muted: bool,
+    path_spread: PathSpread,
 }
 
 impl Supervisor {
@@ -549,6 +562,7 @@ impl Supervisor {
                     &candidates,
                     &self.request,
                     &self.shared.state,
+                    &self.path_spread,
                     self.inbound.clone(),
                 );
                 tokio::pin!(open);

@@ -2,6 +2,7 @@
 //! session on its one bidirectional stream ([`control`]), and certificate pinning ([`pin`]).
 
 pub mod control;
+pub mod path_spread;
 
 use natter_proto::control::ErrorCode;
 use natter_proto::invite::{Invite, fingerprint_hex};

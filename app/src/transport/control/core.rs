@@ -11,6 +11,7 @@ use crate::transport::{ConnectError, explain};
 use natter_proto::control::{
     ErrorCode, FrameDecoder, JOIN_FLAG_ECHO, MAX_CHAT_LEN, Message, Participant,
 };
+use natter_proto::spread::Spread;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,14 @@ pub const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often the relay's round trip is measured in a call.
 pub const PING_INTERVAL: Duration = Duration::from_secs(2);
+/// Pings sent right after Hello, [`PING_TRAIN_SPACING`] apart, before Join and the periodic
+/// ones: the spread of our round trip ([`Spread`]) and the relay's measure of our uplink
+/// (`Message::UplinkSpread`, from the same Pings' one-way transit) are known when we enter the
+/// room, before anyone's first audio packet needs them. Join waits for the train: 140 ms after
+/// Hello at most (less the relay's answer to Hello), and the train stays well inside the
+/// relay's control-message burst of 40.
+pub const PING_TRAIN: u8 = 8;
+pub const PING_TRAIN_SPACING: Duration = Duration::from_millis(20);
 
 /// Where the session is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +71,11 @@ pub struct ControlCore {
     /// Until Welcome: when to give up waiting.
     deadline: Option<Instant>,
     next_ping: Option<Instant>,
+    /// Pings of the join train still to send.
+    train_left: u8,
+    /// Join went out (after HelloAck and the train).
+    join_sent: bool,
+    rtts: Spread,
     nonce: u64,
     /// The wall clock at `start`, µs since the Unix epoch: pings carry wall-clock times
     /// derived from the monotonic clock, so a clock step mid-call cannot corrupt a round trip.
@@ -84,7 +98,11 @@ impl ControlCore {
             transmit: VecDeque::new(),
             events: VecDeque::new(),
             deadline: Some(now + JOIN_TIMEOUT),
-            next_ping: None,
+            // The train follows Hello at once (the relay answers Pings from Hello on).
+            next_ping: Some(now),
+            train_left: PING_TRAIN,
+            join_sent: false,
+            rtts: Spread::default(),
             nonce: 0,
             start: now,
             start_unix_us: unix_us,
@@ -170,8 +188,38 @@ impl ControlCore {
         self.end(error);
     }
 
+    /// Sends Join once the relay accepted our Hello and the ping train is out.
+    fn join_when_ready(&mut self) {
+        if self.phase != Phase::Joining || self.train_left > 0 || self.join_sent {
+            return;
+        }
+        self.join_sent = true;
+        let join = Message::Join {
+            room: self.request.room.clone(),
+            name: self.request.name.clone(),
+            token: self.request.token.clone(),
+            flags: if self.request.echo { JOIN_FLAG_ECHO } else { 0 },
+        };
+        self.send(&join);
+    }
+
+    /// A Pong (ours: nobody else pings us) at `now`: one more round trip.
+    fn on_pong(&mut self, ping_sent_micros: u64, now: Instant) {
+        let rtt_ms = self.unix_us(now).saturating_sub(ping_sent_micros) as f64 / 1000.0;
+        self.state.relay_rtt_ms = Some(rtt_ms);
+        self.rtts.push(rtt_ms);
+        self.state.relay_rtt_spread_ms = self.rtts.spread_ms();
+    }
+
     fn on_message(&mut self, msg: Message, now: Instant) {
         match (self.phase, msg) {
+            // The train's Pongs come while we are joining.
+            (
+                Phase::Hello | Phase::Joining,
+                Message::Pong {
+                    ping_sent_micros, ..
+                },
+            ) => self.on_pong(ping_sent_micros, now),
             (Phase::Hello | Phase::Joining, Message::Error { code, message }) => {
                 self.end(ConnectError::Refused { code, message });
             }
@@ -179,13 +227,7 @@ impl ControlCore {
                 if version == natter_proto::PROTOCOL_VERSION =>
             {
                 self.phase = Phase::Joining;
-                let join = Message::Join {
-                    room: self.request.room.clone(),
-                    name: self.request.name.clone(),
-                    token: self.request.token.clone(),
-                    flags: if self.request.echo { JOIN_FLAG_ECHO } else { 0 },
-                };
-                self.send(&join);
+                self.join_when_ready();
             }
             (Phase::Hello, Message::HelloAck { version, .. }) => {
                 self.violation(format!(
@@ -209,8 +251,6 @@ impl ControlCore {
                 self.phase = Phase::InCall;
                 self.me = Some(participant_id);
                 self.deadline = None;
-                // The first ping at once: the round trip is known within a moment of joining.
-                self.next_ping = Some(now);
                 roster.iter().cloned().for_each(|p| self.state.upsert(p));
                 self.events.push_back(Event::Joined {
                     joined: Joined {
@@ -237,6 +277,7 @@ impl ControlCore {
             Message::ParticipantJoined(p) => s.upsert(p),
             Message::ParticipantLeft { id } => {
                 s.roster.remove(&id);
+                s.uplink_spread_ms.remove(&id);
             }
             Message::MuteChanged { id, muted } => {
                 if let Some(p) = s.roster.get_mut(&id) {
@@ -246,9 +287,11 @@ impl ControlCore {
             Message::Edges { edges } => s.edges = edges,
             Message::Pong {
                 ping_sent_micros, ..
-            } => {
-                let rtt_us = self.unix_us(now).saturating_sub(ping_sent_micros);
-                self.state.relay_rtt_ms = Some(rtt_us as f64 / 1000.0);
+            } => self.on_pong(ping_sent_micros, now),
+            Message::UplinkSpread { spreads } => {
+                for (id, ms) in spreads {
+                    s.uplink_spread_ms.insert(id, f64::from(ms));
+                }
             }
             Message::ChatMessage { id, text } => {
                 let from = s
@@ -356,7 +399,14 @@ impl ControlCore {
                 sent_micros: self.unix_us(now),
             };
             self.send(&ping);
-            self.next_ping = Some(now + PING_INTERVAL);
+            self.train_left = self.train_left.saturating_sub(1);
+            let next = if self.train_left > 0 {
+                PING_TRAIN_SPACING
+            } else {
+                PING_INTERVAL
+            };
+            self.next_ping = Some(now + next);
+            self.join_when_ready();
         }
     }
 }
@@ -412,35 +462,84 @@ mod tests {
         }
     }
 
-    /// A core that has joined at `t0`, its Hello and Join already taken.
+    /// Sends the join train from `t0` on, each ping answered `rtt_us(i)` later; returns when
+    /// the last one went out and what was sent.
+    fn train(
+        core: &mut ControlCore,
+        t0: Instant,
+        rtt_us: impl Fn(u8) -> u64,
+    ) -> (Instant, Vec<Message>) {
+        let mut out = Vec::new();
+        let mut at = t0;
+        for i in 0..PING_TRAIN {
+            if i > 0 {
+                assert_eq!(core.poll_timeout(), Some(at + PING_TRAIN_SPACING));
+                at += PING_TRAIN_SPACING;
+            }
+            core.handle_timeout(at);
+            let msgs = sent(core);
+            let Some(&Message::Ping { nonce, sent_micros }) = msgs.first() else {
+                panic!("ping {i} of the train: {msgs:?}")
+            };
+            assert_eq!(sent_micros, 1_000_000 + (at - t0).as_micros() as u64);
+            let pong = Message::Pong {
+                nonce,
+                ping_sent_micros: sent_micros,
+                // The relay's own clock is far off: irrelevant.
+                responder_micros: 42,
+            };
+            core.handle_input(&pong.to_frame(), at + Duration::from_micros(rtt_us(i)));
+            out.extend(msgs);
+        }
+        (at, out)
+    }
+
+    /// A core that has joined at `t0` (its train sent and answered at 12.5 ms), its Hello and
+    /// Join already taken.
     fn joined(t0: Instant) -> ControlCore {
         let mut core = ControlCore::new(request(), t0, 1_000_000);
         sent(&mut core);
         core.handle_input(&hello_ack().to_frame(), t0);
-        sent(&mut core);
-        core.handle_input(&welcome(vec![participant(1, "alice")]).to_frame(), t0);
+        let (last, _) = train(&mut core, t0, |_| 12_500);
+        core.handle_input(&welcome(vec![participant(1, "alice")]).to_frame(), last);
         events(&mut core);
         core
     }
 
     #[test]
-    fn hello_then_join_then_welcome() {
+    fn hello_then_a_train_of_pings_then_join_then_welcome() {
         let t0 = Instant::now();
         let mut core = ControlCore::new(request(), t0, 1_000_000);
         assert!(matches!(sent(&mut core)[..], [Message::Hello { .. }]));
-        assert_eq!(core.poll_timeout(), Some(t0 + JOIN_TIMEOUT));
+        // The train's first ping follows Hello at once.
+        assert_eq!(core.poll_timeout(), Some(t0));
         // HelloAck arrives split over two reads.
         let ack = hello_ack().to_frame();
         core.handle_input(&ack[..3], t0);
         assert!(sent(&mut core).is_empty());
         core.handle_input(&ack[3..], t0);
         assert_eq!(core.phase(), Phase::Joining);
-        let [Message::Join { room, name, .. }] = &sent(&mut core)[..] else {
-            panic!("Join expected")
+        assert!(sent(&mut core).is_empty(), "Join waits for the train");
+        // The round trips vary by 2.5 ms but for one late pong (held back by a retransmission):
+        // the spread is known before Join goes out, and the late one is not in it.
+        let (last, msgs) = train(&mut core, t0, |i| match i {
+            3 => 90_000,
+            i if i % 2 == 0 => 12_500,
+            _ => 15_000,
+        });
+        let [.., Message::Ping { .. }, Message::Join { room, name, .. }] = &msgs[..] else {
+            panic!("Join right after the last ping: {msgs:?}")
         };
         assert_eq!((room.as_str(), name.as_str()), ("lobby", "alice"));
+        assert_eq!(
+            msgs.iter()
+                .filter(|m| matches!(m, Message::Ping { .. }))
+                .count(),
+            usize::from(PING_TRAIN)
+        );
+        assert_eq!(core.state().relay_rtt_spread_ms, Some(2.5));
         let roster = vec![participant(1, "alice"), participant(2, "bob")];
-        core.handle_input(&welcome(roster).to_frame(), t0);
+        core.handle_input(&welcome(roster).to_frame(), last);
         assert_eq!(core.phase(), Phase::InCall);
         let [Event::Joined { joined, roster }] = &events(&mut core)[..] else {
             panic!("Joined expected")
@@ -448,8 +547,20 @@ mod tests {
         assert_eq!((joined.participant_id, joined.ssrc), (1, 7));
         assert_eq!(roster.len(), 2);
         assert_eq!(core.state().name_of(14), Some("bob"));
-        // The join deadline is gone; the first ping is due now.
-        assert_eq!(core.poll_timeout(), Some(t0));
+        // The join deadline is gone; the pings go on every two seconds.
+        assert_eq!(core.poll_timeout(), Some(last + PING_INTERVAL));
+    }
+
+    #[test]
+    fn a_relay_slower_than_the_train_gets_join_with_its_hello_ack() {
+        let t0 = Instant::now();
+        let mut core = ControlCore::new(request(), t0, 1_000_000);
+        sent(&mut core);
+        let (last, msgs) = train(&mut core, t0, |_| 300_000);
+        assert!(!msgs.iter().any(|m| matches!(m, Message::Join { .. })));
+        core.handle_input(&hello_ack().to_frame(), last + Duration::from_millis(200));
+        assert!(matches!(sent(&mut core)[..], [Message::Join { .. }]));
+        assert_eq!(core.phase(), Phase::Joining);
     }
 
     #[test]
@@ -532,33 +643,50 @@ mod tests {
     }
 
     #[test]
-    fn pings_every_two_seconds_measure_the_round_trip() {
+    fn pings_every_two_seconds_after_the_train_measure_the_round_trip() {
         let t0 = Instant::now();
         let mut core = joined(t0);
-        core.handle_timeout(t0);
+        let last = t0 + PING_TRAIN_SPACING * u32::from(PING_TRAIN - 1);
+        assert_eq!(core.state().relay_rtt_ms, Some(12.5));
+        assert_eq!(core.state().relay_rtt_spread_ms, Some(0.0));
+        assert_eq!(core.poll_timeout(), Some(last + PING_INTERVAL));
+        core.handle_timeout(last + Duration::from_secs(1));
+        assert!(sent(&mut core).is_empty(), "not due yet");
+        core.handle_timeout(last + PING_INTERVAL);
+        let due = 1_000_000 + (last + PING_INTERVAL - t0).as_micros() as u64;
         let [Message::Ping { nonce, sent_micros }] = sent(&mut core)[..] else {
-            panic!("a ping at once")
+            panic!("a ping")
         };
-        assert_eq!(sent_micros, 1_000_000);
-        assert_eq!(core.poll_timeout(), Some(t0 + PING_INTERVAL));
-        // The relay answers 12.5 ms later (its own clock is far off: irrelevant).
+        assert_eq!(sent_micros, due);
         let pong = Message::Pong {
             nonce,
             ping_sent_micros: sent_micros,
             responder_micros: 42,
         };
-        core.handle_input(&pong.to_frame(), t0 + Duration::from_micros(12_500));
-        assert_eq!(core.state().relay_rtt_ms, Some(12.5));
-        core.handle_timeout(t0 + Duration::from_secs(1));
-        assert!(sent(&mut core).is_empty(), "not due yet");
-        core.handle_timeout(t0 + PING_INTERVAL);
-        assert!(matches!(
-            sent(&mut core)[..],
-            [Message::Ping {
-                sent_micros: 3_000_000,
-                ..
-            }]
-        ));
+        core.handle_input(
+            &pong.to_frame(),
+            last + PING_INTERVAL + Duration::from_millis(40),
+        );
+        assert_eq!(core.state().relay_rtt_ms, Some(40.0));
+        // One slow round trip among nine is not a spread.
+        assert_eq!(core.state().relay_rtt_spread_ms, Some(0.0));
+    }
+
+    #[test]
+    fn the_relays_uplink_spreads_are_kept_for_the_members_present() {
+        let t0 = Instant::now();
+        let mut core = joined(t0);
+        core.handle_input(
+            &Message::ParticipantJoined(participant(2, "bob")).to_frame(),
+            t0,
+        );
+        let spread = Message::UplinkSpread {
+            spreads: vec![(2, 17)],
+        };
+        core.handle_input(&spread.to_frame(), t0);
+        assert_eq!(core.state().uplink_spread_ms.get(&2), Some(&17.0));
+        core.handle_input(&Message::ParticipantLeft { id: 2 }.to_frame(), t0);
+        assert!(core.state().uplink_spread_ms.is_empty());
     }
 
     #[test]

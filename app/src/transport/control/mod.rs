@@ -6,6 +6,7 @@ pub mod core;
 
 use self::core::{ControlCore, Event};
 use super::ConnectError;
+use super::path_spread::PathSpread;
 use natter_proto::control::Participant;
 use quinn::{Connection, RecvStream, SendStream};
 use std::collections::BTreeMap;
@@ -43,6 +44,11 @@ pub struct CallState {
     pub names: std::collections::HashMap<u32, String>,
     /// Round-trip time to the relay from the last Ping/Pong, ms.
     pub relay_rtt_ms: Option<f64>,
+    /// How much the recent round trips to the relay vary, ms
+    /// ([`crate::transport::path_spread::RttSpread`]).
+    pub relay_rtt_spread_ms: Option<f64>,
+    /// Each participant's uplink spread as the relay announced it, ms, by participant id.
+    pub uplink_spread_ms: BTreeMap<u64, f64>,
     /// Set when the relay ended the session (code and reason).
     pub ended: Option<String>,
     /// The room's chat as we saw it, oldest first: the last [`CHAT_KEPT`] lines, kept across
@@ -195,15 +201,23 @@ pub async fn join(
     }
 }
 
-/// Copies the core's view into the state the session shares.
-fn publish(core: &ControlCore, state: &Mutex<CallState>) {
+/// Copies the core's view into the state the session shares, and the round trip's spread
+/// into what the engine reads.
+fn publish(core: &ControlCore, state: &Mutex<CallState>, path: &PathSpread) {
     let from = core.state();
+    let uplinks = from.uplink_spread_ms.iter().filter_map(|(id, ms)| {
+        let ssrc = from.roster.get(id)?.ssrc;
+        Some((ssrc, *ms))
+    });
+    path.set(from.relay_rtt_spread_ms, uplinks);
     let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
     s.roster = from.roster.clone();
     for (ssrc, name) in &from.names {
         s.names.insert(*ssrc, name.clone());
     }
     s.relay_rtt_ms = from.relay_rtt_ms.or(s.relay_rtt_ms);
+    s.relay_rtt_spread_ms = from.relay_rtt_spread_ms.or(s.relay_rtt_spread_ms);
+    s.uplink_spread_ms = from.uplink_spread_ms.clone();
     // A new link's core knows no edges until its relay lists them: keep the last list.
     if !from.edges.is_empty() && from.edges != s.edges {
         s.edges = from.edges.clone();
@@ -214,16 +228,17 @@ fn publish(core: &ControlCore, state: &Mutex<CallState>) {
 }
 
 /// Runs the session until the relay ends it or the app leaves: applies roster changes to
-/// `state`, pings every two seconds for RTT, and carries out `commands`.
+/// `state`, pings for the round trip and its spread (into `path`), and carries out `commands`.
 pub async fn run(
     mut stream: ControlStream,
     state: Arc<Mutex<CallState>>,
+    path: PathSpread,
     mut commands: mpsc::UnboundedReceiver<Command>,
 ) -> Result<(), ConnectError> {
     loop {
         stream.flush().await?;
         while let Some(event) = stream.core.poll_event() {
-            publish(&stream.core, &state);
+            publish(&stream.core, &state, &path);
             match event {
                 Event::Ended(e) => return Err(e),
                 Event::Chat(line) => state
