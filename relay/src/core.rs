@@ -1366,12 +1366,12 @@ mod tests {
         assert_eq!(sends.len(), 4);
         // Member 1's uplink calms down: news once it moved by 5 ms or more, at most once a
         // second, to the others only.
-        let told = ping_train(&mut core, 1, 3_000, |_| 1);
+        let told = ping_train(&mut core, 1, 3_000, |_| 0);
         assert!(
             told.is_empty(),
             "still within a step of 12 with the old transits: {told:?}"
         );
-        let told = ping_train(&mut core, 1, 5_000, |_| 1);
+        let told = ping_train(&mut core, 1, 5_000, |_| 0);
         assert_eq!(
             told,
             vec![(
