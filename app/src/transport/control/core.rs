@@ -289,8 +289,12 @@ impl ControlCore {
                 ping_sent_micros, ..
             } => self.on_pong(ping_sent_micros, now),
             Message::UplinkSpread { spreads } => {
+                // Only about members present: what the relay says of anyone else would be
+                // kept for nobody, and without bound.
                 for (id, ms) in spreads {
-                    s.uplink_spread_ms.insert(id, f64::from(ms));
+                    if s.roster.contains_key(&id) {
+                        s.uplink_spread_ms.insert(id, f64::from(ms));
+                    }
                 }
             }
             Message::ChatMessage { id, text } => {
@@ -685,6 +689,11 @@ mod tests {
         };
         core.handle_input(&spread.to_frame(), t0);
         assert_eq!(core.state().uplink_spread_ms.get(&2), Some(&17.0));
+        let stranger = Message::UplinkSpread {
+            spreads: vec![(99, 3)],
+        };
+        core.handle_input(&stranger.to_frame(), t0);
+        assert_eq!(core.state().uplink_spread_ms.len(), 1, "not about a member");
         core.handle_input(&Message::ParticipantLeft { id: 2 }.to_frame(), t0);
         assert!(core.state().uplink_spread_ms.is_empty());
     }

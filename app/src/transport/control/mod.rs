@@ -235,6 +235,9 @@ pub async fn run(
     path: PathSpread,
     mut commands: mpsc::UnboundedReceiver<Command>,
 ) -> Result<(), ConnectError> {
+    // What the join learned (the ping train's spread) before any event: a talker's first
+    // packet may come before the next one.
+    publish(&stream.core, &state, &path);
     loop {
         stream.flush().await?;
         while let Some(event) = stream.core.poll_event() {
