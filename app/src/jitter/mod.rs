@@ -415,10 +415,10 @@ impl Default for JitterConfig {
     }
 }
 
-/// Start-up target on a path whose round trip to the relay does not vary, ms: what the
-/// buffer settles at on such a path (one or two 5 ms buckets) less nothing, so that a stream
-/// that starts with speech has no excess to remove inside its first sentence (the simulator's
-/// clean start: PESQ-WB 4.48 from 10 ms against 4.36 from 40, docs/BENCHMARKS.md).
+/// Start-up target on a path whose round trip to the relay does not vary, ms: about what the
+/// buffer settles at on such a path (one or two 5 ms buckets), so that a stream that starts
+/// with speech has no excess to remove inside its first sentence (the simulator's clean start,
+/// voice A: PESQ-WB 4.48 from 10 ms against 4.36 from 40; docs/BENCHMARKS.md, session 9).
 pub const CLEAN_START_MS: f64 = 10.0;
 
 impl JitterConfig {

@@ -45,7 +45,7 @@ pub struct CallState {
     /// Round-trip time to the relay from the last Ping/Pong, ms.
     pub relay_rtt_ms: Option<f64>,
     /// How much the recent round trips to the relay vary, ms
-    /// ([`crate::transport::path_spread::RttSpread`]).
+    /// ([`natter_proto::spread::Spread`]).
     pub relay_rtt_spread_ms: Option<f64>,
     /// Each participant's uplink spread as the relay announced it, ms, by participant id.
     pub uplink_spread_ms: BTreeMap<u64, f64>,
