@@ -1,7 +1,7 @@
 //! The egui view. It reads the controller's [`Snapshot`] every frame and sends [`Request`]s;
 //! it holds only view state (form fields, which screen) and the settings file.
 
-use super::global_ptt::{self, GlobalPtt};
+use super::global_ptt::{self, Grab};
 use super::style;
 use crate::controller::view_model::TrayState;
 use crate::controller::{
@@ -104,7 +104,7 @@ pub struct NatterApp {
     global_shortcuts: bool,
     /// The push-to-talk key grabbed for the whole desktop, and for which setting (so a key
     /// that cannot be grabbed is tried once, not every frame).
-    global_ptt: Option<GlobalPtt>,
+    global_ptt: Option<Grab>,
     global_ptt_for: Option<String>,
     /// Why push to talk works only in this window, if it does.
     pub(super) ptt_problem: Option<String>,
@@ -328,7 +328,8 @@ impl NatterApp {
         });
     }
 
-    /// During a call, grabs the push-to-talk key for the whole desktop (X11), and lets it go
+    /// During a call, grabs the push-to-talk key for the whole desktop (X11, or the portal on
+    /// Wayland), and lets it go
     /// when the call ends or the key changes.
     fn sync_global_ptt(&mut self, ctx: &egui::Context) {
         let wanted = self
@@ -345,12 +346,8 @@ impl NatterApp {
         let Some(name) = wanted else {
             return;
         };
-        let Some(trigger) = global_ptt::trigger(&name) else {
-            self.ptt_problem = Some(format!("{name} works in this window only"));
-            return;
-        };
         let repaint = ctx.clone();
-        match GlobalPtt::start(trigger, &name, move || repaint.request_repaint()) {
+        match Grab::start(&name, move || repaint.request_repaint()) {
             Ok(grab) => self.global_ptt = Some(grab),
             Err(problem) => {
                 tracing::info!("global push-to-talk: {problem}");
@@ -390,7 +387,13 @@ impl NatterApp {
                 .is_some_and(|k| !typing && ctx.input(|i| i.focused && i.key_down(k))),
             None => false,
         };
-        let down = in_window || self.global_ptt.as_ref().is_some_and(GlobalPtt::held);
+        if let Some(problem) = self.global_ptt.as_ref().and_then(Grab::problem)
+            && self.ptt_problem.as_ref() != Some(&problem)
+        {
+            tracing::info!("global push-to-talk: {problem}");
+            self.ptt_problem = Some(problem);
+        }
+        let down = in_window || self.global_ptt.as_ref().is_some_and(Grab::held);
         if down != self.ptt_down {
             self.ptt_down = down;
             self.ctl.send(Request::SetTalking(down));

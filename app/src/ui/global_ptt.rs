@@ -7,9 +7,12 @@
 //! it does for the in-window key. Dropping the guard wakes the thread with a client message to
 //! a window of its own, and the grab goes with the connection.
 //!
-//! Wayland has no global grabs: there, the XDG GlobalShortcuts portal is the way (not built
-//! yet). Windows and macOS would use the `global-hotkey` crate (not built yet).
+//! Wayland has no global grabs (an X grab through XWayland sees only X windows' keys): there
+//! [`Grab::start`] goes through the XDG GlobalShortcuts portal (`portal_ptt.rs`). Windows and
+//! macOS would use the `global-hotkey` crate (not built: the desktop app has no Windows or macOS
+//! build here to test it in).
 
+use super::portal_ptt::PortalPtt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -59,6 +62,41 @@ pub fn trigger(name: &str) -> Option<Trigger> {
             _ => None,
         },
         _ => None,
+    }
+}
+
+/// Push-to-talk for the whole desktop: an X11 grab, or the portal's shortcut on Wayland.
+pub enum Grab {
+    X11(GlobalPtt),
+    Portal(PortalPtt),
+}
+
+impl Grab {
+    /// Takes the push-to-talk `name` (as settings store it) for the whole desktop; `changed`
+    /// runs on the grab's thread on each press, release or problem. Fails with a sentence for
+    /// the user.
+    pub fn start(name: &str, changed: impl Fn() + Send + 'static) -> Result<Self, String> {
+        if std::env::var_os("WAYLAND_DISPLAY").is_some() {
+            return PortalPtt::start(name, changed).map(Self::Portal);
+        }
+        let trigger = trigger(name).ok_or_else(|| format!("{name} works in this window only"))?;
+        GlobalPtt::start(trigger, name, changed).map(Self::X11)
+    }
+
+    /// Whether the key or button is held now.
+    pub fn held(&self) -> bool {
+        match self {
+            Self::X11(g) => g.held(),
+            Self::Portal(p) => p.held(),
+        }
+    }
+
+    /// Why it does not work, when that became known after the start (the portal's answer).
+    pub fn problem(&self) -> Option<String> {
+        match self {
+            Self::X11(_) => None,
+            Self::Portal(p) => p.problem(),
+        }
     }
 }
 

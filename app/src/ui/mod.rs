@@ -16,6 +16,7 @@ pub mod app;
 pub mod call;
 mod global_ptt;
 pub mod meter;
+mod portal_ptt;
 pub mod settings_view;
 #[cfg(unix)]
 pub mod single_instance;
