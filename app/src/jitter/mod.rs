@@ -762,17 +762,14 @@ impl<D: Decode> JitterBuffer<D> {
         }
         self.delay.on_packet(now_ms, ext_ts as f64 / SAMPLES_PER_MS);
         if behind {
+            // The first packet after a pause arrived later than the pause's timeline expected.
             match self.dtx_from {
-                // The first packet after a DTX pause arrived later than the pause's timeline
-                // expected: the pause simply lasts longer.
-                // The pause simply lasts longer; and since this packet says the path is slower
-                // than the transit window knows, put a setpoint's worth of silence before it
-                // rather than playing it the moment it arrived.
-                // The packet continues the stream where the silence began (no timestamp jump
-                // beyond what lost packets explain) after more silence than concealment would have lasted: that was a stall
-                // taken for a pause (the audio before it was quiet), and this is the front of a
-                // backlog. Start over at the setpoint with the newest packets, as after a long
-                // concealment, instead of playing the backlog late.
+                // It continues the stream where the silence began (no timestamp jump beyond
+                // what lost packets explain) after more silence than concealment would have
+                // lasted: that was a stall taken for a pause (the audio before it was quiet),
+                // and this is the front of a backlog. Start over at the setpoint with the
+                // newest packets, as after a long concealment, instead of playing the backlog
+                // late.
                 Some(from)
                     if self.mode == Mode::Playing
                         && self.continues(ext_seq, ext_ts, from)
@@ -784,6 +781,9 @@ impl<D: Decode> JitterBuffer<D> {
                     // Keep the whole backlog: the restart picks from it.
                     self.playout_ts = None;
                 }
+                // A real pause that simply lasts longer; and since this packet says the path
+                // is slower than the transit window knows, put a setpoint's worth of silence
+                // before it rather than playing it the moment it arrived.
                 Some(from) if self.mode == Mode::Playing && ext_ts >= from => {
                     let p = self.playout_ts.unwrap_or(ext_ts);
                     let margin = (self.setpoint_ms(now_ms) * SAMPLES_PER_MS) as u64;
