@@ -1497,7 +1497,7 @@ impl<D: Decode> JitterBuffer<D> {
         let Some(m) = self.margin_ms(t, now_ms) else {
             return;
         };
-        let (h, phase_learned) = self.band_ms(now_ms);
+        let (h, _) = self.band_ms(now_ms);
         if m <= h {
             self.excess_since_ms = None;
         }
@@ -1521,13 +1521,8 @@ impl<D: Decode> JitterBuffer<D> {
         self.last_try_ms = now_ms;
         self.last_try_ahead = ahead;
         let done = if m > h {
-            // Never below the lower edge: accelerate removes at most the excess. Until the
-            // pull phase is learned the margin is only known to within the block setpoint's
-            // coarseness, and an offset left exactly at the edge dips below it with the next
-            // frame's timing, which expands again — inside a word, if that is what plays. So
-            // aim at the middle of the band until then.
-            let aim = if phase_learned { 0.0 } else { h / 2.0 };
-            let excess = (((m - aim) * SAMPLES_PER_MS) as usize).min(self.removable(now_ms));
+            // Never below the lower edge: accelerate removes at most the excess.
+            let excess = ((m * SAMPLES_PER_MS) as usize).min(self.removable(now_ms));
             // Inside a word only when urgent or after waiting long enough for a gap.
             let since = *self.excess_since_ms.get_or_insert(now_ms);
             let in_sound_ok = m > IN_SOUND_URGENT_MS
