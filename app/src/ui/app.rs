@@ -329,8 +329,7 @@ impl NatterApp {
     }
 
     /// During a call, grabs the push-to-talk key for the whole desktop (X11, or the portal on
-    /// Wayland), and lets it go
-    /// when the call ends or the key changes.
+    /// Wayland), and lets it go when the call ends or the key changes.
     fn sync_global_ptt(&mut self, ctx: &egui::Context) {
         let wanted = self
             .settings

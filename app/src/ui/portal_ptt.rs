@@ -90,8 +90,9 @@ impl PortalPtt {
         std::thread::Builder::new()
             .name("natter-portal-ptt".into())
             .spawn(move || {
-                if let Err(e) = run(&c, &trigger, &h, &s, &changed) {
-                    *p.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                if let Err(reason) = run(&c, &trigger, &h, &s, &changed) {
+                    *p.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(format!("push-to-talk works in this window only ({reason})"));
                 }
                 // Released for good, and a problem is news for the call screen too.
                 h.store(false, Ordering::Relaxed);
@@ -150,7 +151,14 @@ fn no_portal() -> String {
     "push-to-talk works in this window only (this desktop offers no global shortcuts)".into()
 }
 
-/// The thread: session, bind, then press and release until the connection closes.
+/// What the user reads when the bus or the portal misbehaves; the details go to the log.
+fn failed(e: zbus::Error) -> String {
+    tracing::info!("global shortcuts portal: {e}");
+    "the desktop's shortcut service failed".into()
+}
+
+/// The thread: session, bind, then press and release until the connection closes. Errors are
+/// the reason, in plain words, why the shortcut does not work.
 fn run(
     conn: &Connection,
     trigger: &str,
@@ -158,9 +166,9 @@ fn run(
     session_slot: &Mutex<Option<OwnedObjectPath>>,
     changed: &impl Fn(),
 ) -> Result<(), String> {
-    let portal = Proxy::new(conn, DESTINATION, PATH, INTERFACE).map_err(|e| e.to_string())?;
+    let portal = Proxy::new(conn, DESTINATION, PATH, INTERFACE).map_err(failed)?;
     // Subscribe before binding: a press right after the bind must not be missed.
-    let signals = portal.receive_all_signals().map_err(|e| e.to_string())?;
+    let signals = portal.receive_all_signals().map_err(failed)?;
     let token = format!("natter{}", std::process::id());
     let mut options: HashMap<&str, Value> = HashMap::new();
     options.insert("handle_token", Value::from(format!("{token}s")));
@@ -183,7 +191,7 @@ fn run(
                     OwnedObjectPath::try_from(s).ok()
                 })
         })
-        .ok_or("the desktop's shortcut service gave no session")?;
+        .ok_or("the desktop's shortcut service failed")?;
     *session_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(session.clone());
     let mut shortcut: HashMap<&str, Value> = HashMap::new();
     shortcut.insert("description", Value::from("Push to talk in Natter"));
@@ -196,8 +204,7 @@ fn run(
         "BindShortcuts",
         &(&session, vec![(SHORTCUT_ID, shortcut)], "", options),
         &format!("{token}b"),
-    )
-    .map_err(|e| format!("push-to-talk works in this window only ({e})"))?;
+    )?;
     for message in signals {
         let header = message.header();
         let down = match header.member().map(|m| m.as_str()) {
@@ -231,22 +238,20 @@ fn request<B>(
 where
     B: serde::Serialize + zbus::zvariant::DynamicType,
 {
-    let unique = conn.unique_name().ok_or("not on a bus")?;
+    let unique = conn
+        .unique_name()
+        .ok_or("the desktop's shortcut service failed")?;
     let sender = unique.trim_start_matches(':').replace('.', "_");
     let path = format!("{PATH}/request/{sender}/{token}");
-    let request = Proxy::new(conn, DESTINATION, path, "org.freedesktop.portal.Request")
-        .map_err(|e| e.to_string())?;
-    let mut responses = request
-        .receive_signal("Response")
-        .map_err(|e| e.to_string())?;
-    portal
-        .call_method(method, body)
-        .map_err(|e| format!("the desktop's shortcut service failed: {e}"))?;
+    let request =
+        Proxy::new(conn, DESTINATION, path, "org.freedesktop.portal.Request").map_err(failed)?;
+    let mut responses = request.receive_signal("Response").map_err(failed)?;
+    portal.call_method(method, body).map_err(failed)?;
     let message = responses
         .next()
         .ok_or("the desktop's shortcut service went away")?;
     let (code, results): (u32, HashMap<String, OwnedValue>) =
-        message.body().deserialize().map_err(|e| e.to_string())?;
+        message.body().deserialize().map_err(failed)?;
     match code {
         0 => Ok(results),
         1 => Err("you declined the shortcut".into()),
