@@ -1867,6 +1867,72 @@ fn a_stream_starting_with_speech_converges_in_its_pauses_not_inside_words() {
 }
 
 #[test]
+fn a_small_start_up_excess_waits_for_the_pull_phase_and_goes_in_one_step() {
+    // A clean path; the stream starts 9 ms above the path's 5 ms target, as the measured
+    // spread starts a clean path (10 ms + 3 × spread). The talker's gaps between words come
+    // at 1.1 s, before the pull phase is learned (~2 s), and at 2.5 s. The engine's pulls come
+    // up to 2 ms late. Removing the excess in the first gap, against a margin known only to
+    // within a late pull, left the offset at the band's edge (and a late pull later, under
+    // it: expanded back), and the phase then removed more in a second step — several delay
+    // steps inside a first sentence, where one does.
+    let mut pkts = Vec::new();
+    for i in 0..200u32 {
+        let send = f64::from(i + 1) * 20.0;
+        let mut p = payload(i, 960).to_vec();
+        if (55..60).contains(&i) || (125..130).contains(&i) {
+            p.push(0);
+        }
+        pkts.push(Pkt {
+            at: send + 5.0,
+            seq: SEQ0.wrapping_add(i as u16),
+            ts: TS0.wrapping_add((send * 48.0) as u32),
+            payload: p,
+        });
+    }
+    let end = 4_000.0;
+    let config = JitterConfig {
+        initial_target_ms: 14.0,
+        ..JitterConfig::default()
+    };
+    let mut jb = JitterBuffer::new(config, Fake::new(Voice::Tone));
+    let mut events = Vec::new();
+    let mut block = [0.0f32; 480];
+    let mut next = 0;
+    for k in 0..(end / 10.0) as usize {
+        let now = 0.3 + k as f64 * 10.0 + [0.0, 1.6, 0.4, 2.0, 0.9, 1.3][k % 6];
+        while next < pkts.len() && pkts[next].at <= now {
+            let p = &pkts[next];
+            jb.insert(p.seq, p.ts, &p.payload, p.at);
+            next += 1;
+        }
+        jb.pull(&mut block, now);
+        jb.drain_events(|e| events.push(e));
+    }
+    let learned = events
+        .iter()
+        .find(|e| e.kind == EventKind::Required)
+        .map(|e| e.at_ms)
+        .expect("the phase is learned");
+    let stretches: Vec<&JitterEvent> = events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.kind,
+                EventKind::Accelerate { .. } | EventKind::Expand { .. }
+            )
+        })
+        .collect();
+    assert_eq!(stretches.len(), 1, "one step: {events:?}");
+    assert!(
+        stretches[0].kind == EventKind::Accelerate { in_sound: false }
+            && stretches[0].at_ms > learned
+            && stretches[0].ms >= 5.0,
+        "the excess, in the gap after the phase was learned: {events:?}"
+    );
+    assert_eq!(jb.stats().concealed, 0);
+}
+
+#[test]
 fn an_excess_without_any_pause_is_still_removed_inside_sound() {
     // Continuous sound (music, or a talker who never pauses) must not keep the start-up delay:
     // after waiting for a quiet moment it is accelerated in sound after all.
