@@ -253,10 +253,6 @@ const QUIET_BEFORE_PAUSE: usize = 7_200;
 /// sounds like a line cut off (and cost a real call's quiet-backed voice ~0.13 PESQ-WB); past a
 /// second nobody hears a −60 dBFS floor end, and a silent participant then costs no decoding.
 const COMFORT_NOISE_FOR: usize = 48_000;
-/// Until the pull phase is learned, an excess up to this many band widths waits for it (see
-/// `maybe_stretch`): the spread-based start of a measured path is at most ~10 ms above where
-/// the phase settles it, a path nobody measured starts 30–35 ms above.
-const PHASE_WAIT_BANDS: f64 = 2.0;
 /// Accelerating inside speech is what listeners hear as warble, so an excess is removed where
 /// the audio is quiet: the audio about to be shortened must be below this share of the recent
 /// speech level (−15 dB: the gaps between words and syllables, unvoiced tails) — unless it is
@@ -1501,18 +1497,11 @@ impl<D: Decode> JitterBuffer<D> {
         let Some(m) = self.margin_ms(t, now_ms) else {
             return;
         };
-        let (h, phase_learned) = self.band_ms(now_ms);
-        // Until the pull phase is learned the margin is only known to within a late pull or
-        // so, and an excess removed now is removed again, in a second step, once the phase
-        // says exactly how much the path needs (a clean call's start did both inside its
-        // first sentence). A small excess waits for the phase; a large one (a path nobody
-        // measured starting at 40 ms) goes now, all of it, as before.
-        let waits = !phase_learned && self.config.align_to_pulls && self.excess_since_ms.is_none();
-        let upper = if waits { PHASE_WAIT_BANDS * h } else { h };
+        let (h, _) = self.band_ms(now_ms);
         if m <= h {
             self.excess_since_ms = None;
         }
-        if (0.0..=upper).contains(&m) {
+        if (0.0..=h).contains(&m) {
             return;
         }
         // Decode ahead (only packets that are next in line: gaps are handled when due).
@@ -1531,7 +1520,7 @@ impl<D: Decode> JitterBuffer<D> {
         }
         self.last_try_ms = now_ms;
         self.last_try_ahead = ahead;
-        let done = if m > upper {
+        let done = if m > h {
             // Never below the lower edge: accelerate removes at most the excess.
             let excess = ((m * SAMPLES_PER_MS) as usize).min(self.removable(now_ms));
             // Inside a word only when urgent or after waiting long enough for a gap.
