@@ -93,25 +93,27 @@ impl StandIn {
     }
 }
 
-/// A private session bus; killed when dropped.
-struct Bus(Child, String);
+/// A private session bus in a directory of its own; killed, and the directory removed, when
+/// dropped.
+struct Bus(Child, String, std::path::PathBuf);
 
 impl Drop for Bus {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        let _ = std::fs::remove_dir_all(&self.2);
     }
 }
 
 fn bus() -> Bus {
-    let dir = std::env::temp_dir().join(format!("natter-portal-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
     static BUSES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let socket = dir.join(format!("bus{}", BUSES.fetch_add(1, Ordering::Relaxed)));
-    let _ = std::fs::remove_file(&socket);
+    let n = BUSES.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("natter-portal-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
     let mut child = Command::new("dbus-daemon")
         .args(["--session", "--nofork", "--print-address=1"])
-        .arg(format!("--address=unix:path={}", socket.display()))
+        .arg(format!("--address=unix:path={}", dir.join("bus").display()))
         .stdout(Stdio::piped())
         .spawn()
         .expect("dbus-daemon (Debian: dbus-daemon; scripts/setup.sh test installs it)");
@@ -119,7 +121,7 @@ fn bus() -> Bus {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut address)
         .unwrap();
-    Bus(child, address.trim().to_string())
+    Bus(child, address.trim().to_string(), dir)
 }
 
 fn connect(bus: &Bus) -> Connection {
