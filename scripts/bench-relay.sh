@@ -32,6 +32,11 @@
 # Each line starts with mode=…. NICE (default 0) runs the measured server and the load generator
 # at that nice value (negative needs root): on a machine others are using, -10 keeps their
 # builds from deciding the latency numbers (others_cpu_pct still shows what else ran).
+# NETNS=1 (root): the load generator in a network namespace of its own behind a veth pair
+# (10.77.0.1 the server, 10.77.0.2 the load generator), with receive packet steering putting
+# each side's receive processing on that side's core. Over loopback the server's sendmmsg also
+# runs every receiver's UDP receive path, which on a real network happens on the receivers'
+# machines (docs/BENCHMARKS.md: it did not pay off here; loopback stays the default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin="${CARGO_TARGET_DIR:-target}/release"
@@ -40,7 +45,32 @@ bin="${CARGO_TARGET_DIR:-target}/release"
 [ -n "${NO_BUILD:-}" ] || cargo build --release -p natter-relay -p natter-loadgen
 work="$(mktemp -d)"
 relay_pid=
-trap 'kill $relay_pid 2>/dev/null || true; rm -rf "$work"' EXIT
+ns=()
+listen=127.0.0.1
+cleanup() {
+  kill $relay_pid 2>/dev/null || true
+  rm -rf "$work"
+  if [ -n "${NETNS:-}" ]; then
+    ip link del nrelay0 2>/dev/null || true
+    ip netns del natter-lg 2>/dev/null || true
+  fi
+}
+trap cleanup EXIT
+if [ -n "${NETNS:-}" ]; then
+  # Each veth end's receive queue steered to its own side's core.
+  mask() { printf '%x' $((1 << $1)); }
+  ip netns add natter-lg
+  ip link add nrelay0 type veth peer name nlg0
+  ip link set nlg0 netns natter-lg
+  ip addr add 10.77.0.1/24 dev nrelay0
+  ip link set nrelay0 up
+  ip netns exec natter-lg ip addr add 10.77.0.2/24 dev nlg0
+  ip netns exec natter-lg ip link set nlg0 up
+  ip netns exec natter-lg sh -c "echo $(mask "${LOADGEN_CPUS:-1}") > /sys/class/net/nlg0/queues/rx-0/rps_cpus"
+  mask "${RELAY_CPUS:-0}" >/sys/class/net/nrelay0/queues/rx-0/rps_cpus
+  ns=(ip netns exec natter-lg)
+  listen=10.77.0.1
+fi
 # Busy jiffies (user+nice+system+irq+softirq+steal) of the whole machine, and of one process.
 busy() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
 proc_busy() { awk '{sub(/.*\) /,""); split($0,f," "); print f[12]+f[13]}' "/proc/$1/stat"; }
@@ -55,7 +85,7 @@ for n in "${sizes[@]}"; do
     if [ "$mode" = udp ] || [ "$mode" = udp1 ]; then
       fanout_args=()
       [ "$mode" = udp ] || fanout_args=(--unbatched)
-      nice -n "${NICE:-0}" taskset -c "${RELAY_CPUS:-0}" "$bin/natter-udp-fanout" "${fanout_args[@]}" >"$work/relay.out" 2>"$work/relay.log" &
+      nice -n "${NICE:-0}" taskset -c "${RELAY_CPUS:-0}" "$bin/natter-udp-fanout" --listen "$listen:0" "${fanout_args[@]}" >"$work/relay.out" 2>"$work/relay.log" &
       relay_pid=$!
       for _ in $(seq 400); do grep -q '^listening:' "$work/relay.out" 2>/dev/null && break; sleep 0.05; done
       target="$(sed -n 's/^listening: //p' "$work/relay.out")"
@@ -70,7 +100,7 @@ for n in "${sizes[@]}"; do
         *) relay_bin="${mode#relay:}" ;;
       esac
       # shellcheck disable=SC2086
-      nice -n "${NICE:-0}" taskset -c "${RELAY_CPUS:-0}" "$relay_bin/natter-relay" --listen 127.0.0.1:0 --data-dir "$work/relay" \
+      nice -n "${NICE:-0}" taskset -c "${RELAY_CPUS:-0}" "$relay_bin/natter-relay" --listen "$listen:0" --data-dir "$work/relay" \
           --max-room-size 5 --max-connections 100000 --max-connections-per-address 0 "${threads[@]}" ${RELAY_ARGS:-} >"$work/relay.out" 2>"$work/relay.log" &
       relay_pid=$!
       for _ in $(seq 400); do grep -q '^invite:' "$work/relay.out" 2>/dev/null && break; sleep 0.05; done
@@ -80,7 +110,7 @@ for n in "${sizes[@]}"; do
     fi
     [ -n "$target" ] || { echo "mode=$mode did not start:" >&2; cat "$work/relay.out" "$work/relay.log" >&2; exit 1; }
     # shellcheck disable=SC2086
-    nice -n "${NICE:-0}" taskset -c "${LOADGEN_CPUS:-1}" "$bin/natter-loadgen" "$target" "${loadgen_args[@]}" --participants "$n" --room-size 5 \
+    "${ns[@]}" nice -n "${NICE:-0}" taskset -c "${LOADGEN_CPUS:-1}" "$bin/natter-loadgen" "$target" "${loadgen_args[@]}" --participants "$n" --room-size 5 \
         "${interleave[@]}" ${LOADGEN_ARGS:-} --duration "${DURATION:-10}" --relay-pid "$relay_pid" >"$work/loadgen.out" &
     loadgen_pid=$!
     # Sample the middle of the sending phase (joining takes a moment first).
@@ -91,7 +121,7 @@ for n in "${sizes[@]}"; do
     wait "$loadgen_pid"
     others=$(echo "$t0 $t1 $r0 $r1 $l0 $l1 $s0 $s1" |
       awk '{printf "%.1f", (($2-$1)-($4-$3)-($6-$5)) / ($8-$7)}')
-    echo "mode=$mode ${INTERLEAVE:+interleaved }$(cat "$work/loadgen.out") others_cpu_pct=$others"
+    echo "mode=$mode ${NETNS:+netns }${INTERLEAVE:+interleaved }$(cat "$work/loadgen.out") others_cpu_pct=$others"
     kill "$relay_pid"; wait "$relay_pid" 2>/dev/null || true
    done
   done
