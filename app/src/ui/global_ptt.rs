@@ -51,14 +51,30 @@ pub fn trigger(name: &str) -> Option<Trigger> {
         "Pause" => return Some(Trigger::Key(0xff13)),
         _ => {}
     }
+    match plain_key(name)? {
+        // Letters and digits: their keysym is the (lowercase) ASCII code.
+        PlainKey::Char(c) => Some(Trigger::Key(c as u32)),
+        PlainKey::Function(n) => Some(Trigger::Key(0xffbe + n - 1)),
+    }
+}
+
+/// A letter, digit or function key among the push-to-talk names settings store.
+pub(super) enum PlainKey {
+    /// Lowercase.
+    Char(char),
+    /// F1–F35.
+    Function(u32),
+}
+
+/// `V`, `7`, `F9` … as a [`PlainKey`]; `None` for named keys and mouse buttons.
+pub(super) fn plain_key(name: &str) -> Option<PlainKey> {
     let mut chars = name.chars();
     match (chars.next(), chars.next()) {
-        // Letters and digits: their keysym is the (lowercase) ASCII code.
         (Some(c), None) if c.is_ascii_alphanumeric() => {
-            Some(Trigger::Key(c.to_ascii_lowercase() as u32))
+            Some(PlainKey::Char(c.to_ascii_lowercase()))
         }
         (Some('F'), Some(_)) => match name[1..].parse::<u32>() {
-            Ok(n @ 1..=35) => Some(Trigger::Key(0xffbe + n - 1)),
+            Ok(n @ 1..=35) => Some(PlainKey::Function(n)),
             _ => None,
         },
         _ => None,

@@ -11,6 +11,7 @@
 //! own does all of it, since the bind may wait on the user; what goes wrong there is kept as a
 //! sentence for the call screen ([`PortalPtt::problem`]).
 
+use super::global_ptt::{PlainKey, plain_key};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,16 +38,9 @@ pub fn preferred_trigger(name: &str) -> Option<String> {
         "PageDown" => "Page_Down",
         "Pause" => "Pause",
         _ => {
-            let mut chars = name.chars();
-            return match (chars.next(), chars.next()) {
-                (Some(c), None) if c.is_ascii_alphanumeric() => {
-                    Some(c.to_ascii_lowercase().to_string())
-                }
-                (Some('F'), Some(_)) => match name[1..].parse::<u32>() {
-                    Ok(1..=35) => Some(name.to_string()),
-                    _ => None,
-                },
-                _ => None,
+            return match plain_key(name)? {
+                PlainKey::Char(c) => Some(c.to_string()),
+                PlainKey::Function(n) => Some(format!("F{n}")),
             };
         }
     };
