@@ -62,6 +62,12 @@ pub struct Profile {
     /// Let jitter reorder packets (each packet's delay is independent). Without it a packet
     /// never overtakes the one before it (it waits for it, as behind a FIFO queue).
     pub reorder: bool,
+    /// Lose this direction's first this-many packets, whatever the loss model says: a lost
+    /// Initial or a lost first flight, scripted.
+    pub drop_first: u32,
+    /// Lose the first this-many packets that begin with a QUIC Handshake packet (long header,
+    /// type 2): from a client, the first one carries its TLS Finished.
+    pub drop_handshake: u32,
 }
 
 impl Profile {
@@ -70,6 +76,8 @@ impl Profile {
         jitter: Jitter::None,
         loss: Loss::None,
         reorder: false,
+        drop_first: 0,
+        drop_handshake: 0,
     };
 }
 
@@ -120,6 +128,8 @@ pub struct Impairment {
     spike_height_ms: f64,
     last_delivery: Duration,
     counters: Counters,
+    /// Handshake packets lost so far by [`Profile::drop_handshake`].
+    handshakes_dropped: u32,
 }
 
 impl Impairment {
@@ -132,11 +142,33 @@ impl Impairment {
             spike_height_ms: 0.0,
             last_delivery: Duration::ZERO,
             counters: Counters::default(),
+            handshakes_dropped: 0,
         }
     }
 
     pub fn counters(&self) -> Counters {
         self.counters
+    }
+
+    /// A datagram arrived at `now`: the scripted drops ([`Profile::drop_first`],
+    /// [`Profile::drop_handshake`]) first, then [`Self::on_packet`].
+    pub fn on_datagram(&mut self, now: Duration, datagram: &[u8]) -> Option<Duration> {
+        // Long header (0b11), packet type 2 (Handshake) in QUIC v1.
+        let handshake = datagram.first().is_some_and(|b| b & 0xf0 == 0xe0);
+        let scripted = if self.counters.packets < u64::from(self.profile.drop_first) {
+            true
+        } else if handshake && self.handshakes_dropped < self.profile.drop_handshake {
+            self.handshakes_dropped += 1;
+            true
+        } else {
+            false
+        };
+        if scripted {
+            self.counters.packets += 1;
+            self.counters.lost += 1;
+            return None;
+        }
+        self.on_packet(now)
     }
 
     /// A packet arrived at `now`: `None` if it is lost, else when to deliver it.
@@ -294,17 +326,16 @@ pub async fn run_proxy(
             }
         };
         if let Some((to_upstream, n)) = got {
-            let imp = if to_upstream { &mut up } else { &mut down };
-            if let Some(at) = imp.on_packet(start.elapsed()) {
+            let (imp, data) = if to_upstream {
+                (&mut up, &buf_a[..n])
+            } else {
+                (&mut down, &buf_b[..n])
+            };
+            if let Some(at) = imp.on_datagram(start.elapsed(), data) {
                 if held.len() >= MAX_QUEUED {
                     overflow += 1;
                 } else {
                     seq += 1;
-                    let data = if to_upstream {
-                        &buf_a[..n]
-                    } else {
-                        &buf_b[..n]
-                    };
                     held.push(Held {
                         at,
                         seq,
@@ -348,7 +379,8 @@ async fn upstream_socket(upstream: SocketAddr) -> std::io::Result<tokio::net::Ud
 /// Keys: `delay` (ms), `jitter` (Gaussian sd, ms), `burst-jitter` (sd ms, with 5 % of packets
 /// starting a spike of up to `spike` ms, default 60, over `spike-len` packets, default 10),
 /// `loss` (random, %), `ge-loss` (Gilbert-Elliott, %) with `burst` (mean run, default 3),
-/// `reorder` (let jitter reorder packets).
+/// `reorder` (let jitter reorder packets), `drop-first` (lose the first N packets),
+/// `drop-handshake` (lose the first N that begin with a QUIC Handshake packet).
 pub fn parse_profile(s: &str) -> Result<Profile, String> {
     let mut p = Profile::CLEAN;
     let (mut sd, mut burst_jitter, mut spike, mut spike_len) = (0.0, false, 60.0, 10u32);
@@ -378,6 +410,8 @@ pub fn parse_profile(s: &str) -> Result<Profile, String> {
             "ge-loss" => ge = Some(num()?.min(99.0) / 100.0),
             "burst" => burst = num()?.max(1.0),
             "reorder" => p.reorder = true,
+            "drop-first" => p.drop_first = num()?.min(f64::from(u32::MAX)) as u32,
+            "drop-handshake" => p.drop_handshake = num()?.min(f64::from(u32::MAX)) as u32,
             _ => return Err(format!("unknown key {key:?}")),
         }
     }
@@ -518,6 +552,34 @@ mod tests {
         assert!(parse_profile("loss=5,ge-loss=5").is_err());
         assert!(parse_profile("warp=9").unwrap_err().contains("warp"));
         assert!(parse_profile("jitter=x").unwrap_err().contains("number"));
+    }
+
+    #[test]
+    fn scripted_drops_lose_the_first_packets_and_the_first_handshake_packets() {
+        let p = parse_profile("drop-first=2,drop-handshake=1").unwrap();
+        let mut imp = Impairment::new(p, 1);
+        let initial = [0xc3u8, 0, 0, 0, 1];
+        let handshake = [0xe3u8, 0, 0, 0, 1];
+        let short = [0x43u8, 1, 2];
+        let got: Vec<bool> = [
+            &initial[..],
+            &initial,
+            &short,
+            &handshake,
+            &handshake,
+            &short,
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, d)| imp.on_datagram(PERIOD * i as u32, d).is_some())
+        .collect();
+        assert_eq!(got, [false, false, true, false, true, true]);
+        assert_eq!((imp.counters().packets, imp.counters().lost), (6, 3));
+        // A Handshake packet among the first ones counts as one of those, not of the others.
+        let mut imp = Impairment::new(parse_profile("drop-first=1,drop-handshake=1").unwrap(), 1);
+        assert!(imp.on_datagram(Duration::ZERO, &handshake).is_none());
+        assert!(imp.on_datagram(PERIOD, &handshake).is_none());
+        assert!(imp.on_datagram(PERIOD * 2, &handshake).is_some());
     }
 
     #[test]

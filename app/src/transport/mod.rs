@@ -97,12 +97,24 @@ pub const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(6);
 /// while a client neither talks nor hears anyone.
 pub const KEEP_ALIVE: Duration = Duration::from_millis(250);
 
+/// The round trip QUIC assumes before it has measured one (quinn's default is RFC 9002's
+/// 333 ms). A handshake packet lost in the first exchange is sent again after three times this,
+/// and that wait lands in the first round-trip sample, which then sets every later
+/// retransmission timeout of the handshake: from 333 ms, a lost TLS Finished after a lost
+/// first flight went out again only ~6.5 s later, past the 6 s idle timeout, and the join
+/// failed (test `a_lost_finished_after_a_slow_start_does_not_fail_the_join`). 100 ms is about
+/// the round trip of a relay a voice call can use well; on a longer path the cost is an early
+/// copy of a handshake packet or two. The relay uses the same.
+pub const INITIAL_RTT: Duration = Duration::from_millis(100);
+
 /// Client transport settings: keep-alives so the relay's idle timeout never fires during a
 /// call, an idle timeout short enough that a relay that died is noticed (and the app
-/// reconnects) within seconds, and a datagram send queue of a few frames so stale audio is
-/// dropped, not queued.
+/// reconnects) within seconds, a short initial round-trip estimate so a lossy handshake
+/// recovers within that timeout ([`INITIAL_RTT`]), and a datagram send queue of a few frames
+/// so stale audio is dropped, not queued.
 fn transport_config() -> TransportConfig {
     let mut t = TransportConfig::default();
+    t.initial_rtt(INITIAL_RTT);
     t.keep_alive_interval(Some(KEEP_ALIVE));
     // The effective timeout is the smaller of ours and the relay's. Six seconds is five lost
     // keep-alives in a row: a dead relay, not a bad second of Wi-Fi.
