@@ -40,13 +40,18 @@ trap cleanup EXIT
 # "direct" is the clean path without the proxy (the listener talks to the relay itself);
 # "uplink" impairs the *talker's* path instead (jitter, no loss) and leaves the listener's
 # clean: the jitter the listener's own pings cannot see, which the relay measures and announces
-# (UplinkSpread, docs/PROTOCOL.md §5.16).
+# (UplinkSpread, docs/PROTOCOL.md §5.16). "random20" and "bursty20" (not in the default set)
+# lose a fifth of the packets towards the listener, and only those: what they measure is the
+# media's protection, not the join, which such loss both ways can still fail
+# (docs/BENCHMARKS.md, "A lossy handshake").
 profile_down() {
   case "$1" in
     direct | clean) echo "" ;;
     random) echo "delay=40,jitter=12,loss=5" ;;
     bursty) echo "delay=40,jitter=10,ge-loss=8,burst=3" ;;
     uplink) echo "delay=40,jitter=12" ;;
+    random20) echo "delay=40,jitter=12,loss=20" ;;
+    bursty20) echo "delay=40,jitter=10,ge-loss=20,burst=3" ;;
     *) echo "unknown condition $1" >&2; exit 1 ;;
   esac
 }
@@ -56,6 +61,8 @@ profile_up() {
     random) echo "delay=40,jitter=12,loss=5" ;;
     bursty) echo "delay=40,jitter=10,ge-loss=8,burst=3" ;;
     uplink) echo "delay=40,jitter=12" ;;
+    random20) echo "delay=40,jitter=12" ;;
+    bursty20) echo "delay=40,jitter=10" ;;
   esac
 }
 
