@@ -62,8 +62,8 @@ fn error_line(done: &natter_e2e::Finished) -> &str {
 }
 
 /// A join through a path that loses the client's first Initial, then the relay's first flight,
-/// then the client's TLS Finished (netem's scripted drops; at 20 % loss both ways a listener's
-/// join failed so in 5 of 7 tries). The client's first round-trip sample then spans a whole
+/// then the client's TLS Finished (netem's scripted drops; at 20 % loss both ways this failed
+/// the listener's join in the call bench's first three calls). The client's first round-trip sample then spans a whole
 /// retransmission timeout of the relay's, and with QUIC's default initial RTT (333 ms) the
 /// client sent its Finished again only ~6.5 s later — after the relay had given the half-open
 /// handshake up (the 6 s idle timeout): the join failed with a stateless reset. From a 100 ms
