@@ -7,7 +7,8 @@
 //! default, when the default device changes; each rebuild hands the engine fresh ring ends.
 
 use super::{
-    DeviceCounters, DeviceEnds, EngineEnds, SAMPLE_RATE, pop_playback, push_capture, ring_pair_at,
+    DeviceCounters, DeviceEnds, EngineEnds, SAMPLE_RATE, capture_wake_block, pop_playback,
+    push_capture, ring_pair_at,
 };
 use anyhow::{Context, anyhow};
 use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
@@ -156,6 +157,7 @@ where
 {
     let channels = usize::from(config.channels.max(1));
     let rate = u64::from(config.sample_rate.0);
+    let wake_block = capture_wake_block(config.sample_rate.0);
     let mut mono = vec![0.0f32; SCRATCH];
     let stream = device.build_input_stream(
         config,
@@ -171,7 +173,7 @@ where
                 for (m, frame) in mono.iter_mut().zip(block.chunks_exact(channels)) {
                     *m = frame.iter().map(|s| f32::from_sample(*s)).sum::<f32>() / channels as f32;
                 }
-                push_capture(&mut ring, &mono[..frames], &counters);
+                push_capture(&mut ring, &mono[..frames], &counters, wake_block);
             }
             counters.capture_period_us.store(
                 (data.len() / channels) as u64 * 1_000_000 / rate.max(1),

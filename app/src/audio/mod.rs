@@ -28,6 +28,25 @@ pub const SAMPLE_RATE: u32 = 48_000;
 /// Ring capacity: one second each way, far more than the engine ever lets queue up.
 pub const RING_SAMPLES: usize = SAMPLE_RATE as usize;
 
+/// The engine's processing block: 10 ms at [`SAMPLE_RATE`].
+pub const BLOCK: usize = SAMPLE_RATE as usize / 100;
+
+/// How many captured samples at the device's `rate` give the engine something to do, for
+/// [`push_capture`]'s wake-up: a whole [`BLOCK`] when the device runs at the engine's rate (the
+/// engine reads whole blocks, so a wake-up for less only makes it look and sleep again —
+/// PulseAudio's ~2 ms capture callbacks woke it ~560 times a second for 100 blocks); every
+/// push when the engine resamples (its resampler hands out blocks in steps of its own).
+pub fn capture_wake_block(rate: u32) -> usize {
+    if rate == SAMPLE_RATE { BLOCK } else { 1 }
+}
+
+/// Whether pushing `pushed` samples onto a capture ring that held `held` completes a block of
+/// `block`: the engine takes whole blocks, so what the ring holds beyond them is the same
+/// whatever it took meanwhile, and a stale `held` gives the same answer.
+fn completes_block(held: usize, pushed: usize, block: usize) -> bool {
+    pushed > 0 && (held % block.max(1)) + pushed >= block.max(1)
+}
+
 /// The backend's ends of the two rings.
 pub struct DeviceEnds {
     /// Push captured (microphone) samples here.
@@ -201,9 +220,16 @@ impl DeviceCounters {
     }
 }
 
-/// Copies `samples` into the capture ring, counting what does not fit, and wakes the engine.
+/// Copies `samples` into the capture ring, counting what does not fit, and wakes the engine
+/// when the ring completes a block of `wake_block` samples ([`capture_wake_block`]).
 /// Real-time safe.
-pub fn push_capture(ring: &mut rtrb::Producer<f32>, samples: &[f32], counters: &DeviceCounters) {
+pub fn push_capture(
+    ring: &mut rtrb::Producer<f32>,
+    samples: &[f32],
+    counters: &DeviceCounters,
+    wake_block: usize,
+) {
+    let held = ring.buffer().capacity() - ring.slots();
     let n = samples.len().min(ring.slots());
     if let Ok(mut chunk) = ring.write_chunk_uninit(n) {
         let (a, b) = chunk.as_mut_slices();
@@ -221,6 +247,8 @@ pub fn push_capture(ring: &mut rtrb::Producer<f32>, samples: &[f32], counters: &
     }
     if !samples.is_empty() {
         counters.stamp(&counters.last_capture_ns);
+    }
+    if completes_block(held, n, wake_block) {
         // `unpark` is an atomic swap plus, only if the engine is parked, one futex wake: it
         // neither blocks nor allocates.
         if let Some(engine) = counters.engine.get() {
@@ -264,7 +292,7 @@ mod tests {
     #[test]
     fn rings_carry_samples_and_count_glitches() {
         let (mut dev, mut eng) = ring_pair();
-        push_capture(&mut dev.capture, &[0.5; 100], &dev.counters);
+        push_capture(&mut dev.capture, &[0.5; 100], &dev.counters, BLOCK);
         assert_eq!(eng.capture.slots(), 100);
         let mut out = [1.0; 10];
         let mut started = false;
@@ -279,7 +307,31 @@ mod tests {
         pop_playback(&mut dev.playback, &mut out, &dev.counters, &mut started);
         assert_eq!(out[0], 0.25);
         assert_eq!(dev.counters.underruns(), 9);
-        push_capture(&mut dev.capture, &vec![0.0; RING_SAMPLES], &dev.counters);
+        push_capture(
+            &mut dev.capture,
+            &vec![0.0; RING_SAMPLES],
+            &dev.counters,
+            BLOCK,
+        );
         assert_eq!(dev.counters.overruns(), 100);
+    }
+
+    #[test]
+    fn capture_wakes_the_engine_once_a_block() {
+        // ~2 ms callbacks (96 samples): the fifth completes the first block, the tenth the
+        // second; what the engine took meanwhile (whole blocks) changes nothing.
+        let wakes: Vec<usize> = (0..10)
+            .filter(|&i| completes_block(i * 96, 96, BLOCK))
+            .collect();
+        assert_eq!(wakes, [4, 9]);
+        assert!(completes_block(480 + 400, 96, BLOCK));
+        assert!(!completes_block(480 + 100, 96, BLOCK));
+        // A callback of several blocks wakes it once; nothing pushed (a full ring) never.
+        assert!(completes_block(0, 3 * BLOCK, BLOCK));
+        assert!(!completes_block(470, 0, BLOCK));
+        // Resampling: every push.
+        assert_eq!(capture_wake_block(44_100), 1);
+        assert!(completes_block(7, 1, capture_wake_block(44_100)));
+        assert_eq!(capture_wake_block(SAMPLE_RATE), BLOCK);
     }
 }

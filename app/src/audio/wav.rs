@@ -6,7 +6,7 @@
 //! period of silence, exactly as a card plays what it was given one period earlier), so the
 //! lag between the two files is the true mouth-to-ear latency of everything in between.
 
-use super::{DeviceEnds, SAMPLE_RATE, pop_playback, push_capture};
+use super::{BLOCK, DeviceEnds, SAMPLE_RATE, pop_playback, push_capture};
 use anyhow::Context;
 use std::fs::File;
 use std::io::BufWriter;
@@ -304,7 +304,7 @@ impl WavDevice {
                             pacer.pull(&mut mic);
                         }
                     }
-                    push_capture(&mut ends.capture, &mic, &ends.counters);
+                    push_capture(&mut ends.capture, &mic, &ends.counters, BLOCK);
                     pop_playback(&mut ends.playback, &mut out, &ends.counters, &mut started);
                     let n = period_samples.min(total_samples - elapsed);
                     keep(&out[..n]);

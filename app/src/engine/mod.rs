@@ -266,7 +266,7 @@ impl Drop for Engine {
 }
 
 /// Processing block: 10 ms.
-const BLOCK: usize = 480;
+const BLOCK: usize = crate::audio::BLOCK;
 /// Longest the engine sleeps when nothing is scheduled sooner (a device that stopped calling
 /// back; stats and reports are due every 100 ms anyway).
 const MAX_SLEEP_MS: f64 = 20.0;
