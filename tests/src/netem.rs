@@ -65,8 +65,8 @@ pub struct Profile {
     /// Lose this direction's first this-many packets, whatever the loss model says: a lost
     /// Initial or a lost first flight, scripted.
     pub drop_first: u32,
-    /// Lose the first this-many packets that begin with a QUIC Handshake packet (long header,
-    /// type 2): from a client, the first one carries its TLS Finished.
+    /// Lose the first this-many datagrams that hold a QUIC Handshake packet (long header, type
+    /// 2), alone or behind an Initial: from a client, the first one carries its TLS Finished.
     pub drop_handshake: u32,
 }
 
@@ -153,8 +153,7 @@ impl Impairment {
     /// A datagram arrived at `now`: the scripted drops ([`Profile::drop_first`],
     /// [`Profile::drop_handshake`]) first, then [`Self::on_packet`].
     pub fn on_datagram(&mut self, now: Duration, datagram: &[u8]) -> Option<Duration> {
-        // Long header (0b11), packet type 2 (Handshake) in QUIC v1.
-        let handshake = datagram.first().is_some_and(|b| b & 0xf0 == 0xe0);
+        let handshake = carries_handshake_packet(datagram);
         let scripted = if self.counters.packets < u64::from(self.profile.drop_first) {
             true
         } else if handshake && self.handshakes_dropped < self.profile.drop_handshake {
@@ -374,13 +373,61 @@ async fn upstream_socket(upstream: SocketAddr) -> std::io::Result<tokio::net::Ud
     Ok(sock)
 }
 
+/// Whether a QUIC v1 datagram holds a Handshake packet: walks the long-header packets coalesced
+/// in it (RFC 9000 §12.2, §17.2). Only the long-header bit and the type bits count: quinn greases
+/// the fixed bit (RFC 9287) when the peer allows it, so a Handshake packet's first byte is
+/// `0b1x10_xxxx`, and a client's TLS Finished may also travel behind an Initial ACK.
+fn carries_handshake_packet(mut datagram: &[u8]) -> bool {
+    use natter_proto::varint;
+    // Long header (0b1), fixed bit (either); types 0 Initial, 1 0-RTT, 2 Handshake, 3 Retry.
+    while let Some(&first) = datagram.first() {
+        if first & 0x80 == 0 {
+            return false; // a short-header packet runs to the end of the datagram
+        }
+        let kind = (first >> 4) & 0x3;
+        if kind == 2 {
+            return true;
+        }
+        if kind == 3 {
+            return false;
+        }
+        // Byte 0, the version, then the two connection IDs with their lengths.
+        let mut at = 5;
+        for _ in 0..2 {
+            let Some(&len) = datagram.get(at) else {
+                return false;
+            };
+            at += 1 + usize::from(len);
+        }
+        let varint_at = |at: &mut usize| -> Option<usize> {
+            let (value, len) = varint::decode(datagram.get(*at..)?).ok()?;
+            *at += len;
+            usize::try_from(value).ok()
+        };
+        if kind == 0 {
+            let Some(token) = varint_at(&mut at) else {
+                return false;
+            };
+            at += token;
+        }
+        let Some(length) = varint_at(&mut at) else {
+            return false;
+        };
+        let Some(rest) = at.checked_add(length).and_then(|end| datagram.get(end..)) else {
+            return false;
+        };
+        datagram = rest;
+    }
+    false
+}
+
 /// Parses a profile from `key=value` pairs separated by commas, e.g.
 /// `delay=40,jitter=12,loss=5` or `delay=40,burst-jitter=10,ge-loss=8,burst=3,reorder`.
 /// Keys: `delay` (ms), `jitter` (Gaussian sd, ms), `burst-jitter` (sd ms, with 5 % of packets
 /// starting a spike of up to `spike` ms, default 60, over `spike-len` packets, default 10),
 /// `loss` (random, %), `ge-loss` (Gilbert-Elliott, %) with `burst` (mean run, default 3),
 /// `reorder` (let jitter reorder packets), `drop-first` (lose the first N packets),
-/// `drop-handshake` (lose the first N that begin with a QUIC Handshake packet).
+/// `drop-handshake` (lose the first N that hold a QUIC Handshake packet, alone or coalesced).
 pub fn parse_profile(s: &str) -> Result<Profile, String> {
     let mut p = Profile::CLEAN;
     let (mut sd, mut burst_jitter, mut spike, mut spike_len) = (0.0, false, 60.0, 10u32);
@@ -580,6 +627,40 @@ mod tests {
         assert!(imp.on_datagram(Duration::ZERO, &handshake).is_none());
         assert!(imp.on_datagram(PERIOD, &handshake).is_none());
         assert!(imp.on_datagram(PERIOD * 2, &handshake).is_some());
+    }
+
+    #[test]
+    fn a_handshake_packet_behind_an_initial_counts_and_a_truncated_chain_does_not() {
+        // Initial: version 1, an 8-byte DCID, no SCID, a 2-byte token, 3 bytes of packet.
+        let mut initial = vec![0xc0u8, 0, 0, 0, 1, 8];
+        initial.extend([0xaa; 8]);
+        initial.extend([0, 2, 0x11, 0x22, 3, 1, 2, 3]);
+        let mut handshake = vec![0xe0u8, 0, 0, 0, 1, 8];
+        handshake.extend([0xaa; 8]);
+        handshake.extend([0, 0x40, 2, 9, 9]); // a two-byte varint length
+        let short = [0x43u8, 0xe0, 0xe0];
+        let mut greased = handshake.clone();
+        greased[0] = 0xa0; // the fixed bit cleared (RFC 9287)
+        let coalesced = [initial.clone(), handshake.clone()].concat();
+        assert!(carries_handshake_packet(&handshake));
+        assert!(carries_handshake_packet(&coalesced));
+        assert!(carries_handshake_packet(&greased));
+        assert!(carries_handshake_packet(
+            &[initial.clone(), greased].concat()
+        ));
+        assert!(!carries_handshake_packet(&initial));
+        assert!(!carries_handshake_packet(
+            &[initial.clone(), short.to_vec()].concat()
+        ));
+        assert!(!carries_handshake_packet(&short));
+        assert!(!carries_handshake_packet(&[]));
+        for cut in 0..initial.len() {
+            assert!(!carries_handshake_packet(&initial[..cut]), "cut at {cut}");
+        }
+        let mut imp = Impairment::new(parse_profile("drop-handshake=1").unwrap(), 1);
+        assert!(imp.on_datagram(Duration::ZERO, &initial).is_some());
+        assert!(imp.on_datagram(PERIOD, &coalesced).is_none());
+        assert!(imp.on_datagram(PERIOD * 2, &coalesced).is_some());
     }
 
     #[test]
