@@ -101,15 +101,21 @@ pub struct Plan {
     pub talkers: usize,
 }
 
-/// The client sockets: one per `per_socket` participants, with room for bursts.
-fn open_sockets(plan: &Plan, v6: bool) -> anyhow::Result<Vec<BatchSocket>> {
+/// The client sockets: one per `per_socket` participants, with room for bursts. `quic`: they
+/// mark ECT(0) themselves, as QUIC asks ([`BatchSocket::new_quic`]); the plain UDP baseline's
+/// send without ECN.
+fn open_sockets(plan: &Plan, v6: bool, quic: bool) -> anyhow::Result<Vec<BatchSocket>> {
     let bind: SocketAddr = if v6 { "[::]:0" } else { "0.0.0.0:0" }.parse()?;
     let mut sockets = Vec::new();
     for _ in 0..plan.participants.div_ceil(plan.per_socket.max(1)) {
         let socket = UdpSocket::bind(bind)?;
         socket2::SockRef::from(&socket).set_recv_buffer_size(4 << 20)?;
         socket2::SockRef::from(&socket).set_send_buffer_size(4 << 20)?;
-        sockets.push(BatchSocket::new(socket)?);
+        sockets.push(if quic {
+            BatchSocket::new_quic(socket)?
+        } else {
+            BatchSocket::new(socket)?
+        });
     }
     Ok(sockets)
 }
@@ -190,7 +196,7 @@ pub fn run(
         payload,
         ..
     } = *plan;
-    let mut sockets = open_sockets(plan, relays[0].0.is_ipv6())?;
+    let mut sockets = open_sockets(plan, relays[0].0.is_ipv6(), true)?;
     let mut batches: Vec<SendBatch> = sockets.iter().map(|_| SendBatch::default()).collect();
     let mut driver = Driver {
         endpoint: Endpoint::new(Arc::new(EndpointConfig::default()), None, true, None),
@@ -363,7 +369,7 @@ pub fn run_udp(
     window: &mut CpuWindow,
 ) -> anyhow::Result<()> {
     let per_socket = plan.per_socket.max(1);
-    let mut sockets = open_sockets(plan, to.is_ipv6())?;
+    let mut sockets = open_sockets(plan, to.is_ipv6(), false)?;
     let mut batches: Vec<SendBatch> = sockets.iter().map(|_| SendBatch::default()).collect();
     let ssrc = |i: usize| i as u32 + 1;
     let mut pending: HashSet<u32> = (0..plan.participants).map(ssrc).collect();

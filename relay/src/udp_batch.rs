@@ -91,6 +91,42 @@ pub struct BatchSocket {
     /// The kernel refused a datagram with an ECN control message (Linux before 3.13 does):
     /// send without ECN from then on, as quinn-udp does.
     no_ecn: AtomicBool,
+    /// What the socket puts on every datagram by itself, so that only the exceptions need
+    /// control messages ([`Defaults`]).
+    defaults: Defaults,
+}
+
+/// What a socket marks every datagram with unless a control message says otherwise.
+///
+/// Why: a control message costs the kernel per datagram, and two of them (source address and
+/// ECN, 56 bytes) no longer fit the 36 bytes `sendmsg` keeps on its stack, so each datagram
+/// also paid a `kmalloc` and `kfree` and the hardened-usercopy checks. Leaving out what the
+/// socket does anyway cut the relay's CPU per forwarded datagram by ≈ 3 % with independent
+/// talkers (docs/BENCHMARKS.md, "Issue 13 where it ends").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Defaults {
+    /// The one address the socket is bound to (`None` for a wildcard bind): the source of
+    /// everything it sends, so a datagram from that address needs no IP_PKTINFO.
+    bound: Option<IpAddr>,
+    /// Whether the socket marks ECT(0) itself (IP_TOS / IPV6_TCLASS set on it), so that only
+    /// datagrams with another codepoint, or none, need an ECN control message.
+    ect0: bool,
+}
+
+impl Defaults {
+    /// The control messages a datagram for `route` needs: its ECN codepoint as the TOS /
+    /// traffic-class byte (`ecn` false: the kernel refused those, none at all) and its source
+    /// address, each only where it differs from what the socket does anyway.
+    fn needed(self, route: &Route, ecn: bool) -> (Option<i32>, Option<IpAddr>) {
+        let marked = if self.ect0 {
+            Some(EcnCodepoint::Ect0)
+        } else {
+            None
+        };
+        let tos = (ecn && route.ecn != marked).then(|| route.ecn.map_or(0, |c| c as i32));
+        let source = route.src_ip.filter(|ip| Some(*ip) != self.bound);
+        (tos, source)
+    }
 }
 
 /// Size of each receive buffer: a GRO batch of the segments quinn-udp asks for, 1500 bytes each.
@@ -102,13 +138,27 @@ impl BatchSocket {
         socket.set_nonblocking(true)?;
         let state = quinn_udp::UdpSocketState::new((&socket).into())?;
         let batch = quinn_udp::BATCH_SIZE;
+        let ip = socket.local_addr()?.ip();
         Ok(Self {
             socket,
             state,
             bufs: vec![vec![0u8; RECV_BUF]; batch],
             meta: vec![quinn_udp::RecvMeta::default(); batch],
             no_ecn: AtomicBool::new(false),
+            defaults: Defaults {
+                bound: (!ip.is_unspecified()).then_some(ip),
+                ect0: false,
+            },
         })
+    }
+
+    /// [`BatchSocket::new`] for a QUIC endpoint: the socket itself marks ECT(0), which QUIC
+    /// asks for on every packet of a path whose ECN works, so only the others carry an ECN
+    /// control message. Where the system refuses that, it is [`BatchSocket::new`].
+    pub fn new_quic(socket: UdpSocket) -> io::Result<Self> {
+        let mut this = Self::new(socket)?;
+        this.defaults.ect0 = mark_ect0(&this.socket);
+        Ok(this)
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -177,7 +227,7 @@ impl BatchSocket {
     /// dropped because they could not be sent (no space in time, or an error for that
     /// destination).
     pub fn send(&self, batch: &mut SendBatch, max_wait: Duration) -> usize {
-        let dropped = send_all(&self.socket, batch, max_wait, SEND_BATCH, &self.no_ecn);
+        let dropped = send_all(self, batch, max_wait, SEND_BATCH);
         batch.clear();
         dropped
     }
@@ -185,7 +235,7 @@ impl BatchSocket {
     /// Like [`BatchSocket::send`], but one system call per datagram, as quinn's drivers do
     /// across connections: the benchmark's measure of what batching saves.
     pub fn send_one_by_one(&self, batch: &mut SendBatch, max_wait: Duration) -> usize {
-        let dropped = send_all(&self.socket, batch, max_wait, 1, &self.no_ecn);
+        let dropped = send_all(self, batch, max_wait, 1);
         batch.clear();
         dropped
     }
@@ -343,15 +393,66 @@ fn wait(
 #[derive(Clone, Copy)]
 struct Control([u8; 64]);
 
-/// Fills `control` with `route`'s source address and ECN codepoint (IP_PKTINFO /
-/// IPV6_PKTINFO, IP_TOS / IPV6_TCLASS, as quinn-udp writes them; `ecn` false: none) and points
-/// `hdr` at it.
+/// Sets the socket's own TOS / traffic-class byte to ECT(0) (on an IPv6 socket both, for its
+/// IPv4-mapped peers); false where the system refuses.
 #[cfg(target_os = "linux")]
-fn encode_control(hdr: &mut libc::msghdr, control: &mut Control, route: &Route, ecn: bool) {
+fn mark_ect0(socket: &UdpSocket) -> bool {
+    set_tos(socket, EcnCodepoint::Ect0 as libc::c_int)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn mark_ect0(_socket: &UdpSocket) -> bool {
+    false
+}
+
+/// Sets the TOS / traffic-class byte the socket puts on what it sends.
+#[cfg(target_os = "linux")]
+fn set_tos(socket: &UdpSocket, tos: libc::c_int) -> bool {
+    use std::os::fd::AsRawFd;
+    let set = |level, name| {
+        // SAFETY: a plain int option on a live socket.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                level,
+                name,
+                (&tos as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            ) == 0
+        }
+    };
+    match socket.local_addr() {
+        Ok(SocketAddr::V4(_)) => set(libc::IPPROTO_IP, libc::IP_TOS),
+        // IPv4-mapped peers' datagrams go out with the IPv4 byte: both or neither.
+        Ok(SocketAddr::V6(_)) => {
+            let both =
+                set(libc::IPPROTO_IPV6, libc::IPV6_TCLASS) && set(libc::IPPROTO_IP, libc::IP_TOS);
+            if !both && tos != 0 {
+                set_tos(socket, 0);
+            }
+            both
+        }
+        Err(_) => false,
+    }
+}
+
+/// Fills `control` with what `route` needs beyond the socket's [`Defaults`]: its source address
+/// and ECN codepoint (IP_PKTINFO / IPV6_PKTINFO, IP_TOS / IPV6_TCLASS, as quinn-udp writes
+/// them; `ecn` false: no ECN message) and points `hdr` at it (or at nothing).
+#[cfg(target_os = "linux")]
+fn encode_control(
+    hdr: &mut libc::msghdr,
+    control: &mut Control,
+    route: &Route,
+    ecn: bool,
+    defaults: Defaults,
+) {
     let v4 = route.to.is_ipv4();
-    let codepoint = route.ecn.filter(|_| ecn).map(|c| c as libc::c_int);
+    let (codepoint, src_ip) = defaults.needed(route, ecn);
+    // An IPv4-mapped peer's datagram takes the IPv4 path, which reads only IP_TOS.
+    let mapped = matches!(route.to, SocketAddr::V6(a) if a.ip().to_ipv4_mapped().is_some());
     let tos = codepoint.map(|bits| {
-        let level = if v4 {
+        let level = if v4 || mapped {
             (libc::IPPROTO_IP, libc::IP_TOS)
         } else {
             (libc::IPPROTO_IPV6, libc::IPV6_TCLASS)
@@ -360,7 +461,7 @@ fn encode_control(hdr: &mut libc::msghdr, control: &mut Control, route: &Route, 
     });
     let v4_info;
     let v6_info;
-    let source: Option<((libc::c_int, libc::c_int), &[u8])> = match route.src_ip {
+    let source: Option<((libc::c_int, libc::c_int), &[u8])> = match src_ip {
         Some(IpAddr::V4(ip)) if v4 => {
             v4_info = libc::in_pktinfo {
                 ipi_ifindex: 0,
@@ -427,14 +528,9 @@ fn as_bytes<T: Copy>(value: &T) -> &[u8] {
 /// Sends `batch` with `sendmmsg`, at most `per_call` datagrams per call (1: one system call
 /// per datagram, the benchmark's unbatched mode).
 #[cfg(target_os = "linux")]
-fn send_all(
-    socket: &UdpSocket,
-    batch: &SendBatch,
-    max_wait: Duration,
-    per_call: usize,
-    no_ecn: &AtomicBool,
-) -> usize {
+fn send_all(from: &BatchSocket, batch: &SendBatch, max_wait: Duration, per_call: usize) -> usize {
     use std::os::fd::AsRawFd;
+    let (socket, no_ecn) = (&from.socket, &from.no_ecn);
     let deadline = std::time::Instant::now() + max_wait;
     let items: Vec<(Route, &[u8])> = batch.iter().collect();
     if items.is_empty() {
@@ -477,7 +573,7 @@ fn send_all(
             hdr.msg_hdr.msg_namelen = name.len();
             hdr.msg_hdr.msg_iov = iov;
             hdr.msg_hdr.msg_iovlen = 1;
-            encode_control(&mut hdr.msg_hdr, control, route, ecn);
+            encode_control(&mut hdr.msg_hdr, control, route, ecn, from.defaults);
             hdrs.push(hdr);
         }
         // SAFETY: every header points at a live address, iovec, control buffer and data
@@ -510,8 +606,14 @@ fn send_all(
             }
             // A kernel without IP_TOS control messages refuses the datagram: send the rest
             // (and this one again) without ECN.
-            io::ErrorKind::InvalidInput if ecn && chunk[0].0.ecn.is_some() => {
+            io::ErrorKind::InvalidInput
+                if ecn && from.defaults.needed(&chunk[0].0, true).0.is_some() =>
+            {
                 no_ecn.store(true, Relaxed);
+                // Without ECN messages the socket's own mark would be every datagram's.
+                if from.defaults.ect0 {
+                    set_tos(socket, 0);
+                }
             }
             // The first datagram of the chunk failed for its own reason (an unreachable
             // destination, too large): drop it, keep the rest.
@@ -527,13 +629,8 @@ fn send_all(
 /// Without `sendmmsg`: one `send_to` per datagram, the source address and ECN left to the
 /// system.
 #[cfg(not(target_os = "linux"))]
-fn send_all(
-    socket: &UdpSocket,
-    batch: &SendBatch,
-    max_wait: Duration,
-    _per_call: usize,
-    _no_ecn: &AtomicBool,
-) -> usize {
+fn send_all(from: &BatchSocket, batch: &SendBatch, max_wait: Duration, _per_call: usize) -> usize {
+    let socket = &from.socket;
     let deadline = std::time::Instant::now() + max_wait;
     let mut dropped = 0;
     for (route, data) in batch.iter() {
@@ -656,34 +753,123 @@ mod tests {
 
     #[test]
     fn ecn_codepoints_are_sent_and_reported_on_both_families() {
-        for local in ["127.0.0.1:0", "[::1]:0"] {
-            let (Ok(a), Ok(b)) = (UdpSocket::bind(local), UdpSocket::bind(local)) else {
-                // No IPv6 on this host.
-                continue;
-            };
-            let (a, mut b) = (BatchSocket::new(a).unwrap(), BatchSocket::new(b).unwrap());
-            let to = b.local_addr().unwrap();
-            let mut batch = SendBatch::default();
-            for ecn in [Some(EcnCodepoint::Ect0), Some(EcnCodepoint::Ce), None] {
-                // With a source address too: both control messages in one datagram.
-                batch.push(
-                    Route {
-                        to,
-                        src_ip: Some(to.ip()),
-                        ecn,
-                    },
-                    b"x",
-                );
-            }
-            assert_eq!(a.send(&mut batch, Duration::from_secs(1)), 0);
-            let got = recv_n(&mut b, 3);
-            let wanted = [Some(EcnCodepoint::Ect0), Some(EcnCodepoint::Ce), None];
-            for ((from, dst, ecn, _), want) in got.into_iter().zip(wanted) {
-                assert_eq!(from, a.local_addr().unwrap());
-                assert_eq!(dst, Some(to.ip()), "{local}");
-                assert_eq!(ecn, want, "{local}");
+        let constructors: [(&str, fn(UdpSocket) -> io::Result<BatchSocket>); 2] = [
+            ("new", BatchSocket::new),
+            ("new_quic", BatchSocket::new_quic),
+        ];
+        // A wildcard sender names the source in a control message, a bound one does not.
+        let cases = [
+            ("0.0.0.0:0", "127.0.0.1:0"),
+            ("127.0.0.1:0", "127.0.0.1:0"),
+            ("[::]:0", "[::1]:0"),
+            ("[::1]:0", "[::1]:0"),
+        ];
+        for (name, new) in constructors {
+            for (from, local) in cases {
+                let (Ok(a), Ok(b)) = (UdpSocket::bind(from), UdpSocket::bind(local)) else {
+                    // No IPv6 on this host.
+                    continue;
+                };
+                let (a, mut b) = (new(a).unwrap(), BatchSocket::new(b).unwrap());
+                let to = b.local_addr().unwrap();
+                let what = format!("{name} from {from} to {to}");
+                if name == "new_quic" {
+                    assert!(a.defaults.ect0, "{what}: the socket marks ECT(0) itself");
+                }
+                let mut batch = SendBatch::default();
+                let wanted = [
+                    Some(EcnCodepoint::Ect0),
+                    Some(EcnCodepoint::Ce),
+                    None,
+                    Some(EcnCodepoint::Ect0),
+                    Some(EcnCodepoint::Ect1),
+                ];
+                for ecn in wanted {
+                    // With a source address too: both control messages in one datagram.
+                    batch.push(
+                        Route {
+                            to,
+                            src_ip: Some(to.ip()),
+                            ecn,
+                        },
+                        b"x",
+                    );
+                }
+                assert_eq!(a.send(&mut batch, Duration::from_secs(1)), 0, "{what}");
+                let got = recv_n(&mut b, wanted.len());
+                for ((from, dst, ecn, _), want) in got.into_iter().zip(wanted) {
+                    assert_eq!(from.port(), a.local_addr().unwrap().port(), "{what}");
+                    assert_eq!(from.ip(), to.ip(), "{what}");
+                    assert_eq!(dst, Some(to.ip()), "{what}");
+                    assert_eq!(ecn, want, "{what}");
+                }
             }
         }
+    }
+
+    #[test]
+    fn an_ipv4_mapped_peer_of_a_dual_stack_socket_gets_the_codepoint_asked_for() {
+        let Ok(a) = UdpSocket::bind("[::]:0") else {
+            return; // no IPv6 on this host
+        };
+        let a = BatchSocket::new_quic(a).unwrap();
+        let mut b = socket();
+        let port = b.local_addr().unwrap().port();
+        let to: SocketAddr = (std::net::Ipv4Addr::LOCALHOST.to_ipv6_mapped(), port).into();
+        let wanted = [Some(EcnCodepoint::Ect0), Some(EcnCodepoint::Ce), None];
+        let mut batch = SendBatch::default();
+        for ecn in wanted {
+            batch.push(
+                Route {
+                    to,
+                    src_ip: None,
+                    ecn,
+                },
+                b"x",
+            );
+        }
+        assert_eq!(a.send(&mut batch, Duration::from_secs(1)), 0);
+        let got: Vec<_> = recv_n(&mut b, 3).into_iter().map(|g| g.2).collect();
+        assert_eq!(got, wanted);
+    }
+
+    #[test]
+    fn only_what_differs_from_the_sockets_own_marks_needs_a_control_message() {
+        let bound = IpAddr::from([127, 0, 0, 1]);
+        let other = IpAddr::from([127, 0, 0, 2]);
+        let route = |src_ip, ecn| Route {
+            to: ([127, 0, 0, 9], 9).into(),
+            src_ip,
+            ecn,
+        };
+        let quic = Defaults {
+            bound: Some(bound),
+            ect0: true,
+        };
+        let wildcard = Defaults {
+            bound: None,
+            ect0: false,
+        };
+        let ect0 = Some(EcnCodepoint::Ect0);
+        let ce = Some(EcnCodepoint::Ce);
+        // The socket's own source and mark: nothing.
+        assert_eq!(quic.needed(&route(Some(bound), ect0), true), (None, None));
+        // Another codepoint, or none (Not-ECT must be said: the socket would mark ECT(0)).
+        assert_eq!(quic.needed(&route(None, ce), true), (Some(3), None));
+        assert_eq!(quic.needed(&route(None, None), true), (Some(0), None));
+        // Another source.
+        assert_eq!(
+            quic.needed(&route(Some(other), ect0), true),
+            (None, Some(other))
+        );
+        // A socket without marks: every codepoint is said, none is the default.
+        assert_eq!(
+            wildcard.needed(&route(Some(bound), ect0), true),
+            (Some(2), Some(bound))
+        );
+        assert_eq!(wildcard.needed(&route(None, None), true), (None, None));
+        // After the kernel refused ECN messages: none at all.
+        assert_eq!(quic.needed(&route(None, ce), false), (None, None));
     }
 
     #[test]

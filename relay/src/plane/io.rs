@@ -82,7 +82,7 @@ pub(crate) fn spawn(
     let reuse_port = threads > 1;
     let open = |addr: SocketAddr| -> Result<BatchSocket, RelayError> {
         let socket = bind(addr, reuse_port).map_err(|e| RelayError::Bind(addr, e))?;
-        BatchSocket::new(socket).map_err(|e| RelayError::Bind(addr, e))
+        BatchSocket::new_quic(socket).map_err(|e| RelayError::Bind(addr, e))
     };
     // The first loop's sockets pick the ports (for `:0`); the other loops join them.
     let mut first = Vec::new();
