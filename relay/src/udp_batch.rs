@@ -753,7 +753,8 @@ mod tests {
 
     #[test]
     fn ecn_codepoints_are_sent_and_reported_on_both_families() {
-        let constructors: [(&str, fn(UdpSocket) -> io::Result<BatchSocket>); 2] = [
+        type New = fn(UdpSocket) -> io::Result<BatchSocket>;
+        let constructors: [(&str, New); 2] = [
             ("new", BatchSocket::new),
             ("new_quic", BatchSocket::new_quic),
         ];
