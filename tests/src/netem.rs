@@ -68,6 +68,10 @@ pub struct Profile {
     /// Lose the first this-many datagrams that hold a QUIC Handshake packet (long header, type
     /// 2), alone or behind an Initial: from a client, the first one carries its TLS Finished.
     pub drop_handshake: u32,
+    /// Lose every datagram holding a Handshake packet for this many milliseconds from this
+    /// direction's first datagram: a handshake the relay can only give up (its idle timeout),
+    /// however often the client sends its Finished again.
+    pub drop_handshake_ms: u32,
 }
 
 impl Profile {
@@ -78,6 +82,7 @@ impl Profile {
         reorder: false,
         drop_first: 0,
         drop_handshake: 0,
+        drop_handshake_ms: 0,
     };
 }
 
@@ -130,6 +135,8 @@ pub struct Impairment {
     counters: Counters,
     /// Handshake packets lost so far by [`Profile::drop_handshake`].
     handshakes_dropped: u32,
+    /// When this direction's first datagram arrived ([`Profile::drop_handshake_ms`]).
+    first_at: Option<Duration>,
 }
 
 impl Impairment {
@@ -143,6 +150,7 @@ impl Impairment {
             last_delivery: Duration::ZERO,
             counters: Counters::default(),
             handshakes_dropped: 0,
+            first_at: None,
         }
     }
 
@@ -151,10 +159,15 @@ impl Impairment {
     }
 
     /// A datagram arrived at `now`: the scripted drops ([`Profile::drop_first`],
-    /// [`Profile::drop_handshake`]) first, then [`Self::on_packet`].
+    /// [`Profile::drop_handshake`], [`Profile::drop_handshake_ms`]) first, then
+    /// [`Self::on_packet`].
     pub fn on_datagram(&mut self, now: Duration, datagram: &[u8]) -> Option<Duration> {
         let handshake = carries_handshake_packet(datagram);
-        let scripted = if self.counters.packets < u64::from(self.profile.drop_first) {
+        let since_first = now.saturating_sub(*self.first_at.get_or_insert(now));
+        let for_a_while =
+            handshake && since_first < Duration::from_millis(self.profile.drop_handshake_ms.into());
+        let scripted = if self.counters.packets < u64::from(self.profile.drop_first) || for_a_while
+        {
             true
         } else if handshake && self.handshakes_dropped < self.profile.drop_handshake {
             self.handshakes_dropped += 1;
@@ -272,9 +285,10 @@ pub struct ProxyReport {
     pub overflow: u64,
 }
 
-/// Forwards datagrams between the first client that sends to `socket` and `upstream`, each
-/// direction through its own [`Impairment`], until `stop` resolves. Packets from any other
-/// address than the client's and upstream's are ignored. With `rebind_at`, the socket facing
+/// Forwards datagrams between the client that sends to `socket` and `upstream`, each direction
+/// through its own [`Impairment`], until `stop` resolves. The client is whoever sent last: a
+/// client that reconnects from a new socket (a new QUIC endpoint) is followed, and upstream
+/// sees it at the same address, as behind a NAT. With `rebind_at`, the socket facing
 /// upstream is replaced by one on a new port at that time, as a NAT does when its mapping
 /// expires: upstream sees the client come from another address, and what it still sends to
 /// the old one is lost.
@@ -305,9 +319,7 @@ pub async fn run_proxy(
             _ = &mut stop => break,
             r = socket.recv_from(&mut buf_a) => {
                 let (n, from) = r?;
-                if *client.get_or_insert(from) != from {
-                    continue;
-                }
+                client = Some(from);
                 Some((true, n))
             }
             r = up_sock.recv(&mut buf_b) => {
@@ -427,7 +439,8 @@ fn carries_handshake_packet(mut datagram: &[u8]) -> bool {
 /// starting a spike of up to `spike` ms, default 60, over `spike-len` packets, default 10),
 /// `loss` (random, %), `ge-loss` (Gilbert-Elliott, %) with `burst` (mean run, default 3),
 /// `reorder` (let jitter reorder packets), `drop-first` (lose the first N packets),
-/// `drop-handshake` (lose the first N that hold a QUIC Handshake packet, alone or coalesced).
+/// `drop-handshake` (lose the first N that hold a QUIC Handshake packet, alone or coalesced),
+/// `drop-handshake-for` (lose every one of those for the first N ms of this direction).
 pub fn parse_profile(s: &str) -> Result<Profile, String> {
     let mut p = Profile::CLEAN;
     let (mut sd, mut burst_jitter, mut spike, mut spike_len) = (0.0, false, 60.0, 10u32);
@@ -459,6 +472,9 @@ pub fn parse_profile(s: &str) -> Result<Profile, String> {
             "reorder" => p.reorder = true,
             "drop-first" => p.drop_first = num()?.min(f64::from(u32::MAX)) as u32,
             "drop-handshake" => p.drop_handshake = num()?.min(f64::from(u32::MAX)) as u32,
+            "drop-handshake-for" => {
+                p.drop_handshake_ms = num()?.min(f64::from(u32::MAX)) as u32;
+            }
             _ => return Err(format!("unknown key {key:?}")),
         }
     }
@@ -661,10 +677,19 @@ mod tests {
         assert!(imp.on_datagram(Duration::ZERO, &initial).is_some());
         assert!(imp.on_datagram(PERIOD, &coalesced).is_none());
         assert!(imp.on_datagram(PERIOD * 2, &coalesced).is_some());
+        // For a while: every one from the direction's first datagram on, none after.
+        let mut imp = Impairment::new(parse_profile("drop-handshake-for=100").unwrap(), 1);
+        let at = |ms: u64| Duration::from_millis(1000 + ms);
+        assert!(imp.on_datagram(at(0), &initial).is_some());
+        assert!(imp.on_datagram(at(50), &coalesced).is_none());
+        assert!(imp.on_datagram(at(99), &handshake).is_none());
+        assert!(imp.on_datagram(at(99), &initial).is_some());
+        assert!(imp.on_datagram(at(100), &handshake).is_some());
+        assert_eq!((imp.counters().packets, imp.counters().lost), (5, 2));
     }
 
     #[test]
-    fn proxy_forwards_both_ways_with_the_delay_and_rebinds() {
+    fn proxy_forwards_both_ways_with_the_delay_rebinds_and_follows_a_new_client() {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -706,10 +731,19 @@ mod tests {
             upstream.send_to(b"ok", moved_from).await.unwrap();
             let (n, _) = client.recv_from(&mut buf).await.unwrap();
             assert_eq!(&buf[..n], b"ok");
+            // A client that reconnects from a new socket is followed; upstream sees it at the
+            // same address.
+            let again = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            again.send_to(b"again", proxy_addr).await.unwrap();
+            let (n, again_from) = upstream.recv_from(&mut buf).await.unwrap();
+            assert_eq!((&buf[..n], again_from), (&b"again"[..], moved_from));
+            upstream.send_to(b"welcome", again_from).await.unwrap();
+            let (n, _) = again.recv_from(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], b"welcome");
             tx.send(()).unwrap();
             let report = proxy.await.unwrap().unwrap();
-            assert_eq!(report.to_upstream.packets, 2);
-            assert_eq!(report.to_client.packets, 2);
+            assert_eq!(report.to_upstream.packets, 3);
+            assert_eq!(report.to_client.packets, 3);
         });
     }
 }

@@ -61,15 +61,14 @@ fn error_line(done: &natter_e2e::Finished) -> &str {
     lines[0]
 }
 
-/// A join through a path that loses the client's first Initial, then the relay's first flight,
-/// then the client's TLS Finished (netem's scripted drops; at 20 % loss both ways this failed
-/// the listener's join in the call bench's first three calls). The client's first round-trip sample then spans a whole
-/// retransmission timeout of the relay's, and with QUIC's default initial RTT (333 ms) the
-/// client sent its Finished again only ~6.5 s later — after the relay had given the half-open
-/// handshake up (the 6 s idle timeout): the join failed with a stateless reset. From a 100 ms
-/// initial estimate at both ends it goes again ~2 s later and the join succeeds.
-#[test]
-fn a_lost_finished_after_a_slow_start_does_not_fail_the_join() {
+/// A short call (`short_call`) to a fresh relay through `natter-netem`'s proxy, impaired
+/// `up` towards the relay and `down` towards the client: how it ended, and what the proxy
+/// counted.
+fn short_call_through_proxy(
+    up: &str,
+    down: &str,
+    room: &str,
+) -> (natter_e2e::Finished, natter_e2e::netem::ProxyReport) {
     use natter_e2e::netem::{Impairment, parse_profile, run_proxy};
     let relay = RelayProcess::start();
     let invite: Invite = relay.invite().parse().expect("the relay's invite parses");
@@ -83,24 +82,61 @@ fn a_lost_finished_after_a_slow_start_does_not_fail_the_join() {
     let proxy = rt.spawn(run_proxy(
         socket,
         relay_addr,
-        Impairment::new(
-            parse_profile("delay=20,drop-first=1,drop-handshake=1").unwrap(),
-            1,
-        ),
-        Impairment::new(parse_profile("delay=20,drop-first=1").unwrap(), 2),
+        Impairment::new(parse_profile(up).unwrap(), 1),
+        Impairment::new(parse_profile(down).unwrap(), 2),
         None,
         async {
             let _ = stopped.await;
         },
     ));
-    let done = short_call(&Invite { port, ..invite }.to_string(), "slow-start");
+    let done = short_call(&Invite { port, ..invite }.to_string(), room);
     stop.send(()).unwrap();
     let report = rt.block_on(proxy).unwrap().unwrap();
+    (done, report)
+}
+
+/// A join through a path that loses the client's first Initial, then the relay's first flight,
+/// then the client's TLS Finished (netem's scripted drops; at 20 % loss both ways this failed
+/// the listener's join in the call bench's first three calls). The client's first round-trip sample then spans a whole
+/// retransmission timeout of the relay's, and with QUIC's default initial RTT (333 ms) the
+/// client sent its Finished again only ~6.5 s later — after the relay had given the half-open
+/// handshake up (the 6 s idle timeout): the join failed with a stateless reset. From a 100 ms
+/// initial estimate at both ends it goes again ~2 s later and the join succeeds.
+#[test]
+fn a_lost_finished_after_a_slow_start_does_not_fail_the_join() {
+    let (done, report) = short_call_through_proxy(
+        "delay=20,drop-first=1,drop-handshake=1",
+        "delay=20,drop-first=1",
+        "slow-start",
+    );
     assert!(done.status.success(), "the join failed:\n{done}");
     // The scripted drops happened: the first Initial and the Finished up, the first flight down.
     assert_eq!(report.to_upstream.lost, 2, "{report:?}");
     assert_eq!(report.to_client.lost, 1, "{report:?}");
     println!("joined and left in {:.1} s", done.elapsed.as_secs_f64());
+}
+
+/// A first join the relay resets: every datagram holding a Handshake packet from the client is
+/// lost for its first 6.5 s, so the relay never gets the client's TLS Finished and gives the
+/// half-open connection up after its 6 s idle timeout, while the client (whose handshake is
+/// done on its side) waits for the Welcome. Its next packet draws a stateless reset. The
+/// relay is up — it answered — so the client joins again at once, and the call goes ahead:
+/// without that retry it ended with "the relay restarted and reset it".
+#[test]
+fn a_first_join_the_relay_resets_is_joined_again() {
+    let (done, report) = short_call_through_proxy(
+        "delay=20,drop-handshake-for=6500",
+        "delay=20",
+        "reset-first",
+    );
+    assert!(done.status.success(), "the join failed:\n{done}");
+    assert!(report.to_upstream.lost > 0, "{report:?}");
+    // The first connection lasted until the relay's idle timeout: this was the second join.
+    assert!(done.elapsed > Duration::from_secs(6), "{done}");
+    println!(
+        "joined again and left in {:.1} s",
+        done.elapsed.as_secs_f64()
+    );
 }
 
 #[test]

@@ -174,7 +174,10 @@ fn check_name(what: &str, name: &str) -> Result<(), ConnectError> {
 impl Session {
     /// Connects, joins and starts audio. Must be called inside a tokio runtime. A failure to
     /// join the first time is returned as is (no retry: the invite or the relay is wrong, and
-    /// the user should hear so at once); losses after that are the supervisor's.
+    /// the user should hear so at once), but for a reset: the relay answered, so it is up,
+    /// and it reset a connection it had given up (a handshake whose end it never received,
+    /// on a very lossy path, or a restart during the join), so the join is tried once more
+    /// at once. Losses after that are the supervisor's.
     pub async fn start(config: SessionConfig) -> Result<Self, StartError> {
         // Names the relay would refuse are refused here, before any network traffic, with the
         // same words.
@@ -191,14 +194,22 @@ impl Session {
         let candidates = config.invite.candidates();
         // Measured by every link's control session, read by the engine when a stream starts.
         let path_spread = PathSpread::default();
-        let link = Link::open(
-            &candidates,
-            &request,
-            &state,
-            &path_spread,
-            inbound_tx.clone(),
-        )
-        .await?;
+        let open = || {
+            Link::open(
+                &candidates,
+                &request,
+                &state,
+                &path_spread,
+                inbound_tx.clone(),
+            )
+        };
+        let link = match open().await {
+            Err(ConnectError::Reset) => {
+                tracing::info!("the relay reset the first join; joining again");
+                open().await?
+            }
+            first => first?,
+        };
         let path: MediaPath = Arc::new(Mutex::new(Some(link.connection().clone())));
         let send_path = path.clone();
         let media = MediaLink {
