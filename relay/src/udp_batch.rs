@@ -104,6 +104,8 @@ pub struct BatchSocket {
 /// socket does anyway cut the relay's CPU per forwarded datagram by ≈ 3 % with independent
 /// talkers (docs/BENCHMARKS.md, "Issue 13 where it ends").
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+// Read only by the `sendmmsg` path, which is Linux's.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 struct Defaults {
     /// The one address the socket is bound to (`None` for a wildcard bind): the source of
     /// everything it sends, so a datagram from that address needs no IP_PKTINFO.
@@ -113,6 +115,7 @@ struct Defaults {
     ect0: bool,
 }
 
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 impl Defaults {
     /// The control messages a datagram for `route` needs: its ECN codepoint as the TOS /
     /// traffic-class byte (`ecn` false: the kernel refused those, none at all) and its source
