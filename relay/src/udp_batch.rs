@@ -101,7 +101,7 @@ pub struct BatchSocket {
 /// Why: a control message costs the kernel per datagram, and two of them (source address and
 /// ECN, 56 bytes) no longer fit the 36 bytes `sendmsg` keeps on its stack, so each datagram
 /// also paid a `kmalloc` and `kfree` and the hardened-usercopy checks. Leaving out what the
-/// socket does anyway cut the relay's CPU per forwarded datagram by ≈ 3 % with independent
+/// socket does anyway cut the relay's CPU per forwarded datagram by ≈ 2.5 % with independent
 /// talkers (docs/BENCHMARKS.md, "Issue 13 where it ends").
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 // Read only by the `sendmmsg` path, which is Linux's.
