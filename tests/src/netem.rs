@@ -420,7 +420,7 @@ fn carries_handshake_packet(mut datagram: &[u8]) -> bool {
             let Some(token) = varint_at(&mut at) else {
                 return false;
             };
-            at += token;
+            at = at.saturating_add(token);
         }
         let Some(length) = varint_at(&mut at) else {
             return false;
