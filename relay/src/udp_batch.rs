@@ -400,7 +400,7 @@ struct Control([u8; 64]);
 /// IPv4-mapped peers); false where the system refuses.
 #[cfg(target_os = "linux")]
 fn mark_ect0(socket: &UdpSocket) -> bool {
-    set_tos(socket, EcnCodepoint::Ect0 as libc::c_int)
+    set_tos(socket, EcnCodepoint::Ect0 as u32)
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -410,26 +410,13 @@ fn mark_ect0(_socket: &UdpSocket) -> bool {
 
 /// Sets the TOS / traffic-class byte the socket puts on what it sends.
 #[cfg(target_os = "linux")]
-fn set_tos(socket: &UdpSocket, tos: libc::c_int) -> bool {
-    use std::os::fd::AsRawFd;
-    let set = |level, name| {
-        // SAFETY: a plain int option on a live socket.
-        unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                level,
-                name,
-                (&tos as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            ) == 0
-        }
-    };
+fn set_tos(socket: &UdpSocket, tos: u32) -> bool {
+    let sock = socket2::SockRef::from(socket);
     match socket.local_addr() {
-        Ok(SocketAddr::V4(_)) => set(libc::IPPROTO_IP, libc::IP_TOS),
+        Ok(SocketAddr::V4(_)) => sock.set_tos(tos).is_ok(),
         // IPv4-mapped peers' datagrams go out with the IPv4 byte: both or neither.
         Ok(SocketAddr::V6(_)) => {
-            let both =
-                set(libc::IPPROTO_IPV6, libc::IPV6_TCLASS) && set(libc::IPPROTO_IP, libc::IP_TOS);
+            let both = sock.set_tclass_v6(tos).is_ok() && sock.set_tos(tos).is_ok();
             if !both && tos != 0 {
                 set_tos(socket, 0);
             }
