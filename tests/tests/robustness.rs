@@ -97,11 +97,12 @@ fn short_call_through_proxy(
 
 /// A join through a path that loses the client's first Initial, then the relay's first flight,
 /// then the client's TLS Finished (netem's scripted drops; at 20 % loss both ways this failed
-/// the listener's join in the call bench's first three calls). The client's first round-trip sample then spans a whole
-/// retransmission timeout of the relay's, and with QUIC's default initial RTT (333 ms) the
-/// client sent its Finished again only ~6.5 s later — after the relay had given the half-open
-/// handshake up (the 6 s idle timeout): the join failed with a stateless reset. From a 100 ms
-/// initial estimate at both ends it goes again ~2 s later and the join succeeds.
+/// the listener's join in the call bench's first three calls). The client's first round-trip
+/// sample then spans a whole retransmission timeout of the relay's, and with QUIC's default
+/// initial RTT (333 ms) the client sent its Finished again only ~6.5 s later — after the
+/// relay had given the half-open handshake up (the 6 s idle timeout): the join failed with a
+/// stateless reset. From a 100 ms initial estimate at both ends it goes again ~2 s later and
+/// the join succeeds.
 #[test]
 fn a_lost_finished_after_a_slow_start_does_not_fail_the_join() {
     let (done, report) = short_call_through_proxy(
